@@ -1,0 +1,121 @@
+"""Fixtures: an app on a fresh SQLite file per test, a movable clock, and vast.ai faked."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import responses
+
+from vastpanel import create_app
+from vastpanel.clock import FakeClock
+
+FIXTURES = Path(__file__).parent / "fixtures"
+VAST_URL = "https://vast.test"
+INSTANCE_ID = 4242
+VAST_KEY = "vastkey-0123456789abcdef-secret"
+CONTROL_KEY = "controlkey-fedcba9876543210-secret"
+HEALTH_URL = "http://203.0.113.7:41234/health"
+INSTANCE_URL = f"{VAST_URL}/api/v0/instances/{INSTANCE_ID}/"
+
+
+def load_fixture(name: str) -> Any:
+    """Read a recorded vast.ai answer beside the tests."""
+    text = (FIXTURES / name).read_text()
+    return json.loads(text) if name.endswith(".json") else text
+
+
+def base_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """Return a complete test configuration on a database under tmp_path."""
+    config = {
+        "VAST_URL": VAST_URL,
+        "VAST_API_KEY": VAST_KEY,
+        "VAST_INSTANCE_ID": str(INSTANCE_ID),
+        "CONTROL_API_KEY": CONTROL_KEY,
+        "VAST_DB_PATH": str(tmp_path / "vastpanel.db"),
+    }
+    config.update(overrides)
+    return config
+
+
+class FakeVast:
+    """vast.ai's instance endpoints faked with `responses`: a state, and the calls counted."""
+
+    def __init__(self, mock: responses.RequestsMock):
+        self.mock = mock
+        self.instance: dict[str, Any] | None = load_fixture("instance_stopped.json")["instances"]
+        self.put_answer: tuple[int, Any] | None = None  # override the next PUT answers
+        self.health_status = 200
+        self.puts: list[str] = []
+        self.gets = 0
+        mock.add_callback(responses.GET, INSTANCE_URL, callback=self._get)
+        mock.add_callback(responses.PUT, INSTANCE_URL, callback=self._put)
+        mock.add_callback(
+            responses.GET, re.compile(r"http://203\.0\.113\.7:\d+/.*"), callback=self._health
+        )
+
+    def set_running(self) -> None:
+        self.instance = copy.deepcopy(load_fixture("instance_running.json")["instances"])
+
+    def set_stopped(self) -> None:
+        self.instance = copy.deepcopy(load_fixture("instance_stopped.json")["instances"])
+
+    def set(self, **fields: Any) -> None:
+        assert self.instance is not None
+        self.instance.update(fields)
+
+    def _get(self, request):
+        self.gets += 1
+        assert request.headers["Authorization"] == f"Bearer {VAST_KEY}"
+        assert "api_key" not in request.url
+        return 200, {}, json.dumps({"instances": self.instance})
+
+    def _put(self, request):
+        state = json.loads(request.body)["state"]
+        self.puts.append(state)
+        if self.put_answer is not None:
+            status, body = self.put_answer
+            return status, {}, json.dumps(body)
+        if self.instance is None:
+            return 404, {}, json.dumps(load_fixture("no_such_instance.json"))
+        self.instance["intended_status"] = state
+        if state == "stopped":
+            self.set_stopped()
+        return 200, {}, json.dumps({"success": True})
+
+    def _health(self, request):
+        return self.health_status, {}, "ok"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def vast():
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield FakeVast(mock)
+
+
+@pytest.fixture
+def app(tmp_path, clock, vast):
+    app = create_app({**base_config(tmp_path), "CLOCK": clock})
+    yield app
+    app.extensions["vastpanel"].close()
+
+
+@pytest.fixture
+def panel(app):
+    return app.extensions["vastpanel"]
+
+
+@pytest.fixture
+def client(app):
+    client = app.test_client()
+    client.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY
+    return client

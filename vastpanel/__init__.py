@@ -1,0 +1,81 @@
+"""vastpanel: keeps one rented vast.ai GPU under control."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, jsonify, request
+from htmx_flask import Htmx
+from werkzeug.exceptions import HTTPException
+
+from .config import Config, ConfigError
+from .panel import Panel
+
+ROOT = Path(__file__).resolve().parent.parent
+API_PREFIX = "/infra/vast"
+
+htmx = Htmx()
+log = logging.getLogger("vastpanel")
+
+__all__ = ["ConfigError", "create_app"]
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app from the environment, or from test_config alone when it is given.
+
+    test_config holds the same variable names as the environment (VAST_API_KEY, ...), plus
+    optional objects: CLOCK (a Clock) and HTTP_SESSION (a requests.Session).
+    """
+    source = os.environ if test_config is None else test_config
+    config = Config.from_env({k: v for k, v in source.items() if isinstance(v, str)})
+    app = Flask(
+        __name__,
+        root_path=str(ROOT),
+        template_folder=str(ROOT / "templates"),
+        static_folder=str(ROOT / "static"),
+    )
+    app.config.from_mapping(TESTING=test_config is not None, JSON_SORT_KEYS=False)
+    if test_config is not None:
+        app.config.update({k: v for k, v in test_config.items() if k in ("TESTING",)})
+    panel = Panel(
+        config,
+        clock=(test_config or {}).get("CLOCK"),
+        http=(test_config or {}).get("HTTP_SESSION"),
+    )
+    app.extensions["vastpanel"] = panel
+    htmx.init_app(app)
+
+    from . import api
+
+    app.register_blueprint(api.bp)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+
+    if not config.control_api_key:
+        log.warning("CONTROL_API_KEY is not set: every %s request is refused.", API_PREFIX)
+    if not config.vast_configured:
+        log.warning(
+            "%s not set: status is 'unconfigured'.", " and ".join(config.missing_vast_settings)
+        )
+    return app
+
+
+def _http_error(exc: HTTPException):
+    """Answer JSON to API clients; leave other paths to Flask's HTML pages."""
+    if request.path.startswith(API_PREFIX):
+        return jsonify(detail=exc.description or exc.name), exc.code or 500
+    return exc
+
+
+def _unexpected_error(exc: Exception):
+    """Log a crash without its request data and answer a plain error."""
+    if isinstance(exc, HTTPException):
+        return _http_error(exc)
+    log.exception("Unexpected error on %s %s", request.method, request.path)
+    if request.path.startswith(API_PREFIX):
+        return jsonify(detail="Internal error; see the server log."), 500
+    return "Internal error; see the server log.", 500

@@ -1,0 +1,189 @@
+"""The JSON API under /infra/vast, protected by X-API-Key."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+
+from .clock import iso_utc
+from .config import is_health_path
+from .panel import HealthTimeout, NotConfigured, Panel, PanelError, PowerBusy, StatusReport
+
+bp = Blueprint("api", __name__, url_prefix="/infra/vast")
+
+WHOLE_NUMBER = re.compile(r"-?[0-9]{1,18}")
+ERROR_STATUS = {NotConfigured: 500, HealthTimeout: 504, PowerBusy: 409}
+
+
+class InvalidInput(Exception):
+    """A request field is unusable; answered 422 with the field named."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+
+def get_panel() -> Panel:
+    """Return the app's domain object."""
+    return current_app.extensions["vastpanel"]
+
+
+def problem(status: int, detail: str):
+    """Answer a JSON error body the way the original FastAPI clients read it."""
+    return jsonify(detail=detail), status
+
+
+@bp.before_request
+def require_api_key():
+    """Refuse every request without the right X-API-Key; refuse all if none is configured."""
+    expected = get_panel().config.control_api_key
+    if not expected:
+        return problem(503, "The API is disabled: CONTROL_API_KEY is not configured on the server.")
+    given = request.headers.get("X-API-Key", "")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        return problem(401, "Missing or wrong X-API-Key.")
+    return None
+
+
+@bp.errorhandler(InvalidInput)
+def invalid_input(exc: InvalidInput):
+    return problem(422, exc.detail)
+
+
+@bp.errorhandler(PanelError)
+def panel_error(exc: PanelError):
+    return problem(ERROR_STATUS.get(type(exc), 502), exc.message)
+
+
+def status_json(report: StatusReport) -> dict[str, Any]:
+    """Shape a status report as the seed's /status body."""
+    state = report.state
+    return {
+        "instance_id": state.instance_id,
+        "status": state.status,
+        "gpu_name": state.gpu_name,
+        "dph_total": state.dph_total,
+        "endpoint_base_url": state.endpoint_base_url,
+        "last_activity": iso_utc(report.last_activity),
+        "auto_shutdown_in_minutes": report.auto_shutdown_in_minutes,
+        "total_runtime_hours": report.totals.runtime_seconds / 3600,
+        "total_cost_usd": report.totals.cost_usd,
+        "message": state.message,
+    }
+
+
+@bp.get("/status")
+def status():
+    """Report the instance, its idle countdown and the cost so far."""
+    return jsonify(status_json(get_panel().status_report()))
+
+
+@bp.post("/power/on")
+def power_on():
+    """Start the instance, by default waiting until its health URL answers."""
+    body = json_body()
+    wait = field(body, "wait_for_health", bool, True)
+    path = field(body, "health_path", str, None)
+    port = field(body, "health_port", int, None)
+    if path is not None and not is_health_path(path):
+        raise InvalidInput("health_path must be a path starting with '/' (no scheme, not '//')")
+    if port is not None and not 1 <= port <= 65535:
+        raise InvalidInput("health_port must be from 1 to 65535")
+    result = get_panel().power_on("api", wait_for_health=wait, health_path=path, health_port=port)
+    return jsonify(
+        status=result.state.status,
+        instance_id=result.state.instance_id,
+        endpoint_base_url=result.state.endpoint_base_url,
+        health_url=result.health_url,
+        message=result.message,
+    )
+
+
+@bp.post("/power/off")
+def power_off():
+    """Stop the instance and report the session's runtime and cost."""
+    json_body()
+    result = get_panel().power_off("api")
+    return jsonify(
+        status="stopped",
+        session_runtime_minutes=result.session_minutes,
+        session_cost_usd=result.session_cost,
+        message=result.message,
+    )
+
+
+@bp.post("/activity")
+def activity():
+    """Note LLM use now; called by the gateway on every request, so it stays cheap."""
+    json_body()
+    last = get_panel().record_activity()
+    return jsonify(status="recorded", last_activity=iso_utc(last))
+
+
+@bp.get("/costs")
+def costs():
+    """Sum runtime and cost over all sessions."""
+    totals = get_panel().cost_totals()
+    avg = totals.runtime_seconds / 60 / totals.sessions_count if totals.sessions_count else 0.0
+    return jsonify(
+        total_runtime_hours=totals.runtime_seconds / 3600,
+        total_cost_usd=totals.cost_usd,
+        sessions_count=totals.sessions_count,
+        avg_session_minutes=avg,
+    )
+
+
+@bp.get("/audit")
+def audit():
+    """List audit entries, newest first."""
+    limit = query_int("limit", 50, 1, 1000)
+    before = query_int("before", None, 1, None)
+    entries = get_panel().audit_log(limit, before)
+    return jsonify(
+        [{"ts": iso_utc(e.ts), "event": e.event, "actor": e.actor, "meta": e.meta} for e in entries]
+    )
+
+
+def json_body() -> dict[str, Any]:
+    """Return the request's JSON object; an empty body counts as {}."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("body: malformed JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("body: must be a JSON object")
+    return body
+
+
+def field(body: dict[str, Any], name: str, kind: type, default: Any) -> Any:
+    """Return body[name] if it has exactly the given JSON type; absent or null gives default."""
+    value = body.get(name)
+    if value is None:
+        return default
+    # bool is a subclass of int in Python, but true is not a port number.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = {bool: "a boolean", str: "a string", int: "an integer"}
+        raise InvalidInput(f"{name} must be {names[kind]}")
+    return value
+
+
+def query_int(name: str, default: int | None, low: int, high: int | None) -> int | None:
+    """Read a whole-number query parameter within bounds."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    raw = raw.strip()
+    if not WHOLE_NUMBER.fullmatch(raw):
+        raise InvalidInput(f"{name} must be a whole number")
+    value = int(raw)
+    if value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"{low} or more"
+        raise InvalidInput(f"{name} must be {bounds}")
+    return value

@@ -1,0 +1,155 @@
+"""Configuration: read from the environment once, validated, typed."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_VAST_URL = "https://console.vast.ai"
+DEFAULT_DB_PATH = "data/vastpanel.db"
+
+
+class ConfigError(ValueError):
+    """A configuration value is unusable; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting the app reads from its environment."""
+
+    vast_url: str = DEFAULT_VAST_URL
+    vast_api_key: str = ""
+    vast_instance_id: int | None = None
+    control_api_key: str = ""
+    health_port: int = 8001
+    health_path: str = "/health"
+    wait_timeout_s: float = 600.0
+    auto_shutdown: bool = True
+    auto_shutdown_minutes: float = 30.0
+    watchdog_interval_s: float = 60.0
+    status_ttl_s: float = 5.0
+    db_path: str = DEFAULT_DB_PATH
+    # Marks a demo against the simulator, so it can never pass for a real instance.
+    simulated: bool = False
+
+    @property
+    def missing_vast_settings(self) -> list[str]:
+        """Name the vast.ai variables that are not set."""
+        missing = []
+        if not self.vast_api_key:
+            missing.append("VAST_API_KEY")
+        if self.vast_instance_id is None:
+            missing.append("VAST_INSTANCE_ID")
+        return missing
+
+    @property
+    def vast_configured(self) -> bool:
+        """Tell whether the panel can talk to vast.ai at all."""
+        return not self.missing_vast_settings
+
+    @property
+    def secrets(self) -> list[str]:
+        """List the secret values that must never be shown or logged."""
+        return [s for s in (self.vast_api_key, self.control_api_key) if s]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Config:
+        """Build the config from environment variables, or raise ConfigError."""
+        return cls(
+            vast_url=_url(env, "VAST_URL", DEFAULT_VAST_URL),
+            vast_api_key=env.get("VAST_API_KEY", "").strip(),
+            vast_instance_id=_instance_id(env),
+            control_api_key=env.get("CONTROL_API_KEY", "").strip(),
+            health_port=_port(env, "VAST_HEALTH_PORT", 8001),
+            health_path=_health_path(env, "VAST_HEALTH_PATH", "/health"),
+            wait_timeout_s=_number(env, "VAST_WAIT_TIMEOUT_S", 600.0),
+            auto_shutdown=_bool(env, "VAST_AUTO_SHUTDOWN", True),
+            auto_shutdown_minutes=_number(env, "VAST_AUTO_SHUTDOWN_MINUTES", 30.0, positive=True),
+            watchdog_interval_s=_number(env, "VAST_WATCHDOG_INTERVAL_S", 60.0, positive=True),
+            status_ttl_s=_number(env, "VAST_STATUS_TTL_S", 5.0),
+            db_path=env.get("VAST_DB_PATH", "").strip() or DEFAULT_DB_PATH,
+            simulated=_bool(env, "VASTPANEL_SIMULATED", False),
+        )
+
+
+def is_health_path(value: object) -> bool:
+    """Tell whether value is a plain URL path such as /health (no scheme, no host)."""
+    return (
+        isinstance(value, str)
+        and value.startswith("/")
+        and not value.startswith("//")
+        and "://" not in value
+        and "\\" not in value
+        and not any(c.isspace() or ord(c) < 32 for c in value)
+        and len(value) <= 512
+    )
+
+
+def _raw(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    if value is None or not str(value).strip():
+        return None
+    return str(value).strip()
+
+
+def _number(env: Mapping[str, str], name: str, default: float, positive: bool = False) -> float:
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        bound = "greater than 0" if positive else "0 or more"
+        raise ConfigError(f"{name} must be {bound}, got {raw!r}")
+    return value
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise ConfigError(f"{name} must be a port from 1 to 65535, got {raw!r}")
+    return int(raw)
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _instance_id(env: Mapping[str, str]) -> int | None:
+    raw = _raw(env, "VAST_INSTANCE_ID")
+    if raw is None:
+        return None
+    if not raw.isdigit() or int(raw) == 0:
+        raise ConfigError(f"VAST_INSTANCE_ID must be a positive whole number, got {raw!r}")
+    return int(raw)
+
+
+def _health_path(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    if not is_health_path(raw):
+        raise ConfigError(f"{name} must be a path starting with '/', got {raw!r}")
+    return raw
+
+
+def _url(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    if not raw.startswith(("http://", "https://")) or len(raw.split("://", 1)[1]) == 0:
+        raise ConfigError(f"{name} must be an http:// or https:// URL, got {raw!r}")
+    return raw.rstrip("/")

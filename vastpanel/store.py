@@ -1,0 +1,333 @@
+"""SQLite storage for sessions, activity, the audit log and the shared vast.ai answer."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlite_utils import Database, Migrations
+
+BUSY_TIMEOUT_MS = 10_000
+
+migrations = Migrations("vastpanel")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    """Create the first schema: sessions, audit, state, the instance cache and leases."""
+    db.execute(
+        """CREATE TABLE sessions (
+            id INTEGER PRIMARY KEY,
+            started_at REAL NOT NULL,
+            ended_at REAL,
+            dph_total REAL,
+            opened_by TEXT NOT NULL,
+            closed_by TEXT
+        )"""
+    )
+    # At most one open session, whatever number of processes race to open one.
+    db.execute(
+        "CREATE UNIQUE INDEX sessions_one_open ON sessions((ended_at IS NULL)) "
+        "WHERE ended_at IS NULL"
+    )
+    db.execute(
+        """CREATE TABLE audit (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            event TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            meta TEXT NOT NULL DEFAULT '{}'
+        )"""
+    )
+    db.execute("CREATE TABLE state (key TEXT PRIMARY KEY, value REAL)")
+    db.execute(
+        """CREATE TABLE instance_cache (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            fetched_at REAL NOT NULL,
+            payload TEXT,
+            error TEXT
+        )"""
+    )
+    db.execute(
+        "CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL)"
+    )
+
+
+@dataclass(frozen=True)
+class Session:
+    """One stretch of GPU billing."""
+
+    id: int
+    started_at: float
+    ended_at: float | None
+    dph_total: float | None
+
+    def seconds(self, now: float) -> float:
+        """Return how long the session ran, up to now when it is still open."""
+        end = self.ended_at if self.ended_at is not None else now
+        return max(0.0, end - self.started_at)
+
+    def cost(self, now: float) -> float:
+        """Return minutes x dph_total / 60 at the price vast.ai reported."""
+        return self.seconds(now) / 3600 * (self.dph_total or 0.0)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One line of the audit log."""
+
+    id: int
+    ts: float
+    event: str
+    actor: str
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CachedInstance:
+    """The last vast.ai answer, shared by every caller and process."""
+
+    fetched_at: float
+    payload: dict[str, Any] | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class CostTotals:
+    """Runtime and cost over all sessions, the open one included."""
+
+    sessions_count: int
+    runtime_seconds: float
+    cost_usd: float
+
+
+def open_db(path: str) -> Database:
+    """Open (creating if needed) the SQLite file with WAL and a busy timeout, migrated."""
+    if path != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    db = Database(conn)
+    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    if path != ":memory:":
+        db.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode survives a killed process; only power loss can drop the last commit.
+        db.execute("PRAGMA synchronous = NORMAL")
+    return db
+
+
+def migrate(db: Database) -> None:
+    """Apply pending schema migrations, one writer at a time."""
+    with _immediate(db):
+        pass  # take the write lock first so two processes starting together do not race
+    migrations.apply(db)
+
+
+@contextlib.contextmanager
+def _immediate(db: Database) -> Iterator[Database]:
+    """Run a read-then-write transaction that holds the write lock from its start."""
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.conn.execute("ROLLBACK")
+        raise
+    db.conn.execute("COMMIT")
+
+
+# --- state values -------------------------------------------------------------------------
+
+
+def get_value(db: Database, key: str) -> float | None:
+    """Return a stored number, or None."""
+    row = db.execute("SELECT value FROM state WHERE key = ?", [key]).fetchone()
+    return None if row is None else row[0]
+
+
+def set_value(db: Database, key: str, value: float | None) -> None:
+    """Store a number under key (None deletes it)."""
+    with db.atomic():
+        if value is None:
+            db.execute("DELETE FROM state WHERE key = ?", [key])
+        else:
+            db.execute(
+                "INSERT INTO state (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+
+
+def record_activity(db: Database, ts: float) -> float:
+    """Store an activity time; the stored time never moves backwards. Return it."""
+    with db.atomic():
+        row = db.execute(
+            "INSERT INTO state (key, value) VALUES ('last_activity', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value) "
+            "RETURNING value",
+            [ts],
+        ).fetchone()
+    return row[0]
+
+
+# --- sessions -------------------------------------------------------------------------------
+
+
+def _session(row: tuple) -> Session:
+    return Session(id=row[0], started_at=row[1], ended_at=row[2], dph_total=row[3])
+
+
+SESSION_COLUMNS = "id, started_at, ended_at, dph_total"
+
+
+def current_session(db: Database) -> Session | None:
+    """Return the open session, or None."""
+    row = db.execute(f"SELECT {SESSION_COLUMNS} FROM sessions WHERE ended_at IS NULL").fetchone()
+    return None if row is None else _session(row)
+
+
+def open_session(
+    db: Database, ts: float, dph_total: float | None, opened_by: str, seen_since: float
+) -> Session | None:
+    """Open a session at ts unless one is open or one closed after seen_since; return it if new.
+
+    seen_since is when the observation that shows the GPU held was asked for: a session
+    closed after that moment must not be reopened by an answer that predates the stop.
+    """
+    with _immediate(db):
+        open_row = db.execute(
+            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE ended_at IS NULL"
+        ).fetchone()
+        if open_row is not None:
+            if open_row[3] is None and dph_total is not None:
+                db.execute(
+                    "UPDATE sessions SET dph_total = ? WHERE id = ?", [dph_total, open_row[0]]
+                )
+            return None
+        closed_later = db.execute(
+            "SELECT 1 FROM sessions WHERE ended_at >= ? LIMIT 1", [seen_since]
+        ).fetchone()
+        if closed_later:
+            return None
+        cursor = db.execute(
+            "INSERT INTO sessions (started_at, dph_total, opened_by) VALUES (?, ?, ?)",
+            [ts, dph_total, opened_by],
+        )
+        return Session(id=cursor.lastrowid, started_at=ts, ended_at=None, dph_total=dph_total)
+
+
+def close_session(db: Database, ts: float, closed_by: str) -> Session | None:
+    """Close the open session at ts and return it, or None when none was open."""
+    with _immediate(db):
+        row = db.execute(
+            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE ended_at IS NULL"
+        ).fetchone()
+        if row is None:
+            return None
+        ended = max(ts, row[1])
+        db.execute(
+            "UPDATE sessions SET ended_at = ?, closed_by = ? WHERE id = ?",
+            [ended, closed_by, row[0]],
+        )
+    return Session(id=row[0], started_at=row[1], ended_at=ended, dph_total=row[3])
+
+
+def cost_totals(db: Database, now: float) -> CostTotals:
+    """Sum runtime and cost over all sessions, counting the open one up to now."""
+    row = db.execute(
+        """SELECT count(*),
+                  coalesce(sum(max(coalesce(ended_at, ?) - started_at, 0)), 0.0),
+                  coalesce(sum(max(coalesce(ended_at, ?) - started_at, 0)
+                               * coalesce(dph_total, 0) / 3600.0), 0.0)
+           FROM sessions""",
+        [now, now],
+    ).fetchone()
+    return CostTotals(sessions_count=row[0], runtime_seconds=row[1], cost_usd=row[2])
+
+
+def list_sessions(db: Database, since: float) -> list[Session]:
+    """Return the sessions that were open at some point after since, oldest first."""
+    rows = db.execute(
+        f"SELECT {SESSION_COLUMNS} FROM sessions WHERE ended_at IS NULL OR ended_at >= ? "
+        "ORDER BY started_at",
+        [since],
+    ).fetchall()
+    return [_session(r) for r in rows]
+
+
+# --- audit ------------------------------------------------------------------------------------
+
+
+def add_audit(db: Database, ts: float, event: str, actor: str, meta: dict[str, Any]) -> int:
+    """Append one audit entry and return its id."""
+    with db.atomic():
+        cursor = db.execute(
+            "INSERT INTO audit (ts, event, actor, meta) VALUES (?, ?, ?, ?)",
+            [ts, event, actor, json.dumps(meta, sort_keys=True, default=str)],
+        )
+    return cursor.lastrowid
+
+
+def list_audit(db: Database, limit: int, before_id: int | None = None) -> list[AuditEntry]:
+    """Return up to limit entries, newest first, older than before_id when given."""
+    if before_id is None:
+        rows = db.execute(
+            "SELECT id, ts, event, actor, meta FROM audit ORDER BY id DESC LIMIT ?", [limit]
+        ).fetchall()
+    else:
+        rows = db.execute(
+            "SELECT id, ts, event, actor, meta FROM audit WHERE id < ? ORDER BY id DESC LIMIT ?",
+            [before_id, limit],
+        ).fetchall()
+    return [AuditEntry(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+
+# --- the shared vast.ai answer and leases ----------------------------------------------------
+
+
+def read_cached_instance(db: Database) -> CachedInstance | None:
+    """Return the last stored vast.ai answer, or None."""
+    row = db.execute(
+        "SELECT fetched_at, payload, error FROM instance_cache WHERE id = 1"
+    ).fetchone()
+    if row is None:
+        return None
+    payload = json.loads(row[1]) if row[1] is not None else None
+    return CachedInstance(fetched_at=row[0], payload=payload, error=row[2])
+
+
+def save_cached_instance(
+    db: Database, fetched_at: float, payload: dict[str, Any] | None, error: str | None = None
+) -> bool:
+    """Store a vast.ai answer unless a newer one is stored already; tell whether it was stored."""
+    with db.atomic():
+        cursor = db.execute(
+            "INSERT INTO instance_cache (id, fetched_at, payload, error) VALUES (1, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET fetched_at = excluded.fetched_at, "
+            "payload = excluded.payload, error = excluded.error "
+            "WHERE excluded.fetched_at >= instance_cache.fetched_at",
+            [fetched_at, None if payload is None else json.dumps(payload), error],
+        )
+    return cursor.rowcount > 0
+
+
+def acquire_lease(db: Database, name: str, holder: str, now: float, ttl: float) -> bool:
+    """Take or renew the named lease for ttl seconds; tell whether holder has it."""
+    with db.atomic():
+        cursor = db.execute(
+            "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, "
+            "expires_at = excluded.expires_at "
+            "WHERE leases.holder = excluded.holder OR leases.expires_at <= ?",
+            [name, holder, now + ttl, now],
+        )
+    return cursor.rowcount > 0
+
+
+def release_lease(db: Database, name: str, holder: str) -> None:
+    """Give the named lease back if holder has it."""
+    with db.atomic():
+        db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", [name, holder])

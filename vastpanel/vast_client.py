@@ -1,0 +1,189 @@
+"""A small client for the vast.ai REST API calls this app needs (see shared/vast-api.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+ATTEMPTS = 3
+FIRST_BACKOFF_S = 0.15
+BACKOFF_FACTOR = 1.5
+# A Retry-After longer than this is not waited for inside a request: we give up and say so.
+RETRY_AFTER_CAP_S = 10.0
+TIMEOUT_S = (5.0, 15.0)  # connect, read
+HEALTH_TIMEOUT_S = (3.0, 5.0)
+
+
+class VastError(Exception):
+    """vast.ai could not be used; the message is safe to show (it never holds a key)."""
+
+    def __init__(self, message: str, *, kind: str = "upstream", status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.kind = kind  # upstream, auth, refused, rate_limited, not_found
+        self.status = status
+
+
+@dataclass(frozen=True)
+class StartResult:
+    """What vast.ai said to a start request."""
+
+    queued: bool  # resources_unavailable: the start waits for the machine's GPU
+    message: str | None = None
+
+
+class VastClient:
+    """Talks to one vast.ai account over HTTP with bounded retries."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] | None = None,
+        timeout: tuple[float, float] = TIMEOUT_S,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._session = session or requests.Session()
+        self._sleep = sleep or (lambda s: None)
+        self._timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"VastClient({self.base_url!r})"
+
+    def fetch_instance(self, instance_id: int) -> dict[str, Any] | None:
+        """Return the instance's fields, or None when vast.ai does not know the id."""
+        body = self._call("GET", f"/api/v0/instances/{instance_id}/", params={"owner": "me"})
+        if not isinstance(body, dict) or "instances" not in body:
+            raise VastError("vast.ai answered without an 'instances' field")
+        instance = body["instances"]
+        if instance is None:
+            return None
+        if not isinstance(instance, dict):
+            raise VastError("vast.ai answered an 'instances' field that is not an object")
+        return instance
+
+    def start_instance(self, instance_id: int) -> StartResult:
+        """Ask vast.ai to run the instance; a queued start is not an error."""
+        body = self._call("PUT", f"/api/v0/instances/{instance_id}/", json={"state": "running"})
+        if body.get("success") is False and body.get("error") == "resources_unavailable":
+            return StartResult(queued=True, message=_text(body.get("msg")))
+        return StartResult(queued=False)
+
+    def stop_instance(self, instance_id: int) -> None:
+        """Ask vast.ai to stop the instance (this also cancels a queued start)."""
+        self._call("PUT", f"/api/v0/instances/{instance_id}/", json={"state": "stopped"})
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """Send one request with retries and turn every failure into a VastError."""
+        url = self.base_url + path
+        headers = {"Authorization": f"Bearer {self._api_key}", "Accept": "application/json"}
+        backoff = FIRST_BACKOFF_S
+        for attempt in range(1, ATTEMPTS + 1):
+            last = attempt == ATTEMPTS
+            try:
+                response = self._session.request(
+                    method, url, headers=headers, timeout=self._timeout, **kwargs
+                )
+            except requests.Timeout:
+                if last:
+                    raise VastError("vast.ai did not answer in time") from None
+            except requests.RequestException as exc:
+                if last:
+                    reason = type(exc).__name__
+                    raise VastError(f"vast.ai is unreachable ({reason})") from None
+            else:
+                if response.status_code not in RETRY_STATUSES:
+                    return _read_answer(response, method)
+                retry_after = _retry_after(response)
+                if retry_after is not None and retry_after > RETRY_AFTER_CAP_S:
+                    raise VastError(
+                        f"vast.ai is rate limiting; it asks to retry after {retry_after:g} s",
+                        kind="rate_limited",
+                        status=429,
+                    )
+                if last:
+                    raise _fault(response)
+                if retry_after is not None:
+                    backoff = max(backoff, retry_after)
+            self._sleep(backoff)
+            backoff *= BACKOFF_FACTOR
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def fetch_health(session: requests.Session, url: str) -> bool:
+    """Tell whether the instance's health URL answers 200 right now."""
+    try:
+        response = session.get(url, timeout=HEALTH_TIMEOUT_S, allow_redirects=False)
+    except requests.RequestException:
+        return False
+    response.close()
+    return response.status_code == 200
+
+
+def _read_answer(response: requests.Response, method: str) -> dict[str, Any]:
+    """Check a non-retryable answer and return its JSON body."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code in (401, 403) or (
+        isinstance(body, dict) and body.get("error") == "auth_error"
+    ):
+        raise VastError("vast.ai rejected VAST_API_KEY", kind="auth", status=response.status_code)
+    if not isinstance(body, dict):
+        raise VastError(
+            f"vast.ai answered {response.status_code} with a body that is not a JSON object",
+            status=response.status_code,
+        )
+    if response.status_code == 404 and body.get("error") == "no_such_instance":
+        raise VastError(
+            "vast.ai does not know this instance (no_such_instance)", kind="not_found", status=404
+        )
+    if response.status_code >= 400:
+        raise VastError(
+            f"vast.ai refused the request ({response.status_code}{_reason(body)})",
+            kind="refused",
+            status=response.status_code,
+        )
+    if method == "PUT" and body.get("success") is not True:
+        if body.get("error") == "resources_unavailable":
+            return body
+        raise VastError(f"vast.ai refused the request{_reason(body)}", kind="refused", status=200)
+    return body
+
+
+def _fault(response: requests.Response) -> VastError:
+    """Describe a retryable answer that kept coming back."""
+    if response.status_code == 429:
+        return VastError("vast.ai is rate limiting (429)", kind="rate_limited", status=429)
+    return VastError(f"vast.ai is failing ({response.status_code})", status=response.status_code)
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    """Read a numeric Retry-After header, or None."""
+    raw = response.headers.get("Retry-After", "").strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def _reason(body: dict[str, Any]) -> str:
+    """Summarise vast.ai's error and msg fields for a message."""
+    parts = [p for p in (_text(body.get("error")), _text(body.get("msg"))) if p]
+    return ": " + " - ".join(parts) if parts else ""
+
+
+def _text(value: object, limit: int = 300) -> str | None:
+    """Keep a short plain string from an upstream field."""
+    if value is None:
+        return None
+    return str(value)[:limit]
