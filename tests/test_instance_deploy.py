@@ -1,0 +1,362 @@
+"""Checks of the instance-side deploy files in deploy/instance/.
+
+No docker engine and no GPU exist where this runs, so the compose file is only
+parsed, the systemd unit only read, and the nginx config is checked with the
+real nginx binary: `nginx -t`, and a run on loopback in front of a fake vLLM.
+
+nginx must be installed (Debian package nginx-light or nginx); without it these
+tests fail, unless VASTPANEL_SKIP_NGINX=1 is set.
+"""
+
+from __future__ import annotations
+
+import configparser
+import http.client
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "instance"
+COMPOSE = DEPLOY / "compose.yaml"
+NGINX_CONF = DEPLOY / "health-nginx.conf"
+UNIT = DEPLOY / "llm-stack.service"
+NGINX_BIN = Path("/usr/sbin/nginx")
+
+DEFAULT_MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
+# The single line of the config that names the upstream; the loopback test rewrites it.
+UPSTREAM_LINE = "set $vllm_upstream vllm:8000;"
+LISTEN_LINE = "listen 8001;"
+
+
+# --------------------------------------------------------------------------- compose
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    with COMPOSE.open(encoding="utf-8") as fh:
+        data = yaml.safe_load(fh)
+    assert isinstance(data, dict), "compose.yaml is not a mapping"
+    return data
+
+
+def _ports(service: dict) -> set[tuple[str, str]]:
+    """(published, target) pairs of a service, short or long port syntax."""
+    pairs = set()
+    for entry in service.get("ports", []):
+        if isinstance(entry, dict):
+            pairs.add((str(entry.get("published", "")), str(entry["target"])))
+        else:
+            parts = str(entry).split("/")[0].split(":")
+            pairs.add((parts[-2] if len(parts) > 1 else "", parts[-1]))
+    return pairs
+
+
+def test_compose_has_vllm_and_nginx(compose):
+    assert {"vllm", "nginx"} <= set(compose["services"])
+
+
+@pytest.mark.parametrize("name", ["vllm", "nginx"])
+def test_compose_images_pinned_and_restart(compose, name):
+    service = compose["services"][name]
+    image = service["image"]
+    repo, _, tag = image.rpartition(":")
+    assert repo and tag and tag != "latest", f"{name} image not pinned to a tag: {image}"
+    assert service["restart"] == "unless-stopped"
+
+
+def test_compose_vllm_image_and_port(compose):
+    vllm = compose["services"]["vllm"]
+    assert vllm["image"].startswith("vllm/vllm-openai:")
+    assert ("8000", "8000") in _ports(vllm)
+
+
+def test_compose_nginx_publishes_8001(compose):
+    assert ("8001", "8001") in _ports(compose["services"]["nginx"])
+
+
+def test_compose_vllm_model_from_env_with_default(compose):
+    command = compose["services"]["vllm"]["command"]
+    model = command[command.index("--model") + 1]
+    assert model == "${VLLM_MODEL:-" + DEFAULT_MODEL + "}"
+
+
+def test_compose_vllm_hf_token_and_cache(compose):
+    vllm = compose["services"]["vllm"]
+    env = vllm["environment"]
+    assert env["HUGGING_FACE_HUB_TOKEN"].startswith("${HUGGING_FACE_HUB_TOKEN")
+    targets = [str(v).split(":")[1] for v in vllm["volumes"]]
+    assert "/root/.cache/huggingface" in targets
+
+
+def test_compose_vllm_requests_nvidia_gpu(compose):
+    devices = compose["services"]["vllm"]["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
+
+
+def test_compose_vllm_healthcheck_uses_vllm_health(compose):
+    check = compose["services"]["vllm"]["healthcheck"]
+    assert "http://localhost:8000/health" in " ".join(check["test"])
+
+
+def test_compose_nginx_mounts_config_read_only(compose):
+    nginx = compose["services"]["nginx"]
+    mounts = [str(v).split(":") for v in nginx["volumes"]]
+    assert ["./health-nginx.conf", "/etc/nginx/nginx.conf", "ro"] in mounts
+    assert (COMPOSE.parent / "health-nginx.conf").is_file()
+
+
+def test_compose_nginx_depends_on_vllm(compose):
+    assert "vllm" in compose["services"]["nginx"]["depends_on"]
+
+
+def test_nginx_config_matches_compose():
+    text = NGINX_CONF.read_text(encoding="utf-8")
+    assert text.count(LISTEN_LINE) == 1
+    assert text.count(UPSTREAM_LINE) == 1
+
+
+# --------------------------------------------------------------------------- systemd
+
+
+def test_systemd_unit():
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # keep systemd's CamelCase keys
+    parser.read(UNIT, encoding="utf-8")
+    service = parser["Service"]
+    assert service["Type"] == "oneshot"
+    assert service["RemainAfterExit"] == "yes"
+    assert service["ExecStart"] == "/usr/bin/docker compose up -d"
+    assert service["ExecStop"] == "/usr/bin/docker compose down"
+    assert service["WorkingDirectory"].startswith("/")
+    assert "docker.service" in parser["Unit"]["After"].split()
+    assert "docker.service" in parser["Unit"]["Requires"].split()
+    assert parser["Install"]["WantedBy"] == "multi-user.target"
+
+
+# --------------------------------------------------------------------------- nginx
+
+
+@pytest.fixture
+def nginx_bin() -> Path:
+    if os.environ.get("VASTPANEL_SKIP_NGINX") == "1":
+        pytest.skip("VASTPANEL_SKIP_NGINX=1: nginx checks skipped")
+    if not os.access(NGINX_BIN, os.X_OK):
+        pytest.fail(
+            f"nginx is not installed at {NGINX_BIN}: install the Debian package nginx-light "
+            "(or nginx), or set VASTPANEL_SKIP_NGINX=1 to skip the nginx checks",
+            pytrace=False,
+        )
+    return NGINX_BIN
+
+
+def test_nginx_config_syntax(nginx_bin, tmp_path):
+    result = subprocess.run(
+        [str(nginx_bin), "-t", "-p", str(tmp_path), "-e", str(tmp_path / "error.log")]
+        + ["-c", str(NGINX_CONF)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class FakeVLLM:
+    """Just enough of vLLM's HTTP API, on loopback, recording what reaches it."""
+
+    def __init__(self) -> None:
+        self.healthy = True
+        self.requests: list[tuple[str, str, bytes]] = []
+        self.release_stream = threading.Event()
+        self.stream_released_in_time: bool | None = None
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format, *args):  # noqa: A002 - stdlib signature
+                pass
+
+            def _send(self, status: int, body: bytes, ctype: str = "application/json"):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                fake.requests.append(("GET", self.path, b""))
+                if self.path == "/health":
+                    self._send(200 if fake.healthy else 503, b"")
+                elif self.path.startswith("/v1/models"):
+                    body = {"object": "list", "data": [{"id": DEFAULT_MODEL}], "path": self.path}
+                    self._send(200, json.dumps(body).encode())
+                else:
+                    self._send(404, b'{"detail":"fake: not found"}')
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                fake.requests.append(("POST", self.path, body))
+                if self.path != "/v1/chat/completions":
+                    self._send(404, b'{"detail":"fake: not found"}')
+                    return
+                # Server-sent events, no Content-Length, connection closed at the end
+                # (HTTP/1.0). The second event is held back until the client has seen
+                # the first one through nginx, which only happens if nginx does not buffer.
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                self.wfile.write(b'data: {"n": 1}\n\n')
+                self.wfile.flush()
+                fake.stream_released_in_time = fake.release_stream.wait(5)
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+        self._running = True
+
+    def stop(self) -> None:
+        if self._running:
+            self._running = False
+            self.server.shutdown()
+            self.server.server_close()
+            self._thread.join(5)
+
+
+class Proxy:
+    def __init__(self, port: int, fake: FakeVLLM) -> None:
+        self.port = port
+        self.fake = fake
+
+    def request(self, method: str, path: str, body: bytes | None = None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        try:
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+
+def render_for_loopback(text: str, listen_port: int, upstream_port: int) -> str:
+    """The shipped config, with only its listen port and upstream host:port replaced."""
+    assert text.count(LISTEN_LINE) == 1 and text.count(UPSTREAM_LINE) == 1
+    text = text.replace(LISTEN_LINE, f"listen 127.0.0.1:{listen_port};")
+    return text.replace(UPSTREAM_LINE, f"set $vllm_upstream 127.0.0.1:{upstream_port};")
+
+
+@pytest.fixture
+def proxy(nginx_bin, tmp_path) -> Iterator[Proxy]:
+    fake = FakeVLLM()
+    port = _free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        render_for_loopback(NGINX_CONF.read_text(encoding="utf-8"), port, fake.port),
+        encoding="utf-8",
+    )
+    log_path = tmp_path / "nginx.out"
+    cmd = [str(nginx_bin), "-p", str(tmp_path), "-e", str(tmp_path / "error.log")]
+    cmd += ["-c", str(conf), "-g", f"pid {tmp_path / 'nginx.pid'}; daemon off;"]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"nginx exited with {proc.returncode}: {log_path.read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"nginx did not listen on {port}: {log_path.read_text()}")
+                time.sleep(0.05)
+        yield Proxy(port, fake)
+    finally:
+        fake.release_stream.set()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        fake.stop()
+
+
+def test_health_200_when_vllm_healthy(proxy):
+    status, _ = proxy.request("GET", "/health")
+    assert status == 200
+    assert proxy.fake.requests == [("GET", "/health", b"")]
+
+
+def test_health_503_when_vllm_reports_unhealthy(proxy):
+    proxy.fake.healthy = False
+    status, _ = proxy.request("GET", "/health")
+    assert status == 503
+
+
+def test_health_503_when_vllm_down(proxy):
+    proxy.fake.stop()
+    status, body = proxy.request("GET", "/health")
+    assert status == 503
+    assert json.loads(body)["status"] == "unavailable"
+    status, _ = proxy.request("GET", "/v1/models")
+    assert status == 502
+
+
+def test_v1_path_and_query_passed_unchanged(proxy):
+    path = "/v1/models?probe=a%20b&x=1"
+    status, body = proxy.request("GET", path)
+    assert status == 200
+    assert json.loads(body)["path"] == path
+    assert proxy.fake.requests == [("GET", path, b"")]
+
+
+def test_v1_post_body_passed(proxy):
+    proxy.fake.release_stream.set()  # no need to hold the stream back here
+    payload = json.dumps({"model": DEFAULT_MODEL, "messages": [], "stream": True}).encode()
+    status, body = proxy.request("POST", "/v1/chat/completions", payload)
+    assert status == 200
+    assert proxy.fake.requests == [("POST", "/v1/chat/completions", payload)]
+    assert body.endswith(b"data: [DONE]\n\n")
+
+
+def test_v1_streaming_is_not_buffered(proxy):
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=15)
+    try:
+        conn.request("POST", "/v1/chat/completions", body=b"{}")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert resp.readline() == b'data: {"n": 1}\n'
+        # Only now may the fake send the rest.
+        proxy.fake.release_stream.set()
+        rest = resp.read()
+    finally:
+        conn.close()
+    assert rest.endswith(b"data: [DONE]\n\n")
+    assert proxy.fake.stream_released_in_time, "nginx held the first event back (buffering)"
+
+
+@pytest.mark.parametrize("path", ["/", "/health/", "/healthz", "/v1", "/docs", "/metrics"])
+def test_other_paths_404(proxy, path):
+    status, _ = proxy.request("GET", path)
+    assert status == 404
+    assert proxy.fake.requests == []
