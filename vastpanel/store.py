@@ -58,6 +58,14 @@ def m001_initial(db: Database) -> None:
     )
 
 
+@migrations()
+def m002_query_indexes(db: Database) -> None:
+    """Index audit events and session starts, for audit filters and per-day cost charts."""
+    # (event, id): "entries of this event, newest first" reads the index alone.
+    db.execute("CREATE INDEX audit_event ON audit(event, id)")
+    db.execute("CREATE INDEX sessions_started_at ON sessions(started_at)")
+
+
 @dataclass(frozen=True)
 class Session:
     """One stretch of GPU billing."""
@@ -125,6 +133,11 @@ def migrate(db: Database) -> None:
     with _immediate(db):
         pass  # take the write lock first so two processes starting together do not race
     migrations.apply(db)
+
+
+def schema_version(db: Database) -> int:
+    """Return how many of this app's migrations the database has applied (0 when new)."""
+    return len(migrations.applied(db))
 
 
 @contextlib.contextmanager
