@@ -49,9 +49,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["vastpanel"] = panel
     htmx.init_app(app)
 
-    from . import api
+    from . import api, health
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
 
