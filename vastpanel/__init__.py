@@ -49,11 +49,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["vastpanel"] = panel
     htmx.init_app(app)
 
-    from . import api, health, openapi
+    from . import api, cli, health, openapi
 
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)  # its own blueprint: served without X-API-Key
+    app.cli.add_command(cli.vast)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
 
