@@ -13,6 +13,7 @@ from htmx_flask import Htmx
 from werkzeug.exceptions import HTTPException
 
 from .config import Config, ConfigError
+from .log_config import configure_logging
 from .panel import Panel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +42,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(TESTING=test_config is not None, JSON_SORT_KEYS=False)
     if test_config is not None:
         app.config.update({k: v for k, v in test_config.items() if k in ("TESTING",)})
+    if not app.testing:
+        configure_logging()  # lines to stderr with time and level, unless already configured
     panel = Panel(
         config,
         clock=(test_config or {}).get("CLOCK"),
