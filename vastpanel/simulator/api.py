@@ -75,7 +75,10 @@ def _key_accepted(api_key: str) -> bool:
 def log_request(response: Response) -> Response:
     """Record method, path, redacted query, body and status; never the Authorization header."""
     backend = _backend()
-    query = [(k, "[redacted]" if k == "api_key" else v) for k, v in parse_qsl(request.query_string)]
+    query = [
+        (k, "[redacted]" if k == "api_key" else v)
+        for k, v in parse_qsl(request.query_string.decode("latin-1"))
+    ]
     backend.record(
         {
             "method": request.method,

@@ -42,7 +42,10 @@ class ServerThread:
             server = make_server(HOST, self.port, self.app, threaded=True, request_handler=handler)
             self.port = server.server_port
             self._server = server
-            self._thread = threading.Thread(target=server.serve_forever, name=self.name)
+            # A short poll interval keeps stop() and pause() quick (shutdown waits one poll).
+            self._thread = threading.Thread(
+                target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=self.name
+            )
             self._thread.daemon = True
             self._thread.start()
             return self.port
