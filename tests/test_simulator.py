@@ -628,3 +628,15 @@ def test_module_runs_standalone_and_prints_its_url():
         finally:
             process.terminate()
             assert process.wait(timeout=10) == 0
+
+
+def test_put_label_renames_and_reset_restores(sim, http):
+    response = http.put(f"{sim.url}/api/v0/instances/{IID}/", json={"label": "renamed"})
+    assert response.json() == {"success": True}
+    assert instance(sim, http)["label"] == "renamed"
+    assert sim.requests(path=f"/api/v0/instances/{IID}/", method="PUT")[0]["json"] == {
+        "label": "renamed"
+    }
+    sim.reset()
+    assert sim.instance()["label"] == "vastpanel-sim"
+    assert sim.requests() == []

@@ -134,7 +134,7 @@ def change_instance(raw_id: str):
                 },
             )
         if "label" in body:
-            inst.hardware.label = body["label"]
+            inst.label = body["label"]
         if state == "stopped":
             inst.request_stop(backend.clock())
         elif state == "running":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ from .faults import Fault, FaultBook, RateLimiter
 from .instance import SimInstance
 
 EXTERNAL_ACTIONS = ("start", "stop", "exit", "vanish", "appear")
+LOG_LIMIT = 10_000  # a demo left polling for days keeps only the latest requests
 
 
 @dataclass
@@ -40,8 +42,8 @@ class Backend:
         self.llm = llm
         self.llm_port = 0  # set once the LLM server is listening
         self.closing = threading.Event()
-        self._log: list[dict] = []
-        self._llm_log: list[dict] = []
+        self._log: deque[dict] = deque(maxlen=LOG_LIMIT)
+        self._llm_log: deque[dict] = deque(maxlen=LOG_LIMIT)
         self._log_lock = threading.Lock()
 
     @property

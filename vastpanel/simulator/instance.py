@@ -97,6 +97,7 @@ class SimInstance:
     def reset(self, initial_state: str = STOPPED) -> None:
         """Put the instance back in a settled initial state."""
         now = self.clock()
+        self.label = self.hardware.label
         self.vanished = False
         self.held = False  # a start queued behind resources_unavailable
         self.creating = initial_state == "creating"
@@ -216,7 +217,7 @@ class SimInstance:
             "public_ipaddr": "127.0.0.1\n",
             "start_date": self.start_date,
             "uptime_mins": round((now - self.running_at) / 60, 2) if running else None,
-            "label": hw.label,
+            "label": self.label,
             "machine_id": hw.machine_id,
             "host_id": 4242,
             "ssh_host": "127.0.0.1",
