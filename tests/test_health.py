@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CONTROL_KEY, VAST_KEY
 
+from conftest import CONTROL_KEY, VAST_KEY
 from vastpanel import store
 from vastpanel.health import HEARTBEAT_KEY
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 import responses
-from conftest import CONTROL_KEY, INSTANCE_URL, base_config, load_fixture
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_openapi
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from conftest import CONTROL_KEY, INSTANCE_URL, base_config, load_fixture
 from vastpanel import create_app, panel, store
 from vastpanel.openapi import PREFIX, SPEC
 

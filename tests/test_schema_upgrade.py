@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from conftest import base_config
-
 from vastpanel import create_app, store
 
 TABLES = ("sessions", "audit", "state", "instance_cache", "leases")
