@@ -8,6 +8,15 @@ from vastpanel import create_app, store
 TABLES = ("sessions", "audit", "state", "instance_cache", "leases")
 
 
+def latest_version() -> int:
+    """Return how many migrations the code holds (what a fully migrated database reports)."""
+    fresh = store.open_db(":memory:")
+    try:
+        return len(store.migrations.pending(fresh))
+    finally:
+        fresh.close()
+
+
 def dump(db) -> dict[str, list[tuple]]:
     """Return every row of the app's tables, in a stable order."""
     return {t: db.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in TABLES}
@@ -37,7 +46,7 @@ def test_schema_version_counts_applied_migrations(panel):
     new = store.open_db(":memory:")
     try:
         assert store.schema_version(new) == 0
-        assert store.schema_version(panel.db) == len(store.migrations.pending(new)) == 2
+        assert store.schema_version(panel.db) == latest_version() >= 2
     finally:
         new.close()
 
@@ -51,8 +60,8 @@ def test_app_migrates_an_m001_database_and_keeps_every_row(tmp_path, clock, vast
     panel = app.extensions["vastpanel"]
     try:
         db = panel.db
-        assert store.schema_version(db) == 2
-        assert [m.name for m in store.migrations.applied(db)] == [
+        assert store.schema_version(db) == latest_version()
+        assert [m.name for m in store.migrations.applied(db)][:2] == [
             "m001_initial",
             "m002_query_indexes",
         ]
@@ -76,7 +85,7 @@ def test_app_migrates_an_m001_database_and_keeps_every_row(tmp_path, clock, vast
     # A second start finds nothing pending and changes nothing.
     again = create_app({**config, "CLOCK": clock})
     try:
-        assert store.schema_version(again.extensions["vastpanel"].db) == 2
+        assert store.schema_version(again.extensions["vastpanel"].db) == latest_version()
         assert dump(again.extensions["vastpanel"].db) == before
     finally:
         again.extensions["vastpanel"].close()
