@@ -23,13 +23,11 @@ def free_port() -> int:
 
 
 def server_command(port: int, workers: int = 1) -> list[str]:
-    """The production command (gunicorn with the repo's config), bound to loopback."""
+    """The README's production command (gunicorn with the repo's config), bound to loopback."""
     return [
-        sys.executable, "-m", "gunicorn", "app:app",
+        sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app",
         "--bind", f"127.0.0.1:{port}",
         "--workers", str(workers),
-        "--worker-class", "gthread", "--threads", "8",
-        "--timeout", "700",
     ]  # fmt: skip
 
 
