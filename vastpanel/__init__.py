@@ -49,9 +49,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["vastpanel"] = panel
     htmx.init_app(app)
 
-    from . import api
+    from . import api, auth, pages
 
     app.register_blueprint(api.bp)
+    auth.init_app(app, source, panel)  # session cookie, sign-in, CSRF (the API is exempt)
+    app.register_blueprint(pages.bp)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
 
