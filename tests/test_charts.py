@@ -36,6 +36,12 @@ def test_bars_scale_to_the_rounded_maximum_oldest_on_the_left():
     assert chart.total_usd == 3.0 and not chart.empty
 
 
+def test_a_few_cents_are_drawn_on_a_one_dollar_scale():
+    chart = cost_chart(days([0.02, 0.5]))
+    assert [t.text for t in chart.y_ticks] == ["$0.00", "$0.50", "$1.00"]
+    assert chart.bars[1].height == pytest.approx((chart.plot_bottom - chart.plot_top) / 2, abs=0.01)
+
+
 def test_a_tiny_cost_still_shows_a_bar():
     chart = cost_chart(days([0.001, 100.0]))
     assert chart.bars[0].height >= 1.0

@@ -7,9 +7,9 @@ from html.parser import HTMLParser
 
 import pytest
 import responses
-from conftest import INSTANCE_URL, base_config, load_fixture
 from page_support import HTMX, csrf_token, signed_in_client
 
+from conftest import INSTANCE_URL, base_config, load_fixture
 from vastpanel import create_app
 from vastpanel.status_view import SCHEDULING_HINT_AFTER_S
 
@@ -76,7 +76,7 @@ def test_assets_are_our_own_and_served(admin):
     scripts = [a["src"] for t, a in elements(html) if t == "script"]
     styles = [a["href"] for t, a in elements(html) if t == "link"]
     assert scripts == ["/static/vendor/htmx-2.0.11/htmx.min.js", "/static/panel.js"]
-    assert styles == ["/static/panel.css"]
+    assert styles == ["/static/favicon.svg", "/static/panel.css"]
     for url in scripts + styles:
         with admin.get(url) as response:
             assert response.status_code == 200

@@ -13,12 +13,13 @@ from .store import DayCost
 
 WIDTH = 480
 HEIGHT = 180
-LEFT = 52  # room for the dollar labels
-RIGHT = 6
+LEFT = 60  # room for the dollar labels
+RIGHT = 24  # room for half of today's date label
 TOP = 10
 BOTTOM = 24  # room for the date labels
 BAR_FILL = 0.7  # share of a day's slot the bar takes
 LABEL_EVERY_DAYS = 7
+MIN_SCALE_USD = 1.0  # so a few cents do not fill the chart
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def cost_chart(days: list[DayCost]) -> CostChart:
     plot_w = WIDTH - LEFT - RIGHT
     plot_h = HEIGHT - TOP - BOTTOM
     slot = plot_w / max(len(days), 1)
-    top_value = nice_ceiling(max((d.cost_usd for d in days), default=0.0))
+    top_value = nice_ceiling(max([MIN_SCALE_USD, *(d.cost_usd for d in days)]))
     bars, x_ticks = [], []
     for i, day in enumerate(days):
         height = plot_h * day.cost_usd / top_value

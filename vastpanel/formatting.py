@@ -29,7 +29,7 @@ DETAIL_LABELS = {
     "session_cost_usd": "cost",
     "dph_total": "price",
     "inactive_minutes": "idle",
-    "minutes_since_session_start": "after",
+    "healthy_after_minutes": "after",
     "seen_status": "seen",
     "vast_msg": "vast.ai says",
     "remote_addr": "from",

@@ -372,7 +372,7 @@ class Panel:
                 "system",
                 instance_id=report.state.instance_id,
                 endpoint=report.state.endpoint_base_url,
-                minutes_since_session_start=(now - session.started_at) / 60,
+                healthy_after_minutes=(now - session.started_at) / 60,
             )
         return True
 
