@@ -8,9 +8,9 @@ import re
 import stat
 
 import pytest
-from conftest import CONTROL_KEY, VAST_KEY, base_config
 from page_support import HTMX, TOKEN, csrf_token, sign_in, signed_in_client
 
+from conftest import CONTROL_KEY, VAST_KEY, base_config
 from vastpanel import ConfigError, create_app
 
 PAGES = ["/", "/?before=5", "/partials/status", "/partials/costs", "/partials/audit"]
