@@ -52,11 +52,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["vastpanel"] = panel
     htmx.init_app(app)
 
-    from . import api, cli, health, openapi
+    from . import api, auth, cli, health, openapi, pages
 
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)  # its own blueprint: served without X-API-Key
+    auth.init_app(app, source, panel)  # session cookie, sign-in, CSRF (the API is exempt)
+    app.register_blueprint(pages.bp)
     app.cli.add_command(cli.vast)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
