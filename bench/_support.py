@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import re
 import sys
 import tempfile
@@ -168,7 +169,8 @@ def run_load(
     """Run `clients` threads, each with its own keep-alive session, calling send in a loop.
 
     Each loop ends at the deadline or when the shared request budget is spent; pause_s makes
-    each client a poller that waits that long between its requests.
+    each client a poller that waits that long between its requests, its first request at a
+    random moment within the first pause (independent pollers do not arrive in step).
     """
     result = LoadResult(name)
     lock = threading.Lock()
@@ -181,6 +183,8 @@ def run_load(
         mine: list[float] = []
         errors, samples = 0, []
         try:
+            if pause_s:
+                time.sleep(random.uniform(0, pause_s))
             while time.monotonic() < deadline:
                 with lock:
                     if budget[0] <= 0:

@@ -2,11 +2,12 @@
 
 import json
 import threading
+import time
 
 import pytest
 
 from conftest import CONTROL_KEY, HEALTH_URL, INSTANCE_ID, base_config, load_fixture
-from vastpanel import create_app
+from vastpanel import create_app, store
 
 ROUTES = [
     ("get", "/infra/vast/status"),
@@ -174,6 +175,29 @@ def test_concurrent_pollers_share_one_call(client, vast):
         t.join(10)
     assert results == [200] * 16
     assert vast.gets == 1
+
+
+def test_an_answer_stored_by_another_process_during_the_lease_wait_is_reused(
+    panel, client, vast, clock
+):
+    """A worker that waited for the fetch lease uses its holder's answer: no second GET."""
+    store.acquire_lease(panel.db, "vast_fetch", "other-process", clock.now(), 60)
+
+    def other_process_fetches():
+        db = store.open_db(panel.config.db_path)
+        time.sleep(0.3)  # real time: the panel waits for the lease in real time
+        payload = load_fixture("instance_stopped.json")["instances"]
+        store.save_cached_instance(db, clock.now(), payload)
+        store.release_lease(db, "vast_fetch", "other-process")
+        db.close()
+
+    other = threading.Thread(target=other_process_fetches)
+    other.start()
+    try:
+        assert client.get("/infra/vast/status").json["status"] == "stopped"
+    finally:
+        other.join(10)
+    assert vast.gets == 0
 
 
 @pytest.mark.parametrize(

@@ -221,18 +221,24 @@ class Panel:
         asked = self.clock.now()
         with self._fetch_lock:
             # Another thread may have fetched while this one waited for the lock.
-            cached = self._answer_since(asked) if fresh else self._cached_answer(False)
+            cached = self._reusable_answer(asked, fresh)
             if cached is not None:
                 return cached
-            if not self._take_lease("vast_fetch", FETCH_LEASE_S, LEASE_WAIT_S):
-                # Another process asked vast.ai meanwhile: its answer serves us too.
-                cached = self._answer_since(asked)
+            leased = self._take_lease("vast_fetch", FETCH_LEASE_S, LEASE_WAIT_S)
+            try:
+                # Another process may have asked vast.ai while this one waited for the lease
+                # (or gave up waiting): its answer serves us too.
+                cached = self._reusable_answer(asked, fresh) or self._answer_since(asked)
                 if cached is not None:
                     return cached
-            try:
                 return self._fetch_now()
             finally:
-                store.release_lease(self.db, "vast_fetch", self.holder)
+                if leased:
+                    store.release_lease(self.db, "vast_fetch", self.holder)
+
+    def _reusable_answer(self, asked: float, fresh: bool) -> store.CachedInstance | None:
+        """Return the stored answer if it serves a caller who asked at `asked`, else None."""
+        return self._answer_since(asked) if fresh else self._cached_answer(False)
 
     def _answer_since(self, asked: float) -> store.CachedInstance | None:
         """Return the stored answer if it was fetched after the moment asked."""
