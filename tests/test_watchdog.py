@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import base_config, load_fixture
+import responses
+from conftest import INSTANCE_URL, base_config, load_fixture
 
 from vastpanel import create_app, store
 from vastpanel.panel import HEALTH_WAIT_KEY
@@ -157,6 +158,27 @@ def test_failed_stop_is_audited_and_retried_at_the_next_look(panel, vast, clock,
     assert vast.puts == ["stopped", "stopped"]
     assert store.current_session(panel.db) is None
     assert events(panel)[-2:] == ["auto_shutdown", "auto_shutdown_complete"]
+
+
+def test_stop_is_not_blocked_by_vast_ais_get_rate_limit(panel, vast, clock, watchdog):
+    # vast.ai refuses a GET within about 2 s of the previous one, often without Retry-After.
+    last_get: list[float] = []
+
+    def rate_limited_get(request):
+        if last_get and clock.now() - last_get[-1] < 2.0:
+            return 429, {}, '{"detail": "API requests too frequent endpoint threshold=2.0"}'
+        last_get.append(clock.now())
+        return vast._get(request)
+
+    vast.mock.replace(
+        responses.CallbackResponse(responses.GET, INSTANCE_URL, callback=rate_limited_get)
+    )
+    start_running(vast, clock, watchdog)
+    clock.advance(IDLE_S)  # the shared answer is stale: this look must read vast.ai
+    look = watchdog.look()
+    assert look.error is None
+    assert vast.puts == ["stopped"]
+    assert "auto_shutdown_failed" not in events(panel)
 
 
 def test_restart_keeps_the_idle_timer_and_acts_on_a_passed_deadline(
