@@ -45,8 +45,12 @@ def base_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
 class FakeVast:
     """vast.ai's instance endpoints faked with `responses`: a state, and the calls counted."""
 
-    def __init__(self, mock: responses.RequestsMock):
+    def __init__(self, mock: responses.RequestsMock, clock: FakeClock):
         self.mock = mock
+        self.clock = clock
+        self.boot_after: float | None = None  # seconds from a start call to running
+        self.started_at: float | None = None
+        self.on_get = None  # called before each GET is answered, to change the state
         self.instance: dict[str, Any] | None = load_fixture("instance_stopped.json")["instances"]
         self.put_answer: tuple[int, Any] | None = None  # override the next PUT answers
         self.health_status = 200
@@ -70,6 +74,11 @@ class FakeVast:
 
     def _get(self, request):
         self.gets += 1
+        if self.on_get is not None:
+            self.on_get()
+        if self.started_at is not None and self.clock.now() - self.started_at >= self.boot_after:
+            self.started_at = None
+            self.set_running()
         assert request.headers["Authorization"] == f"Bearer {VAST_KEY}"
         assert "api_key" not in request.url
         return 200, {}, json.dumps({"instances": self.instance})
@@ -84,11 +93,15 @@ class FakeVast:
             return 404, {}, json.dumps(load_fixture("no_such_instance.json"))
         self.instance["intended_status"] = state
         if state == "stopped":
+            self.started_at = None
             self.set_stopped()
+        elif self.boot_after is not None and self.instance["actual_status"] != "running":
+            self.started_at = self.clock.now()
         return 200, {}, json.dumps({"success": True})
 
     def _health(self, request):
-        return self.health_status, {}, "ok"
+        status = self.health_status() if callable(self.health_status) else self.health_status
+        return status, {}, "ok"
 
 
 @pytest.fixture
@@ -97,9 +110,9 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def vast():
+def vast(clock):
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield FakeVast(mock)
+        yield FakeVast(mock, clock)
 
 
 @pytest.fixture

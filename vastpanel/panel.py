@@ -283,8 +283,9 @@ class Panel:
     def _note_scheduling(self, state: InstanceState, now: float) -> None:
         """Remember since when a start waits for the GPU; forget it once it does not."""
         if state.status != "scheduling":
-            store.set_value(self.db, START_QUEUED_KEY, None)
-            store.set_value(self.db, SCHEDULING_SINCE_KEY, None)
+            for key in (START_QUEUED_KEY, SCHEDULING_SINCE_KEY):
+                if store.get_value(self.db, key) is not None:  # a read is cheaper than a write
+                    store.set_value(self.db, key, None)
         elif store.get_value(self.db, SCHEDULING_SINCE_KEY) is None:
             store.set_value(self.db, SCHEDULING_SINCE_KEY, now)
 

@@ -1,0 +1,516 @@
+"""Every /infra/vast endpoint: success, each error code and each kind of bad input."""
+
+import json
+import threading
+
+import pytest
+
+from conftest import CONTROL_KEY, HEALTH_URL, INSTANCE_ID, base_config, load_fixture
+from vastpanel import create_app
+
+ROUTES = [
+    ("get", "/infra/vast/status"),
+    ("post", "/infra/vast/power/on"),
+    ("post", "/infra/vast/power/off"),
+    ("post", "/infra/vast/activity"),
+    ("get", "/infra/vast/costs"),
+    ("get", "/infra/vast/audit"),
+]
+
+
+def audit_events(client):
+    return [e["event"] for e in client.get("/infra/vast/audit?limit=1000").json]
+
+
+# --- authentication ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+@pytest.mark.parametrize("key", [None, "", "wrong", CONTROL_KEY + "x", CONTROL_KEY[:-1]])
+def test_every_route_refuses_a_missing_or_wrong_key(app, vast, method, path, key):
+    client = app.test_client()
+    headers = {} if key is None else {"X-API-Key": key}
+    response = getattr(client, method)(path, headers=headers)
+    assert response.status_code == 401
+    assert response.json == {"detail": "Missing or wrong X-API-Key."}
+    assert vast.gets == 0 and vast.puts == []
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_without_a_control_key_every_route_is_refused(tmp_path, clock, vast, method, path):
+    app = create_app({**base_config(tmp_path, CONTROL_API_KEY=""), "CLOCK": clock})
+    client = app.test_client()
+    for headers in ({}, {"X-API-Key": ""}, {"X-API-Key": "anything"}):
+        response = getattr(client, method)(path, headers=headers)
+        assert response.status_code == 503
+        assert "CONTROL_API_KEY" in response.json["detail"]
+    assert vast.gets == 0 and vast.puts == []
+
+
+def test_unknown_api_path_answers_json(client):
+    response = client.get("/infra/vast/nope")
+    assert response.status_code == 404
+    assert "detail" in response.json
+
+
+def test_wrong_method_answers_json(client):
+    response = client.get("/infra/vast/power/on")
+    assert response.status_code == 405
+    assert "detail" in response.json
+
+
+# --- status ----------------------------------------------------------------------------------
+
+
+def test_status_stopped(client, vast):
+    body = client.get("/infra/vast/status").json
+    assert body == {
+        "instance_id": INSTANCE_ID,
+        "status": "stopped",
+        "gpu_name": "RTX 3090",
+        "dph_total": 0.45,
+        "endpoint_base_url": None,
+        "last_activity": None,
+        "auto_shutdown_in_minutes": None,
+        "total_runtime_hours": 0.0,
+        "total_cost_usd": 0.0,
+        "message": "The instance is stopped; only storage is billed.",
+    }
+
+
+def test_status_running_counts_the_session_and_the_countdown(client, vast, clock):
+    vast.set_running()
+    body = client.get("/infra/vast/status").json
+    assert body["status"] == "running"
+    assert body["endpoint_base_url"] == "http://203.0.113.7:41234"
+    assert body["auto_shutdown_in_minutes"] == 30.0
+    clock.advance(10 * 60 + 30)
+    body = client.get("/infra/vast/status").json
+    assert body["auto_shutdown_in_minutes"] == pytest.approx(19.5)
+    assert body["total_runtime_hours"] == pytest.approx(10.5 / 60)
+    assert body["total_cost_usd"] == pytest.approx(10.5 / 60 * 0.45)
+
+
+def test_activity_moves_the_countdown(client, vast, clock):
+    vast.set_running()
+    client.get("/infra/vast/status")
+    clock.advance(20 * 60)
+    recorded = client.post("/infra/vast/activity").json
+    assert recorded["status"] == "recorded"
+    assert recorded["last_activity"].endswith("Z")
+    body = client.get("/infra/vast/status").json
+    assert body["last_activity"] == recorded["last_activity"]
+    assert body["auto_shutdown_in_minutes"] == pytest.approx(30.0)
+
+
+def test_idle_counts_from_first_seen_running_not_from_old_activity(client, vast, clock):
+    client.post("/infra/vast/activity")
+    clock.advance(3 * 3600)  # a slow start, or the instance was off for hours
+    vast.set_running()
+    assert client.get("/infra/vast/status").json["auto_shutdown_in_minutes"] == 30.0
+
+
+def test_status_not_found(client, vast):
+    vast.instance = None
+    body = client.get("/infra/vast/status").json
+    assert body["status"] == "not_found"
+    assert body["instance_id"] == INSTANCE_ID
+
+
+@pytest.mark.parametrize(
+    ("missing", "named"),
+    [
+        ({"VAST_API_KEY": ""}, "VAST_API_KEY"),
+        ({"VAST_INSTANCE_ID": ""}, "VAST_INSTANCE_ID"),
+    ],
+)
+def test_unconfigured(tmp_path, clock, vast, missing, named):
+    app = create_app({**base_config(tmp_path, **missing), "CLOCK": clock})
+    client = app.test_client()
+    client.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY
+    body = client.get("/infra/vast/status").json
+    assert body["status"] == "unconfigured"
+    assert named in body["message"]
+    for path in ("/infra/vast/power/on", "/infra/vast/power/off"):
+        response = client.post(path)
+        assert response.status_code == 500
+        assert named in response.json["detail"]
+    assert client.post("/infra/vast/activity").status_code == 200
+    assert client.get("/infra/vast/costs").status_code == 200
+    assert vast.gets == 0 and vast.puts == []
+
+
+def test_one_upstream_call_per_ttl_for_many_pollers(client, vast, clock):
+    for _ in range(20):
+        assert client.get("/infra/vast/status").status_code == 200
+    assert vast.gets == 1
+    clock.advance(4.9)
+    client.get("/infra/vast/status")
+    assert vast.gets == 1
+    clock.advance(0.2)
+    client.get("/infra/vast/status")
+    assert vast.gets == 2
+
+
+def test_ttl_zero_asks_every_time(tmp_path, clock, vast):
+    app = create_app({**base_config(tmp_path, VAST_STATUS_TTL_S="0"), "CLOCK": clock})
+    client = app.test_client()
+    client.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY
+    for _ in range(3):
+        client.get("/infra/vast/status")
+    assert vast.gets == 3
+
+
+def test_concurrent_pollers_share_one_call(client, vast):
+    results = []
+
+    def poll():
+        results.append(client.get("/infra/vast/status").status_code)
+
+    threads = [threading.Thread(target=poll) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results == [200] * 16
+    assert vast.gets == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "detail"),
+    [
+        (502, load_fixture("proxy_502.html"), "failing (502)"),
+        (200, load_fixture("proxy_502.html"), "not a JSON object"),
+        (500, '{"error": "oops"}', "refused"),
+        (401, json.dumps(load_fixture("auth_error.json")), "vast.ai rejected VAST_API_KEY"),
+    ],
+)
+def test_upstream_faults_give_502_and_are_not_hammered(client, vast, status, body, detail):
+    vast.mock.replace("GET", vast.mock.registered()[0].url, status=status, body=body)
+    response = client.get("/infra/vast/status")
+    assert response.status_code == 502
+    assert detail in response.json["detail"]
+    calls = len(vast.mock.calls)
+    assert client.get("/infra/vast/status").status_code == 502
+    assert len(vast.mock.calls) == calls  # the failure is reused for the TTL
+
+
+# --- power on --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ("{not json", "body"),
+        ("[1, 2]", "body"),
+        ('"text"', "body"),
+        ('{"wait_for_health": "yes"}', "wait_for_health"),
+        ('{"wait_for_health": 1}', "wait_for_health"),
+        ('{"health_port": "8001"}', "health_port"),
+        ('{"health_port": 0}', "health_port"),
+        ('{"health_port": 65536}', "health_port"),
+        ('{"health_port": true}', "health_port"),
+        ('{"health_port": 8001.5}', "health_port"),
+        ('{"health_path": "health"}', "health_path"),
+        ('{"health_path": "http://evil.example/health"}', "health_path"),
+        ('{"health_path": "//evil.example/health"}', "health_path"),
+        ('{"health_path": "/he alth"}', "health_path"),
+        ('{"health_path": 5}', "health_path"),
+    ],
+)
+def test_power_on_bad_input_is_422_and_sends_nothing(client, vast, body, field):
+    response = client.post(
+        "/infra/vast/power/on", data=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert field in response.json["detail"]
+    assert vast.gets == 0 and vast.puts == []
+    assert audit_events(client) == []
+
+
+def test_power_on_without_wait(client, vast):
+    response = client.post("/infra/vast/power/on", json={"wait_for_health": False})
+    assert response.status_code == 200
+    assert response.json["status"] == "scheduling"
+    assert vast.puts == ["running"]
+    gets = vast.gets
+    # The status the power action reported is what /status shows next, without asking again.
+    assert client.get("/infra/vast/status").json["status"] == "scheduling"
+    assert vast.gets == gets
+    assert audit_events(client) == ["power_on_requested"]
+
+
+def test_power_on_with_an_empty_body_waits_for_health(client, vast, clock):
+    vast.boot_after = 40
+    health = iter([502, 502, 200])
+    vast.health_status = lambda: next(health)
+    response = client.post("/infra/vast/power/on")
+    assert response.status_code == 200
+    assert response.json == {
+        "status": "running",
+        "instance_id": INSTANCE_ID,
+        "endpoint_base_url": "http://203.0.113.7:41234",
+        "health_url": HEALTH_URL,
+        "message": "Instance running and healthy",
+    }
+    assert vast.puts == ["running"]
+    assert max(clock.slept) <= 5.0  # never polls vast.ai faster than every 5 s
+    events = client.get("/infra/vast/audit").json
+    assert events[0]["event"] == "power_on_complete"
+    assert events[0]["meta"] == {"instance_id": INSTANCE_ID, "endpoint": "http://203.0.113.7:41234"}
+    assert events[0]["actor"] == "api"
+
+
+def test_power_on_health_on_another_port_and_path(client, vast):
+    vast.set_running()
+    response = client.post(
+        "/infra/vast/power/on", json={"health_port": 8000, "health_path": "/v1/models"}
+    )
+    assert response.status_code == 200
+    assert response.json["health_url"] == "http://203.0.113.7:41233/v1/models"
+    assert vast.puts == []  # already running: no start call
+
+
+def test_power_on_health_timeout_is_504(client, vast, clock):
+    vast.set_running()
+    vast.health_status = 502
+    response = client.post("/infra/vast/power/on")
+    assert response.status_code == 504
+    assert "600" in response.json["detail"]
+    assert audit_events(client)[0] == "power_on_health_timeout"
+    assert sum(clock.slept) == pytest.approx(600)
+
+
+@pytest.mark.parametrize("status", ["loading", "scheduling", "creating"])
+def test_a_start_under_way_sends_no_second_start(client, vast, status):
+    actual = {"loading": "loading", "scheduling": "stopped", "creating": "created"}[status]
+    vast.set(actual_status=actual, intended_status="running")
+    response = client.post("/infra/vast/power/on", json={"wait_for_health": False})
+    assert response.status_code == 200
+    assert response.json["status"] == status
+    assert vast.puts == []
+
+
+def test_concurrent_power_ons_send_one_start(client, vast):
+    codes = []
+
+    def start():
+        codes.append(
+            client.post("/infra/vast/power/on", json={"wait_for_health": False}).status_code
+        )
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert codes == [200] * 8
+    assert vast.puts == ["running"]
+
+
+def test_gpu_taken_is_a_queued_start_not_an_error(client, vast):
+    vast.put_answer = (200, load_fixture("start_resources_unavailable.json"))
+    response = client.post("/infra/vast/power/on", json={"wait_for_health": False})
+    assert response.status_code == 200
+    assert response.json["status"] == "scheduling"
+    assert "queued" in response.json["message"]
+    status = client.get("/infra/vast/status").json
+    assert status["status"] == "scheduling"
+    assert "queued" in status["message"]
+    assert "power_on_queued" in audit_events(client)
+
+
+@pytest.mark.parametrize(
+    ("answer", "detail"),
+    [
+        ((400, load_fixture("missing_billing.json")), "missing_billing"),
+        ((404, load_fixture("no_such_instance.json")), "does not know"),
+        ((200, {"success": False, "error": "odd"}), "refused"),
+        ((401, load_fixture("auth_error.json")), "rejected VAST_API_KEY"),
+    ],
+)
+def test_power_on_refused_is_502_and_audited(client, vast, answer, detail):
+    vast.put_answer = answer
+    response = client.post("/infra/vast/power/on")
+    assert response.status_code == 502
+    assert detail in response.json["detail"]
+    entry = client.get("/infra/vast/audit").json[0]
+    assert entry["event"] == "power_on_failed"
+    assert detail in entry["meta"]["error"]
+
+
+def test_power_on_unknown_instance_is_502(client, vast):
+    vast.instance = None
+    response = client.post("/infra/vast/power/on")
+    assert response.status_code == 502
+    assert vast.puts == []
+
+
+def test_power_on_stopped_while_waiting_fails_clearly(client, vast, clock):
+    vast.set(intended_status="running")  # scheduling
+    vast.on_get = lambda: vast.gets > 1 and vast.set_stopped()  # stopped in the console
+    response = client.post("/infra/vast/power/on")
+    assert response.status_code == 502
+    assert "stopped" in response.json["detail"]
+
+
+# --- power off -------------------------------------------------------------------------------
+
+
+def test_power_off_reports_the_session(client, vast, clock):
+    vast.set_running()
+    client.get("/infra/vast/status")
+    clock.advance(45.5 * 60)
+    response = client.post("/infra/vast/power/off", json={})
+    assert response.status_code == 200
+    assert response.json == {
+        "status": "stopped",
+        "session_runtime_minutes": pytest.approx(45.5),
+        "session_cost_usd": pytest.approx(0.34125),
+        "message": "Instance stopped. Session: 45.5 min, $0.341",
+    }
+    assert vast.puts == ["stopped"]
+    events = client.get("/infra/vast/audit").json
+    assert [e["event"] for e in events[:2]] == ["power_off_complete", "power_off_requested"]
+    assert events[0]["meta"]["session_minutes"] == pytest.approx(45.5)
+    assert client.get("/infra/vast/status").json["status"] == "stopped"
+    costs = client.get("/infra/vast/costs").json
+    assert costs["sessions_count"] == 1
+    assert costs["total_cost_usd"] == pytest.approx(0.34125)
+
+
+def test_power_off_already_stopped_sends_nothing(client, vast):
+    response = client.post("/infra/vast/power/off")
+    assert response.status_code == 200
+    assert response.json["status"] == "stopped"
+    assert "already stopped" in response.json["message"]
+    assert vast.puts == []
+
+
+def test_power_off_cancels_a_queued_start(client, vast):
+    vast.set(intended_status="running")
+    assert client.post("/infra/vast/power/off").status_code == 200
+    assert vast.puts == ["stopped"]
+
+
+def test_power_off_always_reads_vast_ai_fresh(client, vast, clock):
+    client.get("/infra/vast/status")  # cached: stopped
+    vast.set_running()  # started in the console a moment later
+    response = client.post("/infra/vast/power/off")
+    assert vast.puts == ["stopped"]
+    assert response.json["session_runtime_minutes"] == 0.0
+
+
+def test_power_off_failure_is_502_and_loses_nothing(client, vast, clock):
+    vast.set_running()
+    client.get("/infra/vast/status")
+    clock.advance(600)
+    vast.put_answer = (503, {"detail": "maintenance"})
+    response = client.post("/infra/vast/power/off")
+    assert response.status_code == 502
+    assert audit_events(client)[0] == "power_off_failed"
+    status = client.get("/infra/vast/status").json
+    # The session is still open (the retries' back-off moved the clock by under a second).
+    assert status["total_runtime_hours"] == pytest.approx(600 / 3600, abs=1 / 3600)
+    vast.put_answer = None
+    minutes = client.post("/infra/vast/power/off").json["session_runtime_minutes"]
+    assert minutes == pytest.approx(10.0, abs=1 / 60)
+
+
+def test_power_off_bad_body_is_422(client, vast):
+    response = client.post(
+        "/infra/vast/power/off", data="{oops", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert vast.gets == 0 and vast.puts == []
+
+
+def test_stopped_outside_the_panel_closes_the_session_when_seen(client, vast, clock):
+    vast.set_running()
+    client.get("/infra/vast/status")
+    clock.advance(300)
+    vast.set_stopped()
+    client.get("/infra/vast/status")
+    clock.advance(3600)
+    costs = client.get("/infra/vast/costs").json
+    assert costs["total_runtime_hours"] == pytest.approx(300 / 3600)
+    assert "session_closed" in audit_events(client)
+
+
+# --- activity, costs, audit ------------------------------------------------------------------
+
+
+def test_activity_calls_nothing_upstream(client, vast, clock):
+    first = client.post("/infra/vast/activity").json["last_activity"]
+    clock.advance(61)
+    second = client.post("/infra/vast/activity", json={"model": "x"}).json["last_activity"]
+    assert second > first
+    assert vast.gets == 0 and vast.puts == []
+
+
+@pytest.mark.parametrize("body", ["{nope", "[]", "42"])
+def test_activity_bad_body_is_422_and_records_nothing(client, body):
+    response = client.post(
+        "/infra/vast/activity", data=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert client.get("/infra/vast/status").json["last_activity"] is None
+
+
+def test_costs_average(client, vast, clock):
+    for minutes in (10, 20):
+        vast.set_running()
+        clock.advance(6)
+        client.get("/infra/vast/status")
+        clock.advance(minutes * 60)
+        client.post("/infra/vast/power/off")
+        clock.advance(100)
+    body = client.get("/infra/vast/costs").json
+    assert body["sessions_count"] == 2
+    assert body["avg_session_minutes"] == pytest.approx(15.0)
+    assert body["total_runtime_hours"] == pytest.approx(0.5)
+    assert body["total_cost_usd"] == pytest.approx(0.225)
+
+
+def test_costs_empty(client):
+    assert client.get("/infra/vast/costs").json == {
+        "total_runtime_hours": 0.0,
+        "total_cost_usd": 0.0,
+        "sessions_count": 0,
+        "avg_session_minutes": 0.0,
+    }
+
+
+@pytest.mark.parametrize("limit", ["0", "1001", "-1", "abc", "1.5", "", "²"])
+def test_audit_bad_limit_is_422(client, limit):
+    response = client.get(f"/infra/vast/audit?limit={limit}")
+    assert response.status_code == 422
+    assert "limit" in response.json["detail"]
+
+
+def test_audit_limit_and_order(client, vast):
+    for _ in range(3):
+        client.post("/infra/vast/power/off")
+    entries = client.get("/infra/vast/audit?limit=2").json
+    assert len(entries) == 2
+    assert entries[0]["ts"].endswith("Z")
+    assert all(e["actor"] == "api" for e in entries)
+    assert len(client.get("/infra/vast/audit?limit=1000").json) == 3
+
+
+def test_state_survives_a_restart(tmp_path, clock, vast):
+    config = {**base_config(tmp_path), "CLOCK": clock}
+    first = create_app(config).test_client()
+    first.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY
+    vast.set_running()
+    first.get("/infra/vast/status")
+    first.post("/infra/vast/activity")
+    clock.advance(600)
+    # A new process on the same file: the open session keeps counting, nothing is counted twice.
+    second = create_app(config).test_client()
+    second.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY
+    clock.advance(10)
+    body = second.get("/infra/vast/status").json
+    assert body["total_runtime_hours"] == pytest.approx(610 / 3600)
+    assert body["last_activity"] is not None
+    assert second.get("/infra/vast/costs").json["sessions_count"] == 1

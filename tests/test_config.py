@@ -1,0 +1,82 @@
+"""Configuration is read once, typed, and a bad value names its variable."""
+
+import pytest
+
+from vastpanel.config import Config, ConfigError
+
+
+def test_defaults_when_nothing_is_set():
+    config = Config.from_env({})
+    assert config.vast_url == "https://console.vast.ai"
+    assert config.health_port == 8001
+    assert config.health_path == "/health"
+    assert config.wait_timeout_s == 600
+    assert config.auto_shutdown is True
+    assert config.auto_shutdown_minutes == 30
+    assert config.watchdog_interval_s == 60
+    assert config.status_ttl_s == 5
+    assert config.db_path == "data/vastpanel.db"
+    assert config.missing_vast_settings == ["VAST_API_KEY", "VAST_INSTANCE_ID"]
+    assert not config.vast_configured
+
+
+def test_values_are_typed():
+    config = Config.from_env(
+        {
+            "VAST_URL": "http://127.0.0.1:9000/",
+            "VAST_API_KEY": " key ",
+            "VAST_INSTANCE_ID": "12345",
+            "VAST_AUTO_SHUTDOWN_MINUTES": "0.5",
+            "VAST_AUTO_SHUTDOWN": "false",
+            "VAST_STATUS_TTL_S": "0",
+            "VAST_HEALTH_PORT": "65535",
+        }
+    )
+    assert config.vast_url == "http://127.0.0.1:9000"
+    assert config.vast_api_key == "key"
+    assert config.vast_instance_id == 12345
+    assert config.auto_shutdown_minutes == 0.5
+    assert config.auto_shutdown is False
+    assert config.status_ttl_s == 0
+    assert config.health_port == 65535
+    assert config.vast_configured
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("VAST_WAIT_TIMEOUT_S", "ten"),
+        ("VAST_WAIT_TIMEOUT_S", "-1"),
+        ("VAST_WAIT_TIMEOUT_S", "nan"),
+        ("VAST_AUTO_SHUTDOWN_MINUTES", "-0.5"),
+        ("VAST_AUTO_SHUTDOWN_MINUTES", "0"),
+        ("VAST_WATCHDOG_INTERVAL_S", "1e999"),
+        ("VAST_STATUS_TTL_S", "-5"),
+        ("VAST_HEALTH_PORT", "0"),
+        ("VAST_HEALTH_PORT", "65536"),
+        ("VAST_HEALTH_PORT", "80.5"),
+        ("VAST_AUTO_SHUTDOWN", "maybe"),
+        ("VAST_INSTANCE_ID", "abc"),
+        ("VAST_INSTANCE_ID", "-3"),
+        ("VAST_HEALTH_PATH", "health"),
+        ("VAST_HEALTH_PATH", "//evil.example/health"),
+        ("VAST_URL", "console.vast.ai"),
+    ],
+)
+def test_bad_value_stops_start_up_naming_the_variable(name, value):
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({name: value})
+    assert name in str(caught.value)
+
+
+def test_bad_value_stops_the_app_from_starting(tmp_path):
+    from vastpanel import create_app
+
+    with pytest.raises(ConfigError, match="VAST_HEALTH_PORT"):
+        create_app({"VAST_HEALTH_PORT": "99999", "VAST_DB_PATH": str(tmp_path / "x.db")})
+
+
+def test_empty_values_count_as_unset():
+    config = Config.from_env({"VAST_API_KEY": "", "VAST_INSTANCE_ID": " ", "VAST_DB_PATH": ""})
+    assert config.missing_vast_settings == ["VAST_API_KEY", "VAST_INSTANCE_ID"]
+    assert config.db_path == "data/vastpanel.db"

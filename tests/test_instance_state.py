@@ -1,0 +1,88 @@
+"""vast.ai's fields mapped to the panel's status word and endpoint."""
+
+import pytest
+
+from conftest import load_fixture
+from vastpanel.instance_state import endpoint_base_url, read_instance_state
+
+
+def running():
+    return load_fixture("instance_running.json")["instances"]
+
+
+@pytest.mark.parametrize(
+    ("actual", "intended", "expected"),
+    [
+        ("running", "running", "running"),
+        ("stopped", "running", "scheduling"),
+        ("stopped", "stopped", "stopped"),
+        (None, "running", "creating"),
+        ("created", "running", "creating"),
+        ("loading", "running", "loading"),
+        ("exited", "running", "exited"),
+        ("frozen", "frozen", "frozen"),
+        ("rebooting", "running", "rebooting"),
+        ("unknown", "running", "unknown"),
+        ("offline", "running", "offline"),
+        ("running", "stopped", "stopping"),
+        ("something_new", "running", "something_new"),
+    ],
+)
+def test_status_mapping(actual, intended, expected):
+    instance = dict(running(), actual_status=actual, intended_status=intended)
+    state = read_instance_state(instance, 4242, 8001)
+    assert state.status == expected
+    if expected not in ("running",):
+        assert state.message  # every status other than plain running explains itself
+        assert state.endpoint_base_url is None
+
+
+def test_unknown_id_is_not_found():
+    state = read_instance_state(None, 4242, 8001)
+    assert state.status == "not_found"
+    assert state.instance_id == 4242
+
+
+def test_running_endpoint_uses_stripped_ip_and_mapped_host_port():
+    state = read_instance_state(running(), 4242, 8001)
+    assert state.endpoint_base_url == "http://203.0.113.7:41234"
+    assert state.gpu_name == "RTX 3090"
+    assert state.dph_total == 0.45
+    assert state.gpu_held
+
+
+def test_endpoint_follows_the_configured_container_port():
+    assert endpoint_base_url(running(), 8000) == "http://203.0.113.7:41233"
+    assert endpoint_base_url(running(), 9999) is None
+
+
+@pytest.mark.parametrize(
+    "ports",
+    [None, {}, {"8001/tcp": []}, {"8001/tcp": [{"HostIp": "0.0.0.0"}]}, {"8001/tcp": "x"}],
+)
+def test_running_without_a_mapping_has_no_endpoint_and_says_why(ports):
+    state = read_instance_state(dict(running(), ports=ports), 4242, 8001)
+    assert state.status == "running"
+    assert state.endpoint_base_url is None
+    assert "8001/tcp" in state.message
+
+
+def test_queued_start_message_says_the_gpu_is_taken():
+    instance = dict(running(), actual_status="stopped", intended_status="running")
+    state = read_instance_state(instance, 4242, 8001, start_queued=True)
+    assert state.status == "scheduling"
+    assert "queued" in state.message
+
+
+def test_exited_message_carries_the_host_text():
+    instance = dict(running(), actual_status="exited", status_msg="OOM killed")
+    state = read_instance_state(instance, 4242, 8001)
+    assert "OOM killed" in state.message
+    assert state.gpu_held
+
+
+def test_garbage_field_types_do_not_crash():
+    instance = {"actual_status": 5, "intended_status": ["x"], "dph_total": "cheap", "id": "x"}
+    state = read_instance_state(instance, 4242, 8001)
+    assert state.dph_total is None
+    assert state.instance_id == 4242

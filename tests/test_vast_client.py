@@ -1,0 +1,185 @@
+"""The vast.ai client against each answer shape and fault in shared/vast-api.md."""
+
+import json
+
+import pytest
+import requests
+import responses
+
+from conftest import INSTANCE_ID, INSTANCE_URL, VAST_KEY, VAST_URL, load_fixture
+from vastpanel.clock import FakeClock
+from vastpanel.vast_client import VastClient, VastError
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def client(clock):
+    return VastClient(VAST_URL, VAST_KEY, sleep=clock.sleep)
+
+
+@pytest.fixture
+def mock():
+    with responses.RequestsMock() as mock:
+        yield mock
+
+
+def test_show_instance_sends_bearer_header_and_owner_me(client, mock):
+    mock.get(INSTANCE_URL, json=load_fixture("instance_running.json"))
+    instance = client.fetch_instance(INSTANCE_ID)
+    assert instance["actual_status"] == "running"
+    sent = mock.calls[0].request
+    assert sent.headers["Authorization"] == f"Bearer {VAST_KEY}"
+    assert sent.url == INSTANCE_URL + "?owner=me"
+    assert VAST_KEY not in sent.url
+
+
+def test_unknown_instance_is_none(client, mock):
+    mock.get(INSTANCE_URL, json={"instances": None})
+    assert client.fetch_instance(INSTANCE_ID) is None
+
+
+@pytest.mark.parametrize("body", [{}, {"instances": "x"}, [1, 2]])
+def test_unexpected_shapes_are_upstream_faults(client, mock, body):
+    mock.get(INSTANCE_URL, json=body)
+    with pytest.raises(VastError):
+        client.fetch_instance(INSTANCE_ID)
+
+
+def test_start_and_stop_send_the_state(client, mock):
+    mock.put(INSTANCE_URL, json={"success": True})
+    mock.put(INSTANCE_URL, json={"success": True})
+    assert client.start_instance(INSTANCE_ID).queued is False
+    client.stop_instance(INSTANCE_ID)
+    assert [json.loads(c.request.body) for c in mock.calls] == [
+        {"state": "running"},
+        {"state": "stopped"},
+    ]
+
+
+def test_resources_unavailable_is_a_queued_start_not_an_error(client, mock):
+    mock.put(INSTANCE_URL, json=load_fixture("start_resources_unavailable.json"))
+    result = client.start_instance(INSTANCE_ID)
+    assert result.queued
+    assert "queued" in result.message
+
+
+def test_a_200_with_success_false_is_a_refusal(client, mock):
+    mock.put(INSTANCE_URL, json={"success": False, "error": "weird", "msg": "no"})
+    with pytest.raises(VastError, match="refused.*weird"):
+        client.start_instance(INSTANCE_ID)
+
+
+def test_missing_billing(client, mock):
+    mock.put(INSTANCE_URL, status=400, json=load_fixture("missing_billing.json"))
+    with pytest.raises(VastError, match="missing_billing") as caught:
+        client.start_instance(INSTANCE_ID)
+    assert caught.value.kind == "refused"
+
+
+def test_no_such_instance_on_put(client, mock):
+    mock.put(INSTANCE_URL, status=404, json=load_fixture("no_such_instance.json"))
+    with pytest.raises(VastError) as caught:
+        client.stop_instance(INSTANCE_ID)
+    assert caught.value.kind == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (401, load_fixture("auth_error.json")),
+        (403, {"success": False, "error": "forbidden"}),
+        (404, load_fixture("auth_error.json")),
+        (200, load_fixture("auth_error.json")),
+    ],
+)
+def test_rejected_key(client, mock, status, body):
+    mock.get(INSTANCE_URL, status=status, json=body)
+    with pytest.raises(VastError, match="rejected VAST_API_KEY") as caught:
+        client.fetch_instance(INSTANCE_ID)
+    assert caught.value.kind == "auth"
+    assert VAST_KEY not in str(caught.value)
+    assert len(mock.calls) == 1  # an auth failure is not retried
+
+
+def test_non_json_body_is_an_upstream_fault(client, mock):
+    mock.get(INSTANCE_URL, status=200, body=load_fixture("proxy_502.html"))
+    with pytest.raises(VastError, match="not a JSON object"):
+        client.fetch_instance(INSTANCE_ID)
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+def test_retryable_statuses_are_retried_then_succeed(client, mock, clock, status):
+    mock.get(INSTANCE_URL, status=status, body="busy")
+    mock.get(INSTANCE_URL, json=load_fixture("instance_running.json"))
+    assert client.fetch_instance(INSTANCE_ID)["id"] == INSTANCE_ID
+    assert len(mock.calls) == 2
+    assert clock.slept == [0.15]
+
+
+def test_three_attempts_in_all_with_backoff(client, mock, clock):
+    mock.get(INSTANCE_URL, status=502, body=load_fixture("proxy_502.html"))
+    with pytest.raises(VastError, match="failing \\(502\\)"):
+        client.fetch_instance(INSTANCE_ID)
+    assert len(mock.calls) == 3
+    assert clock.slept == pytest.approx([0.15, 0.225])
+
+
+def test_numeric_retry_after_is_honoured(client, mock, clock):
+    mock.get(
+        INSTANCE_URL,
+        status=429,
+        headers={"Retry-After": "2"},
+        json={"detail": "API requests too frequent endpoint threshold=2.0"},
+    )
+    mock.get(INSTANCE_URL, json=load_fixture("instance_running.json"))
+    client.fetch_instance(INSTANCE_ID)
+    assert clock.slept == [2.0]
+
+
+def test_retry_after_beyond_the_cap_gives_up_at_once(client, mock, clock):
+    mock.get(INSTANCE_URL, status=429, headers={"Retry-After": "120"}, body="slow down")
+    with pytest.raises(VastError, match="retry after 120 s") as caught:
+        client.fetch_instance(INSTANCE_ID)
+    assert caught.value.kind == "rate_limited"
+    assert len(mock.calls) == 1
+    assert clock.slept == []
+
+
+def test_429_without_retry_after_keeps_failing(client, mock):
+    mock.get(INSTANCE_URL, status=429, body="API requests too frequent")
+    with pytest.raises(VastError, match="rate limiting"):
+        client.fetch_instance(INSTANCE_ID)
+    assert len(mock.calls) == 3
+
+
+def test_connection_errors_are_retried_and_reported_without_the_key(client, mock):
+    mock.get(INSTANCE_URL, body=requests.ConnectionError(f"refused {VAST_KEY}"))
+    with pytest.raises(VastError, match="unreachable") as caught:
+        client.fetch_instance(INSTANCE_ID)
+    assert len(mock.calls) == 3
+    assert VAST_KEY not in caught.value.message
+
+
+def test_timeouts_are_retried_and_reported(client, mock):
+    mock.get(INSTANCE_URL, body=requests.ReadTimeout("slow"))
+    mock.get(INSTANCE_URL, body=requests.ConnectTimeout("slow"))
+    mock.get(INSTANCE_URL, body=requests.ReadTimeout("slow"))
+    with pytest.raises(VastError, match="did not answer in time"):
+        client.fetch_instance(INSTANCE_ID)
+
+
+def test_every_call_has_a_timeout(client, mock):
+    seen = []
+    mock.add_callback(
+        responses.GET,
+        INSTANCE_URL,
+        callback=lambda request: (
+            seen.append(request.req_kwargs["timeout"]) or (200, {}, '{"instances": null}')
+        ),
+    )
+    client.fetch_instance(INSTANCE_ID)
+    assert seen and seen[0] is not None

@@ -1,0 +1,59 @@
+"""A faithful vast.ai simulator over real HTTP, for the demo and the end-to-end tests.
+
+It plays one vast.ai account holding one instance, in the shapes of ``vast-api.md`` and of
+what the official ``vastai`` client (1.9.1) sends. Two servers, both on 127.0.0.1 only:
+
+The API server (``Simulator.url``), Bearer auth (``?api_key=`` is accepted too, as vast.ai does):
+    GET  /api/v0/instances/{id}/?owner=me   200 {"instances": {...}} or {"instances": null}
+    PUT  /api/v0/instances/{id}/            {"state": "running"|"stopped"} -> 200 {"success": true}
+    GET  /api/v0/users/current/             the little the official client asks on every command
+  A bad key answers 401 auth_error, a non-integer id or a bad PUT body 400 invalid_args, a PUT
+  for an unknown id 404 no_such_instance.
+
+  Lifecycle, measured on an injectable clock and derived on each request (no threads):
+    stopped -> scheduling (intended running, actual stopped; ``schedule_delay``)
+            -> loading (``load_delay``) -> running; the model answers /health ``warm_delay``
+            seconds later. A stop goes to stopped after ``stop_delay``, while actual still
+            shows the old status. ``initial_state="creating"`` starts with actual null for
+            ``create_delay``. ``ports`` (8000/tcp and 8001/tcp -> the LLM port, as a string)
+            exist only while running.
+
+The LLM stack (``Simulator.llm_url``, the HostPort of the mapped ports):
+    GET /health                  502 unless running and warm, then 200 with an empty body
+    GET /v1/models               OpenAI model list (502 while not up)
+    POST /v1/chat/completions    a fixed completion, OpenAI shape; "stream": true gives SSE
+
+Control routes on the API server (loopback only, no auth, never in the request log):
+    GET    /_sim/state      instance, faults, timing, clock, llm_port
+    POST   /_sim/fault      {"kind": K, "count": N|null, "method": "GET"|"PUT"|null,
+                             "delay": s, "status": code, "body": obj|str, "headers": {},
+                             "retry_after": s, "text": bool}
+    DELETE /_sim/fault      remove all faults (?kind=K for one kind)
+    POST   /_sim/external   {"action": "start"|"stop"|"exit"|"vanish"|"appear"} (the console)
+    GET    /_sim/requests   {"requests": [{method, path, query, json, status, time}], "count"}
+                            (?method=, ?path=, ?server=llm); the key is never recorded
+    DELETE /_sim/requests   empty the logs
+    POST   /_sim/reset      initial state, no faults, empty logs
+    POST   /_sim/timing     {"schedule_delay": s, ...} for transitions from now on
+    POST   /_sim/pause      {"seconds": s}: the API refuses connections, then comes back
+
+Fault kinds (``Simulator.add_fault(kind, **options)`` or POST /_sim/fault):
+    response               any status and body (``status`` required)
+    rate_limit             429, JSON {"detail": ...} or ``text=True``; ``retry_after`` header
+    html                   an HTML proxy page instead of JSON, 502 (or ``status=200``)
+    slow                   answer normally after ``delay`` seconds
+    resources_unavailable  a start answers 200 success false and stays in scheduling
+                           until a stop or until the fault is cleared (no ``count``)
+    missing_billing        a start answers 400 missing_billing (until cleared by default)
+The first four answer before auth, as a proxy would; ``count`` defaults to 1 for them.
+
+Run standalone: ``python -m vastpanel.simulator --port 0 --api-key KEY --instance-id 123``.
+"""
+
+from .backend import LlmConfig
+from .faults import KINDS as FAULT_KINDS
+from .faults import Fault
+from .instance import Hardware, ManualClock, Timing
+from .runner import Simulator
+
+__all__ = ["FAULT_KINDS", "Fault", "Hardware", "LlmConfig", "ManualClock", "Simulator", "Timing"]

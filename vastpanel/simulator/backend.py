@@ -1,0 +1,152 @@
+"""The simulated account that both servers share: one instance, faults and request logs."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .faults import Fault, FaultBook, RateLimiter
+from .instance import SimInstance
+
+EXTERNAL_ACTIONS = ("start", "stop", "exit", "vanish", "appear")
+LOG_LIMIT = 10_000  # a demo left polling for days keeps only the latest requests
+
+
+@dataclass
+class LlmConfig:
+    """What the simulated LLM stack on the instance serves."""
+
+    model: str = "sim-model"
+    completion: str = "Hello from the simulated vast.ai instance."
+    api_key: str | None = None  # when set, the LLM stack wants "Authorization: Bearer <key>"
+
+
+class Backend:
+    """Everything one simulated vast.ai account holds, safe to use from server threads."""
+
+    def __init__(
+        self,
+        api_key: str,
+        instance: SimInstance,
+        initial_state: str,
+        rate_limit: dict[str, float] | None,
+        llm: LlmConfig,
+    ):
+        self.api_key = api_key
+        self.instance = instance
+        self.initial_state = initial_state
+        self.faults = FaultBook()
+        self.rate_limiter = RateLimiter(rate_limit)
+        self.llm = llm
+        self.llm_port = 0  # set once the LLM server is listening
+        self.closing = threading.Event()
+        self._log: deque[dict] = deque(maxlen=LOG_LIMIT)
+        self._llm_log: deque[dict] = deque(maxlen=LOG_LIMIT)
+        self._log_lock = threading.Lock()
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """Return the clock every phase is measured on."""
+        return self.instance.clock
+
+    def pause_for(self, seconds: float) -> None:
+        """Hold an answer back, cut short when the simulator stops."""
+        if seconds > 0:
+            self.closing.wait(seconds)
+
+    # --- request logs (never holding the Authorization header) ---
+
+    def record(self, entry: dict, llm: bool = False) -> None:
+        """Append one answered request to the API log or the LLM log."""
+        with self._log_lock:
+            (self._llm_log if llm else self._log).append(entry)
+
+    def requests(self, method: str | None = None, path: str | None = None, llm=False) -> list:
+        """Return logged requests, optionally only those with ``method`` and/or ``path``."""
+        with self._log_lock:
+            rows = list(self._llm_log if llm else self._log)
+        return [
+            dict(r)
+            for r in rows
+            if (method is None or r["method"] == method.upper())
+            and (path is None or r["path"] == path)
+        ]
+
+    def clear_requests(self) -> None:
+        """Empty both request logs."""
+        with self._log_lock:
+            self._log.clear()
+            self._llm_log.clear()
+
+    # --- the console and the fault switchboard ---
+
+    def instance_view(self) -> dict | None:
+        """Return the instance as the API shows it now, or None when it has vanished."""
+        inst = self.instance
+        with inst.lock:
+            if inst.vanished:
+                return None
+            return inst.as_api_dict(self.clock(), self.llm_port)
+
+    def external(self, action: str) -> bool:
+        """Change the instance as if from the vast.ai console; False if it had no effect."""
+        if action not in EXTERNAL_ACTIONS:
+            raise ValueError(f"action must be one of {', '.join(EXTERNAL_ACTIONS)}")
+        inst = self.instance
+        with inst.lock:
+            now = self.clock()
+            if action == "appear":
+                changed, inst.vanished = inst.vanished, False
+                return changed
+            if inst.vanished:
+                return False
+            if action == "vanish":
+                inst.vanished = True
+                return True
+            if action == "start":
+                return inst.request_start(now, gpu_free=not self.faults.gpu_busy()) != "noop"
+            if action == "stop":
+                changed = inst.intended != "stopped"
+                inst.request_stop(now)
+                return changed
+            return inst.exit_container(now)
+
+    def add_fault(self, kind: str, **options) -> Fault:
+        """Activate a fault (see faults.Fault); raise ValueError for a bad one."""
+        return self.faults.add(Fault.from_options(kind, **options))
+
+    def clear_faults(self, kind: str | None = None) -> int:
+        """Remove faults; a start queued behind a busy GPU proceeds once none is left."""
+        removed = self.faults.clear(kind)
+        inst = self.instance
+        with inst.lock:
+            if not self.faults.gpu_busy():
+                inst.release_hold(self.clock())
+        return removed
+
+    def reset(self) -> None:
+        """Return to the initial state: no faults, empty logs, rate limits forgotten."""
+        self.faults.clear()
+        self.rate_limiter.reset()
+        self.clear_requests()
+        with self.instance.lock:
+            self.instance.reset(self.initial_state)
+
+    def snapshot(self) -> dict:
+        """Return everything a test or a demo may want to see at once."""
+        inst = self.instance
+        with inst.lock:
+            now = self.clock()
+            return {
+                "instance": self.instance_view(),
+                "vanished": inst.vanished,
+                "held": inst.held,
+                "warm": inst.is_warm(now),
+                "clock": now,
+                "timing": vars(inst.timing).copy(),
+                "faults": self.faults.describe(),
+                "rate_limit": dict(self.rate_limiter.intervals),
+                "llm_port": self.llm_port,
+            }

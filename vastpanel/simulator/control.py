@@ -1,0 +1,122 @@
+"""The /_sim/ control routes: faults, console actions, request log, state, timing, outage."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from flask import Blueprint, current_app, jsonify, request
+
+from .backend import Backend
+from .instance import Timing
+
+control = Blueprint("sim_control", __name__, url_prefix="/_sim")
+
+LOOPBACK = ("127.0.0.1", "::1")
+
+
+def _backend() -> Backend:
+    return current_app.extensions["vast_sim"]
+
+
+def _bad(msg: str, status: int = 400):
+    return jsonify({"ok": False, "error": msg}), status
+
+
+def _body() -> dict:
+    body = request.get_json(silent=True)
+    return body if isinstance(body, dict) else {}
+
+
+@control.before_request
+def loopback_only():
+    """Refuse control requests that do not come from this machine."""
+    if request.remote_addr not in LOOPBACK:
+        return _bad("the simulator is controlled from loopback only", 403)
+    return None
+
+
+@control.get("/state")
+def state():
+    """Show the instance, faults, timing and clock."""
+    return jsonify(_backend().snapshot())
+
+
+@control.post("/fault")
+def add_fault():
+    """Activate a fault: {"kind": ..., "count": N, "method": "GET"|"PUT", ...}."""
+    options = _body()
+    kind = options.pop("kind", None)
+    try:
+        fault = _backend().add_fault(kind, **options)
+    except (TypeError, ValueError) as error:
+        return _bad(str(error))
+    return jsonify({"ok": True, "fault": fault.describe()}), 201
+
+
+@control.delete("/fault")
+def clear_faults():
+    """Remove every fault, or only ?kind=...; a queued start then proceeds."""
+    removed = _backend().clear_faults(request.args.get("kind"))
+    return jsonify({"ok": True, "removed": removed})
+
+
+@control.post("/external")
+def external():
+    """Act as the vast.ai console would: {"action": "start"|"stop"|"exit"|"vanish"|"appear"}."""
+    backend = _backend()
+    try:
+        changed = backend.external(str(_body().get("action")))
+    except ValueError as error:
+        return _bad(str(error))
+    return jsonify({"ok": True, "changed": changed, "instance": backend.instance_view()})
+
+
+@control.get("/requests")
+def list_requests():
+    """Show the API request log (?method=, ?path=, ?server=llm for the LLM stack's log)."""
+    rows = _backend().requests(
+        method=request.args.get("method"),
+        path=request.args.get("path"),
+        llm=request.args.get("server") == "llm",
+    )
+    return jsonify({"requests": rows, "count": len(rows)})
+
+
+@control.delete("/requests")
+def clear_requests():
+    """Empty the request logs."""
+    _backend().clear_requests()
+    return jsonify({"ok": True})
+
+
+@control.post("/reset")
+def reset():
+    """Back to the initial state, no faults, empty logs."""
+    backend = _backend()
+    backend.reset()
+    return jsonify(backend.snapshot())
+
+
+@control.post("/timing")
+def set_timing():
+    """Change phase durations for transitions that start from now on."""
+    inst = _backend().instance
+    with inst.lock:
+        try:
+            inst.timing = Timing(**{**asdict(inst.timing), **_body()})
+        except (TypeError, ValueError) as error:
+            return _bad(str(error))
+        return jsonify({"ok": True, "timing": asdict(inst.timing)})
+
+
+@control.post("/pause")
+def pause():
+    """Take the API off the air for {"seconds": S}: connections are refused, then it returns."""
+    seconds = _body().get("seconds")
+    if not isinstance(seconds, int | float) or not 0 < seconds <= 3600:
+        return _bad("seconds must be a number in (0, 3600]")
+    on_pause = current_app.extensions.get("vast_sim_pause")
+    if on_pause is None:
+        return _bad("pausing is not available here", 501)
+    on_pause(float(seconds))
+    return jsonify({"ok": True, "resumes_in": seconds}), 202
