@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import responses
-from conftest import INSTANCE_URL, base_config, load_fixture
 
+from conftest import INSTANCE_URL, base_config, load_fixture
 from vastpanel import create_app, store
 from vastpanel.panel import HEALTH_WAIT_KEY
 from vastpanel.watchdog import LEASE, Watchdog, holder_is_dead

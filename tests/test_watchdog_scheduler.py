@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 import pytest
 import requests
-from conftest import VAST_KEY, base_config, load_fixture
 
+from conftest import VAST_KEY, base_config, load_fixture
 from vastpanel import ConfigError, create_app, store
 from vastpanel.watchdog import DEADLINE_JOB, EXTENSION, LEASE, LOOK_JOB, Watchdog
 

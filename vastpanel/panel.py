@@ -35,10 +35,6 @@ FETCH_LEASE_S = 60.0
 POWER_LEASE_S = 90.0
 LEASE_WAIT_S = 3.0  # how long to wait for another process's vast.ai answer before asking too
 POWER_WAIT_S = 60.0
-# A stop re-reads the instance, but an answer this young counts as fresh: vast.ai refuses a GET
-# within about 2 s of the previous one (429, often without Retry-After), which failed every stop
-# whose own look had just read vast.ai.
-FRESH_ANSWER_S = 2.5
 
 HEALTH_WAIT_KEY = "health_wait_until"
 START_QUEUED_KEY = "start_queued_at"
@@ -212,11 +208,10 @@ class Panel:
     def _cached_answer(self, fresh: bool) -> store.CachedInstance | None:
         """Return the stored answer if it is recent enough to reuse, else None."""
         cached = store.read_cached_instance(self.db)
-        if cached is None:
+        if cached is None or fresh:
             return None
         age = self.clock.now() - cached.fetched_at
-        limit = FRESH_ANSWER_S if fresh else self.config.status_ttl_s
-        return cached if 0 <= age < limit else None
+        return cached if 0 <= age < self.config.status_ttl_s else None
 
     def _fetch(self, fresh: bool) -> store.CachedInstance:
         """Ask vast.ai once for every waiting thread and process; store and reconcile it."""
@@ -521,7 +516,11 @@ class Panel:
         instance_id = self.config.vast_instance_id
         with self._power(actor, events.failed):
             try:
-                state = self.instance_state(fresh=True)
+                # A manual stop reads vast.ai afresh, so a "stopped" cached a moment ago never
+                # skips it. An auto-stop's look has just read the instance, and vast.ai refuses a
+                # second GET within about 2 s (429): it re-checks on the shared answer, where a
+                # stale "running" costs at most a redundant stop.
+                state = self.instance_state(fresh=due is None)
             except UpstreamFailed as exc:
                 self.audit(events.failed, actor, instance_id=instance_id, error=exc.message)
                 raise
