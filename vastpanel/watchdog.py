@@ -49,6 +49,7 @@ DEADLINE_JOB = "vastpanel-watchdog-deadline"
 DEADLINE_MARGIN_S = 0.05
 # A look that has run this long is stuck (vast.ai calls and lock waits are all bounded below it).
 STUCK_LOOK_S = 300.0
+SLOW_LOOK_S = 5.0  # a look slower than this is logged
 
 # Watchdogs alive in this process, so a lease held by this pid is not mistaken for a dead one.
 _in_this_process: weakref.WeakSet[Watchdog] = weakref.WeakSet()
@@ -184,7 +185,7 @@ class Watchdog:
 
     def _run_look(self) -> None:
         """Run one look from the scheduler; never raise, so no error stops the watchdog."""
-        self._look_started = time.monotonic()
+        started = self._look_started = time.monotonic()
         try:
             result = self.look()
             self._schedule_deadline(result.next_deadline if result.leader else None)
@@ -194,6 +195,9 @@ class Watchdog:
         finally:
             self._look_started = None
             self.panel.close()  # this pool thread's connection; the next look opens its own
+            took = time.monotonic() - started
+            if took > SLOW_LOOK_S:
+                log.warning("watchdog: a look took %.1f s", took)
 
     def _schedule_deadline(self, deadline: float | None) -> None:
         """Arrange one look just after a deadline that lies ahead; drop it otherwise.
@@ -213,12 +217,18 @@ class Watchdog:
                 return
             # Scheduled by delay, so the panel's clock and the scheduler's need not agree.
             run_at = datetime.now(UTC) + timedelta(seconds=delay + DEADLINE_MARGIN_S)
+            job = self.scheduler.get_job(DEADLINE_JOB)
+            if job is not None and abs((job.next_run_time - run_at).total_seconds()) < 0.1:
+                return  # already there (each interval look finds the same deadline)
             self.scheduler.add_job(
                 DEADLINE_JOB,
                 self._run_look,
                 trigger="date",
                 run_date=run_at,
                 replace_existing=True,
+                # The look that reschedules is itself this job: let the new one run even if
+                # it falls due before that look has returned (looks queue on the look lock).
+                max_instances=2,
             )
 
 
