@@ -204,7 +204,7 @@ def test_two_processes_stop_once_and_the_survivor_takes_over_a_kill_9(tmp_path, 
         out, err = survivor.communicate(timeout=WAIT_S)
         assert survivor.returncode == 0, err
         report = json.loads(out.strip().splitlines()[-1])
-        assert report["leader"] > 0
+        assert report["follower"] > 0 and report["leader"] > 0  # it followed, then led
         assert VAST_KEY not in err
         assert len(stops(sim)) == 2
     finally:

@@ -69,9 +69,9 @@ class Look:
 class Watchdog:
     """Stops the idle instance and keeps sessions true, from whichever process leads."""
 
-    def __init__(self, panel: Panel, *, interval_s: float | None = None):
+    def __init__(self, panel: Panel):
         self.panel = panel
-        self.interval_s = interval_s or panel.config.watchdog_interval_s
+        self.interval_s = panel.config.watchdog_interval_s
         # A bit over two intervals: one missed renewal does not hand the lease over.
         self.lease_ttl_s = 2.5 * self.interval_s
         self.scheduler: APScheduler | None = None
