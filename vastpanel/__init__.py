@@ -13,6 +13,7 @@ from htmx_flask import Htmx
 from werkzeug.exceptions import HTTPException
 
 from .config import Config, ConfigError
+from .log_config import configure_logging
 from .panel import Panel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +43,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(TESTING=test_config is not None, JSON_SORT_KEYS=False)
     if test_config is not None:
         app.config.update({k: v for k, v in test_config.items() if k in ("TESTING",)})
+    if not app.testing:
+        configure_logging()  # lines to stderr with time and level, unless already configured
     panel = Panel(
         config,
         clock=(test_config or {}).get("CLOCK"),
@@ -50,9 +53,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["vastpanel"] = panel
     htmx.init_app(app)
 
-    from . import api
+    from . import api, auth, cli, health, openapi, pages
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)  # its own blueprint: served without X-API-Key
+    auth.init_app(app, source, panel)  # session cookie, sign-in, CSRF (the API is exempt)
+    app.register_blueprint(pages.bp)
+    app.cli.add_command(cli.vast)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
 

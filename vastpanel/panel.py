@@ -39,6 +39,9 @@ POWER_WAIT_S = 60.0
 HEALTH_WAIT_KEY = "health_wait_until"
 START_QUEUED_KEY = "start_queued_at"
 SCHEDULING_SINCE_KEY = "scheduling_since"
+HEALTHY_SESSION_KEY = "healthy_session"  # id of the session whose health URL answered 200
+HEALTH_PROBED_KEY = "health_probed_at"
+HEALTH_PROBE_EVERY_S = 2.0
 
 
 class PanelError(Exception):
@@ -329,6 +332,49 @@ class Panel:
     def audit_log(self, limit: int, before_id: int | None = None) -> list[store.AuditEntry]:
         """Return audit entries, newest first."""
         return store.list_audit(self.db, limit, before_id)
+
+    def cost_per_day(self, days: int = 30) -> list[store.DayCost]:
+        """Return runtime and cost per UTC day for the last days, oldest first."""
+        return store.cost_per_day(self.db, self.clock.now(), days)
+
+    def current_session(self) -> store.Session | None:
+        """Return the open session, or None (readable even when vast.ai is not)."""
+        return store.current_session(self.db)
+
+    def latest_closed_session(self) -> store.Session | None:
+        """Return the session that ended last, or None."""
+        return store.latest_closed_session(self.db)
+
+    def session_healthy(self, report: StatusReport) -> bool | None:
+        """Tell whether the running instance's health URL has answered 200 in this session.
+
+        None when the instance is not running. Until the URL first answers, probe it at most
+        every HEALTH_PROBE_EVERY_S (shared by every caller), so a page that polls can follow a
+        start made without waiting for health; the first 200 of a session is audited.
+        """
+        if report.state.status != "running":
+            return None
+        session = report.session
+        if session is not None and store.get_value(self.db, HEALTHY_SESSION_KEY) == session.id:
+            return True
+        now = self.clock.now()
+        probed = store.get_value(self.db, HEALTH_PROBED_KEY)
+        if probed is not None and 0 <= now - probed < HEALTH_PROBE_EVERY_S:
+            return False
+        store.set_value(self.db, HEALTH_PROBED_KEY, now)
+        url = self._health_url(report.state, self.config.health_port, self.config.health_path)
+        if url is None or not fetch_health(self.http, url):
+            return False
+        if session is not None and store.get_value(self.db, HEALTHY_SESSION_KEY) != session.id:
+            store.set_value(self.db, HEALTHY_SESSION_KEY, session.id)
+            self.audit(
+                "instance_healthy",
+                "system",
+                instance_id=report.state.instance_id,
+                endpoint=report.state.endpoint_base_url,
+                healthy_after_minutes=(now - session.started_at) / 60,
+            )
+        return True
 
     # --- power -------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlite_utils import Database, Migrations
@@ -56,6 +57,14 @@ def m001_initial(db: Database) -> None:
     db.execute(
         "CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL)"
     )
+
+
+@migrations()
+def m002_query_indexes(db: Database) -> None:
+    """Index audit events and session starts, for audit filters and per-day cost charts."""
+    # (event, id): "entries of this event, newest first" reads the index alone.
+    db.execute("CREATE INDEX audit_event ON audit(event, id)")
+    db.execute("CREATE INDEX sessions_started_at ON sessions(started_at)")
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,15 @@ class CostTotals:
     cost_usd: float
 
 
+@dataclass(frozen=True)
+class DayCost:
+    """Runtime and cost of the GPU on one UTC calendar day."""
+
+    day: date
+    runtime_seconds: float
+    cost_usd: float
+
+
 def open_db(path: str) -> Database:
     """Open (creating if needed) the SQLite file with WAL and a busy timeout, migrated."""
     if path != ":memory:":
@@ -134,6 +152,11 @@ def migrate(db: Database) -> None:
     with _immediate(db):
         pass  # take the write lock first so two processes starting together do not race
     migrations.apply(db)
+
+
+def schema_version(db: Database) -> int:
+    """Return how many of this app's migrations the database has applied (0 when new)."""
+    return len(migrations.applied(db))
 
 
 @contextlib.contextmanager
@@ -265,6 +288,47 @@ def list_sessions(db: Database, since: float) -> list[Session]:
         [since],
     ).fetchall()
     return [_session(r) for r in rows]
+
+
+def cost_per_day(db: Database, now: float, days: int) -> list[DayCost]:
+    """Return runtime and cost per UTC day for the last `days` days up to now, oldest first.
+
+    A session is split at each UTC midnight it spans; the open one counts up to now.
+    """
+    today = datetime.fromtimestamp(now, UTC).date()
+    first = today - timedelta(days=days - 1)
+    window_start = _midnight(first)
+    per_day = {first + timedelta(days=i): [0.0, 0.0] for i in range(days)}
+    for session in list_sessions(db, window_start):
+        end = min(session.ended_at if session.ended_at is not None else now, now)
+        for day, seconds in split_by_utc_day(max(session.started_at, window_start), end):
+            if day in per_day:
+                per_day[day][0] += seconds
+                per_day[day][1] += seconds / 3600 * (session.dph_total or 0.0)
+    return [DayCost(day, runtime, cost) for day, (runtime, cost) in per_day.items()]
+
+
+def split_by_utc_day(start: float, end: float) -> Iterator[tuple[date, float]]:
+    """Yield (UTC day, seconds) for each day the span from start to end touches."""
+    while start < end:
+        day = datetime.fromtimestamp(start, UTC).date()
+        cut = min(end, _midnight(day + timedelta(days=1)))
+        yield day, cut - start
+        start = cut
+
+
+def _midnight(day: date) -> float:
+    """Return epoch seconds at the start of the UTC day."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+
+
+def latest_closed_session(db: Database) -> Session | None:
+    """Return the session that ended last, or None."""
+    row = db.execute(
+        f"SELECT {SESSION_COLUMNS} FROM sessions WHERE ended_at IS NOT NULL "
+        "ORDER BY ended_at DESC, id DESC LIMIT 1"
+    ).fetchone()
+    return None if row is None else _session(row)
 
 
 # --- audit ------------------------------------------------------------------------------------

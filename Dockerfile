@@ -1,0 +1,30 @@
+# vastpanel in one container, beside the LLM gateway: docker build -t vastpanel .
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+# The app runs from this tree (templates/ and static/ sit beside the package), so it is
+# installed editable: pip brings the dependencies and the code stays in /app, owned by root.
+COPY . /app
+RUN pip install -e . \
+    && useradd --system --uid 10001 --user-group --home-dir /app --no-create-home vastpanel \
+    && mkdir -p /app/data \
+    && chown vastpanel:vastpanel /app/data
+
+USER vastpanel
+ENV VASTPANEL_BIND=0.0.0.0:8000 \
+    VAST_DB_PATH=/app/data/vastpanel.db
+# The SQLite file (sessions, costs, audit log) must outlive the container.
+VOLUME ["/app/data"]
+EXPOSE 8000
+
+# No curl in the image: a few lines of Python ask GET /healthz on the port of VASTPANEL_BIND.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-m", "vastpanel.healthcheck"]
+
+# The README's production command.
+CMD ["gunicorn", "-c", "gunicorn.conf.py", "app:app"]

@@ -1,0 +1,75 @@
+"""gunicorn settings for vastpanel: `gunicorn -c gunicorn.conf.py app:app`.
+
+Read from the environment (see README, "Production"):
+    VASTPANEL_BIND     where to listen; 127.0.0.1:8000 by default, 0.0.0.0:8000 in the container
+    VASTPANEL_WORKERS  worker processes (1); they share state through SQLite
+    VASTPANEL_THREADS  threads per worker (8): one request holds one thread
+    VAST_WAIT_TIMEOUT_S  how long a power on may hold its request; the worker timeout is above it
+"""
+
+import math
+import os
+
+from vastpanel.config import Config, ConfigError
+from vastpanel.log_config import LOG_FORMAT
+
+try:
+    _config = Config.from_env(os.environ)
+except ConfigError as exc:
+    raise SystemExit(f"vastpanel: configuration error: {exc}") from None
+
+
+def _count(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip() or str(default)
+    if not raw.isdigit() or int(raw) < 1:
+        raise SystemExit(f"vastpanel: configuration error: {name} must be 1 or more, got {raw!r}")
+    return int(raw)
+
+
+bind = [os.environ.get("VASTPANEL_BIND", "").strip() or "127.0.0.1:8000"]
+worker_class = "gthread"
+workers = _count("VASTPANEL_WORKERS", 1)
+threads = _count("VASTPANEL_THREADS", 8)
+
+# POST /power/on with wait_for_health holds its request for up to VAST_WAIT_TIMEOUT_S. A sync
+# worker stuck in a request that long is killed at `timeout` (seen: WORKER TIMEOUT at 30 s).
+# gthread workers (gunicorn 27) heartbeat from their main loop while threads serve, so they
+# survive anyway; the timeout stays above the wait so that neither kind can cut a start short.
+# The margin covers the last vast.ai call and health probe after the deadline.
+WAIT_MARGIN_S = 60
+timeout = math.ceil(_config.wait_timeout_s) + WAIT_MARGIN_S
+graceful_timeout = 30
+keepalive = 5
+# The heartbeat file on tmpfs: a container's overlay disk can stall it and trip the timeout.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+# One line per request, without the query string (%(U)s is the path alone; %(r)s and %(q)s would
+# show the query) and without the referer, which can hold another URL's query.
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(L)ss'
+
+# Every line on stderr, one format: UTC time, level, logger, message. The "vastpanel" logger
+# gets its handler here, so create_app leaves logging as it is.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "line": {"class": "vastpanel.log_config.UtcFormatter", "format": LOG_FORMAT},
+    },
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "line",
+            "stream": "ext://sys.stderr",
+        },
+    },
+    "root": {"level": "WARNING", "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+        "vastpanel": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+    },
+}
+
+# No control socket: nothing here uses it, and it would want a writable $HOME (or
+# XDG_RUNTIME_DIR) that the container's user does not have.
+control_socket_disable = True

@@ -1,0 +1,73 @@
+// vastpanel's only script of its own: local times, the copy button, and a banner when a
+// request fails. Everything else is htmx; without JavaScript the page still works (UTC times).
+(function () {
+  "use strict";
+
+  var localFormat = new Intl.DateTimeFormat(undefined, {
+    year: "numeric", month: "short", day: "numeric",
+    hour: "2-digit", minute: "2-digit", second: "2-digit",
+  });
+
+  // Show each <time datetime="...Z" data-local> in the admin's own time zone.
+  function localizeTimes(root) {
+    root.querySelectorAll("time[data-local]").forEach(function (el) {
+      var when = new Date(el.getAttribute("datetime"));
+      if (isNaN(when.getTime())) return;
+      if (!el.title) el.title = el.textContent;  // keep the UTC text as a tooltip
+      el.textContent = localFormat.format(when);
+    });
+  }
+
+  // Copy buttons are hidden without JavaScript; the field stays selectable either way.
+  function enableCopyButtons(root) {
+    root.querySelectorAll("button[data-copy]").forEach(function (button) {
+      var field = document.getElementById(button.getAttribute("data-copy"));
+      if (!field) return;
+      button.hidden = false;
+      button.addEventListener("click", function () {
+        var done = function () { button.textContent = "Copied"; };
+        if (navigator.clipboard && window.isSecureContext) {
+          navigator.clipboard.writeText(field.value).then(done, function () { field.select(); });
+        } else {
+          field.select();
+          if (document.execCommand && document.execCommand("copy")) done();
+        }
+      });
+    });
+  }
+
+  var banner = null;
+  function showProblem(text) {
+    banner = banner || document.getElementById("request-error");
+    if (!banner) return;
+    banner.textContent = text;  // text, never HTML
+    banner.hidden = false;
+  }
+  function clearProblem() {
+    banner = banner || document.getElementById("request-error");
+    if (banner) banner.hidden = true;
+  }
+
+  document.addEventListener("htmx:responseError", function (event) {
+    var xhr = event.detail.xhr;
+    var type = xhr.getResponseHeader("Content-Type") || "";
+    var text = type.indexOf("text/plain") === 0 ? xhr.responseText.slice(0, 400) : "";
+    showProblem("The request failed (HTTP " + xhr.status + "). " + text);
+  });
+  document.addEventListener("htmx:sendError", function () {
+    showProblem("The panel's server cannot be reached; the page keeps trying.");
+  });
+  document.addEventListener("htmx:afterRequest", function (event) {
+    if (event.detail.successful) clearProblem();
+  });
+
+  function setUp(root) {
+    localizeTimes(root);
+    enableCopyButtons(root);
+  }
+  if (window.htmx) {
+    htmx.onLoad(setUp);  // the page, then every swapped-in widget
+  } else {
+    document.addEventListener("DOMContentLoaded", function () { setUp(document); });
+  }
+})();

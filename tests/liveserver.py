@@ -1,0 +1,96 @@
+"""Run the real panel server as a subprocess on loopback, the way production runs it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_command(port: int, workers: int = 1) -> list[str]:
+    """The README's production command (gunicorn with the repo's config), bound to loopback."""
+    return [
+        sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app",
+        "--bind", f"127.0.0.1:{port}",
+        "--workers", str(workers),
+    ]  # fmt: skip
+
+
+class PanelProcess:
+    """The panel in its own process group; stop() ends it, kill() is kill -9."""
+
+    def __init__(self, env: dict[str, str], *, workers: int = 1, log_path: Path | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.control_key = env["CONTROL_API_KEY"]
+        full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.log_path = log_path
+        self._log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            server_command(self.port, workers),
+            cwd=ROOT,
+            env=full_env,
+            stdout=self._log,
+            stderr=self._log,
+            start_new_session=True,
+        )
+        self.wait_ready()
+
+    def api(self, method: str, path: str, **kwargs) -> requests.Response:
+        """Call the JSON API with the control key."""
+        headers = {"X-API-Key": self.control_key, **kwargs.pop("headers", {})}
+        kwargs.setdefault("timeout", 30)
+        return requests.request(method, self.url + "/infra/vast" + path, headers=headers, **kwargs)
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Wait until the server answers, or fail with its log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"panel exited with {self.process.returncode}: {self.log()}")
+            try:
+                self.api("GET", "/costs", timeout=2)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"panel did not answer within {timeout} s: {self.log()}")
+
+    def log(self) -> str:
+        """Return what the server printed so far (when a log file was given)."""
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def kill(self) -> None:
+        """kill -9 the whole process group, as a crash would."""
+        self._signal(signal.SIGKILL)
+
+    def stop(self) -> None:
+        """End the server politely, then forcibly if it does not go."""
+        self._signal(signal.SIGTERM)
+
+    def _signal(self, sig: int) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()
+            self._log = subprocess.DEVNULL

@@ -1,0 +1,69 @@
+"""The cost chart's layout and the page's number formats."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+
+from vastpanel.charts import HEIGHT, LEFT, TOP, cost_chart, nice_ceiling
+from vastpanel.formatting import audit_details, duration, event_label, usd
+from vastpanel.store import DayCost
+
+
+def days(costs: list[float]) -> list[DayCost]:
+    start = date(2024, 5, 1)
+    return [DayCost(start + timedelta(days=i), c * 3600, c) for i, c in enumerate(costs)]
+
+
+@pytest.mark.parametrize(
+    ("value", "ceiling"),
+    [(0, 1.0), (0.03, 0.05), (0.7, 1.0), (1.0, 1.0), (1.2, 2.0), (2.2, 2.5), (3.1, 5.0), (42, 50)],
+)
+def test_nice_ceiling(value, ceiling):
+    assert nice_ceiling(value) == pytest.approx(ceiling)
+
+
+def test_bars_scale_to_the_rounded_maximum_oldest_on_the_left():
+    chart = cost_chart(days([0.0, 1.0, 2.0]))
+    plot_height = chart.plot_bottom - chart.plot_top
+    zero, one, two = chart.bars
+    assert zero.height == 0 and one.height == pytest.approx(plot_height / 2, abs=0.01)
+    assert two.height == pytest.approx(plot_height, abs=0.01) and two.y == pytest.approx(TOP)
+    assert zero.x < one.x < two.x and zero.x >= LEFT
+    assert [b.today for b in chart.bars] == [False, False, True]
+    assert [t.text for t in chart.y_ticks] == ["$0.00", "$1.00", "$2.00"]
+    assert chart.total_usd == 3.0 and not chart.empty
+
+
+def test_a_few_cents_are_drawn_on_a_one_dollar_scale():
+    chart = cost_chart(days([0.02, 0.5]))
+    assert [t.text for t in chart.y_ticks] == ["$0.00", "$0.50", "$1.00"]
+    assert chart.bars[1].height == pytest.approx((chart.plot_bottom - chart.plot_top) / 2, abs=0.01)
+
+
+def test_a_tiny_cost_still_shows_a_bar():
+    chart = cost_chart(days([0.001, 100.0]))
+    assert chart.bars[0].height >= 1.0
+
+
+def test_dates_are_labelled_weekly_ending_today():
+    chart = cost_chart(days([0.0] * 30))
+    assert [t.text for t in chart.x_ticks] == ["May 2", "May 9", "May 16", "May 23", "May 30"]
+    assert chart.empty
+    assert all(0 <= t.at <= chart.width for t in chart.x_ticks)
+    assert chart.height == HEIGHT
+
+
+def test_formats():
+    assert usd(None) == "—" and usd(0) == "$0.00"
+    assert usd(0.45) == "$0.45" and usd(0.0934) == "$0.093" and usd(1234.5) == "$1,234.50"
+    assert duration(40) == "40 s" and duration(25 * 60) == "25 min"
+    assert duration(3 * 3600 + 5 * 60) == "3 h 05 min"
+    assert event_label("power_off_complete") == "Stopped"
+    assert event_label("something_new") == "Something new"
+    assert audit_details({"session_cost_usd": 0.25, "session_minutes": 12.34, "error": "x"}) == [
+        ("error", "x"),
+        ("cost", "$0.25"),
+        ("session", "12.3 min"),
+    ]

@@ -1,0 +1,256 @@
+"""The OpenAPI description stays true: real answers of every endpoint, errors included.
+
+Each endpoint's test provokes every response code the description lists for it (and no other),
+and validates each real body against the documented schema with jsonschema.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import responses
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate as validate_openapi
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from conftest import CONTROL_KEY, INSTANCE_URL, base_config, load_fixture
+from vastpanel import create_app, panel, store
+from vastpanel.openapi import PREFIX, SPEC
+
+SPEC_URI = "urn:vastpanel:openapi"
+REGISTRY = Registry().with_resource(SPEC_URI, Resource(contents=SPEC, specification=DRAFT202012))
+
+
+def pointer(*parts: str) -> str:
+    """Build a JSON pointer into the spec (escaping '/' and '~')."""
+    return "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def validator(*parts: str) -> Draft202012Validator:
+    """Return a validator for the schema at the given place in the spec."""
+    return Draft202012Validator({"$ref": f"{SPEC_URI}#/{pointer(*parts)}"}, registry=REGISTRY)
+
+
+class Contract:
+    """Sends real requests and checks each answer against the description."""
+
+    def __init__(self, method: str, path: str):
+        self.method, self.path = method, PREFIX + path
+        self.operation = SPEC["paths"][self.path][method.lower()]
+        self.seen: set[str] = set()
+
+    def call(self, client, expect: int, *, body: Any = None, raw: str | None = None, query=None):
+        """Send one request, check its code is `expect` and its body fits the description."""
+        kwargs: dict[str, Any] = {"query_string": query}
+        if body is not None:
+            kwargs["json"] = body
+        elif raw is not None:
+            kwargs["data"] = raw
+        response = client.open(self.path, method=self.method, **kwargs)
+        code = str(response.status_code)
+        assert code == str(expect), response.get_data(as_text=True)
+        assert code in self.operation["responses"], (
+            f"{self.method} {self.path}: {code} undocumented"
+        )
+        content = self.operation["responses"][code]["content"]
+        assert response.mimetype in content, response.mimetype
+        check = validator(
+            "paths", self.path, self.method.lower(), "responses", code, "content",
+            response.mimetype, "schema",
+        )  # fmt: skip
+        check.validate(response.get_json())
+        self.check_request(expect, body, query)
+        self.seen.add(code)
+        return response.get_json()
+
+    def check_request(self, code: int, body: Any, query: dict | None) -> None:
+        """A request answered 2xx fits the description of its input; a 422 one does not."""
+        fits = True
+        if body is not None:
+            fits = validator(
+                "paths", self.path, self.method.lower(), "requestBody", "content",
+                "application/json", "schema",
+            ).is_valid(body)  # fmt: skip
+        for i, param in enumerate(self.operation.get("parameters", [])):
+            if query and param["name"] in query:
+                raw = query[param["name"]]
+                value = int(raw) if raw.lstrip("-").isdigit() else raw
+                fits &= validator(
+                    "paths", self.path, self.method.lower(), "parameters", str(i), "schema"
+                ).is_valid(value)
+        if code < 300:
+            assert fits, f"a request the API accepted does not fit the description: {body} {query}"
+        elif code == 422 and (body is not None or query):
+            assert not fits, f"the description accepts what the API refused: {body} {query}"
+
+    def covered(self) -> None:
+        """Assert that every documented code, and no other, was seen."""
+        assert self.seen == set(self.operation["responses"])
+
+
+@pytest.fixture
+def make_client(tmp_path, clock, vast):
+    """Build more apps on their own databases (other config), closed after the test."""
+    apps = []
+
+    def make(**overrides: str):
+        app = create_app({**base_config(tmp_path / str(len(apps)), **overrides), "CLOCK": clock})
+        apps.append(app)
+        client = app.test_client()
+        client.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY
+        return client
+
+    yield make
+    for app in apps:
+        app.extensions["vastpanel"].close()
+
+
+def common_errors(contract: Contract, client, make_client, crash, **kwargs) -> None:
+    """Provoke 401 (no key), 503 (API disabled) and, with crash(), a 500."""
+    anonymous = client.application.test_client()
+    contract.call(anonymous, 401, **kwargs)
+    contract.call(make_client(CONTROL_API_KEY=""), 503, **kwargs)
+    if crash is not None:
+        crash()
+        contract.call(client, 500, **kwargs)
+
+
+def crash_on(monkeypatch, obj, name: str):
+    def crash():
+        def boom(*args, **kwargs):
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(obj, name, boom)
+
+    return crash
+
+
+def vast_rejects_key(vast) -> None:
+    vast.mock.replace(
+        responses.Response(
+            responses.GET, INSTANCE_URL, status=401, json=load_fixture("auth_error.json")
+        )
+    )
+
+
+def hold_power_lock(the_panel, monkeypatch) -> None:
+    """Let another process hold the power lease, and give up waiting for it at once."""
+    monkeypatch.setattr(panel, "POWER_WAIT_S", 0.05)
+    store.acquire_lease(the_panel.db, "power", "other-process", the_panel.clock.now(), 90)
+
+
+def test_the_description_is_valid_openapi_31():
+    validate_openapi(SPEC)
+    assert SPEC["openapi"].startswith("3.1")
+
+
+def test_every_api_route_is_described(app):
+    routes = {
+        (rule.rule, method.lower())
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith(PREFIX)
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+    described = {(path, method) for path, item in SPEC["paths"].items() for method in item}
+    assert routes == described
+
+
+def test_openapi_json_is_served_without_key(app):
+    response = app.test_client().get(f"{PREFIX}/openapi.json")
+    assert response.status_code == 200
+    assert response.get_json() == json.loads(json.dumps(SPEC))
+    assert CONTROL_KEY not in response.get_data(as_text=True)
+
+
+def test_status(client, make_client, vast, panel, monkeypatch):
+    contract = Contract("GET", "/status")
+    assert contract.call(client, 200)["status"] == "stopped"
+    vast.set_running()
+    body = contract.call(make_client(), 200)
+    assert body["status"] == "running" and body["auto_shutdown_in_minutes"] is not None
+    assert contract.call(make_client(VAST_API_KEY=""), 200)["status"] == "unconfigured"
+    common_errors(contract, client, make_client, crash_on(monkeypatch, panel, "status_report"))
+    vast_rejects_key(vast)
+    assert "rejected" in contract.call(make_client(), 502)["detail"]
+    contract.covered()
+
+
+def test_power_on(client, make_client, vast, panel, monkeypatch):
+    contract = Contract("POST", "/power/on")
+    body = contract.call(client, 200, body={"wait_for_health": False})
+    assert vast.puts == ["running"] and body["status"] == "scheduling"
+    vast.set_running()
+    healthy = contract.call(
+        make_client(), 200, body={"health_path": "/v1/models", "health_port": 8001}
+    )
+    assert healthy["message"] == "Instance running and healthy"
+    contract.call(make_client(), 200, raw="")
+    for bad in ({"health_port": 0}, {"health_path": "http://x/h"}, {"wait_for_health": "yes"}):
+        contract.call(client, 422, body=bad)
+    contract.call(client, 422, raw="{not json")
+    contract.call(client, 422, body=[1, 2])
+    vast.health_status = 503
+    timeout = contract.call(make_client(VAST_WAIT_TIMEOUT_S="20"), 504)
+    assert "not healthy within 20 s" in timeout["detail"]
+    vast.instance = None
+    assert "does not know" in contract.call(make_client(), 502)["detail"]
+    contract.call(make_client(VAST_API_KEY=""), 500)
+    common_errors(contract, client, make_client, None)
+    hold_power_lock(panel, monkeypatch)
+    contract.call(client, 409, body={"wait_for_health": False})
+    contract.covered()
+
+
+def test_power_off(client, make_client, vast, panel, monkeypatch):
+    contract = Contract("POST", "/power/off")
+    vast.set_running()
+    assert contract.call(client, 200)["status"] == "stopped"
+    assert vast.puts == ["stopped"]
+    assert contract.call(client, 200, body={})["session_runtime_minutes"] == 0
+    contract.call(client, 422, raw="[1")
+    contract.call(make_client(VAST_API_KEY=""), 500)
+    vast.set_running()
+    vast.put_answer = (400, load_fixture("missing_billing.json"))
+    assert "missing_billing" in contract.call(make_client(), 502)["detail"]
+    common_errors(contract, client, make_client, None)
+    hold_power_lock(panel, monkeypatch)
+    contract.call(client, 409)
+    contract.covered()
+
+
+def test_activity(client, make_client, panel, monkeypatch):
+    contract = Contract("POST", "/activity")
+    assert contract.call(client, 200)["status"] == "recorded"
+    contract.call(client, 200, body={"model": "anything"})
+    contract.call(client, 422, raw="nope")
+    contract.call(client, 422, body="a string")
+    common_errors(contract, client, make_client, crash_on(monkeypatch, panel, "record_activity"))
+    contract.covered()
+
+
+def test_costs(client, make_client, vast, panel, monkeypatch):
+    contract = Contract("GET", "/costs")
+    assert contract.call(client, 200)["sessions_count"] == 0
+    vast.set_running()
+    client.get(f"{PREFIX}/status")  # opens a session
+    panel.clock.advance(600)
+    assert contract.call(client, 200)["sessions_count"] == 1
+    common_errors(contract, client, make_client, crash_on(monkeypatch, panel, "cost_totals"))
+    contract.covered()
+
+
+def test_audit(client, make_client, panel, monkeypatch):
+    contract = Contract("GET", "/audit")
+    assert contract.call(client, 200) == []
+    for i in range(3):
+        panel.audit("power_on_requested", "api", instance_id=4242, n=i)
+    entries = contract.call(client, 200, query={"limit": "2"})
+    assert len(entries) == 2
+    contract.call(client, 200, query={"limit": "1000", "before": "2"})
+    for bad in ({"limit": "0"}, {"limit": "1001"}, {"limit": "abc"}, {"before": "0"}):
+        contract.call(client, 422, query=bad)
+    common_errors(contract, client, make_client, crash_on(monkeypatch, panel, "audit_log"))
+    contract.covered()

@@ -1,0 +1,49 @@
+"""The cheap health notion the page uses to follow a start made without waiting."""
+
+from __future__ import annotations
+
+from vastpanel.panel import HEALTH_PROBE_EVERY_S
+
+
+def health_gets(vast) -> int:
+    return sum(1 for call in vast.mock.calls if "203.0.113.7" in call.request.url)
+
+
+def test_not_running_is_none_and_probes_nothing(panel, vast):
+    assert panel.session_healthy(panel.status_report()) is None
+    assert health_gets(vast) == 0
+
+
+def test_running_but_unhealthy_is_false_and_probes_at_most_every_few_seconds(panel, vast, clock):
+    vast.set_running()
+    vast.health_status = 502
+    report = panel.status_report()
+    assert panel.session_healthy(report) is False
+    assert panel.session_healthy(report) is False
+    assert health_gets(vast) == 1
+    clock.advance(HEALTH_PROBE_EVERY_S)
+    assert panel.session_healthy(panel.status_report()) is False
+    assert health_gets(vast) == 2
+
+
+def test_the_first_200_is_remembered_for_the_session_and_audited_once(panel, vast, clock):
+    vast.set_running()
+    report = panel.status_report()
+    assert panel.session_healthy(report) is True
+    clock.advance(60)
+    assert panel.session_healthy(panel.status_report()) is True
+    assert health_gets(vast) == 1
+    healthy = [e for e in panel.audit_log(50) if e.event == "instance_healthy"]
+    assert len(healthy) == 1
+    assert healthy[0].actor == "system"
+    assert healthy[0].meta["endpoint"] == "http://203.0.113.7:41234"
+
+
+def test_a_new_session_must_answer_again(panel, vast, clock):
+    vast.set_running()
+    assert panel.session_healthy(panel.status_report()) is True
+    panel.power_off("admin")
+    clock.advance(60)
+    vast.set_running()
+    vast.health_status = 503
+    assert panel.session_healthy(panel.status_report()) is False

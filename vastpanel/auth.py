@@ -1,0 +1,237 @@
+"""Sign-in for the page: one admin key, a signed session cookie, CSRF on every form.
+
+The admin signs in with CONTROL_API_KEY. The session then holds only a marker derived from
+SECRET_KEY and the key (never the key), so changing either ends every session. The JSON API
+keeps its X-API-Key header and is exempt from CSRF.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import tempfile
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Flask,
+    current_app,
+    flash,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask.sessions import SecureCookieSessionInterface
+from flask_wtf.csrf import CSRFError, CSRFProtect
+
+from .config import ConfigError
+from .logs import install_redaction
+from .panel import Panel
+
+bp = Blueprint("auth", __name__)
+csrf = CSRFProtect()
+log = logging.getLogger("vastpanel")
+
+SESSION_MARKER = "admin"
+SESSION_LIFETIME = timedelta(days=7)  # sliding: every request of an open page renews it
+WRONG_KEY_DELAY_S = 1.0
+SECRET_KEY_FILE = "secret_key"
+MIN_SECRET_KEY_LENGTH = 16
+NO_KEY_MESSAGE = (
+    "Sign-in is impossible: CONTROL_API_KEY is not set on the server. "
+    "Set it in the server's environment and restart the panel."
+)
+CSRF_MESSAGE = (
+    "This page's security token was refused (it is from an older sign-in or another "
+    "server key). Nothing was done: reload the page and try again."
+)
+
+
+class PerRequestSecureSessions(SecureCookieSessionInterface):
+    """Mark the session cookie Secure when the request came over HTTPS (SESSION_COOKIE_SECURE=auto)."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        setting = app.config.get("SESSION_COOKIE_SECURE")
+        if setting == "auto":
+            return request.is_secure
+        return bool(setting)
+
+
+def init_app(app: Flask, env: Mapping[str, Any], panel: Panel) -> None:
+    """Set up the session cookie, CSRF protection and the sign-in routes."""
+    secret_key = load_secret_key(env.get("SECRET_KEY"), panel.config.db_path)
+    install_redaction([secret_key])
+    app.config.update(
+        SECRET_KEY=secret_key,
+        SESSION_COOKIE_NAME="vastpanel_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=_cookie_secure(env.get("SESSION_COOKIE_SECURE")),
+        PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
+        # The page stays open all day: a token that expired after an hour would make every
+        # button fail. The token is still bound to the session, which ends on sign-out.
+        WTF_CSRF_TIME_LIMIT=None,
+    )
+    app.session_interface = PerRequestSecureSessions()
+    csrf.init_app(app)
+    from . import api
+
+    csrf.exempt(api.bp)
+    app.register_blueprint(bp)
+    app.register_error_handler(CSRFError, csrf_failed)
+
+
+def load_secret_key(from_env: Any, db_path: str) -> str:
+    """Return SECRET_KEY from the environment, else the one kept beside the database.
+
+    The kept key is made once, readable by its owner only (0600), so sessions survive a
+    restart and every worker process shares it.
+    """
+    if isinstance(from_env, str) and from_env.strip():
+        if len(from_env.strip()) < MIN_SECRET_KEY_LENGTH:
+            raise ConfigError(
+                f"SECRET_KEY must be at least {MIN_SECRET_KEY_LENGTH} characters; "
+                "unset it to have one generated under data/."
+            )
+        return from_env.strip()
+    if db_path == ":memory:":
+        log.warning("SECRET_KEY not set and no data folder: sessions end on restart.")
+        return secrets.token_urlsafe(48)
+    path = Path(db_path).resolve().parent / SECRET_KEY_FILE
+    try:
+        return _read_or_create_key(path)
+    except OSError as exc:
+        raise ConfigError(f"SECRET_KEY not set and {path} is unusable: {exc.strerror}") from None
+
+
+def _read_or_create_key(path: Path) -> str:
+    """Read the key file, creating it first (atomically, mode 0600) when it is missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secret_key.")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(48))
+                handle.flush()
+                os.fsync(handle.fileno())
+            # link() fails if another process made the file first; then its key wins.
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+        log.warning("%s was readable by others; it is now 0600.", path)
+    key = path.read_text().strip()
+    if len(key) < MIN_SECRET_KEY_LENGTH:
+        raise ConfigError(f"SECRET_KEY not set and {path} holds no usable key; delete it.")
+    return key
+
+
+def _cookie_secure(raw: Any) -> bool | str:
+    """Read SESSION_COOKIE_SECURE: true, false, or auto (Secure on HTTPS requests; default)."""
+    value = (raw if isinstance(raw, str) else "").strip().lower()
+    if value in ("", "auto"):
+        return "auto"
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"SESSION_COOKIE_SECURE must be true, false or auto, got {raw!r}")
+
+
+def get_panel() -> Panel:
+    """Return the app's domain object."""
+    return current_app.extensions["vastpanel"]
+
+
+def _marker(control_key: str) -> str:
+    """Derive what the session holds to show it was signed in with this key."""
+    secret = current_app.config["SECRET_KEY"].encode()
+    return hmac.new(secret, b"vastpanel-admin:" + control_key.encode(), hashlib.sha256).hexdigest()
+
+
+def is_signed_in() -> bool:
+    """Tell whether this request carries a session signed in with the current key."""
+    control_key = get_panel().config.control_api_key
+    marker = session.get(SESSION_MARKER)
+    return bool(control_key and isinstance(marker, str)) and hmac.compare_digest(
+        marker, _marker(control_key)
+    )
+
+
+def sign_in_required():
+    """Send the browser to sign-in: by HX-Redirect for htmx requests, else by a 302."""
+    target = url_for("auth.signin")
+    if request.headers.get("HX-Request") == "true":
+        response = make_response("Sign-in required.", 401)
+        response.headers["HX-Redirect"] = target
+        return response
+    return redirect(target, 302)
+
+
+@bp.route("/signin", methods=["GET", "POST"])
+def signin():
+    """Show the sign-in form; sign in with CONTROL_API_KEY."""
+    panel = get_panel()
+    expected = panel.config.control_api_key
+    if request.method == "GET":
+        if is_signed_in():
+            return redirect(url_for("pages.index"), 303)
+        return render_signin(None, 200 if expected else 503)
+    if not expected:
+        return render_signin(NO_KEY_MESSAGE, 503)
+    given = request.form.get("key", "")
+    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        log.warning("Wrong key at sign-in from %s", request.remote_addr)
+        panel.clock.sleep(WRONG_KEY_DELAY_S)  # slows down guessing
+        return render_signin("Wrong key. Sign in with the server's CONTROL_API_KEY.", 401)
+    session.clear()
+    session.permanent = True
+    session[SESSION_MARKER] = _marker(expected)
+    panel.audit("admin_signed_in", "admin", remote_addr=request.remote_addr)
+    return redirect(url_for("pages.index"), 303)
+
+
+@bp.post("/signout")
+def signout():
+    """End the session."""
+    if is_signed_in():
+        get_panel().audit("admin_signed_out", "admin", remote_addr=request.remote_addr)
+    session.clear()
+    flash("Signed out.")
+    return redirect(url_for("auth.signin"), 303)
+
+
+def render_signin(error: str | None, status: int):
+    """Render the sign-in page with an optional error."""
+    configured = bool(get_panel().config.control_api_key)
+    page = render_template(
+        "signin.html",
+        error=error or (None if configured else NO_KEY_MESSAGE),
+        configured=configured,
+    )
+    return page, status
+
+
+def csrf_failed(exc: CSRFError):
+    """Refuse a POST without a valid token, saying why; nothing was done."""
+    log.info("CSRF refused on %s %s: %s", request.method, request.path, exc.description)
+    if request.endpoint == "auth.signin":
+        return render_signin("The sign-in form had expired; please try again.", 400)
+    if not is_signed_in():
+        return sign_in_required()
+    if request.headers.get("HX-Request") == "true":
+        # htmx does not swap a 400: the page's script shows this text in its error banner.
+        return CSRF_MESSAGE, 400, {"Content-Type": "text/plain; charset=utf-8"}
+    return render_template("message.html", title="Not done", message=CSRF_MESSAGE), 400

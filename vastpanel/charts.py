@@ -1,0 +1,125 @@
+"""The spending chart's geometry: cost per day as SVG bars, laid out on the server.
+
+The template `_cost_chart.html` draws what this computes; no chart script runs in the browser.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .formatting import duration, usd
+from .store import DayCost
+
+WIDTH = 480
+HEIGHT = 180
+LEFT = 60  # room for the dollar labels
+RIGHT = 24  # room for half of today's date label
+TOP = 10
+BOTTOM = 24  # room for the date labels
+BAR_FILL = 0.7  # share of a day's slot the bar takes
+LABEL_EVERY_DAYS = 7
+MIN_SCALE_USD = 1.0  # so a few cents do not fill the chart
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One day's bar."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+    title: str
+    today: bool
+
+
+@dataclass(frozen=True)
+class Tick:
+    """A label on an axis, at a position in chart units."""
+
+    at: float
+    text: str
+
+
+@dataclass(frozen=True)
+class CostChart:
+    """Everything the template needs to draw cost per day."""
+
+    width: int
+    height: int
+    plot_left: float
+    plot_right: float
+    plot_top: float
+    plot_bottom: float
+    bars: list[Bar]
+    y_ticks: list[Tick]
+    x_ticks: list[Tick]
+    total_usd: float
+    empty: bool
+    summary: str
+
+
+def nice_ceiling(value: float) -> float:
+    """Round up to 1, 2, 2.5 or 5 times a power of ten, so axis labels read well."""
+    if value <= 0:
+        return 1.0
+    power = 10 ** math.floor(math.log10(value))
+    for step in (1, 2, 2.5, 5, 10):
+        if value <= step * power + 1e-12:
+            return step * power
+    return 10 * power  # pragma: no cover
+
+
+def cost_chart(days: list[DayCost]) -> CostChart:
+    """Lay out one bar per day, oldest on the left, scaled to a rounded-up maximum."""
+    plot_w = WIDTH - LEFT - RIGHT
+    plot_h = HEIGHT - TOP - BOTTOM
+    slot = plot_w / max(len(days), 1)
+    top_value = nice_ceiling(max([MIN_SCALE_USD, *(d.cost_usd for d in days)]))
+    bars, x_ticks = [], []
+    for i, day in enumerate(days):
+        height = plot_h * day.cost_usd / top_value
+        if day.cost_usd > 0:
+            height = max(height, 1.0)  # a cent still shows
+        x = LEFT + i * slot
+        bars.append(
+            Bar(
+                x=round(x + slot * (1 - BAR_FILL) / 2, 2),
+                y=round(TOP + plot_h - height, 2),
+                width=round(slot * BAR_FILL, 2),
+                height=round(height, 2),
+                title=(
+                    f"{day.day.isoformat()}: {usd(day.cost_usd)}, "
+                    f"{duration(day.runtime_seconds)} of GPU time"
+                ),
+                today=i == len(days) - 1,
+            )
+        )
+        if (len(days) - 1 - i) % LABEL_EVERY_DAYS == 0:
+            x_ticks.append(Tick(round(x + slot / 2, 2), day.day.strftime("%b %-d")))
+    y_ticks = [
+        Tick(round(TOP + plot_h * (1 - share), 2), usd(top_value * share))
+        for share in (0.0, 0.5, 1.0)
+    ]
+    total = sum(d.cost_usd for d in days)
+    first, last = (days[0].day, days[-1].day) if days else (None, None)
+    summary = (
+        f"GPU cost per day from {first} to {last} (UTC): {usd(total)} in all."
+        if days
+        else "No days to show."
+    )
+    return CostChart(
+        width=WIDTH,
+        height=HEIGHT,
+        plot_left=LEFT,
+        plot_right=WIDTH - RIGHT,
+        plot_top=TOP,
+        plot_bottom=TOP + plot_h,
+        bars=bars,
+        y_ticks=y_ticks,
+        x_ticks=x_ticks,
+        total_usd=total,
+        empty=total == 0,
+        summary=summary,
+    )

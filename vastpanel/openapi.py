@@ -1,0 +1,303 @@
+"""The OpenAPI 3.1 description of /infra/vast, served at /infra/vast/openapi.json.
+
+The description is served without X-API-Key: it holds no secret and no state, and a client
+needs it before it has a key. It lives in its own blueprint, so the API blueprint's
+before_request (which demands the key) does not run for it. tests/test_openapi.py checks real
+answers of every endpoint, errors included, against it.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from flask import Blueprint, jsonify
+
+bp = Blueprint("openapi", __name__)
+
+PREFIX = "/infra/vast"
+TIMESTAMP = {
+    "type": "string",
+    "format": "date-time",
+    "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$",
+    "description": "UTC, to the second, e.g. 2024-05-01T12:00:00Z.",
+}
+NULLABLE_STRING = {"type": ["string", "null"]}
+STATUS_WORD = {
+    "type": "string",
+    "description": (
+        "The panel's status word: running, stopped, stopping, scheduling, creating, loading, "
+        "exited, frozen, rebooting, unknown, offline, not_found, unconfigured; a status vast.ai "
+        "adds later is passed through as it is."
+    ),
+}
+
+
+def _package_version() -> str:
+    try:
+        return version("vastpanel")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+unknown"
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    """Describe a JSON object with exactly these properties, all required unless listed."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+        "additionalProperties": False,
+    }
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json({"$ref": "#/components/schemas/Error"}, description)
+
+
+UNAUTHORIZED = _error("X-API-Key is missing or wrong.")
+DISABLED = _error("The API is disabled: CONTROL_API_KEY is not configured on the server.")
+INTERNAL = _error("Unexpected internal error; the details are only in the server log.")
+NOT_CONFIGURED = _error(
+    "VAST_API_KEY or VAST_INSTANCE_ID is not configured on the server, or an unexpected "
+    "internal error (details only in the server log)."
+)
+UPSTREAM = _error(
+    "vast.ai failed, refused (for example no credit, or a rejected VAST_API_KEY), or does not "
+    "know the instance. The detail says which."
+)
+BUSY = _error("Another power action is still running; try again shortly.")
+INVALID = _error("A request field or the body is unusable; the detail names it.")
+IGNORED_BODY = {
+    "required": False,
+    "description": "Ignored; when present it must be a JSON object. An empty body counts as {}.",
+    "content": {"application/json": {"schema": {"type": "object"}}},
+}
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _object(
+        {"detail": {"type": "string", "description": "What went wrong, safe to show."}}
+    ),
+    "Status": _object(
+        {
+            "instance_id": {"type": ["integer", "null"]},
+            "status": STATUS_WORD,
+            "gpu_name": NULLABLE_STRING,
+            "dph_total": {"type": ["number", "null"], "description": "$/hour while running."},
+            "endpoint_base_url": {
+                **NULLABLE_STRING,
+                "description": "http://ip:port of the LLM stack while running, else null.",
+            },
+            "last_activity": {"anyOf": [TIMESTAMP, {"type": "null"}]},
+            "auto_shutdown_in_minutes": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "Minutes before an idle stop; null when none applies.",
+            },
+            "total_runtime_hours": {"type": "number", "minimum": 0},
+            "total_cost_usd": {"type": "number", "minimum": 0},
+            "message": NULLABLE_STRING,
+        }
+    ),
+    "PowerOnRequest": {
+        "type": "object",
+        "description": "Every field is optional; unknown fields are ignored.",
+        "properties": {
+            "wait_for_health": {
+                "type": ["boolean", "null"],
+                "default": True,
+                "description": (
+                    "Hold the request until the health URL answers 200, at most "
+                    "VAST_WAIT_TIMEOUT_S seconds (then 504)."
+                ),
+            },
+            "health_path": {
+                "type": ["string", "null"],
+                "pattern": r"^/(?!/)[^\s\\]*$",
+                "maxLength": 512,
+                "description": "Overrides VAST_HEALTH_PATH; a path, no scheme or host.",
+            },
+            "health_port": {
+                "type": ["integer", "null"],
+                "minimum": 1,
+                "maximum": 65535,
+                "description": "Overrides VAST_HEALTH_PORT (the container port).",
+            },
+        },
+    },
+    "PowerOnResult": _object(
+        {
+            "status": STATUS_WORD,
+            "instance_id": {"type": ["integer", "null"]},
+            "endpoint_base_url": NULLABLE_STRING,
+            "health_url": NULLABLE_STRING,
+            "message": {"type": "string"},
+        }
+    ),
+    "PowerOffResult": _object(
+        {
+            "status": {"const": "stopped"},
+            "session_runtime_minutes": {"type": "number", "minimum": 0},
+            "session_cost_usd": {"type": "number", "minimum": 0},
+            "message": {"type": "string"},
+        }
+    ),
+    "ActivityResult": _object({"status": {"const": "recorded"}, "last_activity": TIMESTAMP}),
+    "Costs": _object(
+        {
+            "total_runtime_hours": {"type": "number", "minimum": 0},
+            "total_cost_usd": {"type": "number", "minimum": 0},
+            "sessions_count": {"type": "integer", "minimum": 0},
+            "avg_session_minutes": {"type": "number", "minimum": 0},
+        }
+    ),
+    "AuditEntry": _object(
+        {
+            "ts": TIMESTAMP,
+            "event": {"type": "string", "description": "e.g. power_on_requested"},
+            "actor": {"type": "string", "description": "api, page, cli or system"},
+            "meta": {"type": "object", "description": "Event details; secrets are redacted."},
+        }
+    ),
+}
+
+
+def _operation(
+    operation_id: str, summary: str, ok: dict[str, Any], errors: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    responses = {"200": ok, "401": UNAUTHORIZED, "503": DISABLED, **errors}
+    responses.setdefault("500", INTERNAL)
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        **extra,
+        "responses": dict(sorted(responses.items())),
+    }
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "vastpanel",
+        "version": _package_version(),
+        "description": (
+            "Controls one rented vast.ai GPU instance. Every endpoint under /infra/vast needs "
+            "the X-API-Key header (the server's CONTROL_API_KEY), except this description. "
+            'Every error answers {"detail": "..."}.'
+        ),
+    },
+    "security": [{"ApiKey": []}],
+    "paths": {
+        f"{PREFIX}/status": {
+            "get": _operation(
+                "status",
+                "The instance, its idle countdown and the cost so far",
+                _json(_ref("Status"), "The instance as the panel sees it."),
+                {"502": UPSTREAM},
+            )
+        },
+        f"{PREFIX}/power/on": {
+            "post": _operation(
+                "power_on",
+                "Start the instance, by default waiting until its health URL answers",
+                _json(_ref("PowerOnResult"), "Started (or already running or starting)."),
+                {
+                    "409": BUSY,
+                    "422": INVALID,
+                    "500": NOT_CONFIGURED,
+                    "502": UPSTREAM,
+                    "504": _error(
+                        "The instance did not answer its health URL within VAST_WAIT_TIMEOUT_S."
+                    ),
+                },
+                requestBody={
+                    "required": False,
+                    "description": "Optional; an empty body counts as {}.",
+                    "content": {"application/json": {"schema": _ref("PowerOnRequest")}},
+                },
+            )
+        },
+        f"{PREFIX}/power/off": {
+            "post": _operation(
+                "power_off",
+                "Stop the instance (cancelling a queued start) and close its session",
+                _json(_ref("PowerOffResult"), "Stopped, or already stopped (zero session)."),
+                {"409": BUSY, "422": INVALID, "500": NOT_CONFIGURED, "502": UPSTREAM},
+                requestBody=IGNORED_BODY,
+            )
+        },
+        f"{PREFIX}/activity": {
+            "post": _operation(
+                "record_activity",
+                "Note LLM use now (the gateway calls it on every request)",
+                _json(_ref("ActivityResult"), "Recorded; last_activity never moves backwards."),
+                {"422": INVALID},
+                requestBody=IGNORED_BODY,
+            )
+        },
+        f"{PREFIX}/costs": {
+            "get": _operation(
+                "costs",
+                "Runtime and cost over all sessions, the open one included",
+                _json(_ref("Costs"), "Totals."),
+                {},
+            )
+        },
+        f"{PREFIX}/audit": {
+            "get": _operation(
+                "audit",
+                "Audit entries, newest first",
+                _json({"type": "array", "items": _ref("AuditEntry")}, "Up to limit entries."),
+                {"422": INVALID},
+                parameters=[
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50},
+                    },
+                    {
+                        "name": "before",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only entries older than this entry id (paging).",
+                        "schema": {"type": "integer", "minimum": 1},
+                    },
+                ],
+            )
+        },
+        f"{PREFIX}/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This description; needs no key",
+                "security": [],
+                "responses": {"200": _json({"type": "object"}, "The OpenAPI document.")},
+            }
+        },
+    },
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {
+            "ApiKey": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "X-API-Key",
+                "description": "The server's CONTROL_API_KEY.",
+            }
+        },
+    },
+}
+
+
+@bp.get(f"{PREFIX}/openapi.json")
+def openapi_json():
+    """Serve the OpenAPI description, without X-API-Key."""
+    return jsonify(SPEC)

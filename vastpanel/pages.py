@@ -1,0 +1,210 @@
+"""The GPU Infra page for signed-in admins: one page and its htmx partials.
+
+Each widget is one `_name.html` template that the page includes and that its own endpoint
+renders for htmx. Every action goes through the Panel, audited with actor "admin"; without
+JavaScript each button is a plain form whose POST redirects back to the page.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+
+from . import auth
+from .charts import cost_chart
+from .formatting import FILTERS
+from .panel import Panel, PanelError
+from .status_view import status_view
+
+bp = Blueprint("pages", __name__)
+
+HTMX_VERSION = "2.0.11"
+HTMX_PATH = f"vendor/htmx-{HTMX_VERSION}/htmx.min.js"
+AUDIT_PAGE_SIZE = 20
+CHART_DAYS = 30
+ACTOR = "admin"
+CHANGED_EVENT = "panelChanged"  # tells the cost and audit widgets to reload
+PAGE_BLUEPRINTS = frozenset({"pages", "auth"})
+# Scripts and styles come only from our own static files: an injected tag would not run.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
+    "object-src 'none'"
+)
+
+for _name, _filter in FILTERS.items():
+    bp.add_app_template_filter(_filter, _name)
+
+
+def get_panel() -> Panel:
+    """Return the app's domain object."""
+    return current_app.extensions["vastpanel"]
+
+
+def is_htmx() -> bool:
+    """Tell whether htmx sent this request."""
+    return request.headers.get("HX-Request") == "true"
+
+
+@bp.app_context_processor
+def page_globals() -> dict[str, Any]:
+    """Give every template the demo flag and the vendored htmx path."""
+    return {"simulated": get_panel().config.simulated, "htmx_path": HTMX_PATH}
+
+
+@bp.before_request
+def require_admin():
+    """Let only signed-in admins see the page and its partials."""
+    if not auth.is_signed_in():
+        return auth.sign_in_required()
+    return None
+
+
+@bp.after_app_request
+def page_headers(response: Response) -> Response:
+    """Keep the page and its partials out of caches and frames; allow only our own scripts."""
+    if request.blueprint in PAGE_BLUEPRINTS or response.mimetype == "text/html":
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        if request.blueprint in PAGE_BLUEPRINTS:
+            response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# --- context for each widget ------------------------------------------------------------------
+
+
+def status_context(notice: str | None = None, notice_is_error: bool = False) -> dict[str, Any]:
+    """Gather what `_status.html` shows; a vast.ai failure becomes part of the widget."""
+    panel = get_panel()
+    error = None
+    try:
+        report = panel.status_report()
+    except PanelError as exc:
+        report, error = None, exc.message
+    healthy = panel.session_healthy(report) if report is not None else None
+    view = status_view(report, healthy, panel.config.wait_timeout_s)
+    return {
+        "report": report,
+        "state": report.state if report else None,
+        "view": view,
+        "error": error,
+        "session": report.session if report else panel.current_session(),
+        "last_session": panel.latest_closed_session(),
+        "now": report.now if report else panel.clock.now(),
+        "notice": notice,
+        "notice_is_error": notice_is_error,
+        "instance_id": panel.config.vast_instance_id,
+        "auto_shutdown": panel.config.auto_shutdown,
+    }
+
+
+def costs_context() -> dict[str, Any]:
+    """Gather what `_costs.html` shows: totals and the chart of the last days."""
+    panel = get_panel()
+    totals = panel.cost_totals()
+    days = panel.cost_per_day(CHART_DAYS)
+    return {
+        "totals": totals,
+        "avg_session_seconds": (
+            totals.runtime_seconds / totals.sessions_count if totals.sessions_count else None
+        ),
+        "chart": cost_chart(days),
+        "chart_days": CHART_DAYS,
+    }
+
+
+def audit_context(before: int | None) -> dict[str, Any]:
+    """Gather one page of the audit log, newest first, and whether older entries exist."""
+    entries = get_panel().audit_log(AUDIT_PAGE_SIZE + 1, before)
+    return {
+        "entries": entries[:AUDIT_PAGE_SIZE],
+        "older_than": entries[AUDIT_PAGE_SIZE - 1].id if len(entries) > AUDIT_PAGE_SIZE else None,
+        "before": before,
+    }
+
+
+def audit_before() -> int | None:
+    """Read the audit page's `before` id from the query; anything unusable means the newest."""
+    value = request.args.get("before", type=int)
+    return value if value is not None and value > 0 else None
+
+
+# --- the page and its partials -----------------------------------------------------------------
+
+
+@bp.get("/")
+def index():
+    """Show the whole page."""
+    return render_template(
+        "index.html",
+        **status_context(),
+        **costs_context(),
+        **audit_context(audit_before()),
+    )
+
+
+@bp.get("/partials/status")
+def status_widget():
+    """Render the status widget; tell the other widgets to reload when the phase changed."""
+    context = status_context()
+    response = make_response(render_template("_status.html", standalone=True, **context))
+    seen = request.args.get("seen")
+    if request.args.get("refresh") or (seen and seen != context["view"].phase):
+        response.headers["HX-Trigger"] = CHANGED_EVENT
+    return response
+
+
+@bp.get("/partials/costs")
+def costs_widget():
+    """Render the cost summary and the chart."""
+    return render_template("_costs.html", standalone=True, **costs_context())
+
+
+@bp.get("/partials/audit")
+def audit_widget():
+    """Render one page of the audit log."""
+    return render_template("_audit.html", standalone=True, **audit_context(audit_before()))
+
+
+# --- actions -------------------------------------------------------------------------------------
+
+
+@bp.post("/power/on")
+def start():
+    """Start the instance without waiting for health; polling shows the way to running."""
+    return power_action(lambda panel: panel.power_on(ACTOR, wait_for_health=False).message)
+
+
+@bp.post("/power/off")
+def stop():
+    """Stop the instance (or cancel a queued start) and show the session's runtime and cost."""
+    return power_action(lambda panel: panel.power_off(ACTOR).message)
+
+
+def power_action(action) -> Response:
+    """Run a power action; answer htmx with the status widget, a plain form with a redirect."""
+    try:
+        message, failed = action(get_panel()), False
+    except PanelError as exc:
+        message, failed = exc.message, True
+    if not is_htmx():
+        flash(message, "error" if failed else "info")
+        return redirect(url_for("pages.index"), 303)
+    context = status_context(notice=message, notice_is_error=failed)
+    response = make_response(render_template("_status.html", standalone=True, **context))
+    response.headers["HX-Trigger"] = CHANGED_EVENT
+    return response
