@@ -12,8 +12,9 @@ import responses
 
 from conftest import INSTANCE_URL, base_config, load_fixture
 from vastpanel import create_app, store
-from vastpanel.panel import HEALTH_WAIT_KEY
-from vastpanel.watchdog import LEASE, Watchdog, holder_is_dead
+from vastpanel.leases import holder_is_dead
+from vastpanel.panel import HEALTH_WAIT_LEASE
+from vastpanel.watchdog import LEASE, Watchdog
 
 IDLE_S = 30 * 60  # VAST_AUTO_SHUTDOWN_MINUTES' default
 TTL_S = 5.0  # VAST_STATUS_TTL_S' default: how long one vast.ai answer is reused
@@ -244,12 +245,24 @@ def test_running_instance_is_not_stopped_while_a_power_on_waits_for_health(
 ):
     start_running(vast, clock, watchdog)
     clock.advance(IDLE_S + 60)
-    wait_until = clock.now() + 600
-    store.set_value(panel.db, HEALTH_WAIT_KEY, wait_until)  # as Panel._wait_for_health does
+    # A power-on in another live process (this test's parent) waits for health.
+    alive = f"{socket.gethostname()}:{os.getppid()}:a1b2c3d4"
+    store.acquire_lease(panel.db, HEALTH_WAIT_LEASE + alive, alive, clock.now(), 660)
     watchdog.look()
     assert vast.puts == []
 
-    clock.advance(600)  # the wait ended (its owner died without clearing it, even)
+    clock.advance(660)  # the wait ended (its owner did not even release it)
+    watchdog.look()
+    assert vast.puts == ["stopped"]
+
+
+def test_a_health_wait_of_a_killed_process_does_not_protect_an_idle_instance(
+    panel, vast, clock, watchdog
+):
+    start_running(vast, clock, watchdog)
+    clock.advance(IDLE_S + 60)
+    dead = f"{socket.gethostname()}:{finished_pid()}:a1b2c3d4"
+    store.acquire_lease(panel.db, HEALTH_WAIT_LEASE + dead, dead, clock.now(), 660)
     watchdog.look()
     assert vast.puts == ["stopped"]
 

@@ -414,6 +414,15 @@ def read_lease(db: Database, name: str) -> Lease | None:
     return None if row is None else Lease(row[0], row[1], row[2])
 
 
+def leases_named(db: Database, prefix: str, now: float) -> list[Lease]:
+    """Return the unexpired leases whose names start with prefix."""
+    rows = db.execute(
+        "SELECT name, holder, expires_at FROM leases WHERE substr(name, 1, ?) = ? AND expires_at > ?",
+        [len(prefix), prefix, now],
+    ).fetchall()
+    return [Lease(*row) for row in rows]
+
+
 def take_over_lease(
     db: Database, name: str, old_holder: str, holder: str, now: float, ttl: float
 ) -> bool:

@@ -16,11 +16,9 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import socket
 import threading
 import time
 import traceback
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,8 +31,8 @@ from flask import Flask
 from flask.helpers import get_debug_flag
 from flask_apscheduler import APScheduler
 
-from . import store
-from .config import ConfigError
+from . import leases, store
+from .config import parse_bool
 from .logs import redact
 from .panel import Panel, PanelError, PowerOffResult
 
@@ -50,9 +48,6 @@ DEADLINE_MARGIN_S = 0.05
 # A look that has run this long is stuck (vast.ai calls and lock waits are all bounded below it).
 STUCK_LOOK_S = 300.0
 SLOW_LOOK_S = 5.0  # a look slower than this is logged
-
-# Watchdogs alive in this process, so a lease held by this pid is not mistaken for a dead one.
-_in_this_process: weakref.WeakSet[Watchdog] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -81,7 +76,6 @@ class Watchdog:
         self._look_lock = threading.Lock()
         self._schedule_lock = threading.Lock()
         self._stopping = False
-        _in_this_process.add(self)
 
     # --- what /healthz reads -----------------------------------------------------------------
 
@@ -122,16 +116,7 @@ class Watchdog:
 
     def _hold_lease(self, now: float) -> bool:
         """Take or renew the lease, taking it over from a dead process; remember the outcome."""
-        db, holder = self.panel.db, self.panel.holder
-        held = store.acquire_lease(db, LEASE, holder, now, self.lease_ttl_s)
-        if not held:
-            current = store.read_lease(db, LEASE)
-            if current is not None and holder_is_dead(current.holder):
-                held = store.take_over_lease(
-                    db, LEASE, current.holder, holder, now, self.lease_ttl_s
-                )
-                if held:
-                    log.info("watchdog: took the lease over from a process that is gone")
+        held = leases.take_lease(self.panel.db, LEASE, self.panel.holder, now, self.lease_ttl_s)
         if held != self.is_leader:
             log.info("watchdog: %s", "this process leads" if held else "another process leads")
         self._lease_until = now + self.lease_ttl_s if held else None
@@ -232,38 +217,12 @@ class Watchdog:
             )
 
 
-def holder_is_dead(holder: str) -> bool:
-    """Tell whether a lease holder ("host:pid:tag") was a process on this host that is gone."""
-    parts = holder.rsplit(":", 2)
-    if len(parts) != 3 or not parts[1].isdigit() or parts[0] != socket.gethostname():
-        return False
-    pid = int(parts[1])
-    if pid == os.getpid():
-        # This pid is ours now: the holder died and its pid was reused by us (a restart in a
-        # container), unless it is another watchdog alive in this very process.
-        return not any(w.panel.holder == holder for w in list(_in_this_process))
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # alive, under another user
-    return False
-
-
 def watchdog_wanted(source: Mapping[str, Any], testing: bool) -> bool:
     """Read VASTPANEL_WATCHDOG: on by default for the real app, off for a test config."""
     raw = source.get(FLAG)
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return not testing
-    if isinstance(raw, bool):
+    if isinstance(raw, bool):  # a test config may say True or False directly
         return raw
-    lowered = str(raw).strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{FLAG} must be true or false, got {raw!r}")
+    return parse_bool(source, FLAG, default=not testing)
 
 
 def in_reloader_parent(app: Flask) -> bool:
