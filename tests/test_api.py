@@ -417,7 +417,16 @@ def test_power_off_cancels_a_queued_start(client, vast):
     assert vast.puts == ["stopped"]
 
 
-def test_power_off_always_reads_vast_ai_fresh(client, vast, clock):
+def test_power_off_trusts_a_shared_running_answer(client, vast):
+    vast.set_running()
+    client.get("/infra/vast/status")
+    gets = vast.gets
+    assert client.post("/infra/vast/power/off").status_code == 200
+    assert vast.gets == gets  # no second GET that vast.ai would refuse within ~2 s
+    assert vast.puts == ["stopped"]
+
+
+def test_power_off_confirms_a_shared_stopped_answer_afresh(client, vast, clock):
     client.get("/infra/vast/status")  # cached: stopped
     vast.set_running()  # started in the console a moment later
     response = client.post("/infra/vast/power/off")

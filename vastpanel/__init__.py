@@ -29,7 +29,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app from the environment, or from test_config alone when it is given.
 
     test_config holds the same variable names as the environment (VAST_API_KEY, ...), plus
-    optional objects: CLOCK (a Clock) and HTTP_SESSION (a requests.Session).
+    optional objects: CLOCK (a Clock) and HTTP_SESSION (a requests.Session). The auto-shutdown
+    watchdog starts unless VASTPANEL_WATCHDOG is false; with test_config, only if it is true.
     """
     source = os.environ if test_config is None else test_config
     config = Config.from_env({k: v for k, v in source.items() if isinstance(v, str)})
@@ -62,6 +63,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.cli.add_command(cli.vast)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
+
+    from . import watchdog
+
+    watchdog.init_app(app, panel, source, testing=test_config is not None)
 
     if not config.control_api_key:
         log.warning("CONTROL_API_KEY is not set: every %s request is refused.", API_PREFIX)

@@ -64,12 +64,12 @@ class Config:
             health_port=_port(env, "VAST_HEALTH_PORT", 8001),
             health_path=_health_path(env, "VAST_HEALTH_PATH", "/health"),
             wait_timeout_s=_number(env, "VAST_WAIT_TIMEOUT_S", 600.0),
-            auto_shutdown=_bool(env, "VAST_AUTO_SHUTDOWN", True),
+            auto_shutdown=parse_bool(env, "VAST_AUTO_SHUTDOWN", True),
             auto_shutdown_minutes=_number(env, "VAST_AUTO_SHUTDOWN_MINUTES", 30.0, positive=True),
             watchdog_interval_s=_number(env, "VAST_WATCHDOG_INTERVAL_S", 60.0, positive=True),
             status_ttl_s=_number(env, "VAST_STATUS_TTL_S", 5.0),
             db_path=env.get("VAST_DB_PATH", "").strip() or DEFAULT_DB_PATH,
-            simulated=_bool(env, "VASTPANEL_SIMULATED", False),
+            simulated=parse_bool(env, "VASTPANEL_SIMULATED", False),
         )
 
 
@@ -116,7 +116,8 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+def parse_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """Read a true/false variable; unset or empty gives default, anything else is an error."""
     raw = _raw(env, name)
     if raw is None:
         return default

@@ -7,11 +7,8 @@ client and the store.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -20,7 +17,7 @@ from typing import Any
 import requests
 from sqlite_utils import Database
 
-from . import store
+from . import leases, store
 from .clock import Clock
 from .config import Config
 from .instance_state import InstanceState, endpoint_base_url, read_instance_state
@@ -36,7 +33,9 @@ POWER_LEASE_S = 90.0
 LEASE_WAIT_S = 3.0  # how long to wait for another process's vast.ai answer before asking too
 POWER_WAIT_S = 60.0
 
-HEALTH_WAIT_KEY = "health_wait_until"
+# One lease per process waiting for health: "health_wait/<holder>". A lease (not a stored value)
+# so that a wait cut short by kill -9 stops protecting the instance from the idle rule at once.
+HEALTH_WAIT_LEASE = "health_wait/"
 START_QUEUED_KEY = "start_queued_at"
 SCHEDULING_SINCE_KEY = "scheduling_since"
 HEALTHY_SESSION_KEY = "healthy_session"  # id of the session whose health URL answered 200
@@ -144,7 +143,7 @@ class Panel:
             else None
         )
         install_redaction(config.secrets)
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.holder = leases.new_holder()
         self._local = threading.local()
         self._fetch_lock = threading.Lock()
         self._power_lock = threading.Lock()
@@ -303,7 +302,6 @@ class Panel:
         now = self.clock.now()
         session = store.current_session(self.db)
         last_activity = store.get_value(self.db, "last_activity")
-        wait_until = store.get_value(self.db, HEALTH_WAIT_KEY)
         return StatusReport(
             state=state,
             now=now,
@@ -311,7 +309,7 @@ class Panel:
             session=session,
             totals=store.cost_totals(self.db, now),
             idle_deadline=self._idle_deadline(session, last_activity),
-            health_wait=wait_until is not None and wait_until > now,
+            health_wait=self._health_wait_active(now),
             start_queued=store.get_value(self.db, START_QUEUED_KEY) is not None,
             scheduling_since=store.get_value(self.db, SCHEDULING_SINCE_KEY),
         )
@@ -470,7 +468,10 @@ class Panel:
         """Follow vast.ai until running, then the health URL until 200, within the timeout."""
         instance_id = self.config.vast_instance_id
         deadline = self.clock.now() + self.config.wait_timeout_s
-        store.set_value(self.db, HEALTH_WAIT_KEY, deadline)
+        wait_lease = HEALTH_WAIT_LEASE + self.holder
+        # Held a minute past the deadline: the last vast.ai call and probe may end after it.
+        now = self.clock.now()
+        store.acquire_lease(self.db, wait_lease, self.holder, now, deadline - now + 60.0)
         last_problem = None
         try:
             while True:
@@ -518,8 +519,7 @@ class Panel:
                 pause = HEALTH_POLL_S if health_url else VAST_POLL_S
                 self.clock.sleep(min(pause, max(0.0, deadline - self.clock.now())))
         finally:
-            if store.get_value(self.db, HEALTH_WAIT_KEY) == deadline:
-                store.set_value(self.db, HEALTH_WAIT_KEY, None)
+            store.release_lease(self.db, wait_lease, self.holder)
 
     def power_off(self, actor: str) -> PowerOffResult:
         """Stop the instance (cancelling a queued start) and close its session."""
@@ -548,8 +548,7 @@ class Panel:
         if state.status not in ("running", "exited"):
             return None
         now = self.clock.now()
-        wait_until = store.get_value(self.db, HEALTH_WAIT_KEY)
-        if wait_until is not None and wait_until > now:
+        if self._health_wait_active(now):
             return None  # a power-on is waiting for this instance's health
         session = store.current_session(self.db)
         last_activity = store.get_value(self.db, "last_activity")
@@ -568,7 +567,13 @@ class Panel:
         instance_id = self.config.vast_instance_id
         with self._power(actor, events.failed):
             try:
-                state = self.instance_state(fresh=True)
+                # The shared answer decides, except that a manual stop confirms a "stopped" afresh:
+                # a stale "stopped" would leave a GPU running, a stale "running" costs at most a
+                # redundant stop call. Reading afresh every time would meet vast.ai's ~2 s limit
+                # between GETs (429) right after a status poll or the watchdog's look.
+                state = self.instance_state()
+                if due is None and state.status in ("stopped", "not_found"):
+                    state = self.instance_state(fresh=True)
             except UpstreamFailed as exc:
                 self.audit(events.failed, actor, instance_id=instance_id, error=exc.message)
                 raise
@@ -618,11 +623,15 @@ class Panel:
         if missing:
             raise NotConfigured(f"{' and '.join(missing)} not configured")
 
+    def _health_wait_active(self, now: float) -> bool:
+        """Tell whether a power-on in a running process is waiting for the instance's health."""
+        return leases.any_live_lease(self.db, HEALTH_WAIT_LEASE, now)
+
     def _take_lease(self, name: str, ttl: float, wait_s: float) -> bool:
         """Try for up to wait_s (real time) to take a lease shared across processes."""
         give_up = time.monotonic() + wait_s
         while True:
-            if store.acquire_lease(self.db, name, self.holder, self.clock.now(), ttl):
+            if leases.take_lease(self.db, name, self.holder, self.clock.now(), ttl):
                 return True
             if time.monotonic() >= give_up:
                 return False

@@ -107,6 +107,15 @@ class CachedInstance:
 
 
 @dataclass(frozen=True)
+class Lease:
+    """Who holds a named lease, and until when."""
+
+    name: str
+    holder: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
 class CostTotals:
     """Runtime and cost over all sessions, the open one included."""
 
@@ -395,3 +404,32 @@ def release_lease(db: Database, name: str, holder: str) -> None:
     """Give the named lease back if holder has it."""
     with db.atomic():
         db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", [name, holder])
+
+
+def read_lease(db: Database, name: str) -> Lease | None:
+    """Return the named lease as stored (expired or not), or None."""
+    row = db.execute(
+        "SELECT name, holder, expires_at FROM leases WHERE name = ?", [name]
+    ).fetchone()
+    return None if row is None else Lease(row[0], row[1], row[2])
+
+
+def leases_named(db: Database, prefix: str, now: float) -> list[Lease]:
+    """Return the unexpired leases whose names start with prefix."""
+    rows = db.execute(
+        "SELECT name, holder, expires_at FROM leases WHERE substr(name, 1, ?) = ? AND expires_at > ?",
+        [len(prefix), prefix, now],
+    ).fetchall()
+    return [Lease(*row) for row in rows]
+
+
+def take_over_lease(
+    db: Database, name: str, old_holder: str, holder: str, now: float, ttl: float
+) -> bool:
+    """Take the named lease from old_holder (known to be dead) unless it changed hands meanwhile."""
+    with db.atomic():
+        cursor = db.execute(
+            "UPDATE leases SET holder = ?, expires_at = ? WHERE name = ? AND holder = ?",
+            [holder, now + ttl, name, old_holder],
+        )
+    return cursor.rowcount > 0

@@ -1,0 +1,45 @@
+"""Leases: one holder at a time, and a dead process never keeps one."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from vastpanel import leases, store
+
+
+def finished_pid() -> int:
+    """Return the pid of a process that has already exited."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_dead_holder_is_taken_over_at_once(panel, clock):
+    dead = f"{socket.gethostname()}:{finished_pid()}:deadbeef"
+    store.acquire_lease(panel.db, "power", dead, clock.now(), 3600)
+    assert leases.take_lease(panel.db, "power", panel.holder, clock.now(), 60)
+    assert store.read_lease(panel.db, "power").holder == panel.holder
+
+
+def test_a_live_holder_keeps_its_lease(panel, clock):
+    alive = f"{socket.gethostname()}:{os.getppid()}:cafecafe"
+    store.acquire_lease(panel.db, "power", alive, clock.now(), 3600)
+    assert not leases.take_lease(panel.db, "power", panel.holder, clock.now(), 60)
+
+
+def test_a_power_lock_left_by_kill_9_does_not_block_a_stop(client, panel, vast, clock):
+    vast.set_running()
+    dead = f"{socket.gethostname()}:{finished_pid()}:deadbeef"
+    store.acquire_lease(panel.db, "power", dead, clock.now(), 90)
+    started = time.monotonic()
+    response = client.post("/infra/vast/power/off")
+    assert response.status_code == 200
+    assert time.monotonic() - started < 5  # not the 60 s wait for a lease to lapse
+    assert vast.puts == ["stopped"]
+
+
+def test_holders_made_here_are_alive():
+    holder = leases.new_holder()
+    assert not leases.holder_is_dead(holder)

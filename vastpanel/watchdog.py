@@ -1,0 +1,249 @@
+"""The auto-shutdown watchdog: looks at the instance on a timer and when the idle deadline falls due.
+
+Each look calls the domain's `Panel.stop_if_idle()`, which reads the instance through the shared
+cache (so sessions stay true to what vast.ai says) and stops it, with its audit entries, once it
+has been idle for VAST_AUTO_SHUTDOWN_MINUTES. Looks happen every VAST_WATCHDOG_INTERVAL_S, once
+at start-up, and once just after the idle deadline, so a stop goes out when it falls due rather
+than up to an interval late.
+
+Only one process per deployment acts: the one holding the "watchdog" lease in SQLite. It renews
+the lease on every look; the others keep looking only to take the lease over if the leader stops
+renewing it, or at once if the leader's process is gone (a kill -9 on this host).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.background import BackgroundScheduler
+from flask import Flask
+from flask.helpers import get_debug_flag
+from flask_apscheduler import APScheduler
+
+from . import leases, store
+from .config import parse_bool
+from .logs import redact
+from .panel import Panel, PanelError, PowerOffResult
+
+log = logging.getLogger("vastpanel.watchdog")
+
+EXTENSION = "vastpanel_watchdog"
+FLAG = "VASTPANEL_WATCHDOG"
+LEASE = "watchdog"
+LOOK_JOB = "vastpanel-watchdog-look"
+DEADLINE_JOB = "vastpanel-watchdog-deadline"
+# The deadline look fires this long after the deadline, never a rounding error before it.
+DEADLINE_MARGIN_S = 0.05
+# A look that has run this long is stuck (vast.ai calls and lock waits are all bounded below it).
+STUCK_LOOK_S = 300.0
+SLOW_LOOK_S = 5.0  # a look slower than this is logged
+
+
+@dataclass(frozen=True)
+class Look:
+    """What one look did."""
+
+    at: float
+    leader: bool
+    stopped: PowerOffResult | None = None
+    next_deadline: float | None = None
+    error: str | None = None
+
+
+class Watchdog:
+    """Stops the idle instance and keeps sessions true, from whichever process leads."""
+
+    def __init__(self, panel: Panel):
+        self.panel = panel
+        self.interval_s = panel.config.watchdog_interval_s
+        # A bit over two intervals: one missed renewal does not hand the lease over.
+        self.lease_ttl_s = 2.5 * self.interval_s
+        self.scheduler: APScheduler | None = None
+        self.last_look_at: float | None = None
+        self._lease_until: float | None = None
+        self._look_started: float | None = None  # monotonic, while a look runs
+        self._look_lock = threading.Lock()
+        self._schedule_lock = threading.Lock()
+        self._stopping = False
+
+    # --- what /healthz reads -----------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        """Tell whether the scheduler runs with the look job scheduled and no look is stuck."""
+        scheduler = self.scheduler
+        if scheduler is None or self._stopping or not scheduler.running:
+            return False
+        started = self._look_started
+        if started is not None and time.monotonic() - started > STUCK_LOOK_S:
+            return False
+        return scheduler.get_job(LOOK_JOB) is not None
+
+    @property
+    def is_leader(self) -> bool:
+        """Tell whether this process holds the lease, so its looks act."""
+        until = self._lease_until
+        return until is not None and self.panel.clock.now() < until
+
+    # --- the look ----------------------------------------------------------------------------
+
+    def look(self) -> Look:
+        """Take or renew the lease; if this process leads, stop the instance when idle is due."""
+        with self._look_lock:
+            now = self.panel.clock.now()
+            self.last_look_at = now
+            if not self._hold_lease(now):
+                return Look(now, leader=False)
+            stopped, error = None, None
+            try:
+                stopped = self.panel.stop_if_idle()
+            except PanelError as exc:
+                # A failed stop is already audited as auto_shutdown_failed; the next look retries.
+                error = exc.message
+                log.warning("watchdog: %s", exc.message)
+            return Look(now, True, stopped, self.panel.next_idle_deadline(), error)
+
+    def _hold_lease(self, now: float) -> bool:
+        """Take or renew the lease, taking it over from a dead process; remember the outcome."""
+        held = leases.take_lease(self.panel.db, LEASE, self.panel.holder, now, self.lease_ttl_s)
+        if held != self.is_leader:
+            log.info("watchdog: %s", "this process leads" if held else "another process leads")
+        self._lease_until = now + self.lease_ttl_s if held else None
+        return held
+
+    # --- the scheduler -----------------------------------------------------------------------
+
+    def start(self, app: Flask) -> None:
+        """Start the scheduler: a look now, then every interval, plus one at each idle deadline."""
+        scheduler = APScheduler(
+            BackgroundScheduler(
+                timezone=UTC,
+                executors={"default": ThreadPoolExecutor(max_workers=2)},
+                # A look is cheap and idempotent: run a late one rather than skip it.
+                job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            )
+        )
+        scheduler.init_app(app)
+        scheduler.add_job(
+            LOOK_JOB,
+            self._run_look,
+            trigger="interval",
+            seconds=self.interval_s,
+            next_run_time=datetime.now(UTC),  # a deadline that passed while down acts now
+        )
+        self.scheduler = scheduler
+        scheduler.start()
+        atexit.register(self.shutdown)
+        log.info(
+            "watchdog: started (every %g s, auto-shutdown %s)",
+            self.interval_s,
+            f"after {self.panel.config.auto_shutdown_minutes:g} idle minutes"
+            if self.panel.config.auto_shutdown
+            else "off",
+        )
+
+    def shutdown(self) -> None:
+        """Stop the scheduler (waiting for a running look) and hand the lease back."""
+        with self._schedule_lock:
+            if self._stopping or self.scheduler is None:
+                return
+            # Set under the lock: a look finishing now schedules nothing after this.
+            self._stopping = True
+        try:
+            if self.scheduler.running:
+                self.scheduler.shutdown(wait=True)
+            store.release_lease(self.panel.db, LEASE, self.panel.holder)
+            self._lease_until = None
+        except Exception as exc:  # at exit the database may be gone; nothing left to protect
+            log.warning("watchdog: shutdown: %s", redact(f"{type(exc).__name__}: {exc}"))
+
+    def _run_look(self) -> None:
+        """Run one look from the scheduler; never raise, so no error stops the watchdog."""
+        started = self._look_started = time.monotonic()
+        try:
+            result = self.look()
+            self._schedule_deadline(result.next_deadline if result.leader else None)
+        except Exception as exc:
+            text = "".join(traceback.format_exception(exc))
+            log.error("watchdog: look failed:\n%s", redact(text))
+        finally:
+            self._look_started = None
+            self.panel.close()  # this pool thread's connection; the next look opens its own
+            took = time.monotonic() - started
+            if took > SLOW_LOOK_S:
+                log.warning("watchdog: a look took %.1f s", took)
+
+    def _schedule_deadline(self, deadline: float | None) -> None:
+        """Arrange one look just after a deadline that lies ahead; drop it otherwise.
+
+        A deadline already passed is left to the interval looks, so a stop that keeps failing
+        is retried once per interval, never in a tight loop.
+        """
+        with self._schedule_lock:
+            if self._stopping or self.scheduler is None:
+                return
+            delay = None if deadline is None else deadline - self.panel.clock.now()
+            if delay is None or delay <= 0:
+                try:
+                    self.scheduler.remove_job(DEADLINE_JOB)
+                except JobLookupError:
+                    pass
+                return
+            # Scheduled by delay, so the panel's clock and the scheduler's need not agree.
+            run_at = datetime.now(UTC) + timedelta(seconds=delay + DEADLINE_MARGIN_S)
+            job = self.scheduler.get_job(DEADLINE_JOB)
+            if job is not None and abs((job.next_run_time - run_at).total_seconds()) < 0.1:
+                return  # already there (each interval look finds the same deadline)
+            self.scheduler.add_job(
+                DEADLINE_JOB,
+                self._run_look,
+                trigger="date",
+                run_date=run_at,
+                replace_existing=True,
+                # The look that reschedules is itself this job: let the new one run even if
+                # it falls due before that look has returned (looks queue on the look lock).
+                max_instances=2,
+            )
+
+
+def watchdog_wanted(source: Mapping[str, Any], testing: bool) -> bool:
+    """Read VASTPANEL_WATCHDOG: on by default for the real app, off for a test config."""
+    raw = source.get(FLAG)
+    if isinstance(raw, bool):  # a test config may say True or False directly
+        return raw
+    return parse_bool(source, FLAG, default=not testing)
+
+
+def in_reloader_parent(app: Flask) -> bool:
+    """Tell whether this is the debug reloader's watching process (its child serves the app)."""
+    return (app.debug or get_debug_flag()) and os.environ.get("WERKZEUG_RUN_MAIN") != "true"
+
+
+def init_app(app: Flask, panel: Panel, source: Mapping[str, Any], testing: bool) -> None:
+    """Start the watchdog for this app when wanted, and expose it as an extension."""
+    if not watchdog_wanted(source, testing):
+        return
+    if in_reloader_parent(app):
+        log.info("watchdog: not started in the debug reloader's watching process")
+        return
+    config = panel.config
+    if config.auto_shutdown and config.watchdog_interval_s > config.auto_shutdown_minutes * 60:
+        log.warning(
+            "VAST_WATCHDOG_INTERVAL_S (%g) is longer than VAST_AUTO_SHUTDOWN_MINUTES: a session "
+            "opened outside this process may be stopped up to an interval late.",
+            config.watchdog_interval_s,
+        )
+    watchdog = Watchdog(panel)
+    watchdog.start(app)
+    app.extensions[EXTENSION] = watchdog
