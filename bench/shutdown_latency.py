@@ -1,7 +1,7 @@
 """Measure how late the auto-shutdown stop goes out after the idle deadline.
 
-Each run starts the app (watchdog on, the real scheduler) against the vast.ai simulator over
-loopback HTTP with the instance running, lets it go idle (every other run uses the LLM once
+Each run starts the production server (gunicorn with the repo's config; the watchdog on, with
+its real scheduler) against the vast.ai simulator over loopback HTTP with the instance running, lets it go idle (every other run uses the LLM once
 half-way, which moves the deadline), and compares the moment the simulator received the stop
 (PUT state=stopped) with the idle deadline the panel stored: the later of the last activity and
 the session's first-seen-running time, plus the idle minutes. Both sides read the wall clock.
@@ -9,77 +9,50 @@ the session's first-seen-running time, plus the idle minutes. Both sides read th
 The watchdog interval defaults to 60 s, the seed design's only look, so a stop on time can only
 come from the look scheduled at the deadline.
 
-    python bench/shutdown_latency.py [--runs 5] [--idle-minutes 0.05] [--interval 60]
+    python3 bench/shutdown_latency.py [--runs 5] [--idle-minutes 0.05] [--interval 60]
+                                      [--workers 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _support import stack, wait_for
 
-from vastpanel import create_app, store  # noqa: E402
-from vastpanel.simulator import Simulator  # noqa: E402
+from vastpanel import store
 
 TARGET_S = 2.0
 SEED_DESIGN_S = 60.0  # the seed's watchdog looked only every 60 s
-KEY = "bench-vast-key-0123456789"
-CONTROL_KEY = "bench-control-key-0123456789"
-INSTANCE_ID = 4242
 
 
-def wait_for(predicate, timeout: float):
-    """Poll until predicate gives something truthy or the timeout passes; return its answer."""
-    give_up = time.monotonic() + timeout
-    while True:
-        answer = predicate()
-        if answer or time.monotonic() >= give_up:
-            return answer
-        time.sleep(0.01)
-
-
-def one_run(run: int, idle_minutes: float, interval_s: float, use_llm: bool) -> float:
+def one_run(
+    run: int,
+    idle_minutes: float,
+    interval_s: float,
+    use_llm: bool,
+    log: str | None = None,
+    workers: int = 1,
+) -> float:
     """Run one idle-to-stop cycle and return the stop's lateness in seconds."""
     idle_s = idle_minutes * 60
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        Simulator(
-            api_key=KEY,
-            instance_id=INSTANCE_ID,
-            initial_state="running",
-            clock=time.time,
-            schedule_delay=0,
-            load_delay=0,
-            warm_delay=0,
-        ) as sim,
-    ):
-        app = create_app(
-            {
-                "VAST_URL": sim.url,
-                "VAST_API_KEY": KEY,
-                "VAST_INSTANCE_ID": str(INSTANCE_ID),
-                "CONTROL_API_KEY": CONTROL_KEY,
-                "VAST_DB_PATH": str(Path(tmp) / "vastpanel.db"),
-                "VAST_AUTO_SHUTDOWN_MINUTES": str(idle_minutes),
-                "VAST_WATCHDOG_INTERVAL_S": str(interval_s),
-                "VASTPANEL_WATCHDOG": "true",
-            }
-        )
-        panel = app.extensions["vastpanel"]
-        watchdog = app.extensions["vastpanel_watchdog"]
+    env = {
+        "VAST_AUTO_SHUTDOWN_MINUTES": str(idle_minutes),
+        "VAST_WATCHDOG_INTERVAL_S": str(interval_s),
+        "VASTPANEL_WATCHDOG": "true",
+    }
+    # The simulator stamps its request log with the wall clock, as the panel's deadline is.
+    sim_options = {"initial_state": "running", "clock": time.time}
+    with stack(workers=workers, env=env, sim_options=sim_options) as (sim, server, folder):
+        db = store.open_db(str(folder / "panel.db"))  # read only: the server's books
         try:
-            session = wait_for(lambda: store.current_session(panel.db), 10)
+            session = wait_for(lambda: store.current_session(db), 10)
             if not session:
                 raise SystemExit(f"run {run}: the watchdog never saw the instance running")
             if use_llm:
                 time.sleep(idle_s / 2)
-                client = app.test_client()
-                client.post("/infra/vast/activity", headers={"X-API-Key": CONTROL_KEY})
+                server.api("POST", "/activity")
 
             def stop_seen():
                 puts = sim.requests("PUT")
@@ -88,7 +61,7 @@ def one_run(run: int, idle_minutes: float, interval_s: float, use_llm: bool) -> 
             stops = wait_for(stop_seen, idle_s + 10)
             if not stops:
                 raise SystemExit(f"run {run}: no stop within {idle_s + 10:g} s")
-            last_activity = store.get_value(panel.db, "last_activity") or 0.0
+            last_activity = store.get_value(db, "last_activity") or 0.0
             deadline = max(last_activity, session.started_at) + idle_s
             lateness = stops[0]["time"] - deadline
             print(
@@ -99,8 +72,10 @@ def one_run(run: int, idle_minutes: float, interval_s: float, use_llm: bool) -> 
             )
             return lateness
         finally:
-            watchdog.shutdown()
-            panel.close()
+            db.close()
+            if log:
+                with open(log, "a") as out:
+                    out.write(f"--- run {run}\n{server.log()}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,21 +84,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--idle-minutes", type=float, default=0.05)
     parser.add_argument("--interval", type=float, default=60.0, help="watchdog interval, s")
-    parser.add_argument("--log", help="write the app's debug log to this file")
+    parser.add_argument("--workers", type=int, default=1, help="gunicorn workers (1)")
+    parser.add_argument("--log", help="append the server's log of each run to this file")
     args = parser.parse_args(argv)
-    if args.log:
-        logging.basicConfig(
-            filename=args.log,
-            level=logging.DEBUG,
-            format="%(asctime)s.%(msecs)03d %(threadName)s %(name)s %(message)s",
-        )
     print(
         f"{args.runs} runs, idle {args.idle_minutes:g} min ({args.idle_minutes * 60:g} s), "
-        f"watchdog interval {args.interval:g} s",
+        f"watchdog interval {args.interval:g} s, gunicorn workers={args.workers}",
         flush=True,
     )
     lateness = [
-        one_run(run, args.idle_minutes, args.interval, use_llm=run % 2 == 0)
+        one_run(
+            run,
+            args.idle_minutes,
+            args.interval,
+            use_llm=run % 2 == 0,
+            log=args.log,
+            workers=args.workers,
+        )
         for run in range(1, args.runs + 1)
     ]
     worst = max(lateness)
