@@ -1,0 +1,283 @@
+"""A load with faults, shared by tests/test_reliability_load.py and bench/load_with_faults.py.
+
+Many activity posters, a signed-in page that polls its widgets, and the simulated vast.ai
+answering a share of its calls with 500, 429 or garbage, against a running production server.
+Every loop is bounded by its deadline and stops by itself.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+
+import requests
+
+TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
+PAGE_PARTIALS = ("/partials/status", "/partials/costs", "/partials/audit")
+FAULTS = (
+    ("response", {"status": 500, "body": {"error": "internal"}}),
+    ("rate_limit", {}),
+    ("html", {"status": 200}),  # a proxy's HTML page where JSON should be: garbage
+)
+
+
+def queue_faults(sim, calls: int, every: int = 10, seed: int = 7) -> list[str]:
+    """Queue one fault or pass-through per coming vast.ai call; return the plan, in order.
+
+    Each run of `every` calls holds exactly one fault (500, 429 or garbage) at a random place.
+    The simulator takes its faults first in first out, one per matching call; a "slow" fault
+    with no delay answers normally, so it stands for a call that goes through ("ok").
+    """
+    rng = random.Random(seed)
+    plan = []
+    for _ in range(calls // every):
+        block = ["ok"] * every
+        block[rng.randrange(every)] = "fault"
+        plan.extend(block)
+    for i, entry in enumerate(plan):
+        if entry == "ok":
+            sim.add_fault("slow", count=1, delay=0.0)
+        else:
+            kind, options = rng.choice(FAULTS)
+            sim.add_fault(kind, count=1, **options)
+            plan[i] = kind
+    return plan
+
+
+def faults_served(sim, plan: list[str]) -> tuple[int, int]:
+    """Return how many planned calls vast.ai has answered so far, and how many were faults."""
+    served = len(plan) - len(sim.state()["faults"])
+    return served, sum(kind != "ok" for kind in plan[:served])
+
+
+def signed_in_session(base_url: str, key: str) -> requests.Session:
+    """Sign in to the page as the admin; return a session that sends htmx's header."""
+    session = requests.Session()
+    token = TOKEN.search(session.get(base_url + "/signin", timeout=10).text).group(1)
+    answer = session.post(
+        base_url + "/signin", data={"csrf_token": token, "key": key}, allow_redirects=False
+    )
+    assert answer.status_code == 303, answer.status_code
+    session.headers["HX-Request"] = "true"
+    return session
+
+
+@dataclass
+class FaultLoadReport:
+    """What the load saw; the counts that must stay zero are named *_5xx, *_errors, backwards."""
+
+    seconds: float = 0.0
+    activity_ok: int = 0
+    activity_5xx: int = 0
+    activity_errors: list[str] = field(default_factory=list)  # other failures, a few kept
+    activity_error_count: int = 0
+    answered_backwards: int = 0  # a poster saw last_activity earlier than its previous answer
+    stored_backwards: int = 0  # the stored last_activity went down between two reads
+    page_polls: int = 0
+    page_5xx: int = 0
+    healthz_checks: int = 0
+    healthz_not_ok: list[str] = field(default_factory=list)
+    watchdog_renewals: int = 0  # times the watchdog lease was seen renewed (one per look)
+    watchdog_lapsed: int = 0  # reads that found the watchdog lease expired
+    upstream_calls: int = 0  # filled in by the caller, from faults_served
+    upstream_failed: int = 0
+
+    def lines(self) -> list[str]:
+        """Describe the run for people."""
+        rate = self.activity_ok / self.seconds if self.seconds else 0.0
+        return [
+            f"activity: {self.activity_ok} answered 200 ({rate:.0f}/s over {self.seconds:.1f} s), "
+            f"{self.activity_5xx} 5xx, {self.activity_error_count} other errors",
+            f"last_activity backwards: {self.answered_backwards} in answers, "
+            f"{self.stored_backwards} in the database",
+            f"page polls: {self.page_polls}, 5xx: {self.page_5xx}",
+            f"/healthz: {self.healthz_checks} checks, not 200+alive: {len(self.healthz_not_ok)}",
+            f"watchdog lease renewed {self.watchdog_renewals} times, seen lapsed "
+            f"{self.watchdog_lapsed} times",
+            f"vast.ai calls: {self.upstream_calls}, answered with a fault: {self.upstream_failed}",
+        ]
+
+
+def run_fault_load(
+    server, sim, db_path: str, *, posters: int, seconds: float, page_every_s: float = 0.5
+) -> FaultLoadReport:
+    """Post activity from `posters` threads for `seconds` while the page polls; report it."""
+    report = FaultLoadReport()
+    lock = threading.Lock()
+    start = time.monotonic()
+    deadline = start + seconds
+    headers = {"X-API-Key": server.control_key}
+    sim.clear_requests()
+
+    def poster() -> None:
+        previous = ""
+        with requests.Session() as session:
+            while time.monotonic() < deadline:
+                try:
+                    answer = session.post(
+                        server.url + "/infra/vast/activity", headers=headers, timeout=30
+                    )
+                except requests.RequestException as exc:
+                    with lock:
+                        report.activity_error_count += 1
+                        report.activity_errors.append(type(exc).__name__)
+                    continue
+                with lock:
+                    if answer.status_code == 200:
+                        report.activity_ok += 1
+                        last = answer.json()["last_activity"]  # ISO text sorts as time
+                        report.answered_backwards += last < previous
+                        previous = max(previous, last)
+                    elif answer.status_code >= 500:
+                        report.activity_5xx += 1
+                    else:
+                        report.activity_error_count += 1
+                        report.activity_errors.append(f"{answer.status_code} {answer.text[:80]}")
+
+    def page() -> None:
+        session = signed_in_session(server.url, server.control_key)
+        with session:
+            while time.monotonic() < deadline:
+                for path in PAGE_PARTIALS:
+                    code = session.get(server.url + path, timeout=30).status_code
+                    with lock:
+                        report.page_polls += 1
+                        report.page_5xx += code >= 500
+                time.sleep(page_every_s)
+
+    def books() -> None:
+        stored, lease = None, None
+        db = sqlite3.connect(db_path, timeout=10)
+        try:
+            while time.monotonic() < deadline:
+                value = db.execute("SELECT value FROM state WHERE key = 'last_activity'").fetchone()
+                row = db.execute("SELECT expires_at FROM leases WHERE name = 'watchdog'").fetchone()
+                with lock:
+                    if value is not None:
+                        report.stored_backwards += stored is not None and value[0] < stored
+                        stored = value[0]
+                    if row is not None:
+                        report.watchdog_renewals += lease is not None and row[0] > lease
+                        report.watchdog_lapsed += row[0] < time.time()
+                        lease = row[0]
+                time.sleep(0.1)
+        finally:
+            db.close()
+
+    def liveness() -> None:
+        with requests.Session() as session:
+            while time.monotonic() < deadline:
+                health = session.get(server.url + "/healthz", timeout=30)
+                with lock:
+                    report.healthz_checks += 1
+                    if health.status_code != 200 or health.json().get("watchdog") != "alive":
+                        report.healthz_not_ok.append(f"{health.status_code} {health.text[:120]}")
+                time.sleep(0.25)
+
+    threads = [threading.Thread(target=poster) for _ in range(posters)]
+    threads += [threading.Thread(target=f) for f in (page, books, liveness)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 60)
+    report.seconds = time.monotonic() - start
+    return report
+
+
+# --- an outage of vast.ai while the instance is idle -------------------------------------------
+
+
+def audit_events(db_path: str) -> list[str]:
+    """Return the audit log's event names, oldest first, read from the SQLite file."""
+    db = sqlite3.connect(db_path, timeout=10)
+    try:
+        return [r[0] for r in db.execute("SELECT event FROM audit ORDER BY id")]
+    finally:
+        db.close()
+
+
+def wait_for(predicate, timeout: float, every: float = 0.05):
+    """Poll until predicate gives something truthy or the timeout passes; return its answer."""
+    give_up = time.monotonic() + timeout
+    while True:
+        answer = predicate()
+        if answer or time.monotonic() >= give_up:
+            return answer
+        time.sleep(every)
+
+
+@dataclass
+class OutageReport:
+    """When the auto-stop went out, measured from vast.ai's return, and how often it was audited."""
+
+    outage_s: float
+    interval_s: float
+    overdue_at_return_s: float  # how long past the idle deadline vast.ai came back
+    stop_after_return_s: float | None  # None: no stop was sent
+    stops_sent: int
+    events: list[str]
+
+    def lines(self) -> list[str]:
+        """Describe the run for people."""
+        after = self.stop_after_return_s
+        shown = "never" if after is None else f"{after:.2f} s"
+        ratio = "-" if after is None else f"{after / self.interval_s:.3f}"
+        return [
+            f"vast.ai unreachable for {self.outage_s:g} s; back {self.overdue_at_return_s:.1f} s "
+            f"after the idle deadline",
+            f"stop sent {shown} after vast.ai came back (watchdog interval "
+            f"{self.interval_s:g} s): ratio {ratio} (target <= 1)",
+            f"stops sent: {self.stops_sent}; audited auto_shutdown "
+            f"{self.events.count('auto_shutdown')}, auto_shutdown_complete "
+            f"{self.events.count('auto_shutdown_complete')}, auto_shutdown_failed "
+            f"{self.events.count('auto_shutdown_failed')}",
+        ]
+
+
+def run_outage(
+    sim, db_path: str, *, outage_s: float, interval_s: float, idle_s: float
+) -> OutageReport:
+    """With the session open and the instance running, take vast.ai away for outage_s.
+
+    The idle deadline passes during the outage; then vast.ai comes back, and the report says
+    when the stop arrived and what was audited, after two more intervals for a second stop.
+    """
+    started = wait_for(lambda: _open_session_start(db_path), timeout=interval_s + 10)
+    assert started, "the watchdog never opened the session"
+    sim.pause()
+    try:
+        time.sleep(outage_s)
+    finally:
+        sim.resume()
+    back = time.monotonic()  # the simulator's request log reads this clock
+    overdue = time.time() - (started + idle_s)
+
+    def stops():
+        puts = sim.requests(method="PUT")
+        return [p for p in puts if (p.get("json") or {}).get("state") == "stopped"]
+
+    sent = wait_for(stops, timeout=3 * interval_s + 10)
+    time.sleep(2 * interval_s)  # room for a second, wrong stop
+    return OutageReport(
+        outage_s=outage_s,
+        interval_s=interval_s,
+        overdue_at_return_s=overdue,
+        stop_after_return_s=sent[0]["time"] - back if sent else None,
+        stops_sent=len(stops()),
+        events=audit_events(db_path),
+    )
+
+
+def _open_session_start(db_path: str) -> float | None:
+    db = sqlite3.connect(db_path, timeout=10)
+    try:
+        row = db.execute("SELECT started_at FROM sessions WHERE ended_at IS NULL").fetchone()
+    except sqlite3.OperationalError:  # not migrated yet
+        row = None
+    finally:
+        db.close()
+    return row[0] if row else None
