@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from _support import CONTROL_KEY, LoadResult, run_load, stack
+from _support import CONTROL_KEY, LoadResult, child_pids, cpu_seconds, run_load, stack
 
 TARGET_RATIO = 0.8
 MAX_REQUESTS = 2_000_000  # a bound on every phase besides its duration
@@ -46,11 +46,18 @@ class Figures:
     p99_ms: float
     errors: int
     requests: int
+    server_cpu_s: float = 0.0  # CPU the gunicorn worker(s) used during the phase
+
+    @property
+    def server_cpu_ms(self) -> float:
+        """Server CPU per request, in ms: what the endpoint costs whatever drives the load."""
+        return self.server_cpu_s * 1000 / self.requests if self.requests else float("nan")
 
     def line(self) -> str:
         return (
             f"{self.name:9} {self.requests:7d} requests, {self.rate:7.0f} req/s, "
-            f"p50 {self.p50_ms:6.2f} ms, p99 {self.p99_ms:6.2f} ms, errors {self.errors}"
+            f"p50 {self.p50_ms:6.2f} ms, p99 {self.p99_ms:6.2f} ms, errors {self.errors}, "
+            f"server CPU {self.server_cpu_ms:.3f} ms/request"
         )
 
 
@@ -125,14 +132,25 @@ def main(argv: list[str] | None = None) -> int:
         # Warm-up: connections, imports and the first SQLite pages, not counted.
         phase("warm-up", healthz_url, False, args.clients, 2)
         phase("warm-up", activity_url, True, args.clients, 2)
-        healthz = phase("/healthz", healthz_url, False, args.clients, args.seconds)
-        print(healthz.line(), flush=True)
-        activity = phase("/activity", activity_url, True, args.clients, args.seconds)
-        print(activity.line(), flush=True)
+        workers = child_pids(server.process.pid)
+
+        def measured(name: str, url: str, post: bool) -> Figures:
+            cpu_before = cpu_seconds(workers)
+            figures = phase(name, url, post, args.clients, args.seconds)
+            figures.server_cpu_s = cpu_seconds(workers) - cpu_before
+            print(figures.line(), flush=True)
+            return figures
+
+        healthz = measured("/healthz", healthz_url, False)
+        activity = measured("/activity", activity_url, True)
         last = server.api("GET", "/status").json()["last_activity"]
     ratio = activity.rate / healthz.rate if healthz.rate else 0.0
     print(f"last_activity after the run: {last}")
     print(f"ratio activity/healthz: {ratio:.3f} (target >= {TARGET_RATIO})")
+    print(
+        f"server CPU per request, healthz/activity: {healthz.server_cpu_ms / activity.server_cpu_ms:.3f}"
+        " (above 1: /activity costs the server less than /healthz)"
+    )
     errors = healthz.errors + activity.errors
     print(f"errors: {errors}")
     return 0 if ratio >= TARGET_RATIO and errors == 0 else 1

@@ -72,6 +72,16 @@ def test_activity_never_moves_backwards(db):
     assert store.get_value(db, "last_activity") == 150.0
 
 
+def test_activity_within_the_resolution_is_read_not_written(db):
+    assert store.record_activity(db, 100.0, resolution_s=1.0) == 100.0
+    changes = db.conn.total_changes
+    assert store.record_activity(db, 100.9, resolution_s=1.0) == 100.0  # the stored one
+    assert db.conn.total_changes == changes  # nothing written
+    assert store.record_activity(db, 101.0, resolution_s=1.0) == 101.0
+    assert store.record_activity(db, 50.0, resolution_s=1.0) == 101.0  # never backwards
+    assert store.get_value(db, "last_activity") == 101.0
+
+
 def test_audit_is_newest_first_and_pages(db):
     for i in range(5):
         store.add_audit(db, float(i), f"e{i}", "api", {"i": i})

@@ -41,6 +41,9 @@ SCHEDULING_SINCE_KEY = "scheduling_since"
 HEALTHY_SESSION_KEY = "healthy_session"  # id of the session whose health URL answered 200
 HEALTH_PROBED_KEY = "health_probed_at"
 HEALTH_PROBE_EVERY_S = 2.0
+# The gateway posts activity on every LLM request. Idle time is counted in minutes and shown to
+# the second, so activity is stored to the second: later posts within it only read.
+ACTIVITY_RESOLUTION_S = 1.0
 
 
 class PanelError(Exception):
@@ -327,7 +330,7 @@ class Panel:
 
     def record_activity(self) -> float:
         """Note that the LLM was used now; return the stored last activity."""
-        return store.record_activity(self.db, self.clock.now())
+        return store.record_activity(self.db, self.clock.now(), ACTIVITY_RESOLUTION_S)
 
     def cost_totals(self) -> store.CostTotals:
         """Return runtime and cost over all sessions."""

@@ -193,8 +193,16 @@ def set_value(db: Database, key: str, value: float | None) -> None:
             )
 
 
-def record_activity(db: Database, ts: float) -> float:
-    """Store an activity time; the stored time never moves backwards. Return it."""
+def record_activity(db: Database, ts: float, resolution_s: float = 0.0) -> float:
+    """Store an activity time; the stored time never moves backwards. Return it.
+
+    A time less than resolution_s after the stored one is not written: the read that finds
+    this out takes no write lock, so a burst of activity costs one write per resolution_s.
+    """
+    if resolution_s > 0:
+        stored = get_value(db, "last_activity")
+        if stored is not None and ts - stored < resolution_s:
+            return stored
     with db.atomic():
         row = db.execute(
             "INSERT INTO state (key, value) VALUES ('last_activity', ?) "
