@@ -226,3 +226,27 @@ def test_kill_9_mid_session_keeps_costs_and_audit(panel_env, sim, tmp_path):
     with sqlite3.connect(panel_env["VAST_DB_PATH"]) as db:
         assert db.execute("SELECT count(*) FROM sessions").fetchone()[0] == 1
         assert db.execute("SELECT count(*) FROM sessions WHERE ended_at IS NULL").fetchone()[0] == 0
+
+
+def test_auto_shutdown_under_the_production_server(panel_env, sim, tmp_path):
+    env = {**panel_env, "VAST_AUTO_SHUTDOWN_MINUTES": "0.05", "VAST_WATCHDOG_INTERVAL_S": "1"}
+    server = PanelProcess(env, log_path=tmp_path / "server.log")
+    try:
+        assert server.api("POST", "/power/on").status_code == 200
+        server.api("POST", "/activity")
+        assert server.api("GET", "/status").json()["auto_shutdown_in_minutes"] > 0
+        wait_for(lambda: sim.instance()["intended_status"] == "stopped", timeout=15)
+        wait_for(lambda: "auto_shutdown_complete" in events(server), timeout=5)
+        time.sleep(1.5)  # a few more looks: nothing more is sent
+        assert [r["json"] for r in sim.requests(method="PUT")] == [
+            {"state": "running"},
+            {"state": "stopped"},
+        ]
+        log = events(server)
+        assert log.count("auto_shutdown") == 1 and log.count("auto_shutdown_complete") == 1
+        entry = next(e for e in server.api("GET", "/audit").json() if e["event"] == "auto_shutdown")
+        assert entry["actor"] == "system"
+        assert entry["meta"]["inactive_minutes"] >= 0.05
+        assert server.api("GET", "/costs").json()["sessions_count"] == 1
+    finally:
+        server.stop()

@@ -47,3 +47,14 @@ def test_a_new_session_must_answer_again(panel, vast, clock):
     vast.set_running()
     vast.health_status = 503
     assert panel.session_healthy(panel.status_report()) is False
+
+
+def test_a_power_on_that_waited_for_health_marks_the_session_healthy(panel, vast):
+    vast.set_running()
+    result = panel.power_on("api")
+    assert result.healthy
+    calls = len(vast.mock.calls)
+    assert panel.session_healthy(panel.status_report()) is True
+    assert len(vast.mock.calls) == calls  # no second probe of the health URL
+    events = [e.event for e in panel.audit_log(50)]
+    assert "power_on_complete" in events and "instance_healthy" not in events

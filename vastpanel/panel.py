@@ -491,6 +491,9 @@ class Panel:
                 health_url = self._health_url(state, port, path) if state else None
                 if health_url and fetch_health(self.http, health_url):
                     endpoint = state.endpoint_base_url or health_url[: -len(path)]
+                    session = store.current_session(self.db)
+                    if session is not None:  # the page need not probe this session again
+                        store.set_value(self.db, HEALTHY_SESSION_KEY, session.id)
                     self.audit(
                         "power_on_complete", actor, instance_id=instance_id, endpoint=endpoint
                     )
