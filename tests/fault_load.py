@@ -7,6 +7,7 @@ Every loop is bounded by its deadline and stops by itself.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import sqlite3
@@ -227,8 +228,8 @@ class OutageReport:
         shown = "never" if after is None else f"{after:.2f} s"
         ratio = "-" if after is None else f"{after / self.interval_s:.3f}"
         return [
-            f"vast.ai unreachable for {self.outage_s:g} s; back {self.overdue_at_return_s:.1f} s "
-            f"after the idle deadline",
+            f"vast.ai unreachable for {self.outage_s:.1f} s; back {self.overdue_at_return_s:.1f} s "
+            f"after the idle deadline, just after a watchdog look",
             f"stop sent {shown} after vast.ai came back (watchdog interval "
             f"{self.interval_s:g} s): ratio {ratio} (target <= 1)",
             f"stops sent: {self.stops_sent}; audited auto_shutdown "
@@ -239,22 +240,33 @@ class OutageReport:
 
 
 def run_outage(
-    sim, db_path: str, *, outage_s: float, interval_s: float, idle_s: float
+    sim,
+    db_path: str,
+    *,
+    outage_s: float,
+    interval_s: float,
+    idle_s: float,
+    after_look_s: float = 0.5,
 ) -> OutageReport:
-    """With the session open and the instance running, take vast.ai away for outage_s.
+    """With the session open and the instance running, take vast.ai away for about outage_s.
 
-    The idle deadline passes during the outage; then vast.ai comes back, and the report says
-    when the stop arrived and what was audited, after two more intervals for a second stop.
+    The idle deadline passes during the outage. vast.ai comes back after_look_s after an
+    interval look (the worst case: that look just failed, the next is a whole interval away);
+    the looks run every interval from the start-up look, which opened the session. The report
+    says when the stop arrived and what was audited, after two more intervals for a second stop.
     """
     started = wait_for(lambda: _open_session_start(db_path), timeout=interval_s + 10)
     assert started, "the watchdog never opened the session"
+    paused = time.time()
     sim.pause()
     try:
-        time.sleep(outage_s)
+        looks = math.ceil((paused + outage_s - started) / interval_s)
+        time.sleep(max(0.0, started + looks * interval_s + after_look_s - time.time()))
     finally:
         sim.resume()
     back = time.monotonic()  # the simulator's request log reads this clock
     overdue = time.time() - (started + idle_s)
+    outage_s = time.time() - paused
 
     def stops():
         puts = sim.requests(method="PUT")
