@@ -59,11 +59,11 @@ def stack(
     env: dict[str, str] | None = None,
     sim_options: dict | None = None,
     before_start: Callable[[Path], None] | None = None,
-    keep_log: bool = False,
 ) -> Iterator[tuple[Simulator, PanelProcess, Path]]:
     """Run the simulator and the production server in a temporary folder; yield both and it.
 
-    before_start(db_path) runs before the server starts (to fill the database).
+    before_start(db_path) runs before the server starts (to fill the database). When the
+    benchmark fails, the end of the server's log is printed on stderr.
     """
     options = {"schedule_delay": 0.0, "load_delay": 0.0, "warm_delay": 0.0, **(sim_options or {})}
     with (
@@ -81,8 +81,7 @@ def stack(
         try:
             yield sim, server, folder
         except BaseException:
-            if keep_log:
-                print(server.log()[-4000:], file=sys.stderr)
+            print(server.log()[-4000:], file=sys.stderr)
             raise
         finally:
             server.stop()
