@@ -8,6 +8,7 @@ Every loop is bounded by its deadline and stops by itself.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import random
 import re
 import sqlite3
@@ -19,6 +20,9 @@ import requests
 
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 PAGE_PARTIALS = ("/partials/status", "/partials/costs", "/partials/audit")
+# Each watchdog look renews its lease until look time + 2.5 intervals (vastpanel/watchdog.py),
+# so the lease tells when the last look was, whenever it is read.
+LEASE_TTL_INTERVALS = 2.5
 FAULTS = (
     ("response", {"status": 500, "body": {"error": "internal"}}),
     ("rate_limit", {}),
@@ -82,8 +86,10 @@ class FaultLoadReport:
     page_5xx: int = 0
     healthz_checks: int = 0
     healthz_not_ok: list[str] = field(default_factory=list)
-    watchdog_renewals: int = 0  # times the watchdog lease was seen renewed (one per look)
+    watchdog_renewals: int = 0  # times the watchdog lease was seen renewed (at most one per look)
+    longest_look_gap_s: float = 0.0  # the longest time seen since the watchdog's last look
     watchdog_lapsed: int = 0  # reads that found the watchdog lease expired
+    books_reads: int = 0  # how often the database was read for the three above
     upstream_calls: int = 0  # filled in by the caller, from faults_served
     upstream_failed: int = 0
 
@@ -97,16 +103,28 @@ class FaultLoadReport:
             f"{self.stored_backwards} in the database",
             f"page polls: {self.page_polls}, 5xx: {self.page_5xx}",
             f"/healthz: {self.healthz_checks} checks, not 200+alive: {len(self.healthz_not_ok)}",
-            f"watchdog lease renewed {self.watchdog_renewals} times, seen lapsed "
-            f"{self.watchdog_lapsed} times",
+            f"watchdog lease seen renewed {self.watchdog_renewals} times, never more than "
+            f"{self.longest_look_gap_s:.2f} s after a look, seen lapsed {self.watchdog_lapsed} "
+            f"times ({self.books_reads} reads)",
             f"vast.ai calls: {self.upstream_calls}, answered with a fault: {self.upstream_failed}",
         ]
 
 
 def run_fault_load(
-    server, sim, db_path: str, *, posters: int, seconds: float, page_every_s: float = 0.5
+    server,
+    sim,
+    db_path: str,
+    *,
+    posters: int,
+    seconds: float,
+    watchdog_interval_s: float,
+    page_every_s: float = 0.5,
 ) -> FaultLoadReport:
-    """Post activity from `posters` threads for `seconds` while the page polls; report it."""
+    """Post activity from `posters` threads for `seconds` while the page polls; report it.
+
+    The database is read throughout (watch_books) for last_activity and the watchdog's lease.
+    """
+    lease_ttl = LEASE_TTL_INTERVALS * watchdog_interval_s
     report = FaultLoadReport()
     lock = threading.Lock()
     start = time.monotonic()
@@ -150,25 +168,6 @@ def run_fault_load(
                         report.page_5xx += code >= 500
                 time.sleep(page_every_s)
 
-    def books() -> None:
-        stored, lease = None, None
-        db = sqlite3.connect(db_path, timeout=10)
-        try:
-            while time.monotonic() < deadline:
-                value = db.execute("SELECT value FROM state WHERE key = 'last_activity'").fetchone()
-                row = db.execute("SELECT expires_at FROM leases WHERE name = 'watchdog'").fetchone()
-                with lock:
-                    if value is not None:
-                        report.stored_backwards += stored is not None and value[0] < stored
-                        stored = value[0]
-                    if row is not None:
-                        report.watchdog_renewals += lease is not None and row[0] > lease
-                        report.watchdog_lapsed += row[0] < time.time()
-                        lease = row[0]
-                time.sleep(0.1)
-        finally:
-            db.close()
-
     def liveness() -> None:
         with requests.Session() as session:
             while time.monotonic() < deadline:
@@ -180,13 +179,60 @@ def run_fault_load(
                 time.sleep(0.25)
 
     threads = [threading.Thread(target=poster) for _ in range(posters)]
-    threads += [threading.Thread(target=f) for f in (page, books, liveness)]
+    threads += [threading.Thread(target=f) for f in (page, liveness)]
+    # The database is watched from a process of its own: among hundreds of posting threads, a
+    # thread of this process would get the GIL too seldom to read it often.
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    watcher = context.Process(
+        target=watch_books, args=(db_path, lease_ttl, deadline, results), daemon=True
+    )
+    watcher.start()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(seconds + 60)
     report.seconds = time.monotonic() - start
+    books = results.get(timeout=60)
+    watcher.join(10)
+    for name, value in books.items():
+        setattr(report, name, value)
     return report
+
+
+def watch_books(db_path: str, lease_ttl: float, deadline: float, results) -> None:
+    """Read last_activity and the watchdog's lease every 0.1 s until the (monotonic) deadline.
+
+    Runs in its own process; puts the FaultLoadReport fields it measured on the results queue.
+    """
+    found = {
+        "stored_backwards": 0,
+        "watchdog_renewals": 0,
+        "watchdog_lapsed": 0,
+        "longest_look_gap_s": 0.0,
+        "books_reads": 0,
+    }
+    stored, lease = None, None
+    db = sqlite3.connect(db_path, timeout=10)
+    try:
+        while time.monotonic() < deadline:
+            seen = time.time()  # before the reads: what they return is at least this new
+            value = db.execute("SELECT value FROM state WHERE key = 'last_activity'").fetchone()
+            row = db.execute("SELECT expires_at FROM leases WHERE name = 'watchdog'").fetchone()
+            found["books_reads"] += 1
+            if value is not None:
+                found["stored_backwards"] += stored is not None and value[0] < stored
+                stored = value[0]
+            if row is not None:
+                found["watchdog_renewals"] += lease is not None and row[0] > lease
+                found["watchdog_lapsed"] += row[0] < seen
+                since_look = seen - (row[0] - lease_ttl)
+                found["longest_look_gap_s"] = max(found["longest_look_gap_s"], since_look)
+                lease = row[0]
+            time.sleep(0.1)
+    finally:
+        db.close()
+        results.put(found)
 
 
 # --- an outage of vast.ai while the instance is idle -------------------------------------------
