@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # liveserver and fault_load, shared with the tests
 
-from liveserver import PanelProcess  # noqa: E402
+from liveserver import PanelProcess, wait_for  # noqa: E402, F401 (wait_for: for the scripts)
 
 from vastpanel.simulator import Simulator  # noqa: E402
 
@@ -250,13 +250,3 @@ def cpu_seconds(pids: list[int]) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
     return total / ticks
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, every: float = 0.05):
-    """Poll until predicate gives something truthy or the timeout passes; return its answer."""
-    give_up = time.monotonic() + timeout
-    while True:
-        answer = predicate()
-        if answer or time.monotonic() >= give_up:
-            return answer
-        time.sleep(every)

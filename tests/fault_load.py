@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 import requests
+from liveserver import wait_for  # noqa: F401 (also used by the bench scripts through this module)
 
 TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 PAGE_PARTIALS = ("/partials/status", "/partials/costs", "/partials/audit")
@@ -245,16 +246,6 @@ def audit_events(db_path: str) -> list[str]:
         return [r[0] for r in db.execute("SELECT event FROM audit ORDER BY id")]
     finally:
         db.close()
-
-
-def wait_for(predicate, timeout: float, every: float = 0.05):
-    """Poll until predicate gives something truthy or the timeout passes; return its answer."""
-    give_up = time.monotonic() + timeout
-    while True:
-        answer = predicate()
-        if answer or time.monotonic() >= give_up:
-            return answer
-        time.sleep(every)
 
 
 @dataclass

@@ -15,6 +15,16 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def wait_for(predicate, timeout: float, every: float = 0.05):
+    """Poll until predicate gives something truthy or the timeout passes; return its answer."""
+    give_up = time.monotonic() + timeout
+    while True:
+        answer = predicate()
+        if answer or time.monotonic() >= give_up:
+            return answer
+        time.sleep(every)
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
