@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # liveserver and fault_load, shared with the tests
 
-from liveserver import PanelProcess, wait_for  # noqa: E402, F401 (wait_for: for the scripts)
+from liveserver import PanelProcess, simulator_env, wait_for  # noqa: E402, F401 (wait_for: for the scripts)
 
 from vastpanel.simulator import Simulator  # noqa: E402
 
@@ -41,15 +41,7 @@ TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 def panel_env(sim: Simulator, db_path: Path, **overrides: str) -> dict[str, str]:
     """Return the server's environment against the simulator, on the given database."""
-    return {
-        "VAST_URL": sim.url,
-        "VAST_API_KEY": SIM_KEY,
-        "VAST_INSTANCE_ID": str(INSTANCE_ID),
-        "CONTROL_API_KEY": CONTROL_KEY,
-        "VAST_DB_PATH": str(db_path),
-        "VAST_WAIT_TIMEOUT_S": "30",
-        **overrides,
-    }
+    return simulator_env(sim, db_path, CONTROL_KEY, **{"VAST_WAIT_TIMEOUT_S": "30", **overrides})
 
 
 @contextlib.contextmanager

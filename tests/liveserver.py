@@ -25,6 +25,18 @@ def wait_for(predicate, timeout: float, every: float = 0.05):
         time.sleep(every)
 
 
+def simulator_env(sim, db_path, control_key: str, **overrides: str) -> dict[str, str]:
+    """Return the variables that point a panel at a running simulator, on the given database."""
+    return {
+        "VAST_URL": sim.url,
+        "VAST_API_KEY": sim.api_key,
+        "VAST_INSTANCE_ID": str(sim.instance_id),
+        "CONTROL_API_KEY": control_key,
+        "VAST_DB_PATH": str(db_path),
+        **overrides,
+    }
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import requests
-from liveserver import PanelProcess
+from liveserver import PanelProcess, simulator_env
 
 from vastpanel.simulator import Simulator
 
@@ -31,16 +31,14 @@ def sim():
 
 @pytest.fixture
 def panel_env(sim, tmp_path):
-    return {
-        "VAST_URL": sim.url,
-        "VAST_API_KEY": SIM_KEY,
-        "VAST_INSTANCE_ID": str(INSTANCE_ID),
-        "CONTROL_API_KEY": CONTROL_KEY,
-        "VAST_DB_PATH": str(tmp_path / "panel.db"),
-        "VAST_STATUS_TTL_S": "1",
-        "VAST_WAIT_TIMEOUT_S": "30",
-        "VAST_AUTO_SHUTDOWN_MINUTES": "60",
-    }
+    return simulator_env(
+        sim,
+        tmp_path / "panel.db",
+        CONTROL_KEY,
+        VAST_STATUS_TTL_S="1",
+        VAST_WAIT_TIMEOUT_S="30",
+        VAST_AUTO_SHUTDOWN_MINUTES="60",
+    )
 
 
 @pytest.fixture

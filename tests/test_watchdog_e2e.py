@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from liveserver import simulator_env
 
 from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY
 from vastpanel import create_app, store
@@ -47,18 +48,18 @@ def stops(sim: Simulator) -> list[dict]:
 
 def live_env(sim: Simulator, db_path: Path, **overrides: str) -> dict[str, str]:
     """Return the variables that point an app at the simulator with short timings."""
-    return {
-        "VAST_URL": sim.url,
-        "VAST_API_KEY": VAST_KEY,
-        "VAST_INSTANCE_ID": str(INSTANCE_ID),
-        "CONTROL_API_KEY": CONTROL_KEY,
-        "VAST_DB_PATH": str(db_path),
-        "VAST_AUTO_SHUTDOWN_MINUTES": str(IDLE_MINUTES),
-        "VAST_WATCHDOG_INTERVAL_S": "1",
-        "VAST_STATUS_TTL_S": "1",  # a start outside is seen within about 2 s, not 6
-        "VASTPANEL_WATCHDOG": "true",
-        **overrides,
-    }
+    return simulator_env(
+        sim,
+        db_path,
+        CONTROL_KEY,
+        **{
+            "VAST_AUTO_SHUTDOWN_MINUTES": str(IDLE_MINUTES),
+            "VAST_WATCHDOG_INTERVAL_S": "1",
+            "VAST_STATUS_TTL_S": "1",  # a start outside is seen within about 2 s, not 6
+            "VASTPANEL_WATCHDOG": "true",
+            **overrides,
+        },
+    )
 
 
 def idle_deadline(db, session: store.Session) -> float:
