@@ -17,7 +17,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from conftest import CONTROL_KEY, INSTANCE_URL, base_config, load_fixture
-from vastpanel import create_app, panel, store
+from vastpanel import create_app, power, store
 from vastpanel.openapi import PREFIX, SPEC
 
 SPEC_URI = "urn:vastpanel:openapi"
@@ -138,7 +138,7 @@ def vast_rejects_key(vast) -> None:
 
 def hold_power_lock(the_panel, monkeypatch) -> None:
     """Let another process hold the power lease, and give up waiting for it at once."""
-    monkeypatch.setattr(panel, "POWER_WAIT_S", 0.05)
+    monkeypatch.setattr(power, "POWER_WAIT_S", 0.05)
     store.acquire_lease(the_panel.db, "power", "other-process", the_panel.clock.now(), 90)
 
 

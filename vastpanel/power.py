@@ -1,0 +1,328 @@
+"""Power actions: start, stop and the wait for the instance's health URL.
+
+One power action runs at a time across threads and processes (the "power" lease). A power-on
+waiting for health holds a per-process lease, so the idle rule leaves that instance alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import store
+from .errors import HealthTimeout, PowerBusy, UpstreamFailed
+from .instance_state import InstanceState, endpoint_base_url
+from .reading import START_QUEUED_KEY
+from .vast_client import VastError, fetch_health
+
+if TYPE_CHECKING:
+    from .panel import StatusReport
+
+VAST_POLL_S = 5.0  # vast.ai asks clients to poll no faster than this
+HEALTH_POLL_S = 1.0
+POWER_LEASE_S = 90.0
+POWER_WAIT_S = 60.0
+
+
+# One lease per process waiting for health: "health_wait/<holder>". A lease (not a stored value)
+# so that a wait cut short by kill -9 stops protecting the instance from the idle rule at once.
+HEALTH_WAIT_LEASE = "health_wait/"
+HEALTHY_SESSION_KEY = "healthy_session"  # id of the session whose health URL answered 200
+HEALTH_PROBED_KEY = "health_probed_at"
+HEALTH_PROBE_EVERY_S = 2.0
+
+
+@dataclass(frozen=True)
+class StopEvents:
+    """The audit event names one kind of stop writes."""
+
+    requested: str
+    complete: str
+    failed: str
+
+
+MANUAL_STOP = StopEvents("power_off_requested", "power_off_complete", "power_off_failed")
+AUTO_STOP = StopEvents("auto_shutdown", "auto_shutdown_complete", "auto_shutdown_failed")
+
+
+@dataclass(frozen=True)
+class PowerOnResult:
+    """What a power-on did."""
+
+    state: InstanceState
+    health_url: str | None
+    message: str
+    healthy: bool = False
+
+
+@dataclass(frozen=True)
+class PowerOffResult:
+    """What a power-off did: the closed session's minutes and cost (0 when none was open)."""
+
+    session_minutes: float
+    session_cost: float
+    already_stopped: bool
+    message: str
+
+
+class PowerActions:
+    """The Panel's power actions (a part of Panel; uses its db, clock, client and audit)."""
+
+    def session_healthy(self, report: StatusReport) -> bool | None:
+        """Tell whether the running instance's health URL has answered 200 in this session.
+
+        None when the instance is not running. Until the URL first answers, probe it at most
+        every HEALTH_PROBE_EVERY_S (shared by every caller), so a page that polls can follow a
+        start made without waiting for health; the first 200 of a session is audited.
+        """
+        if report.state.status != "running":
+            return None
+        session = report.session
+        if session is not None and store.get_value(self.db, HEALTHY_SESSION_KEY) == session.id:
+            return True
+        now = self.clock.now()
+        probed = store.get_value(self.db, HEALTH_PROBED_KEY)
+        if probed is not None and 0 <= now - probed < HEALTH_PROBE_EVERY_S:
+            return False
+        store.set_value(self.db, HEALTH_PROBED_KEY, now)
+        url = self._health_url(report.state, self.config.health_port, self.config.health_path)
+        if url is None or not fetch_health(self.http, url):
+            return False
+        if session is not None and store.get_value(self.db, HEALTHY_SESSION_KEY) != session.id:
+            store.set_value(self.db, HEALTHY_SESSION_KEY, session.id)
+            self.audit(
+                "instance_healthy",
+                "system",
+                instance_id=report.state.instance_id,
+                endpoint=report.state.endpoint_base_url,
+                healthy_after_minutes=(now - session.started_at) / 60,
+            )
+        return True
+
+    # --- power -------------------------------------------------------------------------------
+
+    def power_on(
+        self,
+        actor: str,
+        *,
+        wait_for_health: bool = True,
+        health_path: str | None = None,
+        health_port: int | None = None,
+    ) -> PowerOnResult:
+        """Start the instance unless it runs or is starting; optionally wait for its health URL."""
+        self._require_configured()
+        path = health_path or self.config.health_path
+        port = health_port or self.config.health_port
+        instance_id = self.config.vast_instance_id
+        self.audit(
+            "power_on_requested", actor, instance_id=instance_id, wait_for_health=wait_for_health
+        )
+        with self._power(actor, "power_on_failed"):
+            try:
+                state = self.instance_state()
+            except UpstreamFailed as exc:
+                self.audit("power_on_failed", actor, instance_id=instance_id, error=exc.message)
+                raise
+            if state.status == "not_found":
+                self.audit("power_on_failed", actor, instance_id=instance_id, error=state.message)
+                raise UpstreamFailed(f"vast.ai does not know instance {instance_id}.")
+            if state.status == "running" or state.starting:
+                message = (
+                    "Instance is already running."
+                    if state.status == "running"
+                    else f"A start is already under way ({state.status}); no new start was sent."
+                )
+            else:
+                state, message = self._send_start(actor)
+        if not wait_for_health:
+            return PowerOnResult(state, self._health_url(state, port, path), message)
+        return self._wait_for_health(actor, path, port)
+
+    def _send_start(self, actor: str) -> tuple[InstanceState, str]:
+        """Send the start call and make the next status show what it reported."""
+        instance_id = self.config.vast_instance_id
+        try:
+            result = self.client.start_instance(instance_id)
+        except VastError as exc:
+            self.audit(
+                "power_on_failed", actor, instance_id=instance_id, error=self.redact(exc.message)
+            )
+            raise UpstreamFailed(self.redact(exc.message)) from None
+        now = self.clock.now()
+        if result.queued:
+            store.set_value(self.db, START_QUEUED_KEY, now)
+            self.audit("power_on_queued", actor, instance_id=instance_id, vast_msg=result.message)
+        payload = self._patched_answer(intended_status="running")
+        if payload.get("actual_status") in ("exited", "unknown", "offline"):
+            payload["actual_status"] = "stopped"  # vast.ai reschedules it as a fresh start
+        store.save_cached_instance(self.db, now, payload)
+        state = self._state_of(payload)
+        self._note_scheduling(state, now)
+        message = (
+            state.message
+            if result.queued
+            else "Start requested; vast.ai is bringing the instance up."
+        )
+        return state, message
+
+    def _patched_answer(self, **fields: Any) -> dict[str, Any]:
+        """Return the last vast.ai answer with the fields a power action just changed."""
+        cached = store.read_cached_instance(self.db)
+        payload = (
+            dict(cached.payload)
+            if cached and cached.payload
+            else {"id": self.config.vast_instance_id}
+        )
+        payload.update(fields)
+        return payload
+
+    def _health_url(self, state: InstanceState, port: int, path: str) -> str | None:
+        cached = store.read_cached_instance(self.db)
+        if state.status != "running" or cached is None or cached.payload is None:
+            return None
+        base = endpoint_base_url(cached.payload, port)
+        return base + path if base else None
+
+    def _wait_for_health(self, actor: str, path: str, port: int) -> PowerOnResult:
+        """Follow vast.ai until running, then the health URL until 200, within the timeout."""
+        instance_id = self.config.vast_instance_id
+        deadline = self.clock.now() + self.config.wait_timeout_s
+        wait_lease = HEALTH_WAIT_LEASE + self.holder
+        # Held a minute past the deadline: the last vast.ai call and probe may end after it.
+        now = self.clock.now()
+        store.acquire_lease(self.db, wait_lease, self.holder, now, deadline - now + 60.0)
+        last_problem = None
+        try:
+            while True:
+                try:
+                    state = self.instance_state()
+                except UpstreamFailed as exc:
+                    last_problem = exc.message
+                    if "rejected VAST_API_KEY" in exc.message:
+                        self.audit(
+                            "power_on_failed", actor, instance_id=instance_id, error=exc.message
+                        )
+                        raise
+                    state = None
+                health_url = self._health_url(state, port, path) if state else None
+                if health_url and fetch_health(self.http, health_url):
+                    endpoint = state.endpoint_base_url or health_url[: -len(path)]
+                    session = store.current_session(self.db)
+                    if session is not None:  # the page need not probe this session again
+                        store.set_value(self.db, HEALTHY_SESSION_KEY, session.id)
+                    self.audit(
+                        "power_on_complete", actor, instance_id=instance_id, endpoint=endpoint
+                    )
+                    return PowerOnResult(
+                        state, health_url, "Instance running and healthy", healthy=True
+                    )
+                if state is not None and state.status in ("stopped", "not_found", "exited"):
+                    error = f"The instance became '{state.status}' while waiting for it to start."
+                    self.audit("power_on_failed", actor, instance_id=instance_id, error=error)
+                    raise UpstreamFailed(error)
+                if state is not None:
+                    last_problem = (
+                        f"health URL {health_url} not answering 200"
+                        if health_url
+                        else f"instance is '{state.status}'"
+                    )
+                if self.clock.now() >= deadline:
+                    self.audit(
+                        "power_on_health_timeout",
+                        actor,
+                        instance_id=instance_id,
+                        timeout_s=self.config.wait_timeout_s,
+                        error=last_problem,
+                    )
+                    raise HealthTimeout(
+                        f"The instance was not healthy within {self.config.wait_timeout_s:g} s "
+                        f"({last_problem})."
+                    )
+                pause = HEALTH_POLL_S if health_url else VAST_POLL_S
+                self.clock.sleep(min(pause, max(0.0, deadline - self.clock.now())))
+        finally:
+            store.release_lease(self.db, wait_lease, self.holder)
+
+    def power_off(self, actor: str) -> PowerOffResult:
+        """Stop the instance (cancelling a queued start) and close its session."""
+        self._require_configured()
+        self.audit(MANUAL_STOP.requested, actor, instance_id=self.config.vast_instance_id)
+        result = self._stop(actor, MANUAL_STOP)
+        assert result is not None
+        return result
+
+    def _stop(
+        self,
+        actor: str,
+        events: StopEvents,
+        due: Callable[[InstanceState], float | None] | None = None,
+    ) -> PowerOffResult | None:
+        """Send the stop call under the power lock; with due, only if it still says stop."""
+        instance_id = self.config.vast_instance_id
+        with self._power(actor, events.failed):
+            try:
+                # The shared answer decides, except that a manual stop confirms a "stopped" afresh:
+                # a stale "stopped" would leave a GPU running, a stale "running" costs at most a
+                # redundant stop call. Reading afresh every time would meet vast.ai's ~2 s limit
+                # between GETs (429) right after a status poll or the watchdog's look.
+                state = self.instance_state()
+                if due is None and state.status in ("stopped", "not_found"):
+                    state = self.instance_state(fresh=True)
+            except UpstreamFailed as exc:
+                self.audit(events.failed, actor, instance_id=instance_id, error=exc.message)
+                raise
+            if due is not None:
+                inactive = due(state)
+                if inactive is None:
+                    return None  # activity came in, or it stopped, while we waited for the lock
+                self.audit(
+                    events.requested, actor, instance_id=instance_id, inactive_minutes=inactive
+                )
+            if state.status == "not_found":
+                self.audit(events.failed, actor, instance_id=instance_id, error=state.message)
+                raise UpstreamFailed(f"vast.ai does not know instance {instance_id}.")
+            if state.status == "stopped":
+                return PowerOffResult(
+                    0.0, 0.0, True, "Instance is already stopped; no stop was sent."
+                )
+            try:
+                self.client.stop_instance(instance_id)
+            except VastError as exc:
+                error = self.redact(exc.message)
+                self.audit(events.failed, actor, instance_id=instance_id, error=error)
+                raise UpstreamFailed(error) from None
+            now = self.clock.now()
+            session = store.close_session(self.db, now, actor)
+            payload = self._patched_answer(actual_status="stopped", intended_status="stopped")
+            payload.pop("ports", None)
+            store.save_cached_instance(self.db, now, payload)
+            self._note_scheduling(self._state_of(payload), now)
+        minutes = session.seconds(now) / 60 if session else 0.0
+        cost = session.cost(now) if session else 0.0
+        self.audit(
+            events.complete,
+            actor,
+            instance_id=instance_id,
+            session_minutes=minutes,
+            session_cost_usd=cost,
+        )
+        return PowerOffResult(
+            minutes, cost, False, f"Instance stopped. Session: {minutes:.1f} min, ${cost:.3f}"
+        )
+
+    @contextmanager
+    def _power(self, actor: str, failed_event: str) -> Iterator[None]:
+        """Let one power action at a time run, across threads and processes."""
+        with self._power_lock:
+            if not self._take_lease("power", POWER_LEASE_S, POWER_WAIT_S):
+                error = "Another power action is still running; try again shortly."
+                self.audit(
+                    failed_event, actor, instance_id=self.config.vast_instance_id, error=error
+                )
+                raise PowerBusy(error)
+            try:
+                yield
+            finally:
+                store.release_lease(self.db, "power", self.holder)

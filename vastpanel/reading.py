@@ -1,0 +1,136 @@
+"""Reading the instance: one shared vast.ai answer for every caller, kept true to the books.
+
+One GET per VAST_STATUS_TTL_S serves every thread and worker process (the answer and a fetch
+lease live in SQLite); each fresh answer reconciles the sessions, whoever started or stopped
+the instance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from . import store
+from .errors import UpstreamFailed
+from .instance_state import InstanceState, read_instance_state
+from .vast_client import VastError
+
+FETCH_LEASE_S = 60.0
+LEASE_WAIT_S = 3.0  # how long to wait for another process's vast.ai answer before asking too
+START_QUEUED_KEY = "start_queued_at"
+SCHEDULING_SINCE_KEY = "scheduling_since"
+
+
+class InstanceReading:
+    """The Panel's reading of the instance (a part of Panel; uses its db, clock and client)."""
+
+    def instance_state(self, *, fresh: bool = False) -> InstanceState:
+        """Return the instance's state from the shared answer, asking vast.ai when it is stale.
+
+        Raises NotConfigured, or UpstreamFailed when vast.ai cannot be read.
+        """
+        self._require_configured()
+        cached = self._cached_answer(fresh)
+        if cached is None:
+            cached = self._fetch(fresh)
+        if cached.error:
+            raise UpstreamFailed(cached.error)
+        return self._state_of(cached.payload)
+
+    def _state_of(self, payload: dict[str, Any] | None, port: int | None = None) -> InstanceState:
+        queued = store.get_value(self.db, START_QUEUED_KEY) is not None
+        state = read_instance_state(
+            payload,
+            self.config.vast_instance_id,
+            port or self.config.health_port,
+            start_queued=queued,
+        )
+        if self.config.simulated:
+            note = "Simulated instance (demo, no real GPU)."
+            state = replace(state, message=f"{note} {state.message}" if state.message else note)
+        return state
+
+    def _cached_answer(self, fresh: bool) -> store.CachedInstance | None:
+        """Return the stored answer if it is recent enough to reuse, else None."""
+        cached = store.read_cached_instance(self.db)
+        if cached is None or fresh:
+            return None
+        age = self.clock.now() - cached.fetched_at
+        return cached if 0 <= age < self.config.status_ttl_s else None
+
+    def _fetch(self, fresh: bool) -> store.CachedInstance:
+        """Ask vast.ai once for every waiting thread and process; store and reconcile it."""
+        asked = self.clock.now()
+        with self._fetch_lock:
+            # Another thread may have fetched while this one waited for the lock.
+            cached = self._reusable_answer(asked, fresh)
+            if cached is not None:
+                return cached
+            leased = self._take_lease("vast_fetch", FETCH_LEASE_S, LEASE_WAIT_S)
+            try:
+                # Another process may have asked vast.ai while this one waited for the lease
+                # (or gave up waiting): its answer serves us too.
+                cached = self._reusable_answer(asked, fresh) or self._answer_since(asked)
+                if cached is not None:
+                    return cached
+                return self._fetch_now()
+            finally:
+                if leased:
+                    store.release_lease(self.db, "vast_fetch", self.holder)
+
+    def _reusable_answer(self, asked: float, fresh: bool) -> store.CachedInstance | None:
+        """Return the stored answer if it serves a caller who asked at `asked`, else None."""
+        return self._answer_since(asked) if fresh else self._cached_answer(False)
+
+    def _answer_since(self, asked: float) -> store.CachedInstance | None:
+        """Return the stored answer if it was fetched after the moment asked."""
+        cached = store.read_cached_instance(self.db)
+        return cached if cached is not None and cached.fetched_at > asked else None
+
+    def _fetch_now(self) -> store.CachedInstance:
+        asked = self.clock.now()
+        try:
+            payload = self.client.fetch_instance(self.config.vast_instance_id)
+        except VastError as exc:
+            error = self.redact(exc.message)
+            store.save_cached_instance(self.db, asked, None, error)
+            return store.CachedInstance(asked, None, error)
+        store.save_cached_instance(self.db, asked, payload)
+        self._reconcile(payload, asked)
+        return store.CachedInstance(asked, payload, None)
+
+    def _reconcile(self, payload: dict[str, Any] | None, asked: float) -> None:
+        """Keep sessions true to what vast.ai just said, whoever started or stopped it."""
+        state = self._state_of(payload)
+        now = self.clock.now()
+        if state.gpu_held:
+            opened = store.open_session(self.db, now, state.dph_total, "observed", seen_since=asked)
+            if opened is not None:
+                self.audit(
+                    "session_opened",
+                    "system",
+                    instance_id=state.instance_id,
+                    seen_status=state.status,
+                    dph_total=state.dph_total,
+                )
+        elif state.actual_status == "stopped" or state.status == "not_found":
+            closed = store.close_session(self.db, now, "observed")
+            if closed is not None:
+                self.audit(
+                    "session_closed",
+                    "system",
+                    instance_id=state.instance_id,
+                    seen_status=state.status,
+                    session_minutes=closed.seconds(now) / 60,
+                    session_cost_usd=closed.cost(now),
+                )
+        self._note_scheduling(state, now)
+
+    def _note_scheduling(self, state: InstanceState, now: float) -> None:
+        """Remember since when a start waits for the GPU; forget it once it does not."""
+        if state.status != "scheduling":
+            for key in (START_QUEUED_KEY, SCHEDULING_SINCE_KEY):
+                if store.get_value(self.db, key) is not None:  # a read is cheaper than a write
+                    store.set_value(self.db, key, None)
+        elif store.get_value(self.db, SCHEDULING_SINCE_KEY) is None:
+            store.set_value(self.db, SCHEDULING_SINCE_KEY, now)
