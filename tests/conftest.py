@@ -23,6 +23,31 @@ HEALTH_URL = "http://203.0.113.7:41234/health"
 INSTANCE_URL = f"{VAST_URL}/api/v0/instances/{INSTANCE_ID}/"
 
 
+# Modules whose tests start processes (gunicorn, the simulator, nginx, chromium) or run for
+# seconds: marked e2e, so `pytest -m "not e2e"` is the everyday run. New modules may instead
+# say `pytestmark = pytest.mark.e2e` themselves.
+E2E_MODULES = frozenset(
+    {
+        "test_browser",
+        "test_container",
+        "test_e2e",
+        "test_instance_deploy",
+        "test_reliability_crash",
+        "test_reliability_fuzz",
+        "test_reliability_load",
+        "test_serving",
+        "test_watchdog_e2e",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests of the e2e modules."""
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in E2E_MODULES:
+            item.add_marker(pytest.mark.e2e)
+
+
 def load_fixture(name: str) -> Any:
     """Read a recorded vast.ai answer beside the tests."""
     text = (FIXTURES / name).read_text()
