@@ -15,7 +15,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from .api import status_json
+from .api import costs_json, status_json
 from .clock import iso_utc
 from .panel import Panel, PanelError
 
@@ -118,20 +118,30 @@ def off_command(as_json: bool) -> None:
 @vast.command("costs")
 @json_option
 def costs_command(as_json: bool) -> None:
-    """Show runtime and cost over all sessions."""
-    totals = get_panel().cost_totals()
-    avg = totals.runtime_seconds / 60 / totals.sessions_count if totals.sessions_count else 0.0
-    data = {
-        "total_runtime_hours": totals.runtime_seconds / 3600,
-        "total_cost_usd": totals.cost_usd,
-        "sessions_count": totals.sessions_count,
-        "avg_session_minutes": avg,
-    }
+    """Show runtime and cost over all sessions, the whole bill and the budget."""
+    data = costs_json(get_panel())
     lines = [
-        f"Sessions: {totals.sessions_count}",
-        f"Runtime: {data['total_runtime_hours']:.2f} h (average {avg:.1f} min a session)",
-        f"Cost: {money(totals.cost_usd)}",
+        f"Sessions: {data['sessions_count']}",
+        f"Runtime: {data['total_runtime_hours']:.2f} h "
+        f"(average {data['avg_session_minutes']:.1f} min a session)",
+        f"Cost: {money(data['total_cost_usd'])}",
+        f"All in: {money(data['all_in_cost_usd'])} (GPU {money(data['gpu_cost_usd'])}, "
+        f"storage {money(data['storage_cost_usd'])}, bandwidth "
+        + (
+            "not billed yet"
+            if data["bandwidth_cost_usd"] is None
+            else money(data["bandwidth_cost_usd"])
+        )
+        + ")",
     ]
+    if data["charges"]["error"]:
+        lines.append(f"Estimates only: {data['charges']['error']}")
+    budget = data["budget"]
+    if budget:
+        lines.append(
+            f"Budget this {budget['period']}: {money(budget['spent_usd'])} of "
+            f"{money(budget['limit_usd'])} ({budget['state']})"
+        )
     emit(data, as_json, lines)
 
 
