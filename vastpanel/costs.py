@@ -134,11 +134,18 @@ def book(db: Database, at: float, rates: Rates) -> None:
             f"SELECT {LEDGER_COLUMNS} FROM cost_ledger ORDER BY id DESC LIMIT 1"
         ).fetchone()
         if last is not None:
-            if at <= last[2]:
+            if at < last[2]:
                 return  # an older observation: that time is booked already
-            db.execute("UPDATE cost_ledger SET end_at = ? WHERE id = ?", [at, last[0]])
             if (last[3], last[4], last[5]) == (rates.gpu_dph, rates.storage_dph, rates.status):
+                db.execute("UPDATE cost_ledger SET end_at = ? WHERE id = ?", [at, last[0]])
                 return
+            if last[1] == last[2] == at:  # re-priced at the very moment it began
+                db.execute(
+                    "UPDATE cost_ledger SET gpu_dph = ?, storage_dph = ?, status = ? WHERE id = ?",
+                    [rates.gpu_dph, rates.storage_dph, rates.status, last[0]],
+                )
+                return
+            db.execute("UPDATE cost_ledger SET end_at = ? WHERE id = ?", [at, last[0]])
         db.execute(
             "INSERT INTO cost_ledger (start_at, end_at, gpu_dph, storage_dph, status) "
             "VALUES (?, ?, ?, ?, ?)",
