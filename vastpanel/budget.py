@@ -161,10 +161,13 @@ class BudgetRules:
         return self.budget_status()
 
     def enforce_caps(self) -> PowerOffResult | None:
-        """Stop the instance over budget or past the longest session (the watchdog's look)."""
-        if not self.config.vast_configured:
+        """Stop the instance over budget or past the longest session (the watchdog's look).
+
+        Runs after the idle rule's reading in the same look, so it decides from the costs that
+        reading booked and from its answer; only a stop asks vast.ai again.
+        """
+        if not self.config.vast_configured or not self._costs_money():
             return None
-        self.instance_state()  # books costs and keeps sessions true before deciding
         status = self.budget_status()
         if status is not None:
             self._warn_budget(status)
@@ -172,9 +175,15 @@ class BudgetRules:
                 return self._stop(
                     "system", BUDGET_STOP, due=self._over_budget, due_field="spent_usd"
                 )
-        if self.session_cap_deadline() is not None:
+        deadline = self.session_cap_deadline()
+        if deadline is not None and self.clock.now() >= deadline:
             return self._stop("system", SESSION_STOP, due=self._session_too_long, due_field="hours")
         return None
+
+    def _costs_money(self) -> bool:
+        """Tell whether the last vast.ai answer shows the instance in a state a cap stops."""
+        cached = store.read_cached_instance(self.db)
+        return cached is not None and self._state_of(cached.payload).status in STOPPABLE
 
     def _warn_budget(self, status: BudgetStatus) -> None:
         """Audit the first look of a period that finds 80 % of the budget spent."""

@@ -110,8 +110,8 @@ class Watchdog:
                 return Look(now, leader=False)
             stopped, error = None, None
             try:
-                # Caps first (budget, longest session), then the idle rule.
-                stopped = self.panel.enforce_caps() or self.panel.stop_if_idle()
+                # The idle rule reads the instance (booking its costs); then the caps decide.
+                stopped = self.panel.stop_if_idle() or self.panel.enforce_caps()
             except PanelError as exc:
                 # A failed stop is already audited (…_failed); the next look retries.
                 error = exc.message
