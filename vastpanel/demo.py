@@ -9,7 +9,9 @@ import secrets
 DEMO_INSTANCE_ID = 4242
 
 
-def demo_environment(sim_url: str, sim_key: str, control_key: str, idle_minutes: float) -> dict:
+def demo_environment(
+    sim_url: str, sim_key: str, control_key: str, idle_minutes: float, budget_usd: float = 2.0
+) -> dict:
     """Return the settings that point a panel at the simulator, marked as simulated."""
     return {
         "VAST_URL": sim_url,
@@ -22,6 +24,9 @@ def demo_environment(sim_url: str, sim_key: str, control_key: str, idle_minutes:
         "VAST_WAIT_TIMEOUT_S": "120",
         "VAST_DB_PATH": os.environ.get("VAST_DB_PATH") or "data/demo.db",
         "VASTPANEL_SIMULATED": "true",
+        # A small daily budget, so the page's budget bar moves while you watch.
+        "VAST_BUDGET_USD": str(budget_usd),
+        "VAST_BUDGET_PERIOD": "day",
     }
 
 
@@ -30,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vastpanel.demo", description=main.__doc__)
     parser.add_argument("--port", type=int, default=5000, help="panel port on 127.0.0.1")
     parser.add_argument("--idle-minutes", type=float, default=2.0, help="auto-shutdown idle time")
+    parser.add_argument("--budget", type=float, default=2.0, help="daily budget in $ (simulated)")
     args = parser.parse_args(argv)
 
     from werkzeug.serving import run_simple
@@ -47,7 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     control_key = os.environ.get("CONTROL_API_KEY") or f"demo-{secrets.token_hex(8)}"
     with sim:
-        os.environ.update(demo_environment(sim.url, sim.api_key, control_key, args.idle_minutes))
+        os.environ.update(
+            demo_environment(sim.url, sim.api_key, control_key, args.idle_minutes, args.budget)
+        )
         app = create_app()
         base = f"http://127.0.0.1:{args.port}"
         print(
@@ -56,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
                     "vastpanel demo: a SIMULATED vast.ai instance (no real GPU, nothing billed).",
                     f"  panel:        {base}/",
                     f"  control key:  {control_key}   (sign in with it; API header X-API-Key)",
-                    f"  auto-shutdown after {args.idle_minutes:g} idle minutes",
+                    f"  auto-shutdown after {args.idle_minutes:g} idle minutes; "
+                    f"budget ${args.budget:g} a day",
                     f"  try:          curl -s -H 'X-API-Key: {control_key}' {base}/infra/vast/status",
                     "Ctrl-C stops the panel and the simulator.",
                 ]
