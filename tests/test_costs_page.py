@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import responses
 from page_support import HTMX, csrf_token, signed_in_client
 
-from conftest import VAST_URL, base_config
+from conftest import base_config
 from vastpanel import create_app
 from vastpanel.watchdog import Watchdog
 
@@ -34,7 +33,7 @@ def test_the_widget_shows_storage_billed_vs_estimate_and_a_mismatch(budgeted, va
         "items": [{"type": "disk", "amount": 1.5}],
     }
     body = {"success": True, "results": [row], "next_token": None}
-    vast.mock.add(responses.GET, f"{VAST_URL}/api/v0/charges/", json=body)
+    vast.charges = [(200, body)]
     panel.read_charges()
     html = signed_in_client(budgeted).get("/partials/costs", headers=HTMX).get_data(as_text=True)
     assert "<dt>Storage</dt><dd>$2.40</dd>" in html
@@ -45,7 +44,7 @@ def test_the_widget_shows_storage_billed_vs_estimate_and_a_mismatch(budgeted, va
 
 
 def test_estimates_only_is_said_plainly_when_vast_ai_refuses_its_charges(budgeted, vast):
-    vast.mock.add(responses.GET, f"{VAST_URL}/api/v0/charges/", status=403, json={})
+    vast.charges = [(403, {})]
     budgeted.extensions["vastpanel"].read_charges()
     html = signed_in_client(budgeted).get("/").get_data(as_text=True)
     assert "Estimates only: vast.ai refused to show its charges" in html

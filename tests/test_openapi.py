@@ -275,7 +275,7 @@ def test_costs_and_status_with_a_budget_and_vast_ais_charges(make_client, vast, 
     row = {"start": clock.now() - 60, "end": clock.now(), "type": "instance", "amount": 0.5}
     row |= {"source": "instance-4242", "items": [{"type": "gpu", "amount": 0.5}]}
     body = {"success": True, "results": [row], "next_token": None}
-    vast.mock.add(responses.GET, "https://vast.test/api/v0/charges/", json=body)
+    vast.charges = [(200, body)]
     the_panel.read_charges()
     costs = Contract("GET", "/costs").call(budgeted, 200)
     assert costs["budget"]["limit_usd"] == 5 and costs["days"][-1]["billed"]["gpu"] == 0.5

@@ -320,6 +320,9 @@ def compare_day(
     if billed is None:
         return CostDay(day, gpu, storage, None, None, False)
     bill, read_at = billed
+    watched = covered_from is not None and covered_from <= store.midnight(day)
+    if not watched:  # vastpanel saw only part of the day: no like-for-like figure
+        return CostDay(day, gpu, storage, bill, None, False)
     est_gpu, est_storage = at_read
     billed_sum = bill.gpu + bill.disk
     gap = est_gpu + est_storage - billed_sum
@@ -331,9 +334,8 @@ def compare_day(
     off = max(item_gaps) > MISMATCH_FLOOR_USD and (
         billed_sum == 0 or max(item_gaps) / billed_sum * 100 > MISMATCH_PCT
     )
-    watched = covered_from is not None and covered_from <= store.midnight(day)
     complete = store.midnight(day + timedelta(days=1)) <= read_at
-    return CostDay(day, gpu, storage, bill, pct, off and watched and complete)
+    return CostDay(day, gpu, storage, bill, pct, off and complete)
 
 
 class CostBook:

@@ -239,7 +239,8 @@ SCHEMAS: dict[str, Any] = {
                 "type": ["number", "null"],
                 "description": (
                     "(estimate - billed) / billed x 100 over GPU and storage, as of the read; "
-                    "null when not comparable."
+                    "null when not comparable (not read, or vastpanel did not watch the whole "
+                    "day from its start)."
                 ),
             },
             "mismatch": {

@@ -45,7 +45,6 @@ LOOK_JOB = "vastpanel-watchdog-look"
 DEADLINE_JOB = "vastpanel-watchdog-deadline"
 CHARGES_JOB = "vastpanel-charges-read"
 CHARGES_EVERY_S = 3600.0  # vast.ai's own record is read once an hour (and at start-up)
-CHARGES_FIRST_DELAY_S = 1.0  # after the first look, so this process knows whether it leads
 # The deadline look fires this long after the deadline, never a rounding error before it.
 DEADLINE_MARGIN_S = 0.05
 # A look that has run this long is stuck (vast.ai calls and lock waits are all bounded below it).
@@ -161,7 +160,7 @@ class Watchdog:
             self._run_charges,
             trigger="interval",
             seconds=CHARGES_EVERY_S,
-            next_run_time=datetime.now(UTC) + timedelta(seconds=CHARGES_FIRST_DELAY_S),
+            next_run_time=datetime.now(UTC),  # at start-up (it takes the lease if free)
         )
         self.scheduler = scheduler
         scheduler.start()
