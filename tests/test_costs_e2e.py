@@ -17,7 +17,7 @@ import pytest
 import requests
 from liveserver import PanelProcess, simulator_env, wait_for
 
-from vastpanel import create_app, store
+from vastpanel import create_app
 from vastpanel.clock import FakeClock
 from vastpanel.simulator import Hardware, Simulator
 from vastpanel.watchdog import Watchdog
@@ -163,6 +163,13 @@ def test_a_simulated_day_agrees_with_vast_ais_charges_and_a_mismatch_is_flagged_
         bandwidth = billed["bwd"] + billed["bwu"]
         assert bandwidth > 0 and day["billed"]["bandwidth"] == pytest.approx(bandwidth)
         assert abs(day["difference_pct"]) < 0.1 and day["mismatch"] is False
+        print(
+            f"simulated day: gpu {day['estimate']['gpu']:.6f} vs billed {billed['gpu']:.6f} "
+            f"({(day['estimate']['gpu'] / billed['gpu'] - 1) * 100:+.4f} %), storage "
+            f"{day['estimate']['storage']:.6f} vs {billed['disk']:.6f} "
+            f"({(day['estimate']['storage'] / billed['disk'] - 1) * 100:+.4f} %), "
+            f"difference_pct {day['difference_pct']:+.4f}"
+        )
         costs = days.costs()
         assert costs["bandwidth_cost_usd"] == pytest.approx(bandwidth)
         assert costs["all_in_cost_usd"] == pytest.approx(
@@ -207,6 +214,7 @@ def test_a_one_dollar_day_stops_a_36_dollar_an_hour_instance_and_refuses_power_o
         # In fact the look scheduled at the predicted crossing stops it a few seconds after
         # (the panel first saw it running 2 s after vast.ai started billing it).
         assert spent <= 1.0 + 36 * 5 / 3600
+        print(f"budget: stopped at ${spent:.4f} billed ({(spent - 1) / 36 * 3600:.1f} s past $1)")
         assert sim.instance()["actual_status"] == "stopped"
         entries = {e.event: e for e in days.panel.audit_log(1000)}
         assert entries["budget_stop"].meta["spent_usd"] >= 1.0
@@ -249,10 +257,12 @@ def storage_now(server: PanelProcess) -> tuple[float, float, float]:
 
 def test_storage_keeps_counting_across_a_restart_and_a_kill_9_counted_once(tmp_path):
     hardware = Hardware(disk_space=100, storage_cost=STORAGE_DPH * 720 / 100)
-    with Simulator(api_key=SIM_KEY, instance_id=99, hardware=hardware) as sim:
+    with Simulator(
+        api_key=SIM_KEY, instance_id=99, hardware=hardware, rate_limit=RATE_LIMIT
+    ) as sim:
         db_path = tmp_path / "panel.db"
         env = simulator_env(
-            sim, db_path, CONTROL_KEY, VAST_WATCHDOG_INTERVAL_S="1", VAST_STATUS_TTL_S="1"
+            sim, db_path, CONTROL_KEY, VAST_WATCHDOG_INTERVAL_S="2", VAST_STATUS_TTL_S="2"
         )
         log_path = tmp_path / "server.log"
         server = PanelProcess(env, log_path=log_path)
@@ -276,8 +286,12 @@ def test_storage_keeps_counting_across_a_restart_and_a_kill_9_counted_once(tmp_p
         # Nor more than vast.ai billed, which counted from before the panel first looked.
         billed = sum(day["disk"] for day in sim.charges()["days"].values())
         assert storage <= billed
+        print(
+            f"restart + kill -9: storage ${storage:.4f}, expected "
+            f"${STORAGE_DPH * (before - start) / 3600:.4f}..${STORAGE_DPH * (after - start) / 3600:.4f}"
+            f" (counted twice would add >= $0.15); simulator billed ${billed:.4f}"
+        )
         with sqlite3.connect(db_path) as conn:
             rows = conn.execute("SELECT start_at, end_at FROM cost_ledger ORDER BY id").fetchall()
         for (_, end), (following, _) in zip(rows, rows[1:], strict=False):
             assert following == end  # intervals touch: no gap and no overlap
-        assert store.midnight(date.today()) > 0
