@@ -117,9 +117,17 @@ def costs_context() -> dict[str, Any]:
     """Gather what `_costs.html` shows: totals and the chart of the last days."""
     panel = get_panel()
     totals = panel.cost_totals()
-    runtime = {d.day: d.runtime_seconds for d in panel.cost_per_day(CHART_DAYS)}
+    sessions = {d.day: d for d in panel.cost_per_day(CHART_DAYS)}
     days = panel.recent_cost_days(CHART_DAYS)
-    estimates = [DayCost(d.day, runtime.get(d.day, 0.0), d.estimate) for d in days]
+    # Days from before the cost ledger existed (an upgraded database) show their sessions' cost.
+    estimates = [
+        DayCost(
+            d.day,
+            sessions[d.day].runtime_seconds if d.day in sessions else 0.0,
+            max(d.estimate, sessions[d.day].cost_usd if d.day in sessions else 0.0),
+        )
+        for d in days
+    ]
     billed = [(d.billed.total, d.mismatch) if d.billed else None for d in days]
     return {
         "totals": totals,
