@@ -134,6 +134,8 @@ class FakeVast:
         query = {k: v[0] for k, v in parse_qs(urlparse(request.url).query).items()}
         self.charges_asked.append(query)
         page = int(query.get("after_token", 0))
+        if callable(self.charges):
+            return self.charges(query)
         status, body = self.charges[page]
         if status == 200 and isinstance(body, dict) and "results" in body:
             more = page + 1 < len(self.charges)

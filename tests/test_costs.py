@@ -177,6 +177,19 @@ def test_charges_are_read_page_by_page_at_the_rate_limit_and_stored_per_day(pane
     assert panel.recent_cost_days()[0].billed == Billed(0.0, 0.0, 0.0, 0.0)
 
 
+def test_a_429_naming_its_threshold_is_waited_out_before_the_retry(panel, vast, clock):
+    answers = [(429, "API requests too frequent: endpoint threshold=2.0")]
+
+    def charges(query):
+        status, body = answers.pop(0) if answers else (200, {"results": []})
+        return status, {}, body if isinstance(body, str) else json.dumps(body)
+
+    vast.charges = charges
+    slept = len(clock.slept)
+    assert panel.read_charges().error is None
+    assert clock.slept[slept:] == [2.0] and len(vast.charges_asked) == 2
+
+
 @pytest.mark.parametrize(
     ("status", "body", "says"),
     [
