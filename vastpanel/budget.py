@@ -20,7 +20,9 @@ WARN_SHARE = 0.8
 OVERRIDE_KEY = "budget_override_until"
 WARNED_KEY = "budget_warned_period"  # start of the period whose 80 % warning is audited
 BUDGET_STOP = StopEvents("budget_stop", "budget_stop_complete", "budget_stop_failed")
-SESSION_STOP = StopEvents("max_session_stop", "max_session_stop_complete", "max_session_failed")
+SESSION_STOP = StopEvents(
+    "max_session_stop", "max_session_stop_complete", "max_session_stop_failed"
+)
 # The instance costs money in these states, so a spent budget stops it.
 STOPPABLE = frozenset({"running", "exited", "frozen", "loading", "creating", "scheduling"})
 

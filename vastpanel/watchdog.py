@@ -4,7 +4,10 @@ Each look calls the domain's `Panel.stop_if_idle()`, which reads the instance th
 cache (so sessions stay true to what vast.ai says) and stops it, with its audit entries, once it
 has been idle for VAST_AUTO_SHUTDOWN_MINUTES. Looks happen every VAST_WATCHDOG_INTERVAL_S, once
 at start-up, and once just after the idle deadline, so a stop goes out when it falls due rather
-than up to an interval late.
+than up to an interval late. After the idle rule, each look applies the caps (budget.py): a spent
+budget or a session past VAST_MAX_SESSION_HOURS is stopped, and the next look is also set for
+when the session cap or the budget falls due. A second job reads vast.ai's charges (costs.py)
+at start-up and every hour.
 
 Only one process per deployment acts: the one holding the "watchdog" lease in SQLite. It renews
 the lease on every look; the others keep looking only to take the lease over if the leader stops
