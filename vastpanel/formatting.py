@@ -22,6 +22,15 @@ EVENT_LABELS = {
     "instance_healthy": "LLM healthy",
     "admin_signed_in": "Admin signed in",
     "admin_signed_out": "Admin signed out",
+    "budget_warning": "Budget 80 % spent",
+    "budget_stop": "Budget stop (spent)",
+    "budget_stop_complete": "Budget stop done",
+    "budget_stop_failed": "Budget stop failed",
+    "budget_override": "Budget overridden",
+    "max_session_stop": "Session limit stop",
+    "max_session_stop_complete": "Session limit stop done",
+    "max_session_stop_failed": "Session limit stop failed",
+    "cost_mismatch": "Bill differs from estimate",
 }
 DETAIL_LABELS = {
     "instance_id": "instance",
