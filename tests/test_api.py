@@ -391,7 +391,7 @@ def test_power_off_reports_the_session(client, vast, clock):
         "status": "stopped",
         "session_runtime_minutes": pytest.approx(45.5),
         "session_cost_usd": pytest.approx(0.34125),
-        "message": "Instance stopped. Session: 45.5 min, $0.341",
+        "message": "Instance stopped. Session: 46 min, $0.341",
     }
     assert vast.puts == ["stopped"]
     events = client.get("/infra/vast/audit").json

@@ -65,5 +65,5 @@ def test_formats():
     assert audit_details({"session_cost_usd": 0.25, "session_minutes": 12.34, "error": "x"}) == [
         ("error", "x"),
         ("cost", "$0.25"),
-        ("session", "12.3 min"),
+        ("session", "12 min"),
     ]
