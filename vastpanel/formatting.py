@@ -110,6 +110,7 @@ def _detail(key: str, value: Any) -> str:
 FILTERS = {
     "usd": usd,
     "duration": duration,
+    "minutes_text": minutes_text,
     "iso_utc": iso_utc,
     "utc_text": utc_text,
     "event_label": event_label,

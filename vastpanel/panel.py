@@ -81,6 +81,29 @@ class StatusReport:
         return max(0.0, (self.idle_deadline - self.now) / 60)
 
 
+# The entries that end a session: a stop by someone, an auto-shutdown, or a stop seen on vast.ai.
+STOP_DONE_EVENTS = (MANUAL_STOP.complete, AUTO_STOP.complete, "session_closed")
+
+
+@dataclass(frozen=True)
+class LastStop:
+    """The last stop, as the audit tells it."""
+
+    at: float
+    event: str
+    actor: str
+    idle_minutes: float | None  # for an auto-shutdown: how long the instance had been idle
+
+    @property
+    def by_auto_shutdown(self) -> bool:
+        return self.event == AUTO_STOP.complete
+
+    @property
+    def seen_on_vast(self) -> bool:
+        """The stop was made outside the panel (vast.ai's console, its CLI) and seen later."""
+        return self.event == "session_closed"
+
+
 class Panel(InstanceReading, PowerActions, IdleRules):
     """Controls one vast.ai instance and keeps its books in SQLite."""
 
@@ -193,6 +216,18 @@ class Panel(InstanceReading, PowerActions, IdleRules):
     def latest_closed_session(self) -> store.Session | None:
         """Return the session that ended last, or None."""
         return store.latest_closed_session(self.db)
+
+    def last_stop(self) -> LastStop | None:
+        """Say from the audit who or what stopped the instance last, when, and after how long
+        idle for an auto-shutdown; None when nothing was ever stopped."""
+        entry = store.latest_audit(self.db, STOP_DONE_EVENTS)
+        if entry is None:
+            return None
+        idle = None
+        if entry.event == AUTO_STOP.complete:
+            asked = store.latest_audit(self.db, (AUTO_STOP.requested,), entry.id)
+            idle = asked.meta.get("inactive_minutes") if asked is not None else None
+        return LastStop(at=entry.ts, event=entry.event, actor=entry.actor, idle_minutes=idle)
 
     def _require_configured(self) -> None:
         missing = self.config.missing_vast_settings
