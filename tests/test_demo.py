@@ -59,7 +59,9 @@ def test_the_banner_comes_once_the_port_listens_and_its_cli_line_works(tmp_path)
         cli = lines[lines.index(next(x for x in lines if "admin CLI" in x)) + 1].strip()
         words = shlex.split(cli)
         settings = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-"))
-        assert set(settings) == {"VAST_URL", "VAST_API_KEY", "VAST_INSTANCE_ID", "VAST_DB_PATH"}
+        assert {"VAST_URL", "VAST_API_KEY", "VAST_INSTANCE_ID", "VAST_DB_PATH"} <= set(settings)
+        assert settings["VAST_AUTO_SHUTDOWN_MINUTES"] == "2.0"  # the countdown the server uses
+        assert "CONTROL_API_KEY" not in settings
         command = [w for w in words if w not in {f"{k}={v}" for k, v in settings.items()}]
         result = subprocess.run(
             command,

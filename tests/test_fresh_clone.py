@@ -50,16 +50,16 @@ def user_env() -> dict[str, str]:
 
 
 def run_in(clone: Path, command: str, log: Path, **popen) -> subprocess.Popen:
-    handle = open(log, "w")  # noqa: SIM115 (closed by the caller through the process)
-    return subprocess.Popen(
-        ["bash", "-c", command],
-        cwd=clone,
-        env=user_env(),
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        **popen,
-    )
+    with open(log, "w") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            ["bash", "-c", command],
+            cwd=clone,
+            env=user_env(),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **popen,
+        )
 
 
 def banner_of(log: Path, process: subprocess.Popen) -> str:

@@ -68,10 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         app = create_app()
         server = make_server("127.0.0.1", port, app, threaded=True, fd=sock.fileno())
         base = f"http://127.0.0.1:{port}"
-        cli_env = " ".join(
-            f"{name}={env[name]}"
-            for name in ("VAST_URL", "VAST_API_KEY", "VAST_INSTANCE_ID", "VAST_DB_PATH")
-        )
+        # The CLI reads the server's settings (all but the control key, which it does not use).
+        cli_env = " ".join(f"{k}={v}" for k, v in env.items() if k != "CONTROL_API_KEY")
         print(
             "\n".join(
                 [
