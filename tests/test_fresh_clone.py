@@ -49,16 +49,15 @@ def user_env() -> dict[str, str]:
     return env
 
 
-def run_in(clone: Path, command: str, log: Path, **popen) -> subprocess.Popen:
+def run_in(clone: Path, command: str, log: Path, **env: str) -> subprocess.Popen:
     with open(log, "w") as handle:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             ["bash", "-c", command],
             cwd=clone,
-            env=user_env(),
+            env={**user_env(), **env},
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            **popen,
         )
 
 
@@ -106,7 +105,16 @@ def test_the_readme_commands_work_in_a_fresh_clone(tmp_path):
     finally:
         stop(demo)
 
-    tests = run_in(clone, f'{test_command} -m "not e2e" -q -p no:cacheprovider', tmp_path / "t.log")
+    # Its own temporary root: pytest's clean-up of numbered folders in the shared root, while this
+    # outer run uses it too, left a scandir iterator open (a ResourceWarning, an error here).
+    temproot = tmp_path / "inner-tmp"
+    temproot.mkdir()
+    tests = run_in(
+        clone,
+        f'{test_command} -m "not e2e" -q -p no:cacheprovider',
+        tmp_path / "t.log",
+        PYTEST_DEBUG_TEMPROOT=str(temproot),
+    )
     try:
         tests.wait(INSTALL_S + 600)
     finally:
