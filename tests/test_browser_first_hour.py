@@ -10,11 +10,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from liveserver import PanelProcess
 from test_browser import (  # noqa: F401 (fixtures)
-    CONTROL_KEY,
-    INSTANCE_ID,
-    SIM_KEY,
     badge_status,
     browser,
     follow_badge,
@@ -22,6 +18,7 @@ from test_browser import (  # noqa: F401 (fixtures)
     playwright,
     screenshot,
     sign_in,
+    start_server,
 )
 
 pytestmark = pytest.mark.e2e
@@ -38,20 +35,11 @@ def sim():
 
 @pytest.fixture
 def server(sim, tmp_path):
-    process = PanelProcess(
-        {
-            "VAST_URL": sim.url,
-            "VAST_API_KEY": SIM_KEY,
-            "VAST_INSTANCE_ID": str(INSTANCE_ID),
-            "CONTROL_API_KEY": CONTROL_KEY,
-            "VAST_DB_PATH": str(tmp_path / "data" / "panel.db"),
-            "VAST_STATUS_TTL_S": "1",
-            "VAST_WAIT_TIMEOUT_S": "60",
-            "VAST_AUTO_SHUTDOWN_MINUTES": str(IDLE_MINUTES),
-            "VAST_WATCHDOG_INTERVAL_S": "5",
-            "VASTPANEL_SIMULATED": "true",
-        },
-        log_path=tmp_path / "server.log",
+    process = start_server(
+        sim,
+        tmp_path,
+        VAST_AUTO_SHUTDOWN_MINUTES=str(IDLE_MINUTES),
+        VAST_WATCHDOG_INTERVAL_S="5",
     )
     yield process
     process.stop()
