@@ -1,6 +1,6 @@
 """The spending chart's geometry: cost per day as SVG bars, laid out on the server.
 
-The template `_cost_chart.html` draws what this computes; no chart script runs in the browser.
+The template `_costs.html` draws what this computes; no chart script runs in the browser.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ TOP = 10
 BOTTOM = 24  # room for the date labels
 BAR_FILL = 0.7  # share of a day's slot the bar takes
 LABEL_EVERY_DAYS = 7
-MIN_SCALE_USD = 1.0  # so a few cents do not fill the chart
 
 
 @dataclass(frozen=True)
@@ -85,6 +84,11 @@ def nice_ceiling(value: float) -> float:
     return 10 * power  # pragma: no cover
 
 
+def _written_exactly(value: float) -> bool:
+    """Tell whether usd() writes value without rounding it."""
+    return abs(float(usd(value).lstrip("$").replace(",", "")) - value) < 1e-9
+
+
 def cost_chart(
     days: list[DayCost],
     billed: list[tuple[float, bool] | None] | None = None,
@@ -99,8 +103,9 @@ def cost_chart(
     slot = plot_w / max(len(days), 1)
     billed = billed or [None] * len(days)
     billed_values = [b[0] for b in billed if b is not None]
-    top_value = nice_ceiling(max([MIN_SCALE_USD, *(d.cost_usd for d in days), *billed_values]))
-    share = 0.5 if billed_values else 1.0  # the estimate gives half its room to the bill
+    # Scaled to the data, so a few cents still draw bars; all-zero days keep a $1 frame.
+    top_value = nice_ceiling(max([0.0, *(d.cost_usd for d in days), *billed_values]))
+    estimate_share = 0.5 if billed_values else 1.0  # the estimate gives half its room to the bill
     bars, x_ticks, marks = [], [], []
     for i, day in enumerate(days):
         height = _bar_height(day.cost_usd, top_value, plot_h)
@@ -110,7 +115,7 @@ def cost_chart(
             Bar(
                 x=round(left, 2),
                 y=round(TOP + plot_h - height, 2),
-                width=round(slot * BAR_FILL * share, 2),
+                width=round(slot * BAR_FILL * estimate_share, 2),
                 height=round(height, 2),
                 title=(
                     f"{day.day.isoformat()}: {usd(day.cost_usd)}, "
@@ -124,9 +129,9 @@ def cost_chart(
             bill_height = _bar_height(amount, top_value, plot_h)
             marks.append(
                 BilledMark(
-                    x=round(left + slot * BAR_FILL * share, 2),
+                    x=round(left + slot * BAR_FILL * estimate_share, 2),
                     y=round(TOP + plot_h - bill_height, 2),
-                    width=round(slot * BAR_FILL * (1 - share), 2),
+                    width=round(slot * BAR_FILL * (1 - estimate_share), 2),
                     height=round(bill_height, 2),
                     title=f"{day.day.isoformat()}: vast.ai billed {usd(amount)}"
                     + (" (more than 1 % off the estimate)" if mismatch else ""),
@@ -138,6 +143,8 @@ def cost_chart(
     y_ticks = [
         Tick(round(TOP + plot_h * (1 - share), 2), usd(top_value * share))
         for share in (0.0, 0.5, 1.0)
+        # A middle label that money rounding would misstate (e.g. $0.0125) is left out.
+        if share != 0.5 or _written_exactly(top_value * share)
     ]
     total = sum(d.cost_usd for d in days)
     first, last = (days[0].day, days[-1].day) if days else (None, None)
