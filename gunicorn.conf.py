@@ -7,8 +7,10 @@ Read from the environment (see README, "Production"):
     VAST_WAIT_TIMEOUT_S  how long a power on may hold its request; the worker timeout is above it
 """
 
+import glob
 import math
 import os
+import tempfile
 
 from vastpanel.config import Config, ConfigError
 from vastpanel.log_config import LOG_FORMAT
@@ -69,6 +71,29 @@ logconfig_dict = {
         "vastpanel": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
     },
 }
+
+# Prometheus multiprocess mode: every worker writes its counters to files in one directory, and
+# /metrics sums them. Set here, in the master, before a worker imports prometheus_client; emptied
+# at each start (old files would add a previous run's counts) and a dead worker's files retired.
+METRICS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip() or tempfile.mkdtemp(
+    prefix="vastpanel-metrics-"
+)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = METRICS_DIR
+
+
+def on_starting(server):
+    """Empty the metrics directory, so counts start from zero with this run."""
+    os.makedirs(METRICS_DIR, exist_ok=True)
+    for path in glob.glob(os.path.join(METRICS_DIR, "*.db")):  # only prometheus_client's files
+        os.remove(path)
+
+
+def child_exit(server, worker):
+    """Retire an exited worker's live gauges."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
 
 # No control socket: nothing here uses it, and it would want a writable $HOME (or
 # XDG_RUNTIME_DIR) that the container's user does not have.

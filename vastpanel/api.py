@@ -11,12 +11,28 @@ from flask import Blueprint, current_app, jsonify, request
 
 from .clock import iso_utc
 from .config import is_health_path
-from .panel import HealthTimeout, NotConfigured, Panel, PanelError, PowerBusy, StatusReport
+from .panel import (
+    HealthTimeout,
+    InvalidRequest,
+    KeepAliveResult,
+    NotConfigured,
+    NotRunning,
+    Panel,
+    PanelError,
+    PowerBusy,
+    StatusReport,
+)
 
 bp = Blueprint("api", __name__, url_prefix="/infra/vast")
 
 WHOLE_NUMBER = re.compile(r"-?[0-9]{1,18}")
-ERROR_STATUS = {NotConfigured: 500, HealthTimeout: 504, PowerBusy: 409}
+ERROR_STATUS = {
+    NotConfigured: 500,
+    HealthTimeout: 504,
+    PowerBusy: 409,
+    NotRunning: 409,
+    InvalidRequest: 422,
+}
 
 
 class InvalidInput(Exception):
@@ -122,6 +138,28 @@ def activity():
     json_body()
     last = get_panel().record_activity()
     return jsonify(status="recorded", last_activity=iso_utc(last))
+
+
+def keepalive_json(result: KeepAliveResult) -> dict[str, Any]:
+    """Shape a Keep running's answer (the API and the CLI's --json)."""
+    return {
+        "status": "kept",
+        "keepalive_until": iso_utc(result.keepalive_until),
+        "idle_deadline": iso_utc(result.idle_deadline),
+        "capped": result.capped,
+        "message": result.message,
+    }
+
+
+@bp.post("/keepalive")
+def keepalive():
+    """Keep the instance running at least `minutes` more, whatever the idle time says."""
+    body = json_body()
+    minutes = body.get("minutes")
+    # A whole or decimal number of minutes; true is not a number here.
+    if isinstance(minutes, bool) or not isinstance(minutes, int | float):
+        raise InvalidInput("minutes: required, a number of minutes")
+    return jsonify(keepalive_json(get_panel().keep_alive("api", float(minutes))))
 
 
 @bp.get("/costs")

@@ -20,6 +20,8 @@ EVENT_LABELS = {
     "session_opened": "Session opened",
     "session_closed": "Session closed",
     "instance_healthy": "LLM healthy",
+    "idle_warning": "Idle stop warning",
+    "keepalive": "Keep running",
     "admin_signed_in": "Admin signed in",
     "admin_signed_out": "Admin signed out",
 }
@@ -35,6 +37,10 @@ DETAIL_LABELS = {
     "remote_addr": "from",
     "wait_for_health": "wait for health",
     "timeout_s": "timeout",
+    "stop_in_minutes": "stop in",
+    "stop_at": "stop at",
+    "keepalive_until": "until",
+    "by_panel": "started here",
 }
 
 

@@ -16,11 +16,19 @@ from typing import Any
 import requests
 from sqlite_utils import Database
 
-from . import leases, store
+from . import leases, metrics, notify, store
 from .clock import Clock
 from .config import Config
-from .errors import HealthTimeout, NotConfigured, PanelError, PowerBusy, UpstreamFailed
-from .idle import ACTIVITY_RESOLUTION_S, IdleRules
+from .errors import (
+    HealthTimeout,
+    InvalidRequest,
+    NotConfigured,
+    NotRunning,
+    PanelError,
+    PowerBusy,
+    UpstreamFailed,
+)
+from .idle import ACTIVITY_RESOLUTION_S, IdleRules, KeepAliveResult
 from .instance_state import InstanceState
 from .logs import install_redaction, redact
 from .power import (
@@ -43,7 +51,10 @@ __all__ = [
     "HEALTH_WAIT_LEASE",
     "MANUAL_STOP",
     "HealthTimeout",
+    "InvalidRequest",
+    "KeepAliveResult",
     "NotConfigured",
+    "NotRunning",
     "Panel",
     "PanelError",
     "PowerBusy",
@@ -70,6 +81,7 @@ class StatusReport:
     health_wait: bool
     start_queued: bool
     scheduling_since: float | None
+    warn_minutes: float = 0.0
 
     @property
     def auto_shutdown_in_minutes(self) -> float | None:
@@ -78,8 +90,14 @@ class StatusReport:
             return None
         return max(0.0, (self.idle_deadline - self.now) / 60)
 
+    @property
+    def stop_warning(self) -> bool:
+        """Tell whether the idle stop is within VAST_WARN_MINUTES (the page's banner shows)."""
+        left = self.auto_shutdown_in_minutes
+        return left is not None and left <= self.warn_minutes
 
-class Panel(InstanceReading, PowerActions, IdleRules):
+
+class Panel(InstanceReading, PowerActions, IdleRules, notify.Notifications):
     """Controls one vast.ai instance and keeps its books in SQLite."""
 
     def __init__(
@@ -94,7 +112,11 @@ class Panel(InstanceReading, PowerActions, IdleRules):
         self.http = http or requests.Session()
         self.client = (
             VastClient(
-                config.vast_url, config.vast_api_key, session=self.http, sleep=self.clock.sleep
+                config.vast_url,
+                config.vast_api_key,
+                session=self.http,
+                sleep=self.clock.sleep,
+                observe=metrics.observe_vast_call,
             )
             if config.vast_configured
             else None
@@ -125,9 +147,10 @@ class Panel(InstanceReading, PowerActions, IdleRules):
             self._local.db = None
 
     def audit(self, event: str, actor: str, **meta: Any) -> None:
-        """Append an audit entry (secrets redacted) and log it as one line."""
+        """Append an audit entry (secrets redacted), queue its notifications, log one line."""
         clean = {k: self.redact(v) for k, v in meta.items() if v is not None}
-        store.add_audit(self.db, self.clock.now(), event, actor, clean)
+        targets = notify.outbox_targets(self.config, event, clean)
+        store.add_audit(self.db, self.clock.now(), event, actor, clean, notify=targets)
         details = " ".join(f"{k}={v}" for k, v in sorted(clean.items()))
         log.info("event=%s actor=%s %s", event, actor, details)
 
@@ -156,6 +179,7 @@ class Panel(InstanceReading, PowerActions, IdleRules):
             health_wait=self._health_wait_active(now),
             start_queued=store.get_value(self.db, START_QUEUED_KEY) is not None,
             scheduling_since=store.get_value(self.db, SCHEDULING_SINCE_KEY),
+            warn_minutes=self.config.warn_minutes,
         )
 
     # --- costs, audit and sessions ------------------------------------------------------------

@@ -47,8 +47,10 @@ class VastClient:
         session: requests.Session | None = None,
         sleep: Callable[[float], None] | None = None,
         timeout: tuple[float, float] = TIMEOUT_S,
+        observe: Callable[[str, str], None] | None = None,
     ):
         self.base_url = base_url.rstrip("/")
+        self._observe = observe or (lambda method, outcome: None)  # (method, "ok" or error kind)
         self._api_key = api_key
         self._session = session or requests.Session()
         self._sleep = sleep or (lambda s: None)
@@ -81,6 +83,16 @@ class VastClient:
         self._call("PUT", f"/api/v0/instances/{instance_id}/", json={"state": "stopped"})
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """Send one request with retries, report its outcome to the observer; return its body."""
+        try:
+            body = self._call_with_retries(method, path, **kwargs)
+        except VastError as exc:
+            self._observe(method, exc.kind)
+            raise
+        self._observe(method, "ok")
+        return body
+
+    def _call_with_retries(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         """Send one request with retries and turn every failure into a VastError."""
         url = self.base_url + path
         headers = {"Authorization": f"Bearer {self._api_key}", "Accept": "application/json"}

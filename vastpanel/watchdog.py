@@ -6,6 +6,10 @@ has been idle for VAST_AUTO_SHUTDOWN_MINUTES. Looks happen every VAST_WATCHDOG_I
 at start-up, and once just after the idle deadline, so a stop goes out when it falls due rather
 than up to an interval late.
 
+It also looks once at the warning time (the deadline minus VAST_WARN_MINUTES), where the idle
+rule audits the coming stop once per deadline, and, as the leader, delivers the notification
+outbox every NOTIFY_EVERY_S in a thread of its own, so a slow webhook never delays a look.
+
 Only one process per deployment acts: the one holding the "watchdog" lease in SQLite. It renews
 the lease on every look; the others keep looking only to take the lease over if the leader stops
 renewing it, or at once if the leader's process is gone (a kill -9 on this host).
@@ -31,7 +35,7 @@ from flask import Flask
 from flask.helpers import get_debug_flag
 from flask_apscheduler import APScheduler
 
-from . import leases, store
+from . import leases, metrics, store
 from .config import parse_bool
 from .logs import redact
 from .panel import Panel, PanelError, PowerOffResult
@@ -43,6 +47,9 @@ FLAG = "VASTPANEL_WATCHDOG"
 LEASE = "watchdog"
 LOOK_JOB = "vastpanel-watchdog-look"
 DEADLINE_JOB = "vastpanel-watchdog-deadline"
+WARNING_JOB = "vastpanel-watchdog-warning"
+NOTIFY_JOB = "vastpanel-notify"
+NOTIFY_EVERY_S = 2.0  # how often the leader looks for notifications due
 # The deadline look fires this long after the deadline, never a rounding error before it.
 DEADLINE_MARGIN_S = 0.05
 # A look that has run this long is stuck (vast.ai calls and lock waits are all bounded below it).
@@ -59,6 +66,7 @@ class Look:
     stopped: PowerOffResult | None = None
     next_deadline: float | None = None
     error: str | None = None
+    next_warning: float | None = None
 
 
 class Watchdog:
@@ -103,7 +111,10 @@ class Watchdog:
         with self._look_lock:
             now = self.panel.clock.now()
             self.last_look_at = now
-            if not self._hold_lease(now):
+            metrics.WATCHDOG_LAST_LOOK.set(now)
+            leader = self._hold_lease(now)
+            metrics.WATCHDOG_LOOKS.labels(role="leader" if leader else "follower").inc()
+            if not leader:
                 return Look(now, leader=False)
             stopped, error = None, None
             try:
@@ -112,7 +123,14 @@ class Watchdog:
                 # A failed stop is already audited as auto_shutdown_failed; the next look retries.
                 error = exc.message
                 log.warning("watchdog: %s", exc.message)
-            return Look(now, True, stopped, self.panel.next_idle_deadline(), error)
+            return Look(
+                now,
+                True,
+                stopped,
+                self.panel.next_idle_deadline(),
+                error,
+                self.panel.next_warning_at(),
+            )
 
     def _hold_lease(self, now: float) -> bool:
         """Take or renew the lease, taking it over from a dead process; remember the outcome."""
@@ -129,7 +147,10 @@ class Watchdog:
         scheduler = APScheduler(
             BackgroundScheduler(
                 timezone=UTC,
-                executors={"default": ThreadPoolExecutor(max_workers=2)},
+                executors={
+                    "default": ThreadPoolExecutor(max_workers=2),
+                    "notify": ThreadPoolExecutor(max_workers=1),  # webhooks never delay a look
+                },
                 # A look is cheap and idempotent: run a late one rather than skip it.
                 job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             )
@@ -142,6 +163,15 @@ class Watchdog:
             seconds=self.interval_s,
             next_run_time=datetime.now(UTC),  # a deadline that passed while down acts now
         )
+        if self.panel.config.notify_targets:
+            scheduler.add_job(
+                NOTIFY_JOB,
+                self._run_delivery,
+                trigger="interval",
+                seconds=NOTIFY_EVERY_S,
+                executor="notify",
+                next_run_time=datetime.now(UTC),  # what was queued before a restart goes now
+            )
         self.scheduler = scheduler
         scheduler.start()
         atexit.register(self.shutdown)
@@ -168,12 +198,30 @@ class Watchdog:
         except Exception as exc:  # at exit the database may be gone; nothing left to protect
             log.warning("watchdog: shutdown: %s", redact(f"{type(exc).__name__}: {exc}"))
 
-    def _run_look(self) -> None:
-        """Run one look from the scheduler; never raise, so no error stops the watchdog."""
+    def _run_delivery(self) -> None:
+        """Deliver due notifications if this process leads; never raise."""
+        if not self.is_leader:
+            return
+        try:
+            self.panel.deliver_notifications()
+        except Exception as exc:
+            text = "".join(traceback.format_exception(exc))
+            log.error("notify: delivery failed:\n%s", redact(text))
+        finally:
+            self.panel.close()  # this pool thread's connection
+
+    def _run_look(self, due_at: float | None = None) -> None:
+        """Run one look from the scheduler; never raise, so no error stops the watchdog.
+
+        due_at is the deadline or warning time a scheduled look is for: its lateness is measured.
+        """
         started = self._look_started = time.monotonic()
+        if due_at is not None:
+            metrics.WATCHDOG_LATENESS.observe(max(0.0, self.panel.clock.now() - due_at))
         try:
             result = self.look()
-            self._schedule_deadline(result.next_deadline if result.leader else None)
+            self._schedule_look(DEADLINE_JOB, result.next_deadline if result.leader else None)
+            self._schedule_look(WARNING_JOB, result.next_warning if result.leader else None)
         except Exception as exc:
             text = "".join(traceback.format_exception(exc))
             log.error("watchdog: look failed:\n%s", redact(text))
@@ -184,7 +232,7 @@ class Watchdog:
             if took > SLOW_LOOK_S:
                 log.warning("watchdog: a look took %.1f s", took)
 
-    def _schedule_deadline(self, deadline: float | None) -> None:
+    def _schedule_look(self, job_id: str, deadline: float | None) -> None:
         """Arrange one look just after a deadline that lies ahead; drop it otherwise.
 
         A deadline already passed is left to the interval looks, so a stop that keeps failing
@@ -196,20 +244,21 @@ class Watchdog:
             delay = None if deadline is None else deadline - self.panel.clock.now()
             if delay is None or delay <= 0:
                 try:
-                    self.scheduler.remove_job(DEADLINE_JOB)
+                    self.scheduler.remove_job(job_id)
                 except JobLookupError:
                     pass
                 return
             # Scheduled by delay, so the panel's clock and the scheduler's need not agree.
             run_at = datetime.now(UTC) + timedelta(seconds=delay + DEADLINE_MARGIN_S)
-            job = self.scheduler.get_job(DEADLINE_JOB)
+            job = self.scheduler.get_job(job_id)
             if job is not None and abs((job.next_run_time - run_at).total_seconds()) < 0.1:
                 return  # already there (each interval look finds the same deadline)
             self.scheduler.add_job(
-                DEADLINE_JOB,
+                job_id,
                 self._run_look,
                 trigger="date",
                 run_date=run_at,
+                args=[deadline],
                 replace_existing=True,
                 # The look that reschedules is itself this job: let the new one run even if
                 # it falls due before that look has returned (looks queue on the look lock).
