@@ -147,9 +147,7 @@ def test_the_page_banner_and_its_keep_running_buttons(app, vast, clock, panel):
     for label in ("30 min", "1 h", "2 h"):
         assert f">{label}</button>" in widget
     token = csrf_token(admin, "/")
-    answer = admin.post(
-        "/keepalive", data={"csrf_token": token, "minutes": "30"}, headers=HTMX
-    )
+    answer = admin.post("/keepalive", data={"csrf_token": token, "minutes": "30"}, headers=HTMX)
     assert answer.status_code == 200
     assert "keepalive-banner" not in answer.get_data(as_text=True)
     assert panel.audit_log(1)[0].actor == "admin"

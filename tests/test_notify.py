@@ -124,7 +124,11 @@ def test_a_webhook_down_is_retried_with_backoff_in_order(panel, vast, clock, hoo
     panel.deliver_notifications()
     assert hook.got == [] and len(slack.got) == 3  # one webhook down does not hold the other
     head = panel.notification_log(100)[-1]
-    assert (head.state, head.attempts, head.last_error) == ("pending", 1, "unreachable (ConnectionError)")
+    assert (head.state, head.attempts, head.last_error) == (
+        "pending",
+        1,
+        "unreachable (ConnectionError)",
+    )
     assert head.next_attempt_at == pytest.approx(clock.now() + 10)
     clock.advance(9)
     panel.deliver_notifications()

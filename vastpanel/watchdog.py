@@ -147,10 +147,7 @@ class Watchdog:
         scheduler = APScheduler(
             BackgroundScheduler(
                 timezone=UTC,
-                executors={
-                    "default": ThreadPoolExecutor(max_workers=2),
-                    "notify": ThreadPoolExecutor(max_workers=1),  # webhooks never delay a look
-                },
+                executors={"default": ThreadPoolExecutor(max_workers=2)},
                 # A look is cheap and idempotent: run a late one rather than skip it.
                 job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             )
@@ -164,6 +161,9 @@ class Watchdog:
             next_run_time=datetime.now(UTC),  # a deadline that passed while down acts now
         )
         if self.panel.config.notify_targets:
+            # Added after init_app, whose configure() replaces the executors given above.
+            # A thread of its own: a slow webhook never delays a look.
+            scheduler.scheduler.add_executor(ThreadPoolExecutor(max_workers=1), "notify")
             scheduler.add_job(
                 NOTIFY_JOB,
                 self._run_delivery,
