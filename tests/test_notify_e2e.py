@@ -125,9 +125,7 @@ def test_warning_then_auto_stop_arrive_in_order_once_each(sim, tmp_path, receive
         server.stop()
 
 
-def test_receiver_down_a_minute_and_kill_9_lose_nothing_and_double_nothing(
-    sim, tmp_path, receiver
-):
+def test_receiver_down_a_minute_and_kill_9_lose_nothing_and_double_nothing(sim, tmp_path, receiver):
     down_since = time.monotonic()
     env = panel_env(sim, tmp_path, receiver)
     server = PanelProcess(env, log_path=tmp_path / "server.log")
