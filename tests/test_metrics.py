@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -9,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import base_config
 from vastpanel import create_app
 
+ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "metrics-token-0123456789-secret"
 
 
@@ -76,3 +80,15 @@ def test_a_vast_failure_is_status_error_not_a_failed_scrape(client, vast):
     samples = scrape(client)
     assert samples[("vastpanel_instance_status", (("status", "error"),))] == 1
     assert samples[("vastpanel_instance_up", ())] == 0
+
+
+def test_the_sample_dashboard_reads_only_metrics_that_exist(client, vast):
+    vast.set_running()
+    text = client.get("/metrics").get_data(as_text=True)
+    names = set()
+    for family in text_string_to_metric_families(text):
+        names |= {family.name, family.name + "_total", family.name + "_bucket"}
+        names |= {s.name for s in family.samples}
+    dashboard = (ROOT / "deploy" / "grafana" / "vastpanel-dashboard.json").read_text()
+    used = set(re.findall(r"vastpanel_[a-z_]+", dashboard)) - {"vastpanel"}
+    assert used and used <= names, used - names
