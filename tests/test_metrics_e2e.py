@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from liveserver import PanelProcess, simulator_env, wait_for
+from liveserver import PanelProcess, running_simulator, simulator_env, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY
@@ -23,15 +23,7 @@ TOKEN = "metrics-e2e-token-0123456789"
 
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
-    with Simulator(
-        api_key=VAST_KEY,
-        instance_id=INSTANCE_ID,
-        initial_state="running",
-        clock=time.time,
-        schedule_delay=0,
-        load_delay=0,
-        warm_delay=0,
-    ) as simulator:
+    with running_simulator(VAST_KEY, INSTANCE_ID) as simulator:
         yield simulator
 
 

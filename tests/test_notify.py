@@ -158,6 +158,15 @@ def test_delivery_gives_up_after_a_day_or_on_a_webhook_that_is_gone(panel, vast,
     assert (rows[0].state, rows[0].attempts) == ("failed", 1)
 
 
+def test_a_stop_that_keeps_failing_is_told_again_only_after_a_quiet_time(panel, clock, hook):
+    for _ in range(20):  # one failed stop per interval look, for 20 minutes
+        panel.audit("auto_shutdown_failed", "system", instance_id=1, error="vast.ai is failing")
+        clock.advance(60)
+    panel.deliver_notifications()
+    assert len([e for e in panel.audit_log(100) if e.event == "auto_shutdown_failed"]) == 20
+    assert hook.events == ["auto_shutdown_failed", "auto_shutdown_failed"]
+
+
 def test_a_claim_left_by_a_crash_is_sent_again_after_it_lapses(panel, clock, hook, slack):
     panel.audit("power_off_failed", "api", instance_id=1, error="x")
     row = store.next_undelivered(panel.db, panel.config.notify_targets[0].key)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from liveserver import PanelProcess, free_port, simulator_env, wait_for
+from liveserver import PanelProcess, free_port, running_simulator, simulator_env, wait_for
 
 from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY
 from vastpanel import store
@@ -65,15 +65,7 @@ class Receiver:
 
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
-    with Simulator(
-        api_key=VAST_KEY,
-        instance_id=INSTANCE_ID,
-        initial_state="running",
-        clock=time.time,
-        schedule_delay=0,
-        load_delay=0,
-        warm_delay=0,
-    ) as simulator:
+    with running_simulator(VAST_KEY, INSTANCE_ID) as simulator:
         yield simulator
 
 

@@ -43,6 +43,8 @@ NOTIFY_EVENTS = {
 }
 # Events of the session cap (helper `cost`) are sent too when they exist, by this prefix.
 NOTIFY_EVENT_PREFIXES = ("cost_cap",)
+# A stop that keeps failing is audited at every interval look: tell people again only after this.
+REPEAT_QUIET_S = {"auto_shutdown_failed": 900.0}
 SEND_TIMEOUT_S = (5.0, 10.0)  # connect, read
 CLAIM_S = 60.0  # a claim older than this belongs to a process that died mid-send
 GIVE_UP_S = 86_400.0  # retry for a day
@@ -57,9 +59,17 @@ def wants_notification(event: str, meta: dict[str, Any]) -> bool:
     return event in NOTIFY_EVENTS or event.startswith(NOTIFY_EVENT_PREFIXES)
 
 
-def outbox_targets(config: Config, event: str, meta: dict[str, Any]) -> list[tuple[str, str]]:
-    """Return the (key, label) of each webhook this entry goes to."""
+def outbox_targets(
+    config: Config, event: str, meta: dict[str, Any], now: float, last_told: float | None
+) -> list[tuple[str, str]]:
+    """Return the (key, label) of each webhook this entry goes to.
+
+    last_told is when this event was last queued as a notification (for REPEAT_QUIET_S).
+    """
     if not config.notify_targets or not wants_notification(event, meta):
+        return []
+    quiet = REPEAT_QUIET_S.get(event)
+    if quiet is not None and last_told is not None and 0 <= now - last_told < quiet:
         return []
     return [(t.key, t.label) for t in config.notify_targets]
 

@@ -149,8 +149,10 @@ class Panel(InstanceReading, PowerActions, IdleRules, notify.Notifications):
     def audit(self, event: str, actor: str, **meta: Any) -> None:
         """Append an audit entry (secrets redacted), queue its notifications, log one line."""
         clean = {k: self.redact(v) for k, v in meta.items() if v is not None}
-        targets = notify.outbox_targets(self.config, event, clean)
-        store.add_audit(self.db, self.clock.now(), event, actor, clean, notify=targets)
+        now = self.clock.now()
+        told = store.last_notified_ts(self.db, event) if event in notify.REPEAT_QUIET_S else None
+        targets = notify.outbox_targets(self.config, event, clean, now, told)
+        store.add_audit(self.db, now, event, actor, clean, notify=targets)
         details = " ".join(f"{k}={v}" for k, v in sorted(clean.items()))
         log.info("event=%s actor=%s %s", event, actor, details)
 

@@ -534,6 +534,16 @@ def outbox_counts(db: Database) -> dict[str, int]:
     return dict(db.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall())
 
 
+def last_notified_ts(db: Database, event: str) -> float | None:
+    """Return when a notification of this event was last queued, or None."""
+    row = db.execute(
+        "SELECT max(o.created_at) FROM outbox o JOIN audit a ON a.id = o.audit_id "
+        "WHERE a.event = ?",
+        [event],
+    ).fetchone()
+    return row[0]
+
+
 def last_audit_ts(db: Database, event: str) -> float | None:
     """Return when the newest entry of an event was written, or None."""
     row = db.execute(
