@@ -94,7 +94,7 @@ class StatusReport:
     def stop_warning(self) -> bool:
         """Tell whether the idle stop is within VAST_WARN_MINUTES (the page's banner shows)."""
         left = self.auto_shutdown_in_minutes
-        return left is not None and left <= self.warn_minutes
+        return self.warn_minutes > 0 and left is not None and left <= self.warn_minutes
 
 
 class Panel(InstanceReading, PowerActions, IdleRules, notify.Notifications):
