@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from .errors import (
     PowerBusy,
     UpstreamFailed,
 )
+from .events import is_known
 from .idle import ACTIVITY_RESOLUTION_S, IdleRules, KeepAliveResult
 from .instance_state import InstanceState
 from .logs import install_redaction, redact
@@ -97,6 +99,29 @@ class StatusReport:
         return self.warn_minutes > 0 and left is not None and left <= self.warn_minutes
 
 
+# The entries that end a session: a stop by someone, an auto-shutdown, or a stop seen on vast.ai.
+STOP_DONE_EVENTS = (MANUAL_STOP.complete, AUTO_STOP.complete, "session_closed")
+
+
+@dataclass(frozen=True)
+class LastStop:
+    """The last stop, as the audit tells it."""
+
+    at: float
+    event: str
+    actor: str
+    idle_minutes: float | None  # for an auto-shutdown: how long the instance had been idle
+
+    @property
+    def by_auto_shutdown(self) -> bool:
+        return self.event == AUTO_STOP.complete
+
+    @property
+    def seen_on_vast(self) -> bool:
+        """The stop was made outside the panel (vast.ai's console, its CLI) and seen later."""
+        return self.event == "session_closed"
+
+
 class Panel(InstanceReading, PowerActions, IdleRules, notify.Notifications):
     """Controls one vast.ai instance and keeps its books in SQLite."""
 
@@ -106,7 +131,10 @@ class Panel(InstanceReading, PowerActions, IdleRules, notify.Notifications):
         *,
         clock: Clock | None = None,
         http: requests.Session | None = None,
+        open_now: bool = True,
     ):
+        """Bind the panel to its config; open (and migrate) the database now unless open_now
+        is false, as for a CLI command that must not create a database it cannot find."""
         self.config = config
         self.clock = clock or Clock()
         self.http = http or requests.Session()
@@ -126,7 +154,9 @@ class Panel(InstanceReading, PowerActions, IdleRules, notify.Notifications):
         self._local = threading.local()
         self._fetch_lock = threading.Lock()
         self._power_lock = threading.Lock()
-        store.migrate(self.db)
+        self._migrated = False
+        if open_now:
+            self.db  # noqa: B018 (opening it applies pending migrations)
 
     # --- storage ------------------------------------------------------------------------------
 
@@ -136,6 +166,9 @@ class Panel(InstanceReading, PowerActions, IdleRules, notify.Notifications):
         db = getattr(self._local, "db", None)
         if db is None:
             db = store.open_db(self.config.db_path)
+            if not self._migrated:
+                store.migrate(db)
+                self._migrated = True
             self._local.db = db
         return db
 
@@ -148,6 +181,10 @@ class Panel(InstanceReading, PowerActions, IdleRules, notify.Notifications):
 
     def audit(self, event: str, actor: str, **meta: Any) -> None:
         """Append an audit entry (secrets redacted), queue its notifications, log one line."""
+        if not is_known(event, actor):  # an error in the tests (warnings are errors there)
+            warnings.warn(
+                f"audit event {event!r} by {actor!r} is not in events.EVENTS", stacklevel=2
+            )
         clean = {k: self.redact(v) for k, v in meta.items() if v is not None}
         now = self.clock.now()
         told = store.last_notified_ts(self.db, event) if event in notify.REPEAT_QUIET_S else None
@@ -205,6 +242,18 @@ class Panel(InstanceReading, PowerActions, IdleRules, notify.Notifications):
     def latest_closed_session(self) -> store.Session | None:
         """Return the session that ended last, or None."""
         return store.latest_closed_session(self.db)
+
+    def last_stop(self) -> LastStop | None:
+        """Say from the audit who or what stopped the instance last, when, and after how long
+        idle for an auto-shutdown; None when nothing was ever stopped."""
+        entry = store.latest_audit(self.db, STOP_DONE_EVENTS)
+        if entry is None:
+            return None
+        idle = None
+        if entry.event == AUTO_STOP.complete:
+            asked = store.latest_audit(self.db, (AUTO_STOP.requested,), entry.id)
+            idle = asked.meta.get("inactive_minutes") if asked is not None else None
+        return LastStop(at=entry.ts, event=entry.event, actor=entry.actor, idle_minutes=idle)
 
     def _require_configured(self) -> None:
         missing = self.config.missing_vast_settings

@@ -129,9 +129,9 @@ class InstanceReading:
 
     def _started_by_panel(self) -> bool:
         """Tell whether a start was asked of the panel since the last session ended."""
-        requested = store.last_audit_ts(self.db, "power_on_requested")
+        requested = store.latest_audit(self.db, ("power_on_requested",))
         last = store.latest_closed_session(self.db)
-        return requested is not None and (last is None or requested >= last.ended_at)
+        return requested is not None and (last is None or requested.ts >= last.ended_at)
 
     def _note_scheduling(self, state: InstanceState, now: float) -> None:
         """Remember since when a start waits for the GPU; forget it once it does not."""

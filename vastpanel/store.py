@@ -544,12 +544,17 @@ def last_notified_ts(db: Database, event: str) -> float | None:
     return row[0]
 
 
-def last_audit_ts(db: Database, event: str) -> float | None:
-    """Return when the newest entry of an event was written, or None."""
+def latest_audit(
+    db: Database, events: tuple[str, ...], before_id: int | None = None
+) -> AuditEntry | None:
+    """Return the newest entry of one of these events (older than before_id), or None."""
+    marks = ", ".join("?" for _ in events)
     row = db.execute(
-        "SELECT ts FROM audit WHERE event = ? ORDER BY id DESC LIMIT 1", [event]
+        f"SELECT id, ts, event, actor, meta FROM audit WHERE event IN ({marks}) AND id < ? "
+        "ORDER BY id DESC LIMIT 1",
+        [*events, before_id if before_id is not None else 2**62],
     ).fetchone()
-    return None if row is None else row[0]
+    return None if row is None else AuditEntry(row[0], row[1], row[2], row[3], json.loads(row[4]))
 
 
 # --- the shared vast.ai answer and leases ----------------------------------------------------
