@@ -7,7 +7,7 @@ from page_support import HTMX, csrf_token, signed_in_client
 
 from conftest import CONTROL_KEY, base_config
 from vastpanel import create_app, store
-from vastpanel.idle import idle_deadline, session_cap_at
+from vastpanel.idle import idle_deadline
 from vastpanel.watchdog import Watchdog
 
 IDLE_S = 30 * 60
@@ -32,8 +32,6 @@ def test_keepalive_holds_the_pure_deadline_at_least_until_then():
     # A keep-alive that ends before the idle time does not shorten it.
     assert idle_deadline(**plain, last_activity=2000.0, keepalive_until=2100.0) == 2000.0 + IDLE_S
     assert idle_deadline(**{**plain, "auto_shutdown": False}, last_activity=None) is None
-    assert session_cap_at(1000.0, None) is None
-    assert session_cap_at(1000.0, 2) == 1000.0 + 7200
 
 
 def test_api_keepalive_moves_the_deadline_and_is_audited(client, vast, clock, panel):
@@ -88,15 +86,23 @@ def test_keepalive_without_a_session_is_409(client):
     assert "not running" in answer.get_json()["detail"]
 
 
-def test_keepalive_never_runs_past_a_session_cap(panel, vast, clock, monkeypatch):
+def test_keepalive_never_runs_past_the_session_limit(tmp_path, clock, vast):
+    config = base_config(tmp_path, VAST_MAX_SESSION_HOURS="1")
+    panel = create_app({**config, "CLOCK": clock}).extensions["vastpanel"]
     session = running(vast, panel)
-    # The cap (VAST_MAX_SESSION_HOURS, from the cost work) as the hook reads it.
-    monkeypatch.setattr(panel, "session_cap_at", lambda s: s.started_at + 3600)
     clock.advance(40 * 60)
     result = panel.keep_alive("api", 120)
     assert result.capped
     assert result.keepalive_until == pytest.approx(session.started_at + 3600)
     assert panel.audit_log(1)[0].meta["capped"] is True
+    # The warning before the limit's stop, and the page's banner say so (no Keep running there).
+    watchdog = Watchdog(panel)
+    clock.advance(16 * 60)
+    watchdog.look()
+    warning = panel.audit_log(1)[0]
+    assert (warning.event, warning.meta["reason"]) == ("idle_warning", "session_limit")
+    assert panel.status_report().stop_warning == "session_limit"
+    panel.close()
 
 
 def test_cli_keepalive(app, vast, panel):
@@ -123,6 +129,7 @@ def test_the_watchdog_warns_once_per_deadline(panel, vast, clock):
     assert look.next_warning is None  # sent: nothing more to wait for
     warning = panel.audit_log(1)[0]
     assert (warning.event, warning.actor) == ("idle_warning", "system")
+    assert warning.meta["reason"] == "idle"
     assert warning.meta["stop_in_minutes"] == pytest.approx(5)
     clock.advance(60)
     watchdog.look()

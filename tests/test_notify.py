@@ -210,6 +210,10 @@ def test_urls_never_shown_whole_in_page_audit_or_log(app, panel, vast, clock, ho
 def test_message_for_tolerates_missing_fields():
     entry = store.AuditEntry(1, 0.0, "auto_shutdown_complete", "system", {"instance_id": 7})
     assert "instance 7 stopped" in notify.message_for(entry)
-    other = store.AuditEntry(2, 0.0, "cost_cap_reached", "system", {"cap_usd": 5})
-    assert notify.wants_notification(other.event, other.meta)
-    assert notify.message_for(other) == "vastpanel: cost_cap_reached by system (cap_usd=5)"
+    budget = {"budget_usd": 50, "spent_usd": 41.5, "period": "month"}
+    crossed = store.AuditEntry(2, 0.0, "budget_warning", "system", budget)
+    assert notify.wants_notification(crossed.event, crossed.meta)
+    assert "$41.50 of $50.00 spent this month" in notify.message_for(crossed)
+    other = store.AuditEntry(3, 0.0, "budget_override", "admin", {"until": "x"})
+    assert not notify.wants_notification(other.event, other.meta)
+    assert notify.message_for(other) == "vastpanel: budget_override by admin (until=x)"

@@ -42,11 +42,10 @@ def idle_deadline(
     return max(since + idle_minutes * 60, keepalive_until or 0.0)
 
 
-def session_cap_at(session_started_at: float, max_session_hours: float | None) -> float | None:
-    """Return when a session reaches its cap (VAST_MAX_SESSION_HOURS), or None without a cap."""
-    if not max_session_hours:
-        return None
-    return session_started_at + max_session_hours * 3600
+def nearest_stop(stops: list[tuple[float, str]]) -> tuple[float, str] | None:
+    """Return the (when, reason) that comes first; at a tie the session limit, which a Keep
+    running cannot move."""
+    return min(stops, key=lambda stop: (stop[0], stop[1] != "session_limit"), default=None)
 
 
 @dataclass(frozen=True)
@@ -63,38 +62,43 @@ class IdleRules:
     """The Panel's idle rule (a part of Panel; uses its db, clock and config)."""
 
     def stop_if_idle(self) -> PowerOffResult | None:
-        """Stop the instance when auto-shutdown is due (the watchdog's look); else warn if near."""
+        """Stop the instance when auto-shutdown is due (the watchdog's look); else warn if near.
+
+        The warning is about the next automatic stop: the idle one or the session limit's.
+        """
         if not self.config.vast_configured:
             return None
         state = self.instance_state()  # also keeps sessions true when auto-shutdown is off
-        if not self.config.auto_shutdown:
-            return None
-        if self._inactive_minutes(state) is None:
-            self._warn_if_near(state)
-            return None
-        return self._stop("system", AUTO_STOP, due=self._inactive_minutes)
+        if self.config.auto_shutdown and self._inactive_minutes(state) is not None:
+            return self._stop("system", AUTO_STOP, due=self._inactive_minutes)
+        self._warn_if_near(state)
+        return None
 
     def next_idle_deadline(self) -> float | None:
         """When the watchdog should look again for an idle stop, or None if nothing is due."""
         session = store.current_session(self.db)
         return self._idle_deadline(session, store.get_value(self.db, "last_activity"))
 
+    def next_automatic_stop(self) -> tuple[float, str] | None:
+        """Return when the next automatic stop falls due and why ("idle" or "session_limit")."""
+        stops = [
+            (deadline, reason)
+            for deadline, reason in (
+                (self.next_idle_deadline(), "idle"),
+                (self.session_cap_deadline(), "session_limit"),  # VAST_MAX_SESSION_HOURS
+            )
+            if deadline is not None
+        ]
+        return nearest_stop(stops)
+
     def next_warning_at(self) -> float | None:
-        """When the watchdog should look to send the warning before the stop, or None."""
-        deadline = self.next_idle_deadline()
-        if deadline is None or self.config.warn_minutes <= 0:
+        """When the watchdog should look to send the warning before the next stop, or None."""
+        stop = self.next_automatic_stop()
+        if stop is None or self.config.warn_minutes <= 0:
             return None
-        if store.get_value(self.db, WARNED_DEADLINE_KEY) == deadline:
+        if store.get_value(self.db, WARNED_DEADLINE_KEY) == stop[0]:
             return None  # already warned about this deadline
-        return deadline - self.config.warn_minutes * 60
-
-    def session_cap_at(self, session: store.Session) -> float | None:
-        """When the open session reaches its cap, or None.
-
-        Hook for the session cap (VAST_MAX_SESSION_HOURS, helper `cost`): a Keep running never
-        holds the instance past it. Read with getattr until that setting is part of Config.
-        """
-        return session_cap_at(session.started_at, getattr(self.config, "max_session_hours", None))
+        return stop[0] - self.config.warn_minutes * 60
 
     def keep_alive(self, actor: str, minutes: float) -> KeepAliveResult:
         """Hold the idle deadline at least `minutes` from now (never past a session cap); audit it."""
@@ -106,7 +110,7 @@ class IdleRules:
             raise NotRunning("No session is open (the instance is not running): nothing to keep.")
         now = self.clock.now()
         until = now + minutes * 60
-        cap = self.session_cap_at(session)
+        cap = self.session_cap_deadline()
         capped = cap is not None and until > cap
         if capped:
             until = max(now, cap)
@@ -126,13 +130,13 @@ class IdleRules:
         return KeepAliveResult(until, deadline, capped, message)
 
     def _warn_if_near(self, state: InstanceState) -> None:
-        """Audit (and so notify) the coming idle stop once per deadline, within the warn time."""
+        """Audit (and so notify) the coming automatic stop once per deadline, within warn time."""
         warn_at = self.next_warning_at()
         now = self.clock.now()
         if warn_at is None or now < warn_at or state.status not in IDLE_STATUSES:
             return
-        deadline = self.next_idle_deadline()
-        if deadline is None or now >= deadline or self._health_wait_active(now):
+        deadline, reason = self.next_automatic_stop()
+        if now >= deadline or (reason == "idle" and self._health_wait_active(now)):
             return
         store.set_value(self.db, WARNED_DEADLINE_KEY, deadline)
         session = store.current_session(self.db)
@@ -140,6 +144,7 @@ class IdleRules:
             IDLE_WARNING,
             "system",
             instance_id=state.instance_id,
+            reason=reason,
             stop_at=iso_utc(deadline),
             stop_in_minutes=(deadline - now) / 60,
             session_minutes=session.seconds(now) / 60 if session else None,

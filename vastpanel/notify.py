@@ -27,8 +27,8 @@ log = logging.getLogger("vastpanel.notify")
 
 # audit event -> what the notification says (formatted with the entry's meta)
 NOTIFY_EVENTS = {
-    "idle_warning": "Idle GPU: instance {instance_id} will be stopped at {stop_at} "
-    "({stop_in_minutes:.1f} min left). Keep running from the panel to keep it.",
+    "idle_warning": "GPU instance {instance_id} will be stopped at {stop_at} "
+    "({stop_in_minutes:.1f} min left, {reason}). Keep running from the panel to keep it.",
     "auto_shutdown_complete": "Auto-shutdown: instance {instance_id} stopped after idling; "
     "session {session_minutes:.1f} min, ${session_cost_usd:.3f}.",
     "auto_shutdown_failed": "Auto-shutdown of instance {instance_id} FAILED: {error}. "
@@ -40,11 +40,22 @@ NOTIFY_EVENTS = {
     "answer within {timeout_s:g} s ({error}). The GPU is billed.",
     "session_opened": "Instance {instance_id} found {seen_status}, not started from the panel: "
     "a session is open at ${dph_total}/h.",
+    # The caps (budget.py): crossed, and the stops they made or could not make.
+    "budget_warning": "Budget: ${spent_usd:.2f} of ${budget_usd:.2f} spent this {period} "
+    "(80 % or more).",
+    "budget_stop_complete": "Budget spent: instance {instance_id} stopped; "
+    "session {session_minutes:.1f} min, ${session_cost_usd:.3f}.",
+    "budget_stop_failed": "Budget stop of instance {instance_id} FAILED: {error}. "
+    "The GPU may still be billed.",
+    "max_session_stop_complete": "Session limit: instance {instance_id} stopped; "
+    "session {session_minutes:.1f} min, ${session_cost_usd:.3f}.",
+    "max_session_stop_failed": "Session-limit stop of instance {instance_id} FAILED: {error}. "
+    "The GPU may still be billed.",
 }
-# Events of the session cap (helper `cost`) are sent too when they exist, by this prefix.
-NOTIFY_EVENT_PREFIXES = ("cost_cap",)
 # A stop that keeps failing is audited at every interval look: tell people again only after this.
-REPEAT_QUIET_S = {"auto_shutdown_failed": 900.0}
+REPEAT_QUIET_S = dict.fromkeys(
+    ("auto_shutdown_failed", "budget_stop_failed", "max_session_stop_failed"), 900.0
+)
 SEND_TIMEOUT_S = (5.0, 10.0)  # connect, read
 CLAIM_S = 60.0  # a claim older than this belongs to a process that died mid-send
 GIVE_UP_S = 86_400.0  # retry for a day
@@ -56,7 +67,7 @@ def wants_notification(event: str, meta: dict[str, Any]) -> bool:
     """Tell whether an audit entry is worth a notification."""
     if event == "session_opened":
         return not meta.get("by_panel")  # a start made elsewhere
-    return event in NOTIFY_EVENTS or event.startswith(NOTIFY_EVENT_PREFIXES)
+    return event in NOTIFY_EVENTS
 
 
 def outbox_targets(

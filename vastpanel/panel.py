@@ -2,7 +2,8 @@
 
 The JSON API, the page and the watchdog all call Panel; it alone talks to the vast.ai client
 and the store. Its jobs live in their own modules, joined here: reading and reconciling the
-instance (reading.py), power actions (power.py) and the idle rule (idle.py).
+instance (reading.py), power actions (power.py), the idle rule (idle.py), the cost book
+(costs.py) and the caps (budget.py).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import requests
 from sqlite_utils import Database
 
 from . import leases, metrics, notify, store
+from .budget import BudgetExceeded, BudgetRules, BudgetStatus, NoBudget
 from .clock import Clock
 from .config import Config
+from .costs import AllInTotals, CostBook
 from .errors import (
     HealthTimeout,
     InvalidRequest,
@@ -30,7 +33,7 @@ from .errors import (
     UpstreamFailed,
 )
 from .events import is_known
-from .idle import ACTIVITY_RESOLUTION_S, IdleRules, KeepAliveResult
+from .idle import ACTIVITY_RESOLUTION_S, IdleRules, KeepAliveResult, nearest_stop
 from .instance_state import InstanceState
 from .logs import install_redaction, redact
 from .power import (
@@ -49,6 +52,8 @@ from .vast_client import VastClient
 __all__ = [
     "ACTIVITY_RESOLUTION_S",
     "AUTO_STOP",
+    "BudgetExceeded",
+    "NoBudget",
     "HEALTH_PROBE_EVERY_S",
     "HEALTH_WAIT_LEASE",
     "MANUAL_STOP",
@@ -83,6 +88,9 @@ class StatusReport:
     health_wait: bool
     start_queued: bool
     scheduling_since: float | None
+    all_in: AllInTotals
+    budget: BudgetStatus | None
+    session_cap_deadline: float | None
     warn_minutes: float = 0.0
 
     @property
@@ -93,10 +101,25 @@ class StatusReport:
         return max(0.0, (self.idle_deadline - self.now) / 60)
 
     @property
-    def stop_warning(self) -> bool:
-        """Tell whether the idle stop is within VAST_WARN_MINUTES (the page's banner shows)."""
-        left = self.auto_shutdown_in_minutes
-        return self.warn_minutes > 0 and left is not None and left <= self.warn_minutes
+    def session_limit_in_minutes(self) -> float | None:
+        """Minutes before the session limit stops a running instance, or None."""
+        if self.session_cap_deadline is None or self.state.status not in ("running", "exited"):
+            return None
+        return max(0.0, (self.session_cap_deadline - self.now) / 60)
+
+    @property
+    def stop_warning(self) -> str | None:
+        """Say which automatic stop ("idle", "session_limit") is within VAST_WARN_MINUTES."""
+        stops = [
+            (left, reason)
+            for left, reason in (
+                (self.auto_shutdown_in_minutes, "idle"),
+                (self.session_limit_in_minutes, "session_limit"),
+            )
+            if left is not None and left <= self.warn_minutes
+        ]
+        nearest = nearest_stop(stops) if self.warn_minutes > 0 else None
+        return nearest[1] if nearest else None
 
 
 # The entries that end a session: a stop by someone, an auto-shutdown, or a stop seen on vast.ai.
@@ -122,7 +145,7 @@ class LastStop:
         return self.event == "session_closed"
 
 
-class Panel(InstanceReading, PowerActions, IdleRules, notify.Notifications):
+class Panel(InstanceReading, PowerActions, IdleRules, CostBook, BudgetRules, notify.Notifications):
     """Controls one vast.ai instance and keeps its books in SQLite."""
 
     def __init__(
@@ -218,6 +241,9 @@ class Panel(InstanceReading, PowerActions, IdleRules, notify.Notifications):
             health_wait=self._health_wait_active(now),
             start_queued=store.get_value(self.db, START_QUEUED_KEY) is not None,
             scheduling_since=store.get_value(self.db, SCHEDULING_SINCE_KEY),
+            all_in=self.all_in_totals(),
+            budget=self.budget_status(),
+            session_cap_deadline=self.session_cap_deadline(),
             warn_minutes=self.config.warn_minutes,
         )
 
