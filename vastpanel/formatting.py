@@ -24,6 +24,10 @@ DETAIL_LABELS = {
     "remote_addr": "from",
     "wait_for_health": "wait for health",
     "timeout_s": "timeout",
+    "stop_in_minutes": "stop in",
+    "stop_at": "stop at",
+    "keepalive_until": "until",
+    "by_panel": "started here",
     "client": "from",
 }
 
