@@ -481,13 +481,23 @@ def test_activity_calls_nothing_upstream(client, vast, clock):
     assert vast.gets == 0 and vast.puts == []
 
 
-@pytest.mark.parametrize("body", ["{nope", "[]", "42"])
+@pytest.mark.parametrize("body", ["{nope", "[]", "42", "[" * 100_000, '{"a":' * 100_000])
 def test_activity_bad_body_is_422_and_records_nothing(client, body):
     response = client.post(
         "/infra/vast/activity", data=body, headers={"Content-Type": "application/json"}
     )
     assert response.status_code == 422
     assert client.get("/infra/vast/status").json["last_activity"] is None
+
+
+@pytest.mark.parametrize("path", ["/power/on", "/power/off"])
+def test_a_deeply_nested_body_is_422_and_sends_nothing(client, vast, path):
+    response = client.post(
+        "/infra/vast" + path, data="[" * 100_000, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json == {"detail": "body: JSON nested too deeply"}
+    assert vast.gets == 0 and vast.puts == []
 
 
 def test_costs_average(client, vast, clock):

@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import (
     Blueprint,
+    abort,
     Response,
     current_app,
     flash,
@@ -22,6 +23,7 @@ from flask import (
 )
 
 from . import auth
+from .api import InvalidInput, whole_number
 from .charts import cost_chart
 from .formatting import FILTERS
 from .panel import Panel, PanelError
@@ -138,9 +140,14 @@ def audit_context(before: int | None) -> dict[str, Any]:
 
 
 def audit_before() -> int | None:
-    """Read the audit page's `before` id from the query; anything unusable means the newest."""
-    value = request.args.get("before", type=int)
-    return value if value is not None and value > 0 else None
+    """Read the audit page's `before` id from the query (absent: the newest); 400 if unusable."""
+    raw = request.args.get("before")
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return whole_number(raw, "before", 1, None)
+    except InvalidInput as exc:
+        abort(400, description=exc.detail)
 
 
 # --- the page and its partials -----------------------------------------------------------------
