@@ -1,6 +1,7 @@
 """Every /infra/vast endpoint: success, each error code and each kind of bad input."""
 
 import json
+import sqlite3
 import threading
 import time
 
@@ -8,6 +9,7 @@ import pytest
 
 from conftest import CONTROL_KEY, HEALTH_URL, INSTANCE_ID, base_config, load_fixture
 from vastpanel import create_app, store
+from vastpanel.instance_state import KEPT_FIELDS
 
 ROUTES = [
     ("get", "/infra/vast/status"),
@@ -557,3 +559,23 @@ def test_state_survives_a_restart(tmp_path, clock, vast):
     assert body["total_runtime_hours"] == pytest.approx(610 / 3600)
     assert body["last_activity"] is not None
     assert second.get("/infra/vast/costs").json["sessions_count"] == 1
+
+
+def test_the_stored_answer_keeps_only_the_fields_the_panel_uses(client, app, vast):
+    vast.set_running()
+    vast.set(
+        extra_env=[["HF_TOKEN", "hf_secret_token_value"]],
+        ssh_host="ssh5.vast.ai",
+        ssh_port=20554,
+        jupyter_token="jupyter-secret-token",
+        onstart="export OPENAI_API_KEY=sk-secret",
+    )
+    assert client.get("/infra/vast/status").json["status"] == "running"
+    panel = app.extensions["vastpanel"]
+    with sqlite3.connect(panel.config.db_path) as conn:
+        (stored,) = conn.execute("SELECT payload FROM instance_cache").fetchone()
+    for secret in ("hf_secret", "ssh5", "20554", "jupyter-secret", "sk-secret", "extra_env"):
+        assert secret not in stored
+    kept = json.loads(stored)
+    assert set(kept) <= KEPT_FIELDS
+    assert {"actual_status", "public_ipaddr", "ports", "dph_total"} <= set(kept)

@@ -21,7 +21,7 @@ from .clock import Clock
 from .config import Config
 from .errors import HealthTimeout, NotConfigured, PanelError, PowerBusy, UpstreamFailed
 from .idle import ACTIVITY_RESOLUTION_S, IdleRules
-from .instance_state import InstanceState
+from .instance_state import IDLE_STOPPABLE, InstanceState
 from .logs import install_redaction, redact
 from .power import (
     AUTO_STOP,
@@ -74,7 +74,7 @@ class StatusReport:
     @property
     def auto_shutdown_in_minutes(self) -> float | None:
         """Minutes left before an idle instance is stopped, or None when that does not apply."""
-        if self.idle_deadline is None or self.state.status not in ("running", "exited"):
+        if self.idle_deadline is None or self.state.status not in IDLE_STOPPABLE:
             return None
         return max(0.0, (self.idle_deadline - self.now) / 60)
 

@@ -12,13 +12,14 @@ from typing import Any
 
 from . import store
 from .errors import UpstreamFailed
-from .instance_state import InstanceState, read_instance_state
+from .instance_state import IDLE_STOPPABLE, InstanceState, kept_fields, read_instance_state
 from .vast_client import VastError
 
 FETCH_LEASE_S = 60.0
 LEASE_WAIT_S = 3.0  # how long to wait for another process's vast.ai answer before asking too
 START_QUEUED_KEY = "start_queued_at"
 SCHEDULING_SINCE_KEY = "scheduling_since"
+DOWN_SINCE_KEY = "down_since"  # when the instance was first seen exited, unknown or offline
 
 
 class InstanceReading:
@@ -90,7 +91,7 @@ class InstanceReading:
     def _fetch_now(self) -> store.CachedInstance:
         asked = self.clock.now()
         try:
-            payload = self.client.fetch_instance(self.config.vast_instance_id)
+            payload = kept_fields(self.client.fetch_instance(self.config.vast_instance_id))
         except VastError as exc:
             error = self.redact(exc.message)
             store.save_cached_instance(self.db, asked, None, error)
@@ -100,10 +101,14 @@ class InstanceReading:
         return store.CachedInstance(asked, payload, None)
 
     def _reconcile(self, payload: dict[str, Any] | None, asked: float) -> None:
-        """Keep sessions true to what vast.ai just said, whoever started or stopped it."""
+        """Keep sessions true to what vast.ai just said, whoever started or stopped it.
+
+        A session is open exactly while GPU time is billed (running, frozen); exited, unknown
+        and offline close it, are audited once as instance_down and start the down clock.
+        """
         state = self._state_of(payload)
         now = self.clock.now()
-        if state.gpu_held:
+        if state.gpu_billed:
             opened = store.open_session(self.db, now, state.dph_total, "observed", seen_since=asked)
             if opened is not None:
                 self.audit(
@@ -113,7 +118,7 @@ class InstanceReading:
                     seen_status=state.status,
                     dph_total=state.dph_total,
                 )
-        elif state.actual_status == "stopped" or state.status == "not_found":
+        elif state.actual_status == "stopped" or state.status == "not_found" or state.down:
             closed = store.close_session(self.db, now, "observed")
             if closed is not None:
                 self.audit(
@@ -124,7 +129,30 @@ class InstanceReading:
                     session_minutes=closed.seconds(now) / 60,
                     session_cost_usd=closed.cost(now),
                 )
+        self._note_seen(state, now)
+
+    def _note_seen(self, state: InstanceState, now: float) -> None:
+        """Keep the clocks of a waiting start and of a down instance true to this state."""
+        self._note_down(state, now)
         self._note_scheduling(state, now)
+
+    def _note_down(self, state: InstanceState, now: float) -> None:
+        """Remember since when the instance is down (audited once); forget it once it is not."""
+        down_since = store.get_value(self.db, DOWN_SINCE_KEY)
+        if not state.down:
+            if down_since is not None:
+                store.set_value(self.db, DOWN_SINCE_KEY, None)
+            return
+        if down_since is None:
+            store.set_value(self.db, DOWN_SINCE_KEY, now)
+            self.audit(
+                "instance_down",
+                "system",
+                instance_id=state.instance_id,
+                seen_status=state.status,
+                status_msg=self.redact(state.status_msg),
+                idle_stop=state.status in IDLE_STOPPABLE,
+            )
 
     def _note_scheduling(self, state: InstanceState, now: float) -> None:
         """Remember since when a start waits for the GPU; forget it once it does not."""
