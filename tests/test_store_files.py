@@ -5,13 +5,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import stat
+import traceback
 
 import pytest
 
+from conftest import base_config
 from vastpanel import create_app, store
 from vastpanel.auth import SECRET_KEY_FILE
-
-from conftest import base_config
 
 RACE_ROUNDS = 20
 RACE_PROCESSES = 4
@@ -62,9 +62,7 @@ def _migrate_at_once(path: str, barrier, errors) -> None:
         db = store.open_db(path)
         store.migrate(db)
         db.close()
-    except Exception as exc:  # reported to the parent, which fails the test
-        import traceback
-
+    except Exception:  # reported to the parent, which fails the test
         errors.put(traceback.format_exc(limit=-3))
 
 

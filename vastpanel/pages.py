@@ -11,8 +11,8 @@ from typing import Any
 
 from flask import (
     Blueprint,
-    abort,
     Response,
+    abort,
     current_app,
     flash,
     make_response,

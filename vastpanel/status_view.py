@@ -32,9 +32,7 @@ BADGES: dict[str, tuple[str, str, int]] = {
     "not_found": ("Not found", "bad", SLOW_POLL_S),
     "error": ("vast.ai error", "bad", POLL_S),
 }
-START_BLOCKED = frozenset(
-    {"unconfigured", "health", "running", "unhealthy"} | STARTING
-)
+START_BLOCKED = frozenset({"unconfigured", "health", "running", "unhealthy"} | STARTING)
 STOP_BLOCKED = frozenset({"unconfigured", "stopped", "not_found"})
 
 
