@@ -436,6 +436,27 @@ def test_power_off_confirms_a_shared_stopped_answer_afresh(client, vast, clock):
     assert response.json["session_runtime_minutes"] == 0.0
 
 
+def test_a_manual_stop_right_after_a_status_read_waits_out_the_rate_limit(client, vast, clock):
+    vast.rate_limit = {"GET": 2.0, "PUT": 1.0}
+    assert client.get("/infra/vast/status").json["status"] == "stopped"
+    vast.set_running()  # started in the console; the shared answer still says stopped
+    clock.advance(0.5)
+    response = client.post("/infra/vast/power/off")
+    assert response.status_code == 200, response.json
+    assert vast.refused == ["GET"] and vast.puts == ["stopped"]
+    assert clock.slept == [2.0]
+
+
+def test_a_stop_right_after_a_start_waits_out_the_put_interval(client, vast, clock):
+    vast.rate_limit = {"GET": 2.0, "PUT": 1.0}
+    vast.boot_after = 0
+    assert client.post("/infra/vast/power/on", json={"wait_for_health": False}).status_code == 200
+    response = client.post("/infra/vast/power/off")
+    assert response.status_code == 200, response.json
+    assert vast.puts == ["running", "stopped"] and vast.refused == ["PUT"]
+    assert clock.slept == [1.0]
+
+
 def test_power_off_failure_is_502_and_loses_nothing(client, vast, clock):
     vast.set_running()
     client.get("/infra/vast/status")
