@@ -22,6 +22,8 @@ EVENT_LABELS = {
     "instance_healthy": "LLM healthy",
     "admin_signed_in": "Admin signed in",
     "admin_signed_out": "Admin signed out",
+    "admin_signed_out_everywhere": "Admin signed out everywhere",
+    "instance_down": "Instance down (GPU not billed)",
 }
 DETAIL_LABELS = {
     "instance_id": "instance",
@@ -35,6 +37,9 @@ DETAIL_LABELS = {
     "remote_addr": "from",
     "wait_for_health": "wait for health",
     "timeout_s": "timeout",
+    "status_msg": "host says",
+    "idle_stop": "stopped when idle",
+    "signins_ended": "sign-ins ended",
 }
 
 

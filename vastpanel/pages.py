@@ -161,6 +161,7 @@ def index():
         **status_context(),
         **costs_context(),
         **audit_context(audit_before()),
+        signins=auth.open_signins(),
     )
 
 
@@ -185,6 +186,12 @@ def costs_widget():
 def audit_widget():
     """Render one page of the audit log."""
     return render_template("_audit.html", standalone=True, **audit_context(audit_before()))
+
+
+@bp.get("/partials/signins")
+def signins_widget():
+    """Render the list of signed-in browsers."""
+    return render_template("_signins.html", standalone=True, signins=auth.open_signins())
 
 
 # --- actions -------------------------------------------------------------------------------------

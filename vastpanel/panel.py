@@ -2,7 +2,8 @@
 
 The JSON API, the page and the watchdog all call Panel; it alone talks to the vast.ai client
 and the store. Its jobs live in their own modules, joined here: reading and reconciling the
-instance (reading.py), power actions (power.py) and the idle rule (idle.py).
+instance (reading.py), power actions (power.py), the idle rule (idle.py) and the page's
+sign-ins (signins.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .power import (
     StopEvents,
 )
 from .reading import SCHEDULING_SINCE_KEY, START_QUEUED_KEY, InstanceReading
+from .signins import SigninSessions
 from .vast_client import VastClient
 
 __all__ = [
@@ -79,7 +81,7 @@ class StatusReport:
         return max(0.0, (self.idle_deadline - self.now) / 60)
 
 
-class Panel(InstanceReading, PowerActions, IdleRules):
+class Panel(InstanceReading, PowerActions, IdleRules, SigninSessions):
     """Controls one vast.ai instance and keeps its books in SQLite."""
 
     def __init__(
