@@ -12,8 +12,6 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlite_utils import Database
-
 SIGNIN_LIFETIME = timedelta(days=7)  # sliding: each use renews it
 TOUCH_EVERY_S = 60.0  # last use is written at most this often per sign-in
 FORGET_AFTER = timedelta(days=30)  # ended sign-ins are deleted this long after their end
