@@ -155,13 +155,18 @@ def test_one_upstream_call_per_ttl_for_many_pollers(client, vast, clock):
     assert vast.gets == 2
 
 
-def test_ttl_zero_asks_every_time(tmp_path, clock, vast):
+def test_ttl_zero_asks_every_time_but_not_within_vast_ais_get_interval(tmp_path, clock, vast):
     app = create_app({**base_config(tmp_path, VAST_STATUS_TTL_S="0"), "CLOCK": clock})
     client = app.test_client()
     client.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY
     for _ in range(3):
         client.get("/infra/vast/status")
+        clock.advance(2.0)
     assert vast.gets == 3
+    for _ in range(3):
+        client.get("/infra/vast/status")
+        clock.advance(0.6)
+    assert vast.gets == 4  # vast.ai would answer 429 to a GET within 2 s of the last one
 
 
 def test_concurrent_pollers_share_one_call(client, vast):

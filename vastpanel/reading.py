@@ -13,7 +13,7 @@ from typing import Any
 from . import store
 from .errors import UpstreamFailed
 from .instance_state import IDLE_STOPPABLE, InstanceState, kept_fields, read_instance_state
-from .vast_client import VastError
+from .vast_client import RATE_LIMIT_INTERVAL_S, VastError
 
 FETCH_LEASE_S = 60.0
 LEASE_WAIT_S = 3.0  # how long to wait for another process's vast.ai answer before asking too
@@ -57,7 +57,10 @@ class InstanceReading:
         if cached is None or fresh:
             return None
         age = self.clock.now() - cached.fetched_at
-        return cached if 0 <= age < self.config.status_ttl_s else None
+        # vast.ai refuses a GET within its interval of the last one (429): an answer younger
+        # than that is reused whatever VAST_STATUS_TTL_S says, since asking again cannot work.
+        reuse_for = max(self.config.status_ttl_s, RATE_LIMIT_INTERVAL_S["GET"])
+        return cached if 0 <= age < reuse_for else None
 
     def _fetch(self, fresh: bool) -> store.CachedInstance:
         """Ask vast.ai once for every waiting thread and process; store and reconcile it."""
