@@ -6,8 +6,17 @@ import threading
 import time
 
 import pytest
+import responses
+from page_support import sign_in
 
-from conftest import CONTROL_KEY, HEALTH_URL, INSTANCE_ID, base_config, load_fixture
+from conftest import (
+    CONTROL_KEY,
+    HEALTH_URL,
+    INSTANCE_ID,
+    INSTANCE_URL,
+    base_config,
+    load_fixture,
+)
 from vastpanel import create_app, store
 from vastpanel.instance_state import KEPT_FIELDS
 
@@ -118,6 +127,28 @@ def test_status_not_found(client, vast):
     body = client.get("/infra/vast/status").json
     assert body["status"] == "not_found"
     assert body["instance_id"] == INSTANCE_ID
+
+
+def test_a_gone_instance_404_not_found_is_not_found_and_closes_the_session(client, vast, clock):
+    vast.set_running()
+    client.get("/infra/vast/status")
+    clock.advance(60)
+    gone = {"success": False, "error": "not_found", "msg": "Instance not found"}
+    vast.mock.replace(responses.GET, INSTANCE_URL, status=404, json=gone)
+    body = client.get("/infra/vast/status").json
+    assert body["status"] == "not_found"
+    assert client.get("/infra/vast/costs").json["total_runtime_hours"] == pytest.approx(1 / 60)
+    response = client.post("/infra/vast/power/off")
+    assert response.status_code == 502 and "does not know" in response.json["detail"]
+
+
+def test_sign_in_and_the_api_accept_the_same_punctuated_ascii_key(tmp_path, clock, vast):
+    key = "!#$%&'()*+,-./:;<=>?@[]^_`{|}~09azAZ"
+    app = create_app({**base_config(tmp_path, CONTROL_API_KEY=key), "CLOCK": clock})
+    api = app.test_client()
+    assert api.get("/infra/vast/costs", headers={"X-API-Key": key}).status_code == 200
+    assert sign_in(app.test_client(), key).status_code == 303
+    app.extensions["vastpanel"].close()
 
 
 @pytest.mark.parametrize(
