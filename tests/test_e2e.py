@@ -14,6 +14,9 @@ from vastpanel.simulator import Simulator
 SIM_KEY = "sim-e2e-key-0123456789abcdef"
 CONTROL_KEY = "e2e-control-key-fedcba987654"
 INSTANCE_ID = 777
+# An answer is reused for VAST_STATUS_TTL_S (1 s here), but never asked again within vast.ai's
+# 2 s GET interval: past this, the next read asks the simulator.
+ANSWER_REUSED_S = 2.1
 
 
 @pytest.fixture
@@ -123,7 +126,7 @@ def test_a_start_outside_the_panel_opens_a_session(server, sim):
 def test_status_faults_give_502_and_lose_nothing(server, sim, fault, options, detail):
     server.api("POST", "/activity")
     before = server.api("GET", "/audit").json()
-    time.sleep(1.1)  # let the cached answer expire
+    time.sleep(ANSWER_REUSED_S)  # let the cached answer expire
     sim.clear_requests()
     sim.add_fault(fault, method="GET", **options)
     response = server.api("GET", "/status")
@@ -131,7 +134,7 @@ def test_status_faults_give_502_and_lose_nothing(server, sim, fault, options, de
     assert detail in response.json()["detail"]
     assert len(sim.requests(method="GET")) <= 3  # bounded retries, no burst
     assert server.api("GET", "/audit").json() == before
-    time.sleep(1.1)
+    time.sleep(ANSWER_REUSED_S)
     sim.clear_faults()
     recovered = server.api("GET", "/status").json()
     assert recovered["status"] == "stopped"
@@ -158,7 +161,7 @@ def test_gpu_taken_then_stop_cancels(server, sim):
     assert response.status_code == 200
     assert response.json()["status"] == "scheduling"
     assert "queued" in response.json()["message"]
-    time.sleep(1.1)
+    time.sleep(ANSWER_REUSED_S)
     assert server.api("GET", "/status").json()["status"] == "scheduling"
     stopped = server.api("POST", "/power/off")
     assert stopped.status_code == 200
@@ -177,14 +180,14 @@ def test_no_credit_is_502_and_audited(server, sim):
 
 def test_vanished_instance(server, sim):
     sim.external("vanish")
-    time.sleep(1.1)
+    time.sleep(ANSWER_REUSED_S)
     assert server.api("GET", "/status").json()["status"] == "not_found"
     assert server.api("POST", "/power/on").status_code == 502
     assert len(sim.requests(method="PUT")) == 0
 
 
 def test_vast_ai_unreachable_then_back(server, sim):
-    time.sleep(1.1)
+    time.sleep(ANSWER_REUSED_S)
     sim.pause()
     try:
         response = server.api("GET", "/status")
@@ -195,7 +198,7 @@ def test_vast_ai_unreachable_then_back(server, sim):
         assert events(server)[0] == "power_off_failed"
     finally:
         sim.resume()
-    time.sleep(1.1)
+    time.sleep(ANSWER_REUSED_S)
     assert server.api("GET", "/status").status_code == 200
 
 

@@ -21,6 +21,7 @@ from liveserver import simulator_env
 
 from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY
 from vastpanel import create_app, store
+from vastpanel.reading import DOWN_SINCE_KEY
 from vastpanel.simulator import Simulator
 from vastpanel.watchdog import EXTENSION, LEASE
 
@@ -133,17 +134,26 @@ def test_instances_started_outside_or_exited_are_seen_and_stopped(live_app, sim)
         before = len(stops(sim))
         sim.external("start")  # from vast.ai's console
         if exit_container:
+            # Exited is not billed GPU time: no session, but the idle rule still stops it,
+            # counting from when it was first seen exited.
             sim.external("exit")
-        session = wait_for(lambda: store.current_session(panel.db))
-        assert session, "the watchdog did not see the instance started outside"
+            down_since = wait_for(lambda: store.get_value(panel.db, DOWN_SINCE_KEY))
+            assert down_since, "the watchdog did not see the instance exited"
+            deadline = max(store.get_value(panel.db, "last_activity") or 0.0, down_since) + IDLE_S
+        else:
+            session = wait_for(lambda: store.current_session(panel.db))
+            assert session, "the watchdog did not see the instance started outside"
+            deadline = idle_deadline(panel.db, session)
         assert wait_for(lambda n=before: len(stops(sim)) > n), "no stop within 10 s"
         stop = stops(sim)[-1]
-        assert 0 <= stop["time"] - idle_deadline(panel.db, session) < TARGET_S
+        assert 0 <= stop["time"] - deadline < TARGET_S
         # The simulator logs the stop before the panel has closed the session: wait for that.
         assert wait_for(lambda: store.current_session(panel.db) is None)
         assert len(stops(sim)) == before + 1
     seen = [e.meta.get("seen_status") for e in panel.audit_log(50) if e.event == "session_opened"]
-    assert sorted(seen) == ["exited", "running"]
+    assert seen == ["running"]
+    down = [e.meta.get("seen_status") for e in panel.audit_log(50) if e.event == "instance_down"]
+    assert down == ["exited"]
 
 
 # --- two processes, one database ------------------------------------------------------------

@@ -57,9 +57,11 @@ class InstanceReading:
         if cached is None or fresh:
             return None
         age = self.clock.now() - cached.fetched_at
-        # vast.ai refuses a GET within its interval of the last one (429): an answer younger
-        # than that is reused whatever VAST_STATUS_TTL_S says, since asking again cannot work.
-        reuse_for = max(self.config.status_ttl_s, RATE_LIMIT_INTERVAL_S["GET"])
+        # vast.ai refuses a GET within its interval of the last one it answered (429): such a
+        # recent answer is reused whatever VAST_STATUS_TTL_S says, since asking cannot work.
+        reuse_for = self.config.status_ttl_s
+        if cached.error is None:
+            reuse_for = max(reuse_for, RATE_LIMIT_INTERVAL_S["GET"])
         return cached if 0 <= age < reuse_for else None
 
     def _fetch(self, fresh: bool) -> store.CachedInstance:
