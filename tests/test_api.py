@@ -343,9 +343,25 @@ def test_power_on_health_timeout_is_504(client, vast, clock):
     assert sum(clock.slept) == pytest.approx(600)
 
 
-@pytest.mark.parametrize("status", ["loading", "scheduling", "creating"])
+def test_a_public_ipaddr_with_a_path_is_never_fetched(client, vast, clock):
+    vast.set_running()
+    vast.set(public_ipaddr="203.0.113.7:41234/x?")  # would make .../x?:41234/health
+    status = client.get("/infra/vast/status").json
+    assert status["status"] == "running" and status["endpoint_base_url"] is None
+    assert "not a bare IP address" in status["message"]
+    response = client.post("/infra/vast/power/on", json={"wait_for_health": True})
+    assert response.status_code == 504
+    assert non_api_calls(vast) == []
+
+
+def non_api_calls(vast) -> list[str]:
+    """Return the URLs of every request that was not to vast.ai's API."""
+    return [c.request.url for c in vast.mock.calls if not c.request.url.startswith(INSTANCE_URL)]
+
+
+@pytest.mark.parametrize("status", ["loading", "scheduling", "creating", "rebooting"])
 def test_a_start_under_way_sends_no_second_start(client, vast, status):
-    actual = {"loading": "loading", "scheduling": "stopped", "creating": "created"}[status]
+    actual = {"scheduling": "stopped", "creating": "created"}.get(status, status)
     vast.set(actual_status=actual, intended_status="running")
     response = client.post("/infra/vast/power/on", json={"wait_for_health": False})
     assert response.status_code == 200

@@ -8,6 +8,7 @@ import time
 import pytest
 import requests
 from liveserver import PanelProcess, simulator_env
+from page_support import TOKEN
 
 from vastpanel.simulator import Simulator
 
@@ -253,3 +254,33 @@ def test_auto_shutdown_under_the_production_server(panel_env, sim, tmp_path):
         assert server.api("GET", "/costs").json()["sessions_count"] == 1
     finally:
         server.stop()
+
+
+def test_a_copied_cookie_is_refused_after_sign_out(server, sim):
+    browser = requests.Session()
+    page = browser.get(server.url + "/signin", timeout=10)
+    signed = browser.post(
+        server.url + "/signin",
+        data={"csrf_token": TOKEN.search(page.text).group(1), "key": CONTROL_KEY},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert signed.status_code == 303
+    stolen = requests.Session()  # a copy of the cookie, replayed from elsewhere
+    stolen.cookies.set("vastpanel_session", browser.cookies["vastpanel_session"])
+    token = TOKEN.search(stolen.get(server.url + "/", timeout=10).text).group(1)
+
+    home = browser.get(server.url + "/", timeout=10).text
+    out = browser.post(
+        server.url + "/signout",
+        data={"csrf_token": TOKEN.search(home).group(1)},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert out.status_code == 303
+    replay = stolen.post(
+        server.url + "/power/off", data={"csrf_token": token}, allow_redirects=False, timeout=10
+    )
+    assert replay.status_code == 302 and replay.headers["Location"] == "/signin"
+    assert sim.requests(method="PUT") == []
+    assert stolen.get(server.url + "/", allow_redirects=False, timeout=10).status_code == 302
