@@ -2,8 +2,8 @@
 
 The JSON API, the page and the watchdog all call Panel; it alone talks to the vast.ai client
 and the store. Its jobs live in their own modules, joined here: reading and reconciling the
-instance (reading.py), power actions (power.py), the idle rule (idle.py) and the page's
-sign-ins (signins.py).
+instance (reading.py), power actions (power.py), the idle rule (idle.py), the cost book
+(costs.py), the caps (budget.py) and the page's sign-ins (signins.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import requests
 from sqlite_utils import Database
 
 from . import leases, store
+from .budget import BudgetExceeded, BudgetRules, BudgetStatus, NoBudget
 from .clock import Clock
 from .config import Config
+from .costs import AllInTotals, CostBook
 from .errors import HealthTimeout, NotConfigured, PanelError, PowerBusy, UpstreamFailed
 from .events import is_known
 from .idle import ACTIVITY_RESOLUTION_S, IdleRules
@@ -43,6 +45,8 @@ from .vast_client import VastClient
 __all__ = [
     "ACTIVITY_RESOLUTION_S",
     "AUTO_STOP",
+    "BudgetExceeded",
+    "NoBudget",
     "HEALTH_PROBE_EVERY_S",
     "HEALTH_WAIT_LEASE",
     "MANUAL_STOP",
@@ -74,6 +78,9 @@ class StatusReport:
     health_wait: bool
     start_queued: bool
     scheduling_since: float | None
+    all_in: AllInTotals
+    budget: BudgetStatus | None
+    session_cap_deadline: float | None
 
     @property
     def auto_shutdown_in_minutes(self) -> float | None:
@@ -106,7 +113,7 @@ class LastStop:
         return self.event == "session_closed"
 
 
-class Panel(InstanceReading, PowerActions, IdleRules, SigninSessions):
+class Panel(InstanceReading, PowerActions, IdleRules, CostBook, BudgetRules, SigninSessions):
     """Controls one vast.ai instance and keeps its books in SQLite."""
 
     def __init__(
@@ -195,6 +202,9 @@ class Panel(InstanceReading, PowerActions, IdleRules, SigninSessions):
             health_wait=self._health_wait_active(now),
             start_queued=store.get_value(self.db, START_QUEUED_KEY) is not None,
             scheduling_since=store.get_value(self.db, SCHEDULING_SINCE_KEY),
+            all_in=self.all_in_totals(),
+            budget=self.budget_status(),
+            session_cap_deadline=self.session_cap_deadline(),
         )
 
     # --- costs, audit and sessions ------------------------------------------------------------

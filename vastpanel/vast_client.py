@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable
@@ -23,6 +24,10 @@ RETRY_AFTER_CAP_S = 10.0
 RATE_LIMIT_INTERVAL_S = {"GET": 2.0, "PUT": 1.0}
 THRESHOLD = re.compile(r"threshold\s*=\s*([0-9]+(?:\.[0-9]+)?)")
 TIMEOUT_S = (5.0, 15.0)  # connect, read
+CHARGES_PAGE_SIZE = 100  # what the official CLI asks for (vast.ai allows up to 500)
+CHARGES_MAX_PAGES = 20
+# vast.ai's rate limits are a minimum interval per endpoint (2 s for GETs): pages wait that long.
+CHARGES_PAGE_PAUSE_S = 2.0
 HEALTH_TIMEOUT_S = (3.0, 5.0)
 GONE_ERRORS = frozenset({"no_such_instance", "not_found"})  # a 404 with these: instance gone
 
@@ -94,8 +99,37 @@ class VastClient:
         """Ask vast.ai to stop the instance (this also cancels a queued start)."""
         self._call("PUT", f"/api/v0/instances/{instance_id}/", json={"state": "stopped"})
 
+    def fetch_charges(self, since: float, until: float) -> list[dict[str, Any]]:
+        """Return vast.ai's instance charge rows for the days from since to until, every page.
+
+        Pages are asked CHARGES_PAGE_PAUSE_S apart so the endpoint's rate limit is respected.
+        """
+        filters = {"day": {"gte": int(since), "lte": int(until)}, "type": {"in": ["instance"]}}
+        params: dict[str, Any] = {
+            "select_filters": json.dumps(filters, separators=(",", ":")),
+            "limit": CHARGES_PAGE_SIZE,
+        }
+        rows: list[dict[str, Any]] = []
+        for page in range(CHARGES_MAX_PAGES):
+            if page:
+                self._sleep(CHARGES_PAGE_PAUSE_S)
+            body = self._call("GET", "/api/v0/charges/", params=params)
+            results = body.get("results")
+            if not isinstance(results, list):
+                raise VastError("vast.ai answered its charges without a 'results' list")
+            rows.extend(results)
+            token = body.get("next_token")
+            if not token:
+                return rows
+            params["after_token"] = str(token)
+        raise VastError(f"vast.ai's charges did not end within {CHARGES_MAX_PAGES} pages")
+
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        """Send one request with retries and turn every failure into a VastError."""
+        """Send one request with retries and turn every failure into a VastError.
+
+        A 429 is retried after the interval it names ("threshold=2.0"), else after vast.ai's
+        interval for the method, never after a short backoff that vast.ai would refuse again.
+        """
         url = self.base_url + path
         headers = {"Authorization": f"Bearer {self._api_key}", "Accept": "application/json"}
         backoff = FIRST_BACKOFF_S
