@@ -19,6 +19,7 @@ FETCH_LEASE_S = 60.0
 LEASE_WAIT_S = 3.0  # how long to wait for another process's vast.ai answer before asking too
 START_QUEUED_KEY = "start_queued_at"
 SCHEDULING_SINCE_KEY = "scheduling_since"
+LAST_GET_KEY = "vast_get_returned_at"  # when the last GET of the instance came back
 DOWN_SINCE_KEY = "down_since"  # when the instance was first seen exited, unknown or offline
 
 
@@ -56,13 +57,17 @@ class InstanceReading:
         cached = store.read_cached_instance(self.db)
         if cached is None or fresh:
             return None
-        age = self.clock.now() - cached.fetched_at
-        # vast.ai refuses a GET within its interval of the last one it answered (429): such a
-        # recent answer is reused whatever VAST_STATUS_TTL_S says, since asking cannot work.
-        reuse_for = self.config.status_ttl_s
-        if cached.error is None:
-            reuse_for = max(reuse_for, RATE_LIMIT_INTERVAL_S["GET"])
-        return cached if 0 <= age < reuse_for else None
+        now = self.clock.now()
+        if 0 <= now - cached.fetched_at < self.config.status_ttl_s:
+            return cached
+        # vast.ai refuses a GET within its interval of the last one it accepted (429): while
+        # that interval runs, a good answer is reused whatever VAST_STATUS_TTL_S says. The
+        # interval counts from when the last GET returned (after any retry it needed).
+        last_get = store.get_value(self.db, LAST_GET_KEY)
+        if cached.error is None and last_get is not None:
+            if 0 <= now - last_get < RATE_LIMIT_INTERVAL_S["GET"]:
+                return cached
+        return None
 
     def _fetch(self, fresh: bool) -> store.CachedInstance:
         """Ask vast.ai once for every waiting thread and process; store and reconcile it."""
@@ -98,9 +103,11 @@ class InstanceReading:
         try:
             payload = kept_fields(self.client.fetch_instance(self.config.vast_instance_id))
         except VastError as exc:
+            store.set_value(self.db, LAST_GET_KEY, self.clock.now())
             error = self.redact(exc.message)
             store.save_cached_instance(self.db, asked, None, error)
             return store.CachedInstance(asked, None, error)
+        store.set_value(self.db, LAST_GET_KEY, self.clock.now())
         store.save_cached_instance(self.db, asked, payload)
         self.book_costs(payload, asked)
         self._reconcile(payload, asked)
