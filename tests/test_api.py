@@ -703,3 +703,21 @@ def test_the_stored_answer_keeps_only_the_fields_the_panel_uses(client, app, vas
     kept = json.loads(stored)
     assert set(kept) <= KEPT_FIELDS
     assert {"actual_status", "public_ipaddr", "ports", "dph_total"} <= set(kept)
+
+
+def test_no_get_within_vast_ais_interval_of_the_last_one_even_after_a_retry(
+    tmp_path, clock, vast
+):
+    app = create_app({**base_config(tmp_path, VAST_STATUS_TTL_S="0"), "CLOCK": clock})
+    client = app.test_client()
+    client.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY
+    vast.rate_limit = {"GET": 2.0, "PUT": 1.0}
+    client.get("/infra/vast/status")  # the shared answer: stopped
+    vast.set_running()
+    clock.advance(0.5)
+    assert client.post("/infra/vast/power/off").status_code == 200  # fresh GET: 429, waits 2 s
+    assert vast.refused == ["GET"]
+    clock.advance(1.5)  # 3.5 s after the stop's first GET was asked, 1.5 s after it came back
+    client.get("/infra/vast/status")
+    assert vast.refused == ["GET"] and vast.gets == 2  # reused: asking would meet a 429
+    app.extensions["vastpanel"].close()
