@@ -705,9 +705,7 @@ def test_the_stored_answer_keeps_only_the_fields_the_panel_uses(client, app, vas
     assert {"actual_status", "public_ipaddr", "ports", "dph_total"} <= set(kept)
 
 
-def test_no_get_within_vast_ais_interval_of_the_last_one_even_after_a_retry(
-    tmp_path, clock, vast
-):
+def test_no_get_within_vast_ais_interval_of_the_last_one_even_after_a_retry(tmp_path, clock, vast):
     app = create_app({**base_config(tmp_path, VAST_STATUS_TTL_S="0"), "CLOCK": clock})
     client = app.test_client()
     client.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY
