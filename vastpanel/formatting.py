@@ -27,6 +27,10 @@ DETAIL_LABELS = {
     "status_msg": "host says",
     "idle_stop": "stopped when idle",
     "signins_ended": "sign-ins ended",
+    "stop_in_minutes": "stop in",
+    "stop_at": "stop at",
+    "keepalive_until": "until",
+    "by_panel": "started here",
 }
 
 

@@ -130,6 +130,7 @@ class InstanceReading:
                     instance_id=state.instance_id,
                     seen_status=state.status,
                     dph_total=state.dph_total,
+                    by_panel=self._started_by_panel(),
                 )
         elif state.actual_status == "stopped" or state.status == "not_found" or state.down:
             closed = store.close_session(self.db, now, "observed")
@@ -166,6 +167,12 @@ class InstanceReading:
                 status_msg=self.redact(state.status_msg),
                 idle_stop=state.status in IDLE_STOPPABLE,
             )
+
+    def _started_by_panel(self) -> bool:
+        """Tell whether a start was asked of the panel since the last session ended."""
+        requested = store.latest_audit(self.db, ("power_on_requested",))
+        last = store.latest_closed_session(self.db)
+        return requested is not None and (last is None or requested.ts >= last.ended_at)
 
     def _note_scheduling(self, state: InstanceState, now: float) -> None:
         """Remember since when a start waits for the GPU; forget it once it does not."""
