@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 DEFAULT_VAST_URL = "https://console.vast.ai"
 DEFAULT_DB_PATH = "data/vastpanel.db"
+MIN_CONTROL_KEY_LENGTH = 16
 
 
 class ConfigError(ValueError):
@@ -95,7 +96,7 @@ class Config:
             vast_url=_url(env, "VAST_URL", DEFAULT_VAST_URL),
             vast_api_key=env.get("VAST_API_KEY", "").strip(),
             vast_instance_id=_instance_id(env),
-            control_api_key=env.get("CONTROL_API_KEY", "").strip(),
+            control_api_key=_control_key(env),
             health_port=_port(env, "VAST_HEALTH_PORT", 8001),
             health_path=_health_path(env, "VAST_HEALTH_PATH", "/health"),
             wait_timeout_s=_number(env, "VAST_WAIT_TIMEOUT_S", 600.0),
@@ -127,6 +128,29 @@ def is_health_path(value: object) -> bool:
         and not any(c.isspace() or ord(c) < 32 for c in value)
         and len(value) <= 512
     )
+
+
+def _control_key(env: Mapping[str, str]) -> str:
+    """Read CONTROL_API_KEY: unset, or 16+ printable ASCII characters without spaces.
+
+    HTTP sends header values as bytes that servers read as Latin-1, while the sign-in form is
+    UTF-8: only ASCII reads the same in both, so the page and the API accept the same key.
+    """
+    raw = env.get("CONTROL_API_KEY", "").strip()
+    if not raw:
+        return ""
+    if not all("!" <= c <= "~" for c in raw):
+        raise ConfigError(
+            "CONTROL_API_KEY must be printable ASCII without spaces (letters, digits, "
+            "punctuation), so that the X-API-Key header and the sign-in form read it alike; "
+            "for example: openssl rand -hex 32"
+        )
+    if len(raw) < MIN_CONTROL_KEY_LENGTH:
+        raise ConfigError(
+            f"CONTROL_API_KEY must be at least {MIN_CONTROL_KEY_LENGTH} characters, got "
+            f"{len(raw)}; for example: openssl rand -hex 32"
+        )
+    return raw
 
 
 def _raw(env: Mapping[str, str], name: str) -> str | None:

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from . import leases, store
 from .clock import iso_utc
 from .errors import InvalidRequest, NotRunning
-from .instance_state import InstanceState
+from .instance_state import IDLE_STOPPABLE, InstanceState
 from .power import AUTO_STOP, HEALTH_WAIT_LEASE, PowerOffResult
+from .reading import DOWN_SINCE_KEY
 
 # The gateway posts activity on every LLM request. Idle time is counted in minutes and shown to
 # the second, so activity is stored to the second: later posts within it only read.
@@ -21,24 +22,25 @@ IDLE_WARNING = "idle_warning"
 KEEPALIVE = "keepalive"
 KEEPALIVE_CHOICES_MINUTES = (30, 60, 120)  # the page's Keep running buttons
 WARNED_DEADLINE_KEY = "warned_deadline"  # the idle deadline the last warning was about
-IDLE_STATUSES = ("running", "exited")  # the statuses the idle rule stops
 
 
 def idle_deadline(
     *,
     auto_shutdown: bool,
     idle_minutes: float,
-    session_started_at: float | None,
+    held_since: float | None,
     last_activity: float | None,
     keepalive_until: float | None = None,
 ) -> float | None:
     """Return when an idle instance falls due for auto-shutdown, or None when it cannot.
 
+    held_since is when the instance was first seen running (its session's start) or, for an
+    instance that is down (exited, unknown), first seen down; None when it is neither.
     keepalive_until (a Keep running for this session) holds the deadline at least until then.
     """
-    if not auto_shutdown or session_started_at is None:
+    if not auto_shutdown or held_since is None:
         return None
-    since = max(last_activity or 0.0, session_started_at)
+    since = max(last_activity or 0.0, held_since)
     return max(since + idle_minutes * 60, keepalive_until or 0.0)
 
 
@@ -133,7 +135,7 @@ class IdleRules:
         """Audit (and so notify) the coming automatic stop once per deadline, within warn time."""
         warn_at = self.next_warning_at()
         now = self.clock.now()
-        if warn_at is None or now < warn_at or state.status not in IDLE_STATUSES:
+        if warn_at is None or now < warn_at or state.status not in IDLE_STOPPABLE:
             return
         deadline, reason = self.next_automatic_stop()
         if now >= deadline or (reason == "idle" and self._health_wait_active(now)):
@@ -153,7 +155,7 @@ class IdleRules:
 
     def _inactive_minutes(self, state: InstanceState) -> float | None:
         """Return the idle minutes if the idle rule says stop now, else None."""
-        if state.status not in IDLE_STATUSES:
+        if state.status not in IDLE_STOPPABLE:
             return None
         now = self.clock.now()
         if self._health_wait_active(now):
@@ -163,7 +165,13 @@ class IdleRules:
         deadline = self._idle_deadline(session, last_activity)
         if deadline is None or now < deadline:
             return None
-        return (now - max(last_activity or 0.0, session.started_at)) / 60
+        return (now - max(last_activity or 0.0, self._held_since(session) or 0.0)) / 60
+
+    def _held_since(self, session: store.Session | None) -> float | None:
+        """Since when idle time counts: the open session's start, else first seen down."""
+        if session is not None:
+            return session.started_at
+        return store.get_value(self.db, DOWN_SINCE_KEY)
 
     def _idle_deadline(
         self, session: store.Session | None, last_activity: float | None
@@ -172,7 +180,7 @@ class IdleRules:
         return idle_deadline(
             auto_shutdown=self.config.auto_shutdown,
             idle_minutes=self.config.auto_shutdown_minutes,
-            session_started_at=session.started_at if session is not None else None,
+            held_since=self._held_since(session),
             last_activity=last_activity,
             keepalive_until=store.keepalive_until(self.db, session.id) if session else None,
         )

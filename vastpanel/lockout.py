@@ -1,9 +1,9 @@
 """The brute-force limit on CONTROL_API_KEY: a client that sends too many wrong keys is locked out.
 
 Sign-in and the JSON API's X-API-Key share it, and every worker process too (the counts live in
-SQLite). A client is its address as the app sees it (request.remote_addr; behind a proxy that
-is the proxy's unless FORWARDED_ALLOW_IPS trusts it): an IPv4 address, or the /64 network of an
-IPv6 one, since one host usually holds a whole /64. After FREE_WRONG_KEYS wrong keys within
+SQLite). A client is its address as the app sees it (request.remote_addr; behind a reverse
+proxy, the proxy's, since FORWARDED_ALLOW_IPS covers X-Forwarded-Proto, not X-Forwarded-For):
+an IPv4 address, or the /64 network of an IPv6 one, since one host usually holds a whole /64. After FREE_WRONG_KEYS wrong keys within
 WRONG_KEY_WINDOW_S the client is locked out: its requests are answered 429 with Retry-After,
 without the key being checked, for LOCKOUT_BASE_S, doubling with each lockout up to
 LOCKOUT_MAX_S. A missing (empty) key is refused but not counted: it is no guess. A right key

@@ -25,8 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warm-delay", type=float, default=3.0)
     parser.add_argument("--stop-delay", type=float, default=1.0)
     parser.add_argument("--create-delay", type=float, default=0.0)
-    parser.add_argument("--rate-limit-get", type=float, default=0.0, help="min seconds, 0: off")
-    parser.add_argument("--rate-limit-put", type=float, default=0.0, help="min seconds, 0: off")
+    parser.add_argument("--rate-limit-get", type=float, default=2.0, help="min seconds, 0: off")
+    parser.add_argument("--rate-limit-put", type=float, default=1.0, help="min seconds, 0: off")
     parser.add_argument("--verbose", action="store_true", help="print one line per request")
     return parser.parse_args(argv)
 
