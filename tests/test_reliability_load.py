@@ -88,7 +88,9 @@ def test_activity_and_watchdog_under_load_while_vast_ai_fails_one_call_in_ten(si
         assert report.watchdog_renewals >= SECONDS / INTERVAL_S / 2
         assert report.longest_look_gap_s < 2 * INTERVAL_S
         assert report.watchdog_lapsed == 0
-        assert report.upstream_calls >= 10 and report.upstream_failed >= 1  # faults happened
+        # Faults happened. The panel asks vast.ai at most once per 2 s GET interval (whatever
+        # the 0.2 s TTL) and waits out each 429, so about 8 to 10 calls fit in 20 s.
+        assert report.upstream_calls >= SECONDS / 4 and report.upstream_failed >= 1
         assert "auto_shutdown" not in audit_events(db_path)  # activity kept it alive
 
         # The load is over: the watchdog stops the idle instance once it falls due, once.

@@ -16,8 +16,11 @@ from .costs import AllInTotals, ChargesStatus, CostDay
 from .panel import (
     BudgetExceeded,
     HealthTimeout,
+    InvalidRequest,
+    KeepAliveResult,
     NoBudget,
     NotConfigured,
+    NotRunning,
     Panel,
     PanelError,
     PowerBusy,
@@ -34,6 +37,8 @@ ERROR_STATUS = {
     PowerBusy: 409,
     BudgetExceeded: 409,
     NoBudget: 409,
+    NotRunning: 409,
+    InvalidRequest: 422,
 }
 
 
@@ -214,6 +219,28 @@ def activity():
     return jsonify(status="recorded", last_activity=iso_utc(last))
 
 
+def keepalive_json(result: KeepAliveResult) -> dict[str, Any]:
+    """Shape a Keep running's answer (the API and the CLI's --json)."""
+    return {
+        "status": "kept",
+        "keepalive_until": iso_utc(result.keepalive_until),
+        "idle_deadline": iso_utc(result.idle_deadline),
+        "capped": result.capped,
+        "message": result.message,
+    }
+
+
+@bp.post("/keepalive")
+def keepalive():
+    """Keep the instance running at least `minutes` more, whatever the idle time says."""
+    body = json_body()
+    minutes = body.get("minutes")
+    # A whole or decimal number of minutes; true is not a number here.
+    if isinstance(minutes, bool) or not isinstance(minutes, int | float):
+        raise InvalidInput("minutes: required, a number of minutes")
+    return jsonify(keepalive_json(get_panel().keep_alive("api", float(minutes))))
+
+
 @bp.get("/costs")
 def costs():
     """Sum runtime and cost over all sessions; the whole bill and vast.ai's per day."""
@@ -261,6 +288,8 @@ def json_body() -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise InvalidInput("body: malformed JSON") from None
+    except RecursionError:  # e.g. 100,000 nested "[": no request field is nested at all
+        raise InvalidInput("body: JSON nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidInput("body: must be a JSON object")
     return body
@@ -283,6 +312,11 @@ def query_int(name: str, default: int | None, low: int, high: int | None) -> int
     raw = request.args.get(name)
     if raw is None:
         return default
+    return whole_number(raw, name, low, high)
+
+
+def whole_number(raw: str, name: str, low: int, high: int | None) -> int:
+    """Parse a whole number within bounds (at most 18 digits: it fits SQLite), or InvalidInput."""
     raw = raw.strip()
     if not WHOLE_NUMBER.fullmatch(raw):
         raise InvalidInput(f"{name} must be a whole number")

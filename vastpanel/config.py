@@ -2,17 +2,44 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 DEFAULT_VAST_URL = "https://console.vast.ai"
 DEFAULT_DB_PATH = "data/vastpanel.db"
 IDLE_SOURCES = ("gateway", "llm")  # activity posts to /infra/vast/activity; the LLM's metrics
+MIN_CONTROL_KEY_LENGTH = 16
 
 
 class ConfigError(ValueError):
     """A configuration value is unusable; the message names the variable."""
+
+
+# VAST_NOTIFY_URLS: each URL may start with a format prefix, `slack+https://...`; none means json.
+NOTIFY_FORMATS = ("slack", "json")
+
+
+@dataclass(frozen=True)
+class NotifyTarget:
+    """One webhook that gets notifications, and the JSON shape it wants. The URL is a secret."""
+
+    format: str
+    url: str = field(repr=False)
+
+    @property
+    def key(self) -> str:
+        """Name the target in the outbox without storing its URL (a hash of it)."""
+        return hashlib.sha256(self.url.encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        """Show the target to people: format, scheme and host, never the path or token."""
+        parts = urlsplit(self.url)
+        port = f":{parts.port}" if parts.port else ""
+        return f"{self.format} {parts.scheme}://{parts.hostname}{port}"
 
 
 @dataclass(frozen=True)
@@ -33,9 +60,14 @@ class Config:
     db_path: str = DEFAULT_DB_PATH
     idle_sources: tuple[str, ...] = IDLE_SOURCES
     metrics_port: int | None = None  # None: the health port (nginx's, which routes /metrics)
-    metrics_path: str = "/metrics"
+    llm_metrics_path: str = "/metrics"
+    llm_metrics_token: str = ""  # VAST_METRICS_TOKEN, sent to the LLM's /metrics
+    llm_metrics_every_s: float = 15.0
+    warn_minutes: float = 5.0
+    keepalive_max_minutes: float = 480.0
+    notify_targets: tuple[NotifyTarget, ...] = ()
+    notify_retry_s: float = 30.0
     metrics_token: str = ""
-    metrics_every_s: float = 15.0
     # Marks a demo against the simulator, so it can never pass for a real instance.
     simulated: bool = False
     budget_usd: float | None = None  # VAST_BUDGET_USD: a spending cap per budget period
@@ -60,7 +92,9 @@ class Config:
     @property
     def secrets(self) -> list[str]:
         """List the secret values that must never be shown or logged."""
-        return [s for s in (self.vast_api_key, self.control_api_key, self.metrics_token) if s]
+        values = [self.vast_api_key, self.control_api_key, self.metrics_token]
+        values.append(self.llm_metrics_token)
+        return [s for s in values if s] + [t.url for t in self.notify_targets]
 
     @property
     def gateway_source(self) -> bool:
@@ -84,7 +118,7 @@ class Config:
             vast_url=_url(env, "VAST_URL", DEFAULT_VAST_URL),
             vast_api_key=env.get("VAST_API_KEY", "").strip(),
             vast_instance_id=_instance_id(env),
-            control_api_key=env.get("CONTROL_API_KEY", "").strip(),
+            control_api_key=_control_key(env),
             health_port=_port(env, "VAST_HEALTH_PORT", 8001),
             health_path=_health_path(env, "VAST_HEALTH_PATH", "/health"),
             wait_timeout_s=_number(env, "VAST_WAIT_TIMEOUT_S", 600.0),
@@ -95,9 +129,14 @@ class Config:
             db_path=env.get("VAST_DB_PATH", "").strip() or DEFAULT_DB_PATH,
             idle_sources=_idle_sources(env),
             metrics_port=_port(env, "VAST_METRICS_PORT", None),
-            metrics_path=_health_path(env, "VAST_METRICS_PATH", "/metrics"),
-            metrics_token=env.get("VAST_METRICS_TOKEN", "").strip(),
-            metrics_every_s=_number(env, "VAST_METRICS_EVERY_S", 15.0, positive=True),
+            llm_metrics_path=_health_path(env, "VAST_METRICS_PATH", "/metrics"),
+            llm_metrics_token=env.get("VAST_METRICS_TOKEN", "").strip(),
+            llm_metrics_every_s=_number(env, "VAST_METRICS_EVERY_S", 15.0, positive=True),
+            warn_minutes=_number(env, "VAST_WARN_MINUTES", 5.0),
+            keepalive_max_minutes=_number(env, "VAST_KEEPALIVE_MAX_MINUTES", 480.0, positive=True),
+            notify_targets=_notify_targets(env, "VAST_NOTIFY_URLS"),
+            notify_retry_s=_number(env, "VAST_NOTIFY_RETRY_S", 30.0, positive=True),
+            metrics_token=env.get("METRICS_TOKEN", "").strip(),
             simulated=parse_bool(env, "VASTPANEL_SIMULATED", False),
             budget_usd=_optional_positive(env, "VAST_BUDGET_USD"),
             budget_period=_choice(env, "VAST_BUDGET_PERIOD", ("day", "month"), "month"),
@@ -116,6 +155,29 @@ def is_health_path(value: object) -> bool:
         and not any(c.isspace() or ord(c) < 32 for c in value)
         and len(value) <= 512
     )
+
+
+def _control_key(env: Mapping[str, str]) -> str:
+    """Read CONTROL_API_KEY: unset, or 16+ printable ASCII characters without spaces.
+
+    HTTP sends header values as bytes that servers read as Latin-1, while the sign-in form is
+    UTF-8: only ASCII reads the same in both, so the page and the API accept the same key.
+    """
+    raw = env.get("CONTROL_API_KEY", "").strip()
+    if not raw:
+        return ""
+    if not all("!" <= c <= "~" for c in raw):
+        raise ConfigError(
+            "CONTROL_API_KEY must be printable ASCII without spaces (letters, digits, "
+            "punctuation), so that the X-API-Key header and the sign-in form read it alike; "
+            "for example: openssl rand -hex 32"
+        )
+    if len(raw) < MIN_CONTROL_KEY_LENGTH:
+        raise ConfigError(
+            f"CONTROL_API_KEY must be at least {MIN_CONTROL_KEY_LENGTH} characters, got "
+            f"{len(raw)}; for example: openssl rand -hex 32"
+        )
+    return raw
 
 
 def _raw(env: Mapping[str, str], name: str) -> str | None:
@@ -215,3 +277,29 @@ def _url(env: Mapping[str, str], name: str, default: str) -> str:
     if not raw.startswith(("http://", "https://")) or len(raw.split("://", 1)[1]) == 0:
         raise ConfigError(f"{name} must be an http:// or https:// URL, got {raw!r}")
     return raw.rstrip("/")
+
+
+def _notify_targets(env: Mapping[str, str], name: str) -> tuple[NotifyTarget, ...]:
+    """Read webhook URLs separated by commas or whitespace, each with an optional format prefix."""
+    raw = _raw(env, name)
+    if raw is None:
+        return ()
+    targets = []
+    for number, item in enumerate(raw.replace(",", " ").split(), start=1):
+        fmt, url = "json", item
+        prefix, plus, rest = item.partition("+")
+        if plus and prefix.lower() in NOTIFY_FORMATS and "://" not in prefix:
+            fmt, url = prefix.lower(), rest
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 (raises ValueError on a port that is not a number)
+        except ValueError:
+            parts = urlsplit("")
+        # The message names the URL by its position only: the URL itself is a secret.
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"{name}: URL number {number} must be http(s)://..., optionally prefixed "
+                f"with {' or '.join(p + '+' for p in NOTIFY_FORMATS)}"
+            )
+        targets.append(NotifyTarget(fmt, url))
+    return tuple(targets)

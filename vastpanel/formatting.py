@@ -26,6 +26,13 @@ DETAIL_LABELS = {
     "timeout_s": "timeout",
     "last_signal": "last signal",
     "last_signal_at": "at",
+    "status_msg": "host says",
+    "idle_stop": "stopped when idle",
+    "signins_ended": "sign-ins ended",
+    "stop_in_minutes": "stop in",
+    "stop_at": "stop at",
+    "keepalive_until": "until",
+    "by_panel": "started here",
 }
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from flask import (
     Blueprint,
     Response,
+    abort,
     current_app,
     flash,
     make_response,
@@ -22,8 +23,10 @@ from flask import (
 )
 
 from . import auth
+from .api import InvalidInput, whole_number
 from .charts import cost_chart
 from .formatting import FILTERS
+from .idle import KEEPALIVE_CHOICES_MINUTES
 from .panel import Panel, PanelError
 from .status_view import status_view
 from .store import DayCost
@@ -33,6 +36,7 @@ bp = Blueprint("pages", __name__)
 HTMX_VERSION = "2.0.11"
 HTMX_PATH = f"vendor/htmx-{HTMX_VERSION}/htmx.min.js"
 AUDIT_PAGE_SIZE = 20
+NOTIFICATIONS_SHOWN = 10
 CHART_DAYS = 30
 ACTOR = "admin"
 CHANGED_EVENT = "panelChanged"  # tells the cost and audit widgets to reload
@@ -112,6 +116,18 @@ def status_context(notice: str | None = None, notice_is_error: bool = False) -> 
         "instance_id": panel.config.vast_instance_id,
         "auto_shutdown": panel.config.auto_shutdown,
         "gateway_source": panel.config.gateway_source,
+        "keepalive_choices": [
+            m for m in KEEPALIVE_CHOICES_MINUTES if m <= panel.config.keepalive_max_minutes
+        ],
+    }
+
+
+def notifications_context() -> dict[str, Any]:
+    """Gather what `_notifications.html` shows: the webhooks and the latest deliveries."""
+    panel = get_panel()
+    return {
+        "notify_targets": panel.config.notify_targets,
+        "notifications": panel.notification_log(NOTIFICATIONS_SHOWN),
     }
 
 
@@ -156,9 +172,14 @@ def audit_context(before: int | None) -> dict[str, Any]:
 
 
 def audit_before() -> int | None:
-    """Read the audit page's `before` id from the query; anything unusable means the newest."""
-    value = request.args.get("before", type=int)
-    return value if value is not None and value > 0 else None
+    """Read the audit page's `before` id from the query (absent: the newest); 400 if unusable."""
+    raw = request.args.get("before")
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return whole_number(raw, "before", 1, None)
+    except InvalidInput as exc:
+        abort(400, description=exc.detail)
 
 
 # --- the page and its partials -----------------------------------------------------------------
@@ -172,6 +193,8 @@ def index():
         **status_context(),
         **costs_context(),
         **audit_context(audit_before()),
+        signins=auth.open_signins(),
+        **notifications_context(),
     )
 
 
@@ -192,10 +215,22 @@ def costs_widget():
     return render_template("_costs.html", standalone=True, **costs_context())
 
 
+@bp.get("/partials/notifications")
+def notifications_widget():
+    """Render the webhooks and the latest deliveries."""
+    return render_template("_notifications.html", standalone=True, **notifications_context())
+
+
 @bp.get("/partials/audit")
 def audit_widget():
     """Render one page of the audit log."""
     return render_template("_audit.html", standalone=True, **audit_context(audit_before()))
+
+
+@bp.get("/partials/signins")
+def signins_widget():
+    """Render the list of signed-in browsers."""
+    return render_template("_signins.html", standalone=True, signins=auth.open_signins())
 
 
 # --- actions -------------------------------------------------------------------------------------
@@ -211,6 +246,15 @@ def start():
 def stop():
     """Stop the instance (or cancel a queued start) and show the session's runtime and cost."""
     return power_action(lambda panel: panel.power_off(ACTOR).message)
+
+
+@bp.post("/keepalive")
+def keepalive():
+    """Keep the instance running the chosen minutes more (the warning banner's buttons)."""
+    minutes = request.form.get("minutes", type=int)
+    if minutes not in KEEPALIVE_CHOICES_MINUTES:
+        minutes = -1  # refused by the domain with its own message, like any bad value
+    return power_action(lambda panel: panel.keep_alive(ACTOR, minutes).message)
 
 
 @bp.post("/budget/override")

@@ -35,7 +35,7 @@ def _backend() -> Backend:
 def answer(status: int, body, headers: dict | None = None) -> Response:
     """Return a JSON answer (or text, when ``body`` is already a string)."""
     if isinstance(body, str):
-        return Response(body, status=status, headers=headers)
+        return Response(body, status=status, headers=headers, mimetype="text/plain")
     return Response(json.dumps(body), status=status, headers=headers, mimetype="application/json")
 
 
@@ -57,17 +57,24 @@ def front_door():
     if not _key_accepted(backend.api_key):
         return answer(401, INVALID_KEY)
     endpoint = request.url_rule.rule if request.url_rule else request.path
-    threshold = backend.rate_limiter.exceeded(endpoint, request.method, g.arrived_at)
+    threshold = backend.rate_limiter.exceeded(
+        endpoint, request.method, g.arrived_at, key=_sent_key() or ""
+    )
     if threshold is not None:
-        return answer(429, {"detail": RATE_LIMIT_DETAIL.format(threshold=threshold)})
+        # As vast.ai: plain text, no Retry-After; the client must wait the interval itself.
+        return answer(429, RATE_LIMIT_DETAIL.format(threshold=threshold))
     return None
 
 
-def _key_accepted(api_key: str) -> bool:
+def _sent_key() -> str | None:
     # The header is what clients should send; vast.ai still honours ?api_key= as well.
     header = request.headers.get("Authorization", "")
     sent = header[len("Bearer ") :] if header.startswith("Bearer ") else None
-    sent = sent or request.args.get("api_key")
+    return sent or request.args.get("api_key")
+
+
+def _key_accepted(api_key: str) -> bool:
+    sent = _sent_key()
     return sent is not None and hmac.compare_digest(sent.encode(), api_key.encode())
 
 
