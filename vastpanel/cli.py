@@ -90,7 +90,14 @@ def status_command(as_json: bool) -> None:
         f"Instance {data['instance_id'] or '-'}: {data['status']}"
         + (f" ({data['gpu_name']}, {usd(data['dph_total'])}/h)" if data["gpu_name"] else ""),
         f"Endpoint: {data['endpoint_base_url'] or '-'}",
-        f"Last activity: {data['last_activity'] or 'never'}",
+        f"Last activity: {data['last_activity'] or 'never'}"
+        + (f" ({data['last_activity_source']})" if data["last_activity_source"] else ""),
+        f"LLM metrics: {data['llm_metrics'] or '-'}"
+        + (
+            f" ({data['llm_requests_running']:g} running, {data['llm_requests_waiting']:g} waiting)"
+            if data["llm_requests_running"] is not None
+            else ""
+        ),
         f"Auto-shutdown in: {'-' if countdown is None else minutes_text(countdown)}",
         f"Total: {duration(report.totals.runtime_seconds)}, {usd(data['total_cost_usd'])}",
     ]

@@ -41,6 +41,8 @@ EVENTS: dict[str, Event] = {
     "session_opened": Event("Session opened", ("system",)),
     "session_closed": Event("Session closed", ("system",)),
     "instance_healthy": Event("LLM healthy", ("system",)),
+    "llm_metrics_unavailable": Event("LLM metrics unavailable", ("system",)),
+    "llm_metrics_available": Event("LLM metrics back", ("system",)),
     "idle_warning": Event("Idle stop warning", ("system",)),
     "keepalive": Event("Keep running", PEOPLE),
     "admin_signed_in": Event("Admin signed in", ("admin",)),

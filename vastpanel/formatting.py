@@ -24,6 +24,8 @@ DETAIL_LABELS = {
     "remote_addr": "from",
     "wait_for_health": "wait for health",
     "timeout_s": "timeout",
+    "last_signal": "last signal",
+    "last_signal_at": "at",
     "status_msg": "host says",
     "idle_stop": "stopped when idle",
     "signins_ended": "sign-ins ended",
