@@ -159,7 +159,7 @@ def m006_notify(db: Database) -> None:
 
 
 @migrations()
-def m003_auth_failures(db: Database) -> None:
+def m007_auth_failures(db: Database) -> None:
     """Count wrong keys per client, so every worker applies the same brute-force lockout."""
     db.execute(
         """CREATE TABLE auth_failures (
