@@ -53,11 +53,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["vastpanel"] = panel
     htmx.init_app(app)
 
-    from . import api, auth, cli, health, openapi, pages
+    from . import api, auth, cli, health, openapi, pages, proxy
 
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)  # its own blueprint: served without X-API-Key
+    proxy.init_app(app)  # /v1/: the LLM pass-through, with its own keys (LLM_API_KEYS)
     auth.init_app(app, source, panel)  # session cookie, sign-in, CSRF (the API is exempt)
     app.register_blueprint(pages.bp)
     app.cli.add_command(cli.vast)

@@ -32,6 +32,12 @@ class Config:
     db_path: str = DEFAULT_DB_PATH
     # Marks a demo against the simulator, so it can never pass for a real instance.
     simulated: bool = False
+    # The /v1/ pass-through to the instance's LLM (off while llm_api_keys is empty).
+    llm_api_keys: tuple[str, ...] = ()
+    llm_port: int | None = None  # the container port of the LLM; None: health_port
+    llm_upstream_key: str = ""  # sent upstream as "Authorization: Bearer" (vLLM's --api-key)
+    proxy_wait_s: float = 600.0  # how long a request may wait for a cold start
+    proxy_max_waiting: int = 64  # requests waiting for a cold start at once; more get 503
 
     @property
     def missing_vast_settings(self) -> list[str]:
@@ -51,25 +57,33 @@ class Config:
     @property
     def secrets(self) -> list[str]:
         """List the secret values that must never be shown or logged."""
-        return [s for s in (self.vast_api_key, self.control_api_key) if s]
+        values = (self.vast_api_key, self.control_api_key, self.llm_upstream_key)
+        return [s for s in (*values, *self.llm_api_keys) if s]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
         """Build the config from environment variables, or raise ConfigError."""
+        wait_timeout_s = _number(env, "VAST_WAIT_TIMEOUT_S", 600.0)
+        control_api_key = env.get("CONTROL_API_KEY", "").strip()
         return cls(
             vast_url=_url(env, "VAST_URL", DEFAULT_VAST_URL),
             vast_api_key=env.get("VAST_API_KEY", "").strip(),
             vast_instance_id=_instance_id(env),
-            control_api_key=env.get("CONTROL_API_KEY", "").strip(),
+            control_api_key=control_api_key,
             health_port=_port(env, "VAST_HEALTH_PORT", 8001),
             health_path=_health_path(env, "VAST_HEALTH_PATH", "/health"),
-            wait_timeout_s=_number(env, "VAST_WAIT_TIMEOUT_S", 600.0),
+            wait_timeout_s=wait_timeout_s,
             auto_shutdown=parse_bool(env, "VAST_AUTO_SHUTDOWN", True),
             auto_shutdown_minutes=_number(env, "VAST_AUTO_SHUTDOWN_MINUTES", 30.0, positive=True),
             watchdog_interval_s=_number(env, "VAST_WATCHDOG_INTERVAL_S", 60.0, positive=True),
             status_ttl_s=_number(env, "VAST_STATUS_TTL_S", 5.0),
             db_path=env.get("VAST_DB_PATH", "").strip() or DEFAULT_DB_PATH,
             simulated=parse_bool(env, "VASTPANEL_SIMULATED", False),
+            llm_api_keys=_llm_keys(env, control_api_key),
+            llm_port=_port(env, "VAST_LLM_PORT", None),
+            llm_upstream_key=env.get("VAST_LLM_UPSTREAM_KEY", "").strip(),
+            proxy_wait_s=_number(env, "VAST_PROXY_WAIT_S", wait_timeout_s),
+            proxy_max_waiting=_whole(env, "VAST_PROXY_MAX_WAITING", 64),
         )
 
 
@@ -107,13 +121,32 @@ def _number(env: Mapping[str, str], name: str, default: float, positive: bool = 
     return value
 
 
-def _port(env: Mapping[str, str], name: str, default: int) -> int:
+def _port(env: Mapping[str, str], name: str, default: int | None) -> int | None:
     raw = _raw(env, name)
     if raw is None:
         return default
     if not raw.isdigit() or not 1 <= int(raw) <= 65535:
         raise ConfigError(f"{name} must be a port from 1 to 65535, got {raw!r}")
     return int(raw)
+
+
+def _whole(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{name} must be a whole number of 1 or more, got {raw!r}")
+    return int(raw)
+
+
+def _llm_keys(env: Mapping[str, str], control_api_key: str) -> tuple[str, ...]:
+    """Read LLM_API_KEYS (comma-separated); a key that can chat must never power off."""
+    keys = tuple(k.strip() for k in env.get("LLM_API_KEYS", "").split(",") if k.strip())
+    if control_api_key and control_api_key in keys:
+        raise ConfigError(
+            "LLM_API_KEYS must not contain CONTROL_API_KEY: a chat key cannot power off"
+        )
+    return keys
 
 
 def parse_bool(env: Mapping[str, str], name: str, default: bool) -> bool:

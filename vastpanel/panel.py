@@ -2,7 +2,8 @@
 
 The JSON API, the page and the watchdog all call Panel; it alone talks to the vast.ai client
 and the store. Its jobs live in their own modules, joined here: reading and reconciling the
-instance (reading.py), power actions (power.py) and the idle rule (idle.py).
+instance (reading.py), power actions (power.py), the idle rule (idle.py) and waking the
+instance for a request to its LLM (wake.py).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .power import (
 )
 from .reading import SCHEDULING_SINCE_KEY, START_QUEUED_KEY, InstanceReading
 from .vast_client import VastClient
+from .wake import ProxyStats, WakeOnRequest
 
 __all__ = [
     "ACTIVITY_RESOLUTION_S",
@@ -49,6 +51,7 @@ __all__ = [
     "PowerBusy",
     "PowerOffResult",
     "PowerOnResult",
+    "ProxyStats",
     "StatusReport",
     "StopEvents",
     "UpstreamFailed",
@@ -79,7 +82,7 @@ class StatusReport:
         return max(0.0, (self.idle_deadline - self.now) / 60)
 
 
-class Panel(InstanceReading, PowerActions, IdleRules):
+class Panel(InstanceReading, PowerActions, IdleRules, WakeOnRequest):
     """Controls one vast.ai instance and keeps its books in SQLite."""
 
     def __init__(
@@ -104,6 +107,7 @@ class Panel(InstanceReading, PowerActions, IdleRules):
         self._local = threading.local()
         self._fetch_lock = threading.Lock()
         self._power_lock = threading.Lock()
+        self._wake_lock = threading.Lock()
         store.migrate(self.db)
 
     # --- storage ------------------------------------------------------------------------------

@@ -1,0 +1,159 @@
+"""The /v1/ pass-through end to end: the official openai client, the panel under gunicorn, the
+simulator's instance and LLM over loopback HTTP."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+import requests
+from liveserver import PanelProcess, simulator_env
+
+from vastpanel.simulator import LlmConfig, Simulator
+
+pytestmark = pytest.mark.e2e
+
+SIM_KEY = "sim-proxy-key-0123456789abcdef"
+CONTROL_KEY = "proxy-control-key-fedcba9876"
+LLM_KEY = "team-llm-key-0123456789"
+OTHER_LLM_KEY = "second-llm-key-9876543210"
+UPSTREAM_KEY = "vllm-api-key-abcdef012345"
+COMPLETION = "Hello from the simulated vast.ai instance."
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def make_sim(**llm) -> Simulator:
+    return Simulator(
+        api_key=SIM_KEY,
+        instance_id=4242,
+        schedule_delay=0.5,
+        load_delay=1.0,
+        warm_delay=1.0,
+        llm=LlmConfig(api_key=UPSTREAM_KEY, **llm),
+    )
+
+
+def start_panel(sim, tmp_path, workers: int = 1, **overrides) -> PanelProcess:
+    env = simulator_env(
+        sim,
+        tmp_path / "panel.db",
+        CONTROL_KEY,
+        LLM_API_KEYS=f"{LLM_KEY}, {OTHER_LLM_KEY}",
+        VAST_LLM_UPSTREAM_KEY=UPSTREAM_KEY,
+        VAST_STATUS_TTL_S="1",
+        VAST_WAIT_TIMEOUT_S="60",
+        VAST_AUTO_SHUTDOWN_MINUTES="60",
+        **overrides,
+    )
+    return PanelProcess(env, workers=workers, log_path=tmp_path / "server.log")
+
+
+@pytest.fixture
+def sim():
+    with make_sim() as sim:
+        yield sim
+
+
+@pytest.fixture
+def panel(sim, tmp_path):
+    process = start_panel(sim, tmp_path)
+    yield process
+    process.stop()
+
+
+def client(panel, key: str = LLM_KEY, timeout: float = 60.0) -> openai.OpenAI:
+    return openai.OpenAI(base_url=panel.url + "/v1", api_key=key, timeout=timeout, max_retries=0)
+
+
+def audit(panel) -> list[dict]:
+    return panel.api("GET", "/audit?limit=1000").json()
+
+
+def test_cold_start_then_completion_audited_as_proxy(panel, sim):
+    assert panel.api("GET", "/status").json()["status"] == "stopped"
+    answer = client(panel).chat.completions.create(model="sim-model", messages=MESSAGES)
+    assert answer.choices[0].message.content == COMPLETION
+    assert len(sim.requests(method="PUT")) == 1
+    starts = [e for e in audit(panel) if e["event"] == "power_on_requested"]
+    assert [e["actor"] for e in starts] == ["proxy"]
+    # The upstream got our upstream key, never the client's key.
+    assert sim.llm_requests(path="/v1/chat/completions")[-1]["status"] == 200
+    # Running now: the next request goes straight through, with no second start.
+    again = client(panel).chat.completions.create(model="sim-model", messages=MESSAGES)
+    assert again.choices[0].message.content == COMPLETION
+    assert len(sim.requests(method="PUT")) == 1
+
+
+def test_twenty_concurrent_requests_share_one_start(sim, tmp_path):
+    panel = start_panel(sim, tmp_path, workers=2)
+    try:
+        llm = client(panel)
+
+        def ask(_):
+            return llm.chat.completions.create(model="sim-model", messages=MESSAGES)
+
+        with ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(ask, range(20)))
+        assert [a.choices[0].message.content for a in answers] == [COMPLETION] * 20
+        assert len(sim.requests(method="PUT")) == 1
+        assert sum(e["event"] == "power_on_requested" for e in audit(panel)) == 1
+    finally:
+        panel.stop()
+
+
+@pytest.mark.parametrize(
+    "key", [None, "wrong-key-0000000000", CONTROL_KEY], ids=["missing", "wrong", "control"]
+)
+def test_bad_key_is_401_in_openai_shape(panel, sim, key):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    raw = requests.post(
+        panel.url + "/v1/chat/completions",
+        json={"model": "sim-model", "messages": MESSAGES},
+        headers=headers,
+        timeout=10,
+    )
+    assert raw.status_code == 401
+    assert set(raw.json()["error"]) >= {"message", "type", "code"}
+    if key:
+        with pytest.raises(openai.AuthenticationError) as caught:
+            client(panel, key).chat.completions.create(model="sim-model", messages=MESSAGES)
+        assert "LLM_API_KEYS" in caught.value.message
+    assert sim.requests(method="PUT") == []  # a refused request starts nothing
+
+
+def test_gpu_taken_is_503_at_once_naming_it(panel, sim):
+    sim.add_fault("resources_unavailable")
+    began = time.monotonic()
+    raw = requests.post(
+        panel.url + "/v1/chat/completions",
+        json={"model": "sim-model", "messages": MESSAGES},
+        headers={"Authorization": f"Bearer {LLM_KEY}"},
+        timeout=30,
+    )
+    assert raw.status_code == 503
+    assert time.monotonic() - began < 10  # not held for the whole wait
+    assert int(raw.headers["Retry-After"]) > 0
+    assert "GPU is taken" in raw.json()["error"]["message"]
+    assert raw.json()["error"]["code"] == "gpu_unavailable"
+    with pytest.raises(openai.InternalServerError) as caught:
+        client(panel).chat.completions.create(model="sim-model", messages=MESSAGES)
+    assert caught.value.status_code == 503
+    assert len(sim.requests(method="PUT")) == 1
+
+
+def test_cold_start_wait_is_bounded(sim, tmp_path):
+    sim.set_timing(load_delay=60.0)
+    panel = start_panel(sim, tmp_path, VAST_PROXY_WAIT_S="3")
+    try:
+        began = time.monotonic()
+        raw = requests.get(
+            panel.url + "/v1/models", headers={"Authorization": f"Bearer {LLM_KEY}"}, timeout=30
+        )
+        assert raw.status_code == 503
+        assert 2.5 < time.monotonic() - began < 15
+        assert raw.json()["error"]["code"] == "cold_start_timeout"
+        assert raw.headers["Retry-After"]
+    finally:
+        panel.stop()
