@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 import requests
-from liveserver import PanelProcess, simulator_env
+from liveserver import PanelProcess, simulator_env, wait_for
 
 from vastpanel.simulator import LlmConfig, Simulator
 
@@ -155,5 +155,82 @@ def test_cold_start_wait_is_bounded(sim, tmp_path):
         assert 2.5 < time.monotonic() - began < 15
         assert raw.json()["error"]["code"] == "cold_start_timeout"
         assert raw.headers["Retry-After"]
+    finally:
+        panel.stop()
+
+
+def stream_tokens(panel, max_tokens: int):
+    """Open a streamed completion; yield (seconds since the call, content) per content chunk."""
+    began = time.monotonic()
+    stream = client(panel, timeout=600).chat.completions.create(
+        model="sim-model", messages=MESSAGES, stream=True, max_tokens=max_tokens
+    )
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            yield time.monotonic() - began, chunk.choices[0].delta.content
+
+
+def expected_text(tokens: int) -> str:
+    words = COMPLETION.split()
+    return " ".join(words[i % len(words)] for i in range(tokens))
+
+
+def power_on(panel) -> None:
+    started = panel.api("POST", "/power/on", json={"wait_for_health": True}, timeout=60)
+    assert started.status_code == 200, started.text
+
+
+def test_stream_passes_through_as_it_is_generated(sim, tmp_path):
+    sim.backend.llm.token_delay_s = 0.25
+    panel = start_panel(sim, tmp_path)
+    try:
+        power_on(panel)
+        chunks = list(stream_tokens(panel, 16))  # 16 tokens, 4 s of generation
+        first, last = chunks[0][0], chunks[-1][0]
+        print(f"first token after {first:.2f} s, last after {last:.2f} s")
+        assert last - first > 2.5  # the first token came long before the generation ended
+        assert first < 2.0
+        assert "".join(c for _, c in chunks) == expected_text(16)
+    finally:
+        panel.stop()
+
+
+def test_instance_vanishing_mid_stream_ends_the_stream(sim, tmp_path):
+    sim.backend.llm.token_delay_s = 0.2
+    panel = start_panel(sim, tmp_path)
+    try:
+        power_on(panel)
+        received = []
+        began = time.monotonic()
+        try:
+            for _, content in stream_tokens(panel, 500):  # 100 s if nothing stopped it
+                received.append(content)
+                if len(received) == 3:
+                    sim.external("vanish")
+        except openai.APIError:
+            pass  # the client may call an unfinished stream an error; it must end either way
+        assert 3 <= len(received) < 50
+        assert time.monotonic() - began < 30
+        assert requests.get(panel.url + "/healthz", timeout=5).status_code == 200
+        assert panel.api("GET", "/status").status_code == 200
+        wait_for(lambda: "broke off" in panel.log(), 10)
+        assert panel.process.poll() is None
+    finally:
+        panel.stop()
+
+
+def test_three_minute_stream_is_not_cut_by_a_one_minute_idle_time(sim, tmp_path):
+    sim.backend.llm.token_delay_s = 1.0
+    panel = start_panel(
+        sim, tmp_path, VAST_AUTO_SHUTDOWN_MINUTES="1", VAST_WATCHDOG_INTERVAL_S="5"
+    )
+    try:
+        power_on(panel)
+        chunks = list(stream_tokens(panel, 185))  # about 3 minutes
+        assert chunks[-1][0] > 180
+        assert "".join(c for _, c in chunks) == expected_text(185)
+        assert [r["json"] for r in sim.requests(method="PUT")] == [{"state": "running"}]
+        # Idle from now on: the watchdog stops it after the idle minute, as it should.
+        wait_for(lambda: len(sim.requests(method="PUT")) == 2, 120, every=1)
     finally:
         panel.stop()
