@@ -36,17 +36,15 @@ def make_sim(**llm) -> Simulator:
 
 
 def start_panel(sim, tmp_path, workers: int = 1, **overrides) -> PanelProcess:
-    env = simulator_env(
-        sim,
-        tmp_path / "panel.db",
-        CONTROL_KEY,
-        LLM_API_KEYS=f"{LLM_KEY}, {OTHER_LLM_KEY}",
-        VAST_LLM_UPSTREAM_KEY=UPSTREAM_KEY,
-        VAST_STATUS_TTL_S="1",
-        VAST_WAIT_TIMEOUT_S="60",
-        VAST_AUTO_SHUTDOWN_MINUTES="60",
+    settings = {
+        "LLM_API_KEYS": f"{LLM_KEY}, {OTHER_LLM_KEY}",
+        "VAST_LLM_UPSTREAM_KEY": UPSTREAM_KEY,
+        "VAST_STATUS_TTL_S": "1",
+        "VAST_WAIT_TIMEOUT_S": "60",
+        "VAST_AUTO_SHUTDOWN_MINUTES": "60",
         **overrides,
-    )
+    }
+    env = simulator_env(sim, tmp_path / "panel.db", CONTROL_KEY, **settings)
     return PanelProcess(env, workers=workers, log_path=tmp_path / "server.log")
 
 
@@ -221,9 +219,7 @@ def test_instance_vanishing_mid_stream_ends_the_stream(sim, tmp_path):
 
 def test_three_minute_stream_is_not_cut_by_a_one_minute_idle_time(sim, tmp_path):
     sim.backend.llm.token_delay_s = 1.0
-    panel = start_panel(
-        sim, tmp_path, VAST_AUTO_SHUTDOWN_MINUTES="1", VAST_WATCHDOG_INTERVAL_S="5"
-    )
+    panel = start_panel(sim, tmp_path, VAST_AUTO_SHUTDOWN_MINUTES="1", VAST_WATCHDOG_INTERVAL_S="5")
     try:
         power_on(panel)
         chunks = list(stream_tokens(panel, 185))  # about 3 minutes

@@ -18,7 +18,7 @@ from . import leases, store
 from .errors import ClientGone, LlmUnavailable, PanelError, UpstreamFailed
 from .instance_state import QUEUED_MESSAGE, InstanceState, endpoint_base_url
 from .power import HEALTH_WAIT_LEASE
-from .reading import START_QUEUED_KEY
+from .reading import SCHEDULING_SINCE_KEY, START_QUEUED_KEY
 
 PROXY_ACTOR = "proxy"
 IN_FLIGHT_LEASE = "proxy_in_flight/"
@@ -29,6 +29,9 @@ WAKE_POLL_S = 1.0  # how often a waiting request looks again (vast.ai itself: th
 IN_FLIGHT_TTL_S = 120.0  # renewed while a stream flows; a lease outlives a stuck request no more
 TOUCH_EVERY_S = 15.0  # a flowing stream renews its lease and the activity this often
 QUEUED_RETRY_S = 60
+# A start seen scheduling this long (a queued start made elsewhere, e.g. the console) waits for
+# a GPU someone else has: such a wait can last hours, so requests are not held for it.
+SCHEDULING_TAKEN_AFTER_S = 120.0
 TIMEOUT_RETRY_S = 30
 # States that never become running by themselves and that a start does not fix from here.
 DEAD_ENDS = frozenset({"not_found", "unknown", "offline", "frozen"})
@@ -122,7 +125,7 @@ class WakeOnRequest:
                         QUEUED_RETRY_S,
                         "instance_unavailable",
                     )
-                if state.status == "scheduling" and store.get_value(self.db, START_QUEUED_KEY):
+                if state.status == "scheduling" and self._gpu_taken():
                     raise LlmUnavailable(QUEUED_MESSAGE, QUEUED_RETRY_S, "gpu_unavailable")
                 if gone():
                     raise ClientGone()
@@ -140,6 +143,12 @@ class WakeOnRequest:
         finally:
             store.release_lease(self.db, waiting, self.holder)
             store.release_lease(self.db, wait_lease, self.holder)
+
+    def _gpu_taken(self) -> bool:
+        """Tell whether a scheduling start waits for a GPU someone else has (queued, or long)."""
+        since = store.get_value(self.db, SCHEDULING_SINCE_KEY)
+        long_wait = since is not None and self.clock.now() - since >= SCHEDULING_TAKEN_AFTER_S
+        return long_wait or store.get_value(self.db, START_QUEUED_KEY) is not None
 
     def _llm_ready(self) -> tuple[InstanceState, str | None]:
         """Read the shared answer; give the LLM's base URL if its health URL has answered."""
