@@ -7,7 +7,7 @@ import time
 import pytest
 
 from conftest import CONTROL_KEY, HEALTH_URL, INSTANCE_ID, base_config, load_fixture
-from vastpanel import create_app, store
+from vastpanel import MAX_BODY_BYTES, create_app, store
 
 ROUTES = [
     ("get", "/infra/vast/status"),
@@ -547,3 +547,22 @@ def test_state_survives_a_restart(tmp_path, clock, vast):
     assert body["total_runtime_hours"] == pytest.approx(610 / 3600)
     assert body["last_activity"] is not None
     assert second.get("/infra/vast/costs").json["sessions_count"] == 1
+
+
+# --- request size ---------------------------------------------------------------------------
+
+
+def test_a_body_over_the_limit_is_refused_unread_with_json(client, panel):
+    big = json.dumps({"pad": "x" * MAX_BODY_BYTES})
+    response = client.post("/infra/vast/activity", data=big, content_type="application/json")
+    assert response.status_code == 413
+    assert response.json == {
+        "detail": f"The request body is too large: at most {MAX_BODY_BYTES} bytes."
+    }
+    assert store.get_value(panel.db, "last_activity") is None
+    # Refused before the key check: an unauthenticated body is not read either.
+    anonymous = client.application.test_client()
+    assert anonymous.post("/infra/vast/power/on", data=big).status_code == 413
+    assert anonymous.post("/signin", data={"key": "x" * MAX_BODY_BYTES}).status_code == 413
+    small = client.post("/infra/vast/activity", json={"pad": "x" * 1000})
+    assert small.status_code == 200

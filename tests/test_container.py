@@ -109,7 +109,7 @@ def test_compose_example(compose_service):
     assert volume.split(":")[1] == json.loads(last("VOLUME"))[0]
     assert all(port.startswith("127.0.0.1:") for port in compose_service["ports"])
     env = compose_service["environment"]
-    known = config_variables() | {"VASTPANEL_BIND", "VASTPANEL_WORKERS", "VASTPANEL_THREADS"}
+    known = config_variables() | {"VASTPANEL_BIND", "VASTPANEL_WORKERS", "VASTPANEL_CONNECTIONS"}
     assert set(env) <= known, set(env) - known
     for secret in ("VAST_API_KEY", "CONTROL_API_KEY"):
         assert env[secret].startswith("${" + secret + ":?"), "secrets come from .env"

@@ -10,14 +10,19 @@ from typing import Any
 
 from flask import Flask, jsonify, request
 from htmx_flask import Htmx
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .config import Config, ConfigError
 from .log_config import configure_logging
-from .panel import Panel
 
 ROOT = Path(__file__).resolve().parent.parent
 API_PREFIX = "/infra/vast"
+# Request bodies: the API takes small JSON objects and the page small forms, so anything larger
+# is refused (413) before it is read. The LLM proxy's /v1/ routes take up to 32 MiB: proxy.py
+# raises the limit for those requests only, in an app hook that runs before the check, with
+# `request.max_content_length = LLM_MAX_BODY_BYTES` (Flask 3.1 lets one request raise it).
+MAX_BODY_BYTES = 64 * 1024
+LLM_MAX_BODY_BYTES = 32 * 1024 * 1024
 
 htmx = Htmx()
 log = logging.getLogger("vastpanel")
@@ -40,25 +45,43 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         template_folder=str(ROOT / "templates"),
         static_folder=str(ROOT / "static"),
     )
-    app.config.from_mapping(TESTING=test_config is not None, JSON_SORT_KEYS=False)
+    app.config.from_mapping(
+        TESTING=test_config is not None,
+        JSON_SORT_KEYS=False,
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+    )
     if test_config is not None:
         app.config.update({k: v for k, v in test_config.items() if k in ("TESTING",)})
     if not app.testing:
         configure_logging()  # lines to stderr with time and level, unless already configured
+    # Imported here, not at the top: gunicorn.conf.py imports this package in gunicorn's master,
+    # and the gevent worker must monkey-patch ssl before requests/urllib3 import names from it.
+    from .panel import Panel
+
     panel = Panel(
         config,
         clock=(test_config or {}).get("CLOCK"),
         http=(test_config or {}).get("HTTP_SESSION"),
     )
     app.extensions["vastpanel"] = panel
+    # flaskr's rule: nothing a request opens outlives it. Each request (a thread, or a greenlet
+    # under gevent, where every request is a new one) gets its own SQLite connection on first
+    # use; it is closed here rather than left to the thread-local, which would keep one per
+    # greenlet until the garbage collector found it.
+    app.teardown_appcontext(lambda _exc: panel.close())
     htmx.init_app(app)
 
     from . import api, auth, cli, health, openapi, pages, proxy
 
+    # First of all the hooks (before the key check and CSRF): a body announced too large is
+    # refused unread. A chunked one is cut by Werkzeug when it is read past the limit.
+    # /v1/: the LLM pass-through, with its own keys (LLM_API_KEYS); first, because it raises
+    # the body limit for its requests (32 MiB) before the check below reads it.
+    proxy.init_app(app)
+    app.before_request(_refuse_large_body)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)  # its own blueprint: served without X-API-Key
-    proxy.init_app(app)  # /v1/: the LLM pass-through, with its own keys (LLM_API_KEYS)
     auth.init_app(app, source, panel)  # session cookie, sign-in, CSRF (the API is exempt)
     app.register_blueprint(pages.bp)
     app.cli.add_command(cli.vast)
@@ -78,10 +101,20 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
+def _refuse_large_body() -> None:
+    """Refuse a request whose Content-Length is over this request's limit, without reading it."""
+    limit = request.max_content_length
+    if limit is not None and (request.content_length or 0) > limit:
+        raise RequestEntityTooLarge(f"The request body is too large: at most {limit} bytes.")
+
+
 def _http_error(exc: HTTPException):
     """Answer JSON to API clients; leave other paths to Flask's HTML pages."""
     if request.path.startswith(API_PREFIX):
-        return jsonify(detail=exc.description or exc.name), exc.code or 500
+        detail = exc.description or exc.name
+        if isinstance(exc, RequestEntityTooLarge) and request.max_content_length is not None:
+            detail = f"The request body is too large: at most {request.max_content_length} bytes."
+        return jsonify(detail=detail), exc.code or 500
     return exc
 
 

@@ -22,6 +22,7 @@ EVENT_LABELS = {
     "instance_healthy": "LLM healthy",
     "admin_signed_in": "Admin signed in",
     "admin_signed_out": "Admin signed out",
+    "auth_lockout": "Locked out after wrong keys",
 }
 DETAIL_LABELS = {
     "instance_id": "instance",
@@ -35,6 +36,7 @@ DETAIL_LABELS = {
     "remote_addr": "from",
     "wait_for_health": "wait for health",
     "timeout_s": "timeout",
+    "client": "from",
 }
 
 

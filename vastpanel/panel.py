@@ -2,8 +2,8 @@
 
 The JSON API, the page and the watchdog all call Panel; it alone talks to the vast.ai client
 and the store. Its jobs live in their own modules, joined here: reading and reconciling the
-instance (reading.py), power actions (power.py), the idle rule (idle.py) and waking the
-instance for a request to its LLM (wake.py).
+instance (reading.py), power actions (power.py), the idle rule (idle.py), the key check with
+its brute-force lockout (lockout.py) and waking the instance for a request to its LLM (wake.py).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .config import Config
 from .errors import HealthTimeout, NotConfigured, PanelError, PowerBusy, UpstreamFailed
 from .idle import ACTIVITY_RESOLUTION_S, IdleRules
 from .instance_state import InstanceState
+from .lockout import KeyCheck, KeyLockout
 from .logs import install_redaction, redact
 from .power import (
     AUTO_STOP,
@@ -45,6 +46,7 @@ __all__ = [
     "HEALTH_WAIT_LEASE",
     "MANUAL_STOP",
     "HealthTimeout",
+    "KeyCheck",
     "NotConfigured",
     "Panel",
     "PanelError",
@@ -82,7 +84,7 @@ class StatusReport:
         return max(0.0, (self.idle_deadline - self.now) / 60)
 
 
-class Panel(InstanceReading, PowerActions, IdleRules, WakeOnRequest):
+class Panel(InstanceReading, PowerActions, IdleRules, KeyLockout, WakeOnRequest):
     """Controls one vast.ai instance and keeps its books in SQLite."""
 
     def __init__(

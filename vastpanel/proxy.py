@@ -22,6 +22,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from urllib3.exceptions import HTTPError as Urllib3Error
 from werkzeug.exceptions import HTTPException
 
+from . import LLM_MAX_BODY_BYTES
 from .auth import csrf
 from .errors import ClientGone, LlmUnavailable, PanelError
 from .panel import Panel
@@ -30,7 +31,6 @@ from .wake import ProxyTicket
 bp = Blueprint("proxy", __name__, url_prefix="/v1")
 log = logging.getLogger("vastpanel")
 
-MAX_BODY_BYTES = 32 * 1024 * 1024
 CHUNK_BYTES = 16 * 1024  # what one read from the LLM may give; smaller pieces pass at once
 CONNECT_TIMEOUT_S = 10.0
 # Between two pieces of an answer: a long prompt can take minutes before its first token.
@@ -73,7 +73,14 @@ def init_app(app: Flask) -> None:
     session.trust_env = False  # the instance is reached directly, never through $HTTP_PROXY
     app.extensions["vastpanel_proxy_http"] = session
     csrf.exempt(bp)  # a client with a bearer key, not a browser form
+    app.before_request(allow_large_bodies)  # an app hook: it must run before the limit's check
     app.register_blueprint(bp)
+
+
+def allow_large_bodies() -> None:
+    """Let /v1/ requests carry up to 32 MiB (prompts with documents); the rest keep the app's."""
+    if request.blueprint == bp.name:
+        request.max_content_length = LLM_MAX_BODY_BYTES
 
 
 def get_panel() -> Panel:
@@ -92,7 +99,6 @@ def openai_error(status: int, message: str, kind: str, code: str | None, **heade
 @bp.before_request
 def require_llm_key():
     """Refuse requests without one of LLM_API_KEYS; answer 404 while no key is configured."""
-    request.max_content_length = MAX_BODY_BYTES
     keys = get_panel().config.llm_api_keys
     if not keys:
         return openai_error(404, OFF_MESSAGE, "invalid_request_error", "proxy_disabled")
@@ -221,6 +227,8 @@ def _relay(upstream: requests.Response, ticket: ProxyTicket, path: str) -> Itera
     finally:  # also on GeneratorExit, when the client went away
         upstream.close()
         ticket.close()
+        # The body flows after the request's teardown: close the connection opened since.
+        ticket.panel.close()
 
 
 def client_gone(environ: dict[str, Any]) -> Callable[[], bool]:

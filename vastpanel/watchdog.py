@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
 import traceback
@@ -27,6 +28,7 @@ from typing import Any
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import BaseScheduler
 from flask import Flask
 from flask.helpers import get_debug_flag
 from flask_apscheduler import APScheduler
@@ -126,14 +128,7 @@ class Watchdog:
 
     def start(self, app: Flask) -> None:
         """Start the scheduler: a look now, then every interval, plus one at each idle deadline."""
-        scheduler = APScheduler(
-            BackgroundScheduler(
-                timezone=UTC,
-                executors={"default": ThreadPoolExecutor(max_workers=2)},
-                # A look is cheap and idempotent: run a late one rather than skip it.
-                job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-            )
-        )
+        scheduler = APScheduler(new_scheduler())
         scheduler.init_app(app)
         scheduler.add_job(
             LOOK_JOB,
@@ -163,6 +158,8 @@ class Watchdog:
         try:
             if self.scheduler.running:
                 self.scheduler.shutdown(wait=True)
+            with self._look_lock:
+                pass  # a look still running (gevent's executor does not wait for it) ends first
             store.release_lease(self.panel.db, LEASE, self.panel.holder)
             self._lease_until = None
         except Exception as exc:  # at exit the database may be gone; nothing left to protect
@@ -215,6 +212,36 @@ class Watchdog:
                 # it falls due before that look has returned (looks queue on the look lock).
                 max_instances=2,
             )
+
+
+def new_scheduler() -> BaseScheduler:
+    """Return the scheduler that suits this process: greenlets under gevent, else threads.
+
+    gunicorn's gevent worker monkey-patches the process, so a BackgroundScheduler would still
+    work (its threads become greenlets), but APScheduler's gevent scheduler and executor say so
+    plainly: the scheduler loop and each look are greenlets on the worker's hub, and a look
+    waiting on vast.ai yields to the requests.
+    """
+    # A look is cheap and idempotent: run a late one rather than skip it.
+    job_defaults = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+    if gevent_patched():
+        from apscheduler.executors.gevent import GeventExecutor
+        from apscheduler.schedulers.gevent import GeventScheduler
+
+        return GeventScheduler(
+            timezone=UTC, executors={"default": GeventExecutor()}, job_defaults=job_defaults
+        )
+    return BackgroundScheduler(
+        timezone=UTC,
+        executors={"default": ThreadPoolExecutor(max_workers=2)},
+        job_defaults=job_defaults,
+    )
+
+
+def gevent_patched() -> bool:
+    """Tell whether gevent has monkey-patched this process (as gunicorn's gevent worker does)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("threading")
 
 
 def watchdog_wanted(source: Mapping[str, Any], testing: bool) -> bool:
