@@ -3,6 +3,7 @@ simulator's instance and LLM over loopback HTTP."""
 
 from __future__ import annotations
 
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -228,5 +229,95 @@ def test_three_minute_stream_is_not_cut_by_a_one_minute_idle_time(sim, tmp_path)
         assert [r["json"] for r in sim.requests(method="PUT")] == [{"state": "running"}]
         # Idle from now on: the watchdog stops it after the idle minute, as it should.
         wait_for(lambda: len(sim.requests(method="PUT")) == 2, 120, every=1)
+    finally:
+        panel.stop()
+
+
+def signed_in(panel) -> requests.Session:
+    session = requests.Session()
+    page = session.get(panel.url + "/signin", timeout=10)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    answer = session.post(
+        panel.url + "/signin",
+        data={"csrf_token": token, "key": CONTROL_KEY},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert answer.status_code == 303
+    return session
+
+
+def probe_latencies(panel, page: requests.Session, rounds: int = 10) -> dict[str, float]:
+    """Call /activity, /healthz and the page's status partial; return each one's slowest."""
+    calls = {
+        "activity": lambda: panel.api("POST", "/activity", json={}, timeout=10),
+        "healthz": lambda: requests.get(panel.url + "/healthz", timeout=10),
+        "page": lambda: page.get(panel.url + "/partials/status", timeout=10),
+    }
+    slowest = dict.fromkeys(calls, 0.0)
+    for _ in range(rounds):
+        for name, call in calls.items():
+            began = time.monotonic()
+            assert call().status_code == 200, name
+            slowest[name] = max(slowest[name], time.monotonic() - began)
+        time.sleep(0.05)
+    return slowest
+
+
+def test_panel_answers_promptly_with_waiters_and_open_streams(tmp_path):
+    with make_sim() as sim:
+        sim.set_timing(load_delay=8.0)
+        panel = start_panel(sim, tmp_path)
+        try:
+            page = signed_in(panel)
+            llm = client(panel, timeout=120)
+            with ThreadPoolExecutor(20) as pool:
+                waiting = [
+                    pool.submit(llm.chat.completions.create, model="sim-model", messages=MESSAGES)
+                    for _ in range(20)
+                ]
+                assert wait_for(lambda: 'data-proxy-waiting="20"' in page.get(
+                    panel.url + "/partials/status", timeout=10).text, 10)  # fmt: skip
+                during_wait = probe_latencies(panel, page)
+                answers = [f.result() for f in waiting]
+            assert len(answers) == 20 and len(sim.requests(method="PUT")) == 1
+            print("slowest while 20 wait for the start:", during_wait)
+
+            sim.backend.llm.token_delay_s = 0.5
+            streams = ThreadPoolExecutor(50)
+            opened = [
+                streams.submit(lambda: list(stream_tokens(panel, 40))) for _ in range(50)
+            ]  # each about 20 s
+            assert wait_for(lambda: 'data-proxy-in-flight="50"' in page.get(
+                panel.url + "/partials/status", timeout=10).text, 15)  # fmt: skip
+            during_streams = probe_latencies(panel, page)
+            texts = ["".join(c for _, c in f.result()) for f in opened]
+            streams.shutdown()
+            assert texts == [expected_text(40)] * 50
+            print("slowest with 50 open streams:", during_streams)
+            for slowest in (during_wait, during_streams):
+                assert max(slowest.values()) < 1.0, slowest  # generous: a loaded 2-core box
+        finally:
+            panel.stop()
+
+
+def test_client_leaving_while_waiting_stops_waiting(sim, tmp_path):
+    sim.set_timing(load_delay=60.0)
+    panel = start_panel(sim, tmp_path)
+    try:
+        page = signed_in(panel)
+        with pytest.raises(requests.Timeout):  # the client gives up after 2 s
+            requests.get(
+                panel.url + "/v1/models", headers={"Authorization": f"Bearer {LLM_KEY}"},
+                timeout=(5, 2),
+            )  # fmt: skip
+        assert wait_for(
+            lambda: (
+                'data-proxy-in-flight="0"'
+                in page.get(panel.url + "/partials/status", timeout=10).text
+            ),
+            10,
+        )
+        assert "left while waiting" in panel.log()
     finally:
         panel.stop()

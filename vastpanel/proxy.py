@@ -32,7 +32,9 @@ bp = Blueprint("proxy", __name__, url_prefix="/v1")
 log = logging.getLogger("vastpanel")
 
 CHUNK_BYTES = 16 * 1024
-SMALL_ANSWER_BYTES = 256 * 1024  # answers of known length up to this are read at once  # what one read from the LLM may give; smaller pieces pass at once
+SMALL_ANSWER_BYTES = (
+    256 * 1024
+)  # answers of known length up to this are read at once  # what one read from the LLM may give; smaller pieces pass at once
 CONNECT_TIMEOUT_S = 10.0
 # Between two pieces of an answer: a long prompt can take minutes before its first token.
 READ_TIMEOUT_S = 900.0
