@@ -8,7 +8,7 @@ import json
 import pytest
 import responses
 
-from conftest import CONTROL_KEY, base_config
+from conftest import CONTROL_KEY, INSTANCE_URL, base_config
 from vastpanel import ConfigError, create_app
 from vastpanel.config import Config
 from vastpanel.wake import IN_FLIGHT_LEASE, WAITING_LEASE
@@ -223,3 +223,22 @@ def open_fixture(name: str) -> str:
     from conftest import FIXTURES
 
     return (FIXTURES / name).read_text()
+
+
+def test_a_healthy_llm_is_served_while_vast_ai_fails(app, vast, llm, panel, clock):
+    vast.set_running()
+    client = app.test_client()
+    assert client.post("/v1/chat/completions", json=BODY, headers=BEARER).status_code == 200
+    clock.advance(60)  # the shared answer is stale; vast.ai now answers 429
+    vast.mock.replace(responses.GET, INSTANCE_URL, status=429, body="API requests too frequent")
+    response = client.post("/v1/chat/completions", json=BODY, headers=BEARER)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert len(llm) == 2
+
+
+def test_vast_ai_failing_before_any_healthy_answer_is_503(app, vast, panel):
+    vast.mock.replace(responses.GET, INSTANCE_URL, status=500, body="{}")
+    response = app.test_client().post("/v1/chat/completions", json=BODY, headers=BEARER)
+    assert response.status_code == 503
+    assert error_of(response)["code"] == "vast_unavailable"
+    assert response.headers["Retry-After"]

@@ -110,6 +110,7 @@ class Panel(InstanceReading, PowerActions, IdleRules, KeyLockout, WakeOnRequest)
         self._fetch_lock = threading.Lock()
         self._power_lock = threading.Lock()
         self._wake_lock = threading.Lock()
+        self._llm_address: tuple[int, str] | None = None  # (session id, LLM base URL) last seen
         store.migrate(self.db)
         # One connection held open for the process's life, idle. SQLite checkpoints the WAL and
         # deletes it whenever the last connection to the file closes; with one connection per

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from . import leases, store
 from .errors import ClientGone, LlmUnavailable, PanelError, UpstreamFailed
 from .instance_state import QUEUED_MESSAGE, InstanceState, endpoint_base_url
-from .power import HEALTH_WAIT_LEASE
+from .power import HEALTH_WAIT_LEASE, HEALTHY_SESSION_KEY
 from .reading import SCHEDULING_SINCE_KEY, START_QUEUED_KEY
 
 PROXY_ACTOR = "proxy"
@@ -155,14 +155,24 @@ class WakeOnRequest:
         try:
             state = self.instance_state()
         except UpstreamFailed as exc:
+            # vast.ai down or limiting us says nothing about the LLM: while the session whose
+            # health URL answered is still open, keep serving it at the address last read.
+            session = store.current_session(self.db)
+            known = self._llm_address
+            healthy = store.get_value(self.db, HEALTHY_SESSION_KEY)
+            if known and session is not None and known[0] == session.id == healthy:
+                return InstanceState("running"), known[1]
             raise LlmUnavailable(
                 f"vast.ai cannot be read: {exc.message}", TIMEOUT_RETRY_S, "vast_unavailable"
             ) from None
-        if not self._session_healthy(state, store.current_session(self.db)):
+        session = store.current_session(self.db)  # read after: a fresh answer may open it
+        if not self._session_healthy(state, session):
             return state, None
         cached = store.read_cached_instance(self.db)
         port = self.config.llm_port or self.config.health_port
         base = endpoint_base_url(cached.payload, port) if cached and cached.payload else None
+        if base is not None and session is not None:
+            self._llm_address = (session.id, base)  # a cache of this process, for the above
         return state, base
 
     def _start_for_proxy(self) -> None:
