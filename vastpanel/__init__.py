@@ -56,12 +56,17 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         configure_logging()  # lines to stderr with time and level, unless already configured
     # Imported here, not at the top: gunicorn.conf.py imports this package in gunicorn's master,
     # and the gevent worker must monkey-patch ssl before requests/urllib3 import names from it.
+    from .cli import running_cli_command
     from .panel import Panel
 
+    # `flask --app app vast ...` and other commands (not `flask run`) serve nothing: no
+    # watchdog, no secret key file, and no database created before a command asks for one.
+    command_only = running_cli_command()
     panel = Panel(
         config,
         clock=(test_config or {}).get("CLOCK"),
         http=(test_config or {}).get("HTTP_SESSION"),
+        open_now=not command_only,
     )
     app.extensions["vastpanel"] = panel
     # flaskr's rule: nothing a request opens outlives it. Each request (a thread, or a greenlet
@@ -82,7 +87,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)  # its own blueprint: served without X-API-Key
-    auth.init_app(app, source, panel)  # session cookie, sign-in, CSRF (the API is exempt)
+    # The session cookie, sign-in and CSRF (the API is exempt).
+    auth.init_app(app, source, panel, keep_secret_key=not command_only)
     app.register_blueprint(pages.bp)
     app.cli.add_command(cli.vast)
     app.register_error_handler(HTTPException, _http_error)
@@ -90,11 +96,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     from . import watchdog
 
-    watchdog.init_app(app, panel, source, testing=test_config is not None)
+    if command_only:
+        log.debug("watchdog: not started for a CLI command")
+    else:
+        watchdog.init_app(app, panel, source, testing=test_config is not None)
 
-    if not config.control_api_key:
+    if not config.control_api_key and not command_only:
         log.warning("CONTROL_API_KEY is not set: every %s request is refused.", API_PREFIX)
-    if not config.vast_configured:
+    if not config.vast_configured and not command_only:
         log.warning(
             "%s not set: status is 'unconfigured'.", " and ".join(config.missing_vast_settings)
         )

@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify, request, url_for
 
 from .clock import iso_utc
 from .config import is_health_path
@@ -19,6 +19,7 @@ from .panel import (
     PowerBusy,
     StatusReport,
 )
+from .store import AuditEntry
 
 bp = Blueprint("api", __name__, url_prefix="/infra/vast")
 
@@ -158,13 +159,27 @@ def costs():
 
 @bp.get("/audit")
 def audit():
-    """List audit entries, newest first."""
+    """List audit entries, newest first; a Link header points at the next (older) page."""
     limit = query_int("limit", 50, 1, 1000)
     before = query_int("before", None, 1, None)
-    entries = get_panel().audit_log(limit, before)
-    return jsonify(
-        [{"ts": iso_utc(e.ts), "event": e.event, "actor": e.actor, "meta": e.meta} for e in entries]
-    )
+    entries = get_panel().audit_log(limit + 1, before)  # one more tells whether older exist
+    response = jsonify([audit_json(e) for e in entries[:limit]])
+    if len(entries) > limit:
+        # Relative, so it stays right behind a reverse proxy that rewrites the host.
+        older = url_for("api.audit", before=entries[limit - 1].id, limit=limit)
+        response.headers["Link"] = f'<{older}>; rel="next"'
+    return response
+
+
+def audit_json(entry: AuditEntry) -> dict[str, Any]:
+    """Shape one audit entry as the API answers it."""
+    return {
+        "id": entry.id,
+        "ts": iso_utc(entry.ts),
+        "event": entry.event,
+        "actor": entry.actor,
+        "meta": entry.meta,
+    }
 
 
 def json_body() -> dict[str, Any]:

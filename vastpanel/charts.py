@@ -1,6 +1,6 @@
 """The spending chart's geometry: cost per day as SVG bars, laid out on the server.
 
-The template `_cost_chart.html` draws what this computes; no chart script runs in the browser.
+The template `_costs.html` draws what this computes; no chart script runs in the browser.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ TOP = 10
 BOTTOM = 24  # room for the date labels
 BAR_FILL = 0.7  # share of a day's slot the bar takes
 LABEL_EVERY_DAYS = 7
-MIN_SCALE_USD = 1.0  # so a few cents do not fill the chart
 
 
 @dataclass(frozen=True)
@@ -71,12 +70,18 @@ def nice_ceiling(value: float) -> float:
     return 10 * power  # pragma: no cover
 
 
+def _written_exactly(value: float) -> bool:
+    """Tell whether usd() writes value without rounding it."""
+    return abs(float(usd(value).lstrip("$").replace(",", "")) - value) < 1e-9
+
+
 def cost_chart(days: list[DayCost]) -> CostChart:
     """Lay out one bar per day, oldest on the left, scaled to a rounded-up maximum."""
     plot_w = WIDTH - LEFT - RIGHT
     plot_h = HEIGHT - TOP - BOTTOM
     slot = plot_w / max(len(days), 1)
-    top_value = nice_ceiling(max([MIN_SCALE_USD, *(d.cost_usd for d in days)]))
+    # Scaled to the data, so a few cents still draw bars; all-zero days keep a $1 frame.
+    top_value = nice_ceiling(max([0.0, *(d.cost_usd for d in days)]))
     bars, x_ticks = [], []
     for i, day in enumerate(days):
         height = plot_h * day.cost_usd / top_value
@@ -101,6 +106,8 @@ def cost_chart(days: list[DayCost]) -> CostChart:
     y_ticks = [
         Tick(round(TOP + plot_h * (1 - share), 2), usd(top_value * share))
         for share in (0.0, 0.5, 1.0)
+        # A middle label that money rounding would misstate (e.g. $0.0125) is left out.
+        if share != 0.5 or _written_exactly(top_value * share)
     ]
     total = sum(d.cost_usd for d in days)
     first, last = (days[0].day, days[-1].day) if days else (None, None)

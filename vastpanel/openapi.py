@@ -13,6 +13,8 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
+from .events import ACTORS, EVENTS
+
 bp = Blueprint("openapi", __name__)
 
 PREFIX = "/infra/vast"
@@ -171,9 +173,24 @@ SCHEMAS: dict[str, Any] = {
     ),
     "AuditEntry": _object(
         {
+            "id": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "The entry's id; pass it as `before` to read older entries.",
+            },
             "ts": TIMESTAMP,
-            "event": {"type": "string", "description": "e.g. power_on_requested"},
-            "actor": {"type": "string", "description": "api, page, cli or system"},
+            "event": {
+                "enum": list(EVENTS),
+                "description": "What happened: "
+                + "; ".join(f"{name}: {event.label}" for name, event in EVENTS.items())
+                + ".",
+            },
+            "actor": {
+                "enum": list(ACTORS),
+                "description": "Who acted: "
+                + "; ".join(f"{name}: {who}" for name, who in ACTORS.items())
+                + ".",
+            },
             "meta": {"type": "object", "description": "Event details; secrets are redacted."},
         }
     ),
@@ -276,7 +293,18 @@ SPEC: dict[str, Any] = {
             "get": _operation(
                 "audit",
                 "Audit entries, newest first",
-                _json({"type": "array", "items": _ref("AuditEntry")}, "Up to limit entries."),
+                {
+                    **_json({"type": "array", "items": _ref("AuditEntry")}, "Up to limit entries."),
+                    "headers": {
+                        "Link": {
+                            "description": (
+                                'When older entries exist: `<...?before=ID&limit=N>; rel="next"`, '
+                                "the URL (relative to this one) of the next page."
+                            ),
+                            "schema": {"type": "string"},
+                        }
+                    },
+                },
                 {"422": INVALID},
                 parameters=[
                     {

@@ -104,6 +104,7 @@ def status_context(notice: str | None = None, notice_is_error: bool = False) -> 
         "error": error,
         "session": report.session if report else panel.current_session(),
         "last_session": panel.latest_closed_session(),
+        "last_stop": panel.last_stop(),
         "now": report.now if report else panel.clock.now(),
         "notice": notice,
         "notice_is_error": notice_is_error,

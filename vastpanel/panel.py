@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from . import leases, store
 from .clock import Clock
 from .config import Config
 from .errors import HealthTimeout, NotConfigured, PanelError, PowerBusy, UpstreamFailed
+from .events import is_known
 from .idle import ACTIVITY_RESOLUTION_S, IdleRules
 from .instance_state import InstanceState
 from .lockout import KeyCheck, KeyLockout
@@ -84,6 +86,29 @@ class StatusReport:
         return max(0.0, (self.idle_deadline - self.now) / 60)
 
 
+# The entries that end a session: a stop by someone, an auto-shutdown, or a stop seen on vast.ai.
+STOP_DONE_EVENTS = (MANUAL_STOP.complete, AUTO_STOP.complete, "session_closed")
+
+
+@dataclass(frozen=True)
+class LastStop:
+    """The last stop, as the audit tells it."""
+
+    at: float
+    event: str
+    actor: str
+    idle_minutes: float | None  # for an auto-shutdown: how long the instance had been idle
+
+    @property
+    def by_auto_shutdown(self) -> bool:
+        return self.event == AUTO_STOP.complete
+
+    @property
+    def seen_on_vast(self) -> bool:
+        """The stop was made outside the panel (vast.ai's console, its CLI) and seen later."""
+        return self.event == "session_closed"
+
+
 class Panel(InstanceReading, PowerActions, IdleRules, KeyLockout, WakeOnRequest):
     """Controls one vast.ai instance and keeps its books in SQLite."""
 
@@ -93,7 +118,10 @@ class Panel(InstanceReading, PowerActions, IdleRules, KeyLockout, WakeOnRequest)
         *,
         clock: Clock | None = None,
         http: requests.Session | None = None,
+        open_now: bool = True,
     ):
+        """Bind the panel to its config; open (and migrate) the database now unless open_now
+        is false, as for a CLI command that must not create a database it cannot find."""
         self.config = config
         self.clock = clock or Clock()
         self.http = http or requests.Session()
@@ -111,12 +139,16 @@ class Panel(InstanceReading, PowerActions, IdleRules, KeyLockout, WakeOnRequest)
         self._power_lock = threading.Lock()
         self._wake_lock = threading.Lock()
         self._llm_address: tuple[int, str] | None = None  # (session id, LLM base URL) last seen
-        store.migrate(self.db)
-        # One connection held open for the process's life, idle. SQLite checkpoints the WAL and
-        # deletes it whenever the last connection to the file closes; with one connection per
-        # request, that was every request (measured: a close took ~1.3 ms, an open ~0.8 ms,
-        # half of a proxied request's time). WAL's own checkpoints (every 1000 pages) go on.
-        self._anchor = store.open_db(config.db_path) if config.db_path != ":memory:" else None
+        self._migrated = False
+        self._anchor = None
+        if open_now:
+            self.db  # noqa: B018 (opening it applies pending migrations)
+            # One connection held open for the process's life, idle. SQLite checkpoints the WAL
+            # and deletes it whenever the last connection to the file closes; with one
+            # connection per request, that was every request (measured: a close took ~1.3 ms,
+            # an open ~0.8 ms, half of a proxied request's time). WAL's own checkpoints go on.
+            if config.db_path != ":memory:":
+                self._anchor = store.open_db(config.db_path)
 
     # --- storage ------------------------------------------------------------------------------
 
@@ -126,6 +158,9 @@ class Panel(InstanceReading, PowerActions, IdleRules, KeyLockout, WakeOnRequest)
         db = getattr(self._local, "db", None)
         if db is None:
             db = store.open_db(self.config.db_path)
+            if not self._migrated:
+                store.migrate(db)
+                self._migrated = True
             self._local.db = db
         return db
 
@@ -138,6 +173,10 @@ class Panel(InstanceReading, PowerActions, IdleRules, KeyLockout, WakeOnRequest)
 
     def audit(self, event: str, actor: str, **meta: Any) -> None:
         """Append an audit entry (secrets redacted) and log it as one line."""
+        if not is_known(event, actor):  # an error in the tests (warnings are errors there)
+            warnings.warn(
+                f"audit event {event!r} by {actor!r} is not in events.EVENTS", stacklevel=2
+            )
         clean = {k: self.redact(v) for k, v in meta.items() if v is not None}
         store.add_audit(self.db, self.clock.now(), event, actor, clean)
         details = " ".join(f"{k}={v}" for k, v in sorted(clean.items()))
@@ -191,6 +230,18 @@ class Panel(InstanceReading, PowerActions, IdleRules, KeyLockout, WakeOnRequest)
     def latest_closed_session(self) -> store.Session | None:
         """Return the session that ended last, or None."""
         return store.latest_closed_session(self.db)
+
+    def last_stop(self) -> LastStop | None:
+        """Say from the audit who or what stopped the instance last, when, and after how long
+        idle for an auto-shutdown; None when nothing was ever stopped."""
+        entry = store.latest_audit(self.db, STOP_DONE_EVENTS)
+        if entry is None:
+            return None
+        idle = None
+        if entry.event == AUTO_STOP.complete:
+            asked = store.latest_audit(self.db, (AUTO_STOP.requested,), entry.id)
+            idle = asked.meta.get("inactive_minutes") if asked is not None else None
+        return LastStop(at=entry.ts, event=entry.event, actor=entry.actor, idle_minutes=idle)
 
     def _require_configured(self) -> None:
         missing = self.config.missing_vast_settings

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import store
 from .errors import HealthTimeout, PowerBusy, UpstreamFailed
+from .formatting import minutes_text, usd
 from .instance_state import InstanceState, endpoint_base_url
 from .reading import START_QUEUED_KEY
 from .vast_client import VastError, fetch_health
@@ -290,6 +291,16 @@ class PowerActions:
                 return PowerOffResult(
                     0.0, 0.0, True, "Instance is already stopped; no stop was sent."
                 )
+            if state.intended_status == "stopped":
+                # vast.ai has the stop (ours a moment ago, or one from its console): sending it
+                # again changes nothing, and the session closes when it is seen stopped.
+                return PowerOffResult(
+                    0.0,
+                    0.0,
+                    True,
+                    "A stop is already under way (vast.ai still reports the instance "
+                    f"{state.actual_status}); no stop was sent.",
+                )
             try:
                 self.client.stop_instance(instance_id)
             except VastError as exc:
@@ -312,7 +323,7 @@ class PowerActions:
             session_cost_usd=cost,
         )
         return PowerOffResult(
-            minutes, cost, False, f"Instance stopped. Session: {minutes:.1f} min, ${cost:.3f}"
+            minutes, cost, False, f"Instance stopped. Session: {minutes_text(minutes)}, {usd(cost)}"
         )
 
     @contextmanager

@@ -395,6 +395,19 @@ def list_audit(db: Database, limit: int, before_id: int | None = None) -> list[A
     return [AuditEntry(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
 
+def latest_audit(
+    db: Database, events: tuple[str, ...], before_id: int | None = None
+) -> AuditEntry | None:
+    """Return the newest entry of one of these events (older than before_id), or None."""
+    marks = ", ".join("?" for _ in events)
+    row = db.execute(
+        f"SELECT id, ts, event, actor, meta FROM audit WHERE event IN ({marks}) AND id < ? "
+        "ORDER BY id DESC LIMIT 1",
+        [*events, before_id if before_id is not None else 2**62],
+    ).fetchone()
+    return None if row is None else AuditEntry(row[0], row[1], row[2], row[3], json.loads(row[4]))
+
+
 # --- the shared vast.ai answer and leases ----------------------------------------------------
 
 
