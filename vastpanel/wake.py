@@ -26,7 +26,10 @@ WAITING_LEASE = "proxy_waiting/"
 START_LEASE = "proxy_start"
 PROXY_STARTED_KEY = "proxy_started_at"  # when the proxy last started the instance
 WAKE_POLL_S = 1.0  # how often a waiting request looks again (vast.ai itself: the shared answer)
-IN_FLIGHT_TTL_S = 120.0  # renewed while a stream flows; a lease outlives a stuck request no more
+# How long an in-flight lease lasts past its last renewal (at the start, then every
+# TOUCH_EVERY_S while a stream flows), on top of VAST_PROXY_WAIT_S: longer than any silence of
+# the LLM (the proxy's read timeout is 900 s). A killed worker's leases stop counting at once.
+IN_FLIGHT_TTL_S = 1000.0
 TOUCH_EVERY_S = 15.0  # a flowing stream renews its lease and the activity this often
 QUEUED_RETRY_S = 60
 # A start seen scheduling this long (a queued start made elsewhere, e.g. the console) waits for
@@ -44,6 +47,7 @@ class ProxyTicket:
     panel: WakeOnRequest
     name: str
     touched: float
+    ttl: float
 
     def touch(self) -> None:
         """Note a flowing stream: activity and the in-flight lease, at most every TOUCH_EVERY_S."""
@@ -51,7 +55,7 @@ class ProxyTicket:
         if now - self.touched >= TOUCH_EVERY_S:
             self.touched = now
             self.panel.record_activity()
-            store.acquire_lease(self.panel.db, self.name, self.panel.holder, now, IN_FLIGHT_TTL_S)
+            store.acquire_lease(self.panel.db, self.name, self.panel.holder, now, self.ttl)
 
     def close(self) -> None:
         """End the request: activity once more, and it no longer counts as in flight."""
@@ -76,9 +80,10 @@ class WakeOnRequest:
         """Count a request through the proxy as in flight and as activity, until closed."""
         now = self.clock.now()
         name = IN_FLIGHT_LEASE + uuid.uuid4().hex
-        store.acquire_lease(self.db, name, self.holder, now, IN_FLIGHT_TTL_S)
+        ttl = IN_FLIGHT_TTL_S + self.config.proxy_wait_s
+        store.acquire_lease(self.db, name, self.holder, now, ttl)
         self.record_activity()
-        return ProxyTicket(self, name, now)
+        return ProxyTicket(self, name, now, ttl)
 
     def proxy_stats(self) -> ProxyStats:
         """Count requests in flight and waiting (every worker's) and the proxy's last start."""
