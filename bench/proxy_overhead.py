@@ -28,6 +28,8 @@ import requests
 from _support import (
     CONTROL_KEY,
     api_headers,
+    child_pids,
+    cpu_seconds,
     percentile,
     run_load,
     signed_in_session,
@@ -160,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         completions("warm-up direct", direct_url, args.clients, 2, {})
         completions("warm-up proxy", proxy_url, args.clients, 2, bearer)
         direct = completions("direct", direct_url, args.clients, args.seconds, {})
+        workers = child_pids(server.process.pid)
+        cpu_before = cpu_seconds(workers)
         proxied = completions("through the panel", proxy_url, args.clients, args.seconds, bearer)
+        cpu_ms = (cpu_seconds(workers) - cpu_before) * 1000 / max(1, proxied.count)
+        print(f"panel CPU per proxied request: {cpu_ms:.2f} ms (all workers)")
         added_p50 = proxied.ms(50) - direct.ms(50)
         ratio = proxied.rate / direct.rate if direct.rate else 0.0
 

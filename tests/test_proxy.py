@@ -139,6 +139,19 @@ def test_llm_port_chooses_another_container_port(tmp_path, clock, vast):
     assert len(seen) == 1 and "Authorization" not in seen[0].headers
 
 
+def test_bodies_past_the_apps_64_kib_limit_pass_through(app, vast, llm):
+    vast.set_running()
+    big = {**BODY, "messages": [{"role": "user", "content": "x" * (4 * 1024 * 1024)}]}
+    response = app.test_client().post("/v1/chat/completions", json=big, headers=BEARER)
+    assert response.status_code == 200
+    assert json.loads(llm[0].body) == big
+    # The rest of the app keeps its own limit.
+    api = app.test_client().post(
+        "/infra/vast/activity", data=b"x" * (65 * 1024), headers={"X-API-Key": CONTROL_KEY}
+    )
+    assert api.status_code == 413
+
+
 def test_body_over_32_mib_is_refused_in_openai_shape(app, vast):
     vast.set_running()
     response = app.test_client().post(
