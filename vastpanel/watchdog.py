@@ -16,7 +16,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import sys
 import threading
 import time
 import traceback
@@ -25,10 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.schedulers.base import BaseScheduler
 from flask import Flask
 from flask.helpers import get_debug_flag
 from flask_apscheduler import APScheduler
@@ -37,6 +33,7 @@ from . import leases, store
 from .config import parse_bool
 from .logs import redact
 from .panel import Panel, PanelError, PowerOffResult
+from .scheduling import new_scheduler, scheduler_options
 
 log = logging.getLogger("vastpanel.watchdog")
 
@@ -130,12 +127,20 @@ class Watchdog:
         """Start the scheduler: a look now, then every interval, plus one at each idle deadline."""
         scheduler = APScheduler(new_scheduler())
         scheduler.init_app(app)
+        # init_app configures the scheduler from app.config (SCHEDULER_*), which resets all it
+        # does not name there: misfire_grace_time back to 1 s (a look over 1 s late would be
+        # skipped), the executors and the time zone. So the settings go in after it.
+        scheduler.scheduler.configure(**scheduler_options())
         scheduler.add_job(
             LOOK_JOB,
             self._run_look,
             trigger="interval",
             seconds=self.interval_s,
             next_run_time=datetime.now(UTC),  # a deadline that passed while down acts now
+            # A look that falls due while the last one still runs (vast.ai slow, retries) runs
+            # right after it, rather than being skipped to the next interval; looks queue on
+            # the look lock, and coalescing keeps it to one waiting.
+            max_instances=2,
         )
         self.scheduler = scheduler
         scheduler.start()
@@ -158,8 +163,6 @@ class Watchdog:
         try:
             if self.scheduler.running:
                 self.scheduler.shutdown(wait=True)
-            with self._look_lock:
-                pass  # a look still running (gevent's executor does not wait for it) ends first
             store.release_lease(self.panel.db, LEASE, self.panel.holder)
             self._lease_until = None
         except Exception as exc:  # at exit the database may be gone; nothing left to protect
@@ -176,7 +179,7 @@ class Watchdog:
             log.error("watchdog: look failed:\n%s", redact(text))
         finally:
             self._look_started = None
-            self.panel.close()  # this pool thread's connection; the next look opens its own
+            self.panel.close()  # this thread's connection; the next look opens its own
             took = time.monotonic() - started
             if took > SLOW_LOOK_S:
                 log.warning("watchdog: a look took %.1f s", took)
@@ -212,36 +215,6 @@ class Watchdog:
                 # it falls due before that look has returned (looks queue on the look lock).
                 max_instances=2,
             )
-
-
-def new_scheduler() -> BaseScheduler:
-    """Return the scheduler that suits this process: greenlets under gevent, else threads.
-
-    gunicorn's gevent worker monkey-patches the process, so a BackgroundScheduler would still
-    work (its threads become greenlets), but APScheduler's gevent scheduler and executor say so
-    plainly: the scheduler loop and each look are greenlets on the worker's hub, and a look
-    waiting on vast.ai yields to the requests.
-    """
-    # A look is cheap and idempotent: run a late one rather than skip it.
-    job_defaults = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
-    if gevent_patched():
-        from apscheduler.executors.gevent import GeventExecutor
-        from apscheduler.schedulers.gevent import GeventScheduler
-
-        return GeventScheduler(
-            timezone=UTC, executors={"default": GeventExecutor()}, job_defaults=job_defaults
-        )
-    return BackgroundScheduler(
-        timezone=UTC,
-        executors={"default": ThreadPoolExecutor(max_workers=2)},
-        job_defaults=job_defaults,
-    )
-
-
-def gevent_patched() -> bool:
-    """Tell whether gevent has monkey-patched this process (as gunicorn's gevent worker does)."""
-    monkey = sys.modules.get("gevent.monkey")
-    return monkey is not None and monkey.is_module_patched("threading")
 
 
 def watchdog_wanted(source: Mapping[str, Any], testing: bool) -> bool:
