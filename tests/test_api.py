@@ -75,6 +75,12 @@ def test_status_stopped(client, vast):
         "auto_shutdown_in_minutes": None,
         "total_runtime_hours": 0.0,
         "total_cost_usd": 0.0,
+        "gpu_cost_usd": 0.0,
+        "storage_cost_usd": 0.0,  # booking starts at this first reading
+        "bandwidth_cost_usd": None,
+        "all_in_cost_usd": 0.0,
+        "budget": None,
+        "max_session_stop_at": None,
         "message": "The instance is stopped; only storage is billed.",
     }
 
@@ -535,11 +541,27 @@ def test_costs_average(client, vast, clock):
 
 
 def test_costs_empty(client):
-    assert client.get("/infra/vast/costs").json == {
+    body = client.get("/infra/vast/costs").json
+    days = body.pop("days")
+    assert body == {
         "total_runtime_hours": 0.0,
         "total_cost_usd": 0.0,
         "sessions_count": 0,
         "avg_session_minutes": 0.0,
+        "gpu_cost_usd": 0.0,
+        "storage_cost_usd": 0.0,
+        "bandwidth_cost_usd": None,
+        "all_in_cost_usd": 0.0,
+        "charges": {"read_at": None, "error": None},
+        "budget": None,
+    }
+    assert len(days) == 30
+    assert days[-1] == {
+        "day": "2023-11-14",
+        "estimate": {"gpu": 0.0, "storage": 0.0},
+        "billed": None,
+        "difference_pct": None,
+        "mismatch": False,
     }
 
 

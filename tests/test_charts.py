@@ -70,3 +70,13 @@ def test_formats():
         ("cost", "$0.25"),
         ("session", "12 min"),
     ]
+
+
+def test_billed_days_get_a_bar_beside_the_estimate_and_mismatches_are_counted():
+    chart = cost_chart(days([1.0, 2.0, 0.0]), [(1.0, False), (3.0, True), None])
+    estimate, billed = chart.bars[1], chart.billed_marks[1]
+    assert billed.x == pytest.approx(estimate.x + estimate.width, abs=0.02)
+    assert billed.height > estimate.height  # $3 billed vs $2 estimated, on one scale
+    assert [t.text for t in chart.y_ticks][-1] == "$5.00"
+    assert len(chart.billed_marks) == 2 and chart.mismatches == 1
+    assert "more than 1 % off" in billed.title and billed.mismatch

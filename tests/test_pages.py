@@ -358,7 +358,7 @@ def test_costs_show_totals_and_a_bar_for_each_day_with_gpu_time(admin, vast, clo
 
 def test_costs_without_sessions_say_there_is_nothing_yet(admin):
     html = admin.get("/partials/costs", headers=HTMX).get_data(as_text=True)
-    assert "No GPU time in the last 30 days" in html
+    assert "No costs in the last 30 days" in html
     assert "<rect" not in html
 
 

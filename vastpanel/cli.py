@@ -18,7 +18,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from .api import audit_json, status_json
+from .api import audit_json, costs_json, status_json
 from .clock import iso_utc
 from .formatting import duration, minutes_text, usd
 from .panel import Panel, PanelError
@@ -147,20 +147,31 @@ def off_command(as_json: bool) -> None:
 @vast.command("costs")
 @json_option
 def costs_command(as_json: bool) -> None:
-    """Show runtime and cost over all sessions."""
-    totals = get_panel(needs_vast=False).cost_totals()
-    average = totals.runtime_seconds / totals.sessions_count if totals.sessions_count else 0.0
-    data = {
-        "total_runtime_hours": totals.runtime_seconds / 3600,
-        "total_cost_usd": totals.cost_usd,
-        "sessions_count": totals.sessions_count,
-        "avg_session_minutes": average / 60,
-    }
+    """Show runtime and cost over all sessions, the whole bill and the budget."""
+    data = costs_json(get_panel(needs_vast=False))
+    average = data["avg_session_minutes"] * 60
     lines = [
-        f"Sessions: {totals.sessions_count}",
-        f"Runtime: {duration(totals.runtime_seconds)} (average {duration(average)} a session)",
-        f"Cost: {usd(totals.cost_usd)}",
+        f"Sessions: {data['sessions_count']}",
+        f"Runtime: {duration(data['total_runtime_hours'] * 3600)} "
+        f"(average {duration(average)} a session)",
+        f"Cost: {usd(data['total_cost_usd'])}",
+        f"All in: {usd(data['all_in_cost_usd'])} (GPU {usd(data['gpu_cost_usd'])}, "
+        f"storage {usd(data['storage_cost_usd'])}, bandwidth "
+        + (
+            "not billed yet"
+            if data["bandwidth_cost_usd"] is None
+            else usd(data["bandwidth_cost_usd"])
+        )
+        + ")",
     ]
+    if data["charges"]["error"]:
+        lines.append(f"Estimates only: {data['charges']['error']}")
+    budget = data["budget"]
+    if budget:
+        lines.append(
+            f"Budget this {budget['period']}: {usd(budget['spent_usd'])} of "
+            f"{usd(budget['limit_usd'])} ({budget['state']})"
+        )
     emit(data, as_json, lines)
 
 

@@ -11,7 +11,9 @@ import sys
 DEMO_INSTANCE_ID = 4242
 
 
-def demo_environment(sim_url: str, sim_key: str, control_key: str, idle_minutes: float) -> dict:
+def demo_environment(
+    sim_url: str, sim_key: str, control_key: str, idle_minutes: float, budget_usd: float = 2.0
+) -> dict:
     """Return the settings that point a panel at the simulator, marked as simulated."""
     return {
         "VAST_URL": sim_url,
@@ -24,6 +26,9 @@ def demo_environment(sim_url: str, sim_key: str, control_key: str, idle_minutes:
         "VAST_WAIT_TIMEOUT_S": "120",
         "VAST_DB_PATH": os.environ.get("VAST_DB_PATH") or "data/demo.db",
         "VASTPANEL_SIMULATED": "true",
+        # A small daily budget, so the page's budget bar moves while you watch.
+        "VAST_BUDGET_USD": str(budget_usd),
+        "VAST_BUDGET_PERIOD": "day",
     }
 
 
@@ -34,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         "--port", type=int, default=5000, help="panel port on 127.0.0.1 (0: any free port)"
     )
     parser.add_argument("--idle-minutes", type=float, default=2.0, help="auto-shutdown idle time")
+    parser.add_argument("--budget", type=float, default=2.0, help="daily budget in $ (simulated)")
     args = parser.parse_args(argv)
 
     from werkzeug.serving import make_server
@@ -62,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     control_key = os.environ.get("CONTROL_API_KEY") or f"demo-{secrets.token_hex(8)}"
     with sim:
-        env = demo_environment(sim.url, sim.api_key, control_key, args.idle_minutes)
+        env = demo_environment(sim.url, sim.api_key, control_key, args.idle_minutes, args.budget)
         env["VAST_DB_PATH"] = os.path.abspath(env["VAST_DB_PATH"])
         os.environ.update(env)
         app = create_app()
@@ -76,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
                     "vastpanel demo: a SIMULATED vast.ai instance (no real GPU, nothing billed).",
                     f"  panel:        {base}/",
                     f"  control key:  {control_key}   (sign in with it; API header X-API-Key)",
-                    f"  auto-shutdown after {args.idle_minutes:g} idle minutes",
+                    f"  auto-shutdown after {args.idle_minutes:g} idle minutes; "
+                    f"budget ${args.budget:g} a day",
                     f"  try:          curl -s -H 'X-API-Key: {control_key}' {base}/infra/vast/status",
                     "  admin CLI (from this folder, in another terminal; the server's settings):",
                     f"    {cli_env} {cli_python()} -m flask --app app vast status",

@@ -46,6 +46,15 @@ EVENTS: dict[str, Event] = {
     "admin_signed_in": Event("Admin signed in", ("admin",)),
     "admin_signed_out": Event("Admin signed out", ("admin",)),
     "auth_lockout": Event("Locked out after wrong keys", ("system",)),
+    "budget_warning": Event("Budget 80 % spent", ("system",)),
+    "budget_stop": Event("Budget stop (spent)", ("system",)),
+    "budget_stop_complete": Event("Budget stop done", ("system",)),
+    "budget_stop_failed": Event("Budget stop failed", ("system",)),
+    "budget_override": Event("Budget overridden", PEOPLE),
+    "max_session_stop": Event("Session limit stop", ("system",)),
+    "max_session_stop_complete": Event("Session limit stop done", ("system",)),
+    "max_session_stop_failed": Event("Session limit stop failed", ("system",)),
+    "cost_mismatch": Event("Bill differs from estimate", ("system",)),
 }
 
 

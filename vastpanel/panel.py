@@ -3,7 +3,8 @@
 The JSON API, the page and the watchdog all call Panel; it alone talks to the vast.ai client
 and the store. Its jobs live in their own modules, joined here: reading and reconciling the
 instance (reading.py), power actions (power.py), the idle rule (idle.py), the key check with
-its brute-force lockout (lockout.py) and waking the instance for a request to its LLM (wake.py).
+its brute-force lockout (lockout.py), the cost book (costs.py), the caps (budget.py) and
+waking the instance for a request to its LLM (wake.py).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import requests
 from sqlite_utils import Database
 
 from . import leases, store
+from .budget import BudgetExceeded, BudgetRules, BudgetStatus, NoBudget
 from .clock import Clock
 from .config import Config
+from .costs import AllInTotals, CostBook
 from .errors import HealthTimeout, NotConfigured, PanelError, PowerBusy, UpstreamFailed
 from .events import is_known
 from .idle import ACTIVITY_RESOLUTION_S, IdleRules
@@ -44,6 +47,8 @@ from .wake import ProxyStats, WakeOnRequest
 __all__ = [
     "ACTIVITY_RESOLUTION_S",
     "AUTO_STOP",
+    "BudgetExceeded",
+    "NoBudget",
     "HEALTH_PROBE_EVERY_S",
     "HEALTH_WAIT_LEASE",
     "MANUAL_STOP",
@@ -77,6 +82,9 @@ class StatusReport:
     health_wait: bool
     start_queued: bool
     scheduling_since: float | None
+    all_in: AllInTotals
+    budget: BudgetStatus | None
+    session_cap_deadline: float | None
 
     @property
     def auto_shutdown_in_minutes(self) -> float | None:
@@ -109,7 +117,9 @@ class LastStop:
         return self.event == "session_closed"
 
 
-class Panel(InstanceReading, PowerActions, IdleRules, KeyLockout, WakeOnRequest):
+class Panel(
+    InstanceReading, PowerActions, IdleRules, KeyLockout, CostBook, BudgetRules, WakeOnRequest
+):
     """Controls one vast.ai instance and keeps its books in SQLite."""
 
     def __init__(
@@ -207,6 +217,9 @@ class Panel(InstanceReading, PowerActions, IdleRules, KeyLockout, WakeOnRequest)
             health_wait=self._health_wait_active(now),
             start_queued=store.get_value(self.db, START_QUEUED_KEY) is not None,
             scheduling_since=store.get_value(self.db, SCHEDULING_SINCE_KEY),
+            all_in=self.all_in_totals(),
+            budget=self.budget_status(),
+            session_cap_deadline=self.session_cap_deadline(),
         )
 
     # --- costs, audit and sessions ------------------------------------------------------------

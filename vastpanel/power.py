@@ -123,6 +123,7 @@ class PowerActions:
         self.audit(
             "power_on_requested", actor, instance_id=instance_id, wait_for_health=wait_for_health
         )
+        self.refuse_start_over_budget(actor)
         with self._power(actor, "power_on_failed"):
             try:
                 state = self.instance_state()
@@ -262,8 +263,12 @@ class PowerActions:
         actor: str,
         events: StopEvents,
         due: Callable[[InstanceState], float | None] | None = None,
+        due_field: str = "inactive_minutes",
     ) -> PowerOffResult | None:
-        """Send the stop call under the power lock; with due, only if it still says stop."""
+        """Send the stop call under the power lock; with due, only if it still says stop.
+
+        What due returns is audited with the request under due_field.
+        """
         instance_id = self.config.vast_instance_id
         with self._power(actor, events.failed):
             try:
@@ -282,7 +287,7 @@ class PowerActions:
                 if inactive is None:
                     return None  # activity came in, or it stopped, while we waited for the lock
                 self.audit(
-                    events.requested, actor, instance_id=instance_id, inactive_minutes=inactive
+                    events.requested, actor, instance_id=instance_id, **{due_field: inactive}
                 )
             if state.status == "not_found":
                 self.audit(events.failed, actor, instance_id=instance_id, error=state.message)
@@ -312,6 +317,7 @@ class PowerActions:
             payload = self._patched_answer(actual_status="stopped", intended_status="stopped")
             payload.pop("ports", None)
             store.save_cached_instance(self.db, now, payload)
+            self.book_costs(payload, now)  # the GPU is no longer billed from the stop on
             self._note_scheduling(self._state_of(payload), now)
         minutes = session.seconds(now) / 60 if session else 0.0
         cost = session.cost(now) if session else 0.0

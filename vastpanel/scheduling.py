@@ -45,7 +45,7 @@ def new_scheduler() -> BaseScheduler:
 
 def scheduler_options() -> dict[str, Any]:
     """Return the watchdog scheduler's settings: UTC, its executor, and its job defaults."""
-    executor = SerialThreadExecutor() if gevent_patched() else ThreadPoolExecutor(max_workers=2)
+    executor = SerialThreadExecutor() if gevent_patched() else ThreadPoolExecutor(max_workers=3)
     return {"timezone": UTC, "executors": {"default": executor}, "job_defaults": JOB_DEFAULTS}
 
 

@@ -84,6 +84,35 @@ def m003_auth_failures(db: Database) -> None:
     db.execute("CREATE INDEX auth_failures_last ON auth_failures(last_failure)")
 
 
+@migrations()
+def m005_costs(db: Database) -> None:
+    """Add the cost ledger (priced intervals), vast.ai's bill per day and text notes."""
+    # One row per stretch at one price; the last row's end_at is how far costs are booked.
+    db.execute(
+        """CREATE TABLE cost_ledger (
+            id INTEGER PRIMARY KEY,
+            start_at REAL NOT NULL,
+            end_at REAL NOT NULL,
+            gpu_dph REAL NOT NULL,
+            storage_dph REAL NOT NULL,
+            status TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX cost_ledger_end_at ON cost_ledger(end_at)")
+    db.execute(
+        """CREATE TABLE billed_days (
+            day TEXT PRIMARY KEY,
+            gpu REAL NOT NULL,
+            disk REAL NOT NULL,
+            bandwidth REAL NOT NULL,
+            total REAL NOT NULL,
+            read_at REAL NOT NULL,
+            mismatch_audited INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    db.execute("CREATE TABLE notes (key TEXT PRIMARY KEY, value TEXT)")
+
+
 @dataclass(frozen=True)
 class Session:
     """One stretch of GPU billing."""
@@ -178,7 +207,7 @@ def open_db(path: str) -> Database:
 
 def migrate(db: Database) -> None:
     """Apply pending schema migrations, one writer at a time."""
-    with _immediate(db):
+    with immediate(db):
         pass  # take the write lock first so two processes starting together do not race
     migrations.apply(db)
 
@@ -189,7 +218,7 @@ def schema_version(db: Database) -> int:
 
 
 @contextlib.contextmanager
-def _immediate(db: Database) -> Iterator[Database]:
+def immediate(db: Database) -> Iterator[Database]:
     """Run a read-then-write transaction that holds the write lock from its start."""
     db.conn.execute("BEGIN IMMEDIATE")
     try:
@@ -217,6 +246,25 @@ def set_value(db: Database, key: str, value: float | None) -> None:
         else:
             db.execute(
                 "INSERT INTO state (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+
+
+def get_note(db: Database, key: str) -> str | None:
+    """Return a stored text, or None."""
+    row = db.execute("SELECT value FROM notes WHERE key = ?", [key]).fetchone()
+    return None if row is None else row[0]
+
+
+def set_note(db: Database, key: str, value: str | None) -> None:
+    """Store a text under key (None deletes it)."""
+    with db.atomic():
+        if value is None:
+            db.execute("DELETE FROM notes WHERE key = ?", [key])
+        else:
+            db.execute(
+                "INSERT INTO notes (key, value) VALUES (?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 [key, value],
             )
@@ -266,7 +314,7 @@ def open_session(
     seen_since is when the observation that shows the GPU held was asked for: a session
     closed after that moment must not be reopened by an answer that predates the stop.
     """
-    with _immediate(db):
+    with immediate(db):
         open_row = db.execute(
             f"SELECT {SESSION_COLUMNS} FROM sessions WHERE ended_at IS NULL"
         ).fetchone()
@@ -290,7 +338,7 @@ def open_session(
 
 def close_session(db: Database, ts: float, closed_by: str) -> Session | None:
     """Close the open session at ts and return it, or None when none was open."""
-    with _immediate(db):
+    with immediate(db):
         row = db.execute(
             f"SELECT {SESSION_COLUMNS} FROM sessions WHERE ended_at IS NULL"
         ).fetchone()
@@ -334,7 +382,7 @@ def cost_per_day(db: Database, now: float, days: int) -> list[DayCost]:
     """
     today = datetime.fromtimestamp(now, UTC).date()
     first = today - timedelta(days=days - 1)
-    window_start = _midnight(first)
+    window_start = midnight(first)
     per_day = {first + timedelta(days=i): [0.0, 0.0] for i in range(days)}
     for session in list_sessions(db, window_start):
         end = min(session.ended_at if session.ended_at is not None else now, now)
@@ -349,12 +397,12 @@ def split_by_utc_day(start: float, end: float) -> Iterator[tuple[date, float]]:
     """Yield (UTC day, seconds) for each day the span from start to end touches."""
     while start < end:
         day = datetime.fromtimestamp(start, UTC).date()
-        cut = min(end, _midnight(day + timedelta(days=1)))
+        cut = min(end, midnight(day + timedelta(days=1)))
         yield day, cut - start
         start = cut
 
 
-def _midnight(day: date) -> float:
+def midnight(day: date) -> float:
     """Return epoch seconds at the start of the UTC day."""
     return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
 
@@ -510,7 +558,7 @@ def update_auth_failures(
     Rows whose last wrong key is older than forget_before are deleted, and beyond `keep` rows
     the oldest go, so many clients (or addresses) cannot make the table grow without bound.
     """
-    with _immediate(db):
+    with immediate(db):
         new = change(read_auth_failures(db, client))
         db.execute(
             f"INSERT OR REPLACE INTO auth_failures ({AUTH_FAILURE_COLUMNS}) "
