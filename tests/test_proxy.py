@@ -8,10 +8,11 @@ import json
 import pytest
 import responses
 
-from conftest import CONTROL_KEY, INSTANCE_URL, base_config
-from vastpanel import ConfigError, create_app
+from conftest import CONTROL_KEY, FIXTURES, INSTANCE_URL, base_config
+from vastpanel import ConfigError, create_app, store
 from vastpanel.config import Config
 from vastpanel.wake import IN_FLIGHT_LEASE, WAITING_LEASE
+from vastpanel.watchdog import Watchdog
 
 LLM_KEY = "team-key-0123456789abcdef"
 UPSTREAM_KEY = "vllm-key-fedcba9876543210"
@@ -227,14 +228,10 @@ def test_in_flight_counts_every_live_lease(panel):
 
 
 def panel_lease(panel, name: str) -> bool:
-    from vastpanel import store
-
     return store.acquire_lease(panel.db, name, panel.holder, panel.clock.now(), 600)
 
 
 def open_fixture(name: str) -> str:
-    from conftest import FIXTURES
-
     return (FIXTURES / name).read_text()
 
 
@@ -255,3 +252,22 @@ def test_vast_ai_failing_before_any_healthy_answer_is_503(app, vast, panel):
     assert response.status_code == 503
     assert error_of(response)["code"] == "vast_unavailable"
     assert response.headers["Retry-After"]
+
+
+def test_a_spent_budget_is_a_503_naming_it_and_starts_nothing(tmp_path, clock, vast):
+    config = base_config(
+        tmp_path, LLM_API_KEYS=LLM_KEY, VAST_BUDGET_USD="1", VAST_BUDGET_PERIOD="day"
+    )
+    app = create_app({**config, "CLOCK": clock, "VAST_AUTO_SHUTDOWN": "false"})
+    watchdog = Watchdog(app.extensions["vastpanel"])
+    vast.set_running()
+    vast.set(dph_base=1.95)  # $2/h with storage: the $1 budget is spent after 30 minutes
+    watchdog.look()
+    clock.advance(31 * 60)
+    assert watchdog.look().stopped is not None and vast.puts == ["stopped"]
+    response = app.test_client().post("/v1/chat/completions", json=BODY, headers=BEARER)
+    assert response.status_code == 503
+    assert error_of(response)["code"] == "start_failed"
+    assert "budget" in error_of(response)["message"]
+    assert vast.puts == ["stopped"]
+    app.extensions["vastpanel"].close()
