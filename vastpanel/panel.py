@@ -2,9 +2,9 @@
 
 The JSON API, the page and the watchdog all call Panel; it alone talks to the vast.ai client
 and the store. Its jobs live in their own modules, joined here: reading and reconciling the
-instance (reading.py), power actions (power.py), the idle rule (idle.py), the key check with
-its brute-force lockout (lockout.py), the cost book (costs.py), the caps (budget.py) and
-waking the instance for a request to its LLM (wake.py).
+instance (reading.py), power actions (power.py), the idle rule (idle.py), the cost book
+(costs.py), the caps (budget.py), the key check with its brute-force lockout (lockout.py)
+and waking the instance for a request to its LLM (wake.py).
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class LastStop:
 
 
 class Panel(
-    InstanceReading, PowerActions, IdleRules, KeyLockout, CostBook, BudgetRules, WakeOnRequest
+    InstanceReading, PowerActions, IdleRules, CostBook, BudgetRules, KeyLockout, WakeOnRequest
 ):
     """Controls one vast.ai instance and keeps its books in SQLite."""
 

@@ -29,6 +29,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 
 # A look is cheap and idempotent: run a late one rather than skip it.
 IDLE_WAIT_S = 1.0
+MAX_WORKERS = 3
 JOB_DEFAULTS = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
 
 
@@ -45,7 +46,11 @@ def new_scheduler() -> BaseScheduler:
 
 def scheduler_options() -> dict[str, Any]:
     """Return the watchdog scheduler's settings: UTC, its executor, and its job defaults."""
-    executor = SerialThreadExecutor() if gevent_patched() else ThreadPoolExecutor(max_workers=3)
+    # Three: a look, the deadline look and the hourly read of vast.ai's charges each have a
+    # thread, so none waits for another.
+    executor = (
+        NativePoolExecutor(MAX_WORKERS) if gevent_patched() else ThreadPoolExecutor(MAX_WORKERS)
+    )
     return {"timezone": UTC, "executors": {"default": executor}, "job_defaults": JOB_DEFAULTS}
 
 
@@ -79,45 +84,47 @@ class NativeThreadScheduler(BackgroundScheduler):
         self._loop.get()
 
 
-class SerialThreadExecutor(BaseExecutor):
-    """Runs jobs one after another on one native thread (looks queue on a lock anyway)."""
+class NativePoolExecutor(BaseExecutor):
+    """Runs jobs on a few native threads, like APScheduler's ThreadPoolExecutor did unpatched."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_workers: int) -> None:
         super().__init__()
+        self._size = max_workers
         self._jobs: collections.deque = collections.deque()  # append and popleft are atomic
-        self._ready = threading.Event()
-        self._runner = None
+        self._queued = threading.Semaphore(0)  # gevent's under patching: works across threads
+        self._runners: list[Any] = []
 
     def start(self, scheduler: BaseScheduler, alias: str) -> None:
-        """Start the thread that runs the jobs."""
+        """Start the threads that run the jobs."""
         super().start(scheduler, alias)
-        self._runner = native_thread(self._run)
+        self._runners = [native_thread(self._run) for _ in range(self._size)]
 
     def shutdown(self, wait: bool = True) -> None:
-        """End the thread once the jobs already queued have run (waiting for it if asked)."""
-        self._jobs.append(None)
-        self._ready.set()
-        if wait and self._runner is not None:
-            self._runner.get()
+        """End the threads once the jobs already queued have run (waiting for them if asked)."""
+        for _ in self._runners:
+            self._jobs.append(None)
+            self._queued.release()
+        if wait:
+            for runner in self._runners:
+                runner.get()
 
     def _do_submit_job(self, job, run_times) -> None:
         self._jobs.append((job, run_times))
-        self._ready.set()
+        self._queued.release()
 
     def _run(self) -> None:
         while True:
             # With a timeout: this thread's hub has nothing else to wait for, and gevent would
             # take a wait without one for a deadlock (LoopExit), not seeing the other threads.
-            self._ready.wait(IDLE_WAIT_S)
-            self._ready.clear()
-            while self._jobs:
-                item = self._jobs.popleft()
-                if item is None:
-                    return
-                job, run_times = item
-                try:
-                    events = run_job(job, job._jobstore_alias, run_times, self._logger.name)
-                except BaseException:
-                    self._run_job_error(job.id, *sys.exc_info()[1:])
-                else:
-                    self._run_job_success(job.id, events)
+            if not self._queued.acquire(timeout=IDLE_WAIT_S):
+                continue
+            item = self._jobs.popleft()
+            if item is None:
+                return
+            job, run_times = item
+            try:
+                events = run_job(job, job._jobstore_alias, run_times, self._logger.name)
+            except BaseException:
+                self._run_job_error(job.id, *sys.exc_info()[1:])
+            else:
+                self._run_job_success(job.id, events)

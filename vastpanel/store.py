@@ -68,23 +68,6 @@ def m002_query_indexes(db: Database) -> None:
 
 
 @migrations()
-def m003_auth_failures(db: Database) -> None:
-    """Count wrong keys per client, so every worker applies the same brute-force lockout."""
-    db.execute(
-        """CREATE TABLE auth_failures (
-            client TEXT PRIMARY KEY,
-            failures INTEGER NOT NULL,
-            window_start REAL NOT NULL,
-            last_failure REAL NOT NULL,
-            lockouts INTEGER NOT NULL DEFAULT 0,
-            locked_until REAL
-        )"""
-    )
-    # Pruning deletes the oldest rows first.
-    db.execute("CREATE INDEX auth_failures_last ON auth_failures(last_failure)")
-
-
-@migrations()
 def m005_costs(db: Database) -> None:
     """Add the cost ledger (priced intervals), vast.ai's bill per day and text notes."""
     # One row per stretch at one price; the last row's end_at is how far costs are booked.
@@ -111,6 +94,23 @@ def m005_costs(db: Database) -> None:
         )"""
     )
     db.execute("CREATE TABLE notes (key TEXT PRIMARY KEY, value TEXT)")
+
+
+@migrations()
+def m003_auth_failures(db: Database) -> None:
+    """Count wrong keys per client, so every worker applies the same brute-force lockout."""
+    db.execute(
+        """CREATE TABLE auth_failures (
+            client TEXT PRIMARY KEY,
+            failures INTEGER NOT NULL,
+            window_start REAL NOT NULL,
+            last_failure REAL NOT NULL,
+            lockouts INTEGER NOT NULL DEFAULT 0,
+            locked_until REAL
+        )"""
+    )
+    # Pruning deletes the oldest rows first.
+    db.execute("CREATE INDEX auth_failures_last ON auth_failures(last_failure)")
 
 
 @dataclass(frozen=True)
