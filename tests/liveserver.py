@@ -25,6 +25,16 @@ def wait_for(predicate, timeout: float, every: float = 0.05):
         time.sleep(every)
 
 
+def running_simulator(api_key: str, instance_id: int, **options):
+    """A simulator on wall time whose instance runs from the start and changes state at once."""
+    from vastpanel.simulator import Simulator
+
+    settings = {"initial_state": "running", "schedule_delay": 0, "load_delay": 0, "warm_delay": 0}
+    return Simulator(
+        api_key=api_key, instance_id=instance_id, clock=time.time, **{**settings, **options}
+    )
+
+
 def simulator_env(sim, db_path, control_key: str, **overrides: str) -> dict[str, str]:
     """Return the variables that point a panel at a running simulator, on the given database."""
     return {

@@ -76,7 +76,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.teardown_appcontext(lambda _exc: panel.close())
     htmx.init_app(app)
 
-    from . import api, auth, cli, health, openapi, pages, proxy
+    from . import api, auth, cli, health, metrics, openapi, pages, proxy
 
     # First of all the hooks (before the key check and CSRF): a body announced too large is
     # refused unread. A chunked one is cut by Werkzeug when it is read past the limit.
@@ -86,6 +86,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.before_request(_refuse_large_body)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)  # its own access rule: METRICS_TOKEN or loopback
     app.register_blueprint(openapi.bp)  # its own blueprint: served without X-API-Key
     # The session cookie, sign-in and CSRF (the API is exempt).
     auth.init_app(app, source, panel, keep_secret_key=not command_only)

@@ -38,3 +38,11 @@ class LlmUnavailable(PanelError):
 
 class ClientGone(Exception):
     """The client of a waiting request went away; nobody is left to answer."""
+
+
+class InvalidRequest(PanelError):
+    """A value given to an action is out of bounds; nothing was changed."""
+
+
+class NotRunning(PanelError):
+    """The action needs an open session (a running instance) and there is none."""

@@ -43,6 +43,8 @@ EVENTS: dict[str, Event] = {
     "session_opened": Event("Session opened", ("system",)),
     "session_closed": Event("Session closed", ("system",)),
     "instance_healthy": Event("LLM healthy", ("system",)),
+    "idle_warning": Event("Idle stop warning", ("system",)),
+    "keepalive": Event("Keep running", PEOPLE),
     "admin_signed_in": Event("Admin signed in", ("admin",)),
     "admin_signed_out": Event("Admin signed out", ("admin",)),
     "auth_lockout": Event("Locked out after wrong keys", ("system",)),

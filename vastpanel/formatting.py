@@ -25,6 +25,10 @@ DETAIL_LABELS = {
     "wait_for_health": "wait for health",
     "timeout_s": "timeout",
     "client": "from",
+    "stop_in_minutes": "stop in",
+    "stop_at": "stop at",
+    "keepalive_until": "until",
+    "by_panel": "started here",
 }
 
 

@@ -19,14 +19,22 @@ from typing import Any
 import requests
 from sqlite_utils import Database
 
-from . import leases, store
+from . import leases, metrics, notify, store
 from .budget import BudgetExceeded, BudgetRules, BudgetStatus, NoBudget
 from .clock import Clock
 from .config import Config
 from .costs import AllInTotals, CostBook
-from .errors import HealthTimeout, NotConfigured, PanelError, PowerBusy, UpstreamFailed
+from .errors import (
+    HealthTimeout,
+    InvalidRequest,
+    NotConfigured,
+    NotRunning,
+    PanelError,
+    PowerBusy,
+    UpstreamFailed,
+)
 from .events import is_known
-from .idle import ACTIVITY_RESOLUTION_S, IdleRules
+from .idle import ACTIVITY_RESOLUTION_S, IdleRules, KeepAliveResult, nearest_stop
 from .instance_state import InstanceState
 from .lockout import KeyCheck, KeyLockout
 from .logs import install_redaction, redact
@@ -53,8 +61,11 @@ __all__ = [
     "HEALTH_WAIT_LEASE",
     "MANUAL_STOP",
     "HealthTimeout",
+    "InvalidRequest",
     "KeyCheck",
+    "KeepAliveResult",
     "NotConfigured",
+    "NotRunning",
     "Panel",
     "PanelError",
     "PowerBusy",
@@ -85,6 +96,7 @@ class StatusReport:
     all_in: AllInTotals
     budget: BudgetStatus | None
     session_cap_deadline: float | None
+    warn_minutes: float = 0.0
 
     @property
     def auto_shutdown_in_minutes(self) -> float | None:
@@ -92,6 +104,27 @@ class StatusReport:
         if self.idle_deadline is None or self.state.status not in ("running", "exited"):
             return None
         return max(0.0, (self.idle_deadline - self.now) / 60)
+
+    @property
+    def session_limit_in_minutes(self) -> float | None:
+        """Minutes before the session limit stops a running instance, or None."""
+        if self.session_cap_deadline is None or self.state.status not in ("running", "exited"):
+            return None
+        return max(0.0, (self.session_cap_deadline - self.now) / 60)
+
+    @property
+    def stop_warning(self) -> str | None:
+        """Say which automatic stop ("idle", "session_limit") is within VAST_WARN_MINUTES."""
+        stops = [
+            (left, reason)
+            for left, reason in (
+                (self.auto_shutdown_in_minutes, "idle"),
+                (self.session_limit_in_minutes, "session_limit"),
+            )
+            if left is not None and left <= self.warn_minutes
+        ]
+        nearest = nearest_stop(stops) if self.warn_minutes > 0 else None
+        return nearest[1] if nearest else None
 
 
 # The entries that end a session: a stop by someone, an auto-shutdown, or a stop seen on vast.ai.
@@ -118,7 +151,14 @@ class LastStop:
 
 
 class Panel(
-    InstanceReading, PowerActions, IdleRules, CostBook, BudgetRules, KeyLockout, WakeOnRequest
+    InstanceReading,
+    PowerActions,
+    IdleRules,
+    CostBook,
+    BudgetRules,
+    KeyLockout,
+    notify.Notifications,
+    WakeOnRequest,
 ):
     """Controls one vast.ai instance and keeps its books in SQLite."""
 
@@ -137,7 +177,11 @@ class Panel(
         self.http = http or requests.Session()
         self.client = (
             VastClient(
-                config.vast_url, config.vast_api_key, session=self.http, sleep=self.clock.sleep
+                config.vast_url,
+                config.vast_api_key,
+                session=self.http,
+                sleep=self.clock.sleep,
+                observe=metrics.observe_vast_call,
             )
             if config.vast_configured
             else None
@@ -182,13 +226,16 @@ class Panel(
             self._local.db = None
 
     def audit(self, event: str, actor: str, **meta: Any) -> None:
-        """Append an audit entry (secrets redacted) and log it as one line."""
+        """Append an audit entry (secrets redacted), queue its notifications, log one line."""
         if not is_known(event, actor):  # an error in the tests (warnings are errors there)
             warnings.warn(
                 f"audit event {event!r} by {actor!r} is not in events.EVENTS", stacklevel=2
             )
         clean = {k: self.redact(v) for k, v in meta.items() if v is not None}
-        store.add_audit(self.db, self.clock.now(), event, actor, clean)
+        now = self.clock.now()
+        told = store.last_notified_ts(self.db, event) if event in notify.REPEAT_QUIET_S else None
+        targets = notify.outbox_targets(self.config, event, clean, now, told)
+        store.add_audit(self.db, now, event, actor, clean, notify=targets)
         details = " ".join(f"{k}={v}" for k, v in sorted(clean.items()))
         log.info("event=%s actor=%s %s", event, actor, details)
 
@@ -220,6 +267,7 @@ class Panel(
             all_in=self.all_in_totals(),
             budget=self.budget_status(),
             session_cap_deadline=self.session_cap_deadline(),
+            warn_minutes=self.config.warn_minutes,
         )
 
     # --- costs, audit and sessions ------------------------------------------------------------

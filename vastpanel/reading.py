@@ -113,6 +113,7 @@ class InstanceReading:
                     instance_id=state.instance_id,
                     seen_status=state.status,
                     dph_total=state.dph_total,
+                    by_panel=self._started_by_panel(),
                 )
         elif state.actual_status == "stopped" or state.status == "not_found":
             closed = store.close_session(self.db, now, "observed")
@@ -126,6 +127,12 @@ class InstanceReading:
                     session_cost_usd=closed.cost(now),
                 )
         self._note_scheduling(state, now)
+
+    def _started_by_panel(self) -> bool:
+        """Tell whether a start was asked of the panel since the last session ended."""
+        requested = store.latest_audit(self.db, ("power_on_requested",))
+        last = store.latest_closed_session(self.db)
+        return requested is not None and (last is None or requested.ts >= last.ended_at)
 
     def _note_scheduling(self, state: InstanceState, now: float) -> None:
         """Remember since when a start waits for the GPU; forget it once it does not."""
