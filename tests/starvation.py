@@ -97,6 +97,20 @@ class StarvationReport:
         ]
 
 
+def timed(send, latencies: list[float], errors: list[str]) -> None:
+    """Send one request; note its latency when it answered 200, else what went wrong."""
+    sent = time.perf_counter()
+    try:
+        answer = send()
+    except requests.RequestException as exc:
+        errors.append(type(exc).__name__)
+        return
+    if answer.status_code == 200:
+        latencies.append(time.perf_counter() - sent)
+    else:
+        errors.append(str(answer.status_code))
+
+
 class HalfOpenSockets:
     """Hold `count` sockets that sent an unfinished request; reopen those the server closes."""
 
@@ -242,38 +256,24 @@ def run_starvation(
     def probe_healthz() -> None:
         with requests.Session() as session:
             while measuring.is_set():
-                sent = time.perf_counter()
-                try:
-                    answer = session.get(base + "/healthz", timeout=5)
-                    took = time.perf_counter() - sent
-                    if answer.status_code == 200:
-                        report.healthz_s.append(took)
-                    else:
-                        report.healthz_errors.append(str(answer.status_code))
-                except requests.RequestException as exc:
-                    report.healthz_errors.append(type(exc).__name__)
+                timed(lambda: session.get(base + "/healthz", timeout=5), report.healthz_s,
+                      report.healthz_errors)  # fmt: skip
                 time.sleep(0.5)
 
     measuring.set()
     prober = threading.Thread(target=probe_healthz, daemon=True)
     prober.start()
     started = time.monotonic()
+    url = base + "/infra/vast/activity"
     with requests.Session() as gateway:
         for _ in range(posts):
             if time.monotonic() - started > max_measure_s:
                 break
-            sent = time.perf_counter()
-            try:
-                answer = gateway.post(
-                    base + "/infra/vast/activity", json={}, headers=headers, timeout=10
-                )
-                took = time.perf_counter() - sent
-                if answer.status_code == 200:
-                    report.activity_s.append(took)
-                else:
-                    report.activity_errors.append(str(answer.status_code))
-            except requests.RequestException as exc:
-                report.activity_errors.append(type(exc).__name__)
+            timed(
+                lambda: gateway.post(url, json={}, headers=headers, timeout=10),
+                report.activity_s,
+                report.activity_errors,
+            )
             time.sleep(pause_s)
     report.measured_s = time.monotonic() - started
     measuring.clear()

@@ -24,11 +24,11 @@ DETAIL_LABELS = {
     "remote_addr": "from",
     "wait_for_health": "wait for health",
     "timeout_s": "timeout",
-    "client": "from",
     "stop_in_minutes": "stop in",
     "stop_at": "stop at",
     "keepalive_until": "until",
     "by_panel": "started here",
+    "client": "from",
 }
 
 

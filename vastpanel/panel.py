@@ -62,8 +62,8 @@ __all__ = [
     "MANUAL_STOP",
     "HealthTimeout",
     "InvalidRequest",
-    "KeyCheck",
     "KeepAliveResult",
+    "KeyCheck",
     "NotConfigured",
     "NotRunning",
     "Panel",
@@ -156,8 +156,8 @@ class Panel(
     IdleRules,
     CostBook,
     BudgetRules,
-    KeyLockout,
     notify.Notifications,
+    KeyLockout,
     WakeOnRequest,
 ):
     """Controls one vast.ai instance and keeps its books in SQLite."""

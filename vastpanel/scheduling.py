@@ -48,10 +48,18 @@ def scheduler_options() -> dict[str, Any]:
     """Return the watchdog scheduler's settings: UTC, its executor, and its job defaults."""
     # Three: a look, the deadline look and the hourly read of vast.ai's charges each have a
     # thread, so none waits for another.
-    executor = (
-        NativePoolExecutor(MAX_WORKERS) if gevent_patched() else ThreadPoolExecutor(MAX_WORKERS)
-    )
-    return {"timezone": UTC, "executors": {"default": executor}, "job_defaults": JOB_DEFAULTS}
+    return {
+        "timezone": UTC,
+        "executors": {"default": new_executor(MAX_WORKERS)},
+        "job_defaults": JOB_DEFAULTS,
+    }
+
+
+def new_executor(max_workers: int) -> BaseExecutor:
+    """Return an executor of max_workers threads: native ones under gevent."""
+    if gevent_patched():
+        return NativePoolExecutor(max_workers)
+    return ThreadPoolExecutor(max_workers)
 
 
 def native_thread(work: Callable[[], Any]) -> Any:

@@ -97,23 +97,6 @@ def m005_costs(db: Database) -> None:
 
 
 @migrations()
-def m003_auth_failures(db: Database) -> None:
-    """Count wrong keys per client, so every worker applies the same brute-force lockout."""
-    db.execute(
-        """CREATE TABLE auth_failures (
-            client TEXT PRIMARY KEY,
-            failures INTEGER NOT NULL,
-            window_start REAL NOT NULL,
-            last_failure REAL NOT NULL,
-            lockouts INTEGER NOT NULL DEFAULT 0,
-            locked_until REAL
-        )"""
-    )
-    # Pruning deletes the oldest rows first.
-    db.execute("CREATE INDEX auth_failures_last ON auth_failures(last_failure)")
-
-
-@migrations()
 def m006_notify(db: Database) -> None:
     """Add the notification outbox: one row per (audit entry, webhook), delivered later."""
     # target_key is a hash of the webhook URL (a secret, never stored); target_label is its
@@ -138,6 +121,23 @@ def m006_notify(db: Database) -> None:
         "CREATE INDEX outbox_undelivered ON outbox(target_key, id) "
         "WHERE state IN ('pending', 'sending')"
     )
+
+
+@migrations()
+def m003_auth_failures(db: Database) -> None:
+    """Count wrong keys per client, so every worker applies the same brute-force lockout."""
+    db.execute(
+        """CREATE TABLE auth_failures (
+            client TEXT PRIMARY KEY,
+            failures INTEGER NOT NULL,
+            window_start REAL NOT NULL,
+            last_failure REAL NOT NULL,
+            lockouts INTEGER NOT NULL DEFAULT 0,
+            locked_until REAL
+        )"""
+    )
+    # Pruning deletes the oldest rows first.
+    db.execute("CREATE INDEX auth_failures_last ON auth_failures(last_failure)")
 
 
 @dataclass(frozen=True)

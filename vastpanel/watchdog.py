@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from flask import Flask
 from flask.helpers import get_debug_flag
@@ -41,7 +40,7 @@ from . import leases, metrics, store
 from .config import parse_bool
 from .logs import redact
 from .panel import Panel, PanelError, PowerOffResult
-from .scheduling import NativePoolExecutor, gevent_patched, new_scheduler, scheduler_options
+from .scheduling import new_executor, new_scheduler, scheduler_options
 
 log = logging.getLogger("vastpanel.watchdog")
 
@@ -180,10 +179,7 @@ class Watchdog:
         if self.panel.config.notify_targets:
             # Added after init_app, whose configure() replaces the executors given above.
             # A thread of its own: a slow webhook never delays a look.
-            notify_executor = (
-                NativePoolExecutor(1) if gevent_patched() else ThreadPoolExecutor(max_workers=1)
-            )
-            scheduler.scheduler.add_executor(notify_executor, "notify")
+            scheduler.scheduler.add_executor(new_executor(1), "notify")
             scheduler.add_job(
                 NOTIFY_JOB,
                 self._run_delivery,
