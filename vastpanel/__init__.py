@@ -18,8 +18,8 @@ from .log_config import configure_logging
 ROOT = Path(__file__).resolve().parent.parent
 API_PREFIX = "/infra/vast"
 # Request bodies: the API takes small JSON objects and the page small forms, so anything larger
-# is refused (413) before it is read. The LLM proxy's /v1/ routes will need up to 32 MiB: raise
-# the limit for those requests only, in that blueprint's before_request, with
+# is refused (413) before it is read. The LLM proxy's /v1/ routes take up to 32 MiB: proxy.py
+# raises the limit for those requests only, in an app hook that runs before the check, with
 # `request.max_content_length = LLM_MAX_BODY_BYTES` (Flask 3.1 lets one request raise it).
 MAX_BODY_BYTES = 64 * 1024
 LLM_MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -76,10 +76,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.teardown_appcontext(lambda _exc: panel.close())
     htmx.init_app(app)
 
-    from . import api, auth, cli, health, metrics, openapi, pages
+    from . import api, auth, cli, health, metrics, openapi, pages, proxy
 
     # First of all the hooks (before the key check and CSRF): a body announced too large is
     # refused unread. A chunked one is cut by Werkzeug when it is read past the limit.
+    # /v1/: the LLM pass-through, with its own keys (LLM_API_KEYS); first, because it raises
+    # the body limit for its requests (32 MiB) before the check below reads it.
+    proxy.init_app(app)
     app.before_request(_refuse_large_body)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)

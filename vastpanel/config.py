@@ -73,6 +73,12 @@ class Config:
     budget_usd: float | None = None  # VAST_BUDGET_USD: a spending cap per budget period
     budget_period: str = "month"  # VAST_BUDGET_PERIOD: day or month, UTC
     max_session_hours: float | None = None  # VAST_MAX_SESSION_HOURS: longest session allowed
+    # The /v1/ pass-through to the instance's LLM (off while llm_api_keys is empty).
+    llm_api_keys: tuple[str, ...] = ()
+    llm_port: int | None = None  # the container port of the LLM; None: health_port
+    llm_upstream_key: str = ""  # sent upstream as "Authorization: Bearer" (vLLM's --api-key)
+    proxy_wait_s: float = 600.0  # how long a request may wait for a cold start
+    proxy_max_waiting: int = 64  # requests waiting for a cold start at once; more get 503
 
     @property
     def missing_vast_settings(self) -> list[str]:
@@ -94,6 +100,7 @@ class Config:
         """List the secret values that must never be shown or logged."""
         values = [self.vast_api_key, self.control_api_key, self.metrics_token]
         values.append(self.llm_metrics_token)
+        values += [self.llm_upstream_key, *self.llm_api_keys]
         return [s for s in values if s] + [t.url for t in self.notify_targets]
 
     @property
@@ -114,14 +121,16 @@ class Config:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
         """Build the config from environment variables, or raise ConfigError."""
+        wait_timeout_s = _number(env, "VAST_WAIT_TIMEOUT_S", 600.0)
+        control_api_key = _control_key(env)
         return cls(
             vast_url=_url(env, "VAST_URL", DEFAULT_VAST_URL),
             vast_api_key=env.get("VAST_API_KEY", "").strip(),
             vast_instance_id=_instance_id(env),
-            control_api_key=_control_key(env),
+            control_api_key=control_api_key,
             health_port=_port(env, "VAST_HEALTH_PORT", 8001),
             health_path=_health_path(env, "VAST_HEALTH_PATH", "/health"),
-            wait_timeout_s=_number(env, "VAST_WAIT_TIMEOUT_S", 600.0),
+            wait_timeout_s=wait_timeout_s,
             auto_shutdown=parse_bool(env, "VAST_AUTO_SHUTDOWN", True),
             auto_shutdown_minutes=_number(env, "VAST_AUTO_SHUTDOWN_MINUTES", 30.0, positive=True),
             watchdog_interval_s=_number(env, "VAST_WATCHDOG_INTERVAL_S", 60.0, positive=True),
@@ -141,6 +150,11 @@ class Config:
             budget_usd=_optional_positive(env, "VAST_BUDGET_USD"),
             budget_period=_choice(env, "VAST_BUDGET_PERIOD", ("day", "month"), "month"),
             max_session_hours=_optional_positive(env, "VAST_MAX_SESSION_HOURS"),
+            llm_api_keys=_llm_keys(env, control_api_key),
+            llm_port=_port(env, "VAST_LLM_PORT", None),
+            llm_upstream_key=env.get("VAST_LLM_UPSTREAM_KEY", "").strip(),
+            proxy_wait_s=_number(env, "VAST_PROXY_WAIT_S", wait_timeout_s),
+            proxy_max_waiting=_whole(env, "VAST_PROXY_MAX_WAITING", 64),
         )
 
 
@@ -224,6 +238,25 @@ def _port(env: Mapping[str, str], name: str, default: int | None) -> int | None:
     if not raw.isdigit() or not 1 <= int(raw) <= 65535:
         raise ConfigError(f"{name} must be a port from 1 to 65535, got {raw!r}")
     return int(raw)
+
+
+def _whole(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{name} must be a whole number of 1 or more, got {raw!r}")
+    return int(raw)
+
+
+def _llm_keys(env: Mapping[str, str], control_api_key: str) -> tuple[str, ...]:
+    """Read LLM_API_KEYS (comma-separated); a key that can chat must never power off."""
+    keys = tuple(k.strip() for k in env.get("LLM_API_KEYS", "").split(",") if k.strip())
+    if control_api_key and control_api_key in keys:
+        raise ConfigError(
+            "LLM_API_KEYS must not contain CONTROL_API_KEY: a chat key cannot power off"
+        )
+    return keys
 
 
 def parse_bool(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -27,6 +27,19 @@ class PowerBusy(PanelError):
     """Another power action holds the lock for too long."""
 
 
+class LlmUnavailable(PanelError):
+    """The LLM cannot take a request now; retry_after says when to try again (seconds)."""
+
+    def __init__(self, message: str, retry_after: int, code: str):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.code = code
+
+
+class ClientGone(Exception):
+    """The client of a waiting request went away; nobody is left to answer."""
+
+
 class InvalidRequest(PanelError):
     """A value given to an action is out of bounds; nothing was changed."""
 

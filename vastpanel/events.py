@@ -14,8 +14,10 @@ ACTORS: dict[str, str] = {
     "admin": "the signed-in admin on the page",
     "cli": "the admin CLI on the host (flask --app app vast ...)",
     "system": "the panel itself: the auto-shutdown watchdog, or what vast.ai was seen doing",
+    "proxy": "the /v1/ LLM endpoint, starting a stopped instance for a request to its LLM",
 }
 PEOPLE = ("api", "admin", "cli")  # the actors of a request made by someone
+STARTERS = (*PEOPLE, "proxy")  # who may start the instance (without waiting for its health)
 
 
 @dataclass(frozen=True)
@@ -27,10 +29,10 @@ class Event:
 
 
 EVENTS: dict[str, Event] = {
-    "power_on_requested": Event("Start requested", PEOPLE),
-    "power_on_queued": Event("Start queued (GPU busy)", PEOPLE),
+    "power_on_requested": Event("Start requested", STARTERS),
+    "power_on_queued": Event("Start queued (GPU busy)", STARTERS),
     "power_on_complete": Event("Started and healthy", PEOPLE),
-    "power_on_failed": Event("Start failed", PEOPLE),
+    "power_on_failed": Event("Start failed", STARTERS),
     "power_on_health_timeout": Event("Start: health timed out", PEOPLE),
     "power_off_requested": Event("Stop requested", PEOPLE),
     "power_off_complete": Event("Stopped", PEOPLE),

@@ -56,4 +56,9 @@ def take_lease(db: Database, name: str, holder: str, now: float, ttl: float) -> 
 
 def any_live_lease(db: Database, prefix: str, now: float) -> bool:
     """Tell whether some unexpired lease named prefix... is held by a process that still runs."""
-    return any(not holder_is_dead(lease.holder) for lease in store.leases_named(db, prefix, now))
+    return count_live_leases(db, prefix, now) > 0
+
+
+def count_live_leases(db: Database, prefix: str, now: float) -> int:
+    """Count the unexpired leases named prefix... held by processes that still run."""
+    return sum(not holder_is_dead(lease.holder) for lease in store.leases_named(db, prefix, now))

@@ -116,6 +116,7 @@ def status_context(notice: str | None = None, notice_is_error: bool = False) -> 
         "instance_id": panel.config.vast_instance_id,
         "auto_shutdown": panel.config.auto_shutdown,
         "gateway_source": panel.config.gateway_source,
+        "proxy": panel.proxy_stats(),
         "keepalive_choices": [
             m for m in KEEPALIVE_CHOICES_MINUTES if m <= panel.config.keepalive_max_minutes
         ],

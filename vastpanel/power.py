@@ -78,9 +78,12 @@ class PowerActions:
         every HEALTH_PROBE_EVERY_S (shared by every caller), so a page that polls can follow a
         start made without waiting for health; the first 200 of a session is audited.
         """
-        if report.state.status != "running":
+        return self._session_healthy(report.state, report.session)
+
+    def _session_healthy(self, state: InstanceState, session: store.Session | None) -> bool | None:
+        """session_healthy for a state and the open session (see there)."""
+        if state.status != "running":
             return None
-        session = report.session
         if session is not None and store.get_value(self.db, HEALTHY_SESSION_KEY) == session.id:
             return True
         now = self.clock.now()
@@ -88,7 +91,7 @@ class PowerActions:
         if probed is not None and 0 <= now - probed < HEALTH_PROBE_EVERY_S:
             return False
         store.set_value(self.db, HEALTH_PROBED_KEY, now)
-        url = self._health_url(report.state, self.config.health_port, self.config.health_path)
+        url = self._health_url(state, self.config.health_port, self.config.health_path)
         if url is None or not fetch_health(self.http, url):
             return False
         if session is not None and store.get_value(self.db, HEALTHY_SESSION_KEY) != session.id:
@@ -96,8 +99,8 @@ class PowerActions:
             self.audit(
                 "instance_healthy",
                 "system",
-                instance_id=report.state.instance_id,
-                endpoint=report.state.endpoint_base_url,
+                instance_id=state.instance_id,
+                endpoint=state.endpoint_base_url,
                 healthy_after_minutes=(now - session.started_at) / 60,
             )
         return True

@@ -204,4 +204,5 @@ class Backend:
                     "requests_running": self.metrics.running,
                     "requests_waiting": self.metrics.waiting,
                 },
+                "billing": inst.meter.describe(),
             }

@@ -168,9 +168,23 @@ def _generate(backend: Backend, prompt_tokens: int, tokens: list[str], reason: s
             backend.pause_for(backend.llm.token_delay_s)
             if backend.closing.is_set():
                 return  # the simulator is stopping: an aborted request
+            if not _instance_up(backend):
+                # The machine went away under the model: the connection breaks mid-answer.
+                raise InstanceGone("the instance stopped or vanished during a generation")
             generation.token()
             yield token
         generation.finish(reason)
+
+
+class InstanceGone(ConnectionAbortedError):
+    """The simulated instance stopped or vanished while a completion was being generated."""
+
+
+def _instance_up(backend: Backend) -> bool:
+    """Tell whether the instance still runs (an LLM on a gone machine cannot answer)."""
+    inst = backend.instance
+    with inst.lock:
+        return not inst.vanished and inst.is_running(backend.clock())
 
 
 def _stream(backend: Backend, prompt_tokens, tokens, reason, completion_id: str, created: int):

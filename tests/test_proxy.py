@@ -1,0 +1,273 @@
+"""The /v1/ pass-through in-process: keys, forwarding, cold-start answers (vast.ai and the LLM
+faked with `responses`; the real thing end to end is in test_proxy_e2e.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import responses
+
+from conftest import CONTROL_KEY, FIXTURES, INSTANCE_URL, base_config
+from vastpanel import ConfigError, create_app, store
+from vastpanel.config import Config
+from vastpanel.wake import IN_FLIGHT_LEASE, WAITING_LEASE
+from vastpanel.watchdog import Watchdog
+
+LLM_KEY = "team-key-0123456789abcdef"
+UPSTREAM_KEY = "vllm-key-fedcba9876543210"
+LLM_URL = "http://203.0.113.7:41234/v1/chat/completions"
+BEARER = {"Authorization": f"Bearer {LLM_KEY}"}
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def app(tmp_path, clock, vast):
+    config = base_config(
+        tmp_path, LLM_API_KEYS=f"{LLM_KEY},other-key-1", VAST_LLM_UPSTREAM_KEY=UPSTREAM_KEY
+    )
+    app = create_app({**config, "CLOCK": clock, "VAST_PROXY_WAIT_S": "30"})
+    yield app
+    app.extensions["vastpanel"].close()
+
+
+@pytest.fixture
+def llm(vast):
+    """The instance's LLM: answers chat completions, remembering what it was sent."""
+    seen = []
+
+    def answer(request):
+        seen.append(request)
+        headers = {"Connection": "keep-alive, X-Hop", "X-Hop": "1", "X-Model-Server": "fake"}
+        return 200, headers, json.dumps({"choices": [{"message": {"content": "hello"}}]})
+
+    vast.mock.add_callback(responses.POST, LLM_URL, callback=answer)
+    return seen
+
+
+def error_of(response) -> dict:
+    body = response.get_json()
+    assert set(body["error"]) >= {"message", "type", "code"}
+    return body["error"]
+
+
+def test_off_without_keys_says_how_to_turn_it_on(tmp_path, clock, vast):
+    app = create_app({**base_config(tmp_path), "CLOCK": clock})
+    response = app.test_client().post("/v1/chat/completions", json=BODY, headers=BEARER)
+    assert response.status_code == 404
+    assert "LLM_API_KEYS" in error_of(response)["message"]
+    assert vast.puts == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer nope"}, {"Authorization": f"Bearer {CONTROL_KEY}"},
+     {"X-API-Key": CONTROL_KEY}, {"Authorization": LLM_KEY}],
+    ids=["missing", "wrong", "control-bearer", "control-header", "no-scheme"],
+)  # fmt: skip
+def test_wrong_or_missing_key_is_401(app, vast, headers):
+    response = app.test_client().post("/v1/chat/completions", json=BODY, headers=headers)
+    assert response.status_code == 401
+    assert error_of(response)["code"] == "invalid_api_key"
+    assert vast.puts == [] and vast.gets == 0
+
+
+def test_control_key_cannot_be_an_llm_key():
+    with pytest.raises(ConfigError, match="LLM_API_KEYS"):
+        Config.from_env({"CONTROL_API_KEY": "same-key", "LLM_API_KEYS": "a, same-key"})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("VAST_LLM_PORT", "70000"), ("VAST_PROXY_MAX_WAITING", "0"), ("VAST_PROXY_WAIT_S", "-1")],
+)
+def test_bad_proxy_settings_name_the_variable(name, value):
+    with pytest.raises(ConfigError, match=name):
+        Config.from_env({name: value})
+
+
+def test_proxy_settings_defaults():
+    config = Config.from_env({"VAST_WAIT_TIMEOUT_S": "90", "LLM_API_KEYS": " a ,b,, "})
+    assert config.llm_api_keys == ("a", "b")
+    assert config.proxy_wait_s == 90.0
+    assert config.proxy_max_waiting == 64
+    assert config.llm_port is None
+    assert "a" in config.secrets and "b" in config.secrets
+
+
+def test_forwards_request_and_strips_hop_by_hop_headers(app, vast, llm, panel):
+    vast.set_running()
+    response = app.test_client().post(
+        "/v1/chat/completions?trace=1&x=%20y",
+        data=json.dumps(BODY),
+        headers={
+            **BEARER,
+            "Content-Type": "application/json",
+            "X-Team": "research",
+            "Connection": "X-Secret-Hop",
+            "X-Secret-Hop": "drop me",
+            "Cookie": "vastpanel_session=abc",
+        },
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert json.loads(response.data)["choices"][0]["message"]["content"] == "hello"
+    sent = llm[0]
+    assert sent.url.endswith("/v1/chat/completions?trace=1&x=%20y")
+    assert json.loads(sent.body) == BODY
+    assert sent.headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"  # never the client's key
+    assert sent.headers["X-Team"] == "research"
+    assert "X-Secret-Hop" not in sent.headers and "Cookie" not in sent.headers
+    assert response.headers["X-Model-Server"] == "fake"
+    assert "X-Hop" not in response.headers  # named in the LLM's Connection header
+    # Activity at the start and end; nothing left in flight.
+    assert panel.status_report().last_activity == panel.clock.now()
+    assert panel.proxy_stats().in_flight == 0
+    assert vast.puts == []
+
+
+def test_llm_port_chooses_another_container_port(tmp_path, clock, vast):
+    config = base_config(tmp_path, LLM_API_KEYS=LLM_KEY, VAST_LLM_PORT="8000")
+    app = create_app({**config, "CLOCK": clock})
+    vast.set_running()
+    seen = []
+    vast.mock.add_callback(
+        responses.POST,
+        "http://203.0.113.7:41233/v1/chat/completions",  # 8000/tcp's HostPort
+        callback=lambda request: seen.append(request) or (200, {}, "{}"),
+    )
+    response = app.test_client().post("/v1/chat/completions", json=BODY, headers=BEARER)
+    assert response.status_code == 200
+    assert len(seen) == 1 and "Authorization" not in seen[0].headers
+
+
+def test_bodies_past_the_apps_64_kib_limit_pass_through(app, vast, llm):
+    vast.set_running()
+    big = {**BODY, "messages": [{"role": "user", "content": "x" * (4 * 1024 * 1024)}]}
+    response = app.test_client().post("/v1/chat/completions", json=big, headers=BEARER)
+    assert response.status_code == 200
+    assert json.loads(llm[0].body) == big
+    # The rest of the app keeps its own limit.
+    api = app.test_client().post(
+        "/infra/vast/activity", data=b"x" * (65 * 1024), headers={"X-API-Key": CONTROL_KEY}
+    )
+    assert api.status_code == 413
+
+
+def test_body_over_32_mib_is_refused_in_openai_shape(app, vast):
+    vast.set_running()
+    response = app.test_client().post(
+        "/v1/chat/completions", data=b"x" * (32 * 1024 * 1024 + 1), headers=BEARER
+    )
+    assert response.status_code == 413
+    assert error_of(response)["type"] == "invalid_request_error"
+
+
+def test_cold_start_starts_once_as_proxy_and_waits(app, vast, llm, panel, clock):
+    vast.boot_after = 20.0
+    response = app.test_client().post("/v1/chat/completions", json=BODY, headers=BEARER)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert vast.puts == ["running"]
+    starts = [e for e in panel.audit_log(50) if e.event == "power_on_requested"]
+    assert [e.actor for e in starts] == ["proxy"]
+    assert panel.proxy_stats().last_start is not None
+    assert panel.proxy_stats().waiting == 0
+
+
+def test_gpu_taken_answers_503_at_once(app, vast, panel, clock):
+    vast.put_answer = (200, json.loads(open_fixture("start_resources_unavailable.json")))
+    vast.on_get = lambda: vast.puts and vast.set(intended_status="running")
+    began = clock.now()
+    response = app.test_client().post("/v1/chat/completions", json=BODY, headers=BEARER)
+    assert response.status_code == 503
+    assert "GPU is taken" in error_of(response)["message"]
+    assert int(response.headers["Retry-After"]) > 0
+    assert clock.now() - began < 5
+    assert vast.puts == ["running"]
+
+
+def test_a_start_scheduling_for_minutes_answers_503_at_once(app, vast, clock):
+    vast.set(intended_status="running")  # a start queued elsewhere (the console)
+    client = app.test_client()
+    client.get("/infra/vast/status", headers={"X-API-Key": CONTROL_KEY})  # scheduling seen
+    clock.advance(121)
+    response = client.post("/v1/chat/completions", json=BODY, headers=BEARER)
+    assert response.status_code == 503
+    assert error_of(response)["code"] == "gpu_unavailable"
+    assert vast.puts == []
+
+
+def test_cold_start_wait_is_bounded(app, vast, clock):
+    vast.boot_after = 3600.0
+    began = clock.now()
+    response = app.test_client().post("/v1/chat/completions", json=BODY, headers=BEARER)
+    assert response.status_code == 503
+    assert error_of(response)["code"] == "cold_start_timeout"
+    assert response.headers["Retry-After"]
+    assert 30 <= clock.now() - began < 40
+    assert vast.puts == ["running"]
+
+
+def test_no_more_than_max_waiting(tmp_path, clock, vast):
+    config = base_config(tmp_path, LLM_API_KEYS=LLM_KEY, VAST_PROXY_MAX_WAITING="2")
+    app = create_app({**config, "CLOCK": clock})
+    panel = app.extensions["vastpanel"]
+    for n in range(2):  # two requests of this process already wait
+        assert panel_lease(panel, f"{WAITING_LEASE}{n}")
+    response = app.test_client().post("/v1/chat/completions", json=BODY, headers=BEARER)
+    assert response.status_code == 503
+    assert error_of(response)["code"] == "too_many_waiting"
+    assert vast.puts == []
+
+
+def test_in_flight_counts_every_live_lease(panel):
+    assert panel_lease(panel, f"{IN_FLIGHT_LEASE}a")
+    ticket = panel.proxy_request()
+    assert panel.proxy_stats().in_flight == 2
+    ticket.close()
+    assert panel.proxy_stats().in_flight == 1
+
+
+def panel_lease(panel, name: str) -> bool:
+    return store.acquire_lease(panel.db, name, panel.holder, panel.clock.now(), 600)
+
+
+def open_fixture(name: str) -> str:
+    return (FIXTURES / name).read_text()
+
+
+def test_a_healthy_llm_is_served_while_vast_ai_fails(app, vast, llm, panel, clock):
+    vast.set_running()
+    client = app.test_client()
+    assert client.post("/v1/chat/completions", json=BODY, headers=BEARER).status_code == 200
+    clock.advance(60)  # the shared answer is stale; vast.ai now answers 429
+    vast.mock.replace(responses.GET, INSTANCE_URL, status=429, body="API requests too frequent")
+    response = client.post("/v1/chat/completions", json=BODY, headers=BEARER)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert len(llm) == 2
+
+
+def test_vast_ai_failing_before_any_healthy_answer_is_503(app, vast, panel):
+    vast.mock.replace(responses.GET, INSTANCE_URL, status=500, body="{}")
+    response = app.test_client().post("/v1/chat/completions", json=BODY, headers=BEARER)
+    assert response.status_code == 503
+    assert error_of(response)["code"] == "vast_unavailable"
+    assert response.headers["Retry-After"]
+
+
+def test_a_spent_budget_is_a_503_naming_it_and_starts_nothing(tmp_path, clock, vast):
+    config = base_config(
+        tmp_path, LLM_API_KEYS=LLM_KEY, VAST_BUDGET_USD="1", VAST_BUDGET_PERIOD="day"
+    )
+    app = create_app({**config, "CLOCK": clock, "VAST_AUTO_SHUTDOWN": "false"})
+    watchdog = Watchdog(app.extensions["vastpanel"])
+    vast.set_running()
+    vast.set(dph_base=1.95)  # $2/h with storage: the $1 budget is spent after 30 minutes
+    watchdog.look()
+    clock.advance(31 * 60)
+    assert watchdog.look().stopped is not None and vast.puts == ["stopped"]
+    response = app.test_client().post("/v1/chat/completions", json=BODY, headers=BEARER)
+    assert response.status_code == 503
+    assert error_of(response)["code"] == "start_failed"
+    assert "budget" in error_of(response)["message"]
+    assert vast.puts == ["stopped"]
+    app.extensions["vastpanel"].close()
