@@ -74,7 +74,9 @@ def test_wrong_or_missing_key_is_401(app, vast, headers):
 
 def test_control_key_cannot_be_an_llm_key():
     with pytest.raises(ConfigError, match="LLM_API_KEYS"):
-        Config.from_env({"CONTROL_API_KEY": "same-key", "LLM_API_KEYS": "a, same-key"})
+        Config.from_env(
+            {"CONTROL_API_KEY": "same-key-0123456789", "LLM_API_KEYS": "a, same-key-0123456789"}
+        )
 
 
 @pytest.mark.parametrize(

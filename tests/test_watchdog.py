@@ -403,6 +403,8 @@ def test_lease_of_a_killed_process_is_taken_over_at_once(panel, vast, clock, wat
         (f"{socket.gethostname()}:{os.getpid()}:a1b2c3d4", True),  # our pid, reused
         ("not a holder", False),
     ],
+    # Ids without the pids, so parallel test workers (pytest-xdist) collect the same tests.
+    ids=["alive-here", "another-host", "our-pid-reused", "not-a-holder"],
 )
 def test_holder_is_dead(holder, dead):
     assert holder_is_dead(holder) is dead

@@ -204,5 +204,4 @@ class Backend:
                     "requests_running": self.metrics.running,
                     "requests_waiting": self.metrics.waiting,
                 },
-                "billing": inst.meter.describe(),
             }
