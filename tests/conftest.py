@@ -43,11 +43,31 @@ E2E_MODULES = frozenset(
 )
 
 
+# Modules that load the CPU (chromium, hundreds of client threads, pip installs) or judge
+# latencies under load: pytest-xdist runs them one after another on one worker (--dist
+# loadgroup), while the e2e tests that mostly wait on the clock (idle times, long streams) run
+# beside them on the other workers.
+HEAVY_MODULES = frozenset(
+    {
+        "test_browser",
+        "test_browser_first_hour",
+        "test_browser_keepalive",
+        "test_fresh_clone",
+        "test_reliability_fuzz",
+        "test_reliability_load",
+        "test_starvation",
+    }
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests of the e2e modules."""
+    """Mark the tests of the e2e modules; keep the heavy modules on one parallel worker."""
     for item in items:
-        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in E2E_MODULES:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
+        if module in E2E_MODULES:
             item.add_marker(pytest.mark.e2e)
+        if module in HEAVY_MODULES:
+            item.add_marker(pytest.mark.xdist_group("heavy"))
 
 
 def load_fixture(name: str) -> Any:
