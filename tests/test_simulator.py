@@ -350,7 +350,8 @@ def test_chat_completion_rejects_bad_requests_and_streams(sim, http, clock):
     assert stream.headers["Content-Type"].startswith("text/event-stream")
     events = [line for line in stream.text.splitlines() if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]"
-    assert json.loads(events[0][6:])["choices"][0]["delta"]["content"]
+    assert json.loads(events[0][6:])["choices"][0]["delta"]["role"] == "assistant"
+    assert json.loads(events[1][6:])["choices"][0]["delta"]["content"]
 
 
 # --- faults ---

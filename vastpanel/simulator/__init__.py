@@ -20,8 +20,12 @@ The API server (``Simulator.url``), Bearer auth (``?api_key=`` is accepted too, 
 
 The LLM stack (``Simulator.llm_url``, the HostPort of the mapped ports):
     GET /health                  502 unless running and warm, then 200 with an empty body
+    GET /metrics                 vLLM's Prometheus text (llm_metrics.py): running/waiting gauges
+                                 and request/token counters that move with the requests served;
+                                 404 with ``LlmConfig(serve_metrics=False)``
     GET /v1/models               OpenAI model list (502 while not up)
-    POST /v1/chat/completions    a fixed completion, OpenAI shape; "stream": true gives SSE
+    POST /v1/chat/completions    a fixed completion, OpenAI shape; "stream": true gives SSE,
+                                 one token per ``token_delay_s``; ``max_tokens`` sets its length
 
 Control routes on the API server (loopback only, no auth, never in the request log):
     GET    /_sim/state      instance, faults, timing, clock, llm_port
@@ -36,6 +40,7 @@ Control routes on the API server (loopback only, no auth, never in the request l
     POST   /_sim/reset      initial state, no faults, empty logs
     POST   /_sim/timing     {"schedule_delay": s, ...} for transitions from now on
     POST   /_sim/pause      {"seconds": s}: the API refuses connections, then comes back
+    POST   /_sim/llm        {"token_delay_s": s, "serve_metrics": bool, "max_num_seqs": n}
 
 Fault kinds (``Simulator.add_fault(kind, **options)`` or POST /_sim/fault):
     response               any status and body (``status`` required)

@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 
+from .backend import LlmConfig
 from .runner import Simulator
 
 
@@ -27,6 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--create-delay", type=float, default=0.0)
     parser.add_argument("--rate-limit-get", type=float, default=0.0, help="min seconds, 0: off")
     parser.add_argument("--rate-limit-put", type=float, default=0.0, help="min seconds, 0: off")
+    parser.add_argument("--token-delay", type=float, default=0.0, help="LLM seconds per token")
     parser.add_argument("--verbose", action="store_true", help="print one line per request")
     return parser.parse_args(argv)
 
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         rate_limit={k: v for k, v in rate_limit.items() if v > 0},
         port=args.port,
         llm_port=args.llm_port,
+        llm=LlmConfig(token_delay_s=max(0.0, args.token_delay)),
         quiet=not args.verbose,
     )
     done = threading.Event()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from .faults import Fault, FaultBook, RateLimiter
 from .instance import SimInstance
+from .llm_metrics import VllmMetrics
 
 EXTERNAL_ACTIONS = ("start", "stop", "exit", "vanish", "appear")
 LOG_LIMIT = 10_000  # a demo left polling for days keeps only the latest requests
@@ -21,6 +22,10 @@ class LlmConfig:
     model: str = "sim-model"
     completion: str = "Hello from the simulated vast.ai instance."
     api_key: str | None = None  # when set, the LLM stack wants "Authorization: Bearer <key>"
+    token_delay_s: float = 0.0  # seconds per generated token: a long stream takes this x tokens
+    serve_metrics: bool = True  # False: /metrics answers 404, as a stack without that route
+    metrics_token: str | None = None  # when set, /metrics wants "Authorization: Bearer <token>"
+    max_num_seqs: int = 256  # requests generated at once; more wait (vllm:num_requests_waiting)
 
 
 class Backend:
@@ -40,6 +45,7 @@ class Backend:
         self.faults = FaultBook()
         self.rate_limiter = RateLimiter(rate_limit)
         self.llm = llm
+        self.metrics = VllmMetrics(llm.model, llm.max_num_seqs)
         self.llm_port = 0  # set once the LLM server is listening
         self.closing = threading.Event()
         self._log: deque[dict] = deque(maxlen=LOG_LIMIT)
@@ -149,4 +155,10 @@ class Backend:
                 "faults": self.faults.describe(),
                 "rate_limit": dict(self.rate_limiter.intervals),
                 "llm_port": self.llm_port,
+                "llm": {
+                    "token_delay_s": self.llm.token_delay_s,
+                    "serve_metrics": self.llm.serve_metrics,
+                    "requests_running": self.metrics.running,
+                    "requests_waiting": self.metrics.waiting,
+                },
             }

@@ -120,3 +120,26 @@ def pause():
         return _bad("pausing is not available here", 501)
     on_pause(float(seconds))
     return jsonify({"ok": True, "resumes_in": seconds}), 202
+
+
+LLM_SETTINGS = {"token_delay_s": (int, float), "serve_metrics": (bool,), "max_num_seqs": (int,)}
+
+
+@control.post("/llm")
+def set_llm():
+    """Change the LLM stack: {"token_delay_s": s, "serve_metrics": bool, "max_num_seqs": n}."""
+    backend = _backend()
+    body = _body()
+    for name, value in body.items():
+        kinds = LLM_SETTINGS.get(name)
+        if kinds is None:
+            return _bad(f"unknown setting {name!r}; known: {', '.join(LLM_SETTINGS)}")
+        bool_for_number = isinstance(value, bool) and bool not in kinds
+        if not isinstance(value, kinds) or bool_for_number or (kinds != (bool,) and value < 0):
+            return _bad(
+                f"{name} must be {'true or false' if kinds == (bool,) else 'a number >= 0'}"
+            )
+    for name, value in body.items():
+        setattr(backend.llm, name, value)
+    backend.metrics.max_num_seqs = max(1, backend.llm.max_num_seqs)
+    return jsonify({"ok": True, "llm": backend.snapshot()["llm"]})

@@ -1,4 +1,10 @@
-"""The LLM stack inside the simulated instance: vLLM-style /health and an OpenAI-style API."""
+"""The LLM stack inside the simulated instance: vLLM-style /health, /metrics and OpenAI API.
+
+Every completion holds a batch slot while it generates, one token per ``token_delay_s``, so
+vLLM's gauges (running, waiting) and counters (requests, prompt and generation tokens) in
+/metrics move with the requests really served. ``max_tokens`` sets a generation's length (the
+fixed completion's words, repeated); a streamed one sends each token as it is made.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,9 @@ import uuid
 from flask import Flask, Response, current_app, g, json, request
 
 from .backend import Backend
+from .llm_metrics import CONTENT_TYPE
+
+MAX_TOKENS_LIMIT = 100_000
 
 
 def create_llm_app(backend: Backend) -> Flask:
@@ -18,6 +27,7 @@ def create_llm_app(backend: Backend) -> Flask:
     app.before_request(_only_when_up)
     app.after_request(_log_request)
     app.add_url_rule("/health", view_func=health)
+    app.add_url_rule("/metrics", view_func=metrics)
     app.add_url_rule("/v1/models", view_func=list_models)
     app.add_url_rule("/v1/chat/completions", view_func=chat_completion, methods=["POST"])
     return app
@@ -44,11 +54,14 @@ def _only_when_up():
     with inst.lock:
         running = not inst.vanished and inst.is_running(g.arrived_at)
         warm = running and inst.is_warm(g.arrived_at)
+        boot = inst.running_at
     if not running:
         return Response("502 Bad Gateway: instance not running\n", status=502)
     if not warm:
         return Response("502 Bad Gateway: model server is still loading\n", status=502)
-    key = backend.llm.api_key
+    backend.metrics.note_boot(boot)  # a new boot is a restarted vLLM: counters from zero
+    # vLLM's --api-key guards /v1 only; a /metrics token is what nginx asks in front of it.
+    key = backend.llm.metrics_token if request.path == "/metrics" else backend.llm.api_key
     if key and request.path != "/health":
         sent = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if not hmac.compare_digest(sent.encode(), key.encode()):
@@ -74,6 +87,14 @@ def health():
     return Response("", status=200)
 
 
+def metrics():
+    """Serve vLLM's Prometheus metrics (404 when the stack is set not to)."""
+    backend = _backend()
+    if not backend.llm.serve_metrics:
+        return Response("404 Not Found\n", status=404, mimetype="text/plain")
+    return Response(backend.metrics.exposition(), status=200, content_type=CONTENT_TYPE)
+
+
 def list_models():
     """List the one served model."""
     model = _backend().llm.model
@@ -87,19 +108,33 @@ def list_models():
 
 
 def chat_completion():
-    """Answer any valid chat request with the fixed completion."""
-    llm = _backend().llm
+    """Answer a valid chat request with the fixed completion, one token per token_delay_s."""
+    backend = _backend()
+    llm = backend.llm
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         return openai_error(400, "'messages' is a required list", "invalid_request_error")
     if body.get("model", llm.model) != llm.model:
         return openai_error(404, f"The model `{body['model']}` does not exist.", "NotFoundError")
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int)
+        or isinstance(max_tokens, bool)
+        or not 1 <= max_tokens <= MAX_TOKENS_LIMIT
+    ):
+        message = f"max_tokens must be a whole number from 1 to {MAX_TOKENS_LIMIT}"
+        return openai_error(400, message, "invalid_request_error")
     prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body["messages"] if m)
-    completion_tokens = len(llm.completion.split())
+    words = llm.completion.split()
+    count = max_tokens or len(words)
+    tokens = [words[i % len(words)] for i in range(count)]
+    reason = "stop" if count == len(words) else "length"
     completion_id = "chatcmpl-" + uuid.uuid4().hex
     created = int(time.time())
     if body.get("stream"):
-        return Response(_stream(completion_id, created, llm), mimetype="text/event-stream")
+        chunks = _stream(backend, prompt_tokens, tokens, reason, completion_id, created)
+        return Response(chunks, mimetype="text/event-stream")
+    content = " ".join(_generate(backend, prompt_tokens, tokens, reason))
     return _json(
         200,
         {
@@ -110,27 +145,42 @@ def chat_completion():
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": llm.completion},
-                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": reason,
                 }
             ],
             "usage": {
                 "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
+                "completion_tokens": len(tokens),
+                "total_tokens": prompt_tokens + len(tokens),
             },
         },
     )
 
 
-def _stream(completion_id: str, created: int, llm):
-    """Yield the completion as server-sent events: one content chunk, a stop chunk, [DONE]."""
+def _generate(backend: Backend, prompt_tokens: int, tokens: list[str], reason: str):
+    """Yield the tokens one per token_delay_s, holding a batch slot counted in the metrics."""
+    with backend.metrics.request(prompt_tokens, backend.clock, backend.closing) as generation:
+        for token in tokens:
+            backend.pause_for(backend.llm.token_delay_s)
+            if backend.closing.is_set():
+                return  # the simulator is stopping: an aborted request
+            generation.token()
+            yield token
+        generation.finish(reason)
+
+
+def _stream(backend: Backend, prompt_tokens, tokens, reason, completion_id: str, created: int):
+    """Yield server-sent events: each token as it is made, a finish chunk, then [DONE]."""
     base = {"id": completion_id, "object": "chat.completion.chunk", "created": created}
-    for delta, finish in (({"role": "assistant", "content": llm.completion}, None), ({}, "stop")):
-        chunk = {
-            **base,
-            "model": llm.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }
-        yield f"data: {json.dumps(chunk)}\n\n"
+    model = backend.llm.model
+
+    def chunk(delta: dict, finish: str | None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return f"data: {json.dumps({**base, 'model': model, 'choices': [choice]})}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""}, None)
+    for i, token in enumerate(_generate(backend, prompt_tokens, tokens, reason)):
+        yield chunk({"content": token if i == 0 else " " + token}, None)
+    yield chunk({}, reason)
     yield "data: [DONE]\n\n"
