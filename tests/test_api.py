@@ -75,6 +75,7 @@ def test_status_stopped(client, vast):
         "auto_shutdown_in_minutes": None,
         "total_runtime_hours": 0.0,
         "total_cost_usd": 0.0,
+        "agent": "off",  # no VAST_AGENT_SECRET in the test config
         "message": "The instance is stopped; only storage is billed.",
     }
 

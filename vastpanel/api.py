@@ -72,6 +72,7 @@ def status_json(report: StatusReport) -> dict[str, Any]:
         "auto_shutdown_in_minutes": report.auto_shutdown_in_minutes,
         "total_runtime_hours": report.totals.runtime_seconds / 3600,
         "total_cost_usd": report.totals.cost_usd,
+        "agent": report.agent.status,
         "message": state.message,
     }
 

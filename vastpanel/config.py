@@ -30,6 +30,8 @@ class Config:
     watchdog_interval_s: float = 60.0
     status_ttl_s: float = 5.0
     db_path: str = DEFAULT_DB_PATH
+    # Shared with the instance's agent (deploy/instance/vastpanel_agent.py); empty: no heartbeats.
+    agent_secret: str = ""
     # Marks a demo against the simulator, so it can never pass for a real instance.
     simulated: bool = False
 
@@ -51,7 +53,7 @@ class Config:
     @property
     def secrets(self) -> list[str]:
         """List the secret values that must never be shown or logged."""
-        return [s for s in (self.vast_api_key, self.control_api_key) if s]
+        return [s for s in (self.vast_api_key, self.control_api_key, self.agent_secret) if s]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -69,6 +71,7 @@ class Config:
             watchdog_interval_s=_number(env, "VAST_WATCHDOG_INTERVAL_S", 60.0, positive=True),
             status_ttl_s=_number(env, "VAST_STATUS_TTL_S", 5.0),
             db_path=env.get("VAST_DB_PATH", "").strip() or DEFAULT_DB_PATH,
+            agent_secret=_agent_secret(env),
             simulated=parse_bool(env, "VASTPANEL_SIMULATED", False),
         )
 
@@ -127,6 +130,17 @@ def parse_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _agent_secret(env: Mapping[str, str]) -> str:
+    raw = _raw(env, "VAST_AGENT_SECRET")
+    if raw is None:
+        return ""
+    if len(raw) < 16:
+        raise ConfigError(
+            "VAST_AGENT_SECRET must be 16 characters or more (the agent asks as much)"
+        )
+    return raw
 
 
 def _instance_id(env: Mapping[str, str]) -> int | None:

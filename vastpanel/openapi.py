@@ -100,6 +100,15 @@ SCHEMAS: dict[str, Any] = {
             },
             "total_runtime_hours": {"type": "number", "minimum": 0},
             "total_cost_usd": {"type": "number", "minimum": 0},
+            "agent": {
+                "enum": ["ok", "unreachable", "off", None],
+                "description": (
+                    "The dead-man switch on the instance, as its last heartbeat in this session "
+                    "went: ok (answered), unreachable (the last heartbeats did not get through), "
+                    "off (VAST_AGENT_SECRET not set, or the agent is switched off); null while "
+                    "no heartbeat was answered in this session (e.g. the instance is not running)."
+                ),
+            },
             "message": NULLABLE_STRING,
         }
     ),

@@ -2,7 +2,8 @@
 
 The JSON API, the page and the watchdog all call Panel; it alone talks to the vast.ai client
 and the store. Its jobs live in their own modules, joined here: reading and reconciling the
-instance (reading.py), power actions (power.py) and the idle rule (idle.py).
+instance (reading.py), power actions (power.py), the idle rule (idle.py) and the heartbeats
+to the instance's dead-man switch (agent_link.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import requests
 from sqlite_utils import Database
 
 from . import leases, store
+from .agent_link import AgentHeartbeats, AgentReport
 from .clock import Clock
 from .config import Config
 from .errors import HealthTimeout, NotConfigured, PanelError, PowerBusy, UpstreamFailed
@@ -70,6 +72,7 @@ class StatusReport:
     health_wait: bool
     start_queued: bool
     scheduling_since: float | None
+    agent: AgentReport = AgentReport(None)
 
     @property
     def auto_shutdown_in_minutes(self) -> float | None:
@@ -79,7 +82,7 @@ class StatusReport:
         return max(0.0, (self.idle_deadline - self.now) / 60)
 
 
-class Panel(InstanceReading, PowerActions, IdleRules):
+class Panel(InstanceReading, PowerActions, IdleRules, AgentHeartbeats):
     """Controls one vast.ai instance and keeps its books in SQLite."""
 
     def __init__(
@@ -156,6 +159,7 @@ class Panel(InstanceReading, PowerActions, IdleRules):
             health_wait=self._health_wait_active(now),
             start_queued=store.get_value(self.db, START_QUEUED_KEY) is not None,
             scheduling_since=store.get_value(self.db, SCHEDULING_SINCE_KEY),
+            agent=self.agent_report(session),
         )
 
     # --- costs, audit and sessions ------------------------------------------------------------

@@ -7,7 +7,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -67,6 +67,26 @@ def m002_query_indexes(db: Database) -> None:
     db.execute("CREATE INDEX sessions_started_at ON sessions(started_at)")
 
 
+@migrations()
+def m003_agent_link(db: Database) -> None:
+    """Keep what the instance's agent last answered to the panel's heartbeat (one row)."""
+    db.execute(
+        """CREATE TABLE agent_link (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            session_id INTEGER,
+            attempted_at REAL NOT NULL,
+            answered_at REAL,
+            failures INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            agent_version TEXT,
+            grace_minutes REAL,
+            idle_minutes REAL,
+            enabled INTEGER,
+            unreachable_audited INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+
+
 @dataclass(frozen=True)
 class Session:
     """One stretch of GPU billing."""
@@ -104,6 +124,22 @@ class CachedInstance:
     fetched_at: float
     payload: dict[str, Any] | None
     error: str | None
+
+
+@dataclass(frozen=True)
+class AgentLink:
+    """The panel's last heartbeat to the instance's agent, within one session."""
+
+    session_id: int | None
+    attempted_at: float
+    answered_at: float | None = None  # the last heartbeat the agent accepted, in this session
+    failures: int = 0  # heartbeats in a row that did not get through
+    error: str | None = None
+    agent_version: str | None = None
+    grace_minutes: float | None = None
+    idle_minutes: float | None = None
+    enabled: bool | None = None
+    unreachable_audited: bool = False
 
 
 @dataclass(frozen=True)
@@ -441,3 +477,31 @@ def take_over_lease(
             [holder, now + ttl, name, old_holder],
         )
     return cursor.rowcount > 0
+
+
+# --- the instance's agent ---------------------------------------------------------------------
+
+AGENT_LINK_FIELDS = [f.name for f in fields(AgentLink)]
+
+
+def read_agent_link(db: Database) -> AgentLink | None:
+    """Return the last heartbeat's outcome, or None when none was sent."""
+    row = db.execute(
+        f"SELECT {', '.join(AGENT_LINK_FIELDS)} FROM agent_link WHERE id = 1"
+    ).fetchone()
+    if row is None:
+        return None
+    values = dict(zip(AGENT_LINK_FIELDS, row, strict=True))
+    values["enabled"] = None if values["enabled"] is None else bool(values["enabled"])
+    values["unreachable_audited"] = bool(values["unreachable_audited"])
+    return AgentLink(**values)
+
+
+def save_agent_link(db: Database, link: AgentLink) -> None:
+    """Store the last heartbeat's outcome, replacing the one before."""
+    with db.atomic():
+        db.execute(
+            f"INSERT OR REPLACE INTO agent_link (id, {', '.join(AGENT_LINK_FIELDS)}) "
+            f"VALUES (1, {', '.join('?' for _ in AGENT_LINK_FIELDS)})",
+            [getattr(link, name) for name in AGENT_LINK_FIELDS],
+        )

@@ -108,6 +108,10 @@ class Watchdog:
             stopped, error = None, None
             try:
                 stopped = self.panel.stop_if_idle()
+                if stopped is None:
+                    # Tell the instance's agent the panel is alive (when it runs and a secret
+                    # is set); bounded by a short timeout.
+                    self.panel.send_agent_heartbeat()
             except PanelError as exc:
                 # A failed stop is already audited as auto_shutdown_failed; the next look retries.
                 error = exc.message
