@@ -83,7 +83,7 @@ class ConfigError(ValueError):
 class AgentConfig:
     """Every setting, read once from the environment."""
 
-    secret: str
+    secret: str = field(repr=False)
     container_id: str
     container_api_key: str = field(repr=False)
     grace_s: float = 3600.0
