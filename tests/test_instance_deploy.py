@@ -13,28 +13,29 @@ from __future__ import annotations
 import configparser
 import http.client
 import json
-import os
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import instance_nginx
 import pytest
 import yaml
+from instance_nginx import (
+    LISTEN_LINE,
+    NGINX_CONF,
+    UPSTREAM_LINE,
+    render_for_loopback,
+    running_nginx,
+)
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "instance"
 COMPOSE = DEPLOY / "compose.yaml"
-NGINX_CONF = DEPLOY / "health-nginx.conf"
 UNIT = DEPLOY / "llm-stack.service"
-NGINX_BIN = Path("/usr/sbin/nginx")
 
 DEFAULT_MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
-# The single line of the config that names the upstream; the loopback test rewrites it.
-UPSTREAM_LINE = "set $vllm_upstream vllm:8000;"
-LISTEN_LINE = "listen 8001;"
 
 
 # --------------------------------------------------------------------------- compose
@@ -147,15 +148,7 @@ def test_systemd_unit():
 
 @pytest.fixture
 def nginx_bin() -> Path:
-    if os.environ.get("VASTPANEL_SKIP_NGINX") == "1":
-        pytest.skip("VASTPANEL_SKIP_NGINX=1: nginx checks skipped")
-    if not os.access(NGINX_BIN, os.X_OK):
-        pytest.fail(
-            f"nginx is not installed at {NGINX_BIN}: install the Debian package nginx-light "
-            "(or nginx), or set VASTPANEL_SKIP_NGINX=1 to skip the nginx checks",
-            pytrace=False,
-        )
-    return NGINX_BIN
+    return instance_nginx.nginx_bin()
 
 
 def test_nginx_config_syntax(nginx_bin, tmp_path):
@@ -256,48 +249,16 @@ class Proxy:
             conn.close()
 
 
-def render_for_loopback(text: str, listen_port: int, upstream_port: int) -> str:
-    """The shipped config, with only its listen port and upstream host:port replaced."""
-    assert text.count(LISTEN_LINE) == 1 and text.count(UPSTREAM_LINE) == 1
-    text = text.replace(LISTEN_LINE, f"listen 127.0.0.1:{listen_port};")
-    return text.replace(UPSTREAM_LINE, f"set $vllm_upstream 127.0.0.1:{upstream_port};")
-
-
 @pytest.fixture
 def proxy(nginx_bin, tmp_path) -> Iterator[Proxy]:
     fake = FakeVLLM()
     port = _free_port()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(
-        render_for_loopback(NGINX_CONF.read_text(encoding="utf-8"), port, fake.port),
-        encoding="utf-8",
-    )
-    log_path = tmp_path / "nginx.out"
-    cmd = [str(nginx_bin), "-p", str(tmp_path), "-e", str(tmp_path / "error.log")]
-    cmd += ["-c", str(conf), "-g", f"pid {tmp_path / 'nginx.pid'}; daemon off;"]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    conf = render_for_loopback(NGINX_CONF.read_text(encoding="utf-8"), port, fake.port)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"nginx exited with {proc.returncode}: {log_path.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"nginx did not listen on {port}: {log_path.read_text()}")
-                time.sleep(0.05)
-        yield Proxy(port, fake)
+        with running_nginx(nginx_bin, conf, tmp_path, port):
+            yield Proxy(port, fake)
     finally:
         fake.release_stream.set()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
         fake.stop()
 
 
