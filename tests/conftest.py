@@ -79,6 +79,9 @@ class FakeVast:
         self.instance: dict[str, Any] | None = load_fixture("instance_stopped.json")["instances"]
         self.put_answer: tuple[int, Any] | None = None  # override the next PUT answers
         self.health_status = 200
+        # What the instance's /metrics answers: (status, text); an idle vLLM by default.
+        self.metrics: tuple[int, str] = (200, load_fixture("vllm_v1_idle.prom"))
+        self.metrics_gets = 0
         self.puts: list[str] = []
         self.gets = 0
         mock.add_callback(responses.GET, INSTANCE_URL, callback=self._get)
@@ -125,6 +128,11 @@ class FakeVast:
         return 200, {}, json.dumps({"success": True})
 
     def _health(self, request):
+        # One callback for the instance's ports: responses rotates between matching ones.
+        if request.path_url == "/metrics":
+            self.metrics_gets += 1
+            status, text = self.metrics
+            return status, {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}, text
         status = self.health_status() if callable(self.health_status) else self.health_status
         return status, {}, "ok"
 

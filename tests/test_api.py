@@ -72,6 +72,10 @@ def test_status_stopped(client, vast):
         "dph_total": 0.45,
         "endpoint_base_url": None,
         "last_activity": None,
+        "last_activity_source": None,
+        "llm_requests_running": None,
+        "llm_requests_waiting": None,
+        "llm_metrics": None,  # never read while stopped
         "auto_shutdown_in_minutes": None,
         "total_runtime_hours": 0.0,
         "total_cost_usd": 0.0,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from conftest import HEALTH_URL
 from vastpanel.panel import HEALTH_PROBE_EVERY_S
 
 
 def health_gets(vast) -> int:
-    return sum(1 for call in vast.mock.calls if "203.0.113.7" in call.request.url)
+    return sum(1 for call in vast.mock.calls if call.request.url == HEALTH_URL)
 
 
 def test_not_running_is_none_and_probes_nothing(panel, vast):
@@ -53,8 +54,8 @@ def test_a_power_on_that_waited_for_health_marks_the_session_healthy(panel, vast
     vast.set_running()
     result = panel.power_on("api")
     assert result.healthy
-    calls = len(vast.mock.calls)
+    calls = health_gets(vast)
     assert panel.session_healthy(panel.status_report()) is True
-    assert len(vast.mock.calls) == calls  # no second probe of the health URL
+    assert health_gets(vast) == calls  # no second probe of the health URL
     events = [e.event for e in panel.audit_log(50)]
     assert "power_on_complete" in events and "instance_healthy" not in events

@@ -62,7 +62,14 @@ def status_command(as_json: bool) -> None:
         f"Instance {data['instance_id'] or '-'}: {data['status']}"
         + (f" ({data['gpu_name']}, {money(data['dph_total'])}/h)" if data["gpu_name"] else ""),
         f"Endpoint: {data['endpoint_base_url'] or '-'}",
-        f"Last activity: {data['last_activity'] or 'never'}",
+        f"Last activity: {data['last_activity'] or 'never'}"
+        + (f" ({data['last_activity_source']})" if data["last_activity_source"] else ""),
+        f"LLM metrics: {data['llm_metrics'] or '-'}"
+        + (
+            f" ({data['llm_requests_running']:g} running, {data['llm_requests_waiting']:g} waiting)"
+            if data["llm_requests_running"] is not None
+            else ""
+        ),
         f"Auto-shutdown in: {'-' if countdown is None else f'{countdown:.1f} min'}",
         f"Total: {data['total_runtime_hours']:.2f} h, {money(data['total_cost_usd'])}",
     ]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 DEFAULT_VAST_URL = "https://console.vast.ai"
 DEFAULT_DB_PATH = "data/vastpanel.db"
+IDLE_SOURCES = ("gateway", "llm")  # activity posts to /infra/vast/activity; the LLM's metrics
 
 
 class ConfigError(ValueError):
@@ -30,6 +31,11 @@ class Config:
     watchdog_interval_s: float = 60.0
     status_ttl_s: float = 5.0
     db_path: str = DEFAULT_DB_PATH
+    idle_sources: tuple[str, ...] = IDLE_SOURCES
+    metrics_port: int | None = None  # None: the health port (nginx's, which routes /metrics)
+    metrics_path: str = "/metrics"
+    metrics_token: str = ""
+    metrics_every_s: float = 15.0
     # Shared with the instance's agent (deploy/instance/vastpanel_agent.py); empty: no heartbeats.
     agent_secret: str = ""
     # Marks a demo against the simulator, so it can never pass for a real instance.
@@ -53,7 +59,31 @@ class Config:
     @property
     def secrets(self) -> list[str]:
         """List the secret values that must never be shown or logged."""
-        return [s for s in (self.vast_api_key, self.control_api_key, self.agent_secret) if s]
+        return [
+            s
+            for s in (
+                self.vast_api_key,
+                self.control_api_key,
+                self.metrics_token,
+                self.agent_secret,
+            )
+            if s
+        ]
+
+    @property
+    def gateway_source(self) -> bool:
+        """Tell whether the gateway's activity posts count as activity."""
+        return "gateway" in self.idle_sources
+
+    @property
+    def llm_source(self) -> bool:
+        """Tell whether the LLM's metrics are read and count as activity."""
+        return "llm" in self.idle_sources
+
+    @property
+    def llm_metrics_port(self) -> int:
+        """Return the container port the LLM's metrics are read through."""
+        return self.metrics_port or self.health_port
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
@@ -71,6 +101,11 @@ class Config:
             watchdog_interval_s=_number(env, "VAST_WATCHDOG_INTERVAL_S", 60.0, positive=True),
             status_ttl_s=_number(env, "VAST_STATUS_TTL_S", 5.0),
             db_path=env.get("VAST_DB_PATH", "").strip() or DEFAULT_DB_PATH,
+            idle_sources=_idle_sources(env),
+            metrics_port=_port(env, "VAST_METRICS_PORT", None),
+            metrics_path=_health_path(env, "VAST_METRICS_PATH", "/metrics"),
+            metrics_token=env.get("VAST_METRICS_TOKEN", "").strip(),
+            metrics_every_s=_number(env, "VAST_METRICS_EVERY_S", 15.0, positive=True),
             agent_secret=_agent_secret(env),
             simulated=parse_bool(env, "VASTPANEL_SIMULATED", False),
         )
@@ -110,7 +145,7 @@ def _number(env: Mapping[str, str], name: str, default: float, positive: bool = 
     return value
 
 
-def _port(env: Mapping[str, str], name: str, default: int) -> int:
+def _port(env: Mapping[str, str], name: str, default: int | None) -> int | None:
     raw = _raw(env, name)
     if raw is None:
         return default
@@ -130,6 +165,19 @@ def parse_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _idle_sources(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = _raw(env, "VAST_IDLE_SOURCES")
+    if raw is None:
+        return IDLE_SOURCES
+    names = [part.strip().lower() for part in raw.split(",") if part.strip()]
+    unknown = [name for name in names if name not in IDLE_SOURCES]
+    if unknown or not names:
+        raise ConfigError(
+            f"VAST_IDLE_SOURCES must list some of {', '.join(IDLE_SOURCES)}, got {raw!r}"
+        )
+    return tuple(name for name in IDLE_SOURCES if name in names)
 
 
 def _agent_secret(env: Mapping[str, str]) -> str:

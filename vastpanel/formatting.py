@@ -20,6 +20,8 @@ EVENT_LABELS = {
     "session_opened": "Session opened",
     "session_closed": "Session closed",
     "instance_healthy": "LLM healthy",
+    "llm_metrics_unavailable": "LLM metrics unavailable",
+    "llm_metrics_available": "LLM metrics back",
     "admin_signed_in": "Admin signed in",
     "admin_signed_out": "Admin signed out",
 }
@@ -35,6 +37,8 @@ DETAIL_LABELS = {
     "remote_addr": "from",
     "wait_for_health": "wait for health",
     "timeout_s": "timeout",
+    "last_signal": "last signal",
+    "last_signal_at": "at",
 }
 
 

@@ -92,7 +92,35 @@ SCHEMAS: dict[str, Any] = {
                 **NULLABLE_STRING,
                 "description": "http://ip:port of the LLM stack while running, else null.",
             },
-            "last_activity": {"anyOf": [TIMESTAMP, {"type": "null"}]},
+            "last_activity": {
+                "anyOf": [TIMESTAMP, {"type": "null"}],
+                "description": "The latest activity signal: a gateway post or the LLM seen busy.",
+            },
+            "last_activity_source": {
+                "enum": ["gateway", "llm", None],
+                "description": (
+                    "Which signal last_activity is: a POST /activity (gateway) or the LLM's "
+                    "metrics (llm: requests running or waiting, or finished since the last read)."
+                ),
+            },
+            "llm_requests_running": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "vllm:num_requests_running at the last read; null unless read.",
+            },
+            "llm_requests_waiting": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "vllm:num_requests_waiting at the last read; null unless read.",
+            },
+            "llm_metrics": {
+                "enum": ["ok", "unavailable", "off", None],
+                "description": (
+                    "The LLM's metrics: read (ok), could not be read (unavailable: the other "
+                    "sources decide), not a source (off, VAST_IDLE_SOURCES); null while the "
+                    "instance is not running or they were not read in this session yet."
+                ),
+            },
             "auto_shutdown_in_minutes": {
                 "type": ["number", "null"],
                 "minimum": 0,

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 from sqlite_utils import Database
@@ -58,6 +59,10 @@ __all__ = [
 
 log = logging.getLogger("vastpanel")
 
+T = TypeVar("T")
+FETCH_LEASE_S = 60.0  # a read (vast.ai or the LLM's metrics) holds its lease at most this long
+LEASE_WAIT_S = 3.0  # how long to wait for another process's answer before asking too
+
 
 @dataclass(frozen=True)
 class StatusReport:
@@ -65,7 +70,10 @@ class StatusReport:
 
     state: InstanceState
     now: float
-    last_activity: float | None
+    last_activity: float | None  # the latest activity signal (a gateway post or the LLM's)
+    last_activity_source: str | None  # "gateway" or "llm"
+    llm_metrics: str | None  # "ok", "unavailable", "off"; None while not read this session
+    llm: store.LlmReading | None  # the LLM's reading in this session
     session: store.Session | None
     totals: store.CostTotals
     idle_deadline: float | None
@@ -80,6 +88,36 @@ class StatusReport:
         if self.idle_deadline is None or self.state.status not in ("running", "exited"):
             return None
         return max(0.0, (self.idle_deadline - self.now) / 60)
+
+    @property
+    def llm_requests_running(self) -> float | None:
+        """Requests the LLM was generating at its last read, while running and readable."""
+        return self._llm_load("running")
+
+    @property
+    def llm_requests_waiting(self) -> float | None:
+        """Requests queued in the LLM at its last read, while running and readable."""
+        return self._llm_load("waiting")
+
+    def _llm_load(self, field: str) -> float | None:
+        if self.llm is None or not self.llm.ok or self.state.status != "running":
+            return None
+        return getattr(self.llm, field)
+
+    @property
+    def countdown_paused_because(self) -> str | None:
+        """Say why the idle countdown does not run down now, or None when it does."""
+        if self.auto_shutdown_in_minutes is None:
+            return None
+        if self.health_wait:
+            return "a power-on is waiting for the instance's health"
+        if self.llm is not None and self.llm.busy:
+            running, waiting = self.llm_requests_running or 0, self.llm_requests_waiting or 0
+            load = f"{running:g} request{'s' if running != 1 else ''} running"
+            if waiting:
+                load += f", {waiting:g} waiting"
+            return f"the LLM is busy ({load})"
+        return None
 
 
 class Panel(InstanceReading, PowerActions, IdleRules, AgentHeartbeats):
@@ -106,6 +144,7 @@ class Panel(InstanceReading, PowerActions, IdleRules, AgentHeartbeats):
         self.holder = leases.new_holder()
         self._local = threading.local()
         self._fetch_lock = threading.Lock()
+        self._metrics_lock = threading.Lock()
         self._power_lock = threading.Lock()
         store.migrate(self.db)
 
@@ -146,16 +185,26 @@ class Panel(InstanceReading, PowerActions, IdleRules, AgentHeartbeats):
         else:
             missing = " and ".join(self.config.missing_vast_settings)
             state = InstanceState("unconfigured", message=f"{missing} not set.")
+        signals = self.activity_signals(state)  # reads the LLM's metrics when they are due
         now = self.clock.now()
         session = store.current_session(self.db)
-        last_activity = store.get_value(self.db, "last_activity")
+        source, last_activity = signals.last
+        if not self.config.llm_source:
+            llm_metrics = "off"
+        elif signals.llm is None:
+            llm_metrics = None
+        else:
+            llm_metrics = "ok" if signals.llm.ok else "unavailable"
         return StatusReport(
             state=state,
             now=now,
             last_activity=last_activity,
+            last_activity_source=source,
+            llm_metrics=llm_metrics,
+            llm=signals.llm,
             session=session,
             totals=store.cost_totals(self.db, now),
-            idle_deadline=self._idle_deadline(session, last_activity),
+            idle_deadline=self._idle_deadline(session, signals),
             health_wait=self._health_wait_active(now),
             start_queued=store.get_value(self.db, START_QUEUED_KEY) is not None,
             scheduling_since=store.get_value(self.db, SCHEDULING_SINCE_KEY),
@@ -188,6 +237,26 @@ class Panel(InstanceReading, PowerActions, IdleRules, AgentHeartbeats):
         missing = self.config.missing_vast_settings
         if missing:
             raise NotConfigured(f"{' and '.join(missing)} not configured")
+
+    def _read_once(
+        self, lock: threading.Lock, lease: str, reuse: Callable[[], T | None], read: Callable[[], T]
+    ) -> T:
+        """Read once for every waiting thread and process, unless reuse() finds a fit answer.
+
+        reuse() is asked under the thread lock and again under the lease shared by processes
+        (or after giving up waiting for it), so that one answer serves everyone who waited.
+        """
+        with lock:
+            answer = reuse()
+            if answer is not None:
+                return answer
+            leased = self._take_lease(lease, FETCH_LEASE_S, LEASE_WAIT_S)
+            try:
+                answer = reuse()
+                return answer if answer is not None else read()
+            finally:
+                if leased:
+                    store.release_lease(self.db, lease, self.holder)
 
     def _take_lease(self, name: str, ttl: float, wait_s: float) -> bool:
         """Try for up to wait_s (real time) to take a lease shared across processes."""

@@ -257,9 +257,12 @@ class PowerActions:
         self,
         actor: str,
         events: StopEvents,
-        due: Callable[[InstanceState], float | None] | None = None,
+        due: Callable[[InstanceState], dict[str, Any] | None] | None = None,
     ) -> PowerOffResult | None:
-        """Send the stop call under the power lock; with due, only if it still says stop."""
+        """Send the stop call under the power lock; with due, only if it still says stop.
+
+        due gives the details to audit the stop with, or None when it no longer falls due.
+        """
         instance_id = self.config.vast_instance_id
         with self._power(actor, events.failed):
             try:
@@ -274,12 +277,10 @@ class PowerActions:
                 self.audit(events.failed, actor, instance_id=instance_id, error=exc.message)
                 raise
             if due is not None:
-                inactive = due(state)
-                if inactive is None:
+                details = due(state)
+                if details is None:
                     return None  # activity came in, or it stopped, while we waited for the lock
-                self.audit(
-                    events.requested, actor, instance_id=instance_id, inactive_minutes=inactive
-                )
+                self.audit(events.requested, actor, instance_id=instance_id, **details)
             if state.status == "not_found":
                 self.audit(events.failed, actor, instance_id=instance_id, error=state.message)
                 raise UpstreamFailed(f"vast.ai does not know instance {instance_id}.")

@@ -15,8 +15,6 @@ from .errors import UpstreamFailed
 from .instance_state import InstanceState, read_instance_state
 from .vast_client import VastError
 
-FETCH_LEASE_S = 60.0
-LEASE_WAIT_S = 3.0  # how long to wait for another process's vast.ai answer before asking too
 START_QUEUED_KEY = "start_queued_at"
 SCHEDULING_SINCE_KEY = "scheduling_since"
 
@@ -61,22 +59,12 @@ class InstanceReading:
     def _fetch(self, fresh: bool) -> store.CachedInstance:
         """Ask vast.ai once for every waiting thread and process; store and reconcile it."""
         asked = self.clock.now()
-        with self._fetch_lock:
-            # Another thread may have fetched while this one waited for the lock.
-            cached = self._reusable_answer(asked, fresh)
-            if cached is not None:
-                return cached
-            leased = self._take_lease("vast_fetch", FETCH_LEASE_S, LEASE_WAIT_S)
-            try:
-                # Another process may have asked vast.ai while this one waited for the lease
-                # (or gave up waiting): its answer serves us too.
-                cached = self._reusable_answer(asked, fresh) or self._answer_since(asked)
-                if cached is not None:
-                    return cached
-                return self._fetch_now()
-            finally:
-                if leased:
-                    store.release_lease(self.db, "vast_fetch", self.holder)
+
+        def reuse() -> store.CachedInstance | None:
+            # Another thread or process may have asked vast.ai while this one waited.
+            return self._reusable_answer(asked, fresh) or self._answer_since(asked)
+
+        return self._read_once(self._fetch_lock, "vast_fetch", reuse, self._fetch_now)
 
     def _reusable_answer(self, asked: float, fresh: bool) -> store.CachedInstance | None:
         """Return the stored answer if it serves a caller who asked at `asked`, else None."""

@@ -68,7 +68,24 @@ def m002_query_indexes(db: Database) -> None:
 
 
 @migrations()
-def m003_agent_link(db: Database) -> None:
+def m003_llm_metrics(db: Database) -> None:
+    """Keep the LLM's last metrics reading, shared by every process (see llm_metrics.py)."""
+    db.execute(
+        """CREATE TABLE llm_metrics (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            read_at REAL NOT NULL,
+            session_id INTEGER,
+            error TEXT,
+            running REAL,
+            waiting REAL,
+            counters TEXT NOT NULL DEFAULT '{}',
+            active_at REAL
+        )"""
+    )
+
+
+@migrations()
+def m004_agent_link(db: Database) -> None:
     """Keep what the instance's agent last answered to the panel's heartbeat (one row)."""
     db.execute(
         """CREATE TABLE agent_link (
@@ -124,6 +141,29 @@ class CachedInstance:
     fetched_at: float
     payload: dict[str, Any] | None
     error: str | None
+
+
+@dataclass(frozen=True)
+class LlmReading:
+    """The LLM's last metrics reading: its load, its counters and when it was last active."""
+
+    read_at: float
+    session_id: int | None
+    error: str | None  # why the metrics could not be read; None when they were
+    running: float | None
+    waiting: float | None
+    counters: dict[str, float]  # the baseline the next read compares with
+    active_at: float | None  # the last moment the LLM was seen busy or having done work
+
+    @property
+    def ok(self) -> bool:
+        """Tell whether this read got the metrics."""
+        return self.error is None
+
+    @property
+    def busy(self) -> bool:
+        """Tell whether a request was running or waiting at this read."""
+        return self.ok and ((self.running or 0) > 0 or (self.waiting or 0) > 0)
 
 
 @dataclass(frozen=True)
@@ -427,6 +467,42 @@ def save_cached_instance(
             "payload = excluded.payload, error = excluded.error "
             "WHERE excluded.fetched_at >= instance_cache.fetched_at",
             [fetched_at, None if payload is None else json.dumps(payload), error],
+        )
+    return cursor.rowcount > 0
+
+
+def read_llm_reading(db: Database) -> LlmReading | None:
+    """Return the LLM's last metrics reading, or None."""
+    row = db.execute(
+        "SELECT read_at, session_id, error, running, waiting, counters, active_at "
+        "FROM llm_metrics WHERE id = 1"
+    ).fetchone()
+    if row is None:
+        return None
+    return LlmReading(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), row[6])
+
+
+def save_llm_reading(db: Database, reading: LlmReading) -> bool:
+    """Store a reading unless a newer one is stored already; tell whether it was stored."""
+    with db.atomic():
+        cursor = db.execute(
+            "INSERT INTO llm_metrics "
+            "(id, read_at, session_id, error, running, waiting, counters, active_at) "
+            "VALUES (1, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET read_at = excluded.read_at, "
+            "session_id = excluded.session_id, error = excluded.error, "
+            "running = excluded.running, waiting = excluded.waiting, "
+            "counters = excluded.counters, active_at = excluded.active_at "
+            "WHERE excluded.read_at >= llm_metrics.read_at",
+            [
+                reading.read_at,
+                reading.session_id,
+                reading.error,
+                reading.running,
+                reading.waiting,
+                json.dumps(reading.counters, sort_keys=True),
+                reading.active_at,
+            ],
         )
     return cursor.rowcount > 0
 
