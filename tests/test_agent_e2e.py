@@ -261,3 +261,44 @@ def test_forged_and_replayed_heartbeats_are_refused_and_do_not_postpone_the_stop
     assert "heartbeat refused: bad signature" in log
     state = json.loads((s.tmp_path / "agent-state" / "vastpanel-agent-state.json").read_text())
     assert state["last_signed_at"] == float(valid.request.headers["X-Vastpanel-Timestamp"])
+
+
+def test_an_agent_killed_and_restarted_keeps_its_timers(stack):
+    s = stack()
+    s.run_instance()
+    valid = send_heartbeat(s.heartbeat_url, SECRET)
+    assert valid.status_code == 200
+    valid_at = time.time()
+    time.sleep(GRACE_S * 2 / 3)  # a restart that reset the timers would postpone the stop
+    first = s.sim.agent.process
+    first.send_signal(9)  # kill -9; the instance's supervisor starts it again (same boot)
+    first.wait(10)
+    assert wait_for(lambda: s.sim.agent.boots == 2 and agent_listening(s), 10), s.agent_log()
+    assert wait_for(lambda: s.stops(), GRACE_S + IDLE_S + SLACK_S), s.agent_log()
+    (stop,) = s.stops()
+    # Due the grace after the heartbeat before the kill: the restart did not reset the timers.
+    assert valid_at + GRACE_S - 0.5 <= stop["time"] <= valid_at + GRACE_S + 1.5
+
+
+def test_dry_run_logs_the_stop_and_sends_nothing(stack, tmp_path):
+    s = stack()
+    s.sim.agent.settings.args = ("--dry-run",)
+    s.run_instance()
+    assert wait_for(lambda: "dry run: would stop instance 9090" in s.agent_log(), 10 + GRACE_S)
+    assert "DRY RUN" in s.agent_log()
+    time.sleep(1.0)
+    assert s.stops() == []
+    assert s.sim.instance()["actual_status"] == "running"
+
+
+def test_a_new_boot_resets_the_timers(stack):
+    s = stack()  # no panel ever: the agent stops each boot after its own grace time
+    for boot in (1, 2):
+        booted_at = time.time()
+        s.run_instance()
+        assert wait_for(lambda n=boot: len(s.stops()) == n, GRACE_S + IDLE_S + SLACK_S)
+        stop = s.stops()[-1]
+        # Not at once for the silence of the boot before: a grace time after this boot.
+        assert booted_at + GRACE_S - 0.5 <= stop["time"] <= booted_at + GRACE_S + SLACK_S
+        assert wait_for(lambda: s.sim.agent.process is None, 10)
+    assert s.sim.agent.boots == 2
