@@ -12,6 +12,8 @@ from pathlib import Path
 
 import requests
 
+from vastpanel.simulator import Simulator
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -35,6 +37,16 @@ def simulator_env(sim, db_path, control_key: str, **overrides: str) -> dict[str,
         "VAST_DB_PATH": str(db_path),
         **overrides,
     }
+
+
+def ready_simulator(api_key: str, instance_id: int, **options) -> Simulator:
+    """Return a simulator (not started) whose instance runs at once: no boot or warm-up delays."""
+    delays = {"schedule_delay": 0, "load_delay": 0, "warm_delay": 0}
+    return Simulator(
+        api_key=api_key,
+        instance_id=instance_id,
+        **{"initial_state": "running", **delays, **options},
+    )
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ import pytest
 import requests
 from agent_support import replay, send_heartbeat
 from instance_nginx import NGINX_CONF, nginx_bin, render_for_loopback, running_nginx
-from liveserver import PanelProcess, free_port, simulator_env, wait_for
+from liveserver import PanelProcess, free_port, ready_simulator, simulator_env, wait_for
 
 from vastpanel.simulator import AgentSettings, Simulator
 
@@ -77,14 +77,11 @@ def stack(tmp_path):
 
     def build(panel_idle_minutes: float = 60.0, grace: float = GRACE_MINUTES, **llm) -> Stack:
         nginx_port = free_port()
-        sim = Simulator(
-            api_key=SIM_KEY,
-            instance_id=INSTANCE_ID,
+        sim = ready_simulator(
+            SIM_KEY,
+            INSTANCE_ID,
             initial_state="stopped",  # started by the test once the panel runs
             clock=time.time,  # the panel, the agent and the simulator share the wall clock
-            schedule_delay=0,
-            load_delay=0,
-            warm_delay=0,
             host_ports={8001: nginx_port},
             agent=AgentSettings(
                 secret=SECRET,

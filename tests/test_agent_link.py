@@ -11,14 +11,13 @@ import threading
 import pytest
 from agent_support import MetricsServer, load_agent_module
 from flask import render_template
-from liveserver import free_port
+from liveserver import free_port, ready_simulator
 
 from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY
 from vastpanel import ConfigError, create_app, store
 from vastpanel.clock import FakeClock
 from vastpanel.config import Config
 from vastpanel.pages import status_context
-from vastpanel.simulator import Simulator
 from vastpanel.watchdog import Watchdog
 
 agent_mod = load_agent_module()
@@ -28,14 +27,7 @@ GRACE_MINUTES = 10.0
 
 @pytest.fixture
 def sim():
-    with Simulator(
-        api_key=VAST_KEY,
-        instance_id=INSTANCE_ID,
-        initial_state="running",
-        schedule_delay=0,
-        load_delay=0,
-        warm_delay=0,
-    ) as simulator:
+    with ready_simulator(VAST_KEY, INSTANCE_ID) as simulator:
         yield simulator
 
 

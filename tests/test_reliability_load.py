@@ -22,9 +22,7 @@ from fault_load import (
     run_outage,
     wait_for,
 )
-from liveserver import PanelProcess
-
-from vastpanel.simulator import Simulator
+from liveserver import PanelProcess, ready_simulator
 
 SIM_KEY = "sim-load-key-0123456789abcdef"
 CONTROL_KEY = "load-control-key-fedcba987654"
@@ -37,14 +35,7 @@ IDLE_MINUTES = 0.1  # 6 s: the posters keep it from falling due until they stop
 
 @pytest.fixture
 def sim():
-    with Simulator(
-        api_key=SIM_KEY,
-        instance_id=INSTANCE_ID,
-        initial_state="running",
-        schedule_delay=0.0,
-        load_delay=0.0,
-        warm_delay=0.0,
-    ) as sim:
+    with ready_simulator(SIM_KEY, INSTANCE_ID) as sim:
         yield sim
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from liveserver import simulator_env
+from liveserver import ready_simulator, simulator_env
 
 from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY
 from vastpanel import create_app, store
@@ -70,15 +70,7 @@ def idle_deadline(db, session: store.Session) -> float:
 
 @pytest.fixture
 def sim():
-    with Simulator(
-        api_key=VAST_KEY,
-        instance_id=INSTANCE_ID,
-        initial_state="running",
-        clock=time.time,
-        schedule_delay=0,
-        load_delay=0,
-        warm_delay=0,
-    ) as simulator:
+    with ready_simulator(VAST_KEY, INSTANCE_ID, clock=time.time) as simulator:
         yield simulator
 
 
