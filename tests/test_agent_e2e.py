@@ -157,6 +157,7 @@ def test_panel_killed_while_idle_the_agent_stops_the_instance_and_the_panel_book
         assert len(s.stops()) == 1
         assert "stopping instance 9090: no valid heartbeat" in s.agent_log()
         assert "stop accepted by vast.ai" in s.agent_log()
+        assert "the panel's last idle deadline was" in s.agent_log()
     finally:
         panel.kill()
 

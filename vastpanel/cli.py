@@ -71,6 +71,7 @@ def status_command(as_json: bool) -> None:
             else ""
         ),
         f"Auto-shutdown in: {'-' if countdown is None else f'{countdown:.1f} min'}",
+        f"Dead-man switch: {data['agent'] or '-'}",
         f"Total: {data['total_runtime_hours']:.2f} h, {money(data['total_cost_usd'])}",
     ]
     if data["message"]:

@@ -451,8 +451,9 @@ class Agent:
             sent = self.state.stop_sent_at
             if reason is None or (sent is not None and now - sent < RESEND_AFTER_S):
                 return None
-        if self.state.panel_idle_deadline is not None:
-            reason += f"; the panel's last idle deadline was {iso(self.state.panel_idle_deadline)}"
+            panel_deadline = self.state.panel_idle_deadline
+        if panel_deadline is not None:
+            reason += f"; the panel's last idle deadline was {iso(panel_deadline)}"
         if not self.config.enabled:
             log.info("would stop the instance, but AGENT_ENABLED is false: %s", reason)
             self._mark_stop_sent()
