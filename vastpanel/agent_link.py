@@ -169,7 +169,7 @@ def _deliver(
     except requests.Timeout:
         return None, "no answer in time"
     except requests.RequestException as exc:
-        return None, f"unreachable ({type(exc).__name__})"
+        return None, f"cannot connect ({type(exc).__name__})"
     try:
         answer = response.json()
     except ValueError:
