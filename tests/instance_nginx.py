@@ -15,6 +15,8 @@ import pytest
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "instance"
 NGINX_CONF = DEPLOY / "health-nginx.conf"
 NGINX_BIN = Path("/usr/sbin/nginx")
+INSTALL = DEPLOY / "install.sh"
+KEYS_DIR = "/etc/nginx/keys/"  # where compose mounts the key maps install.sh writes
 # The lines of the config that name the listen port and the upstreams; tests rewrite them.
 LISTEN_LINE = "listen 8001;"
 UPSTREAM_LINE = "set $vllm_upstream vllm:8000;"
@@ -34,12 +36,33 @@ def nginx_bin() -> Path:
     return NGINX_BIN
 
 
+def install(target: Path, env_text: str | None = None) -> subprocess.CompletedProcess:
+    """Run install.sh into target without systemd, with .env holding env_text if given."""
+    target.mkdir(parents=True, exist_ok=True)
+    if env_text is not None:
+        (target / ".env").write_text(env_text)
+    return subprocess.run(
+        ["sh", str(INSTALL), "--dir", str(target), "--no-systemd"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def installed_keys(tmp_path: Path, env_text: str) -> Path:
+    """Write the key maps with install.sh into tmp_path/stack; return their directory."""
+    done = install(tmp_path / "stack", env_text)
+    assert done.returncode == 0, done.stderr
+    return tmp_path / "stack" / "nginx-keys"
+
+
 def render_for_loopback(
-    text: str, listen_port: int, upstream_port: int, agent_port: int | None = None
+    text: str, listen_port: int, upstream_port: int, keys: Path, agent_port: int | None = None
 ) -> str:
-    """The shipped config, with only its listen port and upstream host:ports replaced."""
+    """The shipped config, with only its listen port, upstreams and key directory replaced."""
     assert text.count(LISTEN_LINE) == 1 and text.count(UPSTREAM_LINE) == 1
     text = text.replace(LISTEN_LINE, f"listen 127.0.0.1:{listen_port};")
+    text = text.replace(KEYS_DIR, f"{keys}/")
     text = text.replace(UPSTREAM_LINE, f"set $vllm_upstream 127.0.0.1:{upstream_port};")
     if agent_port is not None:
         assert text.count(AGENT_UPSTREAM_LINE) == 1

@@ -19,7 +19,13 @@ from pathlib import Path
 import pytest
 import requests
 from agent_support import replay, send_heartbeat
-from instance_nginx import NGINX_CONF, nginx_bin, render_for_loopback, running_nginx
+from instance_nginx import (
+    NGINX_CONF,
+    installed_keys,
+    nginx_bin,
+    render_for_loopback,
+    running_nginx,
+)
 from liveserver import PanelProcess, free_port, ready_simulator, simulator_env, wait_for
 
 from vastpanel.simulator import AgentSettings, Simulator
@@ -29,6 +35,7 @@ pytestmark = pytest.mark.e2e
 SIM_KEY = "sim-account-key-0123456789abcdef"
 CONTROL_KEY = "agent-e2e-control-key-0123456789"
 SECRET = "agent-e2e-secret-0123456789abcdef"
+LLM_KEY = "agent-e2e-vllm-key-0123456789"  # the instance's VLLM_API_KEY, asked by nginx
 INSTANCE_ID = 9090
 GRACE_MINUTES = 0.05  # 3 s
 IDLE_MINUTES = 0.05  # 3 s
@@ -95,8 +102,9 @@ def stack(tmp_path):
         made.append(sim)
         for name, value in llm.items():
             setattr(sim.backend.llm, name, value)
+        keys = installed_keys(tmp_path, f"VLLM_API_KEY={LLM_KEY}\n")
         conf = render_for_loopback(
-            NGINX_CONF.read_text(encoding="utf-8"), nginx_port, sim.llm_port, sim.agent.port
+            NGINX_CONF.read_text(encoding="utf-8"), nginx_port, sim.llm_port, keys, sim.agent.port
         )
         nginx = running_nginx(binary, conf, tmp_path, nginx_port)
         nginx.__enter__()
@@ -209,7 +217,8 @@ def test_panel_dead_during_a_long_stream_no_stop_until_it_ends(stack):
     def stream():
         body = {"messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 120}
         url = f"http://127.0.0.1:{s.nginx_port}/v1/chat/completions"
-        with requests.post(url, json=body, stream=True, timeout=60) as response:
+        headers = {"Authorization": f"Bearer {LLM_KEY}"}
+        with requests.post(url, json=body, headers=headers, stream=True, timeout=60) as response:
             for line in response.iter_lines():
                 if line:
                     chunks.append(line)
@@ -300,3 +309,10 @@ def test_a_new_boot_resets_the_timers(stack):
         assert booted_at + GRACE_S - 0.5 <= stop["time"] <= booted_at + GRACE_S + SLACK_S
         assert wait_for(lambda: s.sim.agent.process is None, 10)
     assert s.sim.agent.boots == 2
+
+
+def test_nginx_passes_only_posts_and_answers_503_without_the_agent(stack):
+    s = stack()  # the instance is stopped: no agent runs
+    assert requests.get(s.heartbeat_url, timeout=10).status_code == 403
+    answer = requests.post(s.heartbeat_url, data=b"{}", timeout=10)
+    assert answer.status_code == 503 and answer.json()["ok"] is False

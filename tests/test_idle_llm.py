@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from page_support import HTMX, signed_in_client
 
 from conftest import CONTROL_KEY, base_config, load_fixture
 from vastpanel import create_app, store
@@ -318,3 +319,20 @@ def test_the_metrics_token_is_sent_and_never_shown(tmp_path, clock, vast):
     assert call.request.headers["Authorization"] == f"Bearer {token}"
     assert token not in str([e.meta for e in panel.audit_log(100)])
     assert "llm_metrics_unavailable" in events(panel)
+
+
+def test_the_page_shows_the_llm_load_the_source_and_why_the_countdown_is_paused(app, vast, clock):
+    admin = signed_in_client(app)
+    vast.set_running()
+    vast.metrics = (200, V1_BUSY)
+    html = admin.get("/partials/status", headers=HTMX).get_data(as_text=True)
+    assert "LLM: 3 requests running, 1 waiting" in html
+    assert "paused: the LLM is busy (3 requests running, 1 waiting)" in html
+    assert 'data-source="llm"' in html and "LLM busy" in html
+
+    vast.metrics = (404, "not found")
+    clock.advance(EVERY_S)
+    app.extensions["vastpanel"].record_activity()
+    html = admin.get("/partials/status", headers=HTMX).get_data(as_text=True)
+    assert 'data-llm-metrics="unavailable"' in html and "answered HTTP 404" in html
+    assert "gateway posts decide" in html and "gateway post" in html and "paused" not in html

@@ -24,9 +24,12 @@ import instance_nginx
 import pytest
 import yaml
 from instance_nginx import (
+    KEYS_DIR,
     LISTEN_LINE,
     NGINX_CONF,
     UPSTREAM_LINE,
+    install,
+    installed_keys,
     render_for_loopback,
     running_nginx,
 )
@@ -36,6 +39,8 @@ COMPOSE = DEPLOY / "compose.yaml"
 UNIT = DEPLOY / "llm-stack.service"
 
 DEFAULT_MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
+API_KEY = "test-vllm.key+0123456789abcdef"  # . and + are regex characters in nginx's map
+METRICS_TOKEN = "test-metrics-token-0123456789"
 
 
 # --------------------------------------------------------------------------- compose
@@ -74,14 +79,21 @@ def test_compose_images_pinned_and_restart(compose, name):
     assert service["restart"] == "unless-stopped"
 
 
-def test_compose_vllm_image_and_port(compose):
+def test_compose_vllm_image_and_port_not_published(compose):
     vllm = compose["services"]["vllm"]
     assert vllm["image"].startswith("vllm/vllm-openai:")
-    assert ("8000", "8000") in _ports(vllm)
+    assert "ports" not in vllm  # reachable only through nginx, on the compose network
+    assert [str(p) for p in vllm["expose"]] == ["8000"]
 
 
-def test_compose_nginx_publishes_8001(compose):
-    assert ("8001", "8001") in _ports(compose["services"]["nginx"])
+def test_compose_publishes_only_nginx_8001(compose):
+    published = {name: _ports(s) for name, s in compose["services"].items() if s.get("ports")}
+    assert published == {"nginx": {("8001", "8001")}}
+
+
+def test_compose_requires_the_vllm_api_key(compose):
+    value = compose["services"]["vllm"]["environment"]["VLLM_API_KEY"]
+    assert value.startswith("${VLLM_API_KEY:?")  # compose refuses to start without it
 
 
 def test_compose_vllm_model_from_env_with_default(compose):
@@ -108,10 +120,11 @@ def test_compose_vllm_healthcheck_uses_vllm_health(compose):
     assert "http://localhost:8000/health" in " ".join(check["test"])
 
 
-def test_compose_nginx_mounts_config_read_only(compose):
+def test_compose_nginx_mounts_config_and_keys_read_only(compose):
     nginx = compose["services"]["nginx"]
     mounts = [str(v).split(":") for v in nginx["volumes"]]
     assert ["./health-nginx.conf", "/etc/nginx/nginx.conf", "ro"] in mounts
+    assert ["./nginx-keys", KEYS_DIR.rstrip("/"), "ro"] in mounts
     assert (COMPOSE.parent / "health-nginx.conf").is_file()
 
 
@@ -123,6 +136,48 @@ def test_nginx_config_matches_compose():
     text = NGINX_CONF.read_text(encoding="utf-8")
     assert text.count(LISTEN_LINE) == 1
     assert text.count(UPSTREAM_LINE) == 1
+    assert text.count(f"include {KEYS_DIR}") == 2
+
+
+# --------------------------------------------------------------------------- install.sh
+
+
+def env_values(target: Path, name: str) -> list[str]:
+    lines = (target / ".env").read_text().splitlines()
+    return [line.split("=", 1)[1] for line in lines if line.startswith(name + "=")]
+
+
+def test_install_generates_the_key_once_and_keeps_it_private(tmp_path):
+    target = tmp_path / "stack"
+    first = install(target, "HUGGING_FACE_HUB_TOKEN=hf_x\nVLLM_API_KEY=\n")
+    assert first.returncode == 0, first.stderr
+    (key,) = env_values(target, "VLLM_API_KEY")
+    assert len(key) == 64 and int(key, 16) >= 0
+    assert key not in first.stdout + first.stderr  # never printed
+    assert (target / ".env").stat().st_mode & 0o777 == 0o600
+    for name in ("compose.yaml", "health-nginx.conf", "llm-stack.service"):
+        assert (target / name).is_file()
+    keys = target / "nginx-keys"
+    assert (keys / "api-key.map").read_text() == f'default 0;\n"~^Bearer {key}$" 1;\n'
+    assert (keys / "metrics-token.map").read_text().startswith("default 1;")
+    assert (keys / "api-key.map").stat().st_mode & 0o777 == 0o600
+
+    again = install(target)
+    assert again.returncode == 0, again.stderr
+    assert env_values(target, "VLLM_API_KEY") == [key]  # kept, not regenerated
+
+
+def test_install_keeps_given_keys_and_refuses_unusable_ones(tmp_path):
+    target = tmp_path / "stack"
+    done = install(target, f"VLLM_API_KEY={API_KEY}\nMETRICS_TOKEN={METRICS_TOKEN}\n")
+    assert done.returncode == 0, done.stderr
+    assert env_values(target, "VLLM_API_KEY") == [API_KEY]
+    assert (
+        f'"~^Bearer {METRICS_TOKEN}$" 1;' in (target / "nginx-keys/metrics-token.map").read_text()
+    )
+    for bad in ["short", 'with"quote-0123456789', "with space 0123456789"]:
+        refused = install(tmp_path / "bad", f"VLLM_API_KEY={bad}\n")
+        assert refused.returncode == 1 and "VLLM_API_KEY" in refused.stderr
 
 
 # --------------------------------------------------------------------------- systemd
@@ -152,9 +207,12 @@ def nginx_bin() -> Path:
 
 
 def test_nginx_config_syntax(nginx_bin, tmp_path):
+    keys = installed_keys(tmp_path, f"VLLM_API_KEY={API_KEY}\n")
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(NGINX_CONF.read_text(encoding="utf-8").replace(KEYS_DIR, f"{keys}/"))
     result = subprocess.run(
         [str(nginx_bin), "-t", "-p", str(tmp_path), "-e", str(tmp_path / "error.log")]
-        + ["-c", str(NGINX_CONF)],
+        + ["-c", str(conf)],
         capture_output=True,
         text=True,
         timeout=30,
@@ -194,6 +252,11 @@ class FakeVLLM:
                 fake.requests.append(("GET", self.path, b""))
                 if self.path == "/health":
                     self._send(200 if fake.healthy else 503, b"")
+                elif self.path == "/metrics":
+                    body = (
+                        b"# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running 0.0\n"
+                    )
+                    self._send(200, body, "text/plain; version=0.0.4")
                 elif self.path.startswith("/v1/models"):
                     body = {"object": "list", "data": [{"id": DEFAULT_MODEL}], "path": self.path}
                     self._send(200, json.dumps(body).encode())
@@ -203,6 +266,9 @@ class FakeVLLM:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 fake.requests.append(("POST", self.path, body))
+                if self.path == "/v1/load_lora_adapter":  # vLLM with runtime LoRA loading on
+                    self._send(200, b"Success: LoRA adapter loaded")
+                    return
                 if self.path != "/v1/chat/completions":
                     self._send(404, b'{"detail":"fake: not found"}')
                     return
@@ -238,10 +304,12 @@ class Proxy:
         self.port = port
         self.fake = fake
 
-    def request(self, method: str, path: str, body: bytes | None = None):
+    def request(self, method: str, path: str, body: bytes | None = None, key: str | None = API_KEY):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
         try:
             headers = {"Content-Type": "application/json"} if body is not None else {}
+            if key is not None:
+                headers["Authorization"] = f"Bearer {key}"
             conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
             return resp.status, resp.read()
@@ -250,10 +318,17 @@ class Proxy:
 
 
 @pytest.fixture
-def proxy(nginx_bin, tmp_path) -> Iterator[Proxy]:
+def metrics_token() -> str:
+    """The METRICS_TOKEN in the instance's .env ("" for none); a test may override it."""
+    return ""
+
+
+@pytest.fixture
+def proxy(nginx_bin, tmp_path, metrics_token) -> Iterator[Proxy]:
+    keys = installed_keys(tmp_path, f"VLLM_API_KEY={API_KEY}\nMETRICS_TOKEN={metrics_token}\n")
     fake = FakeVLLM()
     port = _free_port()
-    conf = render_for_loopback(NGINX_CONF.read_text(encoding="utf-8"), port, fake.port)
+    conf = render_for_loopback(NGINX_CONF.read_text(encoding="utf-8"), port, fake.port, keys)
     try:
         with running_nginx(nginx_bin, conf, tmp_path, port):
             yield Proxy(port, fake)
@@ -263,7 +338,7 @@ def proxy(nginx_bin, tmp_path) -> Iterator[Proxy]:
 
 
 def test_health_200_when_vllm_healthy(proxy):
-    status, _ = proxy.request("GET", "/health")
+    status, _ = proxy.request("GET", "/health", key=None)  # open: vastpanel sends no key
     assert status == 200
     assert proxy.fake.requests == [("GET", "/health", b"")]
 
@@ -303,7 +378,8 @@ def test_v1_post_body_passed(proxy):
 def test_v1_streaming_is_not_buffered(proxy):
     conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=15)
     try:
-        conn.request("POST", "/v1/chat/completions", body=b"{}")
+        auth = {"Authorization": f"Bearer {API_KEY}"}
+        conn.request("POST", "/v1/chat/completions", body=b"{}", headers=auth)
         resp = conn.getresponse()
         assert resp.status == 200
         assert resp.readline() == b'data: {"n": 1}\n'
@@ -316,8 +392,66 @@ def test_v1_streaming_is_not_buffered(proxy):
     assert proxy.fake.stream_released_in_time, "nginx held the first event back (buffering)"
 
 
-@pytest.mark.parametrize("path", ["/", "/health/", "/healthz", "/v1", "/docs", "/metrics"])
-def test_other_paths_404(proxy, path):
-    status, _ = proxy.request("GET", path)
+OTHER_PATHS = [
+    "/",
+    "/health/",
+    "/healthz",
+    "/v1",
+    "/v1/",
+    "/docs",
+    "/openapi.json",
+    "/metrics/",
+    "/v1/chat/completions/",
+    "/v1/load_lora_adapter",
+    "/v1/unload_lora_adapter",
+    "/v1/models/../load_lora_adapter",
+    "/v1/chat/completions/../../v1/load_lora_adapter",
+    "/tokenize",
+    "/invocations",
+    "/reset_prefix_cache",
+    "/sleep",
+    "/ping",
+]
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize("path", OTHER_PATHS)
+def test_other_paths_404_even_with_the_key(proxy, path, method):
+    status, _ = proxy.request(method, path, b"{}" if method == "POST" else None)
     assert status == 404
     assert proxy.fake.requests == []
+
+
+WRONG_KEYS = [None, "wrong-key-0123456789abcdef", API_KEY.upper(), API_KEY + "x", "x" + API_KEY]
+
+
+@pytest.mark.parametrize("key", WRONG_KEYS)
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/models"])
+def test_inference_routes_need_the_key(proxy, path, key):
+    method, body = ("GET", None) if path == "/v1/models" else ("POST", b"{}")
+    status, answer = proxy.request(method, path, body, key=key)
+    assert status == 401
+    assert json.loads(answer)["error"]["message"] == "Unauthorized"
+    assert proxy.fake.requests == []
+
+
+def test_load_lora_adapter_is_404_with_or_without_the_key(proxy):
+    for key in (None, API_KEY):
+        status, _ = proxy.request("POST", "/v1/load_lora_adapter", b'{"lora_name": "x"}', key=key)
+        assert status == 404
+    assert proxy.fake.requests == []
+
+
+def test_metrics_open_without_a_token(proxy):
+    status, body = proxy.request("GET", "/metrics", key=None)
+    assert status == 200 and b"vllm:num_requests_running" in body
+    assert proxy.fake.requests == [("GET", "/metrics", b"")]
+
+
+@pytest.mark.parametrize("metrics_token", [METRICS_TOKEN])
+def test_metrics_behind_the_token_when_set(proxy):
+    for key in (None, API_KEY, METRICS_TOKEN + "x"):
+        assert proxy.request("GET", "/metrics", key=key)[0] == 401
+    assert proxy.fake.requests == []
+    status, body = proxy.request("GET", "/metrics", key=METRICS_TOKEN)
+    assert status == 200 and b"vllm:num_requests_running" in body

@@ -19,6 +19,7 @@ def demo_environment(sim_url: str, sim_key: str, control_key: str, idle_minutes:
         "VAST_AUTO_SHUTDOWN": "true",
         "VAST_AUTO_SHUTDOWN_MINUTES": str(idle_minutes),
         "VAST_WATCHDOG_INTERVAL_S": "10",
+        "VAST_METRICS_EVERY_S": "5",  # the page shows the simulated LLM's load within seconds
         "VAST_WAIT_TIMEOUT_S": "120",
         "VAST_DB_PATH": os.environ.get("VAST_DB_PATH") or "data/demo.db",
         "VASTPANEL_SIMULATED": "true",
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     from werkzeug.serving import run_simple
 
     from . import create_app
-    from .simulator import Simulator
+    from .simulator import LlmConfig, Simulator
 
     sim = Simulator(
         api_key=secrets.token_hex(16),
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> None:
         load_delay=6.0,
         warm_delay=4.0,
         stop_delay=1.0,
+        # A tenth of a second per token: a chat of a few hundred tokens runs long enough for
+        # the page to show the LLM's load (vLLM's metrics, read from the simulated instance).
+        llm=LlmConfig(token_delay_s=0.1),
     )
     control_key = os.environ.get("CONTROL_API_KEY") or f"demo-{secrets.token_hex(8)}"
     with sim:
@@ -58,6 +62,11 @@ def main(argv: list[str] | None = None) -> None:
                     f"  control key:  {control_key}   (sign in with it; API header X-API-Key)",
                     f"  auto-shutdown after {args.idle_minutes:g} idle minutes",
                     f"  try:          curl -s -H 'X-API-Key: {control_key}' {base}/infra/vast/status",
+                    "  LLM load:     once running, chat with the simulated endpoint, e.g.",
+                    f"                curl -sN {sim.llm_url}/v1/chat/completions -H 'Content-Type: "
+                    'application/json\' -d \'{"messages": [{"role": "user", "content": '
+                    '"hi"}], "max_tokens": 300, "stream": true}\'',
+                    "                and watch the page's LLM load and the countdown pause.",
                     "Ctrl-C stops the panel and the simulator.",
                 ]
             ),

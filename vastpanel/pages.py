@@ -109,6 +109,7 @@ def status_context(notice: str | None = None, notice_is_error: bool = False) -> 
         "notice_is_error": notice_is_error,
         "instance_id": panel.config.vast_instance_id,
         "auto_shutdown": panel.config.auto_shutdown,
+        "gateway_source": panel.config.gateway_source,
     }
 
 

@@ -1,0 +1,237 @@
+"""Idle truth end to end: gunicorn against the simulator, with no gateway posts unless said.
+
+Each test runs the production server (tests/liveserver.py) on its own ports and database,
+against its own simulator whose LLM stack serves vLLM-shaped /metrics that move with the
+requests it really serves. They take minutes (a 1-minute idle time, a 3-minute stream) and are
+independent of each other, so they can run in parallel.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import requests
+from liveserver import PanelProcess, simulator_env, wait_for
+
+from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY
+from vastpanel.simulator import LlmConfig, Simulator
+
+pytestmark = pytest.mark.e2e
+
+IDLE_MINUTES = 1.0
+IDLE_S = IDLE_MINUTES * 60
+EVERY_S = 5.0  # VAST_METRICS_EVERY_S
+INTERVAL_S = 5.0  # VAST_WATCHDOG_INTERVAL_S
+# The stop comes IDLE_S after the LLM was last seen active, which is up to a read after the
+# last call ended; the deadline look and the stop add a little on a loaded machine.
+LATE_S = EVERY_S + INTERVAL_S + 15
+CHAT = {"messages": [{"role": "user", "content": "are you there"}]}
+
+
+def stops(sim: Simulator) -> list[dict]:
+    """Return the stop calls the simulator answered, oldest first."""
+    return [r for r in sim.requests("PUT") if (r.get("json") or {}).get("state") == "stopped"]
+
+
+def metrics_reads(sim: Simulator) -> int:
+    return len(sim.llm_requests("GET", "/metrics"))
+
+
+@pytest.fixture
+def make_sim():
+    sims: list[Simulator] = []
+
+    def make(llm: LlmConfig | None = None, initial_state: str = "running") -> Simulator:
+        sim = Simulator(
+            api_key=VAST_KEY,
+            instance_id=INSTANCE_ID,
+            initial_state=initial_state,
+            clock=time.time,
+            schedule_delay=0,
+            load_delay=0,
+            warm_delay=0,
+            llm=llm or LlmConfig(),
+        )
+        sims.append(sim.start())
+        return sim
+
+    yield make
+    for sim in sims:
+        sim.stop()
+
+
+@pytest.fixture
+def make_panel(tmp_path):
+    panels: list[PanelProcess] = []
+
+    def make(sim: Simulator, workers: int = 1, **overrides: str) -> PanelProcess:
+        env = simulator_env(
+            sim,
+            tmp_path / "vastpanel.db",
+            CONTROL_KEY,
+            VAST_AUTO_SHUTDOWN_MINUTES=str(IDLE_MINUTES),
+            VAST_WATCHDOG_INTERVAL_S=str(INTERVAL_S),
+            VAST_METRICS_EVERY_S=str(EVERY_S),
+            VAST_STATUS_TTL_S="3",
+            **overrides,
+        )
+        panel = PanelProcess(env, workers=workers, log_path=tmp_path / "panel.log")
+        panels.append(panel)
+        return panel
+
+    yield make
+    for panel in panels:
+        panel.stop()
+
+
+def status(panel: PanelProcess) -> dict:
+    response = panel.api("GET", "/status")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def audit_events(panel: PanelProcess, event: str) -> list[dict]:
+    entries = panel.api("GET", "/audit", params={"limit": 1000}).json()
+    return [e for e in entries if e["event"] == event]
+
+
+def chat(sim: Simulator, **extra) -> requests.Response:
+    response = requests.post(f"{sim.llm_url}/v1/chat/completions", json={**CHAT, **extra})
+    assert response.status_code == 200, response.text
+    return response
+
+
+def wait_for_stop(sim: Simulator, timeout: float) -> dict:
+    assert wait_for(lambda: stops(sim), timeout, every=0.2), f"no stop within {timeout:g} s"
+    (stop,) = stops(sim)
+    return stop
+
+
+def test_a_client_every_20_s_keeps_it_running_then_it_stops_a_minute_after(make_sim, make_panel):
+    sim = make_sim()
+    panel = make_panel(sim)
+    assert wait_for(lambda: status(panel)["status"] == "running", 20)
+    began = time.time()
+    last_call = began
+    seen_llm = False
+    while time.time() - began < 180:  # 3 minutes, three times the idle time
+        chat(sim)
+        last_call = time.time()
+        while time.time() - last_call < 20:
+            assert stops(sim) == [], "stopped while a client was using the LLM"
+            body = status(panel)
+            assert body["llm_metrics"] == "ok", body
+            seen_llm = seen_llm or body["last_activity_source"] == "llm"
+            time.sleep(2)
+    assert seen_llm, "the status never named the LLM as the last activity"
+    stop = wait_for_stop(sim, IDLE_S + LATE_S + 10)
+    assert IDLE_S - 1 <= stop["time"] - last_call <= IDLE_S + LATE_S
+    (shutdown,) = audit_events(panel, "auto_shutdown")
+    assert shutdown["meta"]["last_signal"] == "llm"
+    assert audit_events(panel, "llm_metrics_unavailable") == []
+
+
+def test_a_three_minute_stream_is_not_cut_and_the_stop_comes_after_it(make_sim, make_panel):
+    sim = make_sim(LlmConfig(token_delay_s=1.0))
+    panel = make_panel(sim)
+    assert wait_for(lambda: status(panel)["status"] == "running", 20)
+    tokens, events = 180, []
+    body = {**CHAT, "stream": True, "max_tokens": tokens}
+    started = time.time()
+    with requests.post(
+        f"{sim.llm_url}/v1/chat/completions", json=body, stream=True, timeout=30
+    ) as response:
+        saw_running = False
+        for line in response.iter_lines(decode_unicode=True):
+            if not line:
+                continue
+            events.append(line)
+            if len(events) % 30 == 0:  # about every 30 s, look at what the panel says
+                saw_running = saw_running or status(panel)["llm_requests_running"] == 1
+    ended = time.time()
+    assert ended - started >= tokens * 1.0
+    assert events[-1] == "data: [DONE]"
+    finish = json.loads(events[-2][6:])["choices"][0]["finish_reason"]
+    assert finish == "length" and len(events) == tokens + 3  # nothing was cut
+    assert saw_running, "the status never showed the stream running"
+    assert all(stop["time"] >= ended for stop in stops(sim)), "stopped during the stream"
+    stop = wait_for_stop(sim, IDLE_S + LATE_S + 10)
+    assert IDLE_S - 1 <= stop["time"] - ended <= IDLE_S + LATE_S
+
+
+@pytest.mark.parametrize("broken", ["metrics_404", "port_not_mapped"])
+def test_without_metrics_the_gateway_posts_decide(make_sim, make_panel, broken):
+    sim = make_sim(LlmConfig(serve_metrics=broken != "metrics_404"), initial_state="stopped")
+    overrides = {"VAST_METRICS_PORT": "9100"} if broken == "port_not_mapped" else {}
+    panel = make_panel(sim, **overrides)
+    started = panel.api("POST", "/power/on", json={"wait_for_health": True}, timeout=60)
+    assert started.status_code == 200, started.text  # the session is healthy: the LLM is up
+
+    stop_calls = threading.Event()
+
+    def use_the_llm():  # the LLM is busy throughout, but nobody can see it
+        while not stop_calls.is_set() and not stops(sim):
+            chat(sim)
+            stop_calls.wait(5)
+
+    caller = threading.Thread(target=use_the_llm, daemon=True)
+    caller.start()
+    try:
+        last_post = None
+        for _ in range(2):  # the gateway posts twice, 30 s apart
+            assert panel.api("POST", "/activity").status_code == 200
+            last_post = time.time()
+            body = status(panel)
+            assert body["llm_metrics"] == "unavailable" and body["status"] == "running"
+            assert body["last_activity_source"] == "gateway"
+            time.sleep(30)
+        stop = wait_for_stop(sim, IDLE_S + LATE_S)
+    finally:
+        stop_calls.set()
+        caller.join(10)
+    assert IDLE_S - 1 <= stop["time"] - last_post <= IDLE_S + INTERVAL_S + 10
+    (unavailable,) = audit_events(panel, "llm_metrics_unavailable")
+    reason = unavailable["meta"]["reason"]
+    assert ("HTTP 404" if broken == "metrics_404" else "9100 is not mapped") in reason
+    (shutdown,) = audit_events(panel, "auto_shutdown")
+    assert shutdown["meta"]["last_signal"] == "gateway"
+    if broken == "metrics_404":
+        assert metrics_reads(sim) >= 2
+    else:
+        assert metrics_reads(sim) == 0
+
+
+def test_two_workers_share_one_metrics_read_per_interval(make_sim, make_panel):
+    sim = make_sim()
+    panel = make_panel(sim, workers=2)
+    assert wait_for(lambda: status(panel)["llm_metrics"] == "ok", 20)
+    finish = time.monotonic() + 30
+    answered = []
+
+    def poll():
+        with requests.Session() as http:
+            http.headers["X-API-Key"] = CONTROL_KEY
+            while time.monotonic() < finish:
+                try:
+                    response = http.get(panel.url + "/infra/vast/status", timeout=30)
+                except requests.ConnectionError:  # a keep-alive connection closed as we sent
+                    answered.append("reset")
+                    continue
+                answered.append(response.status_code)
+
+    first = metrics_reads(sim)
+    began = time.monotonic()
+    threads = [threading.Thread(target=poll) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    took = time.monotonic() - began
+    reads = metrics_reads(sim) - first
+    assert answered.count(200) > 100 and answered.count("reset") <= 2
+    assert set(answered) <= {200, "reset"}
+    assert reads <= took / EVERY_S + 1  # one read per interval for both workers together
+    assert reads >= took / EVERY_S - 2  # ... and the reads went on
