@@ -8,13 +8,19 @@
     hour: "2-digit", minute: "2-digit", second: "2-digit",
   });
 
-  // Show each <time datetime="...Z" data-local> in the admin's own time zone.
+  var clockFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+  var dayFormat = new Intl.DateTimeFormat(undefined, { year: "numeric", month: "numeric", day: "numeric" });
+
+  // Show each <time datetime="...Z" data-local> in the admin's own time zone;
+  // data-local="time" shows only the clock time when it is today.
   function localizeTimes(root) {
     root.querySelectorAll("time[data-local]").forEach(function (el) {
       var when = new Date(el.getAttribute("datetime"));
       if (isNaN(when.getTime())) return;
       if (!el.title) el.title = el.textContent;  // keep the UTC text as a tooltip
-      el.textContent = localFormat.format(when);
+      var today = dayFormat.format(when) === dayFormat.format(new Date());
+      el.textContent = el.getAttribute("data-local") === "time" && today
+        ? clockFormat.format(when) : localFormat.format(when);
     });
   }
 

@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 import responses
@@ -21,6 +22,7 @@ VAST_KEY = "vastkey-0123456789abcdef-secret"
 CONTROL_KEY = "controlkey-fedcba9876543210-secret"
 HEALTH_URL = "http://203.0.113.7:41234/health"
 INSTANCE_URL = f"{VAST_URL}/api/v0/instances/{INSTANCE_ID}/"
+CHARGES_URL = f"{VAST_URL}/api/v0/charges/"
 
 
 # Modules whose tests start processes (gunicorn, the simulator, nginx, chromium) or run for
@@ -84,8 +86,12 @@ class FakeVast:
         self.metrics_gets = 0
         self.puts: list[str] = []
         self.gets = 0
+        # vast.ai's charges: one (status, body) per page, or a callable(request) -> (status, body)
+        self.charges: list[tuple[int, Any]] | Any = [(200, {"success": True, "results": []})]
+        self.charges_asked: list[dict[str, str]] = []
         mock.add_callback(responses.GET, INSTANCE_URL, callback=self._get)
         mock.add_callback(responses.PUT, INSTANCE_URL, callback=self._put)
+        mock.add_callback(responses.GET, CHARGES_URL, callback=self._charges)
         mock.add_callback(
             responses.GET, re.compile(r"http://203\.0\.113\.7:\d+/.*"), callback=self._health
         )
@@ -126,6 +132,18 @@ class FakeVast:
         elif self.boot_after is not None and self.instance["actual_status"] != "running":
             self.started_at = self.clock.now()
         return 200, {}, json.dumps({"success": True})
+
+    def _charges(self, request):
+        query = {k: v[0] for k, v in parse_qs(urlparse(request.url).query).items()}
+        self.charges_asked.append(query)
+        page = int(query.get("after_token", 0))
+        if callable(self.charges):
+            return self.charges(query)
+        status, body = self.charges[page]
+        if status == 200 and isinstance(body, dict) and "results" in body:
+            more = page + 1 < len(self.charges)
+            body = {**body, "next_token": str(page + 1) if more else None}
+        return status, {}, body if isinstance(body, str) else json.dumps(body)
 
     def _health(self, request):
         # One callback for the instance's ports: responses rotates between matching ones.

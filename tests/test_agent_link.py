@@ -172,6 +172,9 @@ def test_a_stop_seen_after_the_agents_grace_is_booked_as_the_agents(tmp_path, si
     (session,) = store.list_sessions(panel.db, 0)
     row = panel.db.execute("SELECT closed_by FROM sessions WHERE id = ?", [session.id]).fetchone()
     assert row[0] == "agent"
+    with app.test_request_context("/"):
+        html = render_template("_status.html", standalone=True, **status_context())
+    assert "Stopped by the dead-man switch on the instance" in html
 
 
 def test_a_stop_seen_within_the_grace_is_not_the_agents(tmp_path, sim, clock, agent):

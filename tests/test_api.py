@@ -79,6 +79,12 @@ def test_status_stopped(client, vast):
         "auto_shutdown_in_minutes": None,
         "total_runtime_hours": 0.0,
         "total_cost_usd": 0.0,
+        "gpu_cost_usd": 0.0,
+        "storage_cost_usd": 0.0,  # booking starts at this first reading
+        "bandwidth_cost_usd": None,
+        "all_in_cost_usd": 0.0,
+        "budget": None,
+        "max_session_stop_at": None,
         "agent": "off",  # no VAST_AGENT_SECRET in the test config
         "message": "The instance is stopped; only storage is billed.",
     }
@@ -396,7 +402,7 @@ def test_power_off_reports_the_session(client, vast, clock):
         "status": "stopped",
         "session_runtime_minutes": pytest.approx(45.5),
         "session_cost_usd": pytest.approx(0.34125),
-        "message": "Instance stopped. Session: 45.5 min, $0.341",
+        "message": "Instance stopped. Session: 46 min, $0.341",
     }
     assert vast.puts == ["stopped"]
     events = client.get("/infra/vast/audit").json
@@ -414,6 +420,35 @@ def test_power_off_already_stopped_sends_nothing(client, vast):
     assert response.json["status"] == "stopped"
     assert "already stopped" in response.json["message"]
     assert vast.puts == []
+
+
+def test_a_second_power_off_while_vast_ai_still_reports_running_sends_nothing(client, vast, clock):
+    vast.set_running()
+    client.get("/infra/vast/status")
+    clock.advance(600)
+    first = client.post("/infra/vast/power/off").json
+    assert first["session_runtime_minutes"] == pytest.approx(10)
+    # vast.ai has the stop but still reports the instance running (it stops a moment later).
+    vast.set_running()
+    vast.set(intended_status="stopped")
+    clock.advance(2)
+    second = client.post("/infra/vast/power/off")
+    assert second.status_code == 200
+    assert second.json["message"] == (
+        "A stop is already under way (vast.ai still reports the instance running); "
+        "no stop was sent."
+    )
+    assert second.json["session_runtime_minutes"] == 0 and second.json["session_cost_usd"] == 0
+    assert vast.puts == ["stopped"]  # one stop call only
+    events = audit_events(client)
+    assert events[:3] == ["power_off_requested", "power_off_complete", "power_off_requested"]
+    costs = client.get("/infra/vast/costs").json
+    assert costs["sessions_count"] == 1 and costs["total_runtime_hours"] == pytest.approx(1 / 6)
+    vast.set_stopped()
+    clock.advance(10)
+    assert "already stopped" in client.post("/infra/vast/power/off").json["message"]
+    assert vast.puts == ["stopped"]
+    assert client.get("/infra/vast/costs").json["sessions_count"] == 1
 
 
 def test_power_off_cancels_a_queued_start(client, vast):
@@ -511,11 +546,27 @@ def test_costs_average(client, vast, clock):
 
 
 def test_costs_empty(client):
-    assert client.get("/infra/vast/costs").json == {
+    body = client.get("/infra/vast/costs").json
+    days = body.pop("days")
+    assert body == {
         "total_runtime_hours": 0.0,
         "total_cost_usd": 0.0,
         "sessions_count": 0,
         "avg_session_minutes": 0.0,
+        "gpu_cost_usd": 0.0,
+        "storage_cost_usd": 0.0,
+        "bandwidth_cost_usd": None,
+        "all_in_cost_usd": 0.0,
+        "charges": {"read_at": None, "error": None},
+        "budget": None,
+    }
+    assert len(days) == 30
+    assert days[-1] == {
+        "day": "2023-11-14",
+        "estimate": {"gpu": 0.0, "storage": 0.0},
+        "billed": None,
+        "difference_pct": None,
+        "mismatch": False,
     }
 
 

@@ -95,7 +95,7 @@ def seed_history(db_path: Path, days: int = 30) -> None:
         db.close()
 
 
-def start_server(sim: Simulator, tmp_path: Path) -> PanelProcess:
+def start_server(sim: Simulator, tmp_path: Path, **overrides: str) -> PanelProcess:
     """Run the real panel on a free loopback port, configured by environment for the simulator."""
     env = {
         "VAST_URL": sim.url,
@@ -107,6 +107,7 @@ def start_server(sim: Simulator, tmp_path: Path) -> PanelProcess:
         "VAST_WAIT_TIMEOUT_S": "60",
         "VAST_AUTO_SHUTDOWN_MINUTES": "30",
         "VASTPANEL_SIMULATED": "true",
+        **overrides,
     }
     return PanelProcess(env, log_path=tmp_path / "server.log")
 

@@ -36,10 +36,13 @@ def test_bars_scale_to_the_rounded_maximum_oldest_on_the_left():
     assert chart.total_usd == 3.0 and not chart.empty
 
 
-def test_a_few_cents_are_drawn_on_a_one_dollar_scale():
+def test_a_few_cents_fill_the_chart_scaled_to_the_data():
     chart = cost_chart(days([0.02, 0.5]))
-    assert [t.text for t in chart.y_ticks] == ["$0.00", "$0.50", "$1.00"]
-    assert chart.bars[1].height == pytest.approx((chart.plot_bottom - chart.plot_top) / 2, abs=0.01)
+    assert [t.text for t in chart.y_ticks] == ["$0.00", "$0.25", "$0.50"]
+    assert chart.bars[1].height == pytest.approx(chart.plot_bottom - chart.plot_top, abs=0.01)
+    small = cost_chart(days([0.004, 0.022]))  # a few minutes on a cheap GPU
+    assert [t.text for t in small.y_ticks] == ["$0.00", "$0.025"]  # no misstated middle label
+    assert small.bars[1].height == pytest.approx((small.plot_bottom - small.plot_top) * 0.88)
 
 
 def test_a_tiny_cost_still_shows_a_bar():
@@ -65,5 +68,15 @@ def test_formats():
     assert audit_details({"session_cost_usd": 0.25, "session_minutes": 12.34, "error": "x"}) == [
         ("error", "x"),
         ("cost", "$0.25"),
-        ("session", "12.3 min"),
+        ("session", "12 min"),
     ]
+
+
+def test_billed_days_get_a_bar_beside_the_estimate_and_mismatches_are_counted():
+    chart = cost_chart(days([1.0, 2.0, 0.0]), [(1.0, False), (3.0, True), None])
+    estimate, billed = chart.bars[1], chart.billed_marks[1]
+    assert billed.x == pytest.approx(estimate.x + estimate.width, abs=0.02)
+    assert billed.height > estimate.height  # $3 billed vs $2 estimated, on one scale
+    assert [t.text for t in chart.y_ticks][-1] == "$5.00"
+    assert len(chart.billed_marks) == 2 and chart.mismatches == 1
+    assert "more than 1 % off" in billed.title and billed.mismatch

@@ -254,3 +254,30 @@ def test_audit(client, make_client, panel, monkeypatch):
         contract.call(client, 422, query=bad)
     common_errors(contract, client, make_client, crash_on(monkeypatch, panel, "audit_log"))
     contract.covered()
+
+
+def test_budget_override(client, make_client, panel, monkeypatch):
+    contract = Contract("POST", "/budget/override")
+    assert "VAST_BUDGET_USD" in contract.call(client, 409)["detail"]
+    budgeted = make_client(VAST_BUDGET_USD="5", VAST_BUDGET_PERIOD="day")
+    assert contract.call(budgeted, 200)["state"] == "ok"
+    contract.call(budgeted, 422, raw="[1")
+    common_errors(contract, client, make_client, crash_on(monkeypatch, panel, "override_budget"))
+    contract.covered()
+
+
+def test_costs_and_status_with_a_budget_and_vast_ais_charges(make_client, vast, clock):
+    budgeted = make_client(VAST_BUDGET_USD="5", VAST_MAX_SESSION_HOURS="2")
+    vast.set_running()
+    assert Contract("GET", "/status").call(budgeted, 200)["max_session_stop_at"] is not None
+    clock.advance(3600)
+    the_panel = budgeted.application.extensions["vastpanel"]
+    row = {"start": clock.now() - 60, "end": clock.now(), "type": "instance", "amount": 0.5}
+    row |= {"source": "instance-4242", "items": [{"type": "gpu", "amount": 0.5}]}
+    body = {"success": True, "results": [row], "next_token": None}
+    vast.charges = [(200, body)]
+    the_panel.read_charges()
+    costs = Contract("GET", "/costs").call(budgeted, 200)
+    assert costs["budget"]["limit_usd"] == 5 and costs["days"][-1]["billed"]["gpu"] == 0.5
+    status = Contract("GET", "/status").call(budgeted, 200)
+    assert status["budget"]["spent_usd"] > 0

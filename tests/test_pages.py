@@ -232,7 +232,7 @@ def test_stop_asks_for_confirmation_then_shows_the_session_cost(admin, vast, clo
     response = post(admin, "/power/off")
     html = response.get_data(as_text=True)
     assert vast.puts == ["stopped"]
-    assert "Instance stopped. Session: 25.0 min, $0.188" in html
+    assert "Instance stopped. Session: 25 min, $0.188" in html
     assert badge(html) == "stopped"
     assert "Last session</dt><dd>25 min · $0.188" in html
     done = panel.audit_log(5)[0]
@@ -245,7 +245,7 @@ def test_stop_without_javascript_redirects_back_with_the_session_cost(admin, vas
     clock.advance(60 * 60)
     response = post(admin, "/power/off", htmx=False)
     assert response.status_code == 303 and response.headers["Location"] == "/"
-    assert "Session: 60.0 min, $0.450" in admin.get("/").get_data(as_text=True)
+    assert "Session: 1 h 00 min, $0.45" in admin.get("/").get_data(as_text=True)
 
 
 def test_refresh_rerenders_and_tells_the_other_widgets(admin):
@@ -332,7 +332,7 @@ def test_vast_error_messages_are_escaped(admin, vast):
 
 def test_gpu_name_and_audit_details_are_escaped(admin, vast, panel):
     vast.set(gpu_name=XSS)
-    panel.audit("note", "system", detail=XSS)
+    panel.audit("session_opened", "system", detail=XSS)
     html = admin.get("/").get_data(as_text=True)
     assert "<script>document.title" not in html and "<img src=x" not in html
     assert html.count("&lt;script&gt;") >= 2
@@ -352,13 +352,13 @@ def test_costs_show_totals_and_a_bar_for_each_day_with_gpu_time(admin, vast, clo
     bars = [a for t, a in elements(html) if t == "rect"]
     assert len(bars) == 2
     assert bars[1]["class"] == "bar today"
-    assert "<title>2023-11-14: $0.80, 1 h 46 min of GPU time</title>" in html
+    assert "<title>2023-11-14: $0.80, 1 h 47 min of GPU time</title>" in html
     assert "<title>2023-11-15: $0.10, 13 min of GPU time</title>" in html
 
 
 def test_costs_without_sessions_say_there_is_nothing_yet(admin):
     html = admin.get("/partials/costs", headers=HTMX).get_data(as_text=True)
-    assert "No GPU time in the last 30 days" in html
+    assert "No costs in the last 30 days" in html
     assert "<rect" not in html
 
 
@@ -375,13 +375,13 @@ def test_the_audit_log_is_readable_newest_first(admin, vast, clock, panel):
     assert rows[:3] == ["power_off_complete", "power_off_requested", "session_opened"]
     assert "Stopped" in html and "Stop requested" in html
     assert '<time datetime="2023-11-14T22:14:50Z" data-local>2023-11-14 22:14:50 UTC</time>' in html
-    assert "session:</span> 1.5 min" in html
+    assert "session:</span> 1 min 30 s" in html
     assert "cost:</span> $0.011" in html
 
 
 def test_the_audit_log_pages_back_with_before(admin, panel):
     for i in range(45):
-        panel.audit("note", "system", n=i)
+        panel.audit("session_opened", "system", n=i)
     first = admin.get("/partials/audit", headers=HTMX).get_data(as_text=True)
     ids = [int(i) for i in re.findall(r'data-audit-id="(\d+)"', first)]
     assert len(ids) == 20 and ids == sorted(ids, reverse=True)
@@ -403,6 +403,6 @@ def test_the_audit_log_pages_back_with_before(admin, panel):
 
 
 def test_a_nonsense_before_shows_the_newest_entries(admin, panel):
-    panel.audit("note", "system")
+    panel.audit("session_opened", "system")
     html = admin.get("/partials/audit?before=abc", headers=HTMX).get_data(as_text=True)
-    assert 'data-event="note"' in html
+    assert 'data-event="session_opened"' in html

@@ -22,6 +22,7 @@ import pytest
 import requests
 from gunicorn.config import Config as GunicornConfig
 
+from vastpanel import store
 from vastpanel.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -266,6 +267,9 @@ def test_admin_cli_against_the_simulator(sim, tmp_path):
     """`flask --app app vast ...` as an admin types it: real process, logs on stderr."""
     sim.reset()
     env = panel_env(sim, tmp_path / "cli.db", VAST_WAIT_TIMEOUT_S="60")
+    db = store.open_db(str(tmp_path / "cli.db"))  # the server's database: the CLI creates none
+    store.migrate(db)
+    db.close()
 
     def flask(*args: str, code: int = 0) -> subprocess.CompletedProcess:
         result = subprocess.run(

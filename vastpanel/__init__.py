@@ -45,10 +45,16 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config.update({k: v for k, v in test_config.items() if k in ("TESTING",)})
     if not app.testing:
         configure_logging()  # lines to stderr with time and level, unless already configured
+    from .cli import running_cli_command
+
+    # `flask --app app vast ...` and other commands (not `flask run`) serve nothing: no
+    # watchdog, no secret key file, and no database created before a command asks for one.
+    command_only = running_cli_command()
     panel = Panel(
         config,
         clock=(test_config or {}).get("CLOCK"),
         http=(test_config or {}).get("HTTP_SESSION"),
+        open_now=not command_only,
     )
     app.extensions["vastpanel"] = panel
     htmx.init_app(app)
@@ -58,7 +64,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)  # its own blueprint: served without X-API-Key
-    auth.init_app(app, source, panel)  # session cookie, sign-in, CSRF (the API is exempt)
+    # The session cookie, sign-in and CSRF (the API is exempt).
+    auth.init_app(app, source, panel, keep_secret_key=not command_only)
     app.register_blueprint(pages.bp)
     app.cli.add_command(cli.vast)
     app.register_error_handler(HTTPException, _http_error)
@@ -66,11 +73,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     from . import watchdog
 
-    watchdog.init_app(app, panel, source, testing=test_config is not None)
+    if command_only:
+        log.debug("watchdog: not started for a CLI command")
+    else:
+        watchdog.init_app(app, panel, source, testing=test_config is not None)
 
-    if not config.control_api_key:
+    if not config.control_api_key and not command_only:
         log.warning("CONTROL_API_KEY is not set: every %s request is refused.", API_PREFIX)
-    if not config.vast_configured:
+    if not config.vast_configured and not command_only:
         log.warning(
             "%s not set: status is 'unconfigured'.", " and ".join(config.missing_vast_settings)
         )

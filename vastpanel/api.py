@@ -7,16 +7,34 @@ import json
 import re
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify, request, url_for
 
+from .budget import BudgetStatus
 from .clock import iso_utc
 from .config import is_health_path
-from .panel import HealthTimeout, NotConfigured, Panel, PanelError, PowerBusy, StatusReport
+from .costs import AllInTotals, ChargesStatus, CostDay
+from .panel import (
+    BudgetExceeded,
+    HealthTimeout,
+    NoBudget,
+    NotConfigured,
+    Panel,
+    PanelError,
+    PowerBusy,
+    StatusReport,
+)
+from .store import AuditEntry
 
 bp = Blueprint("api", __name__, url_prefix="/infra/vast")
 
 WHOLE_NUMBER = re.compile(r"-?[0-9]{1,18}")
-ERROR_STATUS = {NotConfigured: 500, HealthTimeout: 504, PowerBusy: 409}
+ERROR_STATUS = {
+    NotConfigured: 500,
+    HealthTimeout: 504,
+    PowerBusy: 409,
+    BudgetExceeded: 409,
+    NoBudget: 409,
+}
 
 
 class InvalidInput(Exception):
@@ -77,8 +95,76 @@ def status_json(report: StatusReport) -> dict[str, Any]:
         "total_runtime_hours": report.totals.runtime_seconds / 3600,
         "total_cost_usd": report.totals.cost_usd,
         "agent": report.agent.status,
+        **all_in_json(report.all_in),
+        "budget": budget_json(report.budget),
+        "max_session_stop_at": iso_utc(report.session_cap_deadline),
         "message": state.message,
     }
+
+
+def costs_json(panel: Panel) -> dict[str, Any]:
+    """Shape the /costs body: session totals, the whole bill, each day, charges and budget."""
+    totals = panel.cost_totals()
+    avg = totals.runtime_seconds / 60 / totals.sessions_count if totals.sessions_count else 0.0
+    return {
+        "total_runtime_hours": totals.runtime_seconds / 3600,
+        "total_cost_usd": totals.cost_usd,
+        "sessions_count": totals.sessions_count,
+        "avg_session_minutes": avg,
+        **all_in_json(panel.all_in_totals()),
+        "days": [cost_day_json(day) for day in panel.recent_cost_days()],
+        "charges": charges_json(panel.charges_status()),
+        "budget": budget_json(panel.budget_status()),
+    }
+
+
+def all_in_json(all_in: AllInTotals) -> dict[str, Any]:
+    """Shape the whole bill: GPU, storage, bandwidth (null until vast.ai's charges are read)."""
+    return {
+        "gpu_cost_usd": all_in.gpu_usd,
+        "storage_cost_usd": all_in.storage_usd,
+        "bandwidth_cost_usd": all_in.bandwidth_usd,
+        "all_in_cost_usd": all_in.all_in_usd,
+    }
+
+
+def budget_json(budget: BudgetStatus | None) -> dict[str, Any] | None:
+    """Shape this period's budget, or None when no budget is set."""
+    if budget is None:
+        return None
+    return {
+        "limit_usd": budget.limit_usd,
+        "period": budget.period,
+        "spent_usd": budget.spent_usd,
+        "share": budget.share,
+        "state": budget.state,
+        "period_ends_at": iso_utc(budget.period_end),
+        "override_until": iso_utc(budget.override_until),
+    }
+
+
+def cost_day_json(day: CostDay) -> dict[str, Any]:
+    """Shape one UTC day: estimate, vast.ai's bill (null until read) and their difference."""
+    billed = day.billed
+    return {
+        "day": day.day.isoformat(),
+        "estimate": {"gpu": day.gpu, "storage": day.storage},
+        "billed": None
+        if billed is None
+        else {
+            "gpu": billed.gpu,
+            "disk": billed.disk,
+            "bandwidth": billed.bandwidth,
+            "total": billed.total,
+        },
+        "difference_pct": day.difference_pct,
+        "mismatch": day.mismatch,
+    }
+
+
+def charges_json(charges: ChargesStatus) -> dict[str, Any]:
+    """Shape whether vast.ai's own record is in."""
+    return {"read_at": iso_utc(charges.read_at), "error": charges.error}
 
 
 @bp.get("/status")
@@ -131,26 +217,40 @@ def activity():
 
 @bp.get("/costs")
 def costs():
-    """Sum runtime and cost over all sessions."""
-    totals = get_panel().cost_totals()
-    avg = totals.runtime_seconds / 60 / totals.sessions_count if totals.sessions_count else 0.0
-    return jsonify(
-        total_runtime_hours=totals.runtime_seconds / 3600,
-        total_cost_usd=totals.cost_usd,
-        sessions_count=totals.sessions_count,
-        avg_session_minutes=avg,
-    )
+    """Sum runtime and cost over all sessions; the whole bill and vast.ai's per day."""
+    return jsonify(costs_json(get_panel()))
+
+
+@bp.post("/budget/override")
+def budget_override():
+    """Let power-on through despite a spent budget, until the budget period ends (audited)."""
+    json_body()
+    return jsonify(budget_json(get_panel().override_budget("api")))
 
 
 @bp.get("/audit")
 def audit():
-    """List audit entries, newest first."""
+    """List audit entries, newest first; a Link header points at the next (older) page."""
     limit = query_int("limit", 50, 1, 1000)
     before = query_int("before", None, 1, None)
-    entries = get_panel().audit_log(limit, before)
-    return jsonify(
-        [{"ts": iso_utc(e.ts), "event": e.event, "actor": e.actor, "meta": e.meta} for e in entries]
-    )
+    entries = get_panel().audit_log(limit + 1, before)  # one more tells whether older exist
+    response = jsonify([audit_json(e) for e in entries[:limit]])
+    if len(entries) > limit:
+        # Relative, so it stays right behind a reverse proxy that rewrites the host.
+        older = url_for("api.audit", before=entries[limit - 1].id, limit=limit)
+        response.headers["Link"] = f'<{older}>; rel="next"'
+    return response
+
+
+def audit_json(entry: AuditEntry) -> dict[str, Any]:
+    """Shape one audit entry as the API answers it."""
+    return {
+        "id": entry.id,
+        "ts": iso_utc(entry.ts),
+        "event": entry.event,
+        "actor": entry.actor,
+        "meta": entry.meta,
+    }
 
 
 def json_body() -> dict[str, Any]:

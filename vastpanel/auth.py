@@ -67,9 +67,19 @@ class PerRequestSecureSessions(SecureCookieSessionInterface):
         return bool(setting)
 
 
-def init_app(app: Flask, env: Mapping[str, Any], panel: Panel) -> None:
-    """Set up the session cookie, CSRF protection and the sign-in routes."""
-    secret_key = load_secret_key(env.get("SECRET_KEY"), panel.config.db_path)
+def init_app(
+    app: Flask, env: Mapping[str, Any], panel: Panel, *, keep_secret_key: bool = True
+) -> None:
+    """Set up the session cookie, CSRF protection and the sign-in routes.
+
+    keep_secret_key false (a CLI command, which serves no page) uses a throwaway key rather
+    than writing one beside the database.
+    """
+    secret_key = (
+        load_secret_key(env.get("SECRET_KEY"), panel.config.db_path)
+        if keep_secret_key
+        else secrets.token_urlsafe(48)
+    )
     install_redaction([secret_key])
     app.config.update(
         SECRET_KEY=secret_key,

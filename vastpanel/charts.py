@@ -1,6 +1,6 @@
 """The spending chart's geometry: cost per day as SVG bars, laid out on the server.
 
-The template `_cost_chart.html` draws what this computes; no chart script runs in the browser.
+The template `_costs.html` draws what this computes; no chart script runs in the browser.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ TOP = 10
 BOTTOM = 24  # room for the date labels
 BAR_FILL = 0.7  # share of a day's slot the bar takes
 LABEL_EVERY_DAYS = 7
-MIN_SCALE_USD = 1.0  # so a few cents do not fill the chart
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,18 @@ class Bar:
     height: float
     title: str
     today: bool
+
+
+@dataclass(frozen=True)
+class BilledMark:
+    """What vast.ai billed on one day, drawn beside that day's estimate."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+    title: str
+    mismatch: bool
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,8 @@ class CostChart:
     total_usd: float
     empty: bool
     summary: str
+    billed_marks: list[BilledMark]
+    mismatches: int
 
 
 def nice_ceiling(value: float) -> float:
@@ -71,23 +84,38 @@ def nice_ceiling(value: float) -> float:
     return 10 * power  # pragma: no cover
 
 
-def cost_chart(days: list[DayCost]) -> CostChart:
-    """Lay out one bar per day, oldest on the left, scaled to a rounded-up maximum."""
+def _written_exactly(value: float) -> bool:
+    """Tell whether usd() writes value without rounding it."""
+    return abs(float(usd(value).lstrip("$").replace(",", "")) - value) < 1e-9
+
+
+def cost_chart(
+    days: list[DayCost],
+    billed: list[tuple[float, bool] | None] | None = None,
+) -> CostChart:
+    """Lay out one bar per day, oldest on the left, scaled to a rounded-up maximum.
+
+    billed, one entry per day: (what vast.ai billed, whether that day is a mismatch), or None
+    for a day whose bill is not read; each billed day gets a second bar beside its estimate.
+    """
     plot_w = WIDTH - LEFT - RIGHT
     plot_h = HEIGHT - TOP - BOTTOM
     slot = plot_w / max(len(days), 1)
-    top_value = nice_ceiling(max([MIN_SCALE_USD, *(d.cost_usd for d in days)]))
-    bars, x_ticks = [], []
+    billed = billed or [None] * len(days)
+    billed_values = [b[0] for b in billed if b is not None]
+    # Scaled to the data, so a few cents still draw bars; all-zero days keep a $1 frame.
+    top_value = nice_ceiling(max([0.0, *(d.cost_usd for d in days), *billed_values]))
+    estimate_share = 0.5 if billed_values else 1.0  # the estimate gives half its room to the bill
+    bars, x_ticks, marks = [], [], []
     for i, day in enumerate(days):
-        height = plot_h * day.cost_usd / top_value
-        if day.cost_usd > 0:
-            height = max(height, 1.0)  # a cent still shows
+        height = _bar_height(day.cost_usd, top_value, plot_h)
         x = LEFT + i * slot
+        left = x + slot * (1 - BAR_FILL) / 2
         bars.append(
             Bar(
-                x=round(x + slot * (1 - BAR_FILL) / 2, 2),
+                x=round(left, 2),
                 y=round(TOP + plot_h - height, 2),
-                width=round(slot * BAR_FILL, 2),
+                width=round(slot * BAR_FILL * estimate_share, 2),
                 height=round(height, 2),
                 title=(
                     f"{day.day.isoformat()}: {usd(day.cost_usd)}, "
@@ -96,16 +124,33 @@ def cost_chart(days: list[DayCost]) -> CostChart:
                 today=i == len(days) - 1,
             )
         )
+        if billed[i] is not None:
+            amount, mismatch = billed[i]
+            bill_height = _bar_height(amount, top_value, plot_h)
+            marks.append(
+                BilledMark(
+                    x=round(left + slot * BAR_FILL * estimate_share, 2),
+                    y=round(TOP + plot_h - bill_height, 2),
+                    width=round(slot * BAR_FILL * (1 - estimate_share), 2),
+                    height=round(bill_height, 2),
+                    title=f"{day.day.isoformat()}: vast.ai billed {usd(amount)}"
+                    + (" (more than 1 % off the estimate)" if mismatch else ""),
+                    mismatch=mismatch,
+                )
+            )
         if (len(days) - 1 - i) % LABEL_EVERY_DAYS == 0:
             x_ticks.append(Tick(round(x + slot / 2, 2), day.day.strftime("%b %-d")))
     y_ticks = [
         Tick(round(TOP + plot_h * (1 - share), 2), usd(top_value * share))
         for share in (0.0, 0.5, 1.0)
+        # A middle label that money rounding would misstate (e.g. $0.0125) is left out.
+        if share != 0.5 or _written_exactly(top_value * share)
     ]
     total = sum(d.cost_usd for d in days)
     first, last = (days[0].day, days[-1].day) if days else (None, None)
     summary = (
-        f"GPU cost per day from {first} to {last} (UTC): {usd(total)} in all."
+        f"Estimated cost (GPU and storage) per day from {first} to {last} (UTC): "
+        f"{usd(total)} in all."
         if days
         else "No days to show."
     )
@@ -120,6 +165,14 @@ def cost_chart(days: list[DayCost]) -> CostChart:
         y_ticks=y_ticks,
         x_ticks=x_ticks,
         total_usd=total,
-        empty=total == 0,
+        empty=total == 0 and not any(billed_values),
         summary=summary,
+        billed_marks=marks,
+        mismatches=sum(1 for m in marks if m.mismatch),
     )
+
+
+def _bar_height(value: float, top_value: float, plot_h: float) -> float:
+    """Scale a dollar amount to a bar height; a cent still shows."""
+    height = plot_h * value / top_value
+    return max(height, 1.0) if value > 0 else height

@@ -1,12 +1,15 @@
 """The admin CLI on the host: `flask --app app vast status|on|off|costs|audit`.
 
-It calls the same domain functions as the JSON API, as actor "cli". Text by default; --json
-prints the API's JSON shapes. An error prints its message on stderr and exits with 1.
+It calls the same domain functions as the JSON API, as actor "cli", with the server's settings
+(the same environment: VAST_DB_PATH, and VAST_API_KEY and VAST_INSTANCE_ID for status, on and
+off). It starts no watchdog and creates no database: a command that cannot do what it was asked
+prints `Error: ...` on stderr and exits with 1. Text by default; --json prints the API's shapes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,8 +18,9 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from .api import status_json
+from .api import audit_json, costs_json, status_json
 from .clock import iso_utc
+from .formatting import duration, minutes_text, usd
 from .panel import Panel, PanelError
 
 ACTOR = "cli"
@@ -25,9 +29,33 @@ vast = AppGroup("vast", help="Control the vast.ai instance from the host (audit 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON, as the API does.")
 
 
-def get_panel() -> Panel:
-    """Return the app's domain object."""
-    return current_app.extensions["vastpanel"]
+def running_cli_command() -> bool:
+    """Tell whether the app is being loaded for a `flask` command other than `flask run`.
+
+    Flask loads the app inside the click context of the command line; `flask run` loads it
+    inside its own command's context. gunicorn and tests load it outside any click context.
+    """
+    context = click.get_current_context(silent=True)
+    return context is not None and context.info_name != "run"
+
+
+def get_panel(*, needs_vast: bool = True) -> Panel:
+    """Return the app's domain object, or fail if the server's settings are not there."""
+    panel: Panel = current_app.extensions["vastpanel"]
+    config = panel.config
+    if config.db_path != ":memory:" and not os.path.exists(config.db_path):
+        raise click.ClickException(
+            f"no database at {os.path.abspath(config.db_path)}. The CLI works on the server's "
+            "database: run it with the server's settings (VAST_DB_PATH; see README.md, "
+            "'Admin CLI')."
+        )
+    if needs_vast and not config.vast_configured:
+        missing = " and ".join(config.missing_vast_settings)
+        raise click.ClickException(
+            f"{missing} not set. The CLI needs the server's settings (VAST_API_KEY, "
+            "VAST_INSTANCE_ID, VAST_DB_PATH and, if not the default, VAST_URL)."
+        )
+    return panel
 
 
 @contextmanager
@@ -47,20 +75,20 @@ def emit(data: Any, as_json: bool, lines: list[str]) -> None:
         click.echo("\n".join(lines))
 
 
-def money(value: float | None) -> str:
-    return "-" if value is None else f"${value:.3f}"
-
-
 @vast.command("status")
 @json_option
 def status_command(as_json: bool) -> None:
     """Show the instance, its idle countdown and the cost so far."""
+    panel = get_panel()
     with failing_as_click_error():
-        data = status_json(get_panel().status_report())
+        report = panel.status_report()
+    data = status_json(report)
+    if data["status"] == "not_found":
+        raise click.ClickException(data["message"] or "vast.ai does not know the instance.")
     countdown = data["auto_shutdown_in_minutes"]
     lines = [
         f"Instance {data['instance_id'] or '-'}: {data['status']}"
-        + (f" ({data['gpu_name']}, {money(data['dph_total'])}/h)" if data["gpu_name"] else ""),
+        + (f" ({data['gpu_name']}, {usd(data['dph_total'])}/h)" if data["gpu_name"] else ""),
         f"Endpoint: {data['endpoint_base_url'] or '-'}",
         f"Last activity: {data['last_activity'] or 'never'}"
         + (f" ({data['last_activity_source']})" if data["last_activity_source"] else ""),
@@ -70,9 +98,9 @@ def status_command(as_json: bool) -> None:
             if data["llm_requests_running"] is not None
             else ""
         ),
-        f"Auto-shutdown in: {'-' if countdown is None else f'{countdown:.1f} min'}",
+        f"Auto-shutdown in: {'-' if countdown is None else minutes_text(countdown)}",
         f"Dead-man switch: {data['agent'] or '-'}",
-        f"Total: {data['total_runtime_hours']:.2f} h, {money(data['total_cost_usd'])}",
+        f"Total: {duration(report.totals.runtime_seconds)}, {usd(data['total_cost_usd'])}",
     ]
     if data["message"]:
         lines.append(f"Message: {data['message']}")
@@ -90,9 +118,9 @@ def status_command(as_json: bool) -> None:
 def on_command(wait: bool, as_json: bool) -> None:
     """Start the instance."""
     panel = get_panel()
-    if wait and panel.config.vast_configured:
-        timeout = panel.config.wait_timeout_s
-        click.echo(f"Starting; waiting up to {timeout:g} s for the health URL...", err=True)
+    if wait:
+        timeout = duration(panel.config.wait_timeout_s)
+        click.echo(f"Starting; waiting up to {timeout} for the health URL...", err=True)
     with failing_as_click_error():
         result = panel.power_on(ACTOR, wait_for_health=wait)
     data = {
@@ -112,8 +140,9 @@ def on_command(wait: bool, as_json: bool) -> None:
 @json_option
 def off_command(as_json: bool) -> None:
     """Stop the instance (cancelling a queued start) and close its session."""
+    panel = get_panel()
     with failing_as_click_error():
-        result = get_panel().power_off(ACTOR)
+        result = panel.power_off(ACTOR)
     data = {
         "status": "stopped",
         "session_runtime_minutes": result.session_minutes,
@@ -126,20 +155,31 @@ def off_command(as_json: bool) -> None:
 @vast.command("costs")
 @json_option
 def costs_command(as_json: bool) -> None:
-    """Show runtime and cost over all sessions."""
-    totals = get_panel().cost_totals()
-    avg = totals.runtime_seconds / 60 / totals.sessions_count if totals.sessions_count else 0.0
-    data = {
-        "total_runtime_hours": totals.runtime_seconds / 3600,
-        "total_cost_usd": totals.cost_usd,
-        "sessions_count": totals.sessions_count,
-        "avg_session_minutes": avg,
-    }
+    """Show runtime and cost over all sessions, the whole bill and the budget."""
+    data = costs_json(get_panel(needs_vast=False))
+    average = data["avg_session_minutes"] * 60
     lines = [
-        f"Sessions: {totals.sessions_count}",
-        f"Runtime: {data['total_runtime_hours']:.2f} h (average {avg:.1f} min a session)",
-        f"Cost: {money(totals.cost_usd)}",
+        f"Sessions: {data['sessions_count']}",
+        f"Runtime: {duration(data['total_runtime_hours'] * 3600)} "
+        f"(average {duration(average)} a session)",
+        f"Cost: {usd(data['total_cost_usd'])}",
+        f"All in: {usd(data['all_in_cost_usd'])} (GPU {usd(data['gpu_cost_usd'])}, "
+        f"storage {usd(data['storage_cost_usd'])}, bandwidth "
+        + (
+            "not billed yet"
+            if data["bandwidth_cost_usd"] is None
+            else usd(data["bandwidth_cost_usd"])
+        )
+        + ")",
     ]
+    if data["charges"]["error"]:
+        lines.append(f"Estimates only: {data['charges']['error']}")
+    budget = data["budget"]
+    if budget:
+        lines.append(
+            f"Budget this {budget['period']}: {usd(budget['spent_usd'])} of "
+            f"{usd(budget['limit_usd'])} ({budget['state']})"
+        )
     emit(data, as_json, lines)
 
 
@@ -148,14 +188,13 @@ def costs_command(as_json: bool) -> None:
 @click.option("--before", type=click.IntRange(min=1), default=None, help="Entries older than id.")
 @json_option
 def audit_command(limit: int, before: int | None, as_json: bool) -> None:
-    """List audit entries, newest first."""
-    entries = get_panel().audit_log(limit, before)
-    data = [
-        {"ts": iso_utc(e.ts), "event": e.event, "actor": e.actor, "meta": e.meta} for e in entries
-    ]
+    """List audit entries, newest first, each with its id (for --before)."""
+    entries = get_panel(needs_vast=False).audit_log(limit, before)
     lines = [
         f"{iso_utc(e.ts)}  #{e.id:<5} {e.actor:<8} {e.event}  "
         + " ".join(f"{k}={v}" for k, v in sorted(e.meta.items()))
         for e in entries
     ] or ["No audit entries."]
-    emit(data, as_json, [line.rstrip() for line in lines])
+    if len(entries) == limit:
+        lines.append(f"Older entries: --before {entries[-1].id}")
+    emit([audit_json(e) for e in entries], as_json, [line.rstrip() for line in lines])

@@ -40,6 +40,9 @@ class Config:
     agent_secret: str = ""
     # Marks a demo against the simulator, so it can never pass for a real instance.
     simulated: bool = False
+    budget_usd: float | None = None  # VAST_BUDGET_USD: a spending cap per budget period
+    budget_period: str = "month"  # VAST_BUDGET_PERIOD: day or month, UTC
+    max_session_hours: float | None = None  # VAST_MAX_SESSION_HOURS: longest session allowed
 
     @property
     def missing_vast_settings(self) -> list[str]:
@@ -108,6 +111,9 @@ class Config:
             metrics_every_s=_number(env, "VAST_METRICS_EVERY_S", 15.0, positive=True),
             agent_secret=_agent_secret(env),
             simulated=parse_bool(env, "VASTPANEL_SIMULATED", False),
+            budget_usd=_optional_positive(env, "VAST_BUDGET_USD"),
+            budget_period=_choice(env, "VAST_BUDGET_PERIOD", ("day", "month"), "month"),
+            max_session_hours=_optional_positive(env, "VAST_MAX_SESSION_HOURS"),
         )
 
 
@@ -143,6 +149,22 @@ def _number(env: Mapping[str, str], name: str, default: float, positive: bool = 
         bound = "greater than 0" if positive else "0 or more"
         raise ConfigError(f"{name} must be {bound}, got {raw!r}")
     return value
+
+
+def _optional_positive(env: Mapping[str, str], name: str) -> float | None:
+    """Read a number greater than 0, or None when the variable is unset."""
+    if _raw(env, name) is None:
+        return None
+    return _number(env, name, 0.0, positive=True)
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    if raw.lower() not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw.lower()
 
 
 def _port(env: Mapping[str, str], name: str, default: int | None) -> int | None:

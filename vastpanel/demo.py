@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import socket
+import sys
 
 DEMO_INSTANCE_ID = 4242
 
 
-def demo_environment(sim_url: str, sim_key: str, control_key: str, idle_minutes: float) -> dict:
+def demo_environment(
+    sim_url: str, sim_key: str, control_key: str, idle_minutes: float, budget_usd: float = 2.0
+) -> dict:
     """Return the settings that point a panel at the simulator, marked as simulated."""
     return {
         "VAST_URL": sim_url,
@@ -23,17 +27,34 @@ def demo_environment(sim_url: str, sim_key: str, control_key: str, idle_minutes:
         "VAST_WAIT_TIMEOUT_S": "120",
         "VAST_DB_PATH": os.environ.get("VAST_DB_PATH") or "data/demo.db",
         "VASTPANEL_SIMULATED": "true",
+        # A small daily budget, so the page's budget bar moves while you watch.
+        "VAST_BUDGET_USD": str(budget_usd),
+        "VAST_BUDGET_PERIOD": "day",
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the panel against a simulated vast.ai instance: no account, GPU or internet needed."""
     parser = argparse.ArgumentParser(prog="python -m vastpanel.demo", description=main.__doc__)
-    parser.add_argument("--port", type=int, default=5000, help="panel port on 127.0.0.1")
+    parser.add_argument(
+        "--port", type=int, default=5000, help="panel port on 127.0.0.1 (0: any free port)"
+    )
     parser.add_argument("--idle-minutes", type=float, default=2.0, help="auto-shutdown idle time")
+    parser.add_argument("--budget", type=float, default=2.0, help="daily budget in $ (simulated)")
     args = parser.parse_args(argv)
 
-    from werkzeug.serving import run_simple
+    from werkzeug.serving import make_server
+
+    # The port first: on a conflict nothing else has started and no banner has promised it.
+    try:
+        sock = listening_socket(args.port)
+    except OSError as exc:
+        raise SystemExit(
+            f"vastpanel demo: cannot listen on 127.0.0.1:{args.port} ({exc.strerror}). "
+            "Another program uses that port: pick another with --port, e.g. --port 5001, "
+            "or --port 0 for any free port."
+        ) from None
+    port = sock.getsockname()[1]
 
     from . import create_app
     from .simulator import LlmConfig, Simulator
@@ -51,28 +72,60 @@ def main(argv: list[str] | None = None) -> None:
     )
     control_key = os.environ.get("CONTROL_API_KEY") or f"demo-{secrets.token_hex(8)}"
     with sim:
-        os.environ.update(demo_environment(sim.url, sim.api_key, control_key, args.idle_minutes))
+        env = demo_environment(sim.url, sim.api_key, control_key, args.idle_minutes, args.budget)
+        env["VAST_DB_PATH"] = os.path.abspath(env["VAST_DB_PATH"])
+        os.environ.update(env)
         app = create_app()
-        base = f"http://127.0.0.1:{args.port}"
+        server = make_server("127.0.0.1", port, app, threaded=True, fd=sock.fileno())
+        base = f"http://127.0.0.1:{port}"
+        # The CLI reads the server's settings (all but the control key, which it does not use).
+        cli_env = " ".join(f"{k}={v}" for k, v in env.items() if k != "CONTROL_API_KEY")
         print(
             "\n".join(
                 [
                     "vastpanel demo: a SIMULATED vast.ai instance (no real GPU, nothing billed).",
                     f"  panel:        {base}/",
                     f"  control key:  {control_key}   (sign in with it; API header X-API-Key)",
-                    f"  auto-shutdown after {args.idle_minutes:g} idle minutes",
+                    f"  auto-shutdown after {args.idle_minutes:g} idle minutes; "
+                    f"budget ${args.budget:g} a day",
                     f"  try:          curl -s -H 'X-API-Key: {control_key}' {base}/infra/vast/status",
                     "  LLM load:     once running, chat with the simulated endpoint, e.g.",
                     f"                curl -sN {sim.llm_url}/v1/chat/completions -H 'Content-Type: "
                     'application/json\' -d \'{"messages": [{"role": "user", "content": '
                     '"hi"}], "max_tokens": 300, "stream": true}\'',
                     "                and watch the page's LLM load and the countdown pause.",
+                    "  admin CLI (from this folder, in another terminal; the server's settings):",
+                    f"    {cli_env} {cli_python()} -m flask --app app vast status",
                     "Ctrl-C stops the panel and the simulator.",
                 ]
             ),
             flush=True,
         )
-        run_simple("127.0.0.1", args.port, app, threaded=True, use_reloader=False)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+
+
+def listening_socket(port: int) -> socket.socket:
+    """Open 127.0.0.1:port for listening (as werkzeug would), or raise OSError."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def cli_python() -> str:
+    """Name the Python to run the CLI with: this one, relative when it is the local .venv."""
+    relative = os.path.relpath(sys.executable)
+    return relative if not relative.startswith("..") else sys.executable
 
 
 if __name__ == "__main__":

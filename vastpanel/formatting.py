@@ -1,30 +1,17 @@
-"""How the page writes money, durations, times and audit entries (Jinja filters)."""
+"""How vastpanel writes money, durations, times and audit entries for people.
+
+One way of writing each, used by the page (as Jinja filters), the notices and messages the
+domain returns, and the CLI.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-EVENT_LABELS = {
-    "power_on_requested": "Start requested",
-    "power_on_queued": "Start queued (GPU busy)",
-    "power_on_complete": "Started and healthy",
-    "power_on_failed": "Start failed",
-    "power_on_health_timeout": "Start: health timed out",
-    "power_off_requested": "Stop requested",
-    "power_off_complete": "Stopped",
-    "power_off_failed": "Stop failed",
-    "auto_shutdown": "Auto-shutdown (idle)",
-    "auto_shutdown_complete": "Auto-shutdown done",
-    "auto_shutdown_failed": "Auto-shutdown failed",
-    "session_opened": "Session opened",
-    "session_closed": "Session closed",
-    "instance_healthy": "LLM healthy",
-    "llm_metrics_unavailable": "LLM metrics unavailable",
-    "llm_metrics_available": "LLM metrics back",
-    "admin_signed_in": "Admin signed in",
-    "admin_signed_out": "Admin signed out",
-}
+from .events import EVENTS
+
+EVENT_LABELS = {name: event.label for name, event in EVENTS.items()}
 DETAIL_LABELS = {
     "instance_id": "instance",
     "session_minutes": "session",
@@ -53,16 +40,30 @@ def usd(value: float | None) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    """Write a duration as '40 s', '25 min' or '3 h 05 min'."""
+    """Write a duration for people: '45 s' and '1 min 57 s' under two minutes, then '25 min'
+    and '3 h 05 min', to the nearest second or minute (a 30-minute countdown just started reads
+    '30 min', not '29 min')."""
     if seconds is None:
         return "—"
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes = int(seconds // 60)
+    whole_seconds = _nearest(max(0.0, seconds))
+    if whole_seconds < 60:
+        return f"{whole_seconds} s"
+    if whole_seconds < 120:
+        return f"1 min {whole_seconds - 60} s" if whole_seconds > 60 else "1 min"
+    minutes = _nearest(seconds / 60)
     if minutes < 60:
         return f"{minutes} min"
     return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def minutes_text(minutes: float | None) -> str:
+    """Write a number of minutes as duration() does."""
+    return duration(None if minutes is None else minutes * 60)
+
+
+def _nearest(value: float) -> int:
+    """Round half up (Python's round() sends 0.5 to the even neighbour)."""
+    return int(value + 0.5)
 
 
 def iso_utc(ts: float | None) -> str:
@@ -101,9 +102,9 @@ def _detail(key: str, value: Any) -> str:
         if key == "dph_total":
             return f"{usd(value)}/h"
         if key.endswith("_minutes"):
-            return f"{value:.1f} min"
+            return minutes_text(value)
         if key.endswith("_s"):
-            return f"{value:g} s"
+            return duration(value)
         return f"{value:g}" if isinstance(value, float) else str(value)
     return str(value)
 
@@ -111,6 +112,7 @@ def _detail(key: str, value: Any) -> str:
 FILTERS = {
     "usd": usd,
     "duration": duration,
+    "minutes_text": minutes_text,
     "iso_utc": iso_utc,
     "utc_text": utc_text,
     "event_label": event_label,

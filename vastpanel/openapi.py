@@ -13,6 +13,8 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
+from .events import ACTORS, EVENTS
+
 bp = Blueprint("openapi", __name__)
 
 PREFIX = "/infra/vast"
@@ -50,6 +52,10 @@ def _object(properties: dict[str, Any], required: list[str] | None = None) -> di
     }
 
 
+def _ref_schema(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -75,6 +81,43 @@ IGNORED_BODY = {
     "required": False,
     "description": "Ignored; when present it must be a JSON object. An empty body counts as {}.",
     "content": {"application/json": {"schema": {"type": "object"}}},
+}
+
+USD = {"type": "number", "minimum": 0}
+ALL_IN = {
+    "gpu_cost_usd": {
+        **USD,
+        "description": "GPU time at dph_base while running or frozen, as booked by vastpanel.",
+    },
+    "storage_cost_usd": {
+        **USD,
+        "description": "Storage at storage_total_cost for every second the instance exists.",
+    },
+    "bandwidth_cost_usd": {
+        "type": ["number", "null"],
+        "minimum": 0,
+        "description": "Bandwidth as vast.ai's charges billed it; null until they are read.",
+    },
+    "all_in_cost_usd": {**USD, "description": "GPU + storage + bandwidth."},
+}
+BUDGET = {
+    "anyOf": [
+        _object(
+            {
+                "limit_usd": {"type": "number", "exclusiveMinimum": 0},
+                "period": {"enum": ["day", "month"]},
+                "spent_usd": {
+                    **USD,
+                    "description": "Per UTC day of the period, the larger of bill and estimate.",
+                },
+                "share": {"type": "number", "minimum": 0, "description": "1.0 = all spent."},
+                "state": {"enum": ["ok", "warning", "exceeded", "overridden"]},
+                "period_ends_at": TIMESTAMP,
+                "override_until": {"anyOf": [TIMESTAMP, {"type": "null"}]},
+            }
+        ),
+        {"type": "null", "description": "No budget is set (VAST_BUDGET_USD)."},
+    ]
 }
 
 
@@ -127,7 +170,17 @@ SCHEMAS: dict[str, Any] = {
                 "description": "Minutes before an idle stop; null when none applies.",
             },
             "total_runtime_hours": {"type": "number", "minimum": 0},
-            "total_cost_usd": {"type": "number", "minimum": 0},
+            "total_cost_usd": {
+                "type": "number",
+                "minimum": 0,
+                "description": "Sum of session costs: minutes x dph_total (GPU + storage while on).",
+            },
+            **ALL_IN,
+            "budget": BUDGET,
+            "max_session_stop_at": {
+                "anyOf": [TIMESTAMP, {"type": "null"}],
+                "description": "When VAST_MAX_SESSION_HOURS stops the open session, or null.",
+            },
             "agent": {
                 "enum": ["ok", "unreachable", "off", None],
                 "description": (
@@ -190,13 +243,72 @@ SCHEMAS: dict[str, Any] = {
             "total_cost_usd": {"type": "number", "minimum": 0},
             "sessions_count": {"type": "integer", "minimum": 0},
             "avg_session_minutes": {"type": "number", "minimum": 0},
+            **ALL_IN,
+            "days": {
+                "type": "array",
+                "description": "The last 30 UTC days, oldest first.",
+                "items": _ref_schema("CostDay"),
+            },
+            "charges": _object(
+                {
+                    "read_at": {
+                        "anyOf": [TIMESTAMP, {"type": "null"}],
+                        "description": "When vast.ai's charges were last read.",
+                    },
+                    "error": {
+                        **NULLABLE_STRING,
+                        "description": "Why the last read failed (estimates only), or null.",
+                    },
+                }
+            ),
+            "budget": BUDGET,
         }
     ),
+    "CostDay": _object(
+        {
+            "day": {"type": "string", "format": "date"},
+            "estimate": _object({"gpu": USD, "storage": USD}),
+            "billed": {
+                "anyOf": [
+                    _object({"gpu": USD, "disk": USD, "bandwidth": USD, "total": USD}),
+                    {"type": "null", "description": "vast.ai's charges not read for this day."},
+                ]
+            },
+            "difference_pct": {
+                "type": ["number", "null"],
+                "description": (
+                    "(estimate - billed) / billed x 100 over GPU and storage, as of the read; "
+                    "null when not comparable (not read, or vastpanel did not watch the whole "
+                    "day from its start)."
+                ),
+            },
+            "mismatch": {
+                "type": "boolean",
+                "description": "A complete, watched day more than 1 % off on some item.",
+            },
+        }
+    ),
+    "Budget": BUDGET,
     "AuditEntry": _object(
         {
+            "id": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "The entry's id; pass it as `before` to read older entries.",
+            },
             "ts": TIMESTAMP,
-            "event": {"type": "string", "description": "e.g. power_on_requested"},
-            "actor": {"type": "string", "description": "api, page, cli or system"},
+            "event": {
+                "enum": list(EVENTS),
+                "description": "What happened: "
+                + "; ".join(f"{name}: {event.label}" for name, event in EVENTS.items())
+                + ".",
+            },
+            "actor": {
+                "enum": list(ACTORS),
+                "description": "Who acted: "
+                + "; ".join(f"{name}: {who}" for name, who in ACTORS.items())
+                + ".",
+            },
             "meta": {"type": "object", "description": "Event details; secrets are redacted."},
         }
     ),
@@ -247,7 +359,10 @@ SPEC: dict[str, Any] = {
                 "Start the instance, by default waiting until its health URL answers",
                 _json(_ref("PowerOnResult"), "Started (or already running or starting)."),
                 {
-                    "409": BUSY,
+                    "409": _error(
+                        "Another power action is still running, or the budget of this period "
+                        "is spent (until the period ends or an admin overrides it)."
+                    ),
                     "422": INVALID,
                     "500": NOT_CONFIGURED,
                     "502": UPSTREAM,
@@ -288,11 +403,31 @@ SPEC: dict[str, Any] = {
                 {},
             )
         },
+        f"{PREFIX}/budget/override": {
+            "post": _operation(
+                "budget_override",
+                "Let power-on through despite a spent budget until the period ends (audited)",
+                _json(_ref("Budget"), "The budget, now overridden until the period ends."),
+                {"409": _error("No budget is set (VAST_BUDGET_USD)."), "422": INVALID},
+                requestBody=IGNORED_BODY,
+            )
+        },
         f"{PREFIX}/audit": {
             "get": _operation(
                 "audit",
                 "Audit entries, newest first",
-                _json({"type": "array", "items": _ref("AuditEntry")}, "Up to limit entries."),
+                {
+                    **_json({"type": "array", "items": _ref("AuditEntry")}, "Up to limit entries."),
+                    "headers": {
+                        "Link": {
+                            "description": (
+                                'When older entries exist: `<...?before=ID&limit=N>; rel="next"`, '
+                                "the URL (relative to this one) of the next page."
+                            ),
+                            "schema": {"type": "string"},
+                        }
+                    },
+                },
                 {"422": INVALID},
                 parameters=[
                     {

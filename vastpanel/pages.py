@@ -26,6 +26,7 @@ from .charts import cost_chart
 from .formatting import FILTERS
 from .panel import Panel, PanelError
 from .status_view import status_view
+from .store import DayCost
 
 bp = Blueprint("pages", __name__)
 
@@ -104,6 +105,7 @@ def status_context(notice: str | None = None, notice_is_error: bool = False) -> 
         "error": error,
         "session": report.session if report else panel.current_session(),
         "last_session": panel.latest_closed_session(),
+        "last_stop": panel.last_stop(),
         "now": report.now if report else panel.clock.now(),
         "notice": notice,
         "notice_is_error": notice_is_error,
@@ -117,13 +119,28 @@ def costs_context() -> dict[str, Any]:
     """Gather what `_costs.html` shows: totals and the chart of the last days."""
     panel = get_panel()
     totals = panel.cost_totals()
-    days = panel.cost_per_day(CHART_DAYS)
+    sessions = {d.day: d for d in panel.cost_per_day(CHART_DAYS)}
+    days = panel.recent_cost_days(CHART_DAYS)
+    # Days from before the cost ledger existed (an upgraded database) show their sessions' cost.
+    estimates = [
+        DayCost(
+            d.day,
+            sessions[d.day].runtime_seconds if d.day in sessions else 0.0,
+            max(d.estimate, sessions[d.day].cost_usd if d.day in sessions else 0.0),
+        )
+        for d in days
+    ]
+    billed = [(d.billed.total, d.mismatch) if d.billed else None for d in days]
     return {
         "totals": totals,
+        "all_in": panel.all_in_totals(),
+        "charges": panel.charges_status(),
+        "budget": panel.budget_status(),
+        "mismatch_days": [d for d in days if d.mismatch],
         "avg_session_seconds": (
             totals.runtime_seconds / totals.sessions_count if totals.sessions_count else None
         ),
-        "chart": cost_chart(days),
+        "chart": cost_chart(estimates, billed),
         "chart_days": CHART_DAYS,
     }
 
@@ -194,6 +211,22 @@ def start():
 def stop():
     """Stop the instance (or cancel a queued start) and show the session's runtime and cost."""
     return power_action(lambda panel: panel.power_off(ACTOR).message)
+
+
+@bp.post("/budget/override")
+def budget_override():
+    """Let power-on through despite a spent budget until the period ends (audited)."""
+    try:
+        get_panel().override_budget(ACTOR)
+        message, failed = "Budget overridden until the end of the period.", False
+    except PanelError as exc:
+        message, failed = exc.message, True
+    if not is_htmx():
+        flash(message, "error" if failed else "info")
+        return redirect(url_for("pages.index"), 303)
+    response = make_response(render_template("_costs.html", standalone=True, **costs_context()))
+    response.headers["HX-Trigger"] = CHANGED_EVENT
+    return response
 
 
 def power_action(action) -> Response:

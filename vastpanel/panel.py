@@ -2,8 +2,9 @@
 
 The JSON API, the page and the watchdog all call Panel; it alone talks to the vast.ai client
 and the store. Its jobs live in their own modules, joined here: reading and reconciling the
-instance (reading.py), power actions (power.py), the idle rule (idle.py) and the heartbeats
-to the instance's dead-man switch (agent_link.py).
+instance (reading.py), power actions (power.py), the idle rule (idle.py), the cost book
+(costs.py), the caps (budget.py) and the heartbeats to the instance's dead-man switch
+(agent_link.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -20,9 +22,12 @@ from sqlite_utils import Database
 
 from . import leases, store
 from .agent_link import AgentHeartbeats, AgentReport
+from .budget import BudgetExceeded, BudgetRules, BudgetStatus, NoBudget
 from .clock import Clock
 from .config import Config
+from .costs import AllInTotals, CostBook
 from .errors import HealthTimeout, NotConfigured, PanelError, PowerBusy, UpstreamFailed
+from .events import is_known
 from .idle import ACTIVITY_RESOLUTION_S, IdleRules
 from .instance_state import InstanceState
 from .logs import install_redaction, redact
@@ -42,6 +47,8 @@ from .vast_client import VastClient
 __all__ = [
     "ACTIVITY_RESOLUTION_S",
     "AUTO_STOP",
+    "BudgetExceeded",
+    "NoBudget",
     "HEALTH_PROBE_EVERY_S",
     "HEALTH_WAIT_LEASE",
     "MANUAL_STOP",
@@ -80,6 +87,9 @@ class StatusReport:
     health_wait: bool
     start_queued: bool
     scheduling_since: float | None
+    all_in: AllInTotals
+    budget: BudgetStatus | None
+    session_cap_deadline: float | None
     agent: AgentReport = AgentReport(None)
 
     @property
@@ -120,7 +130,30 @@ class StatusReport:
         return None
 
 
-class Panel(InstanceReading, PowerActions, IdleRules, AgentHeartbeats):
+# The entries that end a session: a stop by someone, an auto-shutdown, or a stop seen on vast.ai.
+STOP_DONE_EVENTS = (MANUAL_STOP.complete, AUTO_STOP.complete, "session_closed")
+
+
+@dataclass(frozen=True)
+class LastStop:
+    """The last stop, as the audit tells it."""
+
+    at: float
+    event: str
+    actor: str
+    idle_minutes: float | None  # for an auto-shutdown: how long the instance had been idle
+
+    @property
+    def by_auto_shutdown(self) -> bool:
+        return self.event == AUTO_STOP.complete
+
+    @property
+    def seen_on_vast(self) -> bool:
+        """The stop was made outside the panel (vast.ai's console, its CLI) and seen later."""
+        return self.event == "session_closed"
+
+
+class Panel(InstanceReading, PowerActions, IdleRules, CostBook, BudgetRules, AgentHeartbeats):
     """Controls one vast.ai instance and keeps its books in SQLite."""
 
     def __init__(
@@ -129,7 +162,10 @@ class Panel(InstanceReading, PowerActions, IdleRules, AgentHeartbeats):
         *,
         clock: Clock | None = None,
         http: requests.Session | None = None,
+        open_now: bool = True,
     ):
+        """Bind the panel to its config; open (and migrate) the database now unless open_now
+        is false, as for a CLI command that must not create a database it cannot find."""
         self.config = config
         self.clock = clock or Clock()
         self.http = http or requests.Session()
@@ -146,7 +182,9 @@ class Panel(InstanceReading, PowerActions, IdleRules, AgentHeartbeats):
         self._fetch_lock = threading.Lock()
         self._metrics_lock = threading.Lock()
         self._power_lock = threading.Lock()
-        store.migrate(self.db)
+        self._migrated = False
+        if open_now:
+            self.db  # noqa: B018 (opening it applies pending migrations)
 
     # --- storage ------------------------------------------------------------------------------
 
@@ -156,6 +194,9 @@ class Panel(InstanceReading, PowerActions, IdleRules, AgentHeartbeats):
         db = getattr(self._local, "db", None)
         if db is None:
             db = store.open_db(self.config.db_path)
+            if not self._migrated:
+                store.migrate(db)
+                self._migrated = True
             self._local.db = db
         return db
 
@@ -168,6 +209,10 @@ class Panel(InstanceReading, PowerActions, IdleRules, AgentHeartbeats):
 
     def audit(self, event: str, actor: str, **meta: Any) -> None:
         """Append an audit entry (secrets redacted) and log it as one line."""
+        if not is_known(event, actor):  # an error in the tests (warnings are errors there)
+            warnings.warn(
+                f"audit event {event!r} by {actor!r} is not in events.EVENTS", stacklevel=2
+            )
         clean = {k: self.redact(v) for k, v in meta.items() if v is not None}
         store.add_audit(self.db, self.clock.now(), event, actor, clean)
         details = " ".join(f"{k}={v}" for k, v in sorted(clean.items()))
@@ -208,6 +253,9 @@ class Panel(InstanceReading, PowerActions, IdleRules, AgentHeartbeats):
             health_wait=self._health_wait_active(now),
             start_queued=store.get_value(self.db, START_QUEUED_KEY) is not None,
             scheduling_since=store.get_value(self.db, SCHEDULING_SINCE_KEY),
+            all_in=self.all_in_totals(),
+            budget=self.budget_status(),
+            session_cap_deadline=self.session_cap_deadline(),
             agent=self.agent_report(session),
         )
 
@@ -232,6 +280,18 @@ class Panel(InstanceReading, PowerActions, IdleRules, AgentHeartbeats):
     def latest_closed_session(self) -> store.Session | None:
         """Return the session that ended last, or None."""
         return store.latest_closed_session(self.db)
+
+    def last_stop(self) -> LastStop | None:
+        """Say from the audit who or what stopped the instance last, when, and after how long
+        idle for an auto-shutdown; None when nothing was ever stopped."""
+        entry = store.latest_audit(self.db, STOP_DONE_EVENTS)
+        if entry is None:
+            return None
+        idle = None
+        if entry.event == AUTO_STOP.complete:
+            asked = store.latest_audit(self.db, (AUTO_STOP.requested,), entry.id)
+            idle = asked.meta.get("inactive_minutes") if asked is not None else None
+        return LastStop(at=entry.ts, event=entry.event, actor=entry.actor, idle_minutes=idle)
 
     def _require_configured(self) -> None:
         missing = self.config.missing_vast_settings

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import store
 from .errors import HealthTimeout, PowerBusy, UpstreamFailed
+from .formatting import minutes_text, usd
 from .instance_state import InstanceState, endpoint_base_url
 from .reading import START_QUEUED_KEY
 from .vast_client import VastError, fetch_health
@@ -119,6 +120,7 @@ class PowerActions:
         self.audit(
             "power_on_requested", actor, instance_id=instance_id, wait_for_health=wait_for_health
         )
+        self.refuse_start_over_budget(actor)
         with self._power(actor, "power_on_failed"):
             try:
                 state = self.instance_state()
@@ -257,11 +259,13 @@ class PowerActions:
         self,
         actor: str,
         events: StopEvents,
-        due: Callable[[InstanceState], dict[str, Any] | None] | None = None,
+        due: Callable[[InstanceState], dict[str, Any] | float | None] | None = None,
+        due_field: str = "inactive_minutes",
     ) -> PowerOffResult | None:
         """Send the stop call under the power lock; with due, only if it still says stop.
 
-        due gives the details to audit the stop with, or None when it no longer falls due.
+        due gives the details to audit the stop with (a dict, or one number audited under
+        due_field), or None when it no longer falls due.
         """
         instance_id = self.config.vast_instance_id
         with self._power(actor, events.failed):
@@ -280,6 +284,8 @@ class PowerActions:
                 details = due(state)
                 if details is None:
                     return None  # activity came in, or it stopped, while we waited for the lock
+                if not isinstance(details, dict):
+                    details = {due_field: details}
                 self.audit(events.requested, actor, instance_id=instance_id, **details)
             if state.status == "not_found":
                 self.audit(events.failed, actor, instance_id=instance_id, error=state.message)
@@ -287,6 +293,16 @@ class PowerActions:
             if state.status == "stopped":
                 return PowerOffResult(
                     0.0, 0.0, True, "Instance is already stopped; no stop was sent."
+                )
+            if state.intended_status == "stopped":
+                # vast.ai has the stop (ours a moment ago, or one from its console): sending it
+                # again changes nothing, and the session closes when it is seen stopped.
+                return PowerOffResult(
+                    0.0,
+                    0.0,
+                    True,
+                    "A stop is already under way (vast.ai still reports the instance "
+                    f"{state.actual_status}); no stop was sent.",
                 )
             try:
                 self.client.stop_instance(instance_id)
@@ -299,6 +315,7 @@ class PowerActions:
             payload = self._patched_answer(actual_status="stopped", intended_status="stopped")
             payload.pop("ports", None)
             store.save_cached_instance(self.db, now, payload)
+            self.book_costs(payload, now)  # the GPU is no longer billed from the stop on
             self._note_scheduling(self._state_of(payload), now)
         minutes = session.seconds(now) / 60 if session else 0.0
         cost = session.cost(now) if session else 0.0
@@ -310,7 +327,7 @@ class PowerActions:
             session_cost_usd=cost,
         )
         return PowerOffResult(
-            minutes, cost, False, f"Instance stopped. Session: {minutes:.1f} min, ${cost:.3f}"
+            minutes, cost, False, f"Instance stopped. Session: {minutes_text(minutes)}, {usd(cost)}"
         )
 
     @contextmanager

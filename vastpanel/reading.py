@@ -84,6 +84,7 @@ class InstanceReading:
             store.save_cached_instance(self.db, asked, None, error)
             return store.CachedInstance(asked, None, error)
         store.save_cached_instance(self.db, asked, payload)
+        self.book_costs(payload, asked)
         self._reconcile(payload, asked)
         return store.CachedInstance(asked, payload, None)
 

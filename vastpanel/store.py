@@ -85,7 +85,36 @@ def m003_llm_metrics(db: Database) -> None:
 
 
 @migrations()
-def m004_agent_link(db: Database) -> None:
+def m005_costs(db: Database) -> None:
+    """Add the cost ledger (priced intervals), vast.ai's bill per day and text notes."""
+    # One row per stretch at one price; the last row's end_at is how far costs are booked.
+    db.execute(
+        """CREATE TABLE cost_ledger (
+            id INTEGER PRIMARY KEY,
+            start_at REAL NOT NULL,
+            end_at REAL NOT NULL,
+            gpu_dph REAL NOT NULL,
+            storage_dph REAL NOT NULL,
+            status TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX cost_ledger_end_at ON cost_ledger(end_at)")
+    db.execute(
+        """CREATE TABLE billed_days (
+            day TEXT PRIMARY KEY,
+            gpu REAL NOT NULL,
+            disk REAL NOT NULL,
+            bandwidth REAL NOT NULL,
+            total REAL NOT NULL,
+            read_at REAL NOT NULL,
+            mismatch_audited INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    db.execute("CREATE TABLE notes (key TEXT PRIMARY KEY, value TEXT)")
+
+
+@migrations()
+def m006_agent_link(db: Database) -> None:
     """Keep what the instance's agent last answered to the panel's heartbeat (one row)."""
     db.execute(
         """CREATE TABLE agent_link (
@@ -225,7 +254,7 @@ def open_db(path: str) -> Database:
 
 def migrate(db: Database) -> None:
     """Apply pending schema migrations, one writer at a time."""
-    with _immediate(db):
+    with immediate(db):
         pass  # take the write lock first so two processes starting together do not race
     migrations.apply(db)
 
@@ -236,7 +265,7 @@ def schema_version(db: Database) -> int:
 
 
 @contextlib.contextmanager
-def _immediate(db: Database) -> Iterator[Database]:
+def immediate(db: Database) -> Iterator[Database]:
     """Run a read-then-write transaction that holds the write lock from its start."""
     db.conn.execute("BEGIN IMMEDIATE")
     try:
@@ -264,6 +293,25 @@ def set_value(db: Database, key: str, value: float | None) -> None:
         else:
             db.execute(
                 "INSERT INTO state (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+
+
+def get_note(db: Database, key: str) -> str | None:
+    """Return a stored text, or None."""
+    row = db.execute("SELECT value FROM notes WHERE key = ?", [key]).fetchone()
+    return None if row is None else row[0]
+
+
+def set_note(db: Database, key: str, value: str | None) -> None:
+    """Store a text under key (None deletes it)."""
+    with db.atomic():
+        if value is None:
+            db.execute("DELETE FROM notes WHERE key = ?", [key])
+        else:
+            db.execute(
+                "INSERT INTO notes (key, value) VALUES (?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 [key, value],
             )
@@ -313,7 +361,7 @@ def open_session(
     seen_since is when the observation that shows the GPU held was asked for: a session
     closed after that moment must not be reopened by an answer that predates the stop.
     """
-    with _immediate(db):
+    with immediate(db):
         open_row = db.execute(
             f"SELECT {SESSION_COLUMNS} FROM sessions WHERE ended_at IS NULL"
         ).fetchone()
@@ -337,7 +385,7 @@ def open_session(
 
 def close_session(db: Database, ts: float, closed_by: str) -> Session | None:
     """Close the open session at ts and return it, or None when none was open."""
-    with _immediate(db):
+    with immediate(db):
         row = db.execute(
             f"SELECT {SESSION_COLUMNS} FROM sessions WHERE ended_at IS NULL"
         ).fetchone()
@@ -381,7 +429,7 @@ def cost_per_day(db: Database, now: float, days: int) -> list[DayCost]:
     """
     today = datetime.fromtimestamp(now, UTC).date()
     first = today - timedelta(days=days - 1)
-    window_start = _midnight(first)
+    window_start = midnight(first)
     per_day = {first + timedelta(days=i): [0.0, 0.0] for i in range(days)}
     for session in list_sessions(db, window_start):
         end = min(session.ended_at if session.ended_at is not None else now, now)
@@ -396,12 +444,12 @@ def split_by_utc_day(start: float, end: float) -> Iterator[tuple[date, float]]:
     """Yield (UTC day, seconds) for each day the span from start to end touches."""
     while start < end:
         day = datetime.fromtimestamp(start, UTC).date()
-        cut = min(end, _midnight(day + timedelta(days=1)))
+        cut = min(end, midnight(day + timedelta(days=1)))
         yield day, cut - start
         start = cut
 
 
-def _midnight(day: date) -> float:
+def midnight(day: date) -> float:
     """Return epoch seconds at the start of the UTC day."""
     return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
 
@@ -440,6 +488,19 @@ def list_audit(db: Database, limit: int, before_id: int | None = None) -> list[A
             [before_id, limit],
         ).fetchall()
     return [AuditEntry(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+
+def latest_audit(
+    db: Database, events: tuple[str, ...], before_id: int | None = None
+) -> AuditEntry | None:
+    """Return the newest entry of one of these events (older than before_id), or None."""
+    marks = ", ".join("?" for _ in events)
+    row = db.execute(
+        f"SELECT id, ts, event, actor, meta FROM audit WHERE event IN ({marks}) AND id < ? "
+        "ORDER BY id DESC LIMIT 1",
+        [*events, before_id if before_id is not None else 2**62],
+    ).fetchone()
+    return None if row is None else AuditEntry(row[0], row[1], row[2], row[3], json.loads(row[4]))
 
 
 # --- the shared vast.ai answer and leases ----------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +17,12 @@ BACKOFF_FACTOR = 1.5
 # A Retry-After longer than this is not waited for inside a request: we give up and say so.
 RETRY_AFTER_CAP_S = 10.0
 TIMEOUT_S = (5.0, 15.0)  # connect, read
+CHARGES_PAGE_SIZE = 100  # what the official CLI asks for (vast.ai allows up to 500)
+CHARGES_MAX_PAGES = 20
+# vast.ai's rate limits are a minimum interval per endpoint (2 s for GETs): pages wait that long.
+CHARGES_PAGE_PAUSE_S = 2.0
 HEALTH_TIMEOUT_S = (3.0, 5.0)
+THRESHOLD = re.compile(r"threshold=([0-9]+(?:\.[0-9]+)?)")
 
 
 class VastError(Exception):
@@ -80,8 +87,39 @@ class VastClient:
         """Ask vast.ai to stop the instance (this also cancels a queued start)."""
         self._call("PUT", f"/api/v0/instances/{instance_id}/", json={"state": "stopped"})
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        """Send one request with retries and turn every failure into a VastError."""
+    def fetch_charges(self, since: float, until: float) -> list[dict[str, Any]]:
+        """Return vast.ai's instance charge rows for the days from since to until, every page.
+
+        Pages are asked CHARGES_PAGE_PAUSE_S apart so the endpoint's rate limit is respected.
+        """
+        filters = {"day": {"gte": int(since), "lte": int(until)}, "type": {"in": ["instance"]}}
+        params: dict[str, Any] = {
+            "select_filters": json.dumps(filters, separators=(",", ":")),
+            "limit": CHARGES_PAGE_SIZE,
+        }
+        rows: list[dict[str, Any]] = []
+        for page in range(CHARGES_MAX_PAGES):
+            if page:
+                self._sleep(CHARGES_PAGE_PAUSE_S)
+            body = self._call("GET", "/api/v0/charges/", params=params, patient=True)
+            results = body.get("results")
+            if not isinstance(results, list):
+                raise VastError("vast.ai answered its charges without a 'results' list")
+            rows.extend(results)
+            token = body.get("next_token")
+            if not token:
+                return rows
+            params["after_token"] = str(token)
+        raise VastError(f"vast.ai's charges did not end within {CHARGES_MAX_PAGES} pages")
+
+    def _call(
+        self, method: str, path: str, *, patient: bool = False, **kwargs: Any
+    ) -> dict[str, Any]:
+        """Send one request with retries and turn every failure into a VastError.
+
+        patient (background reads only): a 429 naming its interval ("threshold=2.0") is
+        retried after that interval rather than after the short backoff.
+        """
         url = self.base_url + path
         headers = {"Authorization": f"Bearer {self._api_key}", "Accept": "application/json"}
         backoff = FIRST_BACKOFF_S
@@ -102,6 +140,8 @@ class VastClient:
                 if response.status_code not in RETRY_STATUSES:
                     return _read_answer(response, method)
                 retry_after = _retry_after(response)
+                if patient and retry_after is None:
+                    retry_after = _threshold(response)
                 if retry_after is not None and retry_after > RETRY_AFTER_CAP_S:
                     raise VastError(
                         f"vast.ai is rate limiting; it asks to retry after {retry_after:g} s",
@@ -174,6 +214,12 @@ def _retry_after(response: requests.Response) -> float | None:
     except ValueError:
         return None
     return value if value >= 0 else None
+
+
+def _threshold(response: requests.Response) -> float | None:
+    """Read the interval a 429 body names ("... endpoint threshold=2.0"), or None."""
+    match = THRESHOLD.search(response.text[:500]) if response.status_code == 429 else None
+    return float(match.group(1)) if match else None
 
 
 def _reason(body: dict[str, Any]) -> str:

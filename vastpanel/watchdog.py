@@ -4,7 +4,10 @@ Each look calls the domain's `Panel.stop_if_idle()`, which reads the instance th
 cache (so sessions stay true to what vast.ai says) and stops it, with its audit entries, once it
 has been idle for VAST_AUTO_SHUTDOWN_MINUTES. Looks happen every VAST_WATCHDOG_INTERVAL_S, once
 at start-up, and once just after the idle deadline, so a stop goes out when it falls due rather
-than up to an interval late.
+than up to an interval late. After the idle rule, each look applies the caps (budget.py): a spent
+budget or a session past VAST_MAX_SESSION_HOURS is stopped, and the next look is also set for
+when the session cap or the budget falls due. A second job reads vast.ai's charges (costs.py)
+at start-up and every hour.
 
 Only one process per deployment acts: the one holding the "watchdog" lease in SQLite. It renews
 the lease on every look; the others keep looking only to take the lease over if the leader stops
@@ -43,6 +46,8 @@ FLAG = "VASTPANEL_WATCHDOG"
 LEASE = "watchdog"
 LOOK_JOB = "vastpanel-watchdog-look"
 DEADLINE_JOB = "vastpanel-watchdog-deadline"
+CHARGES_JOB = "vastpanel-charges-read"
+CHARGES_EVERY_S = 3600.0  # vast.ai's own record is read once an hour (and at start-up)
 # The deadline look fires this long after the deadline, never a rounding error before it.
 DEADLINE_MARGIN_S = 0.05
 # A look that has run this long is stuck (vast.ai calls and lock waits are all bounded below it).
@@ -107,16 +112,27 @@ class Watchdog:
                 return Look(now, leader=False)
             stopped, error = None, None
             try:
-                stopped = self.panel.stop_if_idle()
+                # The idle rule reads the instance (booking its costs); then the caps decide.
+                stopped = self.panel.stop_if_idle() or self.panel.enforce_caps()
                 if stopped is None:
                     # Tell the instance's agent the panel is alive (when it runs and a secret
                     # is set); bounded by a short timeout.
                     self.panel.send_agent_heartbeat()
             except PanelError as exc:
-                # A failed stop is already audited as auto_shutdown_failed; the next look retries.
+                # A failed stop is already audited (…_failed); the next look retries.
                 error = exc.message
                 log.warning("watchdog: %s", exc.message)
-            return Look(now, True, stopped, self.panel.next_idle_deadline(), error)
+            deadlines = [self.panel.next_idle_deadline(), self.panel.next_cap_deadline()]
+            next_deadline = min((d for d in deadlines if d is not None), default=None)
+            return Look(now, True, stopped, next_deadline, error)
+
+    def read_charges(self) -> bool:
+        """Read vast.ai's charges if this process leads; tell whether it did."""
+        with self._look_lock:
+            leader = self._hold_lease(self.panel.clock.now())
+        if leader:  # outside the look lock: paging waits out vast.ai's rate limit
+            self.panel.read_charges()
+        return leader
 
     def _hold_lease(self, now: float) -> bool:
         """Take or renew the lease, taking it over from a dead process; remember the outcome."""
@@ -133,7 +149,7 @@ class Watchdog:
         scheduler = APScheduler(
             BackgroundScheduler(
                 timezone=UTC,
-                executors={"default": ThreadPoolExecutor(max_workers=2)},
+                executors={"default": ThreadPoolExecutor(max_workers=3)},
                 # A look is cheap and idempotent: run a late one rather than skip it.
                 job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             )
@@ -145,6 +161,13 @@ class Watchdog:
             trigger="interval",
             seconds=self.interval_s,
             next_run_time=datetime.now(UTC),  # a deadline that passed while down acts now
+        )
+        scheduler.add_job(
+            CHARGES_JOB,
+            self._run_charges,
+            trigger="interval",
+            seconds=CHARGES_EVERY_S,
+            next_run_time=datetime.now(UTC),  # at start-up (it takes the lease if free)
         )
         self.scheduler = scheduler
         scheduler.start()
@@ -187,6 +210,16 @@ class Watchdog:
             took = time.monotonic() - started
             if took > SLOW_LOOK_S:
                 log.warning("watchdog: a look took %.1f s", took)
+
+    def _run_charges(self) -> None:
+        """Read vast.ai's charges from the scheduler; never raise."""
+        try:
+            self.read_charges()
+        except Exception as exc:
+            text = "".join(traceback.format_exception(exc))
+            log.error("watchdog: reading charges failed:\n%s", redact(text))
+        finally:
+            self.panel.close()
 
     def _schedule_deadline(self, deadline: float | None) -> None:
         """Arrange one look just after a deadline that lies ahead; drop it otherwise.

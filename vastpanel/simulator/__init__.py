@@ -7,6 +7,11 @@ The API server (``Simulator.url``), Bearer auth (``?api_key=`` is accepted too, 
     GET  /api/v0/instances/{id}/?owner=me   200 {"instances": {...}} or {"instances": null}
     PUT  /api/v0/instances/{id}/            {"state": "running"|"stopped"} -> 200 {"success": true}
     GET  /api/v0/users/current/             the little the official client asks on every command
+    GET  /api/v0/charges/?select_filters=...&limit=N&after_token=T
+                                            the instance's charges, one row per UTC day:
+                                            {start, end, type, source, amount, items: [{type:
+                                            gpu|disk|bwd|bwu, amount, description}]}, paged by
+                                            next_token; 403 when told the key lacks billing_read
   A bad key answers 401 auth_error, a non-integer id or a bad PUT body 400 invalid_args, a PUT
   for an unknown id 404 no_such_instance. The instance's own key (``backend.instance_api_key``,
   vast.ai's CONTAINER_API_KEY) is accepted only for ``PUT {"state": "stopped"}`` on that
@@ -46,6 +51,12 @@ Control routes on the API server (loopback only, no auth, never in the request l
     POST   /_sim/timing     {"schedule_delay": s, ...} for transitions from now on
     POST   /_sim/pause      {"seconds": s}: the API refuses connections, then comes back
     POST   /_sim/llm        {"token_delay_s": s, "serve_metrics": bool, "max_num_seqs": n}
+    POST   /_sim/billing    {"factor": {"gpu": 1.5, ...}, "billing_read": false, "dph_base": x,
+                            "storage_cost": y}: bill differently from now on
+
+  Billing (billing.py), as vast.ai bills: GPU (dph_base) per second while running, storage
+  (storage_cost x disk_space / 720 $/h) per second in every state until the instance vanishes,
+  and bandwidth per byte of LLM traffic; accrued on the instance's clock, bucketed by UTC day.
 
 Fault kinds (``Simulator.add_fault(kind, **options)`` or POST /_sim/fault):
     response               any status and body (``status`` required)

@@ -184,6 +184,52 @@ def _refuse(fault: Fault) -> Response:
     return Response(body, status=status, headers=headers)
 
 
+CHARGES_MAX_LIMIT = 500
+CHARGES_DEFAULT_LIMIT = 100
+NO_BILLING_READ = {
+    "success": False,
+    "error": "permission_denied",
+    "msg": "This API key lacks the billing_read permission.",
+}
+
+
+@vast.get("/charges/", strict_slashes=False)
+def charges():
+    """Answer the instance's charges per UTC day, paged by limit and after_token/next_token."""
+    backend = _backend()
+    inst = backend.instance
+    if not inst.meter.billing_read:
+        return answer(403, NO_BILLING_READ)
+    try:
+        filters = json.loads(request.args.get("select_filters", ""))
+        days = filters["day"]
+        gte, lte = float(days["gte"]), float(days["lte"])
+        types = filters["type"]["in"]
+        limit = int(request.args.get("limit", CHARGES_DEFAULT_LIMIT))
+        offset = int(request.args.get("after_token") or 0)
+    except (ValueError, TypeError, KeyError):
+        return invalid_args(
+            'select_filters is required: {"day": {"gte": N, "lte": N}, "type": {"in": [...]}}; '
+            "limit and after_token must be integers."
+        )
+    if not 1 <= limit <= CHARGES_MAX_LIMIT or offset < 0:
+        return invalid_args(f"limit must be from 1 to {CHARGES_MAX_LIMIT}.")
+    with inst.lock:
+        rows = inst.charge_rows(gte, lte) if "instance" in types else []
+    page = rows[offset : offset + limit]
+    more = offset + limit < len(rows)
+    return answer(
+        200,
+        {
+            "success": True,
+            "count": len(page),
+            "total": len(rows),
+            "next_token": str(offset + limit) if more else None,
+            "results": page,
+        },
+    )
+
+
 @vast.get("/users/current/", strict_slashes=False)
 def current_user():
     """Answer the little the official client asks about the account on every command."""

@@ -29,6 +29,10 @@ class LlmConfig:
     max_num_seqs: int = 256  # requests generated at once; more wait (vllm:num_requests_waiting)
 
 
+def _non_negative(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
 class Backend:
     """Everything one simulated vast.ai account holds, safe to use from server threads."""
 
@@ -108,6 +112,7 @@ class Backend:
         inst = self.instance
         with inst.lock:
             now = self.clock()
+            inst.accrue(now)
             if action == "appear":
                 changed, inst.vanished = inst.vanished, False
                 return changed
@@ -123,6 +128,39 @@ class Backend:
                 inst.request_stop(now)
                 return changed
             return inst.exit_container(now)
+
+    def set_billing(self, **options) -> dict:
+        """Bill differently from now on: factor per item, billing_read, dph_base, storage_cost."""
+        inst = self.instance
+        unknown = set(options) - {"factor", "billing_read", "dph_base", "storage_cost"}
+        if unknown:
+            raise ValueError(f"unknown billing options: {', '.join(sorted(unknown))}")
+        factor = options.get("factor", {})
+        if not isinstance(factor, dict) or any(
+            k not in inst.meter.factor or not _non_negative(v) for k, v in factor.items()
+        ):
+            raise ValueError("factor must map gpu, disk, bwd or bwu to a number >= 0")
+        for name in ("dph_base", "storage_cost"):
+            if name in options and not _non_negative(options[name]):
+                raise ValueError(f"{name} must be a number >= 0")
+        if "billing_read" in options and not isinstance(options["billing_read"], bool):
+            raise ValueError("billing_read must be true or false")
+        with inst.lock:
+            inst.accrue(self.clock())  # what ran so far is billed at the old terms
+            inst.meter.factor.update({k: float(v) for k, v in factor.items()})
+            inst.meter.billing_read = options.get("billing_read", inst.meter.billing_read)
+            for name in ("dph_base", "storage_cost"):
+                if name in options:
+                    setattr(inst.hardware, name, float(options[name]))
+            return inst.meter.describe()
+
+    def add_bandwidth(self, received: int, sent: int) -> None:
+        """Bill LLM traffic: bytes into the instance (bwd) and out of it (bwu)."""
+        inst = self.instance
+        with inst.lock:
+            now = self.clock()
+            inst.meter.add_bytes(now, "bwd", received, inst.hardware.inet_down_cost)
+            inst.meter.add_bytes(now, "bwu", sent, inst.hardware.inet_up_cost)
 
     def add_fault(self, kind: str, **options) -> Fault:
         """Activate a fault (see faults.Fault); raise ValueError for a bad one."""
@@ -166,4 +204,5 @@ class Backend:
                     "requests_running": self.metrics.running,
                     "requests_waiting": self.metrics.waiting,
                 },
+                "billing": inst.meter.describe(),
             }

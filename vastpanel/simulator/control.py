@@ -71,6 +71,16 @@ def external():
     return jsonify({"ok": True, "changed": changed, "instance": backend.instance_view()})
 
 
+@control.post("/billing")
+def set_billing():
+    """Bill differently from now on: {"factor": {"gpu": 1.5}, "billing_read": false, ...}."""
+    try:
+        billing = _backend().set_billing(**_body())
+    except ValueError as error:
+        return _bad(str(error))
+    return jsonify({"ok": True, "billing": billing})
+
+
 @control.get("/requests")
 def list_requests():
     """Show the API request log (?method=, ?path=, ?server=llm for the LLM stack's log)."""

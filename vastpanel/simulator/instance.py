@@ -7,6 +7,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .billing import Meter
+
 RUNNING = "running"
 STOPPED = "stopped"
 LOADING = "loading"
@@ -61,6 +63,8 @@ class Hardware:
     dph_base: float = 0.25  # GPU $/hour
     storage_cost: float = 0.15  # $/GB/month
     disk_space: float = 48.0  # GB
+    inet_up_cost: float = 0.01  # $/GB out of the instance
+    inet_down_cost: float = 0.005  # $/GB into the instance
     machine_id: int = 13542
     label: str | None = "vastpanel-sim"
     image: str = "vllm/vllm-openai:latest"
@@ -92,11 +96,13 @@ class SimInstance:
         self.clock = clock
         self.lock = threading.RLock()
         self.start_date = wall_clock() - hardware.age_seconds
+        self.meter = Meter(epoch_offset=wall_clock() - clock())
         self.reset(initial_state)
 
     def reset(self, initial_state: str = STOPPED) -> None:
-        """Put the instance back in a settled initial state."""
+        """Put the instance back in a settled initial state, billing from now on."""
         now = self.clock()
+        self.meter.reset(now)
         self.label = self.hardware.label
         self.vanished = False
         self.held = False  # a start queued behind resources_unavailable
@@ -137,6 +143,34 @@ class SimInstance:
         """Return True once the model has had warm_delay seconds of running."""
         return self.is_running(now) and now >= self.running_at + self.timing.warm_delay
 
+    @property
+    def storage_dph(self) -> float:
+        """Return storage $/hour: storage_cost ($/GB/month) x disk_space / 720."""
+        return self.hardware.storage_cost * self.hardware.disk_space / 720
+
+    # --- billing ---
+
+    def accrue(self, now: float) -> None:
+        """Bill GPU (while running) and storage (unless destroyed) up to now."""
+        meter = self.meter
+        start = meter.billed_until if meter.billed_until is not None else now
+        if now <= start:
+            return
+        edges = (self.loading_at, self.running_at, self.stop_at, self.exited_at)
+        cuts = sorted({t for t in edges if t is not None and start < t < now})
+        for a, b in zip([start, *cuts], [*cuts, now], strict=True):
+            if self.vanished:
+                continue
+            if self.actual_status(a) == RUNNING:
+                meter.add(a, b, "gpu", self.hardware.dph_base)
+            meter.add(a, b, "disk", self.storage_dph)
+        meter.billed_until = now
+
+    def charge_rows(self, gte: float, lte: float) -> list[dict]:
+        """Return vast.ai's charge rows for the days overlapping [gte, lte], accrued to now."""
+        self.accrue(self.clock())
+        return self.meter.rows(self.id, self.hardware.gpu_name, gte, lte)
+
     # --- acting ---
 
     def start_needed(self, now: float) -> bool:
@@ -145,6 +179,7 @@ class SimInstance:
 
     def request_start(self, now: float, gpu_free: bool = True) -> str:
         """Ask for running; return "noop", "started" or "queued" (GPU taken, held in scheduling)."""
+        self.accrue(now)
         if not self.start_needed(now):
             return "noop"
         actual = self.actual_status(now)
@@ -161,12 +196,14 @@ class SimInstance:
 
     def release_hold(self, now: float) -> None:
         """The GPU became free: a queued start begins scheduling now."""
+        self.accrue(now)
         if self.held:
             self.held = False
             self._schedule_boot(now)
 
     def request_stop(self, now: float) -> None:
         """Ask for stopped; the old actual status lingers for stop_delay seconds."""
+        self.accrue(now)
         actual = self.actual_status(now)
         if self.intended == STOPPED:
             return
@@ -180,6 +217,7 @@ class SimInstance:
 
     def exit_container(self, now: float) -> bool:
         """The container died: actual exited, intended stays running. False if none was up."""
+        self.accrue(now)
         if self.intended != RUNNING or self.actual_status(now) not in (RUNNING, LOADING):
             return False
         self.exited_at = now
@@ -201,7 +239,7 @@ class SimInstance:
         hw = self.hardware
         actual = self.actual_status(now)
         running = self.is_running(now)
-        storage_total_cost = hw.storage_cost * hw.disk_space / 720
+        storage_total_cost = self.storage_dph
         row = {
             "id": self.id,
             "actual_status": actual,

@@ -70,6 +70,9 @@ def _only_when_up():
 
 
 def _log_request(response: Response) -> Response:
+    if request.path.startswith("/v1/") and not response.is_streamed:
+        # LLM traffic is billed as bandwidth: the request in, the answer out.
+        _backend().add_bandwidth(request.content_length or 0, response.content_length or 0)
     _backend().record(
         {
             "method": request.method,

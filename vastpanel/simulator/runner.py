@@ -162,6 +162,17 @@ class Simulator:
         with inst.lock:
             inst.timing = Timing(**{**vars(inst.timing), **delays})
 
+    def set_billing(self, **options) -> dict:
+        """Bill differently from now on (factor per item, billing_read, dph_base, storage_cost)."""
+        return self.backend.set_billing(**options)
+
+    def charges(self) -> dict:
+        """Return the bill per UTC day and item, accrued up to now."""
+        inst = self.backend.instance
+        with inst.lock:
+            inst.accrue(inst.clock())
+            return inst.meter.describe()
+
     def reset(self) -> None:
         """Back to the initial state, no faults, empty logs."""
         self.backend.reset()

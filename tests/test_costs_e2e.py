@@ -1,0 +1,297 @@
+"""Cost truth end to end against the simulator over real HTTP.
+
+A simulated day runs in a second or two: the panel (in this process, its watchdog's looks
+called as the scheduler would call them) and the simulator share one FakeClock, so the test
+moves time for both and every vast.ai call is still a real HTTP request to the simulator, which
+bills as vast.ai does. The restart and kill -9 test runs the production server (gunicorn) in
+real time instead, against a simulator whose storage costs $360/h so seconds are visible.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+import requests
+from liveserver import PanelProcess, simulator_env, wait_for
+
+from vastpanel import create_app
+from vastpanel.clock import FakeClock
+from vastpanel.simulator import Hardware, Simulator
+from vastpanel.watchdog import Watchdog
+
+pytestmark = pytest.mark.e2e
+
+SIM_KEY = "sim-costs-key-0123456789abcdef"
+CONTROL_KEY = "costs-control-key-fedcba9876543210"
+DAY = date(2024, 5, 1)
+INTERVAL_S = 120.0  # the watchdog's interval in the simulated day
+# vast.ai's documented minimum intervals, so the panel's calls must respect them.
+RATE_LIMIT = {"GET": 2.0, "PUT": 1.0}
+
+
+def midnight(day: date) -> float:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+
+
+class SimulatedDays:
+    """The panel in this process and the simulator, both on one FakeClock the test moves."""
+
+    def __init__(self, tmp_path, clock: FakeClock, sim: Simulator, **config: str):
+        self.clock, self.sim = clock, sim
+        env = simulator_env(
+            sim,
+            tmp_path / "panel.db",
+            CONTROL_KEY,
+            VAST_STATUS_TTL_S="1",
+            VAST_AUTO_SHUTDOWN_MINUTES="30",
+            VAST_WATCHDOG_INTERVAL_S=str(int(INTERVAL_S)),
+            **config,
+        )
+        self.app = create_app({**env, "CLOCK": clock})
+        self.panel = self.app.extensions["vastpanel"]
+        self.client = self.app.test_client()
+        self.client.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY
+        self.watchdog = Watchdog(self.panel)
+        self.next_deadline: float | None = None
+        self.stops: list[float] = []
+
+    def look(self) -> None:
+        """One watchdog look, as the scheduler runs it."""
+        result = self.watchdog.look()
+        assert result.leader and result.error is None, result
+        self.next_deadline = result.next_deadline
+        if result.stopped is not None and not result.stopped.already_stopped:
+            self.stops.append(result.at)
+
+    def run_until(self, until: float, *, active_until: float | None = None) -> None:
+        """Move time to until, looking every interval and just after each deadline."""
+        while self.clock.now() < until:
+            step = min(INTERVAL_S, until - self.clock.now())
+            if self.next_deadline is not None and self.next_deadline > self.clock.now():
+                step = min(step, self.next_deadline - self.clock.now() + 0.05)
+            self.clock.advance(step)
+            if active_until is not None and self.clock.now() < active_until:
+                assert self.client.post("/infra/vast/activity").status_code == 200
+                self.chat()
+            self.look()
+
+    def power_on(self) -> requests.Response:
+        self.clock.advance(2.0)  # vast.ai's GET interval since the last look
+        answer = self.client.post("/infra/vast/power/on", json={"wait_for_health": False})
+        self.clock.advance(2.0)
+        if answer.status_code == 200:
+            self.look()  # the scheduler's next look sees it running
+        return answer
+
+    def power_off(self) -> None:
+        self.clock.advance(2.0)
+        assert self.client.post("/infra/vast/power/off").status_code == 200
+
+    def chat(self) -> None:
+        """Some LLM traffic, which vast.ai bills as bandwidth."""
+        if self.sim.instance()["actual_status"] == "running":
+            requests.post(
+                self.sim.llm_url + "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "hello " * 50}]},
+                timeout=5,
+            ).raise_for_status()
+
+    def read_charges(self) -> None:
+        assert self.watchdog.read_charges()
+
+    def costs(self) -> dict:
+        return self.client.get("/infra/vast/costs").json
+
+    def close(self) -> None:
+        self.panel.close()
+
+
+@pytest.fixture
+def clock():
+    return FakeClock(start=midnight(DAY))
+
+
+def simulator(clock: FakeClock, **hardware) -> Simulator:
+    return Simulator(
+        api_key=SIM_KEY,
+        instance_id=4321,
+        schedule_delay=0,
+        load_delay=0,
+        warm_delay=0,
+        stop_delay=0,
+        clock=clock.now,
+        wall_clock=clock.now,
+        rate_limit=RATE_LIMIT,
+        hardware=Hardware(dph_base=0.5, storage_cost=0.3, disk_space=120, **hardware),
+    )
+
+
+def at(day: date, hours: float) -> float:
+    return midnight(day) + hours * 3600
+
+
+def test_a_simulated_day_agrees_with_vast_ais_charges_and_a_mismatch_is_flagged_once(
+    tmp_path, clock
+):
+    with simulator(clock) as sim:
+        days = SimulatedDays(tmp_path, clock, sim)
+        days.look()  # the panel starts with the day, the instance stopped
+        for start, end in ((2, 5), (14, 20.5)):  # two sessions; the second ends idle
+            days.run_until(at(DAY, start))
+            assert days.power_on().status_code == 200
+            if end == 5:
+                days.run_until(at(DAY, end), active_until=at(DAY, end))
+                days.power_off()
+            else:
+                days.run_until(at(DAY, end + 1), active_until=at(DAY, end - 0.5))
+        # Idle 30 minutes after the last activity, posted at the looks until 20:00.
+        assert len(days.stops) == 1 and at(DAY, 20.5) - INTERVAL_S <= days.stops[0] <= at(DAY, 20.5)
+        running_hours = 3 + (days.stops[0] - at(DAY, 14)) / 3600
+        days.run_until(at(DAY, 24.1))
+        days.read_charges()
+
+        billed = sim.charges()["days"][DAY.isoformat()]
+        day = next(d for d in days.costs()["days"] if d["day"] == DAY.isoformat())
+        assert billed["gpu"] == pytest.approx(0.5 * running_hours, abs=0.5 * 10 / 3600)
+        assert day["estimate"]["gpu"] == pytest.approx(billed["gpu"], rel=0.001)
+        assert day["estimate"]["storage"] == pytest.approx(billed["disk"], rel=0.001)
+        assert day["billed"]["gpu"] == pytest.approx(billed["gpu"])
+        assert day["billed"]["disk"] == pytest.approx(billed["disk"])
+        bandwidth = billed["bwd"] + billed["bwu"]
+        assert bandwidth > 0 and day["billed"]["bandwidth"] == pytest.approx(bandwidth)
+        assert abs(day["difference_pct"]) < 0.1 and day["mismatch"] is False
+        print(
+            f"simulated day: gpu {day['estimate']['gpu']:.6f} vs billed {billed['gpu']:.6f} "
+            f"({(day['estimate']['gpu'] / billed['gpu'] - 1) * 100:+.4f} %), storage "
+            f"{day['estimate']['storage']:.6f} vs {billed['disk']:.6f} "
+            f"({(day['estimate']['storage'] / billed['disk'] - 1) * 100:+.4f} %), "
+            f"difference_pct {day['difference_pct']:+.4f}"
+        )
+        costs = days.costs()
+        assert costs["bandwidth_cost_usd"] == pytest.approx(bandwidth)
+        assert costs["all_in_cost_usd"] == pytest.approx(
+            costs["gpu_cost_usd"] + costs["storage_cost_usd"] + bandwidth
+        )
+        assert costs["total_cost_usd"] == pytest.approx(running_hours * (0.5 + 0.05), rel=0.001)
+
+        # The next day vast.ai bills the GPU 5 % higher than its price: flagged, once.
+        sim.set_billing(factor={"gpu": 1.05})
+        following = DAY + timedelta(days=1)
+        days.run_until(at(following, 9))
+        assert days.power_on().status_code == 200
+        days.run_until(at(following, 12), active_until=at(following, 12))
+        days.power_off()
+        days.run_until(at(following, 24.1))
+        days.read_charges()
+        days.run_until(at(following, 25.2))
+        days.read_charges()
+        flagged = [d for d in days.costs()["days"] if d["mismatch"]]
+        assert [d["day"] for d in flagged] == [following.isoformat()]
+        assert flagged[0]["difference_pct"] < -1
+        mismatches = [e for e in days.panel.audit_log(1000) if e.event == "cost_mismatch"]
+        assert len(mismatches) == 1 and mismatches[0].meta["day"] == following.isoformat()
+        days.close()
+
+
+def test_a_one_dollar_day_stops_a_36_dollar_an_hour_instance_and_refuses_power_on(tmp_path, clock):
+    with simulator(clock, inet_up_cost=0.0) as sim:
+        sim.set_billing(dph_base=35.95)  # with 0.05 $/h storage: $36/h while running
+        days = SimulatedDays(tmp_path, clock, sim, VAST_BUDGET_USD="1", VAST_BUDGET_PERIOD="day")
+        days.look()
+        days.run_until(at(DAY, 9))
+        assert days.power_on().status_code == 200
+        days.run_until(at(DAY, 9.5), active_until=at(DAY, 9.5))
+        assert len(days.stops) == 1
+        stopped_at = days.stops[0]
+        billed_at_stop = sim.charges()["days"][DAY.isoformat()]
+        storage_since_stop = 0.05 * (clock.now() - stopped_at) / 3600
+        spent = billed_at_stop["gpu"] + billed_at_stop["disk"] - storage_since_stop
+        # Crossing $1 takes 100 s at $36/h; the stop comes within one interval of it.
+        assert 1.0 <= spent <= 1.0 + 36 * INTERVAL_S / 3600
+        # In fact the look scheduled at the predicted crossing stops it a few seconds after
+        # (the panel first saw it running 2 s after vast.ai started billing it).
+        assert spent <= 1.0 + 36 * 5 / 3600
+        print(f"budget: stopped at ${spent:.4f} billed ({(spent - 1) / 36 * 3600:.1f} s past $1)")
+        assert sim.instance()["actual_status"] == "stopped"
+        entries = {e.event: e for e in days.panel.audit_log(1000)}
+        assert entries["budget_stop"].meta["spent_usd"] >= 1.0
+        assert "budget_warning" in entries
+        assert days.costs()["budget"]["state"] == "exceeded"
+
+        refused = days.power_on()
+        assert refused.status_code == 409 and "budget is spent" in refused.json["detail"]
+        puts = [r for r in sim.requests("PUT") if r["json"] == {"state": "running"}]
+        assert len(puts) == 1  # the refused power-on sent nothing
+
+        override = days.client.post("/infra/vast/budget/override")
+        assert override.status_code == 200 and override.json["state"] == "overridden"
+        assert days.power_on().status_code == 200
+        assert sim.instance()["actual_status"] == "running"
+        entries = {e.event: e for e in days.panel.audit_log(1000)}
+        assert entries["budget_override"].actor == "api"
+        days.run_until(at(DAY, 9.7), active_until=at(DAY, 9.7))
+        assert len(days.stops) == 1  # overridden until the day ends
+        assert stopped_at < clock.now()
+        days.close()
+
+
+STORAGE_DPH = 360.0  # $0.10 a second, so a second counted twice shows
+
+
+def ledger_start(db_path) -> float:
+    with sqlite3.connect(db_path) as conn:
+        return conn.execute("SELECT min(start_at) FROM cost_ledger").fetchone()[0]
+
+
+def storage_now(server: PanelProcess) -> tuple[float, float, float]:
+    """Return (storage $, time before asking, time after)."""
+    before = time.time()
+    answer = server.api("GET", "/costs")
+    after = time.time()
+    assert answer.status_code == 200, answer.text
+    return answer.json()["storage_cost_usd"], before, after
+
+
+def test_storage_keeps_counting_across_a_restart_and_a_kill_9_counted_once(tmp_path):
+    hardware = Hardware(disk_space=100, storage_cost=STORAGE_DPH * 720 / 100)
+    with Simulator(
+        api_key=SIM_KEY, instance_id=99, hardware=hardware, rate_limit=RATE_LIMIT
+    ) as sim:
+        db_path = tmp_path / "panel.db"
+        env = simulator_env(
+            sim, db_path, CONTROL_KEY, VAST_WATCHDOG_INTERVAL_S="2", VAST_STATUS_TTL_S="2"
+        )
+        log_path = tmp_path / "server.log"
+        server = PanelProcess(env, log_path=log_path)
+        assert wait_for(lambda: storage_now(server)[0] > 0, timeout=20), server.log()
+        time.sleep(1.5)
+        server.stop()  # a restart
+        time.sleep(2.0)
+        server = PanelProcess(env, log_path=log_path)
+        time.sleep(1.5)
+        server.kill()  # kill -9, then down for a while
+        time.sleep(2.0)
+        server = PanelProcess(env, log_path=log_path)
+        try:
+            time.sleep(1.5)
+            storage, before, after = storage_now(server)
+        finally:
+            server.stop()
+        start = ledger_start(db_path)
+        assert STORAGE_DPH * (before - start) / 3600 <= storage + 1e-6
+        assert storage <= STORAGE_DPH * (after - start) / 3600 + 1e-6
+        # Nor more than vast.ai billed, which counted from before the panel first looked.
+        billed = sum(day["disk"] for day in sim.charges()["days"].values())
+        assert storage <= billed
+        print(
+            f"restart + kill -9: storage ${storage:.4f}, expected "
+            f"${STORAGE_DPH * (before - start) / 3600:.4f}..${STORAGE_DPH * (after - start) / 3600:.4f}"
+            f" (counted twice would add >= $0.15); simulator billed ${billed:.4f}"
+        )
+        with sqlite3.connect(db_path) as conn:
+            rows = conn.execute("SELECT start_at, end_at FROM cost_ledger ORDER BY id").fetchall()
+        for (_, end), (following, _) in zip(rows, rows[1:], strict=False):
+            assert following == end  # intervals touch: no gap and no overlap

@@ -1,0 +1,65 @@
+"""Every audit event the panel writes: its name, its label for people and who writes it.
+
+The one table of events: the OpenAPI description, the page's labels and the tests read it, and
+`Panel.audit` warns about a name or actor that is not in it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Who an audit entry says acted.
+ACTORS: dict[str, str] = {
+    "api": "a JSON API client (X-API-Key)",
+    "admin": "the signed-in admin on the page",
+    "cli": "the admin CLI on the host (flask --app app vast ...)",
+    "system": "the panel itself: the auto-shutdown watchdog, or what vast.ai was seen doing",
+    "agent": "the dead-man switch on the instance, as the panel inferred on seeing its stop",
+}
+PEOPLE = ("api", "admin", "cli")  # the actors of a request made by someone
+
+
+@dataclass(frozen=True)
+class Event:
+    """One kind of audit entry."""
+
+    label: str
+    actors: tuple[str, ...]
+
+
+EVENTS: dict[str, Event] = {
+    "power_on_requested": Event("Start requested", PEOPLE),
+    "power_on_queued": Event("Start queued (GPU busy)", PEOPLE),
+    "power_on_complete": Event("Started and healthy", PEOPLE),
+    "power_on_failed": Event("Start failed", PEOPLE),
+    "power_on_health_timeout": Event("Start: health timed out", PEOPLE),
+    "power_off_requested": Event("Stop requested", PEOPLE),
+    "power_off_complete": Event("Stopped", PEOPLE),
+    "power_off_failed": Event("Stop failed", PEOPLE),
+    "auto_shutdown": Event("Auto-shutdown (idle)", ("system",)),
+    "auto_shutdown_complete": Event("Auto-shutdown done", ("system",)),
+    "auto_shutdown_failed": Event("Auto-shutdown failed", ("system",)),
+    "session_opened": Event("Session opened", ("system",)),
+    "session_closed": Event("Session closed", ("system", "agent")),
+    "instance_healthy": Event("LLM healthy", ("system",)),
+    "llm_metrics_unavailable": Event("LLM metrics unavailable", ("system",)),
+    "llm_metrics_available": Event("LLM metrics back", ("system",)),
+    "agent_unreachable": Event("Dead-man switch unreachable", ("system",)),
+    "admin_signed_in": Event("Admin signed in", ("admin",)),
+    "admin_signed_out": Event("Admin signed out", ("admin",)),
+    "budget_warning": Event("Budget 80 % spent", ("system",)),
+    "budget_stop": Event("Budget stop (spent)", ("system",)),
+    "budget_stop_complete": Event("Budget stop done", ("system",)),
+    "budget_stop_failed": Event("Budget stop failed", ("system",)),
+    "budget_override": Event("Budget overridden", PEOPLE),
+    "max_session_stop": Event("Session limit stop", ("system",)),
+    "max_session_stop_complete": Event("Session limit stop done", ("system",)),
+    "max_session_stop_failed": Event("Session limit stop failed", ("system",)),
+    "cost_mismatch": Event("Bill differs from estimate", ("system",)),
+}
+
+
+def is_known(event: str, actor: str) -> bool:
+    """Tell whether the table lists this event as written by this actor."""
+    known = EVENTS.get(event)
+    return known is not None and actor in known.actors
