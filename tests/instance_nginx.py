@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from liveserver import end_process
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "instance"
 NGINX_CONF = DEPLOY / "health-nginx.conf"
@@ -94,9 +95,4 @@ def running_nginx(binary: Path, conf_text: str, workdir: Path, port: int) -> Ite
                 time.sleep(0.05)
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        end_process(proc)
