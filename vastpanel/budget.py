@@ -174,12 +174,10 @@ class BudgetRules:
         if status is not None:
             self._warn_budget(status)
             if status.blocks:
-                return self._stop(
-                    "system", BUDGET_STOP, due=self._over_budget, due_field="spent_usd"
-                )
+                return self._stop("system", BUDGET_STOP, due=self._over_budget)
         deadline = self.session_cap_deadline()
         if deadline is not None and self.clock.now() >= deadline:
-            return self._stop("system", SESSION_STOP, due=self._session_too_long, due_field="hours")
+            return self._stop("system", SESSION_STOP, due=self._session_too_long)
         return None
 
     def _costs_money(self) -> bool:
@@ -200,18 +198,18 @@ class BudgetRules:
             period=status.period,
         )
 
-    def _over_budget(self, state) -> float | None:
+    def _over_budget(self, state) -> dict[str, float] | None:
         """Return the spent amount if the budget still says stop this instance, else None."""
         status = self.budget_status()
         if state.status not in STOPPABLE or status is None or not status.blocks:
             return None
-        return status.spent_usd
+        return {"spent_usd": status.spent_usd}
 
-    def _session_too_long(self, state) -> float | None:
+    def _session_too_long(self, state) -> dict[str, float] | None:
         """Return the session's hours if it reached VAST_MAX_SESSION_HOURS, else None."""
         session = store.current_session(self.db)
         deadline = self.session_cap_deadline()
         now = self.clock.now()
         if state.status not in STOPPABLE or deadline is None or now < deadline:
             return None
-        return (now - session.started_at) / 3600
+        return {"hours": (now - session.started_at) / 3600}

@@ -259,13 +259,11 @@ class PowerActions:
         self,
         actor: str,
         events: StopEvents,
-        due: Callable[[InstanceState], dict[str, Any] | float | None] | None = None,
-        due_field: str = "inactive_minutes",
+        due: Callable[[InstanceState], dict[str, Any] | None] | None = None,
     ) -> PowerOffResult | None:
         """Send the stop call under the power lock; with due, only if it still says stop.
 
-        due gives the details to audit the stop with (a dict, or one number audited under
-        due_field), or None when it no longer falls due.
+        due gives the details to audit the stop with, or None when it no longer falls due.
         """
         instance_id = self.config.vast_instance_id
         with self._power(actor, events.failed):
@@ -284,8 +282,6 @@ class PowerActions:
                 details = due(state)
                 if details is None:
                     return None  # activity came in, or it stopped, while we waited for the lock
-                if not isinstance(details, dict):
-                    details = {due_field: details}
                 self.audit(events.requested, actor, instance_id=instance_id, **details)
             if state.status == "not_found":
                 self.audit(events.failed, actor, instance_id=instance_id, error=state.message)

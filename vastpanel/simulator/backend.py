@@ -198,11 +198,11 @@ class Backend:
                 "faults": self.faults.describe(),
                 "rate_limit": dict(self.rate_limiter.intervals),
                 "llm_port": self.llm_port,
+                "billing": inst.meter.describe(),
                 "llm": {
                     "token_delay_s": self.llm.token_delay_s,
                     "serve_metrics": self.llm.serve_metrics,
                     "requests_running": self.metrics.running,
                     "requests_waiting": self.metrics.waiting,
                 },
-                "billing": inst.meter.describe(),
             }
