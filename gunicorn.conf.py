@@ -7,11 +7,24 @@ Read from the environment (see README, "Production"):
     VAST_WAIT_TIMEOUT_S  how long a power on may hold its request; the worker timeout is above it
 """
 
+import glob
 import math
 import os
+import shutil
+import tempfile
 
-from vastpanel.config import Config, ConfigError
-from vastpanel.log_config import LOG_FORMAT
+# Prometheus multiprocess mode: every worker writes its counters to files in one directory, and
+# /metrics sums them. Set first, before anything imports prometheus_client (importing vastpanel
+# does), which picks its mode at import; emptied at each start (old files would add a previous
+# run's counts), a dead worker's gauges retired, and a directory made here removed at exit.
+METRICS_DIR_GIVEN = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip())
+METRICS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip() or tempfile.mkdtemp(
+    prefix="vastpanel-metrics-"
+)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = METRICS_DIR
+
+from vastpanel.config import Config, ConfigError  # noqa: E402 (after the metrics directory)
+from vastpanel.log_config import LOG_FORMAT  # noqa: E402
 
 try:
     _config = Config.from_env(os.environ)
@@ -69,6 +82,27 @@ logconfig_dict = {
         "vastpanel": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
     },
 }
+
+
+def on_starting(server):
+    """Empty the metrics directory, so counts start from zero with this run."""
+    os.makedirs(METRICS_DIR, exist_ok=True)
+    for path in glob.glob(os.path.join(METRICS_DIR, "*.db")):  # only prometheus_client's files
+        os.remove(path)
+
+
+def on_exit(server):
+    """Remove the metrics directory this config made (a given one is only emptied at start)."""
+    if not METRICS_DIR_GIVEN:
+        shutil.rmtree(METRICS_DIR, ignore_errors=True)
+
+
+def child_exit(server, worker):
+    """Retire an exited worker's live gauges."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
 
 # No control socket: nothing here uses it, and it would want a writable $HOME (or
 # XDG_RUNTIME_DIR) that the container's user does not have.

@@ -37,7 +37,7 @@ from instance_nginx import (
     render_for_loopback,
     running_nginx,
 )
-from liveserver import PanelProcess, free_port, ready_simulator
+from liveserver import PanelProcess, free_port, running_simulator
 
 from vastpanel import create_app
 from vastpanel.simulator import AgentSettings, Simulator
@@ -123,9 +123,7 @@ def instance(folder: Path, grace_s: float, check_s: float) -> Iterator[Simulator
         check_seconds=check_s,
         log_path=folder / "agent.log",
     )
-    with ready_simulator(
-        SIM_KEY, INSTANCE_ID, clock=time.time, host_ports={8001: nginx_port}, agent=agent
-    ) as sim:
+    with running_simulator(SIM_KEY, INSTANCE_ID, host_ports={8001: nginx_port}, agent=agent) as sim:
         keys = installed_keys(folder, f"VLLM_API_KEY={LLM_KEY}\n")
         text = NGINX_CONF.read_text(encoding="utf-8")
         conf = render_for_loopback(text, nginx_port, sim.llm_port, keys, sim.agent.port)

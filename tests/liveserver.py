@@ -12,8 +12,6 @@ from pathlib import Path
 
 import requests
 
-from vastpanel.simulator import Simulator
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -27,6 +25,16 @@ def wait_for(predicate, timeout: float, every: float = 0.05):
         time.sleep(every)
 
 
+def running_simulator(api_key: str, instance_id: int, **options):
+    """A simulator on wall time whose instance runs from the start and changes state at once."""
+    from vastpanel.simulator import Simulator
+
+    settings = {"initial_state": "running", "schedule_delay": 0, "load_delay": 0, "warm_delay": 0}
+    return Simulator(
+        api_key=api_key, instance_id=instance_id, clock=time.time, **{**settings, **options}
+    )
+
+
 def simulator_env(sim, db_path, control_key: str, **overrides: str) -> dict[str, str]:
     """Return the variables that point a panel at a running simulator, on the given database."""
     return {
@@ -37,16 +45,6 @@ def simulator_env(sim, db_path, control_key: str, **overrides: str) -> dict[str,
         "VAST_DB_PATH": str(db_path),
         **overrides,
     }
-
-
-def ready_simulator(api_key: str, instance_id: int, **options) -> Simulator:
-    """Return a simulator (not started) whose instance runs at once: no boot or warm-up delays."""
-    delays = {"schedule_delay": 0, "load_delay": 0, "warm_delay": 0}
-    return Simulator(
-        api_key=api_key,
-        instance_id=instance_id,
-        **{"initial_state": "running", **delays, **options},
-    )
 
 
 def end_process(process: subprocess.Popen, timeout: float = 10.0) -> None:

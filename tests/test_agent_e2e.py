@@ -26,7 +26,7 @@ from instance_nginx import (
     render_for_loopback,
     running_nginx,
 )
-from liveserver import PanelProcess, free_port, ready_simulator, simulator_env, wait_for
+from liveserver import PanelProcess, free_port, running_simulator, simulator_env, wait_for
 
 from vastpanel.simulator import AgentSettings, Simulator
 
@@ -84,11 +84,10 @@ def stack(tmp_path):
 
     def build(panel_idle_minutes: float = 60.0, grace: float = GRACE_MINUTES, **llm) -> Stack:
         nginx_port = free_port()
-        sim = ready_simulator(
+        sim = running_simulator(
             SIM_KEY,
             INSTANCE_ID,
             initial_state="stopped",  # started by the test once the panel runs
-            clock=time.time,  # the panel, the agent and the simulator share the wall clock
             host_ports={8001: nginx_port},
             agent=AgentSettings(
                 secret=SECRET,

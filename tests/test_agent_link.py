@@ -11,7 +11,7 @@ import threading
 import pytest
 from agent_support import MetricsServer, load_agent_module
 from flask import render_template
-from liveserver import free_port, ready_simulator
+from liveserver import free_port, running_simulator
 
 from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY
 from vastpanel import ConfigError, create_app, store
@@ -27,7 +27,7 @@ GRACE_MINUTES = 10.0
 
 @pytest.fixture
 def sim():
-    with ready_simulator(VAST_KEY, INSTANCE_ID) as simulator:
+    with running_simulator(VAST_KEY, INSTANCE_ID) as simulator:
         yield simulator
 
 

@@ -231,6 +231,27 @@ def test_activity(client, make_client, panel, monkeypatch):
     contract.covered()
 
 
+def test_keepalive(client, make_client, vast, panel, monkeypatch):
+    contract = Contract("POST", "/keepalive")
+    assert "not running" in contract.call(client, 409, body={"minutes": 30})["detail"]
+    vast.set_running()
+    client.get(f"{PREFIX}/status")  # opens a session
+    body = contract.call(client, 200, body={"minutes": 30})
+    assert body["status"] == "kept" and body["idle_deadline"] is not None
+    contract.call(client, 200, body={"minutes": 1.5, "note": "ignored"})
+    for bad in ({}, {"minutes": "30"}, {"minutes": 0}, {"minutes": None}):
+        contract.call(client, 422, body=bad)
+    contract.call(client, 422, raw="{not json")
+    common_errors(
+        contract,
+        client,
+        make_client,
+        crash_on(monkeypatch, panel, "keep_alive"),
+        body={"minutes": 30},
+    )
+    contract.covered()
+
+
 def test_costs(client, make_client, vast, panel, monkeypatch):
     contract = Contract("GET", "/costs")
     assert contract.call(client, 200)["sessions_count"] == 0

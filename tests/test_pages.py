@@ -107,7 +107,12 @@ def test_every_button_is_also_a_plain_form(admin):
 
 @pytest.mark.parametrize(
     ("path", "element_id"),
-    [("/partials/status", "status"), ("/partials/costs", "costs"), ("/partials/audit", "audit")],
+    [
+        ("/partials/status", "status"),
+        ("/partials/costs", "costs"),
+        ("/partials/audit", "audit"),
+        ("/partials/notifications", "notifications"),
+    ],
 )
 def test_each_partial_is_the_same_widget_the_page_includes(admin, path, element_id):
     page = admin.get("/").get_data(as_text=True)

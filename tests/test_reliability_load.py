@@ -22,7 +22,7 @@ from fault_load import (
     run_outage,
     wait_for,
 )
-from liveserver import PanelProcess, ready_simulator
+from liveserver import PanelProcess, running_simulator
 
 SIM_KEY = "sim-load-key-0123456789abcdef"
 CONTROL_KEY = "load-control-key-fedcba987654"
@@ -35,7 +35,7 @@ IDLE_MINUTES = 0.1  # 6 s: the posters keep it from falling due until they stop
 
 @pytest.fixture
 def sim():
-    with ready_simulator(SIM_KEY, INSTANCE_ID) as sim:
+    with running_simulator(SIM_KEY, INSTANCE_ID) as sim:
         yield sim
 
 

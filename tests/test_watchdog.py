@@ -68,7 +68,12 @@ def test_idle_instance_is_stopped_when_the_idle_time_is_reached(panel, vast, clo
     assert complete.actor == "system"
     assert complete.meta["session_minutes"] == pytest.approx(30)
     assert complete.meta["session_cost_usd"] == pytest.approx(0.5 * 0.45)
-    assert events(panel) == ["session_opened", "auto_shutdown", "auto_shutdown_complete"]
+    assert events(panel) == [
+        "session_opened",
+        "idle_warning",  # the look a second before the deadline is within VAST_WARN_MINUTES
+        "auto_shutdown",
+        "auto_shutdown_complete",
+    ]
 
     clock.advance(3600)
     watchdog.look()

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from liveserver import ready_simulator, simulator_env
+from liveserver import running_simulator, simulator_env
 
 from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY
 from vastpanel import create_app, store
@@ -70,7 +70,7 @@ def idle_deadline(db, session: store.Session) -> float:
 
 @pytest.fixture
 def sim():
-    with ready_simulator(VAST_KEY, INSTANCE_ID, clock=time.time) as simulator:
+    with running_simulator(VAST_KEY, INSTANCE_ID) as simulator:
         yield simulator
 
 

@@ -16,7 +16,15 @@ import requests
 
 from conftest import VAST_KEY, base_config, load_fixture
 from vastpanel import ConfigError, create_app, store
-from vastpanel.watchdog import DEADLINE_JOB, EXTENSION, LEASE, LOOK_JOB, Watchdog
+from vastpanel.watchdog import (
+    DEADLINE_JOB,
+    EXTENSION,
+    LEASE,
+    LOOK_JOB,
+    NOTIFY_JOB,
+    WARNING_JOB,
+    Watchdog,
+)
 
 IDLE_S = 30 * 60
 WAIT_S = 10.0
@@ -120,6 +128,33 @@ def test_activity_moves_the_deadline_look_only_when_it_fires(make_app, vast, clo
     assert vast.puts == ["stopped"]
     assert watchdog.scheduler.get_job(DEADLINE_JOB) is None  # nothing left to wait for
     assert watchdog.alive
+
+
+def test_a_look_at_the_warning_time_warns_then_waits_for_the_deadline(make_app, vast, clock):
+    vast.set_running()
+    watchdog = make_app(VASTPANEL_WATCHDOG=True).extensions[EXTENSION]
+    assert wait_for(lambda: watchdog.scheduler.get_job(WARNING_JOB) is not None)
+    job = watchdog.scheduler.get_job(WARNING_JOB)
+    in_s = job.next_run_time.timestamp() - datetime.now(UTC).timestamp()
+    assert in_s == pytest.approx(IDLE_S - 5 * 60, abs=5)  # VAST_WARN_MINUTES' default
+
+    clock.advance(IDLE_S - 5 * 60)
+    job.func(*job.args)  # the warning look, as the scheduler runs it
+    assert [e.event for e in watchdog.panel.audit_log(1)] == ["idle_warning"]
+    assert watchdog.scheduler.get_job(WARNING_JOB) is None  # warned: no more warning looks
+    assert deadline_in(watchdog) == pytest.approx(5 * 60, abs=5)
+    assert vast.puts == []
+
+
+def test_notifications_are_delivered_by_the_leader_in_a_thread_of_their_own(make_app, vast):
+    app = make_app(VASTPANEL_WATCHDOG=True, VAST_NOTIFY_URLS="https://hooks.example.test/x")
+    watchdog = app.extensions[EXTENSION]
+    job = watchdog.scheduler.get_job(NOTIFY_JOB)
+    assert job is not None and job.executor == "notify"
+    assert (
+        make_app(VASTPANEL_WATCHDOG=True).extensions[EXTENSION].scheduler.get_job(NOTIFY_JOB)
+        is None
+    )
 
 
 def test_failed_stop_schedules_no_deadline_look_so_no_tight_loop(make_app, vast, clock):

@@ -59,10 +59,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["vastpanel"] = panel
     htmx.init_app(app)
 
-    from . import api, auth, cli, health, openapi, pages
+    from . import api, auth, cli, health, metrics, openapi, pages
 
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)  # its own access rule: METRICS_TOKEN or loopback
     app.register_blueprint(openapi.bp)  # its own blueprint: served without X-API-Key
     # The session cookie, sign-in and CSRF (the API is exempt).
     auth.init_app(app, source, panel, keep_secret_key=not command_only)

@@ -16,8 +16,11 @@ from .costs import AllInTotals, ChargesStatus, CostDay
 from .panel import (
     BudgetExceeded,
     HealthTimeout,
+    InvalidRequest,
+    KeepAliveResult,
     NoBudget,
     NotConfigured,
+    NotRunning,
     Panel,
     PanelError,
     PowerBusy,
@@ -34,6 +37,8 @@ ERROR_STATUS = {
     PowerBusy: 409,
     BudgetExceeded: 409,
     NoBudget: 409,
+    NotRunning: 409,
+    InvalidRequest: 422,
 }
 
 
@@ -213,6 +218,28 @@ def activity():
     json_body()
     last = get_panel().record_activity()
     return jsonify(status="recorded", last_activity=iso_utc(last))
+
+
+def keepalive_json(result: KeepAliveResult) -> dict[str, Any]:
+    """Shape a Keep running's answer (the API and the CLI's --json)."""
+    return {
+        "status": "kept",
+        "keepalive_until": iso_utc(result.keepalive_until),
+        "idle_deadline": iso_utc(result.idle_deadline),
+        "capped": result.capped,
+        "message": result.message,
+    }
+
+
+@bp.post("/keepalive")
+def keepalive():
+    """Keep the instance running at least `minutes` more, whatever the idle time says."""
+    body = json_body()
+    minutes = body.get("minutes")
+    # A whole or decimal number of minutes; true is not a number here.
+    if isinstance(minutes, bool) or not isinstance(minutes, int | float):
+        raise InvalidInput("minutes: required, a number of minutes")
+    return jsonify(keepalive_json(get_panel().keep_alive("api", float(minutes))))
 
 
 @bp.get("/costs")

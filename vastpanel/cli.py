@@ -1,4 +1,4 @@
-"""The admin CLI on the host: `flask --app app vast status|on|off|costs|audit`.
+"""The admin CLI on the host: `flask --app app vast status|on|off|keepalive|costs|audit`.
 
 It calls the same domain functions as the JSON API, as actor "cli", with the server's settings
 (the same environment: VAST_DB_PATH, and VAST_API_KEY and VAST_INSTANCE_ID for status, on and
@@ -18,7 +18,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from .api import audit_json, costs_json, status_json
+from .api import audit_json, costs_json, keepalive_json, status_json
 from .clock import iso_utc
 from .formatting import duration, minutes_text, usd
 from .panel import Panel, PanelError
@@ -150,6 +150,16 @@ def off_command(as_json: bool) -> None:
         "message": result.message,
     }
     emit(data, as_json, [result.message])
+
+
+@vast.command("keepalive")
+@click.argument("minutes", type=click.FloatRange(min=0, min_open=True))
+@json_option
+def keepalive_command(minutes: float, as_json: bool) -> None:
+    """Keep the instance running at least MINUTES more (at most VAST_KEEPALIVE_MAX_MINUTES)."""
+    with failing_as_click_error():
+        result = get_panel().keep_alive(ACTOR, minutes)
+    emit(keepalive_json(result), as_json, [result.message])
 
 
 @vast.command("costs")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 DEFAULT_VAST_URL = "https://console.vast.ai"
 DEFAULT_DB_PATH = "data/vastpanel.db"
@@ -13,6 +15,30 @@ IDLE_SOURCES = ("gateway", "llm")  # activity posts to /infra/vast/activity; the
 
 class ConfigError(ValueError):
     """A configuration value is unusable; the message names the variable."""
+
+
+# VAST_NOTIFY_URLS: each URL may start with a format prefix, `slack+https://...`; none means json.
+NOTIFY_FORMATS = ("slack", "json")
+
+
+@dataclass(frozen=True)
+class NotifyTarget:
+    """One webhook that gets notifications, and the JSON shape it wants. The URL is a secret."""
+
+    format: str
+    url: str = field(repr=False)
+
+    @property
+    def key(self) -> str:
+        """Name the target in the outbox without storing its URL (a hash of it)."""
+        return hashlib.sha256(self.url.encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        """Show the target to people: format, scheme and host, never the path or token."""
+        parts = urlsplit(self.url)
+        port = f":{parts.port}" if parts.port else ""
+        return f"{self.format} {parts.scheme}://{parts.hostname}{port}"
 
 
 @dataclass(frozen=True)
@@ -31,10 +57,15 @@ class Config:
     watchdog_interval_s: float = 60.0
     status_ttl_s: float = 5.0
     db_path: str = DEFAULT_DB_PATH
+    warn_minutes: float = 5.0
+    keepalive_max_minutes: float = 480.0
+    notify_targets: tuple[NotifyTarget, ...] = ()
+    notify_retry_s: float = 30.0
+    metrics_token: str = ""  # METRICS_TOKEN: guards the panel's own /metrics
     idle_sources: tuple[str, ...] = IDLE_SOURCES
     metrics_port: int | None = None  # None: the health port (nginx's, which routes /metrics)
     metrics_path: str = "/metrics"
-    metrics_token: str = ""
+    llm_metrics_token: str = ""  # VAST_METRICS_TOKEN: sent with reads of the LLM's /metrics
     metrics_every_s: float = 15.0
     # Shared with the instance's agent (deploy/instance/vastpanel_agent.py); empty: no heartbeats.
     agent_secret: str = ""
@@ -62,16 +93,14 @@ class Config:
     @property
     def secrets(self) -> list[str]:
         """List the secret values that must never be shown or logged."""
-        return [
-            s
-            for s in (
-                self.vast_api_key,
-                self.control_api_key,
-                self.metrics_token,
-                self.agent_secret,
-            )
-            if s
+        values = [
+            self.vast_api_key,
+            self.control_api_key,
+            self.metrics_token,
+            self.llm_metrics_token,
+            self.agent_secret,
         ]
+        return [s for s in values if s] + [t.url for t in self.notify_targets]
 
     @property
     def gateway_source(self) -> bool:
@@ -104,10 +133,15 @@ class Config:
             watchdog_interval_s=_number(env, "VAST_WATCHDOG_INTERVAL_S", 60.0, positive=True),
             status_ttl_s=_number(env, "VAST_STATUS_TTL_S", 5.0),
             db_path=env.get("VAST_DB_PATH", "").strip() or DEFAULT_DB_PATH,
+            warn_minutes=_number(env, "VAST_WARN_MINUTES", 5.0),
+            keepalive_max_minutes=_number(env, "VAST_KEEPALIVE_MAX_MINUTES", 480.0, positive=True),
+            notify_targets=_notify_targets(env, "VAST_NOTIFY_URLS"),
+            notify_retry_s=_number(env, "VAST_NOTIFY_RETRY_S", 30.0, positive=True),
+            metrics_token=env.get("METRICS_TOKEN", "").strip(),
             idle_sources=_idle_sources(env),
             metrics_port=_port(env, "VAST_METRICS_PORT", None),
             metrics_path=_health_path(env, "VAST_METRICS_PATH", "/metrics"),
-            metrics_token=env.get("VAST_METRICS_TOKEN", "").strip(),
+            llm_metrics_token=env.get("VAST_METRICS_TOKEN", "").strip(),
             metrics_every_s=_number(env, "VAST_METRICS_EVERY_S", 15.0, positive=True),
             agent_secret=_agent_secret(env),
             simulated=parse_bool(env, "VASTPANEL_SIMULATED", False),
@@ -238,3 +272,29 @@ def _url(env: Mapping[str, str], name: str, default: str) -> str:
     if not raw.startswith(("http://", "https://")) or len(raw.split("://", 1)[1]) == 0:
         raise ConfigError(f"{name} must be an http:// or https:// URL, got {raw!r}")
     return raw.rstrip("/")
+
+
+def _notify_targets(env: Mapping[str, str], name: str) -> tuple[NotifyTarget, ...]:
+    """Read webhook URLs separated by commas or whitespace, each with an optional format prefix."""
+    raw = _raw(env, name)
+    if raw is None:
+        return ()
+    targets = []
+    for number, item in enumerate(raw.replace(",", " ").split(), start=1):
+        fmt, url = "json", item
+        prefix, plus, rest = item.partition("+")
+        if plus and prefix.lower() in NOTIFY_FORMATS and "://" not in prefix:
+            fmt, url = prefix.lower(), rest
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 (raises ValueError on a port that is not a number)
+        except ValueError:
+            parts = urlsplit("")
+        # The message names the URL by its position only: the URL itself is a secret.
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"{name}: URL number {number} must be http(s)://..., optionally prefixed "
+                f"with {' or '.join(p + '+' for p in NOTIFY_FORMATS)}"
+            )
+        targets.append(NotifyTarget(fmt, url))
+    return tuple(targets)

@@ -25,3 +25,11 @@ class HealthTimeout(PanelError):
 
 class PowerBusy(PanelError):
     """Another power action holds the lock for too long."""
+
+
+class InvalidRequest(PanelError):
+    """A value given to an action is out of bounds; nothing was changed."""
+
+
+class NotRunning(PanelError):
+    """The action needs an open session (a running instance) and there is none."""

@@ -45,6 +45,8 @@ EVENTS: dict[str, Event] = {
     "llm_metrics_unavailable": Event("LLM metrics unavailable", ("system",)),
     "llm_metrics_available": Event("LLM metrics back", ("system",)),
     "agent_unreachable": Event("Dead-man switch unreachable", ("system",)),
+    "idle_warning": Event("Idle stop warning", ("system",)),
+    "keepalive": Event("Keep running", PEOPLE),
     "admin_signed_in": Event("Admin signed in", ("admin",)),
     "admin_signed_out": Event("Admin signed out", ("admin",)),
     "budget_warning": Event("Budget 80 % spent", ("system",)),

@@ -26,6 +26,10 @@ DETAIL_LABELS = {
     "timeout_s": "timeout",
     "last_signal": "last signal",
     "last_signal_at": "at",
+    "stop_in_minutes": "stop in",
+    "stop_at": "stop at",
+    "keepalive_until": "until",
+    "by_panel": "started here",
 }
 
 

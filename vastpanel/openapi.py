@@ -237,6 +237,34 @@ SCHEMAS: dict[str, Any] = {
         }
     ),
     "ActivityResult": _object({"status": {"const": "recorded"}, "last_activity": TIMESTAMP}),
+    "KeepAliveRequest": _object(
+        {
+            "minutes": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "description": (
+                    "Keep the instance running at least this many minutes from now, whatever "
+                    "the idle time says; at most VAST_KEEPALIVE_MAX_MINUTES (default 480)."
+                ),
+            }
+        }
+    )
+    | {"additionalProperties": True, "description": "Unknown fields are ignored."},
+    "KeepAliveResult": _object(
+        {
+            "status": {"const": "kept"},
+            "keepalive_until": TIMESTAMP,
+            "idle_deadline": {
+                "anyOf": [TIMESTAMP, {"type": "null"}],
+                "description": "When the idle stop now falls due; null with auto-shutdown off.",
+            },
+            "capped": {
+                "type": "boolean",
+                "description": "True when the session cap ends the keep-alive sooner.",
+            },
+            "message": {"type": "string"},
+        }
+    ),
     "Costs": _object(
         {
             "total_runtime_hours": {"type": "number", "minimum": 0},
@@ -393,6 +421,21 @@ SPEC: dict[str, Any] = {
                 _json(_ref("ActivityResult"), "Recorded; last_activity never moves backwards."),
                 {"422": INVALID},
                 requestBody=IGNORED_BODY,
+            )
+        },
+        f"{PREFIX}/keepalive": {
+            "post": _operation(
+                "keepalive",
+                "Keep the instance running at least N minutes more (audited; never past a cap)",
+                _json(_ref("KeepAliveResult"), "The idle deadline is held until keepalive_until."),
+                {
+                    "409": _error("No session is open: the instance is not running."),
+                    "422": INVALID,
+                },
+                requestBody={
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("KeepAliveRequest")}},
+                },
             )
         },
         f"{PREFIX}/costs": {

@@ -24,6 +24,7 @@ from flask import (
 from . import auth
 from .charts import cost_chart
 from .formatting import FILTERS
+from .idle import KEEPALIVE_CHOICES_MINUTES
 from .panel import Panel, PanelError
 from .status_view import status_view
 from .store import DayCost
@@ -33,6 +34,7 @@ bp = Blueprint("pages", __name__)
 HTMX_VERSION = "2.0.11"
 HTMX_PATH = f"vendor/htmx-{HTMX_VERSION}/htmx.min.js"
 AUDIT_PAGE_SIZE = 20
+NOTIFICATIONS_SHOWN = 10
 CHART_DAYS = 30
 ACTOR = "admin"
 CHANGED_EVENT = "panelChanged"  # tells the cost and audit widgets to reload
@@ -112,6 +114,18 @@ def status_context(notice: str | None = None, notice_is_error: bool = False) -> 
         "instance_id": panel.config.vast_instance_id,
         "auto_shutdown": panel.config.auto_shutdown,
         "gateway_source": panel.config.gateway_source,
+        "keepalive_choices": [
+            m for m in KEEPALIVE_CHOICES_MINUTES if m <= panel.config.keepalive_max_minutes
+        ],
+    }
+
+
+def notifications_context() -> dict[str, Any]:
+    """Gather what `_notifications.html` shows: the webhooks and the latest deliveries."""
+    panel = get_panel()
+    return {
+        "notify_targets": panel.config.notify_targets,
+        "notifications": panel.notification_log(NOTIFICATIONS_SHOWN),
     }
 
 
@@ -172,6 +186,7 @@ def index():
         **status_context(),
         **costs_context(),
         **audit_context(audit_before()),
+        **notifications_context(),
     )
 
 
@@ -190,6 +205,12 @@ def status_widget():
 def costs_widget():
     """Render the cost summary and the chart."""
     return render_template("_costs.html", standalone=True, **costs_context())
+
+
+@bp.get("/partials/notifications")
+def notifications_widget():
+    """Render the webhooks and the latest deliveries."""
+    return render_template("_notifications.html", standalone=True, **notifications_context())
 
 
 @bp.get("/partials/audit")
@@ -211,6 +232,15 @@ def start():
 def stop():
     """Stop the instance (or cancel a queued start) and show the session's runtime and cost."""
     return power_action(lambda panel: panel.power_off(ACTOR).message)
+
+
+@bp.post("/keepalive")
+def keepalive():
+    """Keep the instance running the chosen minutes more (the warning banner's buttons)."""
+    minutes = request.form.get("minutes", type=int)
+    if minutes not in KEEPALIVE_CHOICES_MINUTES:
+        minutes = -1  # refused by the domain with its own message, like any bad value
+    return power_action(lambda panel: panel.keep_alive(ACTOR, minutes).message)
 
 
 @bp.post("/budget/override")

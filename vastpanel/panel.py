@@ -20,15 +20,23 @@ from typing import Any, TypeVar
 import requests
 from sqlite_utils import Database
 
-from . import leases, store
+from . import leases, metrics, notify, store
 from .agent_link import AgentHeartbeats, AgentReport
 from .budget import BudgetExceeded, BudgetRules, BudgetStatus, NoBudget
 from .clock import Clock
 from .config import Config
 from .costs import AllInTotals, CostBook
-from .errors import HealthTimeout, NotConfigured, PanelError, PowerBusy, UpstreamFailed
+from .errors import (
+    HealthTimeout,
+    InvalidRequest,
+    NotConfigured,
+    NotRunning,
+    PanelError,
+    PowerBusy,
+    UpstreamFailed,
+)
 from .events import is_known
-from .idle import ACTIVITY_RESOLUTION_S, IdleRules
+from .idle import ACTIVITY_RESOLUTION_S, IdleRules, KeepAliveResult, nearest_stop
 from .instance_state import InstanceState
 from .logs import install_redaction, redact
 from .power import (
@@ -53,7 +61,10 @@ __all__ = [
     "HEALTH_WAIT_LEASE",
     "MANUAL_STOP",
     "HealthTimeout",
+    "InvalidRequest",
+    "KeepAliveResult",
     "NotConfigured",
+    "NotRunning",
     "Panel",
     "PanelError",
     "PowerBusy",
@@ -90,6 +101,7 @@ class StatusReport:
     all_in: AllInTotals
     budget: BudgetStatus | None
     session_cap_deadline: float | None
+    warn_minutes: float = 0.0
     agent: AgentReport = AgentReport(None)
 
     @property
@@ -129,6 +141,27 @@ class StatusReport:
             return f"the LLM is busy ({load})"
         return None
 
+    @property
+    def session_limit_in_minutes(self) -> float | None:
+        """Minutes before the session limit stops a running instance, or None."""
+        if self.session_cap_deadline is None or self.state.status not in ("running", "exited"):
+            return None
+        return max(0.0, (self.session_cap_deadline - self.now) / 60)
+
+    @property
+    def stop_warning(self) -> str | None:
+        """Say which automatic stop ("idle", "session_limit") is within VAST_WARN_MINUTES."""
+        stops = [
+            (left, reason)
+            for left, reason in (
+                (self.auto_shutdown_in_minutes, "idle"),
+                (self.session_limit_in_minutes, "session_limit"),
+            )
+            if left is not None and left <= self.warn_minutes
+        ]
+        nearest = nearest_stop(stops) if self.warn_minutes > 0 else None
+        return nearest[1] if nearest else None
+
 
 # The entries that end a session: a stop by someone, an auto-shutdown, or a stop seen on vast.ai.
 STOP_DONE_EVENTS = (MANUAL_STOP.complete, AUTO_STOP.complete, "session_closed")
@@ -153,7 +186,15 @@ class LastStop:
         return self.event == "session_closed"
 
 
-class Panel(InstanceReading, PowerActions, IdleRules, CostBook, BudgetRules, AgentHeartbeats):
+class Panel(
+    InstanceReading,
+    PowerActions,
+    IdleRules,
+    CostBook,
+    BudgetRules,
+    notify.Notifications,
+    AgentHeartbeats,
+):
     """Controls one vast.ai instance and keeps its books in SQLite."""
 
     def __init__(
@@ -171,7 +212,11 @@ class Panel(InstanceReading, PowerActions, IdleRules, CostBook, BudgetRules, Age
         self.http = http or requests.Session()
         self.client = (
             VastClient(
-                config.vast_url, config.vast_api_key, session=self.http, sleep=self.clock.sleep
+                config.vast_url,
+                config.vast_api_key,
+                session=self.http,
+                sleep=self.clock.sleep,
+                observe=metrics.observe_vast_call,
             )
             if config.vast_configured
             else None
@@ -208,13 +253,16 @@ class Panel(InstanceReading, PowerActions, IdleRules, CostBook, BudgetRules, Age
             self._local.db = None
 
     def audit(self, event: str, actor: str, **meta: Any) -> None:
-        """Append an audit entry (secrets redacted) and log it as one line."""
+        """Append an audit entry (secrets redacted), queue its notifications, log one line."""
         if not is_known(event, actor):  # an error in the tests (warnings are errors there)
             warnings.warn(
                 f"audit event {event!r} by {actor!r} is not in events.EVENTS", stacklevel=2
             )
         clean = {k: self.redact(v) for k, v in meta.items() if v is not None}
-        store.add_audit(self.db, self.clock.now(), event, actor, clean)
+        now = self.clock.now()
+        told = store.last_notified_ts(self.db, event) if event in notify.REPEAT_QUIET_S else None
+        targets = notify.outbox_targets(self.config, event, clean, now, told)
+        store.add_audit(self.db, now, event, actor, clean, notify=targets)
         details = " ".join(f"{k}={v}" for k, v in sorted(clean.items()))
         log.info("event=%s actor=%s %s", event, actor, details)
 
@@ -256,6 +304,7 @@ class Panel(InstanceReading, PowerActions, IdleRules, CostBook, BudgetRules, Age
             all_in=self.all_in_totals(),
             budget=self.budget_status(),
             session_cap_deadline=self.session_cap_deadline(),
+            warn_minutes=self.config.warn_minutes,
             agent=self.agent_report(session),
         )
 

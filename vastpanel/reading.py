@@ -101,6 +101,7 @@ class InstanceReading:
                     instance_id=state.instance_id,
                     seen_status=state.status,
                     dph_total=state.dph_total,
+                    by_panel=self._started_by_panel(),
                 )
         elif state.actual_status == "stopped" or state.status == "not_found":
             # Stopped, and not by this panel (its stops close the session themselves): by the
@@ -120,6 +121,12 @@ class InstanceReading:
                     **(evidence or {}),
                 )
         self._note_scheduling(state, now)
+
+    def _started_by_panel(self) -> bool:
+        """Tell whether a start was asked of the panel since the last session ended."""
+        requested = store.latest_audit(self.db, ("power_on_requested",))
+        last = store.latest_closed_session(self.db)
+        return requested is not None and (last is None or requested.ts >= last.ended_at)
 
     def _note_scheduling(self, state: InstanceState, now: float) -> None:
         """Remember since when a start waits for the GPU; forget it once it does not."""

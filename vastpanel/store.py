@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -114,7 +114,34 @@ def m005_costs(db: Database) -> None:
 
 
 @migrations()
-def m006_agent_link(db: Database) -> None:
+def m006_notify(db: Database) -> None:
+    """Add the notification outbox: one row per (audit entry, webhook), delivered later."""
+    # target_key is a hash of the webhook URL (a secret, never stored); target_label is its
+    # format, scheme and host. state: pending -> sending (claimed until claimed_until) -> sent,
+    # or back to pending with a later next_attempt_at, or failed (given up).
+    db.execute(
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            audit_id INTEGER NOT NULL REFERENCES audit(id),
+            target_key TEXT NOT NULL,
+            target_label TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            next_attempt_at REAL NOT NULL,
+            claimed_until REAL,
+            done_at REAL,
+            last_error TEXT
+        )"""
+    )
+    db.execute(
+        "CREATE INDEX outbox_undelivered ON outbox(target_key, id) "
+        "WHERE state IN ('pending', 'sending')"
+    )
+
+
+@migrations()
+def m007_agent_link(db: Database) -> None:
     """Keep what the instance's agent last answered to the panel's heartbeat (one row)."""
     db.execute(
         """CREATE TABLE agent_link (
@@ -161,6 +188,23 @@ class AuditEntry:
     event: str
     actor: str
     meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One notification for one webhook, with the audit entry it tells about."""
+
+    id: int
+    target_key: str
+    target_label: str
+    state: str
+    attempts: int
+    created_at: float
+    next_attempt_at: float
+    claimed_until: float | None
+    done_at: float | None
+    last_error: str | None
+    entry: AuditEntry
 
 
 @dataclass(frozen=True)
@@ -337,6 +381,30 @@ def record_activity(db: Database, ts: float, resolution_s: float = 0.0) -> float
     return row[0]
 
 
+def keepalive_until(db: Database, session_id: int) -> float | None:
+    """Return until when a Keep running holds this session, or None."""
+    rows = dict(
+        db.execute(
+            "SELECT key, value FROM state WHERE key IN ('keepalive_until', 'keepalive_session')"
+        ).fetchall()
+    )
+    return rows.get("keepalive_until") if rows.get("keepalive_session") == session_id else None
+
+
+def extend_keepalive(db: Database, session_id: int, until: float) -> float:
+    """Hold the session at least until `until` (a later hold stays); return the hold."""
+    with immediate(db):
+        held = keepalive_until(db, session_id)
+        until = max(until, held or 0.0)
+        for key, value in (("keepalive_until", until), ("keepalive_session", session_id)):
+            db.execute(
+                "INSERT INTO state (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+    return until
+
+
 # --- sessions -------------------------------------------------------------------------------
 
 
@@ -466,14 +534,31 @@ def latest_closed_session(db: Database) -> Session | None:
 # --- audit ------------------------------------------------------------------------------------
 
 
-def add_audit(db: Database, ts: float, event: str, actor: str, meta: dict[str, Any]) -> int:
-    """Append one audit entry and return its id."""
+def add_audit(
+    db: Database,
+    ts: float,
+    event: str,
+    actor: str,
+    meta: dict[str, Any],
+    notify: Sequence[tuple[str, str]] = (),
+) -> int:
+    """Append one audit entry, queue it for each (target key, label) in notify; return its id.
+
+    One transaction: an entry is never recorded without its notifications, nor the reverse.
+    """
     with db.atomic():
         cursor = db.execute(
             "INSERT INTO audit (ts, event, actor, meta) VALUES (?, ?, ?, ?)",
             [ts, event, actor, json.dumps(meta, sort_keys=True, default=str)],
         )
-    return cursor.lastrowid
+        audit_id = cursor.lastrowid
+        for key, label in notify:
+            db.execute(
+                "INSERT INTO outbox (audit_id, target_key, target_label, created_at, "
+                "next_attempt_at) VALUES (?, ?, ?, ?, ?)",
+                [audit_id, key, label, ts, ts],
+            )
+    return audit_id
 
 
 def list_audit(db: Database, limit: int, before_id: int | None = None) -> list[AuditEntry]:
@@ -488,6 +573,99 @@ def list_audit(db: Database, limit: int, before_id: int | None = None) -> list[A
             [before_id, limit],
         ).fetchall()
     return [AuditEntry(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+
+# --- the notification outbox ------------------------------------------------------------------
+
+OUTBOX_COLUMNS = (
+    "o.id, o.target_key, o.target_label, o.state, o.attempts, o.created_at, o.next_attempt_at, "
+    "o.claimed_until, o.done_at, o.last_error, a.id, a.ts, a.event, a.actor, a.meta"
+)
+
+
+def _outbox_row(r: tuple) -> OutboxRow:
+    entry = AuditEntry(r[10], r[11], r[12], r[13], json.loads(r[14]))
+    return OutboxRow(*r[:10], entry=entry)
+
+
+def next_undelivered(db: Database, target_key: str) -> OutboxRow | None:
+    """Return the oldest notification for a webhook not yet sent or given up, or None."""
+    row = db.execute(
+        f"SELECT {OUTBOX_COLUMNS} FROM outbox o JOIN audit a ON a.id = o.audit_id "
+        "WHERE o.target_key = ? AND o.state IN ('pending', 'sending') ORDER BY o.id LIMIT 1",
+        [target_key],
+    ).fetchone()
+    return None if row is None else _outbox_row(row)
+
+
+def claim_outbox(db: Database, row: OutboxRow, claimed_until: float) -> bool:
+    """Mark a notification as being sent (one more attempt) unless someone else changed it."""
+    with db.atomic():
+        cursor = db.execute(
+            "UPDATE outbox SET state = 'sending', attempts = attempts + 1, claimed_until = ? "
+            "WHERE id = ? AND attempts = ? AND state IN ('pending', 'sending')",
+            [claimed_until, row.id, row.attempts],
+        )
+    return cursor.rowcount > 0
+
+
+def finish_outbox(
+    db: Database,
+    row_id: int,
+    attempts: int,
+    state: str,
+    now: float,
+    *,
+    error: str | None = None,
+    next_attempt_at: float | None = None,
+) -> None:
+    """Record how the claimed attempt number `attempts` of a notification ended."""
+    with db.atomic():
+        db.execute(
+            "UPDATE outbox SET state = ?, claimed_until = NULL, last_error = ?, "
+            "next_attempt_at = coalesce(?, next_attempt_at), "
+            "done_at = CASE WHEN ? IN ('sent', 'failed') THEN ? END "
+            "WHERE id = ? AND attempts = ?",
+            [state, error, next_attempt_at, state, now, row_id, attempts],
+        )
+
+
+def drop_orphaned_outbox(db: Database, keys: Sequence[str], now: float) -> int:
+    """Give up the notifications for webhooks no longer configured; return how many."""
+    marks = ", ".join("?" for _ in keys) or "NULL"
+    with db.atomic():
+        cursor = db.execute(
+            "UPDATE outbox SET state = 'failed', done_at = ?, claimed_until = NULL, "
+            "last_error = 'webhook no longer in VAST_NOTIFY_URLS' "
+            f"WHERE state IN ('pending', 'sending') AND target_key NOT IN ({marks})",
+            [now, *keys],
+        )
+    return cursor.rowcount
+
+
+def list_outbox(db: Database, limit: int) -> list[OutboxRow]:
+    """Return the latest notifications, newest first."""
+    rows = db.execute(
+        f"SELECT {OUTBOX_COLUMNS} FROM outbox o JOIN audit a ON a.id = o.audit_id "
+        "ORDER BY o.id DESC LIMIT ?",
+        [limit],
+    ).fetchall()
+    return [_outbox_row(r) for r in rows]
+
+
+def outbox_counts(db: Database) -> dict[str, int]:
+    """Count notifications by state."""
+    return dict(db.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall())
+
+
+def last_notified_ts(db: Database, event: str) -> float | None:
+    """Return when a notification of this event was last queued, or None."""
+    row = db.execute(
+        "SELECT max(o.created_at) FROM outbox o JOIN audit a ON a.id = o.audit_id "
+        "WHERE a.event = ?",
+        [event],
+    ).fetchone()
+    return row[0]
 
 
 def latest_audit(

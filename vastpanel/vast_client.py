@@ -54,8 +54,10 @@ class VastClient:
         session: requests.Session | None = None,
         sleep: Callable[[float], None] | None = None,
         timeout: tuple[float, float] = TIMEOUT_S,
+        observe: Callable[[str, str], None] | None = None,
     ):
         self.base_url = base_url.rstrip("/")
+        self._observe = observe or (lambda method, outcome: None)  # (method, "ok" or error kind)
         self._api_key = api_key
         self._session = session or requests.Session()
         self._sleep = sleep or (lambda s: None)
@@ -113,6 +115,18 @@ class VastClient:
         raise VastError(f"vast.ai's charges did not end within {CHARGES_MAX_PAGES} pages")
 
     def _call(
+        self, method: str, path: str, *, patient: bool = False, **kwargs: Any
+    ) -> dict[str, Any]:
+        """Send one request with retries, report its outcome to the observer; return its body."""
+        try:
+            body = self._call_with_retries(method, path, patient=patient, **kwargs)
+        except VastError as exc:
+            self._observe(method, exc.kind)
+            raise
+        self._observe(method, "ok")
+        return body
+
+    def _call_with_retries(
         self, method: str, path: str, *, patient: bool = False, **kwargs: Any
     ) -> dict[str, Any]:
         """Send one request with retries and turn every failure into a VastError.

@@ -9,6 +9,10 @@ budget or a session past VAST_MAX_SESSION_HOURS is stopped, and the next look is
 when the session cap or the budget falls due. A second job reads vast.ai's charges (costs.py)
 at start-up and every hour.
 
+It also looks once at the warning time (the deadline minus VAST_WARN_MINUTES), where the idle
+rule audits the coming stop once per deadline, and, as the leader, delivers the notification
+outbox every NOTIFY_EVERY_S in a thread of its own, so a slow webhook never delays a look.
+
 Only one process per deployment acts: the one holding the "watchdog" lease in SQLite. It renews
 the lease on every look; the others keep looking only to take the lease over if the leader stops
 renewing it, or at once if the leader's process is gone (a kill -9 on this host).
@@ -34,7 +38,7 @@ from flask import Flask
 from flask.helpers import get_debug_flag
 from flask_apscheduler import APScheduler
 
-from . import leases, store
+from . import leases, metrics, store
 from .config import parse_bool
 from .logs import redact
 from .panel import Panel, PanelError, PowerOffResult
@@ -46,6 +50,9 @@ FLAG = "VASTPANEL_WATCHDOG"
 LEASE = "watchdog"
 LOOK_JOB = "vastpanel-watchdog-look"
 DEADLINE_JOB = "vastpanel-watchdog-deadline"
+WARNING_JOB = "vastpanel-watchdog-warning"
+NOTIFY_JOB = "vastpanel-notify"
+NOTIFY_EVERY_S = 2.0  # how often the leader looks for notifications due
 CHARGES_JOB = "vastpanel-charges-read"
 CHARGES_EVERY_S = 3600.0  # vast.ai's own record is read once an hour (and at start-up)
 # The deadline look fires this long after the deadline, never a rounding error before it.
@@ -64,6 +71,7 @@ class Look:
     stopped: PowerOffResult | None = None
     next_deadline: float | None = None
     error: str | None = None
+    next_warning: float | None = None
 
 
 class Watchdog:
@@ -108,7 +116,10 @@ class Watchdog:
         with self._look_lock:
             now = self.panel.clock.now()
             self.last_look_at = now
-            if not self._hold_lease(now):
+            metrics.WATCHDOG_LAST_LOOK.set(now)
+            leader = self._hold_lease(now)
+            metrics.WATCHDOG_LOOKS.labels(role="leader" if leader else "follower").inc()
+            if not leader:
                 return Look(now, leader=False)
             stopped, error = None, None
             try:
@@ -124,7 +135,7 @@ class Watchdog:
                 log.warning("watchdog: %s", exc.message)
             deadlines = [self.panel.next_idle_deadline(), self.panel.next_cap_deadline()]
             next_deadline = min((d for d in deadlines if d is not None), default=None)
-            return Look(now, True, stopped, next_deadline, error)
+            return Look(now, True, stopped, next_deadline, error, self.panel.next_warning_at())
 
     def read_charges(self) -> bool:
         """Read vast.ai's charges if this process leads; tell whether it did."""
@@ -169,6 +180,18 @@ class Watchdog:
             seconds=CHARGES_EVERY_S,
             next_run_time=datetime.now(UTC),  # at start-up (it takes the lease if free)
         )
+        if self.panel.config.notify_targets:
+            # Added after init_app, whose configure() replaces the executors given above.
+            # A thread of its own: a slow webhook never delays a look.
+            scheduler.scheduler.add_executor(ThreadPoolExecutor(max_workers=1), "notify")
+            scheduler.add_job(
+                NOTIFY_JOB,
+                self._run_delivery,
+                trigger="interval",
+                seconds=NOTIFY_EVERY_S,
+                executor="notify",
+                next_run_time=datetime.now(UTC),  # what was queued before a restart goes now
+            )
         self.scheduler = scheduler
         scheduler.start()
         atexit.register(self.shutdown)
@@ -195,12 +218,30 @@ class Watchdog:
         except Exception as exc:  # at exit the database may be gone; nothing left to protect
             log.warning("watchdog: shutdown: %s", redact(f"{type(exc).__name__}: {exc}"))
 
-    def _run_look(self) -> None:
-        """Run one look from the scheduler; never raise, so no error stops the watchdog."""
+    def _run_delivery(self) -> None:
+        """Deliver due notifications if this process leads; never raise."""
+        if not self.is_leader:
+            return
+        try:
+            self.panel.deliver_notifications()
+        except Exception as exc:
+            text = "".join(traceback.format_exception(exc))
+            log.error("notify: delivery failed:\n%s", redact(text))
+        finally:
+            self.panel.close()  # this pool thread's connection
+
+    def _run_look(self, due_at: float | None = None) -> None:
+        """Run one look from the scheduler; never raise, so no error stops the watchdog.
+
+        due_at is the deadline or warning time a scheduled look is for: its lateness is measured.
+        """
         started = self._look_started = time.monotonic()
+        if due_at is not None:
+            metrics.WATCHDOG_LATENESS.observe(max(0.0, self.panel.clock.now() - due_at))
         try:
             result = self.look()
-            self._schedule_deadline(result.next_deadline if result.leader else None)
+            self._schedule_look(DEADLINE_JOB, result.next_deadline if result.leader else None)
+            self._schedule_look(WARNING_JOB, result.next_warning if result.leader else None)
         except Exception as exc:
             text = "".join(traceback.format_exception(exc))
             log.error("watchdog: look failed:\n%s", redact(text))
@@ -221,7 +262,7 @@ class Watchdog:
         finally:
             self.panel.close()
 
-    def _schedule_deadline(self, deadline: float | None) -> None:
+    def _schedule_look(self, job_id: str, deadline: float | None) -> None:
         """Arrange one look just after a deadline that lies ahead; drop it otherwise.
 
         A deadline already passed is left to the interval looks, so a stop that keeps failing
@@ -233,20 +274,21 @@ class Watchdog:
             delay = None if deadline is None else deadline - self.panel.clock.now()
             if delay is None or delay <= 0:
                 try:
-                    self.scheduler.remove_job(DEADLINE_JOB)
+                    self.scheduler.remove_job(job_id)
                 except JobLookupError:
                     pass
                 return
             # Scheduled by delay, so the panel's clock and the scheduler's need not agree.
             run_at = datetime.now(UTC) + timedelta(seconds=delay + DEADLINE_MARGIN_S)
-            job = self.scheduler.get_job(DEADLINE_JOB)
+            job = self.scheduler.get_job(job_id)
             if job is not None and abs((job.next_run_time - run_at).total_seconds()) < 0.1:
                 return  # already there (each interval look finds the same deadline)
             self.scheduler.add_job(
-                DEADLINE_JOB,
+                job_id,
                 self._run_look,
                 trigger="date",
                 run_date=run_at,
+                args=[deadline],
                 replace_existing=True,
                 # The look that reschedules is itself this job: let the new one run even if
                 # it falls due before that look has returned (looks queue on the look lock).
