@@ -22,7 +22,9 @@ from fault_load import (
     run_outage,
     wait_for,
 )
-from liveserver import PanelProcess, running_simulator
+from liveserver import PanelProcess
+
+from vastpanel.simulator import Simulator
 
 SIM_KEY = "sim-load-key-0123456789abcdef"
 CONTROL_KEY = "load-control-key-fedcba987654"
@@ -35,7 +37,14 @@ IDLE_MINUTES = 0.1  # 6 s: the posters keep it from falling due until they stop
 
 @pytest.fixture
 def sim():
-    with running_simulator(SIM_KEY, INSTANCE_ID) as sim:
+    with Simulator(
+        api_key=SIM_KEY,
+        instance_id=INSTANCE_ID,
+        initial_state="running",
+        schedule_delay=0.0,
+        load_delay=0.0,
+        warm_delay=0.0,
+    ) as sim:
         yield sim
 
 
@@ -79,7 +88,9 @@ def test_activity_and_watchdog_under_load_while_vast_ai_fails_one_call_in_ten(si
         assert report.watchdog_renewals >= SECONDS / INTERVAL_S / 2
         assert report.longest_look_gap_s < 2 * INTERVAL_S
         assert report.watchdog_lapsed == 0
-        assert report.upstream_calls >= 10 and report.upstream_failed >= 1  # faults happened
+        # Faults happened. The panel asks vast.ai at most once per 2 s GET interval (whatever
+        # the 0.2 s TTL) and waits out each 429, so about 8 to 10 calls fit in 20 s.
+        assert report.upstream_calls >= SECONDS / 4 and report.upstream_failed >= 1
         assert "auto_shutdown" not in audit_events(db_path)  # activity kept it alive
 
         # The load is over: the watchdog stops the idle instance once it falls due, once.
