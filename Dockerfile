@@ -13,11 +13,16 @@ COPY . /app
 RUN pip install -e . \
     && useradd --system --uid 10001 --user-group --home-dir /app --no-create-home vastpanel \
     && mkdir -p /app/data \
-    && chown vastpanel:vastpanel /app/data
+    && chown vastpanel:vastpanel /app/data \
+    && chmod 0700 /app/data
 
 USER vastpanel
+# The session cookie is always Secure here: behind a TLS proxy in another container (not on
+# loopback), gunicorn ignores its X-Forwarded-Proto unless FORWARDED_ALLOW_IPS names it, and
+# the cookie would otherwise go out without Secure. See README, "Production".
 ENV VASTPANEL_BIND=0.0.0.0:8000 \
-    VAST_DB_PATH=/app/data/vastpanel.db
+    VAST_DB_PATH=/app/data/vastpanel.db \
+    SESSION_COOKIE_SECURE=true
 # The SQLite file (sessions, costs, audit log) must outlive the container.
 VOLUME ["/app/data"]
 EXPOSE 8000

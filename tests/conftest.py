@@ -86,6 +86,10 @@ class FakeVast:
         self.metrics_gets = 0
         self.puts: list[str] = []
         self.gets = 0
+        # vast.ai's minimum interval per method ({"GET": 2.0}), on the fake clock; empty: off
+        self.rate_limit: dict[str, float] = {}
+        self.refused: list[str] = []  # methods answered 429
+        self._last_accepted: dict[str, float] = {}
         # vast.ai's charges: one (status, body) per page, or a callable(request) -> (status, body)
         self.charges: list[tuple[int, Any]] | Any = [(200, {"success": True, "results": []})]
         self.charges_asked: list[dict[str, str]] = []
@@ -106,7 +110,20 @@ class FakeVast:
         assert self.instance is not None
         self.instance.update(fields)
 
+    def _too_soon(self, method: str) -> bool:
+        """Play vast.ai's rate limit: a request within the interval is refused (429)."""
+        interval = self.rate_limit.get(method)
+        last = self._last_accepted.get(method)
+        now = self.clock.now()
+        if interval and last is not None and now - last < interval:
+            self.refused.append(method)
+            return True
+        self._last_accepted[method] = now
+        return False
+
     def _get(self, request):
+        if self._too_soon("GET"):
+            return 429, {}, "API requests too frequent: endpoint threshold=2.0"
         self.gets += 1
         if self.on_get is not None:
             self.on_get()
@@ -118,6 +135,8 @@ class FakeVast:
         return 200, {}, json.dumps({"instances": self.instance})
 
     def _put(self, request):
+        if self._too_soon("PUT"):
+            return 429, {}, "API requests too frequent"
         state = json.loads(request.body)["state"]
         self.puts.append(state)
         if self.put_answer is not None:

@@ -27,7 +27,7 @@ GRACE_MINUTES = 10.0
 
 @pytest.fixture
 def sim():
-    with running_simulator(VAST_KEY, INSTANCE_ID) as simulator:
+    with running_simulator(VAST_KEY, INSTANCE_ID, rate_limit={}) as simulator:
         yield simulator
 
 
@@ -77,6 +77,12 @@ def make_app(tmp_path, sim, clock, **overrides):
     return create_app(config)
 
 
+def beat(panel):
+    """Read the instance, as the watchdog's look does, then send the heartbeat."""
+    panel.instance_state()
+    return panel.send_agent_heartbeat()
+
+
 def status(app) -> dict:
     response = app.test_client().get("/infra/vast/status", headers={"X-API-Key": CONTROL_KEY})
     assert response.status_code == 200
@@ -104,7 +110,7 @@ def test_the_watchdogs_look_sends_a_signed_heartbeat_the_agent_accepts(tmp_path,
 def test_the_page_shows_the_agent(tmp_path, sim, clock, agent):
     app = make_app(tmp_path, sim, clock)
     panel = app.extensions["vastpanel"]
-    panel.send_agent_heartbeat()
+    beat(panel)
     with app.test_request_context("/"):
         html = render_template("_status.html", standalone=True, **status_context())
     assert 'data-agent="ok"' in html
@@ -117,7 +123,7 @@ def test_no_secret_no_heartbeat_and_status_off(tmp_path, sim, clock, agent):
     panel = app.extensions["vastpanel"]
     before = agent.state.last_heartbeat
     clock.advance(30)
-    assert panel.send_agent_heartbeat() is None
+    assert beat(panel) is None
     assert agent.state.last_heartbeat == before
     assert status(app)["agent"] == "off"
 
@@ -125,10 +131,10 @@ def test_no_secret_no_heartbeat_and_status_off(tmp_path, sim, clock, agent):
 def test_a_wrong_secret_is_refused_and_shown_unreachable(tmp_path, sim, clock, agent):
     app = make_app(tmp_path, sim, clock, VAST_AGENT_SECRET="another-secret-0123456789")
     panel = app.extensions["vastpanel"]
-    first = panel.send_agent_heartbeat()
+    first = beat(panel)
     assert first.failures == 1 and first.error == "HTTP 401: bad signature"
     assert status(app)["agent"] is None  # one failure may be the container still starting
-    panel.send_agent_heartbeat()
+    beat(panel)
     assert status(app)["agent"] == "unreachable"
 
 
@@ -138,31 +144,32 @@ def test_unreachable_is_audited_once_per_session(tmp_path, sim, clock):
     panel = app.extensions["vastpanel"]
     for _ in range(4):
         clock.advance(60)
-        panel.send_agent_heartbeat()
+        beat(panel)
     (entry,) = events(panel, "agent_unreachable")
     assert entry.meta["failures"] == 2 and "cannot connect" in entry.meta["error"]
     assert SECRET not in str(entry.meta)
     # A new session may be audited again.
     panel.power_off("api")
     sim.external("start")
+    clock.advance(60)  # the panel asks vast.ai at most every 2 s
     assert panel.instance_state().status == "running"
     for _ in range(3):
         clock.advance(60)
-        panel.send_agent_heartbeat()
+        beat(panel)
     assert len(events(panel, "agent_unreachable")) == 2
 
 
 def test_a_switched_off_agent_shows_off(tmp_path, sim, clock, agent):
     object.__setattr__(agent.config, "enabled", False)
     app = make_app(tmp_path, sim, clock)
-    app.extensions["vastpanel"].send_agent_heartbeat()
+    beat(app.extensions["vastpanel"])
     assert status(app)["agent"] == "off"
 
 
 def test_a_stop_seen_after_the_agents_grace_is_booked_as_the_agents(tmp_path, sim, clock, agent):
     app = make_app(tmp_path, sim, clock)
     panel = app.extensions["vastpanel"]
-    panel.send_agent_heartbeat()
+    beat(panel)
     clock.advance(GRACE_MINUTES * 60 + 1)
     sim.external("stop")  # as the agent would, with nobody telling the panel
     assert panel.instance_state().status == "stopped"
@@ -180,7 +187,7 @@ def test_a_stop_seen_after_the_agents_grace_is_booked_as_the_agents(tmp_path, si
 def test_a_stop_seen_within_the_grace_is_not_the_agents(tmp_path, sim, clock, agent):
     app = make_app(tmp_path, sim, clock)
     panel = app.extensions["vastpanel"]
-    panel.send_agent_heartbeat()
+    beat(panel)
     clock.advance(60)
     sim.external("stop")  # from vast.ai's console
     assert panel.instance_state().status == "stopped"

@@ -1,13 +1,24 @@
 """Every /infra/vast endpoint: success, each error code and each kind of bad input."""
 
 import json
+import sqlite3
 import threading
 import time
 
 import pytest
+import responses
+from page_support import sign_in
 
-from conftest import CONTROL_KEY, HEALTH_URL, INSTANCE_ID, base_config, load_fixture
+from conftest import (
+    CONTROL_KEY,
+    HEALTH_URL,
+    INSTANCE_ID,
+    INSTANCE_URL,
+    base_config,
+    load_fixture,
+)
 from vastpanel import create_app, store
+from vastpanel.instance_state import KEPT_FIELDS
 
 ROUTES = [
     ("get", "/infra/vast/status"),
@@ -129,6 +140,28 @@ def test_status_not_found(client, vast):
     assert body["instance_id"] == INSTANCE_ID
 
 
+def test_a_gone_instance_404_not_found_is_not_found_and_closes_the_session(client, vast, clock):
+    vast.set_running()
+    client.get("/infra/vast/status")
+    clock.advance(60)
+    gone = {"success": False, "error": "not_found", "msg": "Instance not found"}
+    vast.mock.replace(responses.GET, INSTANCE_URL, status=404, json=gone)
+    body = client.get("/infra/vast/status").json
+    assert body["status"] == "not_found"
+    assert client.get("/infra/vast/costs").json["total_runtime_hours"] == pytest.approx(1 / 60)
+    response = client.post("/infra/vast/power/off")
+    assert response.status_code == 502 and "does not know" in response.json["detail"]
+
+
+def test_sign_in_and_the_api_accept_the_same_punctuated_ascii_key(tmp_path, clock, vast):
+    key = "!#$%&'()*+,-./:;<=>?@[]^_`{|}~09azAZ"
+    app = create_app({**base_config(tmp_path, CONTROL_API_KEY=key), "CLOCK": clock})
+    api = app.test_client()
+    assert api.get("/infra/vast/costs", headers={"X-API-Key": key}).status_code == 200
+    assert sign_in(app.test_client(), key).status_code == 303
+    app.extensions["vastpanel"].close()
+
+
 @pytest.mark.parametrize(
     ("missing", "named"),
     [
@@ -164,13 +197,18 @@ def test_one_upstream_call_per_ttl_for_many_pollers(client, vast, clock):
     assert vast.gets == 2
 
 
-def test_ttl_zero_asks_every_time(tmp_path, clock, vast):
+def test_ttl_zero_asks_every_time_but_not_within_vast_ais_get_interval(tmp_path, clock, vast):
     app = create_app({**base_config(tmp_path, VAST_STATUS_TTL_S="0"), "CLOCK": clock})
     client = app.test_client()
     client.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY
     for _ in range(3):
         client.get("/infra/vast/status")
+        clock.advance(2.0)
     assert vast.gets == 3
+    for _ in range(3):
+        client.get("/infra/vast/status")
+        clock.advance(0.6)
+    assert vast.gets == 4  # vast.ai would answer 429 to a GET within 2 s of the last one
 
 
 def test_concurrent_pollers_share_one_call(client, vast):
@@ -316,9 +354,25 @@ def test_power_on_health_timeout_is_504(client, vast, clock):
     assert sum(clock.slept) == pytest.approx(600)
 
 
-@pytest.mark.parametrize("status", ["loading", "scheduling", "creating"])
+def test_a_public_ipaddr_with_a_path_is_never_fetched(client, vast, clock):
+    vast.set_running()
+    vast.set(public_ipaddr="203.0.113.7:41234/x?")  # would make .../x?:41234/health
+    status = client.get("/infra/vast/status").json
+    assert status["status"] == "running" and status["endpoint_base_url"] is None
+    assert "not a bare IP address" in status["message"]
+    response = client.post("/infra/vast/power/on", json={"wait_for_health": True})
+    assert response.status_code == 504
+    assert non_api_calls(vast) == []
+
+
+def non_api_calls(vast) -> list[str]:
+    """Return the URLs of every request that was not to vast.ai's API."""
+    return [c.request.url for c in vast.mock.calls if not c.request.url.startswith(INSTANCE_URL)]
+
+
+@pytest.mark.parametrize("status", ["loading", "scheduling", "creating", "rebooting"])
 def test_a_start_under_way_sends_no_second_start(client, vast, status):
-    actual = {"loading": "loading", "scheduling": "stopped", "creating": "created"}[status]
+    actual = {"scheduling": "stopped", "creating": "created"}.get(status, status)
     vast.set(actual_status=actual, intended_status="running")
     response = client.post("/infra/vast/power/on", json={"wait_for_health": False})
     assert response.status_code == 200
@@ -474,6 +528,27 @@ def test_power_off_confirms_a_shared_stopped_answer_afresh(client, vast, clock):
     assert response.json["session_runtime_minutes"] == 0.0
 
 
+def test_a_manual_stop_right_after_a_status_read_waits_out_the_rate_limit(client, vast, clock):
+    vast.rate_limit = {"GET": 2.0, "PUT": 1.0}
+    assert client.get("/infra/vast/status").json["status"] == "stopped"
+    vast.set_running()  # started in the console; the shared answer still says stopped
+    clock.advance(0.5)
+    response = client.post("/infra/vast/power/off")
+    assert response.status_code == 200, response.json
+    assert vast.refused == ["GET"] and vast.puts == ["stopped"]
+    assert clock.slept == [2.0]
+
+
+def test_a_stop_right_after_a_start_waits_out_the_put_interval(client, vast, clock):
+    vast.rate_limit = {"GET": 2.0, "PUT": 1.0}
+    vast.boot_after = 0
+    assert client.post("/infra/vast/power/on", json={"wait_for_health": False}).status_code == 200
+    response = client.post("/infra/vast/power/off")
+    assert response.status_code == 200, response.json
+    assert vast.puts == ["running", "stopped"] and vast.refused == ["PUT"]
+    assert clock.slept == [1.0]
+
+
 def test_power_off_failure_is_502_and_loses_nothing(client, vast, clock):
     vast.set_running()
     client.get("/infra/vast/status")
@@ -521,13 +596,23 @@ def test_activity_calls_nothing_upstream(client, vast, clock):
     assert vast.gets == 0 and vast.puts == []
 
 
-@pytest.mark.parametrize("body", ["{nope", "[]", "42"])
+@pytest.mark.parametrize("body", ["{nope", "[]", "42", "[" * 100_000, '{"a":' * 100_000])
 def test_activity_bad_body_is_422_and_records_nothing(client, body):
     response = client.post(
         "/infra/vast/activity", data=body, headers={"Content-Type": "application/json"}
     )
     assert response.status_code == 422
     assert client.get("/infra/vast/status").json["last_activity"] is None
+
+
+@pytest.mark.parametrize("path", ["/power/on", "/power/off"])
+def test_a_deeply_nested_body_is_422_and_sends_nothing(client, vast, path):
+    response = client.post(
+        "/infra/vast" + path, data="[" * 100_000, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json == {"detail": "body: JSON nested too deeply"}
+    assert vast.gets == 0 and vast.puts == []
 
 
 def test_costs_average(client, vast, clock):
@@ -603,3 +688,39 @@ def test_state_survives_a_restart(tmp_path, clock, vast):
     assert body["total_runtime_hours"] == pytest.approx(610 / 3600)
     assert body["last_activity"] is not None
     assert second.get("/infra/vast/costs").json["sessions_count"] == 1
+
+
+def test_the_stored_answer_keeps_only_the_fields_the_panel_uses(client, app, vast):
+    vast.set_running()
+    vast.set(
+        extra_env=[["HF_TOKEN", "hf_secret_token_value"]],
+        ssh_host="ssh5.vast.ai",
+        ssh_port=20554,
+        jupyter_token="jupyter-secret-token",
+        onstart="export OPENAI_API_KEY=sk-secret",
+    )
+    assert client.get("/infra/vast/status").json["status"] == "running"
+    panel = app.extensions["vastpanel"]
+    with sqlite3.connect(panel.config.db_path) as conn:
+        (stored,) = conn.execute("SELECT payload FROM instance_cache").fetchone()
+    for secret in ("hf_secret", "ssh5", "20554", "jupyter-secret", "sk-secret", "extra_env"):
+        assert secret not in stored
+    kept = json.loads(stored)
+    assert set(kept) <= KEPT_FIELDS
+    assert {"actual_status", "public_ipaddr", "ports", "dph_total"} <= set(kept)
+
+
+def test_no_get_within_vast_ais_interval_of_the_last_one_even_after_a_retry(tmp_path, clock, vast):
+    app = create_app({**base_config(tmp_path, VAST_STATUS_TTL_S="0"), "CLOCK": clock})
+    client = app.test_client()
+    client.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY
+    vast.rate_limit = {"GET": 2.0, "PUT": 1.0}
+    client.get("/infra/vast/status")  # the shared answer: stopped
+    vast.set_running()
+    clock.advance(0.5)
+    assert client.post("/infra/vast/power/off").status_code == 200  # fresh GET: 429, waits 2 s
+    assert vast.refused == ["GET"]
+    clock.advance(1.5)  # 3.5 s after the stop's first GET was asked, 1.5 s after it came back
+    client.get("/infra/vast/status")
+    assert vast.refused == ["GET"] and vast.gets == 2  # reused: asking would meet a 429
+    app.extensions["vastpanel"].close()

@@ -13,7 +13,14 @@ from page_support import HTMX, TOKEN, csrf_token, sign_in, signed_in_client
 from conftest import CONTROL_KEY, VAST_KEY, base_config
 from vastpanel import ConfigError, create_app
 
-PAGES = ["/", "/?before=5", "/partials/status", "/partials/costs", "/partials/audit"]
+PAGES = [
+    "/",
+    "/?before=5",
+    "/partials/status",
+    "/partials/costs",
+    "/partials/audit",
+    "/partials/signins",
+]
 ACTIONS = ["/power/on", "/power/off"]
 
 
@@ -87,7 +94,7 @@ def test_a_session_cookie_does_not_open_the_json_api(admin):
 # --- signing in and out --------------------------------------------------------------------------
 
 
-def test_sign_in_with_the_key_sets_a_safe_cookie_holding_only_a_marker(app, anon, panel):
+def test_sign_in_with_the_key_sets_a_safe_cookie_holding_only_a_sign_in_id(app, anon, panel):
     response = sign_in(anon)
     assert response.status_code == 303
     assert response.headers["Location"] == "/"
@@ -96,8 +103,10 @@ def test_sign_in_with_the_key_sets_a_safe_cookie_holding_only_a_marker(app, anon
     assert "Secure" not in cookie  # plain http here; see the HTTPS test
     assert CONTROL_KEY not in cookie
     data = session_of(app, anon)
-    assert set(data) <= {"admin", "_permanent", "csrf_token"}
+    assert set(data) <= {"signin", "_permanent", "csrf_token"}
     assert CONTROL_KEY not in str(data)
+    (row,) = panel.db.execute("SELECT id, revoked_at FROM signin_sessions").fetchall()
+    assert data["signin"] == row[0] and row[1] is None
     assert anon.get("/").status_code == 200
     signed_in = panel.audit_log(5)[0]
     assert (signed_in.event, signed_in.actor) == ("admin_signed_in", "admin")
@@ -148,6 +157,72 @@ def test_sign_out_ends_the_session(admin, panel):
     assert admin.get("/").status_code == 302
     assert admin.get("/partials/status", headers=HTMX).headers["HX-Redirect"] == "/signin"
     assert panel.audit_log(5)[0].event == "admin_signed_out"
+
+
+def test_a_copied_cookie_replayed_after_sign_out_is_refused(app, admin, panel, vast):
+    copy = app.test_client()
+    copy.set_cookie("vastpanel_session", admin.get_cookie("vastpanel_session").value)
+    assert copy.get("/").status_code == 200  # the copy works while the sign-in is open
+    token = csrf_token(copy, "/")
+    admin.post("/signout", data={"csrf_token": csrf_token(admin, "/")})
+
+    assert copy.get("/").status_code == 302
+    response = copy.post("/power/off", data={"csrf_token": token})
+    assert response.status_code == 302 and response.headers["Location"] == "/signin"
+    assert vast.puts == []
+
+
+def test_sign_out_everywhere_ends_every_browser(app, panel, vast):
+    first, second = signed_in_client(app), signed_in_client(app)
+    page = first.get("/").get_data(as_text=True)
+    assert page.count("this browser") == 1
+    assert 'action="/signout/everywhere"' in page
+    response = first.post("/signout/everywhere", data={"csrf_token": csrf_token(first, "/")})
+    assert response.status_code == 303 and response.headers["Location"] == "/signin"
+    assert "2 sign-ins ended" in first.get("/signin").get_data(as_text=True)
+    assert first.get("/").status_code == 302
+    assert second.get("/").status_code == 302
+    ended = panel.audit_log(5)[0]
+    assert (ended.event, ended.meta["signins_ended"]) == ("admin_signed_out_everywhere", 2)
+
+
+def test_the_page_lists_open_sign_ins_with_their_last_use(app, panel, clock):
+    first = signed_in_client(app)
+    clock.advance(3600)
+    signed_in_client(app)
+    html = first.get("/partials/signins", headers=HTMX).get_data(as_text=True)
+    assert html.count("<tr") == 3  # header and two sign-ins
+    assert "this browser" in html and 'hx-get="/partials/signins"' in html
+    listed = panel.open_signins(
+        panel.db.execute("SELECT key_marker FROM signin_sessions").fetchone()[0], None
+    )
+    assert [s.last_used_at for s in listed] == [clock.now(), clock.now()]  # first used just now
+
+
+def test_last_use_is_written_at_most_once_a_minute(admin, panel, clock):
+    def last_used():
+        return panel.db.execute("SELECT last_used_at FROM signin_sessions").fetchone()[0]
+
+    signed_at = last_used()
+    clock.advance(30)
+    admin.get("/partials/costs", headers=HTMX)
+    assert last_used() == signed_at
+    clock.advance(31)
+    admin.get("/partials/costs", headers=HTMX)
+    assert last_used() == signed_at + 61
+
+
+def test_a_sign_in_unused_for_seven_days_ends(admin, clock):
+    clock.advance(7 * 86400 + 1)
+    assert admin.get("/").status_code == 302
+
+
+def test_sign_in_and_out_audit_no_secret(app, admin, panel):
+    admin.post("/signout", data={"csrf_token": csrf_token(admin, "/")})
+    signin_id = panel.db.execute("SELECT id FROM signin_sessions").fetchone()[0]
+    for entry in panel.audit_log(10):
+        text = str(entry.meta)
+        assert CONTROL_KEY not in text and signin_id not in text and app.secret_key not in text
 
 
 def test_an_admin_already_signed_in_skips_the_form(admin):

@@ -267,7 +267,7 @@ def test_a_lost_session_and_a_failing_vast_ai(browser, server, sim):
     sign_in(page, server)
     sim.pause()  # vast.ai refuses connections
     try:
-        page.wait_for_timeout(1100)  # past the 1 s cached answer
+        page.wait_for_timeout(2100)  # past the cached answer (reused 2 s: vast.ai's GET interval)
         page.click("#status button:has-text('Refresh')")
         follow_badge(page, "error", timeout_s=15)
         assert page.is_visible("#status .notice-error:has-text('vast.ai is unreachable')")

@@ -61,6 +61,9 @@ def test_values_are_typed():
         ("VAST_HEALTH_PATH", "health"),
         ("VAST_HEALTH_PATH", "//evil.example/health"),
         ("VAST_URL", "console.vast.ai"),
+        ("CONTROL_API_KEY", "short-key-15chr"),
+        ("CONTROL_API_KEY", "clé-très-secrète-0123456789"),
+        ("CONTROL_API_KEY", "key with spaces 0123456789"),
     ],
 )
 def test_bad_value_stops_start_up_naming_the_variable(name, value):
@@ -80,3 +83,15 @@ def test_empty_values_count_as_unset():
     config = Config.from_env({"VAST_API_KEY": "", "VAST_INSTANCE_ID": " ", "VAST_DB_PATH": ""})
     assert config.missing_vast_settings == ["VAST_API_KEY", "VAST_INSTANCE_ID"]
     assert config.db_path == "data/vastpanel.db"
+
+
+def test_a_sixteen_character_ascii_control_key_is_accepted():
+    assert Config.from_env({"CONTROL_API_KEY": " 0123456789abcdef "}).control_api_key == (
+        "0123456789abcdef"
+    )
+
+
+def test_a_bad_control_key_is_never_echoed_in_the_error():
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"CONTROL_API_KEY": "tiny-secret"})
+    assert "tiny-secret" not in str(caught.value)

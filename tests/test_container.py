@@ -110,10 +110,32 @@ def test_compose_example(compose_service):
     assert volume.split(":")[1] == json.loads(last("VOLUME"))[0]
     assert all(port.startswith("127.0.0.1:") for port in compose_service["ports"])
     env = compose_service["environment"]
-    known = config_variables() | {"VASTPANEL_BIND", "VASTPANEL_WORKERS", "VASTPANEL_THREADS"}
+    known = config_variables() | {
+        "VASTPANEL_BIND",
+        "VASTPANEL_WORKERS",
+        "VASTPANEL_THREADS",
+        "SESSION_COOKIE_SECURE",
+        "FORWARDED_ALLOW_IPS",
+    }
     assert set(env) <= known, set(env) - known
     for secret in ("VAST_API_KEY", "CONTROL_API_KEY"):
         assert env[secret].startswith("${" + secret + ":?"), "secrets come from .env"
     readme = (ROOT / "README.md").read_text()
     for name in env:
         assert f"`{name}`" in readme, f"{name} is not documented in the README"
+
+
+def test_the_container_cookie_is_secure_by_default(compose_service):
+    # Behind a TLS proxy that is not on loopback gunicorn does not trust X-Forwarded-Proto
+    # (FORWARDED_ALLOW_IPS): without this the cookie would lose Secure.
+    assert dockerfile_env()["SESSION_COOKIE_SECURE"] == "true"
+    assert (
+        compose_service["environment"]["SESSION_COOKIE_SECURE"] == "${SESSION_COOKIE_SECURE:-true}"
+    )
+    readme = (ROOT / "README.md").read_text()
+    assert "`FORWARDED_ALLOW_IPS`" in readme
+
+
+def test_the_data_folder_is_private_in_the_image():
+    run = " ".join(rest for word, rest in instructions() if word == "RUN")
+    assert "chmod 0700 /app/data" in run

@@ -112,7 +112,7 @@ def test_idle_deadline_counts_from_the_latest_signal():
         return idle_deadline(
             auto_shutdown=True,
             idle_minutes=30,
-            session_started_at=1000.0,
+            held_since=1000.0,
             last_activity=last_activity,
             llm_active_at=llm_active_at,
         )
@@ -133,7 +133,7 @@ def test_metrics_settings_default_and_validate():
     config = Config.from_env({"VAST_HEALTH_PORT": "9001"})
     assert config.idle_sources == ("gateway", "llm")
     assert config.llm_metrics_port == 9001  # nginx's port, which routes /metrics
-    assert (config.metrics_path, config.metrics_every_s) == ("/metrics", 15.0)
+    assert (config.llm_metrics_path, config.llm_metrics_every_s) == ("/metrics", 15.0)
     config = Config.from_env(
         {
             "VAST_IDLE_SOURCES": " LLM ",
@@ -143,7 +143,7 @@ def test_metrics_settings_default_and_validate():
         }
     )
     assert config.idle_sources == ("llm",) and config.llm_metrics_port == 8000
-    assert "metrics-token-123" in config.secrets and config.metrics_every_s == 5
+    assert "metrics-token-123" in config.secrets and config.llm_metrics_every_s == 5
     for name, value in [
         ("VAST_IDLE_SOURCES", "gateway,gpu"),
         ("VAST_IDLE_SOURCES", ","),

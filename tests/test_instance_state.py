@@ -3,7 +3,10 @@
 import pytest
 
 from conftest import load_fixture
-from vastpanel.instance_state import endpoint_base_url, read_instance_state
+from vastpanel.instance_state import (
+    endpoint_base_url,
+    read_instance_state,
+)
 
 
 def running():
@@ -25,6 +28,7 @@ def running():
         ("unknown", "running", "unknown"),
         ("offline", "running", "offline"),
         ("running", "stopped", "stopping"),
+        ("restarting", "running", "restarting"),
         ("something_new", "running", "something_new"),
     ],
 )
@@ -48,7 +52,7 @@ def test_running_endpoint_uses_stripped_ip_and_mapped_host_port():
     assert state.endpoint_base_url == "http://203.0.113.7:41234"
     assert state.gpu_name == "RTX 3090"
     assert state.dph_total == 0.45
-    assert state.gpu_held
+    assert state.gpu_billed and not state.down
 
 
 def test_endpoint_follows_the_configured_container_port():
@@ -78,7 +82,7 @@ def test_exited_message_carries_the_host_text():
     instance = dict(running(), actual_status="exited", status_msg="OOM killed")
     state = read_instance_state(instance, 4242, 8001)
     assert "OOM killed" in state.message
-    assert state.gpu_held
+    assert not state.gpu_billed and state.down
 
 
 def test_garbage_field_types_do_not_crash():
@@ -86,3 +90,64 @@ def test_garbage_field_types_do_not_crash():
     state = read_instance_state(instance, 4242, 8001)
     assert state.dph_total is None
     assert state.instance_id == 4242
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "127.0.0.1:18120/x?",
+        "evil.example",
+        "203.0.113.7/health#",
+        "203.0.113.7 203.0.113.8",
+        "user@203.0.113.7",
+        "fe80::1%eth0",
+        "",
+        "  ",
+        None,
+        17,
+    ],
+)
+def test_a_public_ipaddr_that_is_not_a_bare_address_leaves_the_endpoint_unknown(raw):
+    state = read_instance_state(dict(running(), public_ipaddr=raw), 4242, 8001)
+    assert state.status == "running"
+    assert state.endpoint_base_url is None
+    assert "endpoint is unknown" in state.message and "not a bare IP address" in state.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "url"),
+    [
+        (" 203.0.113.7\n", "http://203.0.113.7:41234"),
+        ("2001:db8::7", "http://[2001:db8::7]:41234"),
+        ("\t2001:DB8:0:0::7 ", "http://[2001:db8::7]:41234"),
+        ("::ffff:203.0.113.7", "http://[::ffff:cb00:7107]:41234"),
+    ],
+)
+def test_bare_ipv4_and_ipv6_addresses_make_the_endpoint(raw, url):
+    state = read_instance_state(dict(running(), public_ipaddr=raw), 4242, 8001)
+    assert state.endpoint_base_url == url
+
+
+@pytest.mark.parametrize("host_port", ["0", "65536", "٤١٢٣٤", "41234/x"])
+def test_a_host_port_that_is_not_a_port_leaves_the_endpoint_unknown(host_port):
+    instance = dict(running(), ports={"8001/tcp": [{"HostIp": "0.0.0.0", "HostPort": host_port}]})
+    assert endpoint_base_url(instance, 8001) is None
+
+
+@pytest.mark.parametrize(
+    ("actual", "billed", "down", "starting"),
+    [
+        ("running", True, False, False),
+        ("frozen", True, False, False),
+        ("exited", False, True, False),
+        ("unknown", False, True, False),
+        ("offline", False, True, False),
+        ("loading", False, False, True),
+        ("rebooting", False, False, True),
+        ("restarting", False, False, True),
+        ("created", False, False, True),
+    ],
+)
+def test_gpu_time_is_billed_only_while_running_or_frozen(actual, billed, down, starting):
+    state = read_instance_state(dict(running(), actual_status=actual), 4242, 8001)
+    assert (state.gpu_billed, state.down, state.starting) == (billed, down, starting)

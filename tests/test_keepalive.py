@@ -26,7 +26,7 @@ def running(vast, panel) -> store.Session:
 
 
 def test_keepalive_holds_the_pure_deadline_at_least_until_then():
-    plain = {"auto_shutdown": True, "idle_minutes": 30, "session_started_at": 1000.0}
+    plain = {"auto_shutdown": True, "idle_minutes": 30, "held_since": 1000.0}
     assert idle_deadline(**plain, last_activity=2000.0) == 2000.0 + IDLE_S
     assert idle_deadline(**plain, last_activity=2000.0, keepalive_until=9000.0) == 9000.0
     # A keep-alive that ends before the idle time does not shorten it.

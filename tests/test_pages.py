@@ -407,7 +407,16 @@ def test_the_audit_log_pages_back_with_before(admin, panel):
     assert "Older entries" not in page
 
 
-def test_a_nonsense_before_shows_the_newest_entries(admin, panel):
+def test_an_empty_before_shows_the_newest_entries(admin, panel):
     panel.audit("session_opened", "system")
-    html = admin.get("/partials/audit?before=abc", headers=HTMX).get_data(as_text=True)
+    html = admin.get("/partials/audit?before=", headers=HTMX).get_data(as_text=True)
     assert 'data-event="session_opened"' in html
+
+
+@pytest.mark.parametrize("before", ["abc", "99999999999999999999", "-5", "0", "1e3"])
+@pytest.mark.parametrize("path", ["/", "/partials/audit"])
+def test_an_unusable_before_is_refused_like_the_api(admin, panel, path, before):
+    panel.audit("session_opened", "system")
+    response = admin.get(f"{path}?before={before}", headers=HTMX)
+    assert response.status_code == 400
+    assert "before must be" in response.get_data(as_text=True)

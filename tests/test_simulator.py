@@ -25,6 +25,7 @@ def clock():
 def sim(clock):
     """A started simulator on loopback with exact, clock-driven phases."""
     with Simulator(
+        rate_limit={},
         api_key=KEY,
         instance_id=IID,
         clock=clock,
@@ -191,7 +192,9 @@ def test_public_ipaddr_has_trailing_newline_and_addresses_the_llm_stack(sim, htt
 
 def test_dph_total_is_gpu_plus_storage_per_hour(clock):
     hardware = Hardware(dph_base=0.3, storage_cost=0.2, disk_space=72.0)
-    with Simulator(api_key=KEY, instance_id=IID, clock=clock, hardware=hardware) as sim:
+    with Simulator(
+        rate_limit={}, api_key=KEY, instance_id=IID, clock=clock, hardware=hardware
+    ) as sim:
         row = sim.instance()
     assert row["storage_total_cost"] == pytest.approx(0.2 * 72 / 720)
     assert row["dph_total"] == pytest.approx(0.3 + 0.02)
@@ -250,7 +253,13 @@ def test_start_within_stop_delay_keeps_the_container(sim, http, clock):
 
 def test_zero_delays_run_at_once(clock):
     with Simulator(
-        api_key=KEY, instance_id=IID, clock=clock, schedule_delay=0, load_delay=0, warm_delay=0
+        rate_limit={},
+        api_key=KEY,
+        instance_id=IID,
+        clock=clock,
+        schedule_delay=0,
+        load_delay=0,
+        warm_delay=0,
     ) as sim:
         with requests.Session() as http:
             http.headers["Authorization"] = f"Bearer {KEY}"
@@ -260,7 +269,9 @@ def test_zero_delays_run_at_once(clock):
 
 
 def test_real_clock_with_short_delays():
-    with Simulator(api_key=KEY, instance_id=IID, schedule_delay=0.05, load_delay=0.05) as sim:
+    with Simulator(
+        rate_limit={}, api_key=KEY, instance_id=IID, schedule_delay=0.05, load_delay=0.05
+    ) as sim:
         with requests.Session() as http:
             http.headers["Authorization"] = f"Bearer {KEY}"
             put_state(sim, http, "running")
@@ -271,7 +282,12 @@ def test_real_clock_with_short_delays():
 
 def test_initial_creating_phase_shows_null_status(clock):
     with Simulator(
-        api_key=KEY, instance_id=IID, clock=clock, initial_state="creating", create_delay=5
+        rate_limit={},
+        api_key=KEY,
+        instance_id=IID,
+        clock=clock,
+        initial_state="creating",
+        create_delay=5,
     ) as sim:
         assert (sim.instance()["actual_status"], sim.instance()["intended_status"]) == (
             None,
@@ -284,7 +300,9 @@ def test_initial_creating_phase_shows_null_status(clock):
 
 
 def test_initial_running_state(clock):
-    with Simulator(api_key=KEY, instance_id=IID, clock=clock, initial_state="running") as sim:
+    with Simulator(
+        rate_limit={}, api_key=KEY, instance_id=IID, clock=clock, initial_state="running"
+    ) as sim:
         assert sim.instance()["actual_status"] == "running"
         assert "ports" in sim.instance()
 
@@ -363,7 +381,7 @@ def test_rate_limit_fault_json_with_retry_after_then_recovers(sim, http):
         response = show(sim, http)
         assert response.status_code == 429
         assert response.headers["Retry-After"] == "1.5"
-        assert response.json() == {"detail": "API requests too frequent endpoint threshold=2.0"}
+        assert response.json() == {"detail": "API requests too frequent: endpoint threshold=2.0"}
     assert show(sim, http).status_code == 200
     assert [r["status"] for r in sim.requests()] == [429, 429, 200]
 
@@ -373,7 +391,7 @@ def test_rate_limit_fault_plain_text_without_retry_after(sim, http):
     response = show(sim, http)
     assert response.status_code == 429 and "Retry-After" not in response.headers
     assert response.headers["Content-Type"].startswith("text/plain")
-    assert response.text == "API requests too frequent endpoint threshold=2.0"
+    assert response.text == "API requests too frequent: endpoint threshold=2.0"
     with pytest.raises(ValueError):
         response.json()
 
@@ -512,7 +530,7 @@ def test_bad_fault_is_rejected(sim):
         sim.add_fault("resources_unavailable", count=1)
 
 
-# --- optional rate-limit emulation ---
+# --- rate limits, on by default as on vast.ai ---
 
 
 def test_rate_limit_emulation_per_endpoint_and_method(clock):
@@ -522,10 +540,70 @@ def test_rate_limit_emulation_per_endpoint_and_method(clock):
             assert show(sim, http).status_code == 200
             response = show(sim, http)
             assert response.status_code == 429
-            assert response.json() == {"detail": "API requests too frequent endpoint threshold=2.0"}
+            assert response.text == "API requests too frequent: endpoint threshold=2.0"
             assert put_state(sim, http, "running").status_code == 200  # PUT is not limited
             clock.advance(2.0)
             assert show(sim, http).status_code == 200
+
+
+def test_rate_limits_are_on_by_default_plain_text_without_retry_after(clock):
+    with Simulator(api_key=KEY, instance_id=IID, clock=clock) as sim:
+        assert sim.state()["rate_limit"] == {"GET": 2.0, "PUT": 1.0}
+        with requests.Session() as http:
+            http.headers["Authorization"] = f"Bearer {KEY}"
+            assert show(sim, http).status_code == 200
+            clock.advance(1.9)
+            refused = show(sim, http)
+            assert refused.status_code == 429
+            assert refused.text == "API requests too frequent: endpoint threshold=2.0"
+            assert refused.headers["Content-Type"].startswith("text/plain")
+            assert "Retry-After" not in refused.headers
+            assert put_state(sim, http, "running").status_code == 200
+            put = put_state(sim, http, "stopped")
+            assert put.status_code == 429 and put.text.endswith("threshold=1.0")
+            clock.advance(0.1)  # 2.0 s after the last accepted GET (a 429 does not count)
+            assert show(sim, http).status_code == 200
+            clock.advance(1.0)
+            assert put_state(sim, http, "stopped").status_code == 200
+
+
+# --- states set from the console ---
+
+
+@pytest.mark.parametrize("status", ["created", "frozen", "unknown", "offline"])
+def test_console_states_hold_until_recover(sim, http, clock, status):
+    run_until_warm(sim, http, clock)
+    assert sim.external(status) is True
+    row = instance(sim, http)
+    assert row["actual_status"] == status and "ports" not in row
+    expected_intended = "frozen" if status == "frozen" else "running"
+    assert row["intended_status"] == expected_intended
+    clock.advance(3600)
+    assert instance(sim, http)["actual_status"] == status
+    assert sim.external("recover") is True
+    assert instance(sim, http)["actual_status"] == "running"
+
+
+def test_rebooting_ends_by_itself_after_the_load_delay(sim, http, clock):
+    run_until_warm(sim, http, clock)
+    assert sim.external("rebooting") is True
+    assert instance(sim, http)["actual_status"] == "rebooting"
+    clock.advance(LOAD)
+    assert instance(sim, http)["actual_status"] == "running"
+
+
+def test_a_stop_ends_a_console_state(sim, http, clock):
+    run_until_warm(sim, http, clock)
+    sim.external("unknown")
+    assert put_state(sim, http, "stopped").status_code == 200
+    assert statuses(sim, http) == ("stopped", "stopped")
+
+
+def test_console_states_over_the_control_api(sim, http):
+    answer = http.post(f"{sim.url}/_sim/external", json={"action": "offline"})
+    assert answer.json()["instance"]["actual_status"] == "offline"
+    bad = http.post(f"{sim.url}/_sim/external", json={"action": "melted"})
+    assert bad.status_code == 400
 
 
 # --- request log ---

@@ -27,6 +27,7 @@ def sim(clock):
     with Simulator(
         api_key=KEY,
         instance_id=IID,
+        rate_limit={},  # these tests call the simulator's API directly, back to back
         clock=clock,
         wall_clock=clock,
         schedule_delay=0,

@@ -111,7 +111,7 @@ def test_non_json_body_is_an_upstream_fault(client, mock):
         client.fetch_instance(INSTANCE_ID)
 
 
-@pytest.mark.parametrize("status", [429, 502, 503, 504])
+@pytest.mark.parametrize("status", [502, 503, 504])
 def test_retryable_statuses_are_retried_then_succeed(client, mock, clock, status):
     mock.get(INSTANCE_URL, status=status, body="busy")
     mock.get(INSTANCE_URL, json=load_fixture("instance_running.json"))
@@ -149,11 +149,57 @@ def test_retry_after_beyond_the_cap_gives_up_at_once(client, mock, clock):
     assert clock.slept == []
 
 
-def test_429_without_retry_after_keeps_failing(client, mock):
+def test_429_without_retry_after_waits_the_get_interval_each_time_then_fails(client, mock, clock):
     mock.get(INSTANCE_URL, status=429, body="API requests too frequent")
-    with pytest.raises(VastError, match="rate limiting"):
+    with pytest.raises(VastError, match="rate limiting") as caught:
         client.fetch_instance(INSTANCE_ID)
+    assert caught.value.kind == "rate_limited"
     assert len(mock.calls) == 3
+    assert clock.slept == [2.0, 2.0]  # vast.ai's GET interval: a quicker retry cannot succeed
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "waited"),
+    [
+        ("API requests too frequent: endpoint threshold=2.0", "text/plain", 2.0),
+        ("API requests too frequent: endpoint threshold=3.5", "text/plain", 3.5),
+        ('{"detail": "API requests too frequent endpoint threshold=1.5"}', "application/json", 1.5),
+        ('{"success": false, "error": "rate_limited", "msg": "slow"}', "application/json", 2.0),
+        ("", "text/plain", 2.0),
+    ],
+)
+def test_a_get_429_waits_the_interval_its_body_names_else_two_seconds(
+    client, mock, clock, body, content_type, waited
+):
+    mock.get(INSTANCE_URL, status=429, body=body, content_type=content_type)
+    mock.get(INSTANCE_URL, json=load_fixture("instance_running.json"))
+    assert client.fetch_instance(INSTANCE_ID)["id"] == INSTANCE_ID
+    assert clock.slept == [waited]
+
+
+def test_a_put_429_without_threshold_waits_one_second(client, mock, clock):
+    mock.put(INSTANCE_URL, status=429, body="API requests too frequent")
+    mock.put(INSTANCE_URL, json={"success": True})
+    client.stop_instance(INSTANCE_ID)
+    assert clock.slept == [1.0]
+    assert len(mock.calls) == 2
+
+
+def test_a_threshold_beyond_the_cap_gives_up_at_once(client, mock, clock):
+    mock.get(INSTANCE_URL, status=429, body="API requests too frequent: endpoint threshold=60.0")
+    with pytest.raises(VastError, match="retry after 60 s"):
+        client.fetch_instance(INSTANCE_ID)
+    assert clock.slept == [] and len(mock.calls) == 1
+
+
+def test_a_gone_instance_404_not_found_reads_as_unknown_id(client, mock):
+    gone = {"success": False, "error": "not_found", "msg": "Instance not found"}
+    mock.get(INSTANCE_URL, status=404, json=gone)
+    assert client.fetch_instance(INSTANCE_ID) is None
+    mock.put(INSTANCE_URL, status=404, json=gone)
+    with pytest.raises(VastError, match="does not know this instance") as caught:
+        client.stop_instance(INSTANCE_ID)
+    assert caught.value.kind == "not_found"
 
 
 def test_connection_errors_are_retried_and_reported_without_the_key(client, mock):

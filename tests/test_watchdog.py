@@ -133,16 +133,63 @@ def test_instance_stopped_outside_closes_its_session_when_seen_stopped(
     assert vast.puts == []  # nothing was sent
 
 
-def test_exited_container_counts_as_idle_and_is_stopped(panel, vast, clock, watchdog):
+@pytest.mark.parametrize("down", ["exited", "unknown"])
+def test_a_down_instance_is_stopped_by_the_idle_rule_from_when_it_was_first_seen_down(
+    panel, vast, clock, watchdog, down
+):
     vast.set_running()
-    vast.set(actual_status="exited", status_msg="container exited (code 137)")
+    vast.set(actual_status=down, status_msg="container exited (code 137)")
     seen = watchdog.look().at
-    assert store.current_session(panel.db).started_at == seen  # exited still holds the GPU
+    assert store.current_session(panel.db) is None  # no GPU time is billed while down
+    noted = entry(panel, "instance_down")
+    assert noted.meta["seen_status"] == down and "137" in noted.meta["status_msg"]
+    assert watchdog.look().next_deadline == seen + IDLE_S
 
-    clock.advance(IDLE_S)
+    clock.advance(IDLE_S - 1)
     watchdog.look()
+    assert vast.puts == []
+    clock.advance(1)
+    look = watchdog.look()
     assert vast.puts == ["stopped"]
+    assert look.stopped.session_minutes == 0  # nothing billed to count
     assert "auto_shutdown_complete" in events(panel)
+    assert look.next_deadline is None
+
+
+def test_time_down_is_not_counted_as_gpu_time(panel, vast, clock, watchdog):
+    start_running(vast, clock, watchdog)
+    clock.advance(10 * 60)
+    vast.set(actual_status="exited", status_msg="container exited (code 137)")
+    watchdog.look()
+    (session,) = store.list_sessions(panel.db, 0)
+    assert session.seconds(clock.now()) == pytest.approx(10 * 60)  # closed when seen exited
+    closed = entry(panel, "session_closed")
+    assert closed.meta["seen_status"] == "exited"
+    clock.advance(20 * 60 - 1)
+    watchdog.look()
+    assert store.cost_totals(panel.db, clock.now()).runtime_seconds == pytest.approx(600)
+
+
+def test_offline_is_shown_and_audited_but_not_stopped(panel, vast, clock, watchdog):
+    vast.set_running()
+    vast.set(actual_status="offline", status_msg=None)
+    watchdog.look()
+    assert store.current_session(panel.db) is None
+    assert entry(panel, "instance_down").meta["idle_stop"] is False
+    clock.advance(IDLE_S + 60)
+    watchdog.look()
+    assert vast.puts == []  # a disconnected host cannot take a stop; nothing is billed
+
+
+@pytest.mark.parametrize("status", ["rebooting", "restarting"])
+def test_a_rebooting_instance_is_starting_not_idle(panel, vast, clock, watchdog, status):
+    start_running(vast, clock, watchdog)
+    vast.set(actual_status=status)
+    clock.advance(IDLE_S + 60)
+    watchdog.look()
+    assert vast.puts == []
+    assert panel.power_on("api", wait_for_health=False).message.startswith("A start is already")
+    assert vast.puts == []
 
 
 def test_failed_stop_is_audited_and_retried_at_the_next_look(panel, vast, clock, watchdog):

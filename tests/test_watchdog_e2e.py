@@ -21,6 +21,7 @@ from liveserver import running_simulator, simulator_env
 
 from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY
 from vastpanel import create_app, store
+from vastpanel.reading import DOWN_SINCE_KEY
 from vastpanel.simulator import Simulator
 from vastpanel.watchdog import EXTENSION, LEASE
 
@@ -44,6 +45,14 @@ def wait_for(predicate: Callable[[], object], timeout: float = WAIT_S) -> object
 def stops(sim: Simulator) -> list[dict]:
     """Return the stop calls the simulator answered, oldest first."""
     return [r for r in sim.requests("PUT") if (r.get("json") or {}).get("state") == "stopped"]
+
+
+def timeline(sim: Simulator, deadline: float) -> str:
+    """Describe the simulator's requests in seconds from the deadline (for a failure)."""
+    return "; ".join(
+        f"{r['time'] - deadline:+.2f} {r['method']} {r['path']} {r['status']}"
+        for r in sim.requests()
+    )
 
 
 def live_env(sim: Simulator, db_path: Path, **overrides: str) -> dict[str, str]:
@@ -126,17 +135,26 @@ def test_instances_started_outside_or_exited_are_seen_and_stopped(live_app, sim)
         before = len(stops(sim))
         sim.external("start")  # from vast.ai's console
         if exit_container:
+            # Exited is not billed GPU time: no session, but the idle rule still stops it,
+            # counting from when it was first seen exited.
             sim.external("exit")
-        session = wait_for(lambda: store.current_session(panel.db))
-        assert session, "the watchdog did not see the instance started outside"
+            down_since = wait_for(lambda: store.get_value(panel.db, DOWN_SINCE_KEY))
+            assert down_since, "the watchdog did not see the instance exited"
+            deadline = max(store.get_value(panel.db, "last_activity") or 0.0, down_since) + IDLE_S
+        else:
+            session = wait_for(lambda: store.current_session(panel.db))
+            assert session, "the watchdog did not see the instance started outside"
+            deadline = idle_deadline(panel.db, session)
         assert wait_for(lambda n=before: len(stops(sim)) > n), "no stop within 10 s"
         stop = stops(sim)[-1]
-        assert 0 <= stop["time"] - idle_deadline(panel.db, session) < TARGET_S
+        assert 0 <= stop["time"] - deadline < TARGET_S, timeline(sim, deadline)
         # The simulator logs the stop before the panel has closed the session: wait for that.
         assert wait_for(lambda: store.current_session(panel.db) is None)
         assert len(stops(sim)) == before + 1
     seen = [e.meta.get("seen_status") for e in panel.audit_log(50) if e.event == "session_opened"]
-    assert sorted(seen) == ["exited", "running"]
+    assert seen == ["running"]
+    down = [e.meta.get("seen_status") for e in panel.audit_log(50) if e.event == "instance_down"]
+    assert down == ["exited"]
 
 
 # --- two processes, one database ------------------------------------------------------------
@@ -181,7 +199,8 @@ def test_two_processes_stop_once_and_the_survivor_takes_over_a_kill_9(tmp_path, 
         time.sleep(2.5)  # a few more looks by both: nobody stops it again
         (first,) = stops(sim)
         (session,) = store.list_sessions(db, 0)
-        assert 0 <= first["time"] - idle_deadline(db, session) < TARGET_S
+        deadline = idle_deadline(db, session)
+        assert 0 <= first["time"] - deadline < TARGET_S, timeline(sim, deadline)
 
         leader = next(w for w in workers if w.pid == lease_pid(db))
         survivor = next(w for w in workers if w is not leader)
@@ -191,8 +210,8 @@ def test_two_processes_stop_once_and_the_survivor_takes_over_a_kill_9(tmp_path, 
         sim.external("start")
         assert wait_for(lambda: len(stops(sim)) == 2), "the survivor did not stop it"
         assert lease_pid(db) == survivor.pid
-        second = store.list_sessions(db, 0)[-1]
-        assert 0 <= stops(sim)[-1]["time"] - idle_deadline(db, second) < TARGET_S
+        deadline = idle_deadline(db, store.list_sessions(db, 0)[-1])
+        assert 0 <= stops(sim)[-1]["time"] - deadline < TARGET_S, timeline(sim, deadline)
 
         survivor.send_signal(signal.SIGTERM)
         out, err = survivor.communicate(timeout=WAIT_S)

@@ -57,12 +57,14 @@ class AgentHeartbeats:
     def send_agent_heartbeat(self) -> store.AgentLink | None:
         """Send one heartbeat if the instance runs and a secret is set; keep and audit the outcome.
 
-        Reads the instance through the shared answer (raises UpstreamFailed like any reading).
+        Uses the shared vast.ai answer the look has just read, whatever its age: never a call of
+        its own (vast.ai limits how often the instance may be read).
         """
         secret = self.config.agent_secret
-        if not secret or not self.config.vast_configured:
+        cached = store.read_cached_instance(self.db)
+        if not secret or not self.config.vast_configured or cached is None or cached.error:
             return None
-        state = self.instance_state()
+        state = self._state_of(cached.payload)
         session = store.current_session(self.db)
         if state.status != "running" or not state.endpoint_base_url or session is None:
             return None

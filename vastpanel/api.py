@@ -289,6 +289,8 @@ def json_body() -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise InvalidInput("body: malformed JSON") from None
+    except RecursionError:  # e.g. 100,000 nested "[": no request field is nested at all
+        raise InvalidInput("body: JSON nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidInput("body: must be a JSON object")
     return body
@@ -311,6 +313,11 @@ def query_int(name: str, default: int | None, low: int, high: int | None) -> int
     raw = request.args.get(name)
     if raw is None:
         return default
+    return whole_number(raw, name, low, high)
+
+
+def whole_number(raw: str, name: str, low: int, high: int | None) -> int:
+    """Parse a whole number within bounds (at most 18 digits: it fits SQLite), or InvalidInput."""
     raw = raw.strip()
     if not WHOLE_NUMBER.fullmatch(raw):
         raise InvalidInput(f"{name} must be a whole number")

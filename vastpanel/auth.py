@@ -1,8 +1,9 @@
-"""Sign-in for the page: one admin key, a signed session cookie, CSRF on every form.
+"""Sign-in for the page: one admin key, a server-side sign-in, CSRF on every form.
 
-The admin signs in with CONTROL_API_KEY. The session then holds only a marker derived from
-SECRET_KEY and the key (never the key), so changing either ends every session. The JSON API
-keeps its X-API-Key header and is exempt from CSRF.
+The admin signs in with CONTROL_API_KEY. Each sign-in is a row in SQLite (signins.py); the
+signed cookie holds only its random id, so sign-out revokes it for every copy of the cookie.
+The row keeps a marker derived from SECRET_KEY and the key (never the key), so changing either
+ends every sign-in. The JSON API keeps its X-API-Key header and is exempt from CSRF.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import os
 import secrets
 import tempfile
 from collections.abc import Mapping
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from flask import (
     Flask,
     current_app,
     flash,
+    g,
     make_response,
     redirect,
     render_template,
@@ -37,13 +38,14 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from .config import ConfigError
 from .logs import install_redaction
 from .panel import Panel
+from .signins import SIGNIN_LIFETIME
 
 bp = Blueprint("auth", __name__)
 csrf = CSRFProtect()
 log = logging.getLogger("vastpanel")
 
-SESSION_MARKER = "admin"
-SESSION_LIFETIME = timedelta(days=7)  # sliding: every request of an open page renews it
+SESSION_ID = "signin"  # the only thing the cookie holds: the sign-in's id
+SESSION_LIFETIME = SIGNIN_LIFETIME  # sliding: every request of an open page renews it
 WRONG_KEY_DELAY_S = 1.0
 SECRET_KEY_FILE = "secret_key"
 MIN_SECRET_KEY_LENGTH = 16
@@ -172,12 +174,20 @@ def _marker(control_key: str) -> str:
 
 
 def is_signed_in() -> bool:
-    """Tell whether this request carries a session signed in with the current key."""
-    control_key = get_panel().config.control_api_key
-    marker = session.get(SESSION_MARKER)
-    return bool(control_key and isinstance(marker, str)) and hmac.compare_digest(
-        marker, _marker(control_key)
-    )
+    """Tell whether this request carries an open sign-in made with the current key."""
+    if "signed_in" not in g:
+        control_key = get_panel().config.control_api_key
+        signin_id = session.get(SESSION_ID)
+        g.signed_in = bool(control_key and isinstance(signin_id, str)) and get_panel().signin_valid(
+            signin_id, _marker(control_key)
+        )
+    return g.signed_in
+
+
+def open_signins():
+    """List the open sign-ins, marking this browser's (for the page)."""
+    panel = get_panel()
+    return panel.open_signins(_marker(panel.config.control_api_key), session.get(SESSION_ID))
 
 
 def sign_in_required():
@@ -208,18 +218,35 @@ def signin():
         return render_signin("Wrong key. Sign in with the server's CONTROL_API_KEY.", 401)
     session.clear()
     session.permanent = True
-    session[SESSION_MARKER] = _marker(expected)
+    session[SESSION_ID] = panel.open_signin(
+        _marker(expected), request.remote_addr, request.user_agent.string
+    )
     panel.audit("admin_signed_in", "admin", remote_addr=request.remote_addr)
     return redirect(url_for("pages.index"), 303)
 
 
 @bp.post("/signout")
 def signout():
-    """End the session."""
+    """End this browser's sign-in, on the server too: a copy of the cookie stops working."""
     if is_signed_in():
+        get_panel().revoke_signin(session[SESSION_ID])
         get_panel().audit("admin_signed_out", "admin", remote_addr=request.remote_addr)
     session.clear()
     flash("Signed out.")
+    return redirect(url_for("auth.signin"), 303)
+
+
+@bp.post("/signout/everywhere")
+def signout_everywhere():
+    """End every sign-in of the page, in every browser."""
+    if not is_signed_in():
+        return sign_in_required()
+    ended = get_panel().revoke_all_signins()
+    get_panel().audit(
+        "admin_signed_out_everywhere", "admin", remote_addr=request.remote_addr, signins_ended=ended
+    )
+    session.clear()
+    flash(f"Signed out everywhere ({ended} sign-in{'s' if ended != 1 else ''} ended).")
     return redirect(url_for("auth.signin"), 303)
 
 

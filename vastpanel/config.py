@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 DEFAULT_VAST_URL = "https://console.vast.ai"
 DEFAULT_DB_PATH = "data/vastpanel.db"
 IDLE_SOURCES = ("gateway", "llm")  # activity posts to /infra/vast/activity; the LLM's metrics
+MIN_CONTROL_KEY_LENGTH = 16
 
 
 class ConfigError(ValueError):
@@ -57,16 +58,16 @@ class Config:
     watchdog_interval_s: float = 60.0
     status_ttl_s: float = 5.0
     db_path: str = DEFAULT_DB_PATH
+    idle_sources: tuple[str, ...] = IDLE_SOURCES
+    metrics_port: int | None = None  # None: the health port (nginx's, which routes /metrics)
+    llm_metrics_path: str = "/metrics"
+    llm_metrics_token: str = ""  # VAST_METRICS_TOKEN, sent to the LLM's /metrics
+    llm_metrics_every_s: float = 15.0
     warn_minutes: float = 5.0
     keepalive_max_minutes: float = 480.0
     notify_targets: tuple[NotifyTarget, ...] = ()
     notify_retry_s: float = 30.0
-    metrics_token: str = ""  # METRICS_TOKEN: guards the panel's own /metrics
-    idle_sources: tuple[str, ...] = IDLE_SOURCES
-    metrics_port: int | None = None  # None: the health port (nginx's, which routes /metrics)
-    metrics_path: str = "/metrics"
-    llm_metrics_token: str = ""  # VAST_METRICS_TOKEN: sent with reads of the LLM's /metrics
-    metrics_every_s: float = 15.0
+    metrics_token: str = ""
     # Shared with the instance's agent (deploy/instance/vastpanel_agent.py); empty: no heartbeats.
     agent_secret: str = ""
     # Marks a demo against the simulator, so it can never pass for a real instance.
@@ -93,13 +94,8 @@ class Config:
     @property
     def secrets(self) -> list[str]:
         """List the secret values that must never be shown or logged."""
-        values = [
-            self.vast_api_key,
-            self.control_api_key,
-            self.metrics_token,
-            self.llm_metrics_token,
-            self.agent_secret,
-        ]
+        values = [self.vast_api_key, self.control_api_key, self.metrics_token]
+        values += [self.llm_metrics_token, self.agent_secret]
         return [s for s in values if s] + [t.url for t in self.notify_targets]
 
     @property
@@ -124,7 +120,7 @@ class Config:
             vast_url=_url(env, "VAST_URL", DEFAULT_VAST_URL),
             vast_api_key=env.get("VAST_API_KEY", "").strip(),
             vast_instance_id=_instance_id(env),
-            control_api_key=env.get("CONTROL_API_KEY", "").strip(),
+            control_api_key=_control_key(env),
             health_port=_port(env, "VAST_HEALTH_PORT", 8001),
             health_path=_health_path(env, "VAST_HEALTH_PATH", "/health"),
             wait_timeout_s=_number(env, "VAST_WAIT_TIMEOUT_S", 600.0),
@@ -133,16 +129,16 @@ class Config:
             watchdog_interval_s=_number(env, "VAST_WATCHDOG_INTERVAL_S", 60.0, positive=True),
             status_ttl_s=_number(env, "VAST_STATUS_TTL_S", 5.0),
             db_path=env.get("VAST_DB_PATH", "").strip() or DEFAULT_DB_PATH,
+            idle_sources=_idle_sources(env),
+            metrics_port=_port(env, "VAST_METRICS_PORT", None),
+            llm_metrics_path=_health_path(env, "VAST_METRICS_PATH", "/metrics"),
+            llm_metrics_token=env.get("VAST_METRICS_TOKEN", "").strip(),
+            llm_metrics_every_s=_number(env, "VAST_METRICS_EVERY_S", 15.0, positive=True),
             warn_minutes=_number(env, "VAST_WARN_MINUTES", 5.0),
             keepalive_max_minutes=_number(env, "VAST_KEEPALIVE_MAX_MINUTES", 480.0, positive=True),
             notify_targets=_notify_targets(env, "VAST_NOTIFY_URLS"),
             notify_retry_s=_number(env, "VAST_NOTIFY_RETRY_S", 30.0, positive=True),
             metrics_token=env.get("METRICS_TOKEN", "").strip(),
-            idle_sources=_idle_sources(env),
-            metrics_port=_port(env, "VAST_METRICS_PORT", None),
-            metrics_path=_health_path(env, "VAST_METRICS_PATH", "/metrics"),
-            llm_metrics_token=env.get("VAST_METRICS_TOKEN", "").strip(),
-            metrics_every_s=_number(env, "VAST_METRICS_EVERY_S", 15.0, positive=True),
             agent_secret=_agent_secret(env),
             simulated=parse_bool(env, "VASTPANEL_SIMULATED", False),
             budget_usd=_optional_positive(env, "VAST_BUDGET_USD"),
@@ -162,6 +158,29 @@ def is_health_path(value: object) -> bool:
         and not any(c.isspace() or ord(c) < 32 for c in value)
         and len(value) <= 512
     )
+
+
+def _control_key(env: Mapping[str, str]) -> str:
+    """Read CONTROL_API_KEY: unset, or 16+ printable ASCII characters without spaces.
+
+    HTTP sends header values as bytes that servers read as Latin-1, while the sign-in form is
+    UTF-8: only ASCII reads the same in both, so the page and the API accept the same key.
+    """
+    raw = env.get("CONTROL_API_KEY", "").strip()
+    if not raw:
+        return ""
+    if not all("!" <= c <= "~" for c in raw):
+        raise ConfigError(
+            "CONTROL_API_KEY must be printable ASCII without spaces (letters, digits, "
+            "punctuation), so that the X-API-Key header and the sign-in form read it alike; "
+            "for example: openssl rand -hex 32"
+        )
+    if len(raw) < MIN_CONTROL_KEY_LENGTH:
+        raise ConfigError(
+            f"CONTROL_API_KEY must be at least {MIN_CONTROL_KEY_LENGTH} characters, got "
+            f"{len(raw)}; for example: openssl rand -hex 32"
+        )
+    return raw
 
 
 def _raw(env: Mapping[str, str], name: str) -> str | None:

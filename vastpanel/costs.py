@@ -19,11 +19,11 @@ from typing import Any
 from sqlite_utils import Database
 
 from . import store
+from .instance_state import GPU_BILLED
 from .vast_client import VastError
 
 log = logging.getLogger("vastpanel")
 
-GPU_BILLED = frozenset({"running", "frozen"})
 NOTHING_BILLED = frozenset({"offline"})
 CHARGES_DAYS = 30
 CHARGES_READ_KEY = "charges_read_at"  # when vast.ai's charges were last read successfully

@@ -49,6 +49,8 @@ EVENTS: dict[str, Event] = {
     "keepalive": Event("Keep running", PEOPLE),
     "admin_signed_in": Event("Admin signed in", ("admin",)),
     "admin_signed_out": Event("Admin signed out", ("admin",)),
+    "admin_signed_out_everywhere": Event("Admin signed out everywhere", ("admin",)),
+    "instance_down": Event("Instance down (GPU not billed)", ("system",)),
     "budget_warning": Event("Budget 80 % spent", ("system",)),
     "budget_stop": Event("Budget stop (spent)", ("system",)),
     "budget_stop_complete": Event("Budget stop done", ("system",)),

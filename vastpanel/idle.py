@@ -3,9 +3,10 @@ and the stop the watchdog sends.
 
 Two signals say the GPU is in use (VAST_IDLE_SOURCES): the gateway's activity posts and the
 LLM's own metrics (llm_metrics.py), read through the instance's mapped port at most every
-VAST_METRICS_EVERY_S, one read shared by every thread and process. The deadline is a plain
-function of values (idle_deadline); the watchdog reads and acts. Right before an idle stop the
-metrics are read afresh: a request running or waiting there is activity, so no stop.
+VAST_METRICS_EVERY_S, one read shared by every thread and process. Right before an idle stop
+the metrics are read afresh: a request running or waiting there is activity, so no stop.
+
+The deadline is a plain function of values (idle_deadline); the watchdog reads and acts.
 """
 
 from __future__ import annotations
@@ -16,42 +17,44 @@ from typing import Any
 from . import leases, store
 from .clock import iso_utc
 from .errors import InvalidRequest, NotRunning
-from .instance_state import InstanceState
+from .instance_state import IDLE_STOPPABLE, InstanceState
 from .llm_metrics import MetricsUnreadable, fetch_metrics, judge, parse_vllm_metrics
 from .power import AUTO_STOP, HEALTH_WAIT_LEASE, HEALTHY_SESSION_KEY, PowerOffResult
+from .reading import DOWN_SINCE_KEY
 
 # The gateway posts activity on every LLM request. Idle time is counted in minutes and shown to
 # the second, so activity is stored to the second: later posts within it only read.
 ACTIVITY_RESOLUTION_S = 1.0
-METRICS_LEASE = "llm_metrics_read"
-# Which availability of the LLM's metrics was last audited, and for which session.
-UNAVAILABLE_AUDITED_KEY = "llm_metrics_unavailable_session"
-AVAILABLE_AUDIT_DUE_KEY = "llm_metrics_back_due"
 IDLE_WARNING = "idle_warning"
 KEEPALIVE = "keepalive"
 KEEPALIVE_CHOICES_MINUTES = (30, 60, 120)  # the page's Keep running buttons
 WARNED_DEADLINE_KEY = "warned_deadline"  # the idle deadline the last warning was about
-IDLE_STATUSES = ("running", "exited")  # the statuses the idle rule stops
+METRICS_LEASE = "llm_metrics_read"
+# Which availability of the LLM's metrics was last audited, and for which session.
+UNAVAILABLE_AUDITED_KEY = "llm_metrics_unavailable_session"
+AVAILABLE_AUDIT_DUE_KEY = "llm_metrics_back_due"
 
 
 def idle_deadline(
     *,
     auto_shutdown: bool,
     idle_minutes: float,
-    session_started_at: float | None,
+    held_since: float | None,
     last_activity: float | None,
-    llm_active_at: float | None = None,
     keepalive_until: float | None = None,
+    llm_active_at: float | None = None,
 ) -> float | None:
     """Return when an idle instance falls due for auto-shutdown, or None when it cannot.
 
-    Idle time counts from the latest of the gateway's last post, the last moment the LLM was
-    seen busy or having done work, and the session's first-seen-running time. keepalive_until
-    (a Keep running for this session) holds the deadline at least until then.
+    held_since is when the instance was first seen running (its session's start) or, for an
+    instance that is down (exited, unknown), first seen down; None when it is neither.
+    keepalive_until (a Keep running for this session) holds the deadline at least until then.
+    Idle time counts from the latest of the gateway's last post (last_activity), the last moment
+    the LLM was seen busy or having done work (llm_active_at), and held_since.
     """
-    if not auto_shutdown or session_started_at is None:
+    if not auto_shutdown or held_since is None:
         return None
-    since = max(last_activity or 0.0, llm_active_at or 0.0, session_started_at)
+    since = max(last_activity or 0.0, llm_active_at or 0.0, held_since)
     return max(since + idle_minutes * 60, keepalive_until or 0.0)
 
 
@@ -126,21 +129,6 @@ class IdleRules:
         session = store.current_session(self.db)
         return self._idle_deadline(session, self.stored_signals(session))
 
-    def activity_signals(self, state: InstanceState, *, fresh: bool = False) -> Signals:
-        """Return the signals, reading the LLM's metrics when they are due (or afresh)."""
-        reading = self.llm_reading(state, fresh=fresh)
-        session = store.current_session(self.db)
-        signals = self.stored_signals(session)
-        return signals if reading is None else Signals(signals.last_activity, reading)
-
-    def stored_signals(self, session: store.Session | None) -> Signals:
-        """Return the signals as stored, reading nothing."""
-        last_activity = store.get_value(self.db, "last_activity")
-        reading = store.read_llm_reading(self.db) if self.config.llm_source else None
-        if reading is not None and (session is None or reading.session_id != session.id):
-            reading = None
-        return Signals(last_activity if self.config.gateway_source else None, reading)
-
     def next_automatic_stop(self) -> tuple[float, str] | None:
         """Return when the next automatic stop falls due and why ("idle" or "session_limit")."""
         stops = [
@@ -195,7 +183,7 @@ class IdleRules:
         """Audit (and so notify) the coming automatic stop once per deadline, within warn time."""
         warn_at = self.next_warning_at()
         now = self.clock.now()
-        if warn_at is None or now < warn_at or state.status not in IDLE_STATUSES:
+        if warn_at is None or now < warn_at or state.status not in IDLE_STOPPABLE:
             return
         deadline, reason = self.next_automatic_stop()
         if now >= deadline or (reason == "idle" and self._health_wait_active(now)):
@@ -213,9 +201,24 @@ class IdleRules:
             session_cost_usd=session.cost(now) if session else None,
         )
 
+    def activity_signals(self, state: InstanceState, *, fresh: bool = False) -> Signals:
+        """Return the signals, reading the LLM's metrics when they are due (or afresh)."""
+        reading = self.llm_reading(state, fresh=fresh)
+        session = store.current_session(self.db)
+        signals = self.stored_signals(session)
+        return signals if reading is None else Signals(signals.last_activity, reading)
+
+    def stored_signals(self, session: store.Session | None) -> Signals:
+        """Return the signals as stored, reading nothing."""
+        last_activity = store.get_value(self.db, "last_activity")
+        reading = store.read_llm_reading(self.db) if self.config.llm_source else None
+        if reading is not None and (session is None or reading.session_id != session.id):
+            reading = None
+        return Signals(last_activity if self.config.gateway_source else None, reading)
+
     def _idle_stop_meta(self, state: InstanceState, fresh: bool = False) -> dict[str, Any] | None:
         """Return the auto_shutdown audit's details if the idle rule says stop now, else None."""
-        if state.status not in IDLE_STATUSES:
+        if state.status not in IDLE_STOPPABLE:
             return None
         now = self.clock.now()
         if self._health_wait_active(now):
@@ -225,24 +228,32 @@ class IdleRules:
         deadline = self._idle_deadline(session, signals)
         if deadline is None or now < deadline or (signals.llm is not None and signals.llm.busy):
             return None
+        held_since = self._held_since(session) or 0.0
         source, at = signals.last
-        if at is None or at < session.started_at:
-            source, at = "session_start", session.started_at
+        if at is None or at < held_since:
+            source = "session_start" if session is not None else "first_seen_down"
+            at = held_since
         return {
             "inactive_minutes": (now - at) / 60,
             "last_signal": source,
             "last_signal_at": iso_utc(at),
         }
 
+    def _held_since(self, session: store.Session | None) -> float | None:
+        """Since when idle time counts: the open session's start, else first seen down."""
+        if session is not None:
+            return session.started_at
+        return store.get_value(self.db, DOWN_SINCE_KEY)
+
     def _idle_deadline(self, session: store.Session | None, signals: Signals) -> float | None:
         """When an idle instance falls due for auto-shutdown, or None when it cannot."""
         return idle_deadline(
             auto_shutdown=self.config.auto_shutdown,
             idle_minutes=self.config.auto_shutdown_minutes,
-            session_started_at=session.started_at if session is not None else None,
+            held_since=self._held_since(session),
             last_activity=signals.last_activity,
-            llm_active_at=signals.llm_active_at,
             keepalive_until=store.keepalive_until(self.db, session.id) if session else None,
+            llm_active_at=signals.llm_active_at,
         )
 
     def record_activity(self) -> float:
@@ -273,7 +284,7 @@ class IdleRules:
                 return None
             if stored.read_at > asked:
                 return stored  # read by another thread or process while this one waited
-            recent = 0 <= asked - stored.read_at < self.config.metrics_every_s
+            recent = 0 <= asked - stored.read_at < self.config.llm_metrics_every_s
             return stored if recent and not fresh else None
 
         return self._read_once(
@@ -288,7 +299,7 @@ class IdleRules:
         previous = store.read_llm_reading(self.db)
         if previous is not None and previous.session_id != session_id:
             previous = None  # another session's counters: a new boot, not a baseline
-        port, path = self.config.llm_metrics_port, self.config.metrics_path
+        port, path = self.config.llm_metrics_port, self.config.llm_metrics_path
         url = self._health_url(state, port, path)
         try:
             if url is None:

@@ -2,24 +2,63 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-# actual_status values while the GPU is held and billed (per shared/vast-api.md, plus exited,
-# where the machine stays held after the container died).
-GPU_HELD = frozenset({"running", "frozen", "exited"})
-# Statuses in which a start is under way: no second start call is sent.
-STARTING = frozenset({"scheduling", "creating", "loading"})
+# actual_status values in which vast.ai bills GPU time (shared/vast-api.md, "Billing"): a
+# session is open exactly while the instance is seen in one of them.
+GPU_BILLED = frozenset({"running", "frozen"})
+# Statuses in which the instance is down and its GPU time is not billed, though vast.ai still
+# means it to run: the panel closes the session, shows and audits the status.
+DOWN = frozenset({"exited", "unknown", "offline"})
+# Statuses the idle rule stops: running, and down ones that would start billing again by
+# themselves once the host recovers (an offline host cannot take a stop).
+IDLE_STOPPABLE = frozenset({"running", "exited", "unknown"})
+# Statuses in which a start is under way: no second start call is sent, and nothing is idle.
+STARTING = frozenset({"scheduling", "creating", "loading", "rebooting", "restarting"})
+
+# The fields of vast.ai's answer the panel reads, shows or may bill by; the rest (extra_env with
+# its keys, ssh details, ...) is dropped before the answer is stored.
+KEPT_FIELDS = frozenset(
+    {
+        "id",
+        "actual_status",
+        "intended_status",
+        "cur_state",
+        "next_state",
+        "status_msg",
+        "gpu_name",
+        "num_gpus",
+        "dph_total",
+        "dph_base",
+        "storage_total_cost",
+        "storage_cost",
+        "disk_space",
+        "public_ipaddr",
+        "ports",
+        "start_date",
+        "uptime_mins",
+        "label",
+    }
+)
 
 MESSAGES = {
     "creating": "vast.ai is creating the instance.",
     "loading": "The instance is loading (pulling the image, starting the container).",
     "stopped": "The instance is stopped; only storage is billed.",
-    "exited": "The container exited; the machine is still held and billed.",
+    "exited": (
+        "The container exited: GPU time is not billed, but vast.ai still means it to run, "
+        "so it is stopped like an idle instance."
+    ),
     "frozen": "vast.ai reports 'frozen': paused with memory kept; the GPU is billed.",
-    "rebooting": "vast.ai reports 'rebooting'.",
-    "unknown": "vast.ai reports 'unknown': no heartbeat from the host.",
-    "offline": "vast.ai reports 'offline': the host is disconnected.",
+    "rebooting": "vast.ai reports 'rebooting': the instance is starting again.",
+    "restarting": "vast.ai reports 'restarting': the instance is starting again.",
+    "unknown": (
+        "vast.ai reports 'unknown': no heartbeat from the host; GPU time is not billed. "
+        "It is stopped like an idle instance."
+    ),
+    "offline": "vast.ai reports 'offline': the host is disconnected; nothing is billed.",
     "stopping": "A stop was requested; vast.ai still reports the instance running.",
     "not_found": "vast.ai does not know this instance id (or it is not yours).",
 }
@@ -46,9 +85,14 @@ class InstanceState:
     intended_status: str | None = None
 
     @property
-    def gpu_held(self) -> bool:
-        """Tell whether the GPU is held (and billed) in this state."""
-        return self.actual_status in GPU_HELD and self.intended_status != "stopped"
+    def gpu_billed(self) -> bool:
+        """Tell whether vast.ai bills GPU time in this state."""
+        return self.actual_status in GPU_BILLED and self.intended_status != "stopped"
+
+    @property
+    def down(self) -> bool:
+        """Tell whether the instance is down (exited, unknown, offline): no GPU time billed."""
+        return self.status in DOWN
 
     @property
     def starting(self) -> bool:
@@ -75,7 +119,7 @@ def read_instance_state(
     if status == "scheduling":
         message = QUEUED_MESSAGE if start_queued else SCHEDULING_MESSAGE
     elif status == "running" and endpoint is None:
-        message = f"Running, but vast.ai lists no mapping for container port {health_port}/tcp."
+        message = _no_endpoint_message(instance, health_port)
     elif status not in MESSAGES and status != "running":
         message = f"vast.ai reports '{status}'."
     if status_msg and status in ("exited", "unknown", "offline", "loading", "creating"):
@@ -94,19 +138,55 @@ def read_instance_state(
     )
 
 
+def kept_fields(instance: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Return only the fields of vast.ai's answer that the panel uses (None stays None)."""
+    if instance is None:
+        return None
+    return {k: v for k, v in instance.items() if k in KEPT_FIELDS}
+
+
 def endpoint_base_url(instance: dict[str, Any], container_port: int) -> str | None:
-    """Return http://ip:hostport for a container port, or None when it is not mapped."""
-    ip = _str(instance.get("public_ipaddr"))
+    """Return http://ip:hostport for a container port, or None when it is not mapped.
+
+    public_ipaddr must be a bare IPv4 or IPv6 address (once stripped): anything else could
+    steer the panel's health probe elsewhere, so the endpoint is then unknown.
+    """
+    host = _url_host(instance.get("public_ipaddr"))
     ports = instance.get("ports")
-    if not ip or not isinstance(ports, dict):
+    if host is None or not isinstance(ports, dict):
         return None
     mappings = ports.get(f"{container_port}/tcp")
     if not isinstance(mappings, list) or not mappings or not isinstance(mappings[0], dict):
         return None
     host_port = str(mappings[0].get("HostPort", "")).strip()
-    if not host_port.isdigit():
+    if not (host_port.isascii() and host_port.isdigit() and 1 <= int(host_port) <= 65535):
         return None
-    return f"http://{ip}:{host_port}"
+    return f"http://{host}:{int(host_port)}"
+
+
+def _url_host(value: object) -> str | None:
+    """Return an IP address as a URL writes it ([...] for IPv6), or None if it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        address = ipaddress.ip_address(value.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        return None if address.scope_id else f"[{address.compressed}]"
+    return address.compressed
+
+
+def _no_endpoint_message(instance: dict[str, Any], health_port: int) -> str:
+    """Say why a running instance has no endpoint: a bad address, or no port mapping."""
+    raw = instance.get("public_ipaddr")
+    if _url_host(raw) is None:
+        shown = repr(raw)[:60] if raw is not None else "nothing"
+        return (
+            f"Running, but the endpoint is unknown: vast.ai's public_ipaddr is {shown}, "
+            "not a bare IP address."
+        )
+    return f"Running, but vast.ai lists no mapping for container port {health_port}/tcp."
 
 
 def _status(actual: str | None, intended: str | None) -> str:

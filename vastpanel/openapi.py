@@ -29,7 +29,8 @@ STATUS_WORD = {
     "type": "string",
     "description": (
         "The panel's status word: running, stopped, stopping, scheduling, creating, loading, "
-        "exited, frozen, rebooting, unknown, offline, not_found, unconfigured; a status vast.ai "
+        "exited, frozen, rebooting, restarting, unknown, offline, not_found, unconfigured; a "
+        "status vast.ai "
         "adds later is passed through as it is."
     ),
 }

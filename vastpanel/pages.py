@@ -12,6 +12,7 @@ from typing import Any
 from flask import (
     Blueprint,
     Response,
+    abort,
     current_app,
     flash,
     make_response,
@@ -22,6 +23,7 @@ from flask import (
 )
 
 from . import auth
+from .api import InvalidInput, whole_number
 from .charts import cost_chart
 from .formatting import FILTERS
 from .idle import KEEPALIVE_CHOICES_MINUTES
@@ -170,9 +172,14 @@ def audit_context(before: int | None) -> dict[str, Any]:
 
 
 def audit_before() -> int | None:
-    """Read the audit page's `before` id from the query; anything unusable means the newest."""
-    value = request.args.get("before", type=int)
-    return value if value is not None and value > 0 else None
+    """Read the audit page's `before` id from the query (absent: the newest); 400 if unusable."""
+    raw = request.args.get("before")
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return whole_number(raw, "before", 1, None)
+    except InvalidInput as exc:
+        abort(400, description=exc.detail)
 
 
 # --- the page and its partials -----------------------------------------------------------------
@@ -186,6 +193,7 @@ def index():
         **status_context(),
         **costs_context(),
         **audit_context(audit_before()),
+        signins=auth.open_signins(),
         **notifications_context(),
     )
 
@@ -217,6 +225,12 @@ def notifications_widget():
 def audit_widget():
     """Render one page of the audit log."""
     return render_template("_audit.html", standalone=True, **audit_context(audit_before()))
+
+
+@bp.get("/partials/signins")
+def signins_widget():
+    """Render the list of signed-in browsers."""
+    return render_template("_signins.html", standalone=True, signins=auth.open_signins())
 
 
 # --- actions -------------------------------------------------------------------------------------

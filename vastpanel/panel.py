@@ -3,8 +3,8 @@
 The JSON API, the page and the watchdog all call Panel; it alone talks to the vast.ai client
 and the store. Its jobs live in their own modules, joined here: reading and reconciling the
 instance (reading.py), power actions (power.py), the idle rule (idle.py), the cost book
-(costs.py), the caps (budget.py) and the heartbeats to the instance's dead-man switch
-(agent_link.py).
+(costs.py), the caps (budget.py), the page's sign-ins (signins.py) and the heartbeats to the
+instance's dead-man switch (agent_link.py).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from .errors import (
 )
 from .events import is_known
 from .idle import ACTIVITY_RESOLUTION_S, IdleRules, KeepAliveResult, nearest_stop
-from .instance_state import InstanceState
+from .instance_state import IDLE_STOPPABLE, InstanceState
 from .logs import install_redaction, redact
 from .power import (
     AUTO_STOP,
@@ -50,6 +50,7 @@ from .power import (
     StopEvents,
 )
 from .reading import SCHEDULING_SINCE_KEY, START_QUEUED_KEY, InstanceReading
+from .signins import SigninSessions
 from .vast_client import VastClient
 
 __all__ = [
@@ -107,7 +108,7 @@ class StatusReport:
     @property
     def auto_shutdown_in_minutes(self) -> float | None:
         """Minutes left before an idle instance is stopped, or None when that does not apply."""
-        if self.idle_deadline is None or self.state.status not in ("running", "exited"):
+        if self.idle_deadline is None or self.state.status not in IDLE_STOPPABLE:
             return None
         return max(0.0, (self.idle_deadline - self.now) / 60)
 
@@ -193,6 +194,7 @@ class Panel(
     CostBook,
     BudgetRules,
     notify.Notifications,
+    SigninSessions,
     AgentHeartbeats,
 ):
     """Controls one vast.ai instance and keeps its books in SQLite."""

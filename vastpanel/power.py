@@ -161,7 +161,7 @@ class PowerActions:
             payload["actual_status"] = "stopped"  # vast.ai reschedules it as a fresh start
         store.save_cached_instance(self.db, now, payload)
         state = self._state_of(payload)
-        self._note_scheduling(state, now)
+        self._note_seen(state, now)
         message = (
             state.message
             if result.queued
@@ -312,7 +312,7 @@ class PowerActions:
             payload.pop("ports", None)
             store.save_cached_instance(self.db, now, payload)
             self.book_costs(payload, now)  # the GPU is no longer billed from the stop on
-            self._note_scheduling(self._state_of(payload), now)
+            self._note_seen(self._state_of(payload), now)
         minutes = session.seconds(now) / 60 if session else 0.0
         cost = session.cost(now) if session else 0.0
         self.audit(

@@ -12,11 +12,13 @@ from typing import Any
 
 from . import store
 from .errors import UpstreamFailed
-from .instance_state import InstanceState, read_instance_state
-from .vast_client import VastError
+from .instance_state import IDLE_STOPPABLE, InstanceState, kept_fields, read_instance_state
+from .vast_client import RATE_LIMIT_INTERVAL_S, VastError
 
 START_QUEUED_KEY = "start_queued_at"
 SCHEDULING_SINCE_KEY = "scheduling_since"
+LAST_GET_KEY = "vast_get_returned_at"  # when the last GET of the instance came back
+DOWN_SINCE_KEY = "down_since"  # when the instance was first seen exited, unknown or offline
 
 
 class InstanceReading:
@@ -53,8 +55,17 @@ class InstanceReading:
         cached = store.read_cached_instance(self.db)
         if cached is None or fresh:
             return None
-        age = self.clock.now() - cached.fetched_at
-        return cached if 0 <= age < self.config.status_ttl_s else None
+        now = self.clock.now()
+        if 0 <= now - cached.fetched_at < self.config.status_ttl_s:
+            return cached
+        # vast.ai refuses a GET within its interval of the last one it accepted (429): while
+        # that interval runs, a good answer is reused whatever VAST_STATUS_TTL_S says. The
+        # interval counts from when the last GET returned (after any retry it needed).
+        last_get = store.get_value(self.db, LAST_GET_KEY)
+        if cached.error is None and last_get is not None:
+            if 0 <= now - last_get < RATE_LIMIT_INTERVAL_S["GET"]:
+                return cached
+        return None
 
     def _fetch(self, fresh: bool) -> store.CachedInstance:
         """Ask vast.ai once for every waiting thread and process; store and reconcile it."""
@@ -78,21 +89,27 @@ class InstanceReading:
     def _fetch_now(self) -> store.CachedInstance:
         asked = self.clock.now()
         try:
-            payload = self.client.fetch_instance(self.config.vast_instance_id)
+            payload = kept_fields(self.client.fetch_instance(self.config.vast_instance_id))
         except VastError as exc:
+            store.set_value(self.db, LAST_GET_KEY, self.clock.now())
             error = self.redact(exc.message)
             store.save_cached_instance(self.db, asked, None, error)
             return store.CachedInstance(asked, None, error)
+        store.set_value(self.db, LAST_GET_KEY, self.clock.now())
         store.save_cached_instance(self.db, asked, payload)
         self.book_costs(payload, asked)
         self._reconcile(payload, asked)
         return store.CachedInstance(asked, payload, None)
 
     def _reconcile(self, payload: dict[str, Any] | None, asked: float) -> None:
-        """Keep sessions true to what vast.ai just said, whoever started or stopped it."""
+        """Keep sessions true to what vast.ai just said, whoever started or stopped it.
+
+        A session is open exactly while GPU time is billed (running, frozen); exited, unknown
+        and offline close it, are audited once as instance_down and start the down clock.
+        """
         state = self._state_of(payload)
         now = self.clock.now()
-        if state.gpu_held:
+        if state.gpu_billed:
             opened = store.open_session(self.db, now, state.dph_total, "observed", seen_since=asked)
             if opened is not None:
                 self.audit(
@@ -103,7 +120,7 @@ class InstanceReading:
                     dph_total=state.dph_total,
                     by_panel=self._started_by_panel(),
                 )
-        elif state.actual_status == "stopped" or state.status == "not_found":
+        elif state.actual_status == "stopped" or state.status == "not_found" or state.down:
             # Stopped, and not by this panel (its stops close the session themselves): by the
             # instance's agent if the heartbeats had stopped for longer than its grace time.
             session = store.current_session(self.db)
@@ -120,7 +137,30 @@ class InstanceReading:
                     session_cost_usd=closed.cost(now),
                     **(evidence or {}),
                 )
+        self._note_seen(state, now)
+
+    def _note_seen(self, state: InstanceState, now: float) -> None:
+        """Keep the clocks of a waiting start and of a down instance true to this state."""
+        self._note_down(state, now)
         self._note_scheduling(state, now)
+
+    def _note_down(self, state: InstanceState, now: float) -> None:
+        """Remember since when the instance is down (audited once); forget it once it is not."""
+        down_since = store.get_value(self.db, DOWN_SINCE_KEY)
+        if not state.down:
+            if down_since is not None:
+                store.set_value(self.db, DOWN_SINCE_KEY, None)
+            return
+        if down_since is None:
+            store.set_value(self.db, DOWN_SINCE_KEY, now)
+            self.audit(
+                "instance_down",
+                "system",
+                instance_id=state.instance_id,
+                seen_status=state.status,
+                status_msg=self.redact(state.status_msg),
+                idle_stop=state.status in IDLE_STOPPABLE,
+            )
 
     def _started_by_panel(self) -> bool:
         """Tell whether a start was asked of the panel since the last session ended."""

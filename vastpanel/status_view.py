@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .instance_state import STARTING
 from .panel import StatusReport
 
 FAST_POLL_S = 2  # while something is changing: starting, stopping, waiting for health
@@ -23,6 +24,7 @@ BADGES: dict[str, tuple[str, str, int]] = {
     "running": ("Running", "good", POLL_S),
     "stopping": ("Stopping", "busy", FAST_POLL_S),
     "rebooting": ("Rebooting", "busy", FAST_POLL_S),
+    "restarting": ("Restarting", "busy", FAST_POLL_S),
     "frozen": ("Frozen", "warn", POLL_S),
     "exited": ("Exited", "bad", POLL_S),
     "unknown": ("Unknown", "bad", POLL_S),
@@ -30,9 +32,7 @@ BADGES: dict[str, tuple[str, str, int]] = {
     "not_found": ("Not found", "bad", SLOW_POLL_S),
     "error": ("vast.ai error", "bad", POLL_S),
 }
-START_BLOCKED = frozenset(
-    {"unconfigured", "scheduling", "creating", "loading", "health", "running", "unhealthy"}
-)
+START_BLOCKED = frozenset({"unconfigured", "health", "running", "unhealthy"} | STARTING)
 STOP_BLOCKED = frozenset({"unconfigured", "stopped", "not_found"})
 
 

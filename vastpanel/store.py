@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta
@@ -14,6 +15,7 @@ from typing import Any
 from sqlite_utils import Database, Migrations
 
 BUSY_TIMEOUT_MS = 10_000
+WAL_SWITCH_RETRY_S = 0.02
 
 migrations = Migrations("vastpanel")
 
@@ -80,6 +82,22 @@ def m003_llm_metrics(db: Database) -> None:
             waiting REAL,
             counters TEXT NOT NULL DEFAULT '{}',
             active_at REAL
+        )"""
+    )
+
+
+@migrations()
+def m004_signin_sessions(db: Database) -> None:
+    """Keep one row per page sign-in, so sign-out can revoke it and the page can list them."""
+    db.execute(
+        """CREATE TABLE signin_sessions (
+            id TEXT PRIMARY KEY,
+            key_marker TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            last_used_at REAL NOT NULL,
+            revoked_at REAL,
+            remote_addr TEXT,
+            user_agent TEXT
         )"""
     )
 
@@ -283,24 +301,67 @@ class DayCost:
 
 
 def open_db(path: str) -> Database:
-    """Open (creating if needed) the SQLite file with WAL and a busy timeout, migrated."""
+    """Open (creating if needed) the SQLite file with WAL and a busy timeout.
+
+    A new folder is made 0700 and a new file 0600: they hold the audit log and the vast.ai
+    answer. SQLite gives the -wal and -shm files the mode of the database file.
+    """
     if path != ":memory:":
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        make_private_dir(os.path.dirname(os.path.abspath(path)))
+        _create_private_file(path)
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
     db = Database(conn)
     db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     if path != ":memory:":
-        db.execute("PRAGMA journal_mode = WAL")
+        _use_wal(db)
         # NORMAL in WAL mode survives a killed process; only power loss can drop the last commit.
         db.execute("PRAGMA synchronous = NORMAL")
     return db
 
 
+def _use_wal(db: Database) -> None:
+    """Switch the file to WAL (once per file: the mode is kept in the file).
+
+    On a new file, processes switching at the same moment can get "database is locked" at
+    once, without SQLite's busy timeout: the switch is tried again for a bounded time. This
+    happens only when a deployment first creates its database.
+    """
+    give_up = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= give_up:
+                raise
+        time.sleep(WAL_SWITCH_RETRY_S)
+
+
+def make_private_dir(path: str) -> None:
+    """Create a folder (and its parents) readable by its owner only; leave existing ones be."""
+    if not os.path.isdir(path):
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)  # makedirs' mode is filtered by the umask, and may race
+
+
+def _create_private_file(path: str) -> None:
+    """Create an empty file with mode 0600 unless it exists (SQLite then uses it as is)."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def migrate(db: Database) -> None:
-    """Apply pending schema migrations, one writer at a time."""
+    """Apply pending schema migrations inside one write lock (BEGIN IMMEDIATE).
+
+    Processes starting together on a new file then take turns: the first applies every
+    migration, the others find nothing pending. sqlite-utils' atomic() nests as a savepoint
+    inside the lock, so each migration and its record still commit or roll back together.
+    """
+    if not migrations.pending(db):
+        return  # the usual start: nothing to do, no write lock taken
     with immediate(db):
-        pass  # take the write lock first so two processes starting together do not race
-    migrations.apply(db)
+        migrations.apply(db)
 
 
 def schema_version(db: Database) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,15 +15,21 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 ATTEMPTS = 3
 FIRST_BACKOFF_S = 0.15
 BACKOFF_FACTOR = 1.5
-# A Retry-After longer than this is not waited for inside a request: we give up and say so.
+# A wait longer than this (Retry-After or threshold=) is not waited for inside a request: we
+# give up and say so.
 RETRY_AFTER_CAP_S = 10.0
+# vast.ai limits each endpoint to a minimum interval between requests and answers a 429 usually
+# without Retry-After, sometimes naming the interval ("... threshold=2.0"). A retry sooner than
+# that interval is refused again, so a 429 waits it out: the named value, else these.
+RATE_LIMIT_INTERVAL_S = {"GET": 2.0, "PUT": 1.0}
+THRESHOLD = re.compile(r"threshold\s*=\s*([0-9]+(?:\.[0-9]+)?)")
 TIMEOUT_S = (5.0, 15.0)  # connect, read
 CHARGES_PAGE_SIZE = 100  # what the official CLI asks for (vast.ai allows up to 500)
 CHARGES_MAX_PAGES = 20
 # vast.ai's rate limits are a minimum interval per endpoint (2 s for GETs): pages wait that long.
 CHARGES_PAGE_PAUSE_S = 2.0
 HEALTH_TIMEOUT_S = (3.0, 5.0)
-THRESHOLD = re.compile(r"threshold=([0-9]+(?:\.[0-9]+)?)")
+GONE_ERRORS = frozenset({"no_such_instance", "not_found"})  # a 404 with these: instance gone
 
 
 class VastError(Exception):
@@ -68,7 +75,12 @@ class VastClient:
 
     def fetch_instance(self, instance_id: int) -> dict[str, Any] | None:
         """Return the instance's fields, or None when vast.ai does not know the id."""
-        body = self._call("GET", f"/api/v0/instances/{instance_id}/", params={"owner": "me"})
+        try:
+            body = self._call("GET", f"/api/v0/instances/{instance_id}/", params={"owner": "me"})
+        except VastError as exc:
+            if exc.kind == "not_found":
+                return None  # gone, as {"instances": null} says
+            raise
         if not isinstance(body, dict) or "instances" not in body:
             raise VastError("vast.ai answered without an 'instances' field")
         instance = body["instances"]
@@ -103,7 +115,7 @@ class VastClient:
         for page in range(CHARGES_MAX_PAGES):
             if page:
                 self._sleep(CHARGES_PAGE_PAUSE_S)
-            body = self._call("GET", "/api/v0/charges/", params=params, patient=True)
+            body = self._call("GET", "/api/v0/charges/", params=params)
             results = body.get("results")
             if not isinstance(results, list):
                 raise VastError("vast.ai answered its charges without a 'results' list")
@@ -114,25 +126,21 @@ class VastClient:
             params["after_token"] = str(token)
         raise VastError(f"vast.ai's charges did not end within {CHARGES_MAX_PAGES} pages")
 
-    def _call(
-        self, method: str, path: str, *, patient: bool = False, **kwargs: Any
-    ) -> dict[str, Any]:
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         """Send one request with retries, report its outcome to the observer; return its body."""
         try:
-            body = self._call_with_retries(method, path, patient=patient, **kwargs)
+            body = self._call_with_retries(method, path, **kwargs)
         except VastError as exc:
             self._observe(method, exc.kind)
             raise
         self._observe(method, "ok")
         return body
 
-    def _call_with_retries(
-        self, method: str, path: str, *, patient: bool = False, **kwargs: Any
-    ) -> dict[str, Any]:
+    def _call_with_retries(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         """Send one request with retries and turn every failure into a VastError.
 
-        patient (background reads only): a 429 naming its interval ("threshold=2.0") is
-        retried after that interval rather than after the short backoff.
+        A 429 is retried after the interval it names ("threshold=2.0"), else after vast.ai's
+        interval for the method, never after a short backoff that vast.ai would refuse again.
         """
         url = self.base_url + path
         headers = {"Authorization": f"Bearer {self._api_key}", "Accept": "application/json"}
@@ -153,19 +161,18 @@ class VastClient:
             else:
                 if response.status_code not in RETRY_STATUSES:
                     return _read_answer(response, method)
-                retry_after = _retry_after(response)
-                if patient and retry_after is None:
-                    retry_after = _threshold(response)
-                if retry_after is not None and retry_after > RETRY_AFTER_CAP_S:
+                wait = _wait_asked(response, method)
+                if wait is not None and wait > RETRY_AFTER_CAP_S:
                     raise VastError(
-                        f"vast.ai is rate limiting; it asks to retry after {retry_after:g} s",
+                        f"vast.ai is rate limiting; it asks to retry after {wait:g} s",
                         kind="rate_limited",
                         status=429,
                     )
                 if last:
                     raise _fault(response)
-                if retry_after is not None:
-                    backoff = max(backoff, retry_after)
+                if wait is not None:
+                    self._sleep(wait)
+                    continue
             self._sleep(backoff)
             backoff *= BACKOFF_FACTOR
         raise AssertionError("unreachable")  # pragma: no cover
@@ -196,7 +203,7 @@ def _read_answer(response: requests.Response, method: str) -> dict[str, Any]:
             f"vast.ai answered {response.status_code} with a body that is not a JSON object",
             status=response.status_code,
         )
-    if response.status_code == 404 and body.get("error") == "no_such_instance":
+    if response.status_code == 404 and body.get("error") in GONE_ERRORS:
         raise VastError(
             "vast.ai does not know this instance (no_such_instance)", kind="not_found", status=404
         )
@@ -220,6 +227,23 @@ def _fault(response: requests.Response) -> VastError:
     return VastError(f"vast.ai is failing ({response.status_code})", status=response.status_code)
 
 
+def _wait_asked(response: requests.Response, method: str) -> float | None:
+    """Return how long to wait before retrying: for a 429 always, else a Retry-After or None.
+
+    A 429 waits a numeric Retry-After, else the interval its body names (threshold=), else
+    vast.ai's documented interval for the method.
+    """
+    retry_after = _retry_after(response)
+    if response.status_code != 429:
+        return retry_after
+    if retry_after is not None:
+        return retry_after
+    found = THRESHOLD.search(response.text[:1000])
+    if found is not None:
+        return float(found.group(1))
+    return RATE_LIMIT_INTERVAL_S.get(method, max(RATE_LIMIT_INTERVAL_S.values()))
+
+
 def _retry_after(response: requests.Response) -> float | None:
     """Read a numeric Retry-After header, or None."""
     raw = response.headers.get("Retry-After", "").strip()
@@ -227,13 +251,7 @@ def _retry_after(response: requests.Response) -> float | None:
         value = float(raw)
     except ValueError:
         return None
-    return value if value >= 0 else None
-
-
-def _threshold(response: requests.Response) -> float | None:
-    """Read the interval a 429 body names ("... endpoint threshold=2.0"), or None."""
-    match = THRESHOLD.search(response.text[:500]) if response.status_code == 429 else None
-    return float(match.group(1)) if match else None
+    return value if value >= 0 and math.isfinite(value) else None
 
 
 def _reason(body: dict[str, Any]) -> str:

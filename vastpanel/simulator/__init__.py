@@ -43,7 +43,10 @@ Control routes on the API server (loopback only, no auth, never in the request l
                              "delay": s, "status": code, "body": obj|str, "headers": {},
                              "retry_after": s, "text": bool}
     DELETE /_sim/fault      remove all faults (?kind=K for one kind)
-    POST   /_sim/external   {"action": "start"|"stop"|"exit"|"vanish"|"appear"} (the console)
+    POST   /_sim/external   {"action": "start"|"stop"|"exit"|"vanish"|"appear"} (the console),
+                            or "created"|"frozen"|"rebooting"|"unknown"|"offline": that
+                            actual_status until "recover", a start or a stop (rebooting
+                            ends by itself after load_delay)
     GET    /_sim/requests   {"requests": [{method, path, query, json, status, time}], "count"}
                             (?method=, ?path=, ?server=llm); the key is never recorded
     DELETE /_sim/requests   empty the logs
@@ -61,6 +64,11 @@ Control routes on the API server (loopback only, no auth, never in the request l
 Fault kinds (``Simulator.add_fault(kind, **options)`` or POST /_sim/fault):
     response               any status and body (``status`` required)
     rate_limit             429, JSON {"detail": ...} or ``text=True``; ``retry_after`` header
+
+Rate limits are on by default, as on vast.ai: a request sooner than GET 2 s / PUT 1 s after
+the last accepted one for the same key and endpoint answers 429 with the plain-text body
+``API requests too frequent: endpoint threshold=2.0`` and no Retry-After
+(``Simulator(rate_limit={})`` or ``--rate-limit-get 0 --rate-limit-put 0`` turn them off).
     html                   an HTML proxy page instead of JSON, 502 (or ``status=200``)
     slow                   answer normally after ``delay`` seconds
     resources_unavailable  a start answers 200 success false and stays in scheduling

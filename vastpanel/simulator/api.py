@@ -35,7 +35,7 @@ def _backend() -> Backend:
 def answer(status: int, body, headers: dict | None = None) -> Response:
     """Return a JSON answer (or text, when ``body`` is already a string)."""
     if isinstance(body, str):
-        return Response(body, status=status, headers=headers)
+        return Response(body, status=status, headers=headers, mimetype="text/plain")
     return Response(json.dumps(body), status=status, headers=headers, mimetype="application/json")
 
 
@@ -58,18 +58,25 @@ def front_door():
     if g.auth is None:
         return answer(401, INVALID_KEY)
     endpoint = request.url_rule.rule if request.url_rule else request.path
-    threshold = backend.rate_limiter.exceeded(endpoint, request.method, g.arrived_at)
+    threshold = backend.rate_limiter.exceeded(
+        endpoint, request.method, g.arrived_at, key=_sent_key() or ""
+    )
     if threshold is not None:
-        return answer(429, {"detail": RATE_LIMIT_DETAIL.format(threshold=threshold)})
+        # As vast.ai: plain text, no Retry-After; the client must wait the interval itself.
+        return answer(429, RATE_LIMIT_DETAIL.format(threshold=threshold))
     return None
+
+
+def _sent_key() -> str | None:
+    # The header is what clients should send; vast.ai still honours ?api_key= as well.
+    header = request.headers.get("Authorization", "")
+    sent = header[len("Bearer ") :] if header.startswith("Bearer ") else None
+    return sent or request.args.get("api_key")
 
 
 def _key_accepted(backend: Backend) -> str | None:
     """Say whose key came: "account", "instance" (only for stopping that instance), or None."""
-    # The header is what clients should send; vast.ai still honours ?api_key= as well.
-    header = request.headers.get("Authorization", "")
-    sent = header[len("Bearer ") :] if header.startswith("Bearer ") else None
-    sent = (sent or request.args.get("api_key") or "").encode()
+    sent = (_sent_key() or "").encode()
     if hmac.compare_digest(sent, backend.api_key.encode()):
         return "account"
     if hmac.compare_digest(sent, backend.instance_api_key.encode()) and _own_stop(backend):

@@ -9,10 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .faults import Fault, FaultBook, RateLimiter
-from .instance import SimInstance
+from .instance import FORCED_STATUSES, SimInstance
 from .llm_metrics import VllmMetrics
 
-EXTERNAL_ACTIONS = ("start", "stop", "exit", "vanish", "appear")
+EXTERNAL_ACTIONS = ("start", "stop", "exit", "vanish", "appear", "recover", *FORCED_STATUSES)
 LOG_LIMIT = 10_000  # a demo left polling for days keeps only the latest requests
 
 
@@ -127,6 +127,10 @@ class Backend:
                 changed = inst.intended != "stopped"
                 inst.request_stop(now)
                 return changed
+            if action == "recover":
+                return inst.recover(now)
+            if action in FORCED_STATUSES:
+                return inst.force_status(now, action)
             return inst.exit_container(now)
 
     def set_billing(self, **options) -> dict:

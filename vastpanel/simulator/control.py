@@ -62,7 +62,11 @@ def clear_faults():
 
 @control.post("/external")
 def external():
-    """Act as the vast.ai console would: {"action": "start"|"stop"|"exit"|"vanish"|"appear"}."""
+    """Act as the vast.ai console would: {"action": A} (backend.EXTERNAL_ACTIONS).
+
+    start, stop, exit, vanish, appear; created, frozen, rebooting, unknown, offline show that
+    status until recover, a start or a stop (rebooting ends by itself after load_delay).
+    """
     backend = _backend()
     try:
         changed = backend.external(str(_body().get("action")))

@@ -14,7 +14,9 @@ START_KINDS = ("resources_unavailable", "missing_billing")
 KINDS = FRONT_KINDS + START_KINDS
 METHODS = ("GET", "PUT")
 
-RATE_LIMIT_DETAIL = "API requests too frequent endpoint threshold={threshold}"
+RATE_LIMIT_DETAIL = "API requests too frequent: endpoint threshold={threshold}"
+# vast.ai's minimum intervals for the single-instance calls (shared/vast-api.md); on by default.
+DEFAULT_RATE_LIMIT = {"GET": 2.0, "PUT": 1.0}
 HTML_502 = (
     "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
@@ -176,23 +178,23 @@ class FaultBook:
 
 
 class RateLimiter:
-    """A minimum interval between accepted requests per endpoint and method (off when empty)."""
+    """A minimum interval between accepted requests per key, endpoint and method (off: {})."""
 
     def __init__(self, intervals: dict[str, float] | None = None):
         self.intervals = {k.upper(): float(v) for k, v in (intervals or {}).items()}
-        self._last: dict[tuple[str, str], float] = {}
+        self._last: dict[tuple[str, str, str], float] = {}
         self._lock = threading.Lock()
 
-    def exceeded(self, endpoint: str, method: str, now: float) -> float | None:
+    def exceeded(self, endpoint: str, method: str, now: float, key: str = "") -> float | None:
         """Return the threshold when this request comes too soon, else record it and None."""
         interval = self.intervals.get(method)
         if not interval:
             return None
         with self._lock:
-            last = self._last.get((endpoint, method))
+            last = self._last.get((key, endpoint, method))
             if last is not None and now - last < interval:
                 return interval  # a refused request does not push the window on
-            self._last[(endpoint, method)] = now
+            self._last[(key, endpoint, method)] = now
             return None
 
     def reset(self) -> None:

@@ -14,6 +14,14 @@ STOPPED = "stopped"
 LOADING = "loading"
 EXITED = "exited"
 INITIAL_STATES = ("stopped", "running", "creating")
+# Statuses the console (the control API) can put the instance in, until "recover", a start or
+# a stop; "rebooting" ends by itself after load_delay, back to the lifecycle's own status.
+FORCED_STATUSES = ("created", "frozen", "rebooting", "unknown", "offline")
+FORCED_MESSAGES = {
+    "offline": "Host disconnected",
+    "unknown": "No heartbeat from the host",
+    "rebooting": "Rebooting the container",
+}
 
 
 class ManualClock:
@@ -108,6 +116,8 @@ class SimInstance:
         self.held = False  # a start queued behind resources_unavailable
         self.creating = initial_state == "creating"
         self.exited_at: float | None = None
+        self.forced: str | None = None  # a status set from the console (FORCED_STATUSES)
+        self.forced_until = math.inf
         self.stop_at = now  # actual becomes stopped at this reading
         self.stop_from = STOPPED  # the actual status shown until stop_at
         if initial_state == STOPPED:
@@ -125,6 +135,8 @@ class SimInstance:
 
     def actual_status(self, now: float) -> str | None:
         """Return what the machine is doing at ``now``."""
+        if self.forced is not None and now < self.forced_until:
+            return self.forced
         if self.intended == STOPPED:
             return self.stop_from if now < self.stop_at else STOPPED
         if self.exited_at is not None and now >= self.exited_at:
@@ -177,9 +189,27 @@ class SimInstance:
         """Return False when a start would be a no-op (running or already on its way)."""
         return not (self.intended == RUNNING and self.actual_status(now) != EXITED)
 
+    def force_status(self, now: float, status: str) -> bool:
+        """Show ``status`` (one of FORCED_STATUSES) from now on; False if it was shown already."""
+        if status not in FORCED_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(FORCED_STATUSES)}")
+        changed = self.actual_status(now) != status
+        self.forced = status
+        self.forced_until = now + self.timing.load_delay if status == "rebooting" else math.inf
+        return changed
+
+    def recover(self, now: float) -> bool:
+        """End a forced status: back to what the lifecycle says. False if none was forced."""
+        changed = self.forced is not None and now < self.forced_until
+        self.forced, self.forced_until = None, math.inf
+        return changed
+
     def request_start(self, now: float, gpu_free: bool = True) -> str:
         """Ask for running; return "noop", "started" or "queued" (GPU taken, held in scheduling)."""
         self.accrue(now)
+        if self.forced is not None and now < self.forced_until and self.forced != "rebooting":
+            self.forced, self.forced_until = None, math.inf
+            self.intended = STOPPED  # vast.ai reschedules it as a fresh start
         if not self.start_needed(now):
             return "noop"
         actual = self.actual_status(now)
@@ -205,6 +235,7 @@ class SimInstance:
         """Ask for stopped; the old actual status lingers for stop_delay seconds."""
         self.accrue(now)
         actual = self.actual_status(now)
+        self.forced, self.forced_until = None, math.inf
         if self.intended == STOPPED:
             return
         self.intended = STOPPED
@@ -243,7 +274,7 @@ class SimInstance:
         row = {
             "id": self.id,
             "actual_status": actual,
-            "intended_status": self.intended,
+            "intended_status": "frozen" if actual == "frozen" else self.intended,
             "cur_state": RUNNING if actual in (RUNNING, LOADING) else STOPPED,
             "next_state": self.intended,
             "status_msg": self._status_msg(actual),
@@ -284,6 +315,8 @@ class SimInstance:
         return row
 
     def _status_msg(self, actual: str | None) -> str | None:
+        if actual in FORCED_MESSAGES:
+            return FORCED_MESSAGES[actual]
         if actual == EXITED:
             return "Error: container exited with code 137 (OOMKilled)"
         if self.intended == RUNNING and self.held:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from .agent import AgentSettings, InstanceAgent
 from .api import create_api_app
 from .backend import Backend, LlmConfig
-from .faults import Fault
+from .faults import DEFAULT_RATE_LIMIT, Fault
 from .instance import Hardware, SimInstance, Timing
 from .llm import create_llm_app
 from .server import HOST, ServerThread
@@ -18,7 +18,9 @@ from .server import HOST, ServerThread
 class Simulator:
     """A fake vast.ai account with one instance, served over real HTTP on loopback.
 
-    Use it as a context manager, or call ``start()`` and ``stop()``.
+    Use it as a context manager, or call ``start()`` and ``stop()``. Like vast.ai it refuses
+    a request sooner than ``rate_limit`` (GET 2 s, PUT 1 s per key) after the last accepted
+    one with a plain-text 429; ``rate_limit={}`` turns that off.
     """
 
     def __init__(
@@ -34,7 +36,7 @@ class Simulator:
         initial_state: str = "stopped",
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
-        rate_limit: dict[str, float] | None = None,
+        rate_limit: dict[str, float] | None = DEFAULT_RATE_LIMIT,
         port: int = 0,
         llm_port: int = 0,
         hardware: Hardware | None = None,

@@ -1,0 +1,91 @@
+"""The SQLite file on disk: private modes, and migrations that several processes start at once."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import stat
+import traceback
+
+import pytest
+
+from conftest import base_config
+from vastpanel import create_app, store
+from vastpanel.auth import SECRET_KEY_FILE
+
+RACE_ROUNDS = 20
+RACE_PROCESSES = 4
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_new_data_folder_and_files_are_private(tmp_path):
+    data = tmp_path / "data"
+    app = create_app(base_config(tmp_path, VAST_DB_PATH=str(data / "vastpanel.db")))
+    panel = app.extensions["vastpanel"]
+    store.set_value(panel.db, "x", 1.0)  # the WAL files exist once something was written
+    assert _mode(data) == 0o700
+    files = ["vastpanel.db", "vastpanel.db-wal", "vastpanel.db-shm", SECRET_KEY_FILE]
+    for name in files:
+        assert (data / name).exists(), name
+        assert _mode(data / name) == 0o600, name
+    panel.close()
+
+
+def test_private_even_with_a_permissive_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        db = store.open_db(str(tmp_path / "new" / "deeper" / "x.db"))
+        store.migrate(db)
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "new" / "deeper") == 0o700
+    assert _mode(tmp_path / "new" / "deeper" / "x.db") == 0o600
+    assert _mode(tmp_path / "new" / "deeper" / "x.db-wal") == 0o600
+    db.close()
+
+
+def test_an_existing_folder_is_left_as_it_is(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    os.chmod(shared, 0o755)
+    store.open_db(str(shared / "x.db")).close()
+    assert _mode(shared) == 0o755  # the admin's own folder: not ours to change
+    assert _mode(shared / "x.db") == 0o600
+
+
+def _migrate_at_once(path: str, barrier, errors) -> None:
+    try:
+        barrier.wait(timeout=30)
+        db = store.open_db(path)
+        store.migrate(db)
+        db.close()
+    except Exception:  # reported to the parent, which fails the test
+        errors.put(traceback.format_exc(limit=-3))
+
+
+@pytest.mark.e2e
+def test_processes_starting_together_on_a_new_file_migrate_once(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    errors = ctx.Queue()
+    for round_no in range(RACE_ROUNDS):
+        path = str(tmp_path / f"race-{round_no}.db")
+        barrier = ctx.Barrier(RACE_PROCESSES)
+        workers = [
+            ctx.Process(target=_migrate_at_once, args=(path, barrier, errors))
+            for _ in range(RACE_PROCESSES)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+            assert worker.exitcode == 0
+        db = store.open_db(path)
+        assert store.schema_version(db) == len(store.migrations._migrations)
+        db.close()
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    assert found == []
