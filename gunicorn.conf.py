@@ -1,10 +1,15 @@
 """gunicorn settings for vastpanel: `gunicorn -c gunicorn.conf.py app:app`.
 
 Read from the environment (see README, "Production"):
-    VASTPANEL_BIND     where to listen; 127.0.0.1:8000 by default, 0.0.0.0:8000 in the container
-    VASTPANEL_WORKERS  worker processes (1); they share state through SQLite
-    VASTPANEL_THREADS  threads per worker (8): one request holds one thread
-    VAST_WAIT_TIMEOUT_S  how long a power on may hold its request; the worker timeout is above it
+    VASTPANEL_BIND         where to listen; 127.0.0.1:8000 by default, 0.0.0.0:8000 in the container
+    VASTPANEL_WORKERS      worker processes (1); they share state through SQLite
+    VASTPANEL_CONNECTIONS  connections one worker serves at once (1000), waiting ones included
+    VASTPANEL_THREADS      no longer used (gevent workers have no thread pool); warned about
+    VAST_WAIT_TIMEOUT_S    how long a power on may hold its request; the worker timeout is above it
+
+gevent workers: each connection is a greenlet, so a request that waits (a power-on waiting for
+health, a client that sends its request slowly, a slow vast.ai answer) costs no thread and does
+not hold up the others. gunicorn monkey-patches the worker before it loads the app.
 """
 
 import glob
@@ -39,19 +44,40 @@ def _count(name: str, default: int) -> int:
     return int(raw)
 
 
-bind = [os.environ.get("VASTPANEL_BIND", "").strip() or "127.0.0.1:8000"]
-worker_class = "gthread"
-workers = _count("VASTPANEL_WORKERS", 1)
-threads = _count("VASTPANEL_THREADS", 8)
+def _warn(message: str) -> None:
+    """Print a warning line in the log's format (gunicorn's logging is not set up yet)."""
+    import logging
+    import sys
 
-# POST /power/on with wait_for_health holds its request for up to VAST_WAIT_TIMEOUT_S. A sync
-# worker stuck in a request that long is killed at `timeout` (seen: WORKER TIMEOUT at 30 s).
-# gthread workers (gunicorn 27) heartbeat from their main loop while threads serve, so they
-# survive anyway; the timeout stays above the wait so that neither kind can cut a start short.
-# The margin covers the last vast.ai call and health probe after the deadline.
+    from vastpanel.log_config import UtcFormatter
+
+    record = logging.LogRecord("vastpanel", logging.WARNING, __file__, 0, message, None, None)
+    print(UtcFormatter(LOG_FORMAT).format(record), file=sys.stderr)
+
+
+bind = [os.environ.get("VASTPANEL_BIND", "").strip() or "127.0.0.1:8000"]
+worker_class = "gevent"
+workers = _count("VASTPANEL_WORKERS", 1)
+# Idle keep-alive sockets, half-sent requests and power-ons waiting for health all count here;
+# past it the worker stops accepting until one ends.
+worker_connections = _count("VASTPANEL_CONNECTIONS", 1000)
+if os.environ.get("VASTPANEL_THREADS", "").strip():
+    # Ignored, not refused, so an old .env or compose file still starts.
+    _warn(
+        "VASTPANEL_THREADS is no longer used: gevent workers serve each connection without a "
+        "thread; VASTPANEL_CONNECTIONS bounds the connections instead."
+    )
+
+# The worker heartbeats from its hub between greenlets, so a request that waits long (a power-on
+# with wait_for_health, up to VAST_WAIT_TIMEOUT_S) never trips `timeout`: only a worker whose hub
+# is blocked (CPU-bound or stuck in a call that does not yield) for this long is killed. It stays
+# above the wait all the same, as it was for threaded workers, so that no worker class could cut
+# a start short. The margin covers the last vast.ai call and health probe after the deadline.
 WAIT_MARGIN_S = 60
 timeout = math.ceil(_config.wait_timeout_s) + WAIT_MARGIN_S
 graceful_timeout = 30
+# Also how long a connection may take to send its request line and headers (gunicorn's async
+# workers read them under this timeout), so a half-open socket is closed after 5 s.
 keepalive = 5
 # The heartbeat file on tmpfs: a container's overlay disk can stall it and trip the timeout.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     phase = wrk_phase if args.client == "wrk" else python_phase
     print(
         f"load generator: {args.client}, {args.clients} concurrent keep-alive clients, "
-        f"{args.seconds:g} s per endpoint; gunicorn workers={args.workers} threads=8"
+        f"{args.seconds:g} s per endpoint; gunicorn workers={args.workers} (gevent)"
     )
     with stack(workers=args.workers) as (_sim, server, _folder):
         healthz_url = server.url + "/healthz"

@@ -2,7 +2,8 @@
 instance sees.
 
 1. Look duration. The real Watchdog.look() in this process (real SQLite file, the simulator
-   over loopback HTTP, VAST_STATUS_TTL_S=0 so every look asks vast.ai), --looks times with the
+   over loopback HTTP, VAST_STATUS_TTL_S=0: the vast.ai answer is reused only within vast.ai's
+   2 s GET interval), --looks times with the
    gateway as the only source, then with a metrics read in every look
    (VAST_METRICS_EVERY_S=0.001), then the stop path's fresh read right before a stop that a
    running request cancels. Measured in process because gunicorn gives no per-look timing.
@@ -131,8 +132,8 @@ def look_durations(looks: int) -> bool:
         reads = len(sim.llm_requests("GET", "/metrics"))
         cancelled = time_cancelled_stops(sim, folder, max(10, looks // 10))
         events = len(sim.llm_requests("GET", "/metrics")) - reads
-    print(summary("look, gateway only (vast.ai GET)", gateway))
-    print(summary("look with a metrics read (vast.ai GET + /metrics GET)", with_metrics))
+    print(summary("look, gateway only", gateway))
+    print(summary("look with a metrics read (a /metrics GET each)", with_metrics))
     print(f"  /metrics GETs at the simulator during those looks: {reads}")
     print(summary("look past the deadline, fresh read finds a request running", cancelled))
     print(f"  /metrics GETs in those rounds: {events} (a baseline and a fresh read each)")

@@ -108,7 +108,9 @@ class PanelProcess:
             try:
                 self.api("GET", "/costs", timeout=2)
                 return
-            except requests.ConnectionError:
+            # gunicorn's master listens before its worker has booted: a request sent meanwhile
+            # waits in the backlog and may time out on a loaded machine. Not ready yet, either.
+            except (requests.ConnectionError, requests.Timeout):
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"panel did not answer within {timeout} s: {self.log()}")

@@ -17,7 +17,7 @@ from conftest import (
     base_config,
     load_fixture,
 )
-from vastpanel import create_app, store
+from vastpanel import MAX_BODY_BYTES, create_app, store
 from vastpanel.instance_state import KEPT_FIELDS
 
 ROUTES = [
@@ -596,7 +596,12 @@ def test_activity_calls_nothing_upstream(client, vast, clock):
     assert vast.gets == 0 and vast.puts == []
 
 
-@pytest.mark.parametrize("body", ["{nope", "[]", "42", "[" * 100_000, '{"a":' * 100_000])
+# Deep, yet under MAX_BODY_BYTES (64 KiB): a larger body is refused with 413 before parsing.
+DEEP_LIST = "[" * 60_000
+DEEP_OBJECT = '{"a":' * 12_000
+
+
+@pytest.mark.parametrize("body", ["{nope", "[]", "42", DEEP_LIST, DEEP_OBJECT])
 def test_activity_bad_body_is_422_and_records_nothing(client, body):
     response = client.post(
         "/infra/vast/activity", data=body, headers={"Content-Type": "application/json"}
@@ -608,7 +613,7 @@ def test_activity_bad_body_is_422_and_records_nothing(client, body):
 @pytest.mark.parametrize("path", ["/power/on", "/power/off"])
 def test_a_deeply_nested_body_is_422_and_sends_nothing(client, vast, path):
     response = client.post(
-        "/infra/vast" + path, data="[" * 100_000, headers={"Content-Type": "application/json"}
+        "/infra/vast" + path, data=DEEP_LIST, headers={"Content-Type": "application/json"}
     )
     assert response.status_code == 422
     assert response.json == {"detail": "body: JSON nested too deeply"}
@@ -724,3 +729,22 @@ def test_no_get_within_vast_ais_interval_of_the_last_one_even_after_a_retry(tmp_
     client.get("/infra/vast/status")
     assert vast.refused == ["GET"] and vast.gets == 2  # reused: asking would meet a 429
     app.extensions["vastpanel"].close()
+
+
+# --- request size ---------------------------------------------------------------------------
+
+
+def test_a_body_over_the_limit_is_refused_unread_with_json(client, panel):
+    big = json.dumps({"pad": "x" * MAX_BODY_BYTES})
+    response = client.post("/infra/vast/activity", data=big, content_type="application/json")
+    assert response.status_code == 413
+    assert response.json == {
+        "detail": f"The request body is too large: at most {MAX_BODY_BYTES} bytes."
+    }
+    assert store.get_value(panel.db, "last_activity") is None
+    # Refused before the key check: an unauthenticated body is not read either.
+    anonymous = client.application.test_client()
+    assert anonymous.post("/infra/vast/power/on", data=big).status_code == 413
+    assert anonymous.post("/signin", data={"key": "x" * MAX_BODY_BYTES}).status_code == 413
+    small = client.post("/infra/vast/activity", json={"pad": "x" * 1000})
+    assert small.status_code == 200

@@ -113,7 +113,7 @@ def test_compose_example(compose_service):
     known = config_variables() | {
         "VASTPANEL_BIND",
         "VASTPANEL_WORKERS",
-        "VASTPANEL_THREADS",
+        "VASTPANEL_CONNECTIONS",
         "SESSION_COOKIE_SECURE",
         "FORWARDED_ALLOW_IPS",
     }

@@ -17,7 +17,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from conftest import CONTROL_KEY, INSTANCE_URL, base_config, load_fixture
-from vastpanel import create_app, power, store
+from vastpanel import MAX_BODY_BYTES, create_app, power, store
+from vastpanel.lockout import FREE_WRONG_KEYS
 from vastpanel.openapi import PREFIX, SPEC
 
 SPEC_URI = "urn:vastpanel:openapi"
@@ -109,9 +110,16 @@ def make_client(tmp_path, clock, vast):
 
 
 def common_errors(contract: Contract, client, make_client, crash, **kwargs) -> None:
-    """Provoke 401 (no key), 503 (API disabled) and, with crash(), a 500."""
+    """Provoke 401 (no key), 413 (body too large), 429 (locked out), 503 (API disabled) and,
+    with crash(), a 500."""
     anonymous = client.application.test_client()
     contract.call(anonymous, 401, **kwargs)
+    contract.call(client, 413, raw="x" * (MAX_BODY_BYTES + 1))
+    guesser = client.application.test_client()
+    guesser.environ_base.update(REMOTE_ADDR="198.51.100.9", HTTP_X_API_KEY="wrong-key-guess")
+    for _ in range(FREE_WRONG_KEYS):
+        guesser.get(PREFIX + "/costs")
+    contract.call(guesser, 429, **kwargs)
     contract.call(make_client(CONTROL_API_KEY=""), 503, **kwargs)
     if crash is not None:
         crash()

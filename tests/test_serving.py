@@ -143,14 +143,17 @@ def events(log: str) -> list[tuple[str, str]]:
 
 
 def test_gunicorn_config_file(monkeypatch, tmp_path):
-    for name in ("VASTPANEL_BIND", "VASTPANEL_WORKERS", "VASTPANEL_THREADS"):
+    for name in ("VASTPANEL_BIND", "VASTPANEL_WORKERS", "VASTPANEL_CONNECTIONS"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("VASTPANEL_THREADS", "8")  # an old setting: warned about, not refused
     # The config sets PROMETHEUS_MULTIPROC_DIR in os.environ: given here, it is undone after.
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     monkeypatch.setenv("VAST_WAIT_TIMEOUT_S", "600")
     settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     assert settings["bind"] == ["127.0.0.1:8000"]
-    assert settings["worker_class"] == "gthread" and settings["threads"] >= 2
+    # A request that waits costs no thread: gevent, with room for many waiting connections.
+    assert settings["worker_class"] == "gevent" and settings["worker_connections"] >= 200
+    assert "threads" not in settings
     assert settings["timeout"] > 600
     assert settings["METRICS_DIR"] == str(tmp_path)
     for atom in ("%(r)s", "%(q)s", "%(f)s"):  # the request line, the query, the referer
@@ -168,6 +171,20 @@ def test_gunicorn_config_file(monkeypatch, tmp_path):
     monkeypatch.setenv("VASTPANEL_BIND", "0.0.0.0:9000")
     settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     assert settings["timeout"] > 45.5 and settings["bind"] == ["0.0.0.0:9000"]
+
+    # gunicorn's master reads this file: it must not import requests/urllib3, which would then
+    # keep unpatched ssl names in the gevent worker (blocking HTTPS to vast.ai).
+    imported = subprocess.run(
+        [sys.executable, "-c", "import runpy, sys; runpy.run_path('gunicorn.conf.py'); "
+         "print(sorted({'requests', 'urllib3'} & set(sys.modules)))"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert imported.stdout.strip() == "[]", imported.stdout
+
+    monkeypatch.setenv("VASTPANEL_CONNECTIONS", "0")
+    with pytest.raises(SystemExit, match="VASTPANEL_CONNECTIONS must be 1 or more"):
+        runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    monkeypatch.delenv("VASTPANEL_CONNECTIONS")
 
     monkeypatch.setenv("VAST_WAIT_TIMEOUT_S", "soon")
     with pytest.raises(SystemExit, match="VAST_WAIT_TIMEOUT_S must be a number"):

@@ -7,6 +7,8 @@ where a test must let the scheduler's thread run, it polls with a deadline of a 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -226,3 +228,51 @@ def test_real_app_starts_it_by_default_but_not_in_the_reloader_parent(
         if watchdog is not None:
             watchdog.shutdown()
         app.extensions["vastpanel"].close()
+
+
+def test_the_scheduler_keeps_its_settings_through_flask_apscheduler(make_app):
+    """flask-apscheduler's init_app reconfigures the scheduler; ours must survive it."""
+    watchdog = make_app(VASTPANEL_WATCHDOG=True).extensions[EXTENSION]
+    scheduler = watchdog.scheduler.scheduler
+    assert scheduler._job_defaults == {
+        "misfire_grace_time": None,  # a late look runs; 1 s (the reset value) would skip it
+        "coalesce": True,
+        "max_instances": 1,
+    }
+    assert scheduler.timezone == UTC
+    assert watchdog.scheduler.get_job(LOOK_JOB).max_instances == 2
+
+
+GEVENT_LOOK = """
+from gevent import monkey; monkey.patch_all()
+import os, threading, time
+from vastpanel import create_app
+from vastpanel.scheduling import NativeThreadScheduler
+os.environ.update(VAST_DB_PATH=os.path.join({tmp!r}, "g.db"), CONTROL_API_KEY="k" * 20)
+app = create_app()
+watchdog = app.extensions["vastpanel_watchdog"]
+assert isinstance(watchdog.scheduler.scheduler, NativeThreadScheduler)
+seen = []
+look = watchdog.look
+watchdog.look = lambda: (seen.append(threading.get_native_id()), look())[1]
+watchdog.scheduler.scheduler.add_job(watchdog._run_look, id="now")
+give_up = time.monotonic() + 10
+while not seen and time.monotonic() < give_up:
+    time.sleep(0.05)  # a greenlet sleep: the hub goes on while the look runs elsewhere
+assert seen and seen[0] != threading.get_native_id(), seen
+assert watchdog.alive and watchdog.is_leader
+watchdog.shutdown()
+print("native look ok")
+"""
+
+
+def test_under_gevent_looks_run_on_a_native_thread(tmp_path):
+    """As in gunicorn's gevent worker: patched first, then the app; a look is not a greenlet."""
+    result = subprocess.run(
+        [sys.executable, "-c", GEVENT_LOOK.format(tmp=str(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "native look ok" in result.stdout

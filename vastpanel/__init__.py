@@ -10,14 +10,19 @@ from typing import Any
 
 from flask import Flask, jsonify, request
 from htmx_flask import Htmx
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .config import Config, ConfigError
 from .log_config import configure_logging
-from .panel import Panel
 
 ROOT = Path(__file__).resolve().parent.parent
 API_PREFIX = "/infra/vast"
+# Request bodies: the API takes small JSON objects and the page small forms, so anything larger
+# is refused (413) before it is read. The LLM proxy's /v1/ routes will need up to 32 MiB: raise
+# the limit for those requests only, in that blueprint's before_request, with
+# `request.max_content_length = LLM_MAX_BODY_BYTES` (Flask 3.1 lets one request raise it).
+MAX_BODY_BYTES = 64 * 1024
+LLM_MAX_BODY_BYTES = 32 * 1024 * 1024
 
 htmx = Htmx()
 log = logging.getLogger("vastpanel")
@@ -40,12 +45,19 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         template_folder=str(ROOT / "templates"),
         static_folder=str(ROOT / "static"),
     )
-    app.config.from_mapping(TESTING=test_config is not None, JSON_SORT_KEYS=False)
+    app.config.from_mapping(
+        TESTING=test_config is not None,
+        JSON_SORT_KEYS=False,
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+    )
     if test_config is not None:
         app.config.update({k: v for k, v in test_config.items() if k in ("TESTING",)})
     if not app.testing:
         configure_logging()  # lines to stderr with time and level, unless already configured
+    # Imported here, not at the top: gunicorn.conf.py imports this package in gunicorn's master,
+    # and the gevent worker must monkey-patch ssl before requests/urllib3 import names from it.
     from .cli import running_cli_command
+    from .panel import Panel
 
     # `flask --app app vast ...` and other commands (not `flask run`) serve nothing: no
     # watchdog, no secret key file, and no database created before a command asks for one.
@@ -57,10 +69,18 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         open_now=not command_only,
     )
     app.extensions["vastpanel"] = panel
+    # flaskr's rule: nothing a request opens outlives it. Each request (a thread, or a greenlet
+    # under gevent, where every request is a new one) gets its own SQLite connection on first
+    # use; it is closed here rather than left to the thread-local, which would keep one per
+    # greenlet until the garbage collector found it.
+    app.teardown_appcontext(lambda _exc: panel.close())
     htmx.init_app(app)
 
     from . import api, auth, cli, health, metrics, openapi, pages
 
+    # First of all the hooks (before the key check and CSRF): a body announced too large is
+    # refused unread. A chunked one is cut by Werkzeug when it is read past the limit.
+    app.before_request(_refuse_large_body)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)  # its own access rule: METRICS_TOKEN or loopback
@@ -88,10 +108,20 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
+def _refuse_large_body() -> None:
+    """Refuse a request whose Content-Length is over this request's limit, without reading it."""
+    limit = request.max_content_length
+    if limit is not None and (request.content_length or 0) > limit:
+        raise RequestEntityTooLarge(f"The request body is too large: at most {limit} bytes.")
+
+
 def _http_error(exc: HTTPException):
     """Answer JSON to API clients; leave other paths to Flask's HTML pages."""
     if request.path.startswith(API_PREFIX):
-        return jsonify(detail=exc.description or exc.name), exc.code or 500
+        detail = exc.description or exc.name
+        if isinstance(exc, RequestEntityTooLarge) and request.max_content_length is not None:
+            detail = f"The request body is too large: at most {request.max_content_length} bytes."
+        return jsonify(detail=detail), exc.code or 500
     return exc
 
 

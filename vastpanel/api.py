@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import re
 from typing import Any
@@ -18,6 +17,7 @@ from .panel import (
     HealthTimeout,
     InvalidRequest,
     KeepAliveResult,
+    KeyCheck,
     NoBudget,
     NotConfigured,
     NotRunning,
@@ -67,9 +67,21 @@ def require_api_key():
     if not expected:
         return problem(503, "The API is disabled: CONTROL_API_KEY is not configured on the server.")
     given = request.headers.get("X-API-Key", "")
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+    check = get_panel().check_key(given, request.remote_addr, "api")
+    if check.retry_after_s is not None:
+        answer = problem(429, locked_out_message(check))
+        return answer[0], 429, {"Retry-After": check.retry_after_header}
+    if not check.accepted:
         return problem(401, "Missing or wrong X-API-Key.")
     return None
+
+
+def locked_out_message(check: KeyCheck) -> str:
+    """Say why a key was not even checked, and when to try again."""
+    return (
+        "Too many wrong keys from this address: no key is checked from it for "
+        f"{check.retry_after_header} s more."
+    )
 
 
 @bp.errorhandler(InvalidInput)

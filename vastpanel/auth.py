@@ -46,7 +46,6 @@ log = logging.getLogger("vastpanel")
 
 SESSION_ID = "signin"  # the only thing the cookie holds: the sign-in's id
 SESSION_LIFETIME = SIGNIN_LIFETIME  # sliding: every request of an open page renews it
-WRONG_KEY_DELAY_S = 1.0
 SECRET_KEY_FILE = "secret_key"
 MIN_SECRET_KEY_LENGTH = 16
 NO_KEY_MESSAGE = (
@@ -212,9 +211,17 @@ def signin():
     if not expected:
         return render_signin(NO_KEY_MESSAGE, 503)
     given = request.form.get("key", "")
-    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+    check = panel.check_key(given.strip(), request.remote_addr, "signin")
+    if check.retry_after_s is not None:
+        message = (
+            "Too many wrong keys from this address. Sign-in is refused for "
+            f"{check.retry_after_header} s more; nothing was checked."
+        )
+        page, status = render_signin(message, 429)
+        return page, status, {"Retry-After": check.retry_after_header}
+    if not check.accepted:
+        # Answered at once: the brute-force limit is the lockout (lockout.py), not a sleep.
         log.warning("Wrong key at sign-in from %s", request.remote_addr)
-        panel.clock.sleep(WRONG_KEY_DELAY_S)  # slows down guessing
         return render_signin("Wrong key. Sign in with the server's CONTROL_API_KEY.", 401)
     session.clear()
     session.permanent = True

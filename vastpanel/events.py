@@ -49,6 +49,7 @@ EVENTS: dict[str, Event] = {
     "keepalive": Event("Keep running", PEOPLE),
     "admin_signed_in": Event("Admin signed in", ("admin",)),
     "admin_signed_out": Event("Admin signed out", ("admin",)),
+    "auth_lockout": Event("Locked out after wrong keys", ("system",)),
     "admin_signed_out_everywhere": Event("Admin signed out everywhere", ("admin",)),
     "instance_down": Event("Instance down (GPU not billed)", ("system",)),
     "budget_warning": Event("Budget 80 % spent", ("system",)),

@@ -33,6 +33,7 @@ DETAIL_LABELS = {
     "stop_at": "stop at",
     "keepalive_until": "until",
     "by_panel": "started here",
+    "client": "from",
 }
 
 

@@ -66,6 +66,20 @@ def _error(description: str) -> dict[str, Any]:
 
 
 UNAUTHORIZED = _error("X-API-Key is missing or wrong.")
+LOCKED_OUT = {
+    **_error(
+        "Too many wrong keys from this client (its address; an IPv6 /64): no key is checked "
+        "from it, the right one included, until the lockout passes. Each lockout lasts twice "
+        "as long as the one before."
+    ),
+    "headers": {
+        "Retry-After": {
+            "description": "Seconds until keys from this client are checked again.",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
+}
+TOO_LARGE = _error("The request body is over the limit (64 KiB); it was not read.")
 DISABLED = _error("The API is disabled: CONTROL_API_KEY is not configured on the server.")
 INTERNAL = _error("Unexpected internal error; the details are only in the server log.")
 NOT_CONFIGURED = _error(
@@ -347,7 +361,14 @@ SCHEMAS: dict[str, Any] = {
 def _operation(
     operation_id: str, summary: str, ok: dict[str, Any], errors: dict[str, Any], **extra: Any
 ) -> dict[str, Any]:
-    responses = {"200": ok, "401": UNAUTHORIZED, "503": DISABLED, **errors}
+    responses = {
+        "200": ok,
+        "401": UNAUTHORIZED,
+        "413": TOO_LARGE,
+        "429": LOCKED_OUT,
+        "503": DISABLED,
+        **errors,
+    }
     responses.setdefault("500", INTERNAL)
     return {
         "operationId": operation_id,

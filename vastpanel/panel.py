@@ -3,8 +3,9 @@
 The JSON API, the page and the watchdog all call Panel; it alone talks to the vast.ai client
 and the store. Its jobs live in their own modules, joined here: reading and reconciling the
 instance (reading.py), power actions (power.py), the idle rule (idle.py), the cost book
-(costs.py), the caps (budget.py), the page's sign-ins (signins.py) and the heartbeats to the
-instance's dead-man switch (agent_link.py).
+(costs.py), the caps (budget.py), the page's sign-ins (signins.py), the key check with its
+brute-force lockout (lockout.py) and the heartbeats to the instance's dead-man switch
+(agent_link.py).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .errors import (
 from .events import is_known
 from .idle import ACTIVITY_RESOLUTION_S, IdleRules, KeepAliveResult, nearest_stop
 from .instance_state import IDLE_STOPPABLE, InstanceState
+from .lockout import KeyCheck, KeyLockout
 from .logs import install_redaction, redact
 from .power import (
     AUTO_STOP,
@@ -64,6 +66,7 @@ __all__ = [
     "HealthTimeout",
     "InvalidRequest",
     "KeepAliveResult",
+    "KeyCheck",
     "NotConfigured",
     "NotRunning",
     "Panel",
@@ -195,6 +198,7 @@ class Panel(
     BudgetRules,
     notify.Notifications,
     SigninSessions,
+    KeyLockout,
     AgentHeartbeats,
 ):
     """Controls one vast.ai instance and keeps its books in SQLite."""

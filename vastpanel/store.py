@@ -7,7 +7,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -159,7 +159,24 @@ def m006_notify(db: Database) -> None:
 
 
 @migrations()
-def m007_agent_link(db: Database) -> None:
+def m007_auth_failures(db: Database) -> None:
+    """Count wrong keys per client, so every worker applies the same brute-force lockout."""
+    db.execute(
+        """CREATE TABLE auth_failures (
+            client TEXT PRIMARY KEY,
+            failures INTEGER NOT NULL,
+            window_start REAL NOT NULL,
+            last_failure REAL NOT NULL,
+            lockouts INTEGER NOT NULL DEFAULT 0,
+            locked_until REAL
+        )"""
+    )
+    # Pruning deletes the oldest rows first.
+    db.execute("CREATE INDEX auth_failures_last ON auth_failures(last_failure)")
+
+
+@migrations()
+def m008_agent_link(db: Database) -> None:
     """Keep what the instance's agent last answered to the panel's heartbeat (one row)."""
     db.execute(
         """CREATE TABLE agent_link (
@@ -280,6 +297,18 @@ class Lease:
     name: str
     holder: str
     expires_at: float
+
+
+@dataclass(frozen=True)
+class AuthFailures:
+    """Wrong keys from one client: those of its current window, and its lockouts so far."""
+
+    client: str
+    failures: int  # wrong keys since window_start
+    window_start: float
+    last_failure: float
+    lockouts: int  # how many times it was locked out; each lockout lasts longer
+    locked_until: float | None
 
 
 @dataclass(frozen=True)
@@ -853,6 +882,60 @@ def take_over_lease(
             [holder, now + ttl, name, old_holder],
         )
     return cursor.rowcount > 0
+
+
+# --- wrong keys per client -----------------------------------------------------------------
+
+AUTH_FAILURE_COLUMNS = "client, failures, window_start, last_failure, lockouts, locked_until"
+
+
+def read_auth_failures(db: Database, client: str) -> AuthFailures | None:
+    """Return the wrong keys counted for client, or None."""
+    row = db.execute(
+        f"SELECT {AUTH_FAILURE_COLUMNS} FROM auth_failures WHERE client = ?", [client]
+    ).fetchone()
+    return None if row is None else AuthFailures(*row)
+
+
+def update_auth_failures(
+    db: Database,
+    client: str,
+    change: Callable[[AuthFailures | None], AuthFailures],
+    forget_before: float,
+    keep: int,
+) -> AuthFailures:
+    """Replace client's row by change(row) under the write lock; return the new row.
+
+    Rows whose last wrong key is older than forget_before are deleted, and beyond `keep` rows
+    the oldest go, so many clients (or addresses) cannot make the table grow without bound.
+    """
+    with immediate(db):
+        new = change(read_auth_failures(db, client))
+        db.execute(
+            f"INSERT OR REPLACE INTO auth_failures ({AUTH_FAILURE_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                new.client,
+                new.failures,
+                new.window_start,
+                new.last_failure,
+                new.lockouts,
+                new.locked_until,
+            ],
+        )
+        db.execute("DELETE FROM auth_failures WHERE last_failure < ?", [forget_before])
+        db.execute(
+            "DELETE FROM auth_failures WHERE client IN (SELECT client FROM auth_failures "
+            "ORDER BY last_failure DESC LIMIT -1 OFFSET ?)",
+            [keep],
+        )
+    return new
+
+
+def forget_auth_failures(db: Database, client: str) -> None:
+    """Forget the wrong keys of a client that has just given the right one."""
+    with db.atomic():
+        db.execute("DELETE FROM auth_failures WHERE client = ?", [client])
 
 
 # --- the instance's agent ---------------------------------------------------------------------

@@ -31,9 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
-from apscheduler.schedulers.background import BackgroundScheduler
 from flask import Flask
 from flask.helpers import get_debug_flag
 from flask_apscheduler import APScheduler
@@ -42,6 +40,7 @@ from . import leases, metrics, store
 from .config import parse_bool
 from .logs import redact
 from .panel import Panel, PanelError, PowerOffResult
+from .scheduling import new_executor, new_scheduler, scheduler_options
 
 log = logging.getLogger("vastpanel.watchdog")
 
@@ -157,21 +156,22 @@ class Watchdog:
 
     def start(self, app: Flask) -> None:
         """Start the scheduler: a look now, then every interval, plus one at each idle deadline."""
-        scheduler = APScheduler(
-            BackgroundScheduler(
-                timezone=UTC,
-                executors={"default": ThreadPoolExecutor(max_workers=3)},
-                # A look is cheap and idempotent: run a late one rather than skip it.
-                job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-            )
-        )
+        scheduler = APScheduler(new_scheduler())
         scheduler.init_app(app)
+        # init_app configures the scheduler from app.config (SCHEDULER_*), which resets all it
+        # does not name there: misfire_grace_time back to 1 s (a look over 1 s late would be
+        # skipped), the executors and the time zone. So the settings go in after it.
+        scheduler.scheduler.configure(**scheduler_options())
         scheduler.add_job(
             LOOK_JOB,
             self._run_look,
             trigger="interval",
             seconds=self.interval_s,
             next_run_time=datetime.now(UTC),  # a deadline that passed while down acts now
+            # A look that falls due while the last one still runs (vast.ai slow, retries) runs
+            # right after it, rather than being skipped to the next interval; looks queue on
+            # the look lock, and coalescing keeps it to one waiting.
+            max_instances=2,
         )
         scheduler.add_job(
             CHARGES_JOB,
@@ -183,7 +183,7 @@ class Watchdog:
         if self.panel.config.notify_targets:
             # Added after init_app, whose configure() replaces the executors given above.
             # A thread of its own: a slow webhook never delays a look.
-            scheduler.scheduler.add_executor(ThreadPoolExecutor(max_workers=1), "notify")
+            scheduler.scheduler.add_executor(new_executor(1), "notify")
             scheduler.add_job(
                 NOTIFY_JOB,
                 self._run_delivery,
@@ -247,7 +247,7 @@ class Watchdog:
             log.error("watchdog: look failed:\n%s", redact(text))
         finally:
             self._look_started = None
-            self.panel.close()  # this pool thread's connection; the next look opens its own
+            self.panel.close()  # this thread's connection; the next look opens its own
             took = time.monotonic() - started
             if took > SLOW_LOOK_S:
                 log.warning("watchdog: a look took %.1f s", took)
