@@ -47,6 +47,16 @@ def simulator_env(sim, db_path, control_key: str, **overrides: str) -> dict[str,
     }
 
 
+def end_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Ask a process to end (SIGTERM); kill it if it has not within the timeout."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:

@@ -96,6 +96,7 @@ def test_status_stopped(client, vast):
         "all_in_cost_usd": 0.0,
         "budget": None,
         "max_session_stop_at": None,
+        "agent": "off",  # no VAST_AGENT_SECRET in the test config
         "message": "The instance is stopped; only storage is billed.",
     }
 

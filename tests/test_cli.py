@@ -39,6 +39,7 @@ def test_status_text_and_json(run, vast):
     text = run("status").stdout
     assert "Instance 4242: running (RTX 3090" in text
     assert "Auto-shutdown in: 30 min" in text
+    assert "Dead-man switch: off" in text  # no VAST_AGENT_SECRET here
     data = json.loads(run("status", "--json").stdout)
     fits("Status", data)
     assert data["status"] == "running"

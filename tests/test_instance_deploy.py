@@ -13,30 +13,32 @@ from __future__ import annotations
 import configparser
 import http.client
 import json
-import os
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import instance_nginx
 import pytest
 import yaml
+from instance_nginx import (
+    KEYS_DIR,
+    LISTEN_LINE,
+    NGINX_CONF,
+    UPSTREAM_LINE,
+    install,
+    installed_keys,
+    render_for_loopback,
+    running_nginx,
+)
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "instance"
 COMPOSE = DEPLOY / "compose.yaml"
-NGINX_CONF = DEPLOY / "health-nginx.conf"
 UNIT = DEPLOY / "llm-stack.service"
-INSTALL = DEPLOY / "install.sh"
-NGINX_BIN = Path("/usr/sbin/nginx")
 
 DEFAULT_MODEL = "mistralai/Mistral-7B-Instruct-v0.3"
-# The single line of the config that names the upstream; the loopback test rewrites it.
-UPSTREAM_LINE = "set $vllm_upstream vllm:8000;"
-LISTEN_LINE = "listen 8001;"
-KEYS_DIR = "/etc/nginx/keys/"  # where compose mounts the key maps install.sh writes
 API_KEY = "test-vllm.key+0123456789abcdef"  # . and + are regex characters in nginx's map
 METRICS_TOKEN = "test-metrics-token-0123456789"
 
@@ -140,19 +142,6 @@ def test_nginx_config_matches_compose():
 # --------------------------------------------------------------------------- install.sh
 
 
-def install(target: Path, env_text: str | None = None) -> subprocess.CompletedProcess:
-    """Run install.sh into target without systemd, with .env holding env_text if given."""
-    target.mkdir(parents=True, exist_ok=True)
-    if env_text is not None:
-        (target / ".env").write_text(env_text)
-    return subprocess.run(
-        ["sh", str(INSTALL), "--dir", str(target), "--no-systemd"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
 def env_values(target: Path, name: str) -> list[str]:
     lines = (target / ".env").read_text().splitlines()
     return [line.split("=", 1)[1] for line in lines if line.startswith(name + "=")]
@@ -214,22 +203,7 @@ def test_systemd_unit():
 
 @pytest.fixture
 def nginx_bin() -> Path:
-    if os.environ.get("VASTPANEL_SKIP_NGINX") == "1":
-        pytest.skip("VASTPANEL_SKIP_NGINX=1: nginx checks skipped")
-    if not os.access(NGINX_BIN, os.X_OK):
-        pytest.fail(
-            f"nginx is not installed at {NGINX_BIN}: install the Debian package nginx-light "
-            "(or nginx), or set VASTPANEL_SKIP_NGINX=1 to skip the nginx checks",
-            pytrace=False,
-        )
-    return NGINX_BIN
-
-
-def installed_keys(tmp_path: Path, env_text: str) -> Path:
-    """Write the key maps with install.sh into tmp_path/stack; return their directory."""
-    done = install(tmp_path / "stack", env_text)
-    assert done.returncode == 0, done.stderr
-    return tmp_path / "stack" / "nginx-keys"
+    return instance_nginx.nginx_bin()
 
 
 def test_nginx_config_syntax(nginx_bin, tmp_path):
@@ -343,14 +317,6 @@ class Proxy:
             conn.close()
 
 
-def render_for_loopback(text: str, listen_port: int, upstream_port: int, keys: Path) -> str:
-    """The shipped config, with only its listen port, upstream and key directory replaced."""
-    assert text.count(LISTEN_LINE) == 1 and text.count(UPSTREAM_LINE) == 1
-    text = text.replace(LISTEN_LINE, f"listen 127.0.0.1:{listen_port};")
-    text = text.replace(KEYS_DIR, f"{keys}/")
-    return text.replace(UPSTREAM_LINE, f"set $vllm_upstream 127.0.0.1:{upstream_port};")
-
-
 @pytest.fixture
 def metrics_token() -> str:
     """The METRICS_TOKEN in the instance's .env ("" for none); a test may override it."""
@@ -362,37 +328,12 @@ def proxy(nginx_bin, tmp_path, metrics_token) -> Iterator[Proxy]:
     keys = installed_keys(tmp_path, f"VLLM_API_KEY={API_KEY}\nMETRICS_TOKEN={metrics_token}\n")
     fake = FakeVLLM()
     port = _free_port()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(
-        render_for_loopback(NGINX_CONF.read_text(encoding="utf-8"), port, fake.port, keys),
-        encoding="utf-8",
-    )
-    log_path = tmp_path / "nginx.out"
-    cmd = [str(nginx_bin), "-p", str(tmp_path), "-e", str(tmp_path / "error.log")]
-    cmd += ["-c", str(conf), "-g", f"pid {tmp_path / 'nginx.pid'}; daemon off;"]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    conf = render_for_loopback(NGINX_CONF.read_text(encoding="utf-8"), port, fake.port, keys)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"nginx exited with {proc.returncode}: {log_path.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"nginx did not listen on {port}: {log_path.read_text()}")
-                time.sleep(0.05)
-        yield Proxy(port, fake)
+        with running_nginx(nginx_bin, conf, tmp_path, port):
+            yield Proxy(port, fake)
     finally:
         fake.release_stream.set()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
         fake.stop()
 
 

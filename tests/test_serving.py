@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 from gunicorn.config import Config as GunicornConfig
+from liveserver import end_process
 
 from vastpanel import store
 from vastpanel.simulator import Simulator
@@ -127,12 +128,7 @@ def server(sim, tmp_path_factory) -> Iterator[Server]:
             time.sleep(0.2)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        end_process(process, timeout=20)
 
 
 @pytest.fixture

@@ -117,10 +117,10 @@ def test_stop_goes_out_at_the_deadline_that_activity_moved(live_app, sim):
     assert deadline > session.started_at + IDLE_S  # the activity did move it
     assert 0 <= stop["time"] - deadline < TARGET_S
     assert sim.instance()["actual_status"] == "stopped"
-    # The simulator logs the stop before the panel has closed the session: wait for that.
+    # The session closes under the power lock; auto_shutdown_complete is audited just after.
     assert wait_for(lambda: store.current_session(panel.db) is None)
-    events = [e.event for e in panel.audit_log(50)]
-    assert {"auto_shutdown", "auto_shutdown_complete"} <= set(events)
+    wanted = {"auto_shutdown", "auto_shutdown_complete"}
+    assert wait_for(lambda: wanted <= {e.event for e in panel.audit_log(50)})
     assert app.extensions[EXTENSION].alive
 
 

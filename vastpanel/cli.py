@@ -99,6 +99,7 @@ def status_command(as_json: bool) -> None:
             else ""
         ),
         f"Auto-shutdown in: {'-' if countdown is None else minutes_text(countdown)}",
+        f"Dead-man switch: {data['agent'] or '-'}",
         f"Total: {duration(report.totals.runtime_seconds)}, {usd(data['total_cost_usd'])}",
     ]
     if data["message"]:

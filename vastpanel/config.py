@@ -68,6 +68,8 @@ class Config:
     notify_targets: tuple[NotifyTarget, ...] = ()
     notify_retry_s: float = 30.0
     metrics_token: str = ""
+    # Shared with the instance's agent (deploy/instance/vastpanel_agent.py); empty: no heartbeats.
+    agent_secret: str = ""
     # Marks a demo against the simulator, so it can never pass for a real instance.
     simulated: bool = False
     budget_usd: float | None = None  # VAST_BUDGET_USD: a spending cap per budget period
@@ -99,7 +101,7 @@ class Config:
     def secrets(self) -> list[str]:
         """List the secret values that must never be shown or logged."""
         values = [self.vast_api_key, self.control_api_key, self.metrics_token]
-        values.append(self.llm_metrics_token)
+        values += [self.llm_metrics_token, self.agent_secret]
         values += [self.llm_upstream_key, *self.llm_api_keys]
         return [s for s in values if s] + [t.url for t in self.notify_targets]
 
@@ -146,6 +148,7 @@ class Config:
             notify_targets=_notify_targets(env, "VAST_NOTIFY_URLS"),
             notify_retry_s=_number(env, "VAST_NOTIFY_RETRY_S", 30.0, positive=True),
             metrics_token=env.get("METRICS_TOKEN", "").strip(),
+            agent_secret=_agent_secret(env),
             simulated=parse_bool(env, "VASTPANEL_SIMULATED", False),
             budget_usd=_optional_positive(env, "VAST_BUDGET_USD"),
             budget_period=_choice(env, "VAST_BUDGET_PERIOD", ("day", "month"), "month"),
@@ -283,6 +286,17 @@ def _idle_sources(env: Mapping[str, str]) -> tuple[str, ...]:
             f"VAST_IDLE_SOURCES must list some of {', '.join(IDLE_SOURCES)}, got {raw!r}"
         )
     return tuple(name for name in IDLE_SOURCES if name in names)
+
+
+def _agent_secret(env: Mapping[str, str]) -> str:
+    raw = _raw(env, "VAST_AGENT_SECRET")
+    if raw is None:
+        return ""
+    if len(raw) < 16:
+        raise ConfigError(
+            "VAST_AGENT_SECRET must be 16 characters or more (the agent asks as much)"
+        )
+    return raw
 
 
 def _instance_id(env: Mapping[str, str]) -> int | None:

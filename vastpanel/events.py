@@ -15,6 +15,7 @@ ACTORS: dict[str, str] = {
     "cli": "the admin CLI on the host (flask --app app vast ...)",
     "system": "the panel itself: the auto-shutdown watchdog, or what vast.ai was seen doing",
     "proxy": "the /v1/ LLM endpoint, starting a stopped instance for a request to its LLM",
+    "agent": "the dead-man switch on the instance, as the panel inferred on seeing its stop",
 }
 PEOPLE = ("api", "admin", "cli")  # the actors of a request made by someone
 STARTERS = (*PEOPLE, "proxy")  # who may start the instance (without waiting for its health)
@@ -41,10 +42,11 @@ EVENTS: dict[str, Event] = {
     "auto_shutdown_complete": Event("Auto-shutdown done", ("system",)),
     "auto_shutdown_failed": Event("Auto-shutdown failed", ("system",)),
     "session_opened": Event("Session opened", ("system",)),
-    "session_closed": Event("Session closed", ("system",)),
+    "session_closed": Event("Session closed", ("system", "agent")),
     "instance_healthy": Event("LLM healthy", ("system",)),
     "llm_metrics_unavailable": Event("LLM metrics unavailable", ("system",)),
     "llm_metrics_available": Event("LLM metrics back", ("system",)),
+    "agent_unreachable": Event("Dead-man switch unreachable", ("system",)),
     "idle_warning": Event("Idle stop warning", ("system",)),
     "keepalive": Event("Keep running", PEOPLE),
     "admin_signed_in": Event("Admin signed in", ("admin",)),

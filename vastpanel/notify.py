@@ -51,6 +51,9 @@ NOTIFY_EVENTS = {
     "session {session_minutes:.1f} min, ${session_cost_usd:.3f}.",
     "max_session_stop_failed": "Session-limit stop of instance {instance_id} FAILED: {error}. "
     "The GPU may still be billed.",
+    # The dead-man switch on the instance (agent_link.py).
+    "agent_unreachable": "The dead-man switch on instance {instance_id} does not answer "
+    "({error}): should the panel go away, nothing on the instance would stop the GPU.",
 }
 # A stop that keeps failing is audited at every interval look: tell people again only after this.
 REPEAT_QUIET_S = dict.fromkeys(

@@ -196,6 +196,15 @@ SCHEMAS: dict[str, Any] = {
                 "anyOf": [TIMESTAMP, {"type": "null"}],
                 "description": "When VAST_MAX_SESSION_HOURS stops the open session, or null.",
             },
+            "agent": {
+                "enum": ["ok", "unreachable", "off", None],
+                "description": (
+                    "The dead-man switch on the instance, as its last heartbeat in this session "
+                    "went: ok (answered), unreachable (the last heartbeats did not get through), "
+                    "off (VAST_AGENT_SECRET not set, or the agent is switched off); null while "
+                    "no heartbeat was answered in this session (e.g. the instance is not running)."
+                ),
+            },
             "message": NULLABLE_STRING,
         }
     ),

@@ -4,7 +4,8 @@ The JSON API, the page and the watchdog all call Panel; it alone talks to the va
 and the store. Its jobs live in their own modules, joined here: reading and reconciling the
 instance (reading.py), power actions (power.py), the idle rule (idle.py), the cost book
 (costs.py), the caps (budget.py), the page's sign-ins (signins.py), the key check with its
-brute-force lockout (lockout.py) and waking the instance for a request to its LLM (wake.py).
+brute-force lockout (lockout.py), waking the instance for a request to its LLM (wake.py) and
+the heartbeats to the instance's dead-man switch (agent_link.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import requests
 from sqlite_utils import Database
 
 from . import leases, metrics, notify, store
+from .agent_link import AgentHeartbeats, AgentReport
 from .budget import BudgetExceeded, BudgetRules, BudgetStatus, NoBudget
 from .clock import Clock
 from .config import Config
@@ -106,6 +108,7 @@ class StatusReport:
     budget: BudgetStatus | None
     session_cap_deadline: float | None
     warn_minutes: float = 0.0
+    agent: AgentReport = AgentReport(None)
 
     @property
     def auto_shutdown_in_minutes(self) -> float | None:
@@ -199,6 +202,7 @@ class Panel(
     SigninSessions,
     KeyLockout,
     WakeOnRequest,
+    AgentHeartbeats,
 ):
     """Controls one vast.ai instance and keeps its books in SQLite."""
 
@@ -319,6 +323,7 @@ class Panel(
             budget=self.budget_status(),
             session_cap_deadline=self.session_cap_deadline(),
             warn_minutes=self.config.warn_minutes,
+            agent=self.agent_report(session),
         )
 
     # --- costs, audit and sessions ------------------------------------------------------------

@@ -121,15 +121,21 @@ class InstanceReading:
                     by_panel=self._started_by_panel(),
                 )
         elif state.actual_status == "stopped" or state.status == "not_found" or state.down:
-            closed = store.close_session(self.db, now, "observed")
+            # Stopped, and not by this panel (its stops close the session themselves): by the
+            # instance's agent if the heartbeats had stopped for longer than its grace time.
+            session = store.current_session(self.db)
+            evidence = self.agent_stop_evidence(session, now) if session is not None else None
+            closed_by = "agent" if evidence else "observed"
+            closed = store.close_session(self.db, now, closed_by)
             if closed is not None:
                 self.audit(
                     "session_closed",
-                    "system",
+                    "agent" if evidence else "system",
                     instance_id=state.instance_id,
                     seen_status=state.status,
                     session_minutes=closed.seconds(now) / 60,
                     session_cost_usd=closed.cost(now),
+                    **(evidence or {}),
                 )
         self._note_seen(state, now)
 

@@ -8,7 +8,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -175,6 +175,26 @@ def m007_auth_failures(db: Database) -> None:
     db.execute("CREATE INDEX auth_failures_last ON auth_failures(last_failure)")
 
 
+@migrations()
+def m008_agent_link(db: Database) -> None:
+    """Keep what the instance's agent last answered to the panel's heartbeat (one row)."""
+    db.execute(
+        """CREATE TABLE agent_link (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            session_id INTEGER,
+            attempted_at REAL NOT NULL,
+            answered_at REAL,
+            failures INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            agent_version TEXT,
+            grace_minutes REAL,
+            idle_minutes REAL,
+            enabled INTEGER,
+            unreachable_audited INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+
+
 @dataclass(frozen=True)
 class Session:
     """One stretch of GPU billing."""
@@ -252,6 +272,22 @@ class LlmReading:
     def busy(self) -> bool:
         """Tell whether a request was running or waiting at this read."""
         return self.ok and ((self.running or 0) > 0 or (self.waiting or 0) > 0)
+
+
+@dataclass(frozen=True)
+class AgentLink:
+    """The panel's last heartbeat to the instance's agent, within one session."""
+
+    session_id: int | None
+    attempted_at: float
+    answered_at: float | None = None  # the last heartbeat the agent accepted, in this session
+    failures: int = 0  # heartbeats in a row that did not get through
+    error: str | None = None
+    agent_version: str | None = None
+    grace_minutes: float | None = None
+    idle_minutes: float | None = None
+    enabled: bool | None = None
+    unreachable_audited: bool = False
 
 
 @dataclass(frozen=True)
@@ -900,3 +936,31 @@ def forget_auth_failures(db: Database, client: str) -> None:
     """Forget the wrong keys of a client that has just given the right one."""
     with db.atomic():
         db.execute("DELETE FROM auth_failures WHERE client = ?", [client])
+
+
+# --- the instance's agent ---------------------------------------------------------------------
+
+AGENT_LINK_FIELDS = [f.name for f in fields(AgentLink)]
+
+
+def read_agent_link(db: Database) -> AgentLink | None:
+    """Return the last heartbeat's outcome, or None when none was sent."""
+    row = db.execute(
+        f"SELECT {', '.join(AGENT_LINK_FIELDS)} FROM agent_link WHERE id = 1"
+    ).fetchone()
+    if row is None:
+        return None
+    values = dict(zip(AGENT_LINK_FIELDS, row, strict=True))
+    values["enabled"] = None if values["enabled"] is None else bool(values["enabled"])
+    values["unreachable_audited"] = bool(values["unreachable_audited"])
+    return AgentLink(**values)
+
+
+def save_agent_link(db: Database, link: AgentLink) -> None:
+    """Store the last heartbeat's outcome, replacing the one before."""
+    with db.atomic():
+        db.execute(
+            f"INSERT OR REPLACE INTO agent_link (id, {', '.join(AGENT_LINK_FIELDS)}) "
+            f"VALUES (1, {', '.join('?' for _ in AGENT_LINK_FIELDS)})",
+            [getattr(link, name) for name in AGENT_LINK_FIELDS],
+        )

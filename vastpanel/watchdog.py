@@ -124,6 +124,10 @@ class Watchdog:
             try:
                 # The idle rule reads the instance (booking its costs); then the caps decide.
                 stopped = self.panel.stop_if_idle() or self.panel.enforce_caps()
+                if stopped is None:
+                    # Tell the instance's agent the panel is alive (when it runs and a secret
+                    # is set); bounded by a short timeout.
+                    self.panel.send_agent_heartbeat()
             except PanelError as exc:
                 # A failed stop is already audited (…_failed); the next look retries.
                 error = exc.message

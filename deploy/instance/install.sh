@@ -3,7 +3,8 @@
 #
 #   sh install.sh [--dir DIR] [--no-systemd]
 #
-# Copies compose.yaml, health-nginx.conf and llm-stack.service into DIR (default
+# Copies compose.yaml, health-nginx.conf, llm-stack.service and the dead-man switch
+# (vastpanel_agent.py, vastpanel-agent.service) into DIR (default
 # ~/llm-stack), creates DIR/.env (mode 0600) if missing, and generates VLLM_API_KEY there
 # when it is missing or empty: the OpenAI routes are never served without a key. It then
 # writes nginx's key maps (DIR/nginx-keys/) from VLLM_API_KEY and the optional
@@ -26,7 +27,8 @@ umask 077
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 if [ "$here" != "$dir" ]; then
-    cp "$here/compose.yaml" "$here/health-nginx.conf" "$here/llm-stack.service" "$dir/"
+    cp "$here/compose.yaml" "$here/health-nginx.conf" "$here/llm-stack.service" \
+        "$here/vastpanel_agent.py" "$here/vastpanel-agent.service" "$dir/"
 fi
 touch "$dir/.env"
 chmod 600 "$dir/.env"

@@ -13,15 +13,20 @@ The API server (``Simulator.url``), Bearer auth (``?api_key=`` is accepted too, 
                                             gpu|disk|bwd|bwu, amount, description}]}, paged by
                                             next_token; 403 when told the key lacks billing_read
   A bad key answers 401 auth_error, a non-integer id or a bad PUT body 400 invalid_args, a PUT
-  for an unknown id 404 no_such_instance.
+  for an unknown id 404 no_such_instance. The instance's own key (``backend.instance_api_key``,
+  vast.ai's CONTAINER_API_KEY) is accepted only for ``PUT {"state": "stopped"}`` on that
+  instance; the request log says whose key came (``auth``: account or instance), never the key.
 
   Lifecycle, measured on an injectable clock and derived on each request (no threads):
     stopped -> scheduling (intended running, actual stopped; ``schedule_delay``)
             -> loading (``load_delay``) -> running; the model answers /health ``warm_delay``
             seconds later. A stop goes to stopped after ``stop_delay``, while actual still
             shows the old status. ``initial_state="creating"`` starts with actual null for
-            ``create_delay``. ``ports`` (8000/tcp and 8001/tcp -> the LLM port, as a string)
-            exist only while running.
+            ``create_delay``. ``ports`` (8000/tcp and 8001/tcp -> the LLM port, as a string,
+            or what ``host_ports`` says) exist only while running.
+
+  ``agent=AgentSettings(...)``: the real deploy/instance/vastpanel_agent.py runs as a
+  subprocess while the instance runs, with CONTAINER_ID and CONTAINER_API_KEY set (agent.py).
 
 The LLM stack (``Simulator.llm_url``, the HostPort of the mapped ports):
     GET /health                  502 unless running and warm, then 200 with an empty body
@@ -74,10 +79,20 @@ The first four answer before auth, as a proxy would; ``count`` defaults to 1 for
 Run standalone: ``python -m vastpanel.simulator --port 0 --api-key KEY --instance-id 123``.
 """
 
+from .agent import AgentSettings
 from .backend import LlmConfig
 from .faults import KINDS as FAULT_KINDS
 from .faults import Fault
 from .instance import Hardware, ManualClock, Timing
 from .runner import Simulator
 
-__all__ = ["FAULT_KINDS", "Fault", "Hardware", "LlmConfig", "ManualClock", "Simulator", "Timing"]
+__all__ = [
+    "AgentSettings",
+    "FAULT_KINDS",
+    "Fault",
+    "Hardware",
+    "LlmConfig",
+    "ManualClock",
+    "Simulator",
+    "Timing",
+]

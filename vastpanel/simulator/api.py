@@ -54,7 +54,8 @@ def front_door():
         backend.pause_for(fault.delay)
         if fault.kind != "slow":
             return _refuse(fault)
-    if not _key_accepted(backend.api_key):
+    g.auth = _key_accepted(backend)
+    if g.auth is None:
         return answer(401, INVALID_KEY)
     endpoint = request.url_rule.rule if request.url_rule else request.path
     threshold = backend.rate_limiter.exceeded(
@@ -73,9 +74,24 @@ def _sent_key() -> str | None:
     return sent or request.args.get("api_key")
 
 
-def _key_accepted(api_key: str) -> bool:
-    sent = _sent_key()
-    return sent is not None and hmac.compare_digest(sent.encode(), api_key.encode())
+def _key_accepted(backend: Backend) -> str | None:
+    """Say whose key came: "account", "instance" (only for stopping that instance), or None."""
+    sent = (_sent_key() or "").encode()
+    if hmac.compare_digest(sent, backend.api_key.encode()):
+        return "account"
+    if hmac.compare_digest(sent, backend.instance_api_key.encode()) and _own_stop(backend):
+        return "instance"
+    return None
+
+
+def _own_stop(backend: Backend) -> bool:
+    """Tell whether this request stops the instance the per-instance key belongs to."""
+    args = request.view_args or {}
+    return (
+        request.method == "PUT"
+        and args.get("raw_id") == str(backend.instance.id)
+        and request.get_json(silent=True) == {"state": "stopped"}
+    )
 
 
 @vast.after_request
@@ -94,6 +110,7 @@ def log_request(response: Response) -> Response:
             "json": request.get_json(silent=True) if request.method != "GET" else None,
             "status": response.status_code,
             "time": g.get("arrived_at", backend.clock()),
+            "auth": g.get("auth"),  # whose key: "account", "instance" or None; never the key
         }
     )
     return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -44,6 +45,9 @@ class Backend:
         llm: LlmConfig,
     ):
         self.api_key = api_key
+        # The instance's own key, as vast.ai puts CONTAINER_API_KEY in every instance: it may
+        # only stop that instance (see api.py).
+        self.instance_api_key = "inst-" + secrets.token_hex(16)
         self.instance = instance
         self.initial_state = initial_state
         self.faults = FaultBook()
@@ -51,6 +55,7 @@ class Backend:
         self.llm = llm
         self.metrics = VllmMetrics(llm.model, llm.max_num_seqs)
         self.llm_port = 0  # set once the LLM server is listening
+        self.host_ports: dict[int, int] = {}  # container port -> host port, else the LLM's
         self.closing = threading.Event()
         self._log: deque[dict] = deque(maxlen=LOG_LIMIT)
         self._llm_log: deque[dict] = deque(maxlen=LOG_LIMIT)
@@ -98,7 +103,7 @@ class Backend:
         with inst.lock:
             if inst.vanished:
                 return None
-            return inst.as_api_dict(self.clock(), self.llm_port)
+            return inst.as_api_dict(self.clock(), self.llm_port, self.host_ports)
 
     def external(self, action: str) -> bool:
         """Change the instance as if from the vast.ai console; False if it had no effect."""

@@ -263,7 +263,9 @@ class SimInstance:
 
     # --- the shape vast.ai answers ---
 
-    def as_api_dict(self, now: float, llm_port: int) -> dict:
+    def as_api_dict(
+        self, now: float, llm_port: int, host_ports: dict[int, int] | None = None
+    ) -> dict:
         """Return the instance object exactly as GET /api/v0/instances/{id}/ shows it."""
         hw = self.hardware
         actual = self.actual_status(now)
@@ -304,8 +306,12 @@ class SimInstance:
             "reliability2": 0.995,
         }
         if running:
-            mapping = [{"HostIp": "0.0.0.0", "HostPort": str(llm_port)}]
-            row["ports"] = {"8000/tcp": list(mapping), "8001/tcp": list(mapping)}
+            row["ports"] = {
+                f"{port}/tcp": [
+                    {"HostIp": "0.0.0.0", "HostPort": str((host_ports or {}).get(port, llm_port))}
+                ]
+                for port in (8000, 8001)
+            }
         return row
 
     def _status_msg(self, actual: str | None) -> str | None:

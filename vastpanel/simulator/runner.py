@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from .agent import AgentSettings, InstanceAgent
 from .api import create_api_app
 from .backend import Backend, LlmConfig
 from .faults import DEFAULT_RATE_LIMIT, Fault
@@ -41,6 +42,8 @@ class Simulator:
         hardware: Hardware | None = None,
         llm: LlmConfig | None = None,
         quiet: bool = True,
+        agent: AgentSettings | None = None,
+        host_ports: dict[int, int] | None = None,
     ):
         if not api_key:
             raise ValueError("api_key must not be empty")
@@ -54,6 +57,10 @@ class Simulator:
         )
         self._llm = ServerThread(create_llm_app(self.backend), llm_port, quiet, "sim-llm")
         self._resume_timer: threading.Timer | None = None
+        # host_ports maps a container port (8000, 8001) to another loopback port than the LLM's,
+        # e.g. 8001 to an nginx in front of the LLM stack and the agent.
+        self.backend.host_ports = dict(host_ports or {})
+        self.agent = InstanceAgent(self.backend, agent, lambda: self.url) if agent else None
 
     # --- lifecycle ---
 
@@ -62,11 +69,15 @@ class Simulator:
         self.backend.closing.clear()
         self.backend.llm_port = self._llm.start()
         self._api.start()
+        if self.agent is not None:
+            self.agent.start()
         return self
 
     def stop(self) -> None:
         """Stop both servers and cut short any delayed answer."""
         self._cancel_resume()
+        if self.agent is not None:
+            self.agent.stop()
         self.backend.closing.set()
         self._api.stop()
         self._llm.stop()
