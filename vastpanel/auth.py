@@ -25,15 +25,14 @@ from flask import (
     current_app,
     flash,
     g,
-    make_response,
     redirect,
     render_template,
-    request,
     session,
     url_for,
 )
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from htmx_flask import make_response, request  # Flask's, with request.htmx and HX- headers
 
 from .config import ConfigError
 from .logs import install_redaction
@@ -192,10 +191,8 @@ def open_signins():
 def sign_in_required():
     """Send the browser to sign-in: by HX-Redirect for htmx requests, else by a 302."""
     target = url_for("auth.signin")
-    if request.headers.get("HX-Request") == "true":
-        response = make_response("Sign-in required.", 401)
-        response.headers["HX-Redirect"] = target
-        return response
+    if request.htmx:
+        return make_response("Sign-in required.", 401, redirect=target)
     return redirect(target, 302)
 
 
@@ -275,7 +272,7 @@ def csrf_failed(exc: CSRFError):
         return render_signin("The sign-in form had expired; please try again.", 400)
     if not is_signed_in():
         return sign_in_required()
-    if request.headers.get("HX-Request") == "true":
+    if request.htmx:
         # htmx does not swap a 400: the page's script shows this text in its error banner.
         return CSRF_MESSAGE, 400, {"Content-Type": "text/plain; charset=utf-8"}
     return render_template("message.html", title="Not done", message=CSRF_MESSAGE), 400

@@ -9,18 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import (
-    Blueprint,
-    Response,
-    abort,
-    current_app,
-    flash,
-    make_response,
-    redirect,
-    render_template,
-    request,
-    url_for,
-)
+from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, url_for
+from htmx_flask import make_response, request  # Flask's, with request.htmx and HX- headers
 
 from . import auth
 from .api import InvalidInput, whole_number
@@ -39,7 +29,7 @@ AUDIT_PAGE_SIZE = 20
 NOTIFICATIONS_SHOWN = 10
 CHART_DAYS = 30
 ACTOR = "admin"
-CHANGED_EVENT = "panelChanged"  # tells the cost and audit widgets to reload
+CHANGED_EVENT = "panelChanged"  # tells the cost, audit and notification widgets to reload
 PAGE_BLUEPRINTS = frozenset({"pages", "auth"})
 # Scripts and styles come only from our own static files: an injected tag would not run.
 CONTENT_SECURITY_POLICY = (
@@ -55,11 +45,6 @@ for _name, _filter in FILTERS.items():
 def get_panel() -> Panel:
     """Return the app's domain object."""
     return current_app.extensions["vastpanel"]
-
-
-def is_htmx() -> bool:
-    """Tell whether htmx sent this request."""
-    return request.headers.get("HX-Request") == "true"
 
 
 @bp.app_context_processor
@@ -203,35 +188,36 @@ def index():
 def status_widget():
     """Render the status widget; tell the other widgets to reload when the phase changed."""
     context = status_context()
-    response = make_response(render_template("_status.html", standalone=True, **context))
     seen = request.args.get("seen")
-    if request.args.get("refresh") or (seen and seen != context["view"].phase):
-        response.headers["HX-Trigger"] = CHANGED_EVENT
-    return response
+    changed = request.args.get("refresh") or (seen and seen != context["view"].phase)
+    return make_response(
+        render_template("_status.html", standalone=True, **context),
+        trigger=CHANGED_EVENT if changed else None,
+    )
 
 
 @bp.get("/partials/costs")
 def costs_widget():
     """Render the cost summary and the chart."""
-    return render_template("_costs.html", standalone=True, **costs_context())
+    return render_template("_costs.html", **costs_context())
 
 
 @bp.get("/partials/notifications")
 def notifications_widget():
     """Render the webhooks and the latest deliveries."""
-    return render_template("_notifications.html", standalone=True, **notifications_context())
+    return render_template("_notifications.html", **notifications_context())
 
 
 @bp.get("/partials/audit")
 def audit_widget():
     """Render one page of the audit log."""
-    return render_template("_audit.html", standalone=True, **audit_context(audit_before()))
+    return render_template("_audit.html", **audit_context(audit_before()))
 
 
 @bp.get("/partials/signins")
 def signins_widget():
     """Render the list of signed-in browsers."""
-    return render_template("_signins.html", standalone=True, signins=auth.open_signins())
+    return render_template("_signins.html", signins=auth.open_signins())
 
 
 # --- actions -------------------------------------------------------------------------------------
@@ -266,12 +252,10 @@ def budget_override():
         message, failed = "Budget overridden until the end of the period.", False
     except PanelError as exc:
         message, failed = exc.message, True
-    if not is_htmx():
+    if not request.htmx:
         flash(message, "error" if failed else "info")
         return redirect(url_for("pages.index"), 303)
-    response = make_response(render_template("_costs.html", standalone=True, **costs_context()))
-    response.headers["HX-Trigger"] = CHANGED_EVENT
-    return response
+    return make_response(render_template("_costs.html", **costs_context()), trigger=CHANGED_EVENT)
 
 
 def power_action(action) -> Response:
@@ -280,10 +264,10 @@ def power_action(action) -> Response:
         message, failed = action(get_panel()), False
     except PanelError as exc:
         message, failed = exc.message, True
-    if not is_htmx():
+    if not request.htmx:
         flash(message, "error" if failed else "info")
         return redirect(url_for("pages.index"), 303)
     context = status_context(notice=message, notice_is_error=failed)
-    response = make_response(render_template("_status.html", standalone=True, **context))
-    response.headers["HX-Trigger"] = CHANGED_EVENT
-    return response
+    return make_response(
+        render_template("_status.html", standalone=True, **context), trigger=CHANGED_EVENT
+    )
