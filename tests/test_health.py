@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 from conftest import CONTROL_KEY, VAST_KEY
-from vastpanel import store
+from vastpanel import ROOT, store
 from vastpanel.health import HEARTBEAT_KEY
 
 
@@ -35,6 +38,14 @@ def test_healthz_answers_without_key_and_writes_a_heartbeat(anonymous, panel, cl
     assert vast.gets == 0 and vast.puts == []
     text = response.get_data(as_text=True)
     assert VAST_KEY not in text and CONTROL_KEY not in text
+
+
+def test_the_readme_example_is_what_an_up_to_date_database_answers(anonymous):
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r'`(\{"status": "ok", "database".*?\})`', readme)
+    assert example, "no /healthz example in the README"
+    body = anonymous.get("/healthz").get_json()
+    assert json.loads(example.group(1)) == {**body, "watchdog": "alive"}
 
 
 @pytest.mark.parametrize(
