@@ -45,7 +45,7 @@ class NotifyTarget:
 
 @dataclass(frozen=True)
 class Config:
-    """Every setting the app reads from its environment."""
+    """Every setting of the app: read from its environment, all but testing (set by tests)."""
 
     vast_url: str = DEFAULT_VAST_URL
     vast_api_key: str = field(default="", repr=False)
