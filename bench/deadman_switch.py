@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from _support import CONTROL_KEY, INSTANCE_ID, SIM_KEY, percentile, simulator_env, wait_for
@@ -39,7 +40,7 @@ from instance_nginx import (
 )
 from liveserver import PanelProcess, free_port, running_simulator
 
-from vastpanel import create_app
+from vastpanel import Config, create_app
 from vastpanel.simulator import AgentSettings, Simulator
 from vastpanel.watchdog import Watchdog
 
@@ -59,7 +60,7 @@ def time_looks(sim: Simulator, db_path: Path, looks: int, secret: str) -> list[f
         VAST_IDLE_SOURCES="gateway",
         VAST_AGENT_SECRET=secret,
     )
-    app = create_app(config)
+    app = create_app(replace(Config.from_env(config), testing=True))  # as in tests: no watchdog
     panel = app.extensions["vastpanel"]
     watchdog = Watchdog(panel)
     watchdog.look()  # opens the session

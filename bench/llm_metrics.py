@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import requests
@@ -37,7 +38,7 @@ from _support import (
     stack,
 )
 
-from vastpanel import create_app
+from vastpanel import Config, create_app
 from vastpanel.simulator import LlmConfig, Simulator
 from vastpanel.watchdog import Watchdog
 
@@ -54,7 +55,7 @@ def time_looks(sim: Simulator, folder: Path, looks: int, **env: str) -> list[flo
         VAST_AUTO_SHUTDOWN_MINUTES="600",
         **env,
     )
-    app = create_app(config)
+    app = create_app(replace(Config.from_env(config), testing=True))  # as in tests: no watchdog
     watchdog = Watchdog(app.extensions["vastpanel"])
     watchdog.look()  # opens the session and the first baseline
     durations = []
@@ -87,7 +88,7 @@ def time_cancelled_stops(sim: Simulator, folder: Path, count: int) -> list[float
             VAST_AUTO_SHUTDOWN_MINUTES="0.0001",  # past the deadline at once
             VAST_METRICS_EVERY_S="3600",  # only the fresh read before the stop reads
         )
-        app = create_app(config)
+        app = create_app(replace(Config.from_env(config), testing=True))
         panel = app.extensions["vastpanel"]
         watchdog = Watchdog(panel)
         panel.status_report()

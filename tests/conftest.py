@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -12,7 +14,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import responses
 
-from vastpanel import create_app
+from vastpanel import Config, create_app
 from vastpanel.clock import FakeClock
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -87,6 +89,14 @@ def base_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     }
     config.update(overrides)
     return config
+
+
+def config_from(env: Mapping[str, str]) -> Config:
+    """Build a test's Config from environment variables, with Flask's TESTING on.
+
+    As for any test config, the watchdog then starts only if VASTPANEL_WATCHDOG is true.
+    """
+    return replace(Config.from_env(env), testing=True)
 
 
 class FakeVast:
@@ -207,7 +217,7 @@ def vast(clock):
 
 @pytest.fixture
 def app(tmp_path, clock, vast):
-    app = create_app({**base_config(tmp_path), "CLOCK": clock})
+    app = create_app(config_from(base_config(tmp_path)), clock=clock)
     yield app
     app.extensions["vastpanel"].close()
 

@@ -13,7 +13,7 @@ from agent_support import MetricsServer, load_agent_module
 from flask import render_template
 from liveserver import free_port, running_simulator
 
-from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY
+from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY, config_from
 from vastpanel import ConfigError, create_app, store
 from vastpanel.clock import FakeClock
 from vastpanel.config import Config
@@ -71,10 +71,9 @@ def make_app(tmp_path, sim, clock, **overrides):
         "VAST_DB_PATH": str(tmp_path / "vastpanel.db"),
         "VAST_STATUS_TTL_S": "0",
         "VAST_AGENT_SECRET": SECRET,
-        "CLOCK": clock,
         **overrides,
     }
-    return create_app(config)
+    return create_app(config_from(config), clock=clock)
 
 
 def beat(panel):

@@ -15,6 +15,7 @@ from conftest import (
     INSTANCE_ID,
     INSTANCE_URL,
     base_config,
+    config_from,
     load_fixture,
 )
 from vastpanel import MAX_BODY_BYTES, create_app, store
@@ -50,7 +51,7 @@ def test_every_route_refuses_a_missing_or_wrong_key(app, vast, method, path, key
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
 def test_without_a_control_key_every_route_is_refused(tmp_path, clock, vast, method, path):
-    app = create_app({**base_config(tmp_path, CONTROL_API_KEY=""), "CLOCK": clock})
+    app = create_app(config_from(base_config(tmp_path, CONTROL_API_KEY="")), clock=clock)
     client = app.test_client()
     for headers in ({}, {"X-API-Key": ""}, {"X-API-Key": "anything"}):
         response = getattr(client, method)(path, headers=headers)
@@ -155,7 +156,7 @@ def test_a_gone_instance_404_not_found_is_not_found_and_closes_the_session(clien
 
 def test_sign_in_and_the_api_accept_the_same_punctuated_ascii_key(tmp_path, clock, vast):
     key = "!#$%&'()*+,-./:;<=>?@[]^_`{|}~09azAZ"
-    app = create_app({**base_config(tmp_path, CONTROL_API_KEY=key), "CLOCK": clock})
+    app = create_app(config_from(base_config(tmp_path, CONTROL_API_KEY=key)), clock=clock)
     api = app.test_client()
     assert api.get("/infra/vast/costs", headers={"X-API-Key": key}).status_code == 200
     assert sign_in(app.test_client(), key).status_code == 303
@@ -170,7 +171,7 @@ def test_sign_in_and_the_api_accept_the_same_punctuated_ascii_key(tmp_path, cloc
     ],
 )
 def test_unconfigured(tmp_path, clock, vast, missing, named):
-    app = create_app({**base_config(tmp_path, **missing), "CLOCK": clock})
+    app = create_app(config_from(base_config(tmp_path, **missing)), clock=clock)
     client = app.test_client()
     client.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY
     body = client.get("/infra/vast/status").json
@@ -198,7 +199,7 @@ def test_one_upstream_call_per_ttl_for_many_pollers(client, vast, clock):
 
 
 def test_ttl_zero_asks_every_time_but_not_within_vast_ais_get_interval(tmp_path, clock, vast):
-    app = create_app({**base_config(tmp_path, VAST_STATUS_TTL_S="0"), "CLOCK": clock})
+    app = create_app(config_from(base_config(tmp_path, VAST_STATUS_TTL_S="0")), clock=clock)
     client = app.test_client()
     client.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY
     for _ in range(3):
@@ -678,15 +679,15 @@ def test_audit_limit_and_order(client, vast):
 
 
 def test_state_survives_a_restart(tmp_path, clock, vast):
-    config = {**base_config(tmp_path), "CLOCK": clock}
-    first = create_app(config).test_client()
+    config = config_from(base_config(tmp_path))
+    first = create_app(config, clock=clock).test_client()
     first.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY
     vast.set_running()
     first.get("/infra/vast/status")
     first.post("/infra/vast/activity")
     clock.advance(600)
     # A new process on the same file: the open session keeps counting, nothing is counted twice.
-    second = create_app(config).test_client()
+    second = create_app(config, clock=clock).test_client()
     second.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY
     clock.advance(10)
     body = second.get("/infra/vast/status").json
@@ -716,7 +717,7 @@ def test_the_stored_answer_keeps_only_the_fields_the_panel_uses(client, app, vas
 
 
 def test_no_get_within_vast_ais_interval_of_the_last_one_even_after_a_retry(tmp_path, clock, vast):
-    app = create_app({**base_config(tmp_path, VAST_STATUS_TTL_S="0"), "CLOCK": clock})
+    app = create_app(config_from(base_config(tmp_path, VAST_STATUS_TTL_S="0")), clock=clock)
     client = app.test_client()
     client.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY
     vast.rate_limit = {"GET": 2.0, "PUT": 1.0}

@@ -10,7 +10,7 @@ import stat
 import pytest
 from page_support import HTMX, TOKEN, csrf_token, sign_in, signed_in_client
 
-from conftest import CONTROL_KEY, VAST_KEY, base_config
+from conftest import CONTROL_KEY, VAST_KEY, base_config, config_from
 from vastpanel import ConfigError, create_app
 
 PAGES = [
@@ -128,7 +128,8 @@ def test_the_cookie_is_secure_when_served_over_https(app):
 
 @pytest.mark.parametrize(("setting", "secure"), [("true", True), ("false", False)])
 def test_session_cookie_secure_can_be_forced(tmp_path, clock, vast, setting, secure):
-    app = create_app({**base_config(tmp_path), "CLOCK": clock, "SESSION_COOKIE_SECURE": setting})
+    config = config_from(base_config(tmp_path, SESSION_COOKIE_SECURE=setting))
+    app = create_app(config, clock=clock)
     response = sign_in(app.test_client())
     assert ("Secure" in response.headers["Set-Cookie"]) is secure
     app.extensions["vastpanel"].close()
@@ -136,7 +137,7 @@ def test_session_cookie_secure_can_be_forced(tmp_path, clock, vast, setting, sec
 
 def test_a_bad_session_cookie_secure_stops_start_up(tmp_path, clock, vast):
     with pytest.raises(ConfigError, match="SESSION_COOKIE_SECURE"):
-        create_app({**base_config(tmp_path), "CLOCK": clock, "SESSION_COOKIE_SECURE": "maybe"})
+        create_app(config_from(base_config(tmp_path, SESSION_COOKIE_SECURE="maybe")), clock=clock)
 
 
 def test_a_wrong_key_is_refused_clearly_and_at_once(anon, clock):
@@ -232,7 +233,7 @@ def test_an_admin_already_signed_in_skips_the_form(admin):
 
 
 def test_without_control_api_key_sign_in_is_impossible_and_says_why(tmp_path, clock, vast):
-    app = create_app({**base_config(tmp_path, CONTROL_API_KEY=""), "CLOCK": clock})
+    app = create_app(config_from(base_config(tmp_path, CONTROL_API_KEY="")), clock=clock)
     client = app.test_client()
     page = client.get("/signin")
     assert page.status_code == 503
@@ -247,11 +248,11 @@ def test_without_control_api_key_sign_in_is_impossible_and_says_why(tmp_path, cl
 
 
 def test_changing_control_api_key_ends_existing_sessions(tmp_path, clock, vast):
-    first = create_app({**base_config(tmp_path), "CLOCK": clock})
+    first = create_app(config_from(base_config(tmp_path)), clock=clock)
     client = signed_in_client(first)
     first.extensions["vastpanel"].close()
     second = create_app(
-        {**base_config(tmp_path, CONTROL_API_KEY="another-key-0000"), "CLOCK": clock}
+        config_from(base_config(tmp_path, CONTROL_API_KEY="another-key-0000")), clock=clock
     )
     client.application = second
     assert client.get("/").status_code == 302
@@ -270,10 +271,10 @@ def test_a_generated_secret_key_is_kept_0600_beside_the_database(app, tmp_path):
 
 
 def test_sessions_survive_a_restart(tmp_path, clock, vast):
-    first = create_app({**base_config(tmp_path), "CLOCK": clock})
+    first = create_app(config_from(base_config(tmp_path)), clock=clock)
     client = signed_in_client(first)
     first.extensions["vastpanel"].close()
-    second = create_app({**base_config(tmp_path), "CLOCK": clock})
+    second = create_app(config_from(base_config(tmp_path)), clock=clock)
     client.application = second
     assert client.get("/").status_code == 200
     second.extensions["vastpanel"].close()
@@ -283,19 +284,19 @@ def test_a_key_file_readable_by_others_is_tightened(tmp_path, clock, vast):
     key_file = tmp_path / "secret_key"
     key_file.write_text("k" * 40)
     os.chmod(key_file, 0o644)
-    app = create_app({**base_config(tmp_path), "CLOCK": clock})
+    app = create_app(config_from(base_config(tmp_path)), clock=clock)
     assert app.config["SECRET_KEY"] == "k" * 40
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     app.extensions["vastpanel"].close()
 
 
 def test_secret_key_from_the_environment_wins_and_must_be_long_enough(tmp_path, clock, vast):
-    app = create_app({**base_config(tmp_path), "CLOCK": clock, "SECRET_KEY": "s" * 32})
+    app = create_app(config_from(base_config(tmp_path, SECRET_KEY="s" * 32)), clock=clock)
     assert app.config["SECRET_KEY"] == "s" * 32
     assert not (tmp_path / "secret_key").exists()
     app.extensions["vastpanel"].close()
     with pytest.raises(ConfigError, match="SECRET_KEY"):
-        create_app({**base_config(tmp_path), "CLOCK": clock, "SECRET_KEY": "short"})
+        create_app(config_from(base_config(tmp_path, SECRET_KEY="short")), clock=clock)
 
 
 # --- CSRF -----------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import sys
 import pytest
 from liveserver import ROOT
 
-from conftest import base_config
+from conftest import base_config, config_from
 from vastpanel import create_app, store
 from vastpanel.simulator import Simulator
 
@@ -18,7 +18,7 @@ from vastpanel.simulator import Simulator
 @pytest.mark.parametrize("command", [["status"], ["on", "--no-wait"], ["off"]])
 def test_without_vast_settings_the_vast_commands_fail(tmp_path, command):
     config = base_config(tmp_path, VAST_API_KEY="", VAST_INSTANCE_ID="")
-    app = create_app(config)
+    app = create_app(config_from(config))
     try:
         result = app.test_cli_runner().invoke(args=["vast", *command])
         assert result.exit_code == 1

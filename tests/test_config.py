@@ -18,6 +18,10 @@ def test_defaults_when_nothing_is_set():
     assert config.db_path == "data/vastpanel.db"
     assert config.missing_vast_settings == ["VAST_API_KEY", "VAST_INSTANCE_ID"]
     assert not config.vast_configured
+    assert config.secret_key == ""  # the key kept beside the database
+    assert config.session_cookie_secure is None  # auto
+    assert config.watchdog is None  # on, except in tests
+    assert config.testing is False  # never read from the environment
 
 
 def test_values_are_typed():
@@ -56,6 +60,9 @@ def test_values_are_typed():
         ("VAST_HEALTH_PORT", "65536"),
         ("VAST_HEALTH_PORT", "80.5"),
         ("VAST_AUTO_SHUTDOWN", "maybe"),
+        ("VASTPANEL_WATCHDOG", "sometimes"),
+        ("SESSION_COOKIE_SECURE", "maybe"),
+        ("SECRET_KEY", "short"),
         ("VAST_INSTANCE_ID", "abc"),
         ("VAST_INSTANCE_ID", "-3"),
         ("VAST_HEALTH_PATH", "health"),
@@ -72,11 +79,13 @@ def test_bad_value_stops_start_up_naming_the_variable(name, value):
     assert name in str(caught.value)
 
 
-def test_bad_value_stops_the_app_from_starting(tmp_path):
+def test_bad_value_stops_the_app_from_starting(monkeypatch, tmp_path):
     from vastpanel import create_app
 
+    monkeypatch.setenv("VAST_HEALTH_PORT", "99999")
+    monkeypatch.setenv("VAST_DB_PATH", str(tmp_path / "x.db"))
     with pytest.raises(ConfigError, match="VAST_HEALTH_PORT"):
-        create_app({"VAST_HEALTH_PORT": "99999", "VAST_DB_PATH": str(tmp_path / "x.db")})
+        create_app()
 
 
 def test_empty_values_count_as_unset():
@@ -95,3 +104,33 @@ def test_a_bad_control_key_is_never_echoed_in_the_error():
     with pytest.raises(ConfigError) as caught:
         Config.from_env({"CONTROL_API_KEY": "tiny-secret"})
     assert "tiny-secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "secure"),
+    [("", None), ("auto", None), (" AUTO ", None), ("true", True), ("0", False)],
+)
+def test_session_cookie_secure_is_true_false_or_auto(value, secure):
+    assert Config.from_env({"SESSION_COOKIE_SECURE": value}).session_cookie_secure is secure
+
+
+@pytest.mark.parametrize(("value", "wanted"), [("", None), ("on", True), ("false", False)])
+def test_the_watchdog_flag_is_read_once_as_a_bool(value, wanted):
+    assert Config.from_env({"VASTPANEL_WATCHDOG": value}).watchdog is wanted
+
+
+def test_secrets_are_never_in_the_repr():
+    secrets = {
+        "VAST_API_KEY": "vast-secret-0123456789",
+        "CONTROL_API_KEY": "control-secret-0123456789",
+        "METRICS_TOKEN": "metrics-secret-0123456789",
+        "VAST_METRICS_TOKEN": "llm-metrics-secret-0123456789",
+        "VAST_AGENT_SECRET": "agent-secret-0123456789",
+        "LLM_API_KEYS": "llm-key-secret-0123456789",
+        "VAST_LLM_UPSTREAM_KEY": "upstream-secret-0123456789",
+        "SECRET_KEY": "session-secret-0123456789",
+        "VAST_NOTIFY_URLS": "https://hooks.example.test/notify-secret-0123456789",
+    }
+    config = Config.from_env(secrets)
+    assert all(value in config.secrets for value in secrets.values())
+    assert not [value for value in secrets.values() if value in repr(config)]

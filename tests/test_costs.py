@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from conftest import base_config
+from conftest import base_config, config_from
 from vastpanel import costs, create_app, store
 from vastpanel.budget import period_bounds, session_cap_deadline
 from vastpanel.costs import Billed, billed_by_day, billing_rates, compare_day
@@ -127,7 +127,7 @@ def test_a_restart_catches_up_from_the_stored_price_and_counts_nothing_twice(
     read(panel)
     panel.close()
     clock.advance(3000)  # the panel is down
-    again = create_app({**base_config(tmp_path), "CLOCK": clock}).extensions["vastpanel"]
+    again = create_app(config_from(base_config(tmp_path)), clock=clock).extensions["vastpanel"]
     assert again.all_in_totals().storage_usd == pytest.approx(STORAGE_DPH)  # caught up
     read(again)
     read(again)
@@ -258,10 +258,9 @@ def capped(tmp_path, clock, vast):
             **base_config(tmp_path),
             "VAST_BUDGET_USD": "1",
             "VAST_BUDGET_PERIOD": "day",
-            "CLOCK": clock,
             **overrides,
         }
-        app = create_app(config)
+        app = create_app(config_from(config), clock=clock)
         return app, Watchdog(app.extensions["vastpanel"])
 
     return make

@@ -17,6 +17,7 @@ import pytest
 import requests
 from liveserver import PanelProcess, simulator_env, wait_for
 
+from conftest import config_from
 from vastpanel import create_app
 from vastpanel.clock import FakeClock
 from vastpanel.simulator import Hardware, Simulator
@@ -50,7 +51,7 @@ class SimulatedDays:
             VAST_WATCHDOG_INTERVAL_S=str(int(INTERVAL_S)),
             **config,
         )
-        self.app = create_app({**env, "CLOCK": clock})
+        self.app = create_app(config_from(env), clock=clock)
         self.panel = self.app.extensions["vastpanel"]
         self.client = self.app.test_client()
         self.client.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY

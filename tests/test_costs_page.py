@@ -5,16 +5,15 @@ from __future__ import annotations
 import pytest
 from page_support import HTMX, csrf_token, signed_in_client
 
-from conftest import base_config
+from conftest import base_config, config_from
 from vastpanel import create_app
 from vastpanel.watchdog import Watchdog
 
 
 @pytest.fixture
 def budgeted(tmp_path, clock, vast):
-    app = create_app(
-        {**base_config(tmp_path, VAST_BUDGET_USD="1", VAST_BUDGET_PERIOD="day"), "CLOCK": clock}
-    )
+    config = config_from(base_config(tmp_path, VAST_BUDGET_USD="1", VAST_BUDGET_PERIOD="day"))
+    app = create_app(config, clock=clock)
     yield app
     app.extensions["vastpanel"].close()
 

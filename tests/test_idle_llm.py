@@ -12,7 +12,7 @@ import re
 import pytest
 from page_support import HTMX, signed_in_client
 
-from conftest import CONTROL_KEY, base_config, load_fixture
+from conftest import CONTROL_KEY, base_config, config_from, load_fixture
 from vastpanel import create_app, store
 from vastpanel.config import Config, ConfigError
 from vastpanel.idle import idle_deadline, last_signal
@@ -280,7 +280,7 @@ def test_unavailable_metrics_fall_back_and_are_audited_once_per_session(
 
 
 def test_unmapped_metrics_port_is_unavailable_not_an_error(tmp_path, clock, vast):
-    app = create_app({**base_config(tmp_path, VAST_METRICS_PORT="9100"), "CLOCK": clock})
+    app = create_app(config_from(base_config(tmp_path, VAST_METRICS_PORT="9100")), clock=clock)
     client = app.test_client()
     vast.set_running()
     body = client.get("/infra/vast/status", headers={"X-API-Key": CONTROL_KEY}).json
@@ -291,7 +291,7 @@ def test_unmapped_metrics_port_is_unavailable_not_an_error(tmp_path, clock, vast
 
 @pytest.mark.parametrize("sources, metrics", [("gateway", "off"), ("llm", "ok")])
 def test_idle_sources_pick_the_signals(tmp_path, clock, vast, sources, metrics):
-    app = create_app({**base_config(tmp_path, VAST_IDLE_SOURCES=sources), "CLOCK": clock})
+    app = create_app(config_from(base_config(tmp_path, VAST_IDLE_SOURCES=sources)), clock=clock)
     panel = app.extensions["vastpanel"]
     vast.set_running()
     panel.status_report()
@@ -309,7 +309,7 @@ def test_idle_sources_pick_the_signals(tmp_path, clock, vast, sources, metrics):
 
 def test_the_metrics_token_is_sent_and_never_shown(tmp_path, clock, vast):
     token = "metrics-bearer-0123456789"
-    app = create_app({**base_config(tmp_path, VAST_METRICS_TOKEN=token), "CLOCK": clock})
+    app = create_app(config_from(base_config(tmp_path, VAST_METRICS_TOKEN=token)), clock=clock)
     panel = app.extensions["vastpanel"]
     vast.set_running()
     vast.metrics = (401, f"wrong token {token}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from page_support import HTMX, csrf_token, signed_in_client
 
-from conftest import CONTROL_KEY, base_config
+from conftest import CONTROL_KEY, base_config, config_from
 from vastpanel import create_app, store
 from vastpanel.idle import idle_deadline
 from vastpanel.watchdog import Watchdog
@@ -72,7 +72,9 @@ def test_bad_keepalive_is_refused_422_and_changes_nothing(client, vast, panel, b
 
 
 def test_keepalive_bound_follows_the_setting(tmp_path, clock, vast):
-    app = create_app({**base_config(tmp_path, VAST_KEEPALIVE_MAX_MINUTES="90"), "CLOCK": clock})
+    app = create_app(
+        config_from(base_config(tmp_path, VAST_KEEPALIVE_MAX_MINUTES="90")), clock=clock
+    )
     client = app.test_client()
     client.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY
     running(vast, app.extensions["vastpanel"])
@@ -88,7 +90,7 @@ def test_keepalive_without_a_session_is_409(client):
 
 def test_keepalive_never_runs_past_the_session_limit(tmp_path, clock, vast):
     config = base_config(tmp_path, VAST_MAX_SESSION_HOURS="1")
-    panel = create_app({**config, "CLOCK": clock}).extensions["vastpanel"]
+    panel = create_app(config_from(config), clock=clock).extensions["vastpanel"]
     session = running(vast, panel)
     clock.advance(40 * 60)
     result = panel.keep_alive("api", 120)

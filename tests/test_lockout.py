@@ -7,7 +7,7 @@ import logging
 import pytest
 from page_support import csrf_token
 
-from conftest import CONTROL_KEY, base_config
+from conftest import CONTROL_KEY, base_config, config_from
 from vastpanel import create_app, lockout, store
 from vastpanel.lockout import FREE_WRONG_KEYS, LOCKOUT_BASE_S, LOCKOUT_MAX_S, client_of
 
@@ -112,8 +112,8 @@ def test_a_missing_key_is_refused_but_not_counted(app):
 
 def test_every_worker_process_sees_the_same_lockout(tmp_path, clock, vast):
     """Two apps on one database file stand for two gunicorn workers."""
-    config = {**base_config(tmp_path), "CLOCK": clock}
-    first, second = create_app(config), create_app(config)
+    config = config_from(base_config(tmp_path))
+    first, second = create_app(config, clock=clock), create_app(config, clock=clock)
     try:
         for n in range(FREE_WRONG_KEYS):
             assert api(first if n % 2 else second, GUESS).status_code == 401

@@ -9,7 +9,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import base_config
+from conftest import base_config, config_from
 from vastpanel import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +36,7 @@ def test_without_a_token_only_loopback_reads_metrics(app):
 
 
 def test_with_a_token_a_bearer_is_needed_from_anywhere(tmp_path, clock, vast):
-    app = create_app({**base_config(tmp_path, METRICS_TOKEN=TOKEN), "CLOCK": clock})
+    app = create_app(config_from(base_config(tmp_path, METRICS_TOKEN=TOKEN)), clock=clock)
     client = app.test_client()
     assert client.get("/metrics").status_code == 401
     wrong = client.get("/metrics", headers={"Authorization": "Bearer nope"})

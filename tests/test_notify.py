@@ -11,7 +11,7 @@ import requests
 import responses
 from page_support import signed_in_client
 
-from conftest import base_config
+from conftest import base_config, config_from
 from vastpanel import create_app, notify, store
 from vastpanel.config import Config, ConfigError
 from vastpanel.watchdog import Watchdog
@@ -44,9 +44,8 @@ class Receiver:
 @pytest.fixture
 def app(tmp_path, clock, vast):
     urls = f"json+{HOOK}, slack+{SLACK}"
-    app = create_app(
-        {**base_config(tmp_path, VAST_NOTIFY_URLS=urls, VAST_NOTIFY_RETRY_S="10"), "CLOCK": clock}
-    )
+    config = config_from(base_config(tmp_path, VAST_NOTIFY_URLS=urls, VAST_NOTIFY_RETRY_S="10"))
+    app = create_app(config, clock=clock)
     yield app
     app.extensions["vastpanel"].close()
 
@@ -182,13 +181,13 @@ def test_a_claim_left_by_a_crash_is_sent_again_after_it_lapses(panel, clock, hoo
 
 
 def test_a_confirmed_send_is_never_repeated_by_a_restarted_panel(tmp_path, clock, vast, hook):
-    config = {**base_config(tmp_path, VAST_NOTIFY_URLS=HOOK), "CLOCK": clock}
-    first = create_app(config).extensions["vastpanel"]
+    config = config_from(base_config(tmp_path, VAST_NOTIFY_URLS=HOOK))
+    first = create_app(config, clock=clock).extensions["vastpanel"]
     first.audit("power_off_failed", "api", instance_id=1, error="x")
     first.audit("auto_shutdown_failed", "system", instance_id=1, error="y")
     first.deliver_notifications()
     first.close()
-    again = create_app(config).extensions["vastpanel"]
+    again = create_app(config, clock=clock).extensions["vastpanel"]
     again.audit("power_on_health_timeout", "api", instance_id=1, timeout_s=600, error="z")
     again.deliver_notifications()
     assert hook.events == ["power_off_failed", "auto_shutdown_failed", "power_on_health_timeout"]

@@ -16,7 +16,7 @@ from openapi_spec_validator import validate as validate_openapi
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from conftest import CONTROL_KEY, INSTANCE_URL, base_config, load_fixture
+from conftest import CONTROL_KEY, INSTANCE_URL, base_config, config_from, load_fixture
 from vastpanel import MAX_BODY_BYTES, create_app, power, store
 from vastpanel.lockout import FREE_WRONG_KEYS
 from vastpanel.openapi import PREFIX, SPEC
@@ -98,7 +98,8 @@ def make_client(tmp_path, clock, vast):
     apps = []
 
     def make(**overrides: str):
-        app = create_app({**base_config(tmp_path / str(len(apps)), **overrides), "CLOCK": clock})
+        config = config_from(base_config(tmp_path / str(len(apps)), **overrides))
+        app = create_app(config, clock=clock)
         apps.append(app)
         client = app.test_client()
         client.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY

@@ -9,7 +9,7 @@ import pytest
 import responses
 from page_support import HTMX, csrf_token, signed_in_client
 
-from conftest import INSTANCE_URL, base_config, load_fixture
+from conftest import INSTANCE_URL, base_config, config_from, load_fixture
 from vastpanel import create_app
 from vastpanel.status_view import SCHEDULING_HINT_AFTER_S
 
@@ -126,7 +126,7 @@ def test_each_partial_is_the_same_widget_the_page_includes(admin, path, element_
 
 
 def test_the_simulated_demo_says_so(tmp_path, clock, vast):
-    app = create_app({**base_config(tmp_path, VASTPANEL_SIMULATED="true"), "CLOCK": clock})
+    app = create_app(config_from(base_config(tmp_path, VASTPANEL_SIMULATED="true")), clock=clock)
     admin = signed_in_client(app)
     html = admin.get("/").get_data(as_text=True)
     assert "Simulated — demo, no real GPU" in html
@@ -277,7 +277,7 @@ def test_a_long_scheduling_start_gets_the_gpu_is_taken_hint(admin, vast, clock):
 
 
 def test_unconfigured_shows_what_is_missing_and_refuses_actions(tmp_path, clock, vast):
-    app = create_app({**base_config(tmp_path, VAST_API_KEY=""), "CLOCK": clock})
+    app = create_app(config_from(base_config(tmp_path, VAST_API_KEY="")), clock=clock)
     admin = signed_in_client(app)
     html = admin.get("/").get_data(as_text=True)
     assert badge(html) == "unconfigured"

@@ -8,7 +8,7 @@ import json
 import pytest
 import responses
 
-from conftest import CONTROL_KEY, FIXTURES, INSTANCE_URL, base_config
+from conftest import CONTROL_KEY, FIXTURES, INSTANCE_URL, base_config, config_from
 from vastpanel import ConfigError, create_app, store
 from vastpanel.config import Config
 from vastpanel.wake import IN_FLIGHT_LEASE, WAITING_LEASE
@@ -24,9 +24,12 @@ BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 @pytest.fixture
 def app(tmp_path, clock, vast):
     config = base_config(
-        tmp_path, LLM_API_KEYS=f"{LLM_KEY},other-key-1", VAST_LLM_UPSTREAM_KEY=UPSTREAM_KEY
+        tmp_path,
+        LLM_API_KEYS=f"{LLM_KEY},other-key-1",
+        VAST_LLM_UPSTREAM_KEY=UPSTREAM_KEY,
+        VAST_PROXY_WAIT_S="30",
     )
-    app = create_app({**config, "CLOCK": clock, "VAST_PROXY_WAIT_S": "30"})
+    app = create_app(config_from(config), clock=clock)
     yield app
     app.extensions["vastpanel"].close()
 
@@ -52,7 +55,7 @@ def error_of(response) -> dict:
 
 
 def test_off_without_keys_says_how_to_turn_it_on(tmp_path, clock, vast):
-    app = create_app({**base_config(tmp_path), "CLOCK": clock})
+    app = create_app(config_from(base_config(tmp_path)), clock=clock)
     response = app.test_client().post("/v1/chat/completions", json=BODY, headers=BEARER)
     assert response.status_code == 404
     assert "LLM_API_KEYS" in error_of(response)["message"]
@@ -129,7 +132,7 @@ def test_forwards_request_and_strips_hop_by_hop_headers(app, vast, llm, panel):
 
 def test_llm_port_chooses_another_container_port(tmp_path, clock, vast):
     config = base_config(tmp_path, LLM_API_KEYS=LLM_KEY, VAST_LLM_PORT="8000")
-    app = create_app({**config, "CLOCK": clock})
+    app = create_app(config_from(config), clock=clock)
     vast.set_running()
     seen = []
     vast.mock.add_callback(
@@ -211,7 +214,7 @@ def test_cold_start_wait_is_bounded(app, vast, clock):
 
 def test_no_more_than_max_waiting(tmp_path, clock, vast):
     config = base_config(tmp_path, LLM_API_KEYS=LLM_KEY, VAST_PROXY_MAX_WAITING="2")
-    app = create_app({**config, "CLOCK": clock})
+    app = create_app(config_from(config), clock=clock)
     panel = app.extensions["vastpanel"]
     for n in range(2):  # two requests of this process already wait
         assert panel_lease(panel, f"{WAITING_LEASE}{n}")
@@ -258,9 +261,13 @@ def test_vast_ai_failing_before_any_healthy_answer_is_503(app, vast, panel):
 
 def test_a_spent_budget_is_a_503_naming_it_and_starts_nothing(tmp_path, clock, vast):
     config = base_config(
-        tmp_path, LLM_API_KEYS=LLM_KEY, VAST_BUDGET_USD="1", VAST_BUDGET_PERIOD="day"
+        tmp_path,
+        LLM_API_KEYS=LLM_KEY,
+        VAST_BUDGET_USD="1",
+        VAST_BUDGET_PERIOD="day",
+        VAST_AUTO_SHUTDOWN="false",
     )
-    app = create_app({**config, "CLOCK": clock, "VAST_AUTO_SHUTDOWN": "false"})
+    app = create_app(config_from(config), clock=clock)
     watchdog = Watchdog(app.extensions["vastpanel"])
     vast.set_running()
     vast.set(dph_base=1.95)  # $2/h with storage: the $1 budget is spent after 30 minutes

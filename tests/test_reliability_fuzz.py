@@ -19,7 +19,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from conftest import CONTROL_KEY
+from conftest import CONTROL_KEY, config_from
 from vastpanel import create_app
 from vastpanel.simulator import Simulator
 
@@ -58,7 +58,7 @@ def sim():
 
 @pytest.fixture(scope="module")
 def fuzzed_app(sim, tmp_path_factory):
-    app = create_app(
+    config = config_from(
         {
             "VAST_URL": sim.url,
             "VAST_API_KEY": SIM_KEY,
@@ -71,6 +71,7 @@ def fuzzed_app(sim, tmp_path_factory):
             "VAST_WAIT_TIMEOUT_S": "1",
         }
     )
+    app = create_app(config)
     yield app
     app.extensions["vastpanel"].close()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import base_config
+from conftest import base_config, config_from
 from vastpanel import create_app, store
 
 TABLES = ("sessions", "audit", "state", "instance_cache", "leases")
@@ -56,7 +56,7 @@ def test_app_migrates_an_m001_database_and_keeps_every_row(tmp_path, clock, vast
     before = fill_at_m001(config["VAST_DB_PATH"])
     assert all(before[t] for t in TABLES), "every table must hold a row before the upgrade"
 
-    app = create_app({**config, "CLOCK": clock})
+    app = create_app(config_from(config), clock=clock)
     panel = app.extensions["vastpanel"]
     try:
         db = panel.db
@@ -83,7 +83,7 @@ def test_app_migrates_an_m001_database_and_keeps_every_row(tmp_path, clock, vast
         panel.close()
 
     # A second start finds nothing pending and changes nothing.
-    again = create_app({**config, "CLOCK": clock})
+    again = create_app(config_from(config), clock=clock)
     try:
         assert store.schema_version(again.extensions["vastpanel"].db) == latest_version()
         assert dump(again.extensions["vastpanel"].db) == before

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import config_from
 from vastpanel import create_app, store
 from vastpanel.clock import FakeClock
 from vastpanel.simulator import ManualClock, Simulator
@@ -56,7 +57,7 @@ def sim(sim_clock):
 
 @pytest.fixture
 def panel(sim, clock, tmp_path):
-    app = create_app(
+    config = config_from(
         {
             "VAST_URL": sim.url,
             "VAST_API_KEY": SIM_KEY,
@@ -64,9 +65,9 @@ def panel(sim, clock, tmp_path):
             "CONTROL_API_KEY": CONTROL_KEY,
             "VAST_DB_PATH": str(tmp_path / "panel.db"),
             "VAST_STATUS_TTL_S": "0",  # ask vast.ai on every read: meet its rate limit
-            "CLOCK": clock,
         }
     )
+    app = create_app(config, clock=clock)
     panel = app.extensions["vastpanel"]
     yield panel
     panel.close()

@@ -9,7 +9,7 @@ import traceback
 
 import pytest
 
-from conftest import base_config
+from conftest import base_config, config_from
 from vastpanel import create_app, store
 from vastpanel.auth import SECRET_KEY_FILE
 
@@ -23,7 +23,7 @@ def _mode(path) -> int:
 
 def test_new_data_folder_and_files_are_private(tmp_path):
     data = tmp_path / "data"
-    app = create_app(base_config(tmp_path, VAST_DB_PATH=str(data / "vastpanel.db")))
+    app = create_app(config_from(base_config(tmp_path, VAST_DB_PATH=str(data / "vastpanel.db"))))
     panel = app.extensions["vastpanel"]
     store.set_value(panel.db, "x", 1.0)  # the WAL files exist once something was written
     assert _mode(data) == 0o700

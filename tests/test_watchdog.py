@@ -10,7 +10,7 @@ import sys
 import pytest
 import responses
 
-from conftest import INSTANCE_URL, base_config, load_fixture
+from conftest import INSTANCE_URL, base_config, config_from, load_fixture
 from vastpanel import create_app, store
 from vastpanel.leases import holder_is_dead
 from vastpanel.panel import HEALTH_WAIT_LEASE
@@ -243,7 +243,7 @@ def test_restart_keeps_the_idle_timer_and_acts_on_a_passed_deadline(
     panel.close()  # the process dies here: no lease given back, nothing else written
 
     clock.advance(40 * 60)  # down for 40 minutes; the deadline passed 15 minutes ago
-    restarted = create_app({**base_config(tmp_path), "CLOCK": clock})
+    restarted = create_app(config_from(base_config(tmp_path)), clock=clock)
     try:
         look = Watchdog(restarted.extensions["vastpanel"]).look()
         assert look.leader
@@ -320,7 +320,7 @@ def test_a_health_wait_of_a_killed_process_does_not_protect_an_idle_instance(
 
 
 def test_auto_shutdown_off_stops_nothing_but_keeps_sessions(tmp_path, vast, clock):
-    app = create_app({**base_config(tmp_path, VAST_AUTO_SHUTDOWN="false"), "CLOCK": clock})
+    app = create_app(config_from(base_config(tmp_path, VAST_AUTO_SHUTDOWN="false")), clock=clock)
     panel = app.extensions["vastpanel"]
     watchdog = Watchdog(panel)
     try:
@@ -347,7 +347,7 @@ def test_auto_shutdown_off_stops_nothing_but_keeps_sessions(tmp_path, vast, cloc
 def test_only_the_lease_holder_acts_and_another_takes_over_when_it_stops(
     tmp_path, panel, vast, clock, watchdog
 ):
-    other_app = create_app({**base_config(tmp_path), "CLOCK": clock})
+    other_app = create_app(config_from(base_config(tmp_path)), clock=clock)
     other = Watchdog(other_app.extensions["vastpanel"])
     try:
         start_running(vast, clock, watchdog)

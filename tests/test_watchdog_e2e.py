@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from liveserver import running_simulator, simulator_env
 
-from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY
+from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY, config_from
 from vastpanel import create_app, store
 from vastpanel.reading import DOWN_SINCE_KEY
 from vastpanel.simulator import Simulator
@@ -89,7 +89,7 @@ def live_app(tmp_path, sim):
     apps = []
 
     def make(**overrides: str):
-        app = create_app(live_env(sim, tmp_path / "vastpanel.db", **overrides))
+        app = create_app(config_from(live_env(sim, tmp_path / "vastpanel.db", **overrides)))
         apps.append(app)
         return app
 

@@ -11,12 +11,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
 import requests
 
-from conftest import VAST_KEY, base_config, load_fixture
+from conftest import VAST_KEY, base_config, config_from, load_fixture
 from vastpanel import ConfigError, create_app, store
 from vastpanel.watchdog import (
     DEADLINE_JOB,
@@ -47,9 +48,11 @@ def make_app(tmp_path, clock, vast):
     """Build apps whose watchdogs are shut down (and databases closed) after the test."""
     apps = []
 
-    def make(**overrides):
-        config = {**base_config(tmp_path), "CLOCK": clock, **overrides}
-        app = create_app(config)
+    def make(*, watchdog: bool | None = None, http=None, **env: str):
+        config = config_from(base_config(tmp_path, **env))
+        if watchdog is not None:  # the Config field itself, as code building a Config sets it
+            config = replace(config, watchdog=watchdog)
+        app = create_app(config, clock=clock, http=http)
         apps.append(app)
         return app
 
@@ -59,6 +62,11 @@ def make_app(tmp_path, clock, vast):
         if watchdog is not None:
             watchdog.shutdown()
         app.extensions["vastpanel"].close()
+
+
+def switch(flag: bool | str) -> dict:
+    """Turn the watchdog on or off by the Config field (a bool) or VASTPANEL_WATCHDOG (text)."""
+    return {"watchdog": flag} if isinstance(flag, bool) else {"VASTPANEL_WATCHDOG": flag}
 
 
 def deadline_in(watchdog: Watchdog) -> float | None:
@@ -76,7 +84,7 @@ def test_not_started_for_a_test_config_unless_asked(app):
 
 @pytest.mark.parametrize("flag", [False, "false", "0", "off"])
 def test_not_started_when_switched_off(make_app, flag):
-    assert EXTENSION not in make_app(VASTPANEL_WATCHDOG=flag).extensions
+    assert EXTENSION not in make_app(**switch(flag)).extensions
 
 
 def test_bad_flag_stops_start_up_naming_it(make_app):
@@ -87,7 +95,7 @@ def test_bad_flag_stops_start_up_naming_it(make_app):
 @pytest.mark.parametrize("flag", [True, "true", "1", "on"])
 def test_started_on_request_looks_at_once_and_shuts_down_cleanly(make_app, vast, clock, flag):
     vast.set_running()
-    app = make_app(VASTPANEL_WATCHDOG=flag)
+    app = make_app(**switch(flag))
     watchdog = app.extensions[EXTENSION]
     panel = app.extensions["vastpanel"]
     assert watchdog.alive
@@ -111,7 +119,7 @@ def test_started_on_request_looks_at_once_and_shuts_down_cleanly(make_app, vast,
 
 def test_activity_moves_the_deadline_look_only_when_it_fires(make_app, vast, clock):
     vast.set_running()
-    watchdog = make_app(VASTPANEL_WATCHDOG=True).extensions[EXTENSION]
+    watchdog = make_app(watchdog=True).extensions[EXTENSION]
     panel = watchdog.panel
     assert wait_for(lambda: watchdog.scheduler.get_job(DEADLINE_JOB) is not None)
     first = watchdog.scheduler.get_job(DEADLINE_JOB).next_run_time
@@ -134,7 +142,7 @@ def test_activity_moves_the_deadline_look_only_when_it_fires(make_app, vast, clo
 
 def test_a_look_at_the_warning_time_warns_then_waits_for_the_deadline(make_app, vast, clock):
     vast.set_running()
-    watchdog = make_app(VASTPANEL_WATCHDOG=True).extensions[EXTENSION]
+    watchdog = make_app(watchdog=True).extensions[EXTENSION]
     assert wait_for(lambda: watchdog.scheduler.get_job(WARNING_JOB) is not None)
     job = watchdog.scheduler.get_job(WARNING_JOB)
     in_s = job.next_run_time.timestamp() - datetime.now(UTC).timestamp()
@@ -149,19 +157,16 @@ def test_a_look_at_the_warning_time_warns_then_waits_for_the_deadline(make_app, 
 
 
 def test_notifications_are_delivered_by_the_leader_in_a_thread_of_their_own(make_app, vast):
-    app = make_app(VASTPANEL_WATCHDOG=True, VAST_NOTIFY_URLS="https://hooks.example.test/x")
+    app = make_app(watchdog=True, VAST_NOTIFY_URLS="https://hooks.example.test/x")
     watchdog = app.extensions[EXTENSION]
     job = watchdog.scheduler.get_job(NOTIFY_JOB)
     assert job is not None and job.executor == "notify"
-    assert (
-        make_app(VASTPANEL_WATCHDOG=True).extensions[EXTENSION].scheduler.get_job(NOTIFY_JOB)
-        is None
-    )
+    assert make_app(watchdog=True).extensions[EXTENSION].scheduler.get_job(NOTIFY_JOB) is None
 
 
 def test_failed_stop_schedules_no_deadline_look_so_no_tight_loop(make_app, vast, clock):
     vast.set_running()
-    watchdog = make_app(VASTPANEL_WATCHDOG=True).extensions[EXTENSION]
+    watchdog = make_app(watchdog=True).extensions[EXTENSION]
     assert wait_for(lambda: watchdog.scheduler.get_job(DEADLINE_JOB) is not None)
 
     clock.advance(IDLE_S)
@@ -181,9 +186,7 @@ def test_an_exception_in_a_look_is_logged_without_secrets_and_the_looks_go_on(ma
             raise RuntimeError(f"unexpected failure with key {VAST_KEY}")
 
     caplog.set_level(logging.INFO)
-    app = make_app(
-        VASTPANEL_WATCHDOG=True, VAST_WATCHDOG_INTERVAL_S="0.1", HTTP_SESSION=Exploding()
-    )
+    app = make_app(watchdog=True, VAST_WATCHDOG_INTERVAL_S="0.1", http=Exploding())
     watchdog = app.extensions[EXTENSION]
     assert wait_for(lambda: Exploding.calls >= 3)
     assert watchdog.alive
@@ -232,7 +235,7 @@ def test_real_app_starts_it_by_default_but_not_in_the_reloader_parent(
 
 def test_the_scheduler_keeps_its_settings_through_flask_apscheduler(make_app):
     """flask-apscheduler's init_app reconfigures the scheduler; ours must survive it."""
-    watchdog = make_app(VASTPANEL_WATCHDOG=True).extensions[EXTENSION]
+    watchdog = make_app(watchdog=True).extensions[EXTENSION]
     scheduler = watchdog.scheduler.scheduler
     assert scheduler._job_defaults == {
         "misfire_grace_time": None,  # a late look runs; 1 s (the reset value) would skip it

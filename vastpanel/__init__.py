@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from flask import Flask, jsonify, request
 from htmx_flask import Htmx
@@ -14,6 +13,11 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .config import Config, ConfigError
 from .log_config import configure_logging
+
+if TYPE_CHECKING:  # requests is imported late (see below), and clock only to be named here
+    import requests
+
+    from .clock import Clock
 
 ROOT = Path(__file__).resolve().parent.parent
 API_PREFIX = "/infra/vast"
@@ -27,18 +31,23 @@ LLM_MAX_BODY_BYTES = 32 * 1024 * 1024
 htmx = Htmx()
 log = logging.getLogger("vastpanel")
 
-__all__ = ["ConfigError", "create_app"]
+__all__ = ["Config", "ConfigError", "create_app"]
 
 
-def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app from the environment, or from test_config alone when it is given.
+def create_app(
+    config: Config | None = None,
+    *,
+    clock: Clock | None = None,
+    http: requests.Session | None = None,
+) -> Flask:
+    """Build the app from config, or from the environment when config is None.
 
-    test_config holds the same variable names as the environment (VAST_API_KEY, ...), plus
-    optional objects: CLOCK (a Clock) and HTTP_SESSION (a requests.Session). The auto-shutdown
-    watchdog starts unless VASTPANEL_WATCHDOG is false; with test_config, only if it is true.
+    clock and http replace the real clock and the HTTP session to vast.ai (tests fake both).
+    The auto-shutdown watchdog starts unless config.watchdog is false (VASTPANEL_WATCHDOG);
+    with config.testing, only if it is true.
     """
-    source = os.environ if test_config is None else test_config
-    config = Config.from_env({k: v for k, v in source.items() if isinstance(v, str)})
+    if config is None:
+        config = Config.from_env(os.environ)
     app = Flask(
         __name__,
         root_path=str(ROOT),
@@ -46,12 +55,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         static_folder=str(ROOT / "static"),
     )
     app.config.from_mapping(
-        TESTING=test_config is not None,
+        TESTING=config.testing,
         JSON_SORT_KEYS=False,
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
     )
-    if test_config is not None:
-        app.config.update({k: v for k, v in test_config.items() if k in ("TESTING",)})
     if not app.testing:
         configure_logging()  # lines to stderr with time and level, unless already configured
     # Imported here, not at the top: gunicorn.conf.py imports this package in gunicorn's master,
@@ -62,12 +69,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # `flask --app app vast ...` and other commands (not `flask run`) serve nothing: no
     # watchdog, no secret key file, and no database created before a command asks for one.
     command_only = running_cli_command()
-    panel = Panel(
-        config,
-        clock=(test_config or {}).get("CLOCK"),
-        http=(test_config or {}).get("HTTP_SESSION"),
-        open_now=not command_only,
-    )
+    panel = Panel(config, clock=clock, http=http, open_now=not command_only)
     app.extensions["vastpanel"] = panel
     # flaskr's rule: nothing a request opens outlives it. Each request (a thread, or a greenlet
     # under gevent, where every request is a new one) gets its own SQLite connection on first
@@ -89,7 +91,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(metrics.bp)  # its own access rule: METRICS_TOKEN or loopback
     app.register_blueprint(openapi.bp)  # its own blueprint: served without X-API-Key
     # The session cookie, sign-in and CSRF (the API is exempt).
-    auth.init_app(app, source, panel, keep_secret_key=not command_only)
+    auth.init_app(app, panel, keep_secret_key=not command_only)
     app.register_blueprint(pages.bp)
     app.cli.add_command(cli.vast)
     app.register_error_handler(HTTPException, _http_error)
@@ -100,7 +102,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if command_only:
         log.debug("watchdog: not started for a CLI command")
     else:
-        watchdog.init_app(app, panel, source, testing=test_config is not None)
+        watchdog.init_app(app, panel)
 
     if not config.control_api_key and not command_only:
         log.warning("CONTROL_API_KEY is not set: every %s request is refused.", API_PREFIX)

@@ -15,9 +15,7 @@ import logging
 import os
 import secrets
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from flask import (
     Blueprint,
@@ -34,7 +32,7 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from htmx_flask import make_response, request  # Flask's, with request.htmx and HX- headers
 
-from .config import ConfigError
+from .config import MIN_SECRET_KEY_LENGTH, ConfigError
 from .logs import install_redaction
 from .panel import Panel
 from .signins import SIGNIN_LIFETIME
@@ -46,7 +44,6 @@ log = logging.getLogger("vastpanel")
 SESSION_ID = "signin"  # the only thing the cookie holds: the sign-in's id
 SESSION_LIFETIME = SIGNIN_LIFETIME  # sliding: every request of an open page renews it
 SECRET_KEY_FILE = "secret_key"
-MIN_SECRET_KEY_LENGTH = 16
 NO_KEY_MESSAGE = (
     "Sign-in is impossible: CONTROL_API_KEY is not set on the server. "
     "Set it in the server's environment and restart the panel."
@@ -67,16 +64,15 @@ class PerRequestSecureSessions(SecureCookieSessionInterface):
         return bool(setting)
 
 
-def init_app(
-    app: Flask, env: Mapping[str, Any], panel: Panel, *, keep_secret_key: bool = True
-) -> None:
+def init_app(app: Flask, panel: Panel, *, keep_secret_key: bool = True) -> None:
     """Set up the session cookie, CSRF protection and the sign-in routes.
 
     keep_secret_key false (a CLI command, which serves no page) uses a throwaway key rather
     than writing one beside the database.
     """
+    config = panel.config
     secret_key = (
-        load_secret_key(env.get("SECRET_KEY"), panel.config.db_path)
+        load_secret_key(config.secret_key, config.db_path)
         if keep_secret_key
         else secrets.token_urlsafe(48)
     )
@@ -86,7 +82,9 @@ def init_app(
         SESSION_COOKIE_NAME="vastpanel_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=_cookie_secure(env.get("SESSION_COOKIE_SECURE")),
+        SESSION_COOKIE_SECURE=(
+            "auto" if config.session_cookie_secure is None else config.session_cookie_secure
+        ),
         PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
         # The page stays open all day: a token that expired after an hour would make every
         # button fail. The token is still bound to the session, which ends on sign-out.
@@ -101,19 +99,14 @@ def init_app(
     app.register_error_handler(CSRFError, csrf_failed)
 
 
-def load_secret_key(from_env: Any, db_path: str) -> str:
-    """Return SECRET_KEY from the environment, else the one kept beside the database.
+def load_secret_key(configured: str, db_path: str) -> str:
+    """Return the configured SECRET_KEY, else the one kept beside the database.
 
     The kept key is made once, readable by its owner only (0600), so sessions survive a
     restart and every worker process shares it.
     """
-    if isinstance(from_env, str) and from_env.strip():
-        if len(from_env.strip()) < MIN_SECRET_KEY_LENGTH:
-            raise ConfigError(
-                f"SECRET_KEY must be at least {MIN_SECRET_KEY_LENGTH} characters; "
-                "unset it to have one generated under data/."
-            )
-        return from_env.strip()
+    if configured:
+        return configured  # Config.from_env checked its length
     if db_path == ":memory:":
         log.warning("SECRET_KEY not set and no data folder: sessions end on restart.")
         return secrets.token_urlsafe(48)
@@ -146,18 +139,6 @@ def _read_or_create_key(path: Path) -> str:
     if len(key) < MIN_SECRET_KEY_LENGTH:
         raise ConfigError(f"SECRET_KEY not set and {path} holds no usable key; delete it.")
     return key
-
-
-def _cookie_secure(raw: Any) -> bool | str:
-    """Read SESSION_COOKIE_SECURE: true, false, or auto (Secure on HTTPS requests; default)."""
-    value = (raw if isinstance(raw, str) else "").strip().lower()
-    if value in ("", "auto"):
-        return "auto"
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"SESSION_COOKIE_SECURE must be true, false or auto, got {raw!r}")
 
 
 def get_panel() -> Panel:

@@ -12,6 +12,7 @@ DEFAULT_VAST_URL = "https://console.vast.ai"
 DEFAULT_DB_PATH = "data/vastpanel.db"
 IDLE_SOURCES = ("gateway", "llm")  # activity posts to /infra/vast/activity; the LLM's metrics
 MIN_CONTROL_KEY_LENGTH = 16
+MIN_SECRET_KEY_LENGTH = 16
 
 
 class ConfigError(ValueError):
@@ -44,12 +45,12 @@ class NotifyTarget:
 
 @dataclass(frozen=True)
 class Config:
-    """Every setting the app reads from its environment."""
+    """Every setting of the app: read from its environment, all but testing (set by tests)."""
 
     vast_url: str = DEFAULT_VAST_URL
-    vast_api_key: str = ""
+    vast_api_key: str = field(default="", repr=False)
     vast_instance_id: int | None = None
-    control_api_key: str = ""
+    control_api_key: str = field(default="", repr=False)
     health_port: int = 8001
     health_path: str = "/health"
     wait_timeout_s: float = 600.0
@@ -61,26 +62,37 @@ class Config:
     idle_sources: tuple[str, ...] = IDLE_SOURCES
     metrics_port: int | None = None  # None: the health port (nginx's, which routes /metrics)
     llm_metrics_path: str = "/metrics"
-    llm_metrics_token: str = ""  # VAST_METRICS_TOKEN, sent to the LLM's /metrics
+    llm_metrics_token: str = field(default="", repr=False)  # VAST_METRICS_TOKEN, to the LLM
     llm_metrics_every_s: float = 15.0
     warn_minutes: float = 5.0
     keepalive_max_minutes: float = 480.0
     notify_targets: tuple[NotifyTarget, ...] = ()
     notify_retry_s: float = 30.0
-    metrics_token: str = ""
+    metrics_token: str = field(default="", repr=False)
     # Shared with the instance's agent (deploy/instance/vastpanel_agent.py); empty: no heartbeats.
-    agent_secret: str = ""
+    agent_secret: str = field(default="", repr=False)
     # Marks a demo against the simulator, so it can never pass for a real instance.
     simulated: bool = False
     budget_usd: float | None = None  # VAST_BUDGET_USD: a spending cap per budget period
     budget_period: str = "month"  # VAST_BUDGET_PERIOD: day or month, UTC
     max_session_hours: float | None = None  # VAST_MAX_SESSION_HOURS: longest session allowed
     # The /v1/ pass-through to the instance's LLM (off while llm_api_keys is empty).
-    llm_api_keys: tuple[str, ...] = ()
+    llm_api_keys: tuple[str, ...] = field(default=(), repr=False)
     llm_port: int | None = None  # the container port of the LLM; None: health_port
-    llm_upstream_key: str = ""  # sent upstream as "Authorization: Bearer" (vLLM's --api-key)
+    # Sent upstream as "Authorization: Bearer" (vLLM's --api-key).
+    llm_upstream_key: str = field(default="", repr=False)
     proxy_wait_s: float = 600.0  # how long a request may wait for a cold start
     proxy_max_waiting: int = 64  # requests waiting for a cold start at once; more get 503
+    # The page's session cookie: signed with SECRET_KEY (empty: the key kept beside the
+    # database, auth.load_secret_key); Secure when SESSION_COOKIE_SECURE is true, or with None
+    # (auto) when the request came over HTTPS.
+    secret_key: str = field(default="", repr=False)
+    session_cookie_secure: bool | None = None
+    # VASTPANEL_WATCHDOG; None (unset): on, except in tests.
+    watchdog: bool | None = None
+    # Flask's TESTING, set by tests and never read from the environment: the watchdog stays off
+    # unless the config turns it on, and logging is left to pytest.
+    testing: bool = False
 
     @property
     def missing_vast_settings(self) -> list[str]:
@@ -102,7 +114,7 @@ class Config:
         """List the secret values that must never be shown or logged."""
         values = [self.vast_api_key, self.control_api_key, self.metrics_token]
         values += [self.llm_metrics_token, self.agent_secret]
-        values += [self.llm_upstream_key, *self.llm_api_keys]
+        values += [self.llm_upstream_key, *self.llm_api_keys, self.secret_key]
         return [s for s in values if s] + [t.url for t in self.notify_targets]
 
     @property
@@ -158,6 +170,9 @@ class Config:
             llm_upstream_key=env.get("VAST_LLM_UPSTREAM_KEY", "").strip(),
             proxy_wait_s=_number(env, "VAST_PROXY_WAIT_S", wait_timeout_s),
             proxy_max_waiting=_whole(env, "VAST_PROXY_MAX_WAITING", 64),
+            secret_key=_secret_key(env),
+            session_cookie_secure=_cookie_secure(env),
+            watchdog=_optional_bool(env, "VASTPANEL_WATCHDOG"),
         )
 
 
@@ -262,17 +277,47 @@ def _llm_keys(env: Mapping[str, str], control_api_key: str) -> tuple[str, ...]:
     return keys
 
 
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True}
+_BOOLS.update({"0": False, "false": False, "no": False, "off": False})
+
+
 def parse_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     """Read a true/false variable; unset or empty gives default, anything else is an error."""
+    value = _optional_bool(env, name)
+    return default if value is None else value
+
+
+def _optional_bool(env: Mapping[str, str], name: str) -> bool | None:
+    """Read a true/false variable, or None when it is unset."""
     raw = _raw(env, name)
     if raw is None:
-        return default
-    lowered = raw.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+        return None
+    if raw.lower() not in _BOOLS:
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    return _BOOLS[raw.lower()]
+
+
+def _cookie_secure(env: Mapping[str, str]) -> bool | None:
+    """Read SESSION_COOKIE_SECURE: true, false, or auto (None: Secure on HTTPS; the default)."""
+    raw = _raw(env, "SESSION_COOKIE_SECURE")
+    if raw is None or raw.lower() == "auto":
+        return None
+    if raw.lower() not in _BOOLS:
+        raise ConfigError(f"SESSION_COOKIE_SECURE must be true, false or auto, got {raw!r}")
+    return _BOOLS[raw.lower()]
+
+
+def _secret_key(env: Mapping[str, str]) -> str:
+    """Read SECRET_KEY: unset (a key is kept beside the database), or 16+ characters."""
+    raw = _raw(env, "SECRET_KEY")
+    if raw is None:
+        return ""
+    if len(raw) < MIN_SECRET_KEY_LENGTH:
+        raise ConfigError(
+            f"SECRET_KEY must be at least {MIN_SECRET_KEY_LENGTH} characters; "
+            "unset it to have one generated under data/."
+        )
+    return raw
 
 
 def _idle_sources(env: Mapping[str, str]) -> tuple[str, ...]:

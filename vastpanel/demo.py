@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         ) from None
     port = sock.getsockname()[1]
 
-    from . import create_app
+    from . import Config, create_app
     from .simulator import LlmConfig, Simulator
 
     sim = Simulator(
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     with sim:
         env = demo_environment(sim.url, sim.api_key, control_key, args.idle_minutes, args.budget)
         env["VAST_DB_PATH"] = os.path.abspath(env["VAST_DB_PATH"])
-        os.environ.update(env)
-        app = create_app()
+        # The demo's settings over the environment's (SECRET_KEY, SESSION_COOKIE_SECURE, ...).
+        app = create_app(Config.from_env({**os.environ, **env}))
         server = make_server("127.0.0.1", port, app, threaded=True, fd=sock.fileno())
         base = f"http://127.0.0.1:{port}"
         # The CLI reads the server's settings (all but the control key, which it does not use).

@@ -26,10 +26,8 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from apscheduler.jobstores.base import JobLookupError
 from flask import Flask
@@ -37,7 +35,7 @@ from flask.helpers import get_debug_flag
 from flask_apscheduler import APScheduler
 
 from . import leases, metrics, store
-from .config import parse_bool
+from .config import Config
 from .logs import redact
 from .panel import Panel, PanelError, PowerOffResult
 from .scheduling import new_executor, new_scheduler, scheduler_options
@@ -45,7 +43,6 @@ from .scheduling import new_executor, new_scheduler, scheduler_options
 log = logging.getLogger("vastpanel.watchdog")
 
 EXTENSION = "vastpanel_watchdog"
-FLAG = "VASTPANEL_WATCHDOG"
 LEASE = "watchdog"
 LOOK_JOB = "vastpanel-watchdog-look"
 DEADLINE_JOB = "vastpanel-watchdog-deadline"
@@ -296,12 +293,9 @@ class Watchdog:
             )
 
 
-def watchdog_wanted(source: Mapping[str, Any], testing: bool) -> bool:
-    """Read VASTPANEL_WATCHDOG: on by default for the real app, off for a test config."""
-    raw = source.get(FLAG)
-    if isinstance(raw, bool):  # a test config may say True or False directly
-        return raw
-    return parse_bool(source, FLAG, default=not testing)
+def watchdog_wanted(config: Config) -> bool:
+    """Tell whether to start: VASTPANEL_WATCHDOG, else on for the real app and off in tests."""
+    return config.watchdog if config.watchdog is not None else not config.testing
 
 
 def in_reloader_parent(app: Flask) -> bool:
@@ -309,9 +303,9 @@ def in_reloader_parent(app: Flask) -> bool:
     return (app.debug or get_debug_flag()) and os.environ.get("WERKZEUG_RUN_MAIN") != "true"
 
 
-def init_app(app: Flask, panel: Panel, source: Mapping[str, Any], testing: bool) -> None:
+def init_app(app: Flask, panel: Panel) -> None:
     """Start the watchdog for this app when wanted, and expose it as an extension."""
-    if not watchdog_wanted(source, testing):
+    if not watchdog_wanted(panel.config):
         return
     if in_reloader_parent(app):
         log.info("watchdog: not started in the debug reloader's watching process")
