@@ -18,7 +18,14 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from .api import audit_json, costs_json, keepalive_json, status_json
+from .answers import (
+    audit_json,
+    costs_json,
+    keepalive_json,
+    power_off_json,
+    power_on_json,
+    status_json,
+)
 from .clock import iso_utc
 from .formatting import duration, minutes_text, usd
 from .panel import Panel, PanelError
@@ -123,13 +130,7 @@ def on_command(wait: bool, as_json: bool) -> None:
         click.echo(f"Starting; waiting up to {timeout} for the health URL...", err=True)
     with failing_as_click_error():
         result = panel.power_on(ACTOR, wait_for_health=wait)
-    data = {
-        "status": result.state.status,
-        "instance_id": result.state.instance_id,
-        "endpoint_base_url": result.state.endpoint_base_url,
-        "health_url": result.health_url,
-        "message": result.message,
-    }
+    data = power_on_json(result)
     lines = [result.message, f"Status: {data['status']}"]
     if data["endpoint_base_url"]:
         lines.append(f"Endpoint: {data['endpoint_base_url']}")
@@ -143,13 +144,7 @@ def off_command(as_json: bool) -> None:
     panel = get_panel()
     with failing_as_click_error():
         result = panel.power_off(ACTOR)
-    data = {
-        "status": "stopped",
-        "session_runtime_minutes": result.session_minutes,
-        "session_cost_usd": result.session_cost,
-        "message": result.message,
-    }
-    emit(data, as_json, [result.message])
+    emit(power_off_json(result), as_json, [result.message])
 
 
 @vast.command("keepalive")
