@@ -8,16 +8,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request, url_for
 
-from .answers import (
-    activity_json,
-    audit_json,
-    budget_json,
-    costs_json,
-    keepalive_json,
-    power_off_json,
-    power_on_json,
-    status_json,
-)
+from . import answers
 from .config import is_health_path
 from .panel import (
     BudgetExceeded,
@@ -101,7 +92,7 @@ def panel_error(exc: PanelError):
 @bp.get("/status")
 def status():
     """Report the instance, its idle countdown and the cost so far."""
-    return jsonify(status_json(get_panel().status_report()))
+    return jsonify(answers.status_json(get_panel().status_report()))
 
 
 @bp.post("/power/on")
@@ -116,21 +107,21 @@ def power_on():
     if port is not None and not 1 <= port <= 65535:
         raise InvalidInput("health_port must be from 1 to 65535")
     result = get_panel().power_on("api", wait_for_health=wait, health_path=path, health_port=port)
-    return jsonify(power_on_json(result))
+    return jsonify(answers.power_on_json(result))
 
 
 @bp.post("/power/off")
 def power_off():
     """Stop the instance and report the session's runtime and cost."""
     json_body()
-    return jsonify(power_off_json(get_panel().power_off("api")))
+    return jsonify(answers.power_off_json(get_panel().power_off("api")))
 
 
 @bp.post("/activity")
 def activity():
     """Note LLM use now; called by the gateway on every request, so it stays cheap."""
     json_body()
-    return jsonify(activity_json(get_panel().record_activity()))
+    return jsonify(answers.activity_json(get_panel().record_activity()))
 
 
 @bp.post("/keepalive")
@@ -141,20 +132,20 @@ def keepalive():
     # A whole or decimal number of minutes; true is not a number here.
     if isinstance(minutes, bool) or not isinstance(minutes, int | float):
         raise InvalidInput("minutes: required, a number of minutes")
-    return jsonify(keepalive_json(get_panel().keep_alive("api", float(minutes))))
+    return jsonify(answers.keepalive_json(get_panel().keep_alive("api", float(minutes))))
 
 
 @bp.get("/costs")
 def costs():
     """Sum runtime and cost over all sessions; the whole bill and vast.ai's per day."""
-    return jsonify(costs_json(get_panel()))
+    return jsonify(answers.costs_json(get_panel()))
 
 
 @bp.post("/budget/override")
 def budget_override():
     """Let power-on through despite a spent budget, until the budget period ends (audited)."""
     json_body()
-    return jsonify(budget_json(get_panel().override_budget("api")))
+    return jsonify(answers.budget_json(get_panel().override_budget("api")))
 
 
 @bp.get("/audit")
@@ -163,7 +154,7 @@ def audit():
     limit = query_int("limit", 50, 1, 1000)
     before = query_int("before", None, 1, None)
     entries = get_panel().audit_log(limit + 1, before)  # one more tells whether older exist
-    response = jsonify([audit_json(e) for e in entries[:limit]])
+    response = jsonify([answers.audit_json(e) for e in entries[:limit]])
     if len(entries) > limit:
         # Relative, so it stays right behind a reverse proxy that rewrites the host.
         older = url_for("api.audit", before=entries[limit - 1].id, limit=limit)
