@@ -93,3 +93,15 @@ def test_errors_exit_non_zero_with_the_message(run, vast, clock):
     clock.advance(60)  # past the reuse time of vast.ai's last answer
     vast.put_answer = (400, {"success": False, "error": "missing_billing", "msg": "No credit."})
     assert "missing_billing" in run("on", "--no-wait", code=1).stderr
+
+
+def test_json_is_the_apis_answer(run, client, vast, clock):
+    """--json prints what the API answers: both are shaped by vastpanel.answers."""
+    vast.set_running()
+    run("status")
+    clock.advance(1800)
+    for command, path in [("status", "/status"), ("costs", "/costs")]:
+        api = client.get("/infra/vast" + path).get_json()
+        assert json.loads(run(command, "--json").stdout) == api
+    api = client.get("/infra/vast/audit").get_json()
+    assert json.loads(run("audit", "--json", "--limit", "50").stdout) == api

@@ -77,6 +77,11 @@ def test_missing_price_fields_are_derived_from_dph_total():
     assert billing_rates(None).storage_dph == 0.0  # destroyed: nothing is billed any more
 
 
+def test_the_average_session_is_none_before_the_first_one():
+    assert costs.average_session_seconds(store.CostTotals(0, 0.0, 0.0)) is None
+    assert costs.average_session_seconds(store.CostTotals(2, 1800.0, 0.225)) == 900.0
+
+
 # --- the ledger ----------------------------------------------------------------------------------
 
 

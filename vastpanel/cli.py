@@ -18,7 +18,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from .api import audit_json, costs_json, keepalive_json, status_json
+from . import answers
 from .clock import iso_utc
 from .formatting import duration, minutes_text, usd
 from .panel import Panel, PanelError
@@ -82,7 +82,7 @@ def status_command(as_json: bool) -> None:
     panel = get_panel()
     with failing_as_click_error():
         report = panel.status_report()
-    data = status_json(report)
+    data = answers.status_json(report)
     if data["status"] == "not_found":
         raise click.ClickException(data["message"] or "vast.ai does not know the instance.")
     countdown = data["auto_shutdown_in_minutes"]
@@ -123,13 +123,7 @@ def on_command(wait: bool, as_json: bool) -> None:
         click.echo(f"Starting; waiting up to {timeout} for the health URL...", err=True)
     with failing_as_click_error():
         result = panel.power_on(ACTOR, wait_for_health=wait)
-    data = {
-        "status": result.state.status,
-        "instance_id": result.state.instance_id,
-        "endpoint_base_url": result.state.endpoint_base_url,
-        "health_url": result.health_url,
-        "message": result.message,
-    }
+    data = answers.power_on_json(result)
     lines = [result.message, f"Status: {data['status']}"]
     if data["endpoint_base_url"]:
         lines.append(f"Endpoint: {data['endpoint_base_url']}")
@@ -143,13 +137,7 @@ def off_command(as_json: bool) -> None:
     panel = get_panel()
     with failing_as_click_error():
         result = panel.power_off(ACTOR)
-    data = {
-        "status": "stopped",
-        "session_runtime_minutes": result.session_minutes,
-        "session_cost_usd": result.session_cost,
-        "message": result.message,
-    }
-    emit(data, as_json, [result.message])
+    emit(answers.power_off_json(result), as_json, [result.message])
 
 
 @vast.command("keepalive")
@@ -159,14 +147,14 @@ def keepalive_command(minutes: float, as_json: bool) -> None:
     """Keep the instance running at least MINUTES more (at most VAST_KEEPALIVE_MAX_MINUTES)."""
     with failing_as_click_error():
         result = get_panel().keep_alive(ACTOR, minutes)
-    emit(keepalive_json(result), as_json, [result.message])
+    emit(answers.keepalive_json(result), as_json, [result.message])
 
 
 @vast.command("costs")
 @json_option
 def costs_command(as_json: bool) -> None:
     """Show runtime and cost over all sessions, the whole bill and the budget."""
-    data = costs_json(get_panel(needs_vast=False))
+    data = answers.costs_json(get_panel(needs_vast=False))
     average = data["avg_session_minutes"] * 60
     lines = [
         f"Sessions: {data['sessions_count']}",
@@ -207,4 +195,4 @@ def audit_command(limit: int, before: int | None, as_json: bool) -> None:
     ] or ["No audit entries."]
     if len(entries) == limit:
         lines.append(f"Older entries: --before {entries[-1].id}")
-    emit([audit_json(e) for e in entries], as_json, [line.rstrip() for line in lines])
+    emit([answers.audit_json(e) for e in entries], as_json, [line.rstrip() for line in lines])

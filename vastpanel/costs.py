@@ -95,6 +95,11 @@ class ChargesStatus:
     error: str | None
 
 
+def average_session_seconds(totals: store.CostTotals) -> float | None:
+    """Return how long a session lasted on average, or None before the first session."""
+    return totals.runtime_seconds / totals.sessions_count if totals.sessions_count else None
+
+
 # --- prices ----------------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from htmx_flask import make_response, request  # Flask's, with request.htmx and 
 from . import auth
 from .api import InvalidInput, whole_number
 from .charts import cost_chart
+from .costs import average_session_seconds
 from .formatting import FILTERS
 from .idle import KEEPALIVE_CHOICES_MINUTES
 from .panel import Panel, PanelError
@@ -139,9 +140,7 @@ def costs_context() -> dict[str, Any]:
         "charges": panel.charges_status(),
         "budget": panel.budget_status(),
         "mismatch_days": [d for d in days if d.mismatch],
-        "avg_session_seconds": (
-            totals.runtime_seconds / totals.sessions_count if totals.sessions_count else None
-        ),
+        "avg_session_seconds": average_session_seconds(totals),
         "chart": cost_chart(estimates, billed),
         "chart_days": CHART_DAYS,
     }
