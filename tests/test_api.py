@@ -443,6 +443,48 @@ def test_power_on_stopped_while_waiting_fails_clearly(client, vast, clock):
     assert "stopped" in response.json["detail"]
 
 
+def fail_gets_after_the_start(vast, status: int, body: str, times: int | None = None) -> list:
+    """Answer vast.ai's GETs after a start with status and body (the first `times` only).
+
+    Return the list of the failed requests, which grows as they come.
+    """
+    answer = vast._get
+    failed = []
+
+    def get(request):
+        if vast.puts and (times is None or len(failed) < times):
+            failed.append(request)
+            return status, {}, body
+        return answer(request)
+
+    vast.mock.replace(responses.CallbackResponse(responses.GET, INSTANCE_URL, callback=get))
+    return failed
+
+
+def test_a_key_rejected_while_waiting_for_health_ends_the_wait(client, vast, clock):
+    """Waiting cannot make vast.ai accept the key: the power-on fails at its first refusal."""
+    fail_gets_after_the_start(vast, 401, json.dumps(load_fixture("auth_error.json")))
+    response = client.post("/infra/vast/power/on")
+    assert response.status_code == 502
+    assert "rejected VAST_API_KEY" in response.json["detail"]
+    assert vast.puts == ["running"]
+    entry = client.get("/infra/vast/audit").json[0]
+    assert entry["event"] == "power_on_failed"
+    assert "rejected VAST_API_KEY" in entry["meta"]["error"]
+    assert sum(clock.slept) <= 10  # one poll of vast.ai, not the 600 s health wait
+
+
+def test_vast_ai_failing_while_waiting_for_health_is_waited_out(client, vast, clock):
+    """A failing vast.ai may come back within the wait: the power-on keeps following it."""
+    vast.boot_after = 40
+    failed = fail_gets_after_the_start(vast, 502, load_fixture("proxy_502.html"), times=3)
+    response = client.post("/infra/vast/power/on")
+    assert len(failed) == 3  # one read of the instance (three attempts) failed
+    assert response.status_code == 200
+    assert response.json["message"] == "Instance running and healthy"
+    assert audit_events(client)[0] == "power_on_complete"
+
+
 # --- power off -------------------------------------------------------------------------------
 
 
