@@ -18,6 +18,7 @@ from conftest import (
     load_fixture,
 )
 from vastpanel import MAX_BODY_BYTES, create_app, store
+from vastpanel.errors import UpstreamFailed, VastErrorKind
 from vastpanel.instance_state import KEPT_FIELDS
 
 ROUTES = [
@@ -266,6 +267,31 @@ def test_upstream_faults_give_502_and_are_not_hammered(client, vast, status, bod
     calls = len(vast.mock.calls)
     assert client.get("/infra/vast/status").status_code == 502
     assert len(vast.mock.calls) == calls  # the failure is reused for the TTL
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "kind"),
+    [
+        (401, {}, json.dumps(load_fixture("auth_error.json")), VastErrorKind.AUTH),
+        (400, {}, json.dumps(load_fixture("missing_billing.json")), VastErrorKind.REFUSED),
+        (429, {"Retry-After": "120"}, "{}", VastErrorKind.RATE_LIMITED),
+        (502, {}, load_fixture("proxy_502.html"), VastErrorKind.UPSTREAM),
+        (200, {}, load_fixture("proxy_502.html"), VastErrorKind.UPSTREAM),
+    ],
+)
+def test_a_failed_read_keeps_its_kind_when_shared(panel, vast, status, headers, body, kind):
+    """The failure every caller shares (from SQLite) has the kind the client met, not text."""
+    vast.mock.replace(
+        "GET", vast.mock.registered()[0].url, status=status, headers=headers, body=body
+    )
+    with pytest.raises(UpstreamFailed) as asked:
+        panel.instance_state()
+    calls = len(vast.mock.calls)
+    with pytest.raises(UpstreamFailed) as shared:
+        panel.instance_state()
+    assert len(vast.mock.calls) == calls  # the second read is the shared answer's
+    assert asked.value.kind is shared.value.kind is kind
+    assert store.read_cached_instance(panel.db).error_kind is kind
 
 
 # --- power on --------------------------------------------------------------------------------
