@@ -20,6 +20,7 @@ from conftest import (
 from vastpanel import MAX_BODY_BYTES, create_app, store
 from vastpanel.errors import UpstreamFailed, VastErrorKind
 from vastpanel.instance_state import KEPT_FIELDS
+from vastpanel.panel import LEASE_POLL_S, LEASE_WAIT_S
 
 ROUTES = [
     ("get", "/infra/vast/status"),
@@ -228,26 +229,35 @@ def test_concurrent_pollers_share_one_call(client, vast):
 
 
 def test_an_answer_stored_by_another_process_during_the_lease_wait_is_reused(
-    panel, client, vast, clock
+    panel, client, vast, clock, monkeypatch
 ):
     """A worker that waited for the fetch lease uses its holder's answer: no second GET."""
     store.acquire_lease(panel.db, "vast_fetch", "other-process", clock.now(), 60)
+    pause = clock.sleep
 
-    def other_process_fetches():
+    def other_process_fetches_during_the_pause(seconds: float) -> None:
         db = store.open_db(panel.config.db_path)
-        time.sleep(0.3)  # real time: the panel waits for the lease in real time
         payload = load_fixture("instance_stopped.json")["instances"]
         store.save_cached_instance(db, clock.now(), payload)
         store.release_lease(db, "vast_fetch", "other-process")
         db.close()
+        monkeypatch.setattr(clock, "sleep", pause)
+        pause(seconds)
 
-    other = threading.Thread(target=other_process_fetches)
-    other.start()
-    try:
-        assert client.get("/infra/vast/status").json["status"] == "stopped"
-    finally:
-        other.join(10)
+    monkeypatch.setattr(clock, "sleep", other_process_fetches_during_the_pause)
+    assert client.get("/infra/vast/status").json["status"] == "stopped"
     assert vast.gets == 0
+    assert clock.slept == [LEASE_POLL_S]  # it waited on the panel's clock, once
+
+
+def test_a_lease_never_given_back_is_waited_for_then_read_anyway(panel, client, vast, clock):
+    """A holder that keeps the fetch lease delays the others by LEASE_WAIT_S of the clock."""
+    store.acquire_lease(panel.db, "vast_fetch", "other-process", clock.now(), 60)
+    started = time.monotonic()
+    assert client.get("/infra/vast/status").json["status"] == "stopped"
+    assert vast.gets == 1
+    assert LEASE_WAIT_S <= sum(clock.slept) <= LEASE_WAIT_S + 2 * LEASE_POLL_S
+    assert time.monotonic() - started < LEASE_WAIT_S  # the clock moved, not real time
 
 
 @pytest.mark.parametrize(
