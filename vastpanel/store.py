@@ -798,7 +798,8 @@ def read_cached_instance(db: Database) -> CachedInstance | None:
     if row is None:
         return None
     payload = json.loads(row[1]) if row[1] is not None else None
-    kind = VastErrorKind(row[3]) if row[3] is not None else None
+    # A worker still running code older than m009 writes an error without its kind.
+    kind = None if row[2] is None else VastErrorKind(row[3] or VastErrorKind.UPSTREAM)
     return CachedInstance(fetched_at=row[0], payload=payload, error=row[2], error_kind=kind)
 
 
