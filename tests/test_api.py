@@ -19,7 +19,9 @@ from conftest import (
     load_fixture,
 )
 from vastpanel import MAX_BODY_BYTES, create_app, store
+from vastpanel.errors import UpstreamFailed, VastErrorKind
 from vastpanel.instance_state import KEPT_FIELDS
+from vastpanel.panel import LEASE_POLL_S, LEASE_WAIT_S
 
 ROUTES = [
     ("get", "/infra/vast/status"),
@@ -228,26 +230,35 @@ def test_concurrent_pollers_share_one_call(client, vast):
 
 
 def test_an_answer_stored_by_another_process_during_the_lease_wait_is_reused(
-    panel, client, vast, clock
+    panel, client, vast, clock, monkeypatch
 ):
     """A worker that waited for the fetch lease uses its holder's answer: no second GET."""
     store.acquire_lease(panel.db, "vast_fetch", "other-process", clock.now(), 60)
+    pause = clock.sleep
 
-    def other_process_fetches():
+    def other_process_fetches_during_the_pause(seconds: float) -> None:
         db = store.open_db(panel.config.db_path)
-        time.sleep(0.3)  # real time: the panel waits for the lease in real time
         payload = load_fixture("instance_stopped.json")["instances"]
         store.save_cached_instance(db, clock.now(), payload)
         store.release_lease(db, "vast_fetch", "other-process")
         db.close()
+        monkeypatch.setattr(clock, "sleep", pause)
+        pause(seconds)
 
-    other = threading.Thread(target=other_process_fetches)
-    other.start()
-    try:
-        assert client.get("/infra/vast/status").json["status"] == "stopped"
-    finally:
-        other.join(10)
+    monkeypatch.setattr(clock, "sleep", other_process_fetches_during_the_pause)
+    assert client.get("/infra/vast/status").json["status"] == "stopped"
     assert vast.gets == 0
+    assert clock.slept == [LEASE_POLL_S]  # it waited on the panel's clock, once
+
+
+def test_a_lease_never_given_back_is_waited_for_then_read_anyway(panel, client, vast, clock):
+    """A holder that keeps the fetch lease delays the others by LEASE_WAIT_S of the clock."""
+    store.acquire_lease(panel.db, "vast_fetch", "other-process", clock.now(), 60)
+    started = time.monotonic()
+    assert client.get("/infra/vast/status").json["status"] == "stopped"
+    assert vast.gets == 1
+    assert LEASE_WAIT_S <= sum(clock.slept) <= LEASE_WAIT_S + 2 * LEASE_POLL_S
+    assert time.monotonic() - started < LEASE_WAIT_S  # the clock moved, not real time
 
 
 @pytest.mark.parametrize(
@@ -267,6 +278,31 @@ def test_upstream_faults_give_502_and_are_not_hammered(client, vast, status, bod
     calls = len(vast.mock.calls)
     assert client.get("/infra/vast/status").status_code == 502
     assert len(vast.mock.calls) == calls  # the failure is reused for the TTL
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "kind"),
+    [
+        (401, {}, json.dumps(load_fixture("auth_error.json")), VastErrorKind.AUTH),
+        (400, {}, json.dumps(load_fixture("missing_billing.json")), VastErrorKind.REFUSED),
+        (429, {"Retry-After": "120"}, "{}", VastErrorKind.RATE_LIMITED),
+        (502, {}, load_fixture("proxy_502.html"), VastErrorKind.UPSTREAM),
+        (200, {}, load_fixture("proxy_502.html"), VastErrorKind.UPSTREAM),
+    ],
+)
+def test_a_failed_read_keeps_its_kind_when_shared(panel, vast, status, headers, body, kind):
+    """The failure every caller shares (from SQLite) has the kind the client met, not text."""
+    vast.mock.replace(
+        "GET", vast.mock.registered()[0].url, status=status, headers=headers, body=body
+    )
+    with pytest.raises(UpstreamFailed) as asked:
+        panel.instance_state()
+    calls = len(vast.mock.calls)
+    with pytest.raises(UpstreamFailed) as shared:
+        panel.instance_state()
+    assert len(vast.mock.calls) == calls  # the second read is the shared answer's
+    assert asked.value.kind is shared.value.kind is kind
+    assert store.read_cached_instance(panel.db).error_kind is kind
 
 
 # --- power on --------------------------------------------------------------------------------
@@ -442,6 +478,48 @@ def test_power_on_stopped_while_waiting_fails_clearly(client, vast, clock):
     response = client.post("/infra/vast/power/on")
     assert response.status_code == 502
     assert "stopped" in response.json["detail"]
+
+
+def fail_gets_after_the_start(vast, status: int, body: str, times: int | None = None) -> list:
+    """Answer vast.ai's GETs after a start with status and body (the first `times` only).
+
+    Return the list of the failed requests, which grows as they come.
+    """
+    answer = vast._get
+    failed = []
+
+    def get(request):
+        if vast.puts and (times is None or len(failed) < times):
+            failed.append(request)
+            return status, {}, body
+        return answer(request)
+
+    vast.mock.replace(responses.CallbackResponse(responses.GET, INSTANCE_URL, callback=get))
+    return failed
+
+
+def test_a_key_rejected_while_waiting_for_health_ends_the_wait(client, vast, clock):
+    """Waiting cannot make vast.ai accept the key: the power-on fails at its first refusal."""
+    fail_gets_after_the_start(vast, 401, json.dumps(load_fixture("auth_error.json")))
+    response = client.post("/infra/vast/power/on")
+    assert response.status_code == 502
+    assert "rejected VAST_API_KEY" in response.json["detail"]
+    assert vast.puts == ["running"]
+    entry = client.get("/infra/vast/audit").json[0]
+    assert entry["event"] == "power_on_failed"
+    assert "rejected VAST_API_KEY" in entry["meta"]["error"]
+    assert sum(clock.slept) <= 10  # one poll of vast.ai, not the 600 s health wait
+
+
+def test_vast_ai_failing_while_waiting_for_health_is_waited_out(client, vast, clock):
+    """A failing vast.ai may come back within the wait: the power-on keeps following it."""
+    vast.boot_after = 40
+    failed = fail_gets_after_the_start(vast, 502, load_fixture("proxy_502.html"), times=3)
+    response = client.post("/infra/vast/power/on")
+    assert len(failed) == 3  # one read of the instance (three attempts) failed
+    assert response.status_code == 200
+    assert response.json["message"] == "Instance running and healthy"
+    assert audit_events(client)[0] == "power_on_complete"
 
 
 # --- power off -------------------------------------------------------------------------------

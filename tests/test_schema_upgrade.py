@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import base_config, config_from
 from vastpanel import create_app, store
+from vastpanel.errors import VastErrorKind
 
 TABLES = ("sessions", "audit", "state", "instance_cache", "leases")
+# The columns of those tables at m001: later migrations add columns, never drop or change one.
+M001_COLUMNS = {
+    "sessions": "id, started_at, ended_at, dph_total, opened_by, closed_by",
+    "audit": "id, ts, event, actor, meta",
+    "state": "key, value",
+    "instance_cache": "id, fetched_at, payload, error",
+    "leases": "name, holder, expires_at",
+}
 
 
 def latest_version() -> int:
@@ -18,8 +29,11 @@ def latest_version() -> int:
 
 
 def dump(db) -> dict[str, list[tuple]]:
-    """Return every row of the app's tables, in a stable order."""
-    return {t: db.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in TABLES}
+    """Return every row of the app's tables (their m001 columns), in a stable order."""
+    return {
+        t: db.execute(f"SELECT {M001_COLUMNS[t]} FROM {t} ORDER BY rowid").fetchall()
+        for t in TABLES
+    }
 
 
 def fill_at_m001(path: str) -> dict[str, list[tuple]]:
@@ -28,6 +42,7 @@ def fill_at_m001(path: str) -> dict[str, list[tuple]]:
     store.migrations.apply(db, stop_before="m002_query_indexes")
     assert store.schema_version(db) == 1
     assert "audit_event" not in {i.name for i in db["audit"].indexes}
+    assert {t: ", ".join(db[t].columns_dict) for t in TABLES} == M001_COLUMNS
     assert store.open_session(db, 1000.0, 0.35, "api", seen_since=999.0) is not None
     store.close_session(db, 4600.0, "api")
     store.open_session(db, 5000.0, 0.40, "observed", seen_since=4999.0)
@@ -35,7 +50,11 @@ def fill_at_m001(path: str) -> dict[str, list[tuple]]:
     store.add_audit(db, 4600.0, "power_off_complete", "api", {"session_cost_usd": 0.35})
     store.add_audit(db, 5000.0, "session_opened", "system", {"seen_status": "running"})
     store.record_activity(db, 5100.0)
-    store.save_cached_instance(db, 5000.0, {"id": 4242, "actual_status": "running"})
+    with db.atomic():  # as m001's code stored it (today's writes columns m001 lacks)
+        db.execute(
+            "INSERT INTO instance_cache (id, fetched_at, payload) VALUES (1, 5000.0, ?)",
+            ['{"id": 4242, "actual_status": "running"}'],
+        )
     store.acquire_lease(db, "vast_fetch", "old-process", 5000.0, 60.0)
     rows = dump(db)
     db.close()
@@ -89,3 +108,27 @@ def test_app_migrates_an_m001_database_and_keeps_every_row(tmp_path, clock, vast
         assert dump(again.extensions["vastpanel"].db) == before
     finally:
         again.extensions["vastpanel"].close()
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        ("vast.ai rejected VAST_API_KEY", VastErrorKind.AUTH),
+        ("vast.ai is failing (502)", VastErrorKind.UPSTREAM),
+        (None, None),
+    ],
+)
+def test_a_failure_cached_before_m009_gets_its_kind(tmp_path, error, kind):
+    db = store.open_db(str(tmp_path / "old.db"))
+    try:
+        store.migrations.apply(db, stop_before="m009_instance_error_kind")
+        with db.atomic():  # as the code before m009 stored it: the message alone
+            db.execute(
+                "INSERT INTO instance_cache (id, fetched_at, payload, error) VALUES (1, 5.0, ?, ?)",
+                [None if error else '{"id": 4242}', error],
+            )
+        store.migrate(db)
+        cached = store.read_cached_instance(db)
+        assert (cached.error, cached.error_kind) == (error, kind)
+    finally:
+        db.close()

@@ -5,6 +5,7 @@ import sqlite3
 import pytest
 
 from vastpanel import store
+from vastpanel.errors import VastErrorKind
 
 
 @pytest.fixture
@@ -99,6 +100,26 @@ def test_a_stale_answer_never_overwrites_a_newer_one(db):
     assert store.save_cached_instance(db, 11.0, None, "vast.ai is failing (502)")
     cached = store.read_cached_instance(db)
     assert cached.payload is None and cached.error == "vast.ai is failing (502)"
+
+
+def test_a_cached_failure_keeps_its_kind(db):
+    store.save_cached_instance(db, 10.0, None, "vast.ai rejected VAST_API_KEY", VastErrorKind.AUTH)
+    cached = store.read_cached_instance(db)
+    assert cached.error_kind is VastErrorKind.AUTH
+    store.save_cached_instance(db, 11.0, None, "vast.ai is failing (502)")
+    assert store.read_cached_instance(db).error_kind is VastErrorKind.UPSTREAM
+    store.save_cached_instance(db, 12.0, {"id": 1}, None, VastErrorKind.AUTH)
+    assert store.read_cached_instance(db).error_kind is None  # an answer has no failure kind
+
+
+def test_a_row_written_by_a_worker_older_than_m009_reads_with_a_kind_only_beside_an_error(db):
+    store.save_cached_instance(db, 10.0, None, "vast.ai rejected VAST_API_KEY", VastErrorKind.AUTH)
+    with db.atomic():  # what code before m009 writes: it leaves error_kind as it was
+        db.execute("UPDATE instance_cache SET fetched_at = 11.0, payload = '{}', error = NULL")
+    assert store.read_cached_instance(db).error_kind is None
+    with db.atomic():
+        db.execute("UPDATE instance_cache SET error = 'vast.ai is failing', error_kind = NULL")
+    assert store.read_cached_instance(db).error_kind is VastErrorKind.UPSTREAM
 
 
 def test_lease_has_one_holder_until_it_expires(db):

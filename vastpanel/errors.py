@@ -1,6 +1,34 @@
-"""The errors a domain action raises; each message is safe to show to the caller."""
+"""The errors of vast.ai calls and of domain actions; each message is safe to show."""
 
 from __future__ import annotations
+
+from enum import StrEnum
+
+
+class VastErrorKind(StrEnum):
+    """Why vast.ai could not be used (also the outcome label of vastpanel_vast_calls_total)."""
+
+    UPSTREAM = "upstream"  # unreachable, too slow, failing (5xx) or an answer we cannot read
+    AUTH = "auth"  # VAST_API_KEY rejected: retrying will not help
+    REFUSED = "refused"  # any other 4xx, or a PUT answered without success
+    RATE_LIMITED = "rate_limited"  # 429 after the retries, or a wait too long to make
+    NOT_FOUND = "not_found"  # vast.ai does not know the instance
+
+
+class VastError(Exception):
+    """vast.ai could not be used; the message is safe to show (it never holds a key)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: VastErrorKind = VastErrorKind.UPSTREAM,
+        status: int | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.status = status
 
 
 class PanelError(Exception):
@@ -16,7 +44,11 @@ class NotConfigured(PanelError):
 
 
 class UpstreamFailed(PanelError):
-    """vast.ai failed, refused, or does not know the instance."""
+    """vast.ai failed, refused, or does not know the instance; kind says which."""
+
+    def __init__(self, message: str, kind: VastErrorKind = VastErrorKind.UPSTREAM):
+        super().__init__(message)
+        self.kind = kind
 
 
 class HealthTimeout(PanelError):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,6 +85,7 @@ log = logging.getLogger("vastpanel")
 T = TypeVar("T")
 FETCH_LEASE_S = 60.0  # a read (vast.ai or the LLM's metrics) holds its lease at most this long
 LEASE_WAIT_S = 3.0  # how long to wait for another process's answer before asking too
+LEASE_POLL_S = 0.05  # how often a waiter looks whether the lease was given back
 
 
 @dataclass(frozen=True)
@@ -386,11 +386,11 @@ class Panel(
                     store.release_lease(self.db, lease, self.holder)
 
     def _take_lease(self, name: str, ttl: float, wait_s: float) -> bool:
-        """Try for up to wait_s (real time) to take a lease shared across processes."""
-        give_up = time.monotonic() + wait_s
+        """Try for up to wait_s (on the panel's clock) to take a lease shared across processes."""
+        give_up = self.clock.now() + wait_s
         while True:
             if leases.take_lease(self.db, name, self.holder, self.clock.now(), ttl):
                 return True
-            if time.monotonic() >= give_up:
+            if self.clock.now() >= give_up:
                 return False
-            time.sleep(0.05)
+            self.clock.sleep(LEASE_POLL_S)

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import store
-from .errors import HealthTimeout, PowerBusy, UpstreamFailed
+from .errors import HealthTimeout, PowerBusy, UpstreamFailed, VastError, VastErrorKind
 from .formatting import minutes_text, usd
 from .instance_state import InstanceState, endpoint_base_url
 from .reading import START_QUEUED_KEY
-from .vast_client import VastError, fetch_health
+from .vast_client import fetch_health
 
 if TYPE_CHECKING:
     from .panel import StatusReport
@@ -132,7 +132,9 @@ class PowerActions:
                 raise
             if state.status == "not_found":
                 self.audit("power_on_failed", actor, instance_id=instance_id, error=state.message)
-                raise UpstreamFailed(f"vast.ai does not know instance {instance_id}.")
+                raise UpstreamFailed(
+                    f"vast.ai does not know instance {instance_id}.", VastErrorKind.NOT_FOUND
+                )
             if state.status == "running" or state.starting:
                 message = (
                     "Instance is already running."
@@ -154,7 +156,7 @@ class PowerActions:
             self.audit(
                 "power_on_failed", actor, instance_id=instance_id, error=self.redact(exc.message)
             )
-            raise UpstreamFailed(self.redact(exc.message)) from None
+            raise UpstreamFailed(self.redact(exc.message), exc.kind) from None
         now = self.clock.now()
         if result.queued:
             store.set_value(self.db, START_QUEUED_KEY, now)
@@ -205,7 +207,7 @@ class PowerActions:
                     state = self.instance_state()
                 except UpstreamFailed as exc:
                     last_problem = exc.message
-                    if "rejected VAST_API_KEY" in exc.message:
+                    if exc.kind is VastErrorKind.AUTH:  # waiting will not make vast.ai take it
                         self.audit(
                             "power_on_failed", actor, instance_id=instance_id, error=exc.message
                         )
@@ -288,7 +290,9 @@ class PowerActions:
                 self.audit(events.requested, actor, instance_id=instance_id, **details)
             if state.status == "not_found":
                 self.audit(events.failed, actor, instance_id=instance_id, error=state.message)
-                raise UpstreamFailed(f"vast.ai does not know instance {instance_id}.")
+                raise UpstreamFailed(
+                    f"vast.ai does not know instance {instance_id}.", VastErrorKind.NOT_FOUND
+                )
             if state.status == "stopped":
                 return PowerOffResult(
                     0.0, 0.0, True, "Instance is already stopped; no stop was sent."
@@ -308,7 +312,7 @@ class PowerActions:
             except VastError as exc:
                 error = self.redact(exc.message)
                 self.audit(events.failed, actor, instance_id=instance_id, error=error)
-                raise UpstreamFailed(error) from None
+                raise UpstreamFailed(error, exc.kind) from None
             now = self.clock.now()
             session = store.close_session(self.db, now, actor)
             payload = self._patched_answer(actual_status="stopped", intended_status="stopped")

@@ -11,9 +11,9 @@ from dataclasses import replace
 from typing import Any
 
 from . import store
-from .errors import UpstreamFailed
+from .errors import UpstreamFailed, VastError
 from .instance_state import IDLE_STOPPABLE, InstanceState, kept_fields, read_instance_state
-from .vast_client import RATE_LIMIT_INTERVAL_S, VastError
+from .vast_client import RATE_LIMIT_INTERVAL_S
 
 START_QUEUED_KEY = "start_queued_at"
 SCHEDULING_SINCE_KEY = "scheduling_since"
@@ -27,14 +27,15 @@ class InstanceReading:
     def instance_state(self, *, fresh: bool = False) -> InstanceState:
         """Return the instance's state from the shared answer, asking vast.ai when it is stale.
 
-        Raises NotConfigured, or UpstreamFailed when vast.ai cannot be read.
+        Raises NotConfigured, or UpstreamFailed (of the kind the client met, even when the
+        failure is shared from the cache) when vast.ai cannot be read.
         """
         self._require_configured()
         cached = self._cached_answer(fresh)
         if cached is None:
             cached = self._fetch(fresh)
         if cached.error:
-            raise UpstreamFailed(cached.error)
+            raise UpstreamFailed(cached.error, cached.error_kind)
         return self._state_of(cached.payload)
 
     def _state_of(self, payload: dict[str, Any] | None, port: int | None = None) -> InstanceState:
@@ -93,8 +94,8 @@ class InstanceReading:
         except VastError as exc:
             store.set_value(self.db, LAST_GET_KEY, self.clock.now())
             error = self.redact(exc.message)
-            store.save_cached_instance(self.db, asked, None, error)
-            return store.CachedInstance(asked, None, error)
+            store.save_cached_instance(self.db, asked, None, error, exc.kind)
+            return store.CachedInstance(asked, None, error, exc.kind)
         store.set_value(self.db, LAST_GET_KEY, self.clock.now())
         store.save_cached_instance(self.db, asked, payload)
         self.book_costs(payload, asked)

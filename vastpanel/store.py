@@ -14,6 +14,8 @@ from typing import Any
 
 from sqlite_utils import Database, Migrations
 
+from .errors import VastErrorKind
+
 BUSY_TIMEOUT_MS = 10_000
 WAL_SWITCH_RETRY_S = 0.02
 
@@ -195,6 +197,19 @@ def m008_agent_link(db: Database) -> None:
     )
 
 
+@migrations()
+def m009_instance_error_kind(db: Database) -> None:
+    """Keep the kind of a failed vast.ai read beside its message (errors.VastErrorKind)."""
+    db.execute("ALTER TABLE instance_cache ADD COLUMN error_kind TEXT")
+    # A failure stored before this migration has only its message. A rejected key was the one
+    # kind anything decided on (by that message), so it keeps its kind; any other is upstream.
+    db.execute(
+        "UPDATE instance_cache SET error_kind = CASE "
+        "WHEN error LIKE '%rejected VAST_API_KEY%' THEN 'auth' ELSE 'upstream' END "
+        "WHERE error IS NOT NULL"
+    )
+
+
 @dataclass(frozen=True)
 class Session:
     """One stretch of GPU billing."""
@@ -248,7 +263,8 @@ class CachedInstance:
 
     fetched_at: float
     payload: dict[str, Any] | None
-    error: str | None
+    error: str | None  # why vast.ai could not be read; None when it was
+    error_kind: VastErrorKind | None = None  # the kind of that failure; None with no error
 
 
 @dataclass(frozen=True)
@@ -777,25 +793,39 @@ def latest_audit(
 def read_cached_instance(db: Database) -> CachedInstance | None:
     """Return the last stored vast.ai answer, or None."""
     row = db.execute(
-        "SELECT fetched_at, payload, error FROM instance_cache WHERE id = 1"
+        "SELECT fetched_at, payload, error, error_kind FROM instance_cache WHERE id = 1"
     ).fetchone()
     if row is None:
         return None
     payload = json.loads(row[1]) if row[1] is not None else None
-    return CachedInstance(fetched_at=row[0], payload=payload, error=row[2])
+    # A worker still running code older than m009 writes an error without its kind.
+    kind = None if row[2] is None else VastErrorKind(row[3] or VastErrorKind.UPSTREAM)
+    return CachedInstance(fetched_at=row[0], payload=payload, error=row[2], error_kind=kind)
 
 
 def save_cached_instance(
-    db: Database, fetched_at: float, payload: dict[str, Any] | None, error: str | None = None
+    db: Database,
+    fetched_at: float,
+    payload: dict[str, Any] | None,
+    error: str | None = None,
+    error_kind: VastErrorKind = VastErrorKind.UPSTREAM,
 ) -> bool:
-    """Store a vast.ai answer unless a newer one is stored already; tell whether it was stored."""
+    """Store a vast.ai answer, or why reading it failed (error, of error_kind), unless a newer
+    one is stored already; tell whether it was stored."""
     with db.atomic():
         cursor = db.execute(
-            "INSERT INTO instance_cache (id, fetched_at, payload, error) VALUES (1, ?, ?, ?) "
+            "INSERT INTO instance_cache (id, fetched_at, payload, error, error_kind) "
+            "VALUES (1, ?, ?, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET fetched_at = excluded.fetched_at, "
-            "payload = excluded.payload, error = excluded.error "
+            "payload = excluded.payload, error = excluded.error, "
+            "error_kind = excluded.error_kind "
             "WHERE excluded.fetched_at >= instance_cache.fetched_at",
-            [fetched_at, None if payload is None else json.dumps(payload), error],
+            [
+                fetched_at,
+                None if payload is None else json.dumps(payload),
+                error,
+                None if error is None else error_kind,
+            ],
         )
     return cursor.rowcount > 0
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import requests
 
+from .errors import VastError, VastErrorKind
+
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 ATTEMPTS = 3
 FIRST_BACKOFF_S = 0.15
@@ -30,16 +32,6 @@ CHARGES_MAX_PAGES = 20
 CHARGES_PAGE_PAUSE_S = 2.0
 HEALTH_TIMEOUT_S = (3.0, 5.0)
 GONE_ERRORS = frozenset({"no_such_instance", "not_found"})  # a 404 with these: instance gone
-
-
-class VastError(Exception):
-    """vast.ai could not be used; the message is safe to show (it never holds a key)."""
-
-    def __init__(self, message: str, *, kind: str = "upstream", status: int | None = None):
-        super().__init__(message)
-        self.message = message
-        self.kind = kind  # upstream, auth, refused, rate_limited, not_found
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -78,7 +70,7 @@ class VastClient:
         try:
             body = self._call("GET", f"/api/v0/instances/{instance_id}/", params={"owner": "me"})
         except VastError as exc:
-            if exc.kind == "not_found":
+            if exc.kind is VastErrorKind.NOT_FOUND:
                 return None  # gone, as {"instances": null} says
             raise
         if not isinstance(body, dict) or "instances" not in body:
@@ -165,7 +157,7 @@ class VastClient:
                 if wait is not None and wait > RETRY_AFTER_CAP_S:
                     raise VastError(
                         f"vast.ai is rate limiting; it asks to retry after {wait:g} s",
-                        kind="rate_limited",
+                        kind=VastErrorKind.RATE_LIMITED,
                         status=429,
                     )
                 if last:
@@ -197,7 +189,9 @@ def _read_answer(response: requests.Response, method: str) -> dict[str, Any]:
     if response.status_code in (401, 403) or (
         isinstance(body, dict) and body.get("error") == "auth_error"
     ):
-        raise VastError("vast.ai rejected VAST_API_KEY", kind="auth", status=response.status_code)
+        raise VastError(
+            "vast.ai rejected VAST_API_KEY", kind=VastErrorKind.AUTH, status=response.status_code
+        )
     if not isinstance(body, dict):
         raise VastError(
             f"vast.ai answered {response.status_code} with a body that is not a JSON object",
@@ -205,25 +199,31 @@ def _read_answer(response: requests.Response, method: str) -> dict[str, Any]:
         )
     if response.status_code == 404 and body.get("error") in GONE_ERRORS:
         raise VastError(
-            "vast.ai does not know this instance (no_such_instance)", kind="not_found", status=404
+            "vast.ai does not know this instance (no_such_instance)",
+            kind=VastErrorKind.NOT_FOUND,
+            status=404,
         )
     if response.status_code >= 400:
         raise VastError(
             f"vast.ai refused the request ({response.status_code}{_reason(body)})",
-            kind="refused",
+            kind=VastErrorKind.REFUSED,
             status=response.status_code,
         )
     if method == "PUT" and body.get("success") is not True:
         if body.get("error") == "resources_unavailable":
             return body
-        raise VastError(f"vast.ai refused the request{_reason(body)}", kind="refused", status=200)
+        raise VastError(
+            f"vast.ai refused the request{_reason(body)}", kind=VastErrorKind.REFUSED, status=200
+        )
     return body
 
 
 def _fault(response: requests.Response) -> VastError:
     """Describe a retryable answer that kept coming back."""
     if response.status_code == 429:
-        return VastError("vast.ai is rate limiting (429)", kind="rate_limited", status=429)
+        return VastError(
+            "vast.ai is rate limiting (429)", kind=VastErrorKind.RATE_LIMITED, status=429
+        )
     return VastError(f"vast.ai is failing ({response.status_code})", status=response.status_code)
 
 
