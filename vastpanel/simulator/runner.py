@@ -12,7 +12,7 @@ from .backend import Backend, LlmConfig
 from .faults import DEFAULT_RATE_LIMIT, Fault
 from .instance import Hardware, SimInstance, Timing
 from .llm import create_llm_app
-from .server import HOST, ServerThread
+from .server import HOST, KeepAliveServerThread, ServerThread
 
 
 class Simulator:
@@ -55,7 +55,7 @@ class Simulator:
         self._api = ServerThread(
             create_api_app(self.backend, on_pause=self.pause), port, quiet, "sim-api"
         )
-        self._llm = ServerThread(create_llm_app(self.backend), llm_port, quiet, "sim-llm")
+        self._llm = KeepAliveServerThread(create_llm_app(self.backend), llm_port)
         self._resume_timer: threading.Timer | None = None
         # host_ports maps a container port (8000, 8001) to another loopback port than the LLM's,
         # e.g. 8001 to an nginx in front of the LLM stack and the agent.

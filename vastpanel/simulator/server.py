@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from cheroot import wsgi
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 HOST = "127.0.0.1"
@@ -61,3 +62,52 @@ class ServerThread:
         server.server_close()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+
+
+class KeepAliveServerThread(ServerThread):
+    """Serve with HTTP/1.1 keep-alive (cheroot's threaded server), as vLLM and nginx do.
+
+    Werkzeug's development server closes every connection after its answer; a real LLM
+    server keeps it open, so a client (the panel's proxy among them) sends many requests on
+    one connection. An idle kept-alive connection holds no thread; `threads` bounds the
+    requests served at once (streams, and requests waiting on the simulated model).
+    """
+
+    def __init__(self, app, port: int = 0, name: str = "sim-llm", threads: int = 128):
+        super().__init__(app, port, quiet=True, name=name)
+        self.threads = threads
+
+    def start(self) -> int:
+        """Bind (port 0 picks a free one, kept for later restarts) and serve; return the port."""
+        with self._lock:
+            if self._server is not None:
+                return self.port
+            server = _QuietCheroot(
+                (HOST, self.port), self.app, numthreads=self.threads, server_name="sim-llm"
+            )
+            server.request_queue_size = 128  # the listen backlog: many streams open at once
+            server.shutdown_timeout = 2  # a generation ends at once when the simulator stops
+            server.prepare()
+            self.port = server.bind_addr[1]
+            self._server = server
+            self._thread = threading.Thread(target=server.serve, name=self.name, daemon=True)
+            self._thread.start()
+            return self.port
+
+    def stop(self) -> None:
+        """Stop accepting, end the connections and wait for the worker threads."""
+        with self._lock:
+            server, thread = self._server, self._thread
+            self._server = self._thread = None
+        if server is None:
+            return
+        server.stop()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+
+class _QuietCheroot(wsgi.Server):
+    """cheroot's WSGI server without its lines on stderr (a broken-off stream is simulated)."""
+
+    def error_log(self, msg="", level=20, traceback=False):
+        """Skip: the simulator keeps its own request log, and tests read theirs."""
