@@ -286,8 +286,8 @@ def test_upstream_faults_give_502_and_are_not_hammered(client, vast, status, bod
         (401, {}, json.dumps(load_fixture("auth_error.json")), VastErrorKind.AUTH),
         (400, {}, json.dumps(load_fixture("missing_billing.json")), VastErrorKind.REFUSED),
         (429, {"Retry-After": "120"}, "{}", VastErrorKind.RATE_LIMITED),
-        (502, {}, load_fixture("proxy_502.html"), VastErrorKind.UPSTREAM),
-        (200, {}, load_fixture("proxy_502.html"), VastErrorKind.UPSTREAM),
+        (502, {}, load_fixture("proxy_502.html"), VastErrorKind.UNREACHABLE),
+        (200, {}, load_fixture("proxy_502.html"), VastErrorKind.BAD_ANSWER),
     ],
 )
 def test_a_failed_read_keeps_its_kind_when_shared(panel, vast, status, headers, body, kind):

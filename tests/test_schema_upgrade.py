@@ -114,7 +114,7 @@ def test_app_migrates_an_m001_database_and_keeps_every_row(tmp_path, clock, vast
     ("error", "kind"),
     [
         ("vast.ai rejected VAST_API_KEY", VastErrorKind.AUTH),
-        ("vast.ai is failing (502)", VastErrorKind.UPSTREAM),
+        ("vast.ai is failing (502)", VastErrorKind.UNREACHABLE),
         (None, None),
     ],
 )

@@ -97,7 +97,8 @@ def test_a_stale_answer_never_overwrites_a_newer_one(db):
     assert store.save_cached_instance(db, 10.0, {"id": 1, "actual_status": "stopped"})
     assert not store.save_cached_instance(db, 5.0, {"id": 1, "actual_status": "running"})
     assert store.read_cached_instance(db).payload["actual_status"] == "stopped"
-    assert store.save_cached_instance(db, 11.0, None, "vast.ai is failing (502)")
+    failing = VastErrorKind.UNREACHABLE
+    assert store.save_cached_instance(db, 11.0, None, "vast.ai is failing (502)", failing)
     cached = store.read_cached_instance(db)
     assert cached.payload is None and cached.error == "vast.ai is failing (502)"
 
@@ -106,10 +107,14 @@ def test_a_cached_failure_keeps_its_kind(db):
     store.save_cached_instance(db, 10.0, None, "vast.ai rejected VAST_API_KEY", VastErrorKind.AUTH)
     cached = store.read_cached_instance(db)
     assert cached.error_kind is VastErrorKind.AUTH
-    store.save_cached_instance(db, 11.0, None, "vast.ai is failing (502)")
-    assert store.read_cached_instance(db).error_kind is VastErrorKind.UPSTREAM
-    store.save_cached_instance(db, 12.0, {"id": 1}, None, VastErrorKind.AUTH)
-    assert store.read_cached_instance(db).error_kind is None  # an answer has no failure kind
+    store.save_cached_instance(db, 11.0, None, "no JSON", VastErrorKind.BAD_ANSWER)
+    assert store.read_cached_instance(db).error_kind is VastErrorKind.BAD_ANSWER
+    with pytest.raises(ValueError):  # an answer has no failure kind, a failure always one
+        store.save_cached_instance(db, 12.0, {"id": 1}, None, VastErrorKind.AUTH)
+    with pytest.raises(ValueError):
+        store.save_cached_instance(db, 12.0, None, "vast.ai is failing (502)")
+    store.save_cached_instance(db, 12.0, {"id": 1})
+    assert store.read_cached_instance(db).error_kind is None
 
 
 def test_a_row_written_by_a_worker_older_than_m009_reads_with_a_kind_only_beside_an_error(db):
@@ -119,7 +124,7 @@ def test_a_row_written_by_a_worker_older_than_m009_reads_with_a_kind_only_beside
     assert store.read_cached_instance(db).error_kind is None
     with db.atomic():
         db.execute("UPDATE instance_cache SET error = 'vast.ai is failing', error_kind = NULL")
-    assert store.read_cached_instance(db).error_kind is VastErrorKind.UPSTREAM
+    assert store.read_cached_instance(db).error_kind is VastErrorKind.UNREACHABLE
 
 
 def test_lease_has_one_holder_until_it_expires(db):

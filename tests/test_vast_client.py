@@ -8,6 +8,7 @@ import responses
 
 from conftest import INSTANCE_ID, INSTANCE_URL, VAST_KEY, VAST_URL, load_fixture
 from vastpanel.clock import FakeClock
+from vastpanel.errors import VastErrorKind
 from vastpanel.vast_client import VastClient, VastError
 
 
@@ -43,10 +44,11 @@ def test_unknown_instance_is_none(client, mock):
 
 
 @pytest.mark.parametrize("body", [{}, {"instances": "x"}, [1, 2]])
-def test_unexpected_shapes_are_upstream_faults(client, mock, body):
+def test_unexpected_shapes_are_bad_answers(client, mock, body):
     mock.get(INSTANCE_URL, json=body)
-    with pytest.raises(VastError):
+    with pytest.raises(VastError) as caught:
         client.fetch_instance(INSTANCE_ID)
+    assert caught.value.kind is VastErrorKind.BAD_ANSWER
 
 
 def test_start_and_stop_send_the_state(client, mock):
@@ -105,10 +107,31 @@ def test_rejected_key(client, mock, status, body):
     assert len(mock.calls) == 1  # an auth failure is not retried
 
 
-def test_non_json_body_is_an_upstream_fault(client, mock):
+def test_non_json_body_is_a_bad_answer(client, mock):
     mock.get(INSTANCE_URL, status=200, body=load_fixture("proxy_502.html"))
-    with pytest.raises(VastError, match="not a JSON object"):
+    with pytest.raises(VastError, match="not a JSON object") as caught:
         client.fetch_instance(INSTANCE_ID)
+    assert caught.value.kind is VastErrorKind.BAD_ANSWER
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        ("<html>502</html>", VastErrorKind.BAD_ANSWER),
+        (requests.ConnectionError("refused"), VastErrorKind.UNREACHABLE),
+    ],
+)
+def test_both_ways_of_failing_count_as_upstream_in_the_metric(clock, mock, body, kind):
+    """The error keeps its kind; vastpanel_vast_calls_total's documented label stays 'upstream'."""
+    seen = []
+    client = VastClient(
+        VAST_URL, VAST_KEY, sleep=clock.sleep, observe=lambda *call: seen.append(call)
+    )
+    mock.get(INSTANCE_URL, body=body)
+    with pytest.raises(VastError) as caught:
+        client.fetch_instance(INSTANCE_ID)
+    assert caught.value.kind is kind
+    assert seen == [("GET", "upstream")]
 
 
 @pytest.mark.parametrize("status", [502, 503, 504])
@@ -206,6 +229,7 @@ def test_connection_errors_are_retried_and_reported_without_the_key(client, mock
     mock.get(INSTANCE_URL, body=requests.ConnectionError(f"refused {VAST_KEY}"))
     with pytest.raises(VastError, match="unreachable") as caught:
         client.fetch_instance(INSTANCE_ID)
+    assert caught.value.kind is VastErrorKind.UNREACHABLE
     assert len(mock.calls) == 3
     assert VAST_KEY not in caught.value.message
 

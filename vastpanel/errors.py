@@ -6,13 +6,21 @@ from enum import StrEnum
 
 
 class VastErrorKind(StrEnum):
-    """Why vast.ai could not be used (also the outcome label of vastpanel_vast_calls_total)."""
+    """Why vast.ai could not be used."""
 
-    UPSTREAM = "upstream"  # unreachable, too slow, failing (5xx) or an answer we cannot read
+    UNREACHABLE = "unreachable"  # no answer in time, no connection, or failing (5xx) throughout
+    BAD_ANSWER = "bad_answer"  # an answer we cannot read (not JSON, or a field missing)
     AUTH = "auth"  # VAST_API_KEY rejected: retrying will not help
     REFUSED = "refused"  # any other 4xx, or a PUT answered without success
     RATE_LIMITED = "rate_limited"  # 429 after the retries, or a wait too long to make
     NOT_FOUND = "not_found"  # vast.ai does not know the instance
+
+    @property
+    def outcome(self) -> str:
+        """The outcome label of vastpanel_vast_calls_total: both ways of failing are "upstream"."""
+        if self in (VastErrorKind.UNREACHABLE, VastErrorKind.BAD_ANSWER):
+            return "upstream"
+        return self.value
 
 
 class VastError(Exception):
@@ -22,7 +30,7 @@ class VastError(Exception):
         self,
         message: str,
         *,
-        kind: VastErrorKind = VastErrorKind.UPSTREAM,
+        kind: VastErrorKind,
         status: int | None = None,
     ):
         super().__init__(message)
@@ -46,7 +54,7 @@ class NotConfigured(PanelError):
 class UpstreamFailed(PanelError):
     """vast.ai failed, refused, or does not know the instance; kind says which."""
 
-    def __init__(self, message: str, kind: VastErrorKind = VastErrorKind.UPSTREAM):
+    def __init__(self, message: str, kind: VastErrorKind):
         super().__init__(message)
         self.kind = kind
 

@@ -228,7 +228,8 @@ class PowerActions:
                 if state is not None and state.status in ("stopped", "not_found", "exited"):
                     error = f"The instance became '{state.status}' while waiting for it to start."
                     self.audit("power_on_failed", actor, instance_id=instance_id, error=error)
-                    raise UpstreamFailed(error)
+                    # vast.ai did not keep the start: as if it had refused it.
+                    raise UpstreamFailed(error, VastErrorKind.REFUSED)
                 if state is not None:
                     last_problem = (
                         f"health URL {health_url} not answering 200"

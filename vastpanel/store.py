@@ -202,10 +202,11 @@ def m009_instance_error_kind(db: Database) -> None:
     """Keep the kind of a failed vast.ai read beside its message (errors.VastErrorKind)."""
     db.execute("ALTER TABLE instance_cache ADD COLUMN error_kind TEXT")
     # A failure stored before this migration has only its message. A rejected key was the one
-    # kind anything decided on (by that message), so it keeps its kind; any other is upstream.
+    # kind anything decided on (by that message), so it keeps its kind; any other counts as
+    # unreachable.
     db.execute(
         "UPDATE instance_cache SET error_kind = CASE "
-        "WHEN error LIKE '%rejected VAST_API_KEY%' THEN 'auth' ELSE 'upstream' END "
+        "WHEN error LIKE '%rejected VAST_API_KEY%' THEN 'auth' ELSE 'unreachable' END "
         "WHERE error IS NOT NULL"
     )
 
@@ -799,7 +800,7 @@ def read_cached_instance(db: Database) -> CachedInstance | None:
         return None
     payload = json.loads(row[1]) if row[1] is not None else None
     # A worker still running code older than m009 writes an error without its kind.
-    kind = None if row[2] is None else VastErrorKind(row[3] or VastErrorKind.UPSTREAM)
+    kind = None if row[2] is None else VastErrorKind(row[3] or VastErrorKind.UNREACHABLE)
     return CachedInstance(fetched_at=row[0], payload=payload, error=row[2], error_kind=kind)
 
 
@@ -808,10 +809,12 @@ def save_cached_instance(
     fetched_at: float,
     payload: dict[str, Any] | None,
     error: str | None = None,
-    error_kind: VastErrorKind = VastErrorKind.UPSTREAM,
+    error_kind: VastErrorKind | None = None,
 ) -> bool:
     """Store a vast.ai answer, or why reading it failed (error, of error_kind), unless a newer
     one is stored already; tell whether it was stored."""
+    if (error is None) != (error_kind is None):
+        raise ValueError("a failure is stored with its kind, an answer without one")
     with db.atomic():
         cursor = db.execute(
             "INSERT INTO instance_cache (id, fetched_at, payload, error, error_kind) "

@@ -74,12 +74,17 @@ class VastClient:
                 return None  # gone, as {"instances": null} says
             raise
         if not isinstance(body, dict) or "instances" not in body:
-            raise VastError("vast.ai answered without an 'instances' field")
+            raise VastError(
+                "vast.ai answered without an 'instances' field", kind=VastErrorKind.BAD_ANSWER
+            )
         instance = body["instances"]
         if instance is None:
             return None
         if not isinstance(instance, dict):
-            raise VastError("vast.ai answered an 'instances' field that is not an object")
+            raise VastError(
+                "vast.ai answered an 'instances' field that is not an object",
+                kind=VastErrorKind.BAD_ANSWER,
+            )
         return instance
 
     def start_instance(self, instance_id: int) -> StartResult:
@@ -110,20 +115,26 @@ class VastClient:
             body = self._call("GET", "/api/v0/charges/", params=params)
             results = body.get("results")
             if not isinstance(results, list):
-                raise VastError("vast.ai answered its charges without a 'results' list")
+                raise VastError(
+                    "vast.ai answered its charges without a 'results' list",
+                    kind=VastErrorKind.BAD_ANSWER,
+                )
             rows.extend(results)
             token = body.get("next_token")
             if not token:
                 return rows
             params["after_token"] = str(token)
-        raise VastError(f"vast.ai's charges did not end within {CHARGES_MAX_PAGES} pages")
+        raise VastError(
+            f"vast.ai's charges did not end within {CHARGES_MAX_PAGES} pages",
+            kind=VastErrorKind.BAD_ANSWER,
+        )
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         """Send one request with retries, report its outcome to the observer; return its body."""
         try:
             body = self._call_with_retries(method, path, **kwargs)
         except VastError as exc:
-            self._observe(method, exc.kind)
+            self._observe(method, exc.kind.outcome)
             raise
         self._observe(method, "ok")
         return body
@@ -145,11 +156,15 @@ class VastClient:
                 )
             except requests.Timeout:
                 if last:
-                    raise VastError("vast.ai did not answer in time") from None
+                    raise VastError(
+                        "vast.ai did not answer in time", kind=VastErrorKind.UNREACHABLE
+                    ) from None
             except requests.RequestException as exc:
                 if last:
                     reason = type(exc).__name__
-                    raise VastError(f"vast.ai is unreachable ({reason})") from None
+                    raise VastError(
+                        f"vast.ai is unreachable ({reason})", kind=VastErrorKind.UNREACHABLE
+                    ) from None
             else:
                 if response.status_code not in RETRY_STATUSES:
                     return _read_answer(response, method)
@@ -195,6 +210,7 @@ def _read_answer(response: requests.Response, method: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise VastError(
             f"vast.ai answered {response.status_code} with a body that is not a JSON object",
+            kind=VastErrorKind.BAD_ANSWER,
             status=response.status_code,
         )
     if response.status_code == 404 and body.get("error") in GONE_ERRORS:
@@ -224,7 +240,11 @@ def _fault(response: requests.Response) -> VastError:
         return VastError(
             "vast.ai is rate limiting (429)", kind=VastErrorKind.RATE_LIMITED, status=429
         )
-    return VastError(f"vast.ai is failing ({response.status_code})", status=response.status_code)
+    return VastError(
+        f"vast.ai is failing ({response.status_code})",
+        kind=VastErrorKind.UNREACHABLE,
+        status=response.status_code,
+    )
 
 
 def _wait_asked(response: requests.Response, method: str) -> float | None:
