@@ -19,8 +19,8 @@ from typing import Any
 from sqlite_utils import Database
 
 from . import store
+from .errors import VastError, VastErrorKind
 from .instance_state import GPU_BILLED
-from .vast_client import VastError
 
 log = logging.getLogger("vastpanel")
 
@@ -423,7 +423,7 @@ class CostBook:
 
 def _charges_failure(exc: Exception) -> str:
     """Say plainly why vast.ai's charges could not be read."""
-    if isinstance(exc, VastError) and exc.kind == "auth":
+    if isinstance(exc, VastError) and exc.kind is VastErrorKind.AUTH:
         return (
             "vast.ai refused to show its charges (the API key needs the billing_read "
             "permission): estimates only."
