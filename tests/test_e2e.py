@@ -7,10 +7,10 @@ import time
 
 import pytest
 import requests
-from liveserver import PanelProcess, simulator_env
 from page_support import TOKEN
 
 from vastpanel.simulator import Simulator
+from vastpanel.testing.liveserver import PanelProcess, simulator_env
 
 SIM_KEY = "sim-e2e-key-0123456789abcdef"
 CONTROL_KEY = "e2e-control-key-fedcba987654"

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 
 import pytest
 import requests
-from liveserver import PanelProcess, simulator_env
 
 from vastpanel.simulator import Simulator
+from vastpanel.testing.liveserver import PanelProcess, simulator_env
 
 SIM_KEY = "sim-crash-key-0123456789abcdef"
 CONTROL_KEY = "crash-control-key-fedcba987654"

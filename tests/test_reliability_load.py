@@ -14,17 +14,17 @@ from __future__ import annotations
 import time
 
 import pytest
-from fault_load import (
+
+from vastpanel.simulator import Simulator
+from vastpanel.testing import wait_for
+from vastpanel.testing.fault_load import (
     audit_events,
     faults_served,
     queue_faults,
     run_fault_load,
     run_outage,
-    wait_for,
 )
-from liveserver import PanelProcess
-
-from vastpanel.simulator import Simulator
+from vastpanel.testing.liveserver import PanelProcess
 
 SIM_KEY = "sim-load-key-0123456789abcdef"
 CONTROL_KEY = "load-control-key-fedcba987654"

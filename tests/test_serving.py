@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 import requests
 from gunicorn.config import Config as GunicornConfig
-from liveserver import end_process
 
 from vastpanel import store
 from vastpanel.simulator import Simulator
+from vastpanel.testing import ROOT
+from vastpanel.testing.liveserver import end_process
 
-ROOT = Path(__file__).resolve().parent.parent
 VAST_KEY = "simkey-serving-0123456789abcdef"
 CONTROL_KEY = "control-serving-fedcba9876543210"
 WRONG_KEY = "wrong-key-serving-55555555"

@@ -12,10 +12,10 @@ timed out (10 s each), and no /healthz probe answered.
 from __future__ import annotations
 
 import pytest
-from liveserver import PanelProcess, simulator_env
-from starvation import TARGET_P99_S, run_starvation
 
 from vastpanel.simulator import Simulator
+from vastpanel.testing.liveserver import PanelProcess, simulator_env
+from vastpanel.testing.starvation import TARGET_P99_S, run_starvation
 
 pytestmark = pytest.mark.e2e
 

@@ -17,15 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from liveserver import running_simulator, simulator_env
 
 from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY
 from vastpanel import create_app, store
 from vastpanel.reading import DOWN_SINCE_KEY
 from vastpanel.simulator import Simulator
+from vastpanel.testing import ROOT
+from vastpanel.testing.liveserver import running_simulator, simulator_env
 from vastpanel.watchdog import EXTENSION, LEASE
 
-ROOT = Path(__file__).resolve().parent.parent
 IDLE_MINUTES = 0.05
 IDLE_S = IDLE_MINUTES * 60
 TARGET_S = 2.0  # the stop goes out within this long after the idle deadline
