@@ -1,8 +1,8 @@
 """Shared by the benchmarks: the production server and the simulator on loopback, and figures.
 
-The server is the test suite's `tests/liveserver.py` (gunicorn with the repo's config, in its
-own process group), imported through sys.path rather than copied. Every load loop here is
-bounded by a request count and by a deadline, whichever comes first.
+The server is the test suite's (vastpanel.testing.liveserver: gunicorn with the repo's config,
+in its own process group). Every load loop here is bounded by a request count and by a
+deadline, whichever comes first.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import contextlib
 import math
 import os
 import random
-import re
 import sys
 import tempfile
 import threading
@@ -22,18 +21,12 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # liveserver and fault_load, shared with the tests
-
-from liveserver import PanelProcess, simulator_env, wait_for  # noqa: E402, F401 (wait_for: for the scripts)
-
-from vastpanel.simulator import Simulator  # noqa: E402
+from vastpanel.simulator import Simulator
+from vastpanel.testing.liveserver import PanelProcess, instant_simulator, simulator_env
 
 SIM_KEY = "bench-sim-key-0123456789abcdef"
 CONTROL_KEY = "bench-control-key-fedcba9876543210"
 INSTANCE_ID = 4242
-TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 # --- the stack ----------------------------------------------------------------------------------
@@ -57,10 +50,9 @@ def stack(
     before_start(db_path) runs before the server starts (to fill the database). When the
     benchmark fails, the end of the server's log is printed on stderr.
     """
-    options = {"schedule_delay": 0.0, "load_delay": 0.0, "warm_delay": 0.0, **(sim_options or {})}
     with (
         tempfile.TemporaryDirectory(prefix="vastpanel-bench-") as tmp,
-        Simulator(api_key=SIM_KEY, instance_id=INSTANCE_ID, **options) as sim,
+        instant_simulator(SIM_KEY, INSTANCE_ID, **(sim_options or {})) as sim,
     ):
         folder = Path(tmp)
         db_path = folder / "panel.db"
@@ -82,25 +74,6 @@ def stack(
 def api_headers() -> dict[str, str]:
     """Return the headers of a JSON API call with the control key."""
     return {"X-API-Key": CONTROL_KEY}
-
-
-def signed_in_session(base_url: str, key: str = CONTROL_KEY) -> requests.Session:
-    """Sign in to the page as the admin and return the session holding the cookie."""
-    session = requests.Session()
-    page = session.get(base_url + "/signin", timeout=10)
-    match = TOKEN.search(page.text)
-    if match is None:
-        raise RuntimeError(f"no CSRF token on /signin ({page.status_code})")
-    answer = session.post(
-        base_url + "/signin",
-        data={"csrf_token": match.group(1), "key": key},
-        allow_redirects=False,
-        timeout=10,
-    )
-    if answer.status_code != 303:
-        raise RuntimeError(f"sign-in answered {answer.status_code}")
-    session.headers["HX-Request"] = "true"
-    return session
 
 
 # --- load and latency ---------------------------------------------------------------------------

@@ -17,9 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-from _support import api_headers, percentile, signed_in_session, stack
+from _support import api_headers, percentile, stack
 
 from vastpanel import store
+from vastpanel.testing.liveserver import signed_in_session
 
 TARGET_MS = 20.0
 EVENTS = [
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with stack(before_start=lambda path: fill(path, args.rows)) as (_sim, server, _):
         api = server.url + "/infra/vast/audit"
-        page = signed_in_session(server.url)
+        page = signed_in_session(server.url, server.control_key)
         headers = api_headers()
         middle = args.rows // 2
 

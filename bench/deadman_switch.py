@@ -30,18 +30,19 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from _support import CONTROL_KEY, INSTANCE_ID, SIM_KEY, percentile, simulator_env, wait_for
-from instance_nginx import (
+from _support import CONTROL_KEY, INSTANCE_ID, SIM_KEY, percentile
+
+from vastpanel import Config, create_app
+from vastpanel.simulator import AgentSettings, Simulator
+from vastpanel.testing import wait_for
+from vastpanel.testing.instance_nginx import (
     NGINX_CONF,
     installed_keys,
     nginx_bin,
     render_for_loopback,
     running_nginx,
 )
-from liveserver import PanelProcess, free_port, running_simulator
-
-from vastpanel import Config, create_app
-from vastpanel.simulator import AgentSettings, Simulator
+from vastpanel.testing.liveserver import PanelProcess, free_port, running_simulator, simulator_env
 from vastpanel.watchdog import Watchdog
 
 SECRET = "bench-agent-secret-0123456789abcdef"

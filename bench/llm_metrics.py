@@ -34,12 +34,12 @@ from _support import (
     api_headers,
     percentile,
     run_load,
-    simulator_env,
     stack,
 )
 
 from vastpanel import Config, create_app
 from vastpanel.simulator import LlmConfig, Simulator
+from vastpanel.testing.liveserver import instant_simulator, simulator_env
 from vastpanel.watchdog import Watchdog
 
 TARGET_LOOK_P95_MS = 100.0
@@ -117,14 +117,8 @@ def look_durations(looks: int) -> bool:
     """Part 1: print look durations without and with the metrics read; tell if on target."""
     with (
         tempfile.TemporaryDirectory(prefix="vastpanel-bench-") as tmp,
-        Simulator(
-            api_key=SIM_KEY,
-            instance_id=INSTANCE_ID,
-            initial_state="running",
-            schedule_delay=0,
-            load_delay=0,
-            warm_delay=0,
-            llm=LlmConfig(token_delay_s=0.05),
+        instant_simulator(
+            SIM_KEY, INSTANCE_ID, initial_state="running", llm=LlmConfig(token_delay_s=0.05)
         ) as sim,
     ):
         folder = Path(tmp)

@@ -1,9 +1,9 @@
 """Load with faults, full length: 200 activity posters for 60 s while vast.ai fails 1 call in 10.
 
 The same scenario as tests/test_reliability_load.py (which runs it for 20 s), from
-tests/fault_load.py: the production server (one worker, the watchdog every 2 s) against the
-simulator, which answers one call in every ten with a 500, a 429 or an HTML page; a signed-in
-page polls its widgets; /healthz and the watchdog's lease are watched throughout.
+vastpanel/testing/fault_load.py: the production server (one worker, the watchdog every 2 s)
+against the simulator, which answers one call in every ten with a 500, a 429 or an HTML page; a
+signed-in page polls its widgets; /healthz and the watchdog's lease are watched throughout.
 Targets: zero 5xx from /activity and the page, last_activity never backwards, /healthz always
 200 with the watchdog alive, never two watchdog intervals without a look (read from the lease
 each look renews) and the lease never lapsed; then one auto-stop once the load ends.
@@ -17,7 +17,9 @@ import argparse
 import sys
 
 from _support import stack
-from fault_load import audit_events, faults_served, queue_faults, run_fault_load, wait_for
+
+from vastpanel.testing import wait_for
+from vastpanel.testing.fault_load import audit_events, faults_served, queue_faults, run_fault_load
 
 INTERVAL_S = 2.0
 IDLE_MINUTES = 0.1

@@ -32,12 +32,12 @@ from _support import (
     cpu_seconds,
     percentile,
     run_load,
-    signed_in_session,
     stack,
-    wait_for,
 )
 
 from vastpanel.simulator import LlmConfig
+from vastpanel.testing import wait_for
+from vastpanel.testing.liveserver import signed_in_session
 
 LLM_KEY = "bench-llm-key-0123456789abcdef"
 BODY = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         threads, stats = open_streams(proxy_url, args.streams, 60)
         if not wait_for(lambda: stats["open"] + stats["errors"] >= args.streams, 30):
             raise RuntimeError(f"only {stats} of {args.streams} streams opened")
-        page = signed_in_session(server.url)
+        page = signed_in_session(server.url, server.control_key)
         headers = api_headers()
         activity = probe(
             "POST /infra/vast/activity",

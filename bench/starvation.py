@@ -1,14 +1,14 @@
 """Starvation: /infra/vast/activity and /healthz while hostile clients hold connections.
 
-The scenario of tests/test_starvation.py, from tests/starvation.py: against the production
-server (gunicorn with the repo's config) and the simulator, all at once, 100 idle half-open
-connections (`GET /healthz HTTP/1.1\\r\\n` and nothing more, reopened when the server closes
-them), 50 clients posting wrong keys to /signin from their own loopback addresses (one a second
-each), and 20 power-ons waiting for health while the start is queued (the GPU is taken). The
-LLM gateway posts /activity 300 times (20 ms apart) and /healthz is probed every 0.5 s.
-Figures: p50/p99 of /activity, /healthz answered, the load that was held, and the ratio
-p99 / 100 ms. Target: ratio < 1, no error, every probe answered, every power-on healthy once
-the GPU is freed.
+The scenario of tests/test_starvation.py, from vastpanel/testing/starvation.py: against the
+production server (gunicorn with the repo's config) and the simulator, all at once, 100 idle
+half-open connections (`GET /healthz HTTP/1.1\\r\\n` and nothing more, reopened when the
+server closes them), 50 clients posting wrong keys to /signin from their own loopback
+addresses (one a second each), and 20 power-ons waiting for health while the start is queued
+(the GPU is taken). The LLM gateway posts /activity 300 times (20 ms apart) and /healthz is
+probed every 0.5 s. Figures: p50/p99 of /activity, /healthz answered, the load that was held,
+and the ratio p99 / 100 ms. Target: ratio < 1, no error, every probe answered, every power-on
+healthy once the GPU is freed.
 
     python3 bench/starvation.py [--half-open 100] [--guessers 50] [--power-ons 20] [--posts 300]
 """
@@ -19,7 +19,8 @@ import argparse
 import sys
 
 from _support import stack
-from starvation import TARGET_P99_S, run_starvation
+
+from vastpanel.testing.starvation import TARGET_P99_S, run_starvation
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Upstream outage, full length: vast.ai unreachable for 2 minutes past the idle deadline.
 
 The same scenario as the outage test in tests/test_reliability_load.py (which runs 20 s), from
-tests/fault_load.py: the production server (watchdog on) against the simulator with the
+vastpanel/testing/fault_load.py: the production server (watchdog on) against the simulator with the
 instance running; the simulator's API is taken off the air (connections refused) just after
 the session opens, the idle deadline passes during the outage, then it comes back.
 Target: the stop goes out within one watchdog interval of vast.ai's return, audited once (one
@@ -17,7 +17,8 @@ import argparse
 import sys
 
 from _support import stack
-from fault_load import run_outage
+
+from vastpanel.testing.fault_load import run_outage
 
 IDLE_MINUTES = 0.05
 

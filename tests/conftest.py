@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -12,9 +14,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+import requests
 import responses
 
-from vastpanel import Config, create_app
+from vastpanel import Config, create_app, store
 from vastpanel.clock import FakeClock
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -70,6 +73,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
         if module in HEAVY_MODULES:
             item.add_marker(pytest.mark.xdist_group("heavy"))
+
+
+def finished_pid() -> int:
+    """Return the pid of a process that has already exited (and been reaped)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return int(done.stdout)
 
 
 def load_fixture(name: str) -> Any:
@@ -205,6 +220,15 @@ class FakeVast:
 
 
 @pytest.fixture
+def db(tmp_path):
+    """A migrated store on a fresh SQLite file, without an app."""
+    db = store.open_db(str(tmp_path / "store.db"))
+    store.migrate(db)
+    yield db
+    db.close()
+
+
+@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 
@@ -232,3 +256,11 @@ def client(app):
     client = app.test_client()
     client.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY
     return client
+
+
+@pytest.fixture
+def http(sim):
+    """A requests session that sends the key of the test module's simulator (`sim`)."""
+    with requests.Session() as session:
+        session.headers["Authorization"] = f"Bearer {sim.api_key}"
+        yield session

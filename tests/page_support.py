@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 from conftest import CONTROL_KEY
+from vastpanel.testing.liveserver import TOKEN
 
-TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 HTMX = {"HX-Request": "true"}
 
 

@@ -19,16 +19,17 @@ from pathlib import Path
 import pytest
 import requests
 from agent_support import replay, send_heartbeat
-from instance_nginx import (
+
+from vastpanel.simulator import AgentSettings, Simulator
+from vastpanel.testing import wait_for
+from vastpanel.testing.instance_nginx import (
     NGINX_CONF,
     installed_keys,
     nginx_bin,
     render_for_loopback,
     running_nginx,
 )
-from liveserver import PanelProcess, free_port, running_simulator, simulator_env, wait_for
-
-from vastpanel.simulator import AgentSettings, Simulator
+from vastpanel.testing.liveserver import PanelProcess, free_port, running_simulator, simulator_env
 
 pytestmark = pytest.mark.e2e
 

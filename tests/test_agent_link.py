@@ -11,13 +11,13 @@ import threading
 import pytest
 from agent_support import MetricsServer, load_agent_module
 from flask import render_template
-from liveserver import free_port, running_simulator
 
 from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY, config_from
 from vastpanel import ConfigError, create_app, store
 from vastpanel.clock import FakeClock
 from vastpanel.config import Config
 from vastpanel.pages import status_context
+from vastpanel.testing.liveserver import free_port, running_simulator
 from vastpanel.watchdog import Watchdog
 
 agent_mod = load_agent_module()

@@ -214,17 +214,19 @@ def test_ttl_zero_asks_every_time_but_not_within_vast_ais_get_interval(tmp_path,
     assert vast.gets == 4  # vast.ai would answer 429 to a GET within 2 s of the last one
 
 
-def test_concurrent_pollers_share_one_call(client, vast):
-    results = []
-
-    def poll():
-        results.append(client.get("/infra/vast/status").status_code)
-
-    threads = [threading.Thread(target=poll) for _ in range(16)]
+def all_at_once(call, count: int) -> list:
+    """Call `call` from `count` threads started together; return their answers."""
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(call())) for _ in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(10)
+    return answers
+
+
+def test_concurrent_pollers_share_one_call(client, vast):
+    results = all_at_once(lambda: client.get("/infra/vast/status").status_code, 16)
     assert results == [200] * 16
     assert vast.gets == 1
 
@@ -418,18 +420,9 @@ def test_a_start_under_way_sends_no_second_start(client, vast, status):
 
 
 def test_concurrent_power_ons_send_one_start(client, vast):
-    codes = []
-
-    def start():
-        codes.append(
-            client.post("/infra/vast/power/on", json={"wait_for_health": False}).status_code
-        )
-
-    threads = [threading.Thread(target=start) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
+    codes = all_at_once(
+        lambda: client.post("/infra/vast/power/on", json={"wait_for_health": False}).status_code, 8
+    )
     assert codes == [200] * 8
     assert vast.puts == ["running"]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 import requests
-from liveserver import PanelProcess
+
+from vastpanel.testing.liveserver import PanelProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from liveserver import ROOT, PanelProcess
 
 from vastpanel import store
 from vastpanel.simulator import Hardware, Simulator
+from vastpanel.testing import ROOT
+from vastpanel.testing.liveserver import PanelProcess
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from liveserver import PanelProcess
 from test_browser import (  # noqa: F401 (fixtures)
     CONTROL_KEY,
     INSTANCE_ID,
@@ -23,6 +22,7 @@ from test_browser import (  # noqa: F401 (fixtures)
 )
 
 from vastpanel import store
+from vastpanel.testing.liveserver import PanelProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import pytest
-from liveserver import ROOT
 
 from conftest import base_config, config_from
 from vastpanel import create_app, store
 from vastpanel.simulator import Simulator
+from vastpanel.testing import ROOT
 
 
 @pytest.mark.parametrize("command", [["status"], ["on", "--no-wait"], ["off"]])

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from vastpanel.testing import ROOT
+
 DOCKERFILE = ROOT / "Dockerfile"
 
 

@@ -14,14 +14,6 @@ def ts(text: str) -> float:
     return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
 
-@pytest.fixture
-def db(tmp_path):
-    db = store.open_db(str(tmp_path / "costs.db"))
-    store.migrate(db)
-    yield db
-    db.close()
-
-
 def add_session(db, start: str, end: str | None, dph: float | None = 1.0) -> None:
     """Store a session from start to end (None: still open) at dph $/h."""
     store.open_session(db, ts(start), dph, "test", seen_since=ts(start))

@@ -15,12 +15,13 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 import requests
-from liveserver import PanelProcess, simulator_env, wait_for
 
 from conftest import config_from
 from vastpanel import create_app
 from vastpanel.clock import FakeClock
 from vastpanel.simulator import Hardware, Simulator
+from vastpanel.testing import wait_for
+from vastpanel.testing.liveserver import PanelProcess, simulator_env
 from vastpanel.watchdog import Watchdog
 
 pytestmark = pytest.mark.e2e

@@ -12,7 +12,8 @@ import sys
 
 import pytest
 import requests
-from liveserver import ROOT, wait_for
+
+from vastpanel.testing import ROOT, wait_for
 
 pytestmark = pytest.mark.e2e
 

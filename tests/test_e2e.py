@@ -7,10 +7,11 @@ import time
 
 import pytest
 import requests
-from liveserver import PanelProcess, simulator_env
 from page_support import TOKEN
 
 from vastpanel.simulator import Simulator
+from vastpanel.testing import wait_for
+from vastpanel.testing.liveserver import PanelProcess, simulator_env
 
 SIM_KEY = "sim-e2e-key-0123456789abcdef"
 CONTROL_KEY = "e2e-control-key-fedcba987654"
@@ -18,6 +19,7 @@ INSTANCE_ID = 777
 # An answer is reused for VAST_STATUS_TTL_S (1 s here), but never asked again within vast.ai's
 # 2 s GET interval: past this, the next read asks the simulator.
 ANSWER_REUSED_S = 2.1
+WAIT_S, POLL_S = 15.0, 0.2  # how long and how often a test waits for the server or vast.ai
 
 
 @pytest.fixture
@@ -50,17 +52,6 @@ def server(panel_env, tmp_path):
     process = PanelProcess(panel_env, log_path=tmp_path / "server.log")
     yield process
     process.stop()
-
-
-def wait_for(predicate, timeout: float = 15.0, every: float = 0.2):
-    """Poll predicate until it returns something truthy, or fail after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def events(server) -> list[str]:
@@ -104,12 +95,17 @@ def test_full_power_cycle_with_health_wait(server, sim):
 def test_a_start_outside_the_panel_opens_a_session(server, sim):
     sim.external("start")
     status = wait_for(
-        lambda: (s := server.api("GET", "/status").json())["status"] == "running" and s
+        lambda: (s := server.api("GET", "/status").json())["status"] == "running" and s,
+        WAIT_S,
+        POLL_S,
     )
+    assert status
     assert status["auto_shutdown_in_minutes"] is not None
     assert "session_opened" in events(server)
     sim.external("stop")
-    wait_for(lambda: server.api("GET", "/status").json()["status"] == "stopped")
+    assert wait_for(
+        lambda: server.api("GET", "/status").json()["status"] == "stopped", WAIT_S, POLL_S
+    )
     assert "session_closed" in events(server)
     assert server.api("GET", "/costs").json()["sessions_count"] == 1
 
@@ -167,7 +163,7 @@ def test_gpu_taken_then_stop_cancels(server, sim):
     stopped = server.api("POST", "/power/off")
     assert stopped.status_code == 200
     assert stopped.json()["session_runtime_minutes"] == 0
-    wait_for(lambda: sim.instance()["intended_status"] == "stopped")
+    assert wait_for(lambda: sim.instance()["intended_status"] == "stopped", WAIT_S, POLL_S)
     assert "power_on_queued" in events(server)
 
 
@@ -239,8 +235,8 @@ def test_auto_shutdown_under_the_production_server(panel_env, sim, tmp_path):
         assert server.api("POST", "/power/on").status_code == 200
         server.api("POST", "/activity")
         assert server.api("GET", "/status").json()["auto_shutdown_in_minutes"] > 0
-        wait_for(lambda: sim.instance()["intended_status"] == "stopped", timeout=15)
-        wait_for(lambda: "auto_shutdown_complete" in events(server), timeout=5)
+        assert wait_for(lambda: sim.instance()["intended_status"] == "stopped", WAIT_S, POLL_S)
+        assert wait_for(lambda: "auto_shutdown_complete" in events(server), 5, POLL_S)
         time.sleep(1.5)  # a few more looks: nothing more is sent
         assert [r["json"] for r in sim.requests(method="PUT")] == [
             {"state": "running"},

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from liveserver import ROOT, free_port, wait_for
+
+from vastpanel.testing import ROOT, wait_for
+from vastpanel.testing.liveserver import free_port
 
 pytestmark = pytest.mark.e2e
 

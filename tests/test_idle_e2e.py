@@ -1,9 +1,9 @@
 """Idle truth end to end: gunicorn against the simulator, with no gateway posts unless said.
 
-Each test runs the production server (tests/liveserver.py) on its own ports and database,
-against its own simulator whose LLM stack serves vLLM-shaped /metrics that move with the
-requests it really serves. They take minutes (a 1-minute idle time, a 3-minute stream) and are
-independent of each other, so they can run in parallel.
+Each test runs the production server (vastpanel/testing/liveserver.py) on its own ports and
+database, against its own simulator whose LLM stack serves vLLM-shaped /metrics that move with
+the requests it really serves. They take minutes (a 1-minute idle time, a 3-minute stream) and
+are independent of each other, so they can run in parallel.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import time
 
 import pytest
 import requests
-from liveserver import PanelProcess, simulator_env, wait_for
 
 from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY
 from vastpanel.simulator import LlmConfig, Simulator
+from vastpanel.testing import wait_for
+from vastpanel.testing.liveserver import PanelProcess, simulator_env
 
 pytestmark = pytest.mark.e2e
 

@@ -20,10 +20,12 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import instance_nginx
 import pytest
 import yaml
-from instance_nginx import (
+
+from vastpanel.testing import instance_nginx
+from vastpanel.testing.instance_nginx import (
+    DEPLOY,
     KEYS_DIR,
     LISTEN_LINE,
     NGINX_CONF,
@@ -34,7 +36,6 @@ from instance_nginx import (
     running_nginx,
 )
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "instance"
 COMPOSE = DEPLOY / "compose.yaml"
 UNIT = DEPLOY / "llm-stack.service"
 

@@ -2,18 +2,10 @@
 
 import os
 import socket
-import subprocess
-import sys
 import time
 
+from conftest import finished_pid
 from vastpanel import leases, store
-
-
-def finished_pid() -> int:
-    """Return the pid of a process that has already exited."""
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
 
 
 def test_a_dead_holder_is_taken_over_at_once(panel, clock):

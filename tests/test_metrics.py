@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import requests
@@ -11,8 +10,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import base_config, config_from
 from vastpanel import create_app
+from vastpanel.testing import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "metrics-token-0123456789-secret"
 
 

@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from liveserver import PanelProcess, free_port, running_simulator, simulator_env, wait_for
 
 from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY
 from vastpanel import store
 from vastpanel.simulator import Simulator
+from vastpanel.testing import wait_for
+from vastpanel.testing.liveserver import PanelProcess, free_port, running_simulator, simulator_env
 
 pytestmark = pytest.mark.e2e
 

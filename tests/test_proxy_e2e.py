@@ -10,9 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 import requests
-from liveserver import PanelProcess, simulator_env, wait_for
 
 from vastpanel.simulator import LlmConfig, Simulator
+from vastpanel.testing import wait_for
+from vastpanel.testing.liveserver import PanelProcess, simulator_env
 
 pytestmark = pytest.mark.e2e
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from liveserver import ROOT
 from test_fresh_clone import readme_commands
+
+from vastpanel.testing import ROOT
 
 
 def test_ci_runs_the_readme_test_command_as_written():

@@ -17,13 +17,15 @@ from datetime import UTC, datetime
 
 import pytest
 import requests
-from liveserver import PanelProcess, simulator_env
 
 from vastpanel.simulator import Simulator
+from vastpanel.testing import wait_for
+from vastpanel.testing.liveserver import PanelProcess, simulator_env
 
 SIM_KEY = "sim-crash-key-0123456789abcdef"
 CONTROL_KEY = "crash-control-key-fedcba987654"
 INSTANCE_ID = 808
+WAIT_S, POLL_S = 15.0, 0.02  # how long and how often a test waits for the server or vast.ai
 
 
 @pytest.fixture
@@ -76,17 +78,6 @@ class Books:
         return [s for s in self.sessions if s[2] is None]
 
 
-def wait_for(predicate, timeout: float = 15.0, every: float = 0.02):
-    """Poll predicate until it returns something truthy, or fail after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"condition not met within {timeout} s")
-
-
 def in_background(call) -> threading.Thread:
     """Run an API call that the kill will cut off; its connection error is expected."""
 
@@ -118,8 +109,8 @@ def test_kill_during_a_power_on_waiting_for_health(panel_env, sim, tmp_path):
             lambda: first.api("POST", "/power/on", json={"wait_for_health": True}, timeout=60)
         )
         # The wait has seen the instance running (session open) and is polling its health URL.
-        wait_for(lambda: Books(db_path).open_sessions, timeout=20)
-        wait_for(lambda: sim.llm_requests(path="/health"), timeout=10)
+        assert wait_for(lambda: Books(db_path).open_sessions, 20, POLL_S)
+        assert wait_for(lambda: sim.llm_requests(path="/health"), 10, POLL_S)
         before = Books(db_path)
     finally:
         first.kill()
@@ -153,7 +144,7 @@ def test_kill_during_a_power_on_waiting_for_health(panel_env, sim, tmp_path):
 def test_kill_right_after_activity_posts(panel_env, sim, tmp_path):
     db_path = panel_env["VAST_DB_PATH"]
     sim.external("start")
-    wait_for(lambda: sim.instance()["actual_status"] == "running", timeout=10)
+    assert wait_for(lambda: sim.instance()["actual_status"] == "running", 10, POLL_S)
     first = PanelProcess(panel_env, log_path=tmp_path / "first.log")
     acknowledged: list[str] = []
     lock = threading.Lock()
@@ -201,7 +192,7 @@ def test_kill_right_after_activity_posts(panel_env, sim, tmp_path):
 def test_kill_during_a_stop(panel_env, sim, tmp_path, moment):
     db_path = panel_env["VAST_DB_PATH"]
     sim.external("start")
-    wait_for(lambda: sim.instance()["actual_status"] == "running", timeout=10)
+    assert wait_for(lambda: sim.instance()["actual_status"] == "running", 10, POLL_S)
     first = PanelProcess(panel_env, log_path=tmp_path / "first.log")
     try:
         assert first.api("GET", "/status").json()["status"] == "running"  # opens the session
@@ -211,11 +202,11 @@ def test_kill_during_a_stop(panel_env, sim, tmp_path, moment):
             sim.add_fault("response", method="PUT", status=504, delay=5.0)
         sim.clear_requests()
         stopping = in_background(lambda: first.api("POST", "/power/off", timeout=30))
-        wait_for(lambda: "power_off_requested" in Books(db_path).events)
+        assert wait_for(lambda: "power_off_requested" in Books(db_path).events, WAIT_S, POLL_S)
         if moment == "while vast.ai holds the stop":
             time.sleep(0.5)  # the stop call is in flight, held by vast.ai
         else:
-            wait_for(lambda: sim.requests(method="PUT"), every=0.001)
+            assert wait_for(lambda: sim.requests(method="PUT"), WAIT_S, every=0.001)
         before = Books(db_path)
     finally:
         first.kill()
@@ -235,7 +226,9 @@ def test_kill_during_a_stop(panel_env, sim, tmp_path, moment):
         if stopped_upstream:
             # Closed either by the stop that was cut off, or on seeing it stopped: once only.
             assert status["status"] in ("stopped", "stopping")
-            wait_for(lambda: second.api("GET", "/status").json()["status"] == "stopped")
+            assert wait_for(
+                lambda: second.api("GET", "/status").json()["status"] == "stopped", WAIT_S, POLL_S
+            )
             assert Books(db_path).open_sessions == []
         else:
             assert status["status"] == "running"

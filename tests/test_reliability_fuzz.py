@@ -21,7 +21,7 @@ from schemathesis.checks import (
 
 from conftest import CONTROL_KEY, config_from
 from vastpanel import create_app
-from vastpanel.simulator import Simulator
+from vastpanel.testing.liveserver import instant_simulator
 
 SIM_KEY = "sim-fuzz-key-0123456789abcdef"
 INSTANCE_ID = 31337
@@ -45,14 +45,7 @@ CHECKS = [
 
 @pytest.fixture(scope="module")
 def sim():
-    with Simulator(
-        api_key=SIM_KEY,
-        instance_id=INSTANCE_ID,
-        schedule_delay=0.0,
-        load_delay=0.0,
-        warm_delay=0.0,
-        stop_delay=0.0,
-    ) as sim:
+    with instant_simulator(SIM_KEY, INSTANCE_ID) as sim:
         yield sim
 
 

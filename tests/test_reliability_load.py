@@ -14,17 +14,16 @@ from __future__ import annotations
 import time
 
 import pytest
-from fault_load import (
+
+from vastpanel.testing import wait_for
+from vastpanel.testing.fault_load import (
     audit_events,
     faults_served,
     queue_faults,
     run_fault_load,
     run_outage,
-    wait_for,
 )
-from liveserver import PanelProcess
-
-from vastpanel.simulator import Simulator
+from vastpanel.testing.liveserver import PanelProcess, instant_simulator, simulator_env
 
 SIM_KEY = "sim-load-key-0123456789abcdef"
 CONTROL_KEY = "load-control-key-fedcba987654"
@@ -37,31 +36,22 @@ IDLE_MINUTES = 0.1  # 6 s: the posters keep it from falling due until they stop
 
 @pytest.fixture
 def sim():
-    with Simulator(
-        api_key=SIM_KEY,
-        instance_id=INSTANCE_ID,
-        initial_state="running",
-        schedule_delay=0.0,
-        load_delay=0.0,
-        warm_delay=0.0,
-    ) as sim:
+    with instant_simulator(SIM_KEY, INSTANCE_ID, initial_state="running") as sim:
         yield sim
 
 
 def test_activity_and_watchdog_under_load_while_vast_ai_fails_one_call_in_ten(sim, tmp_path):
     db_path = str(tmp_path / "panel.db")
-    env = {
-        "VAST_URL": sim.url,
-        "VAST_API_KEY": SIM_KEY,
-        "VAST_INSTANCE_ID": str(INSTANCE_ID),
-        "CONTROL_API_KEY": CONTROL_KEY,
-        "VAST_DB_PATH": db_path,
-        "VAST_STATUS_TTL_S": "0.2",
-        "VAST_WATCHDOG_INTERVAL_S": str(INTERVAL_S),
-        "VAST_AUTO_SHUTDOWN_MINUTES": str(IDLE_MINUTES),
-        "VAST_WAIT_TIMEOUT_S": "30",
-        "VASTPANEL_WATCHDOG": "true",
-    }
+    env = simulator_env(
+        sim,
+        db_path,
+        CONTROL_KEY,
+        VAST_STATUS_TTL_S="0.2",
+        VAST_WATCHDOG_INTERVAL_S=str(INTERVAL_S),
+        VAST_AUTO_SHUTDOWN_MINUTES=str(IDLE_MINUTES),
+        VAST_WAIT_TIMEOUT_S="30",
+        VASTPANEL_WATCHDOG="true",
+    )
     plan = queue_faults(sim, calls=5000, every=10)
     server = PanelProcess(env, log_path=tmp_path / "server.log")
     try:
@@ -113,19 +103,17 @@ def test_a_stop_due_during_a_vast_ai_outage_goes_out_within_an_interval_of_its_r
     """vast.ai unreachable for 20 s (bench/upstream_outage.py: 2 minutes) past the deadline."""
     db_path = str(tmp_path / "panel.db")
     idle_minutes = 0.05  # 3 s: due long before vast.ai comes back
-    env = {
-        "VAST_URL": sim.url,
-        "VAST_API_KEY": SIM_KEY,
-        "VAST_INSTANCE_ID": str(INSTANCE_ID),
-        "CONTROL_API_KEY": CONTROL_KEY,
-        "VAST_DB_PATH": db_path,
+    env = simulator_env(
+        sim,
+        db_path,
+        CONTROL_KEY,
         # A failed answer is reused for the TTL: keep it under the interval, as by default
         # (5 s against 60 s), so the first look after the return asks vast.ai again.
-        "VAST_STATUS_TTL_S": "1",
-        "VAST_WATCHDOG_INTERVAL_S": str(INTERVAL_S),
-        "VAST_AUTO_SHUTDOWN_MINUTES": str(idle_minutes),
-        "VASTPANEL_WATCHDOG": "true",
-    }
+        VAST_STATUS_TTL_S="1",
+        VAST_WATCHDOG_INTERVAL_S=str(INTERVAL_S),
+        VAST_AUTO_SHUTDOWN_MINUTES=str(idle_minutes),
+        VASTPANEL_WATCHDOG="true",
+    )
     server = PanelProcess(env, log_path=tmp_path / "server.log")
     try:
         report = run_outage(sim, db_path, outage_s=20.0, interval_s=INTERVAL_S, idle_s=3.0)

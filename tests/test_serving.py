@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import runpy
-import socket
 import subprocess
 import sys
 import time
@@ -22,12 +21,12 @@ from pathlib import Path
 import pytest
 import requests
 from gunicorn.config import Config as GunicornConfig
-from liveserver import end_process
 
 from vastpanel import store
 from vastpanel.simulator import Simulator
+from vastpanel.testing import ROOT
+from vastpanel.testing.liveserver import end_process, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 VAST_KEY = "simkey-serving-0123456789abcdef"
 CONTROL_KEY = "control-serving-fedcba9876543210"
 WRONG_KEY = "wrong-key-serving-55555555"
@@ -38,12 +37,6 @@ BODY_MARK = "bodymark-9c1e"
 SLOW_WARM_S = 34.0
 LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (INFO|WARNING|ERROR) \S+ .+$")
 START_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def panel_env(sim: Simulator, db_path: Path, **extra: str) -> dict[str, str]:
@@ -260,25 +253,19 @@ def test_power_on_waits_over_30_s_for_health_under_gunicorn(server, api, sim):
 
 
 def test_container_healthcheck_command(server):
-    port = server.url.rsplit(":", 1)[1]
-    command = [sys.executable, "-m", "vastpanel.healthcheck"]
-    ok = subprocess.run(
-        command,
-        cwd=ROOT,
-        env={**os.environ, "VASTPANEL_BIND": f"0.0.0.0:{port}"},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    def healthcheck(port) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "vastpanel.healthcheck"],
+            cwd=ROOT,
+            env={**os.environ, "VASTPANEL_BIND": f"0.0.0.0:{port}"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    ok = healthcheck(server.url.rsplit(":", 1)[1])
     assert ok.returncode == 0, ok.stderr
-    down = subprocess.run(
-        command,
-        cwd=ROOT,
-        env={**os.environ, "VASTPANEL_BIND": f"0.0.0.0:{free_port()}"},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    down = healthcheck(free_port())
     assert down.returncode == 1 and "unhealthy" in down.stderr
 
 

@@ -36,14 +36,6 @@ def sim(clock):
         yield simulator
 
 
-@pytest.fixture
-def http():
-    """A requests session with the right key, closed after the test."""
-    with requests.Session() as session:
-        session.headers["Authorization"] = f"Bearer {KEY}"
-        yield session
-
-
 def show(sim, http, instance_id=IID):
     """GET the instance as a client does and return the response."""
     return http.get(f"{sim.url}/api/v0/instances/{instance_id}/", params={"owner": "me"})

@@ -38,13 +38,6 @@ def sim(clock):
         yield simulator
 
 
-@pytest.fixture
-def http():
-    with requests.Session() as session:
-        session.headers["Authorization"] = f"Bearer {KEY}"
-        yield session
-
-
 def charges(sim, http, gte=MIDNIGHT - 86400, lte=MIDNIGHT + 10 * 86400, **params):
     filters = {"day": {"gte": gte, "lte": lte}, "type": {"in": ["instance"]}}
     return http.get(

@@ -12,10 +12,9 @@ timed out (10 s each), and no /healthz probe answered.
 from __future__ import annotations
 
 import pytest
-from liveserver import PanelProcess, simulator_env
-from starvation import TARGET_P99_S, run_starvation
 
-from vastpanel.simulator import Simulator
+from vastpanel.testing.liveserver import PanelProcess, instant_simulator, simulator_env
+from vastpanel.testing.starvation import TARGET_P99_S, run_starvation
 
 pytestmark = pytest.mark.e2e
 
@@ -26,13 +25,7 @@ HALF_OPEN, GUESSERS, POWER_ONS, POSTS = 100, 50, 20, 300
 
 
 def test_activity_stays_fast_while_hostile_clients_hold_connections(tmp_path):
-    with Simulator(
-        api_key=SIM_KEY,
-        instance_id=INSTANCE_ID,
-        schedule_delay=0.0,
-        load_delay=0.0,
-        warm_delay=0.0,
-    ) as sim:
+    with instant_simulator(SIM_KEY, INSTANCE_ID) as sim:
         env = simulator_env(sim, tmp_path / "panel.db", CONTROL_KEY, VAST_WAIT_TIMEOUT_S="180")
         server = PanelProcess(env, log_path=tmp_path / "server.log")
         try:

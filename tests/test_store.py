@@ -8,14 +8,6 @@ from vastpanel import store
 from vastpanel.errors import VastErrorKind
 
 
-@pytest.fixture
-def db(tmp_path):
-    db = store.open_db(str(tmp_path / "s.db"))
-    store.migrate(db)
-    yield db
-    db.close()
-
-
 def test_file_is_in_wal_mode_with_a_busy_timeout(db):
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA busy_timeout").fetchone()[0] == store.BUSY_TIMEOUT_MS

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
 import responses
 
-from conftest import INSTANCE_URL, base_config, config_from, load_fixture
+from conftest import INSTANCE_URL, base_config, config_from, finished_pid, load_fixture
 from vastpanel import create_app, store
 from vastpanel.leases import holder_is_dead
 from vastpanel.panel import HEALTH_WAIT_LEASE
@@ -292,15 +290,20 @@ def test_loading_instance_is_not_stopped_until_it_runs(panel, vast, clock, watch
     assert vast.puts == ["stopped"]
 
 
+def look_past_the_deadline_during_a_health_wait(panel, vast, clock, watchdog, holder: str):
+    """Run the instance, let it idle past its deadline while `holder` waits for health; look."""
+    start_running(vast, clock, watchdog)
+    clock.advance(IDLE_S + 60)
+    store.acquire_lease(panel.db, HEALTH_WAIT_LEASE + holder, holder, clock.now(), 660)
+    watchdog.look()
+
+
 def test_running_instance_is_not_stopped_while_a_power_on_waits_for_health(
     panel, vast, clock, watchdog
 ):
-    start_running(vast, clock, watchdog)
-    clock.advance(IDLE_S + 60)
     # A power-on in another live process (this test's parent) waits for health.
     alive = f"{socket.gethostname()}:{os.getppid()}:a1b2c3d4"
-    store.acquire_lease(panel.db, HEALTH_WAIT_LEASE + alive, alive, clock.now(), 660)
-    watchdog.look()
+    look_past_the_deadline_during_a_health_wait(panel, vast, clock, watchdog, alive)
     assert vast.puts == []
 
     clock.advance(660)  # the wait ended (its owner did not even release it)
@@ -311,11 +314,8 @@ def test_running_instance_is_not_stopped_while_a_power_on_waits_for_health(
 def test_a_health_wait_of_a_killed_process_does_not_protect_an_idle_instance(
     panel, vast, clock, watchdog
 ):
-    start_running(vast, clock, watchdog)
-    clock.advance(IDLE_S + 60)
     dead = f"{socket.gethostname()}:{finished_pid()}:a1b2c3d4"
-    store.acquire_lease(panel.db, HEALTH_WAIT_LEASE + dead, dead, clock.now(), 660)
-    watchdog.look()
+    look_past_the_deadline_during_a_health_wait(panel, vast, clock, watchdog, dead)
     assert vast.puts == ["stopped"]
 
 
@@ -372,18 +372,6 @@ def test_only_the_lease_holder_acts_and_another_takes_over_when_it_stops(
         assert not watchdog.look().leader
     finally:
         other_app.extensions["vastpanel"].close()
-
-
-def finished_pid() -> int:
-    """Return the pid of a process that has already exited (and been reaped)."""
-    done = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    )
-    return int(done.stdout)
 
 
 def test_lease_of_a_killed_process_is_taken_over_at_once(panel, vast, clock, watchdog):

@@ -13,33 +13,22 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from liveserver import running_simulator, simulator_env
 
 from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY, config_from
 from vastpanel import create_app, store
 from vastpanel.reading import DOWN_SINCE_KEY
 from vastpanel.simulator import Simulator
+from vastpanel.testing import ROOT, wait_for
+from vastpanel.testing.liveserver import running_simulator, simulator_env
 from vastpanel.watchdog import EXTENSION, LEASE
 
-ROOT = Path(__file__).resolve().parent.parent
 IDLE_MINUTES = 0.05
 IDLE_S = IDLE_MINUTES * 60
 TARGET_S = 2.0  # the stop goes out within this long after the idle deadline
-WAIT_S = 10.0
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = WAIT_S) -> object:
-    """Poll until predicate gives something truthy or the timeout passes; return its answer."""
-    give_up = time.monotonic() + timeout
-    while True:
-        answer = predicate()
-        if answer or time.monotonic() >= give_up:
-            return answer
-        time.sleep(0.02)
+WAIT_S, POLL_S = 10.0, 0.02  # how long and how often a test waits
 
 
 def stops(sim: Simulator) -> list[dict]:
@@ -103,7 +92,7 @@ def test_stop_goes_out_at_the_deadline_that_activity_moved(live_app, sim):
     # A 60 s interval: only the deadline look can stop it within seconds.
     app = live_app(VAST_WATCHDOG_INTERVAL_S="60")
     panel = app.extensions["vastpanel"]
-    session = wait_for(lambda: store.current_session(panel.db))
+    session = wait_for(lambda: store.current_session(panel.db), WAIT_S, POLL_S)
     assert session, "the look at start-up did not see the instance running"
 
     time.sleep(IDLE_S / 2)  # the LLM is used half-way through the idle time
@@ -111,16 +100,16 @@ def test_stop_goes_out_at_the_deadline_that_activity_moved(live_app, sim):
     response = client.post("/infra/vast/activity", headers={"X-API-Key": CONTROL_KEY})
     assert response.status_code == 200
 
-    assert wait_for(lambda: stops(sim)), "no stop within 10 s"
+    assert wait_for(lambda: stops(sim), WAIT_S, POLL_S), "no stop within 10 s"
     (stop,) = stops(sim)
     deadline = idle_deadline(panel.db, session)
     assert deadline > session.started_at + IDLE_S  # the activity did move it
     assert 0 <= stop["time"] - deadline < TARGET_S
     assert sim.instance()["actual_status"] == "stopped"
     # The session closes under the power lock; auto_shutdown_complete is audited just after.
-    assert wait_for(lambda: store.current_session(panel.db) is None)
+    assert wait_for(lambda: store.current_session(panel.db) is None, WAIT_S, POLL_S)
     wanted = {"auto_shutdown", "auto_shutdown_complete"}
-    assert wait_for(lambda: wanted <= {e.event for e in panel.audit_log(50)})
+    assert wait_for(lambda: wanted <= {e.event for e in panel.audit_log(50)}, WAIT_S, POLL_S)
     assert app.extensions[EXTENSION].alive
 
 
@@ -129,7 +118,7 @@ def test_instances_started_outside_or_exited_are_seen_and_stopped(live_app, sim)
     app = live_app()
     panel = app.extensions["vastpanel"]
     watchdog = app.extensions[EXTENSION]
-    assert wait_for(lambda: watchdog.last_look_at)
+    assert wait_for(lambda: watchdog.last_look_at, WAIT_S, POLL_S)
 
     for exit_container in (False, True):
         before = len(stops(sim))
@@ -138,18 +127,18 @@ def test_instances_started_outside_or_exited_are_seen_and_stopped(live_app, sim)
             # Exited is not billed GPU time: no session, but the idle rule still stops it,
             # counting from when it was first seen exited.
             sim.external("exit")
-            down_since = wait_for(lambda: store.get_value(panel.db, DOWN_SINCE_KEY))
+            down_since = wait_for(lambda: store.get_value(panel.db, DOWN_SINCE_KEY), WAIT_S, POLL_S)
             assert down_since, "the watchdog did not see the instance exited"
             deadline = max(store.get_value(panel.db, "last_activity") or 0.0, down_since) + IDLE_S
         else:
-            session = wait_for(lambda: store.current_session(panel.db))
+            session = wait_for(lambda: store.current_session(panel.db), WAIT_S, POLL_S)
             assert session, "the watchdog did not see the instance started outside"
             deadline = idle_deadline(panel.db, session)
-        assert wait_for(lambda n=before: len(stops(sim)) > n), "no stop within 10 s"
+        assert wait_for(lambda n=before: len(stops(sim)) > n, WAIT_S, POLL_S), "no stop within 10 s"
         stop = stops(sim)[-1]
         assert 0 <= stop["time"] - deadline < TARGET_S, timeline(sim, deadline)
         # The simulator logs the stop before the panel has closed the session: wait for that.
-        assert wait_for(lambda: store.current_session(panel.db) is None)
+        assert wait_for(lambda: store.current_session(panel.db) is None, WAIT_S, POLL_S)
         assert len(stops(sim)) == before + 1
     seen = [e.meta.get("seen_status") for e in panel.audit_log(50) if e.event == "session_opened"]
     assert seen == ["running"]
@@ -190,12 +179,14 @@ def test_two_processes_stop_once_and_the_survivor_takes_over_a_kill_9(tmp_path, 
     workers = [start_worker(env, tmp_path) for _ in range(2)]
     db = store.open_db(str(db_path))
     try:
-        assert wait_for(lambda: len(list(tmp_path.glob("ready-*"))) == 2, 30), "workers not up"
+        assert wait_for(lambda: len(list(tmp_path.glob("ready-*"))) == 2, 30, POLL_S), (
+            "workers not up"
+        )
         pids = {w.pid for w in workers}
-        assert wait_for(lambda: lease_pid(db) in pids), "no worker took the lease"
+        assert wait_for(lambda: lease_pid(db) in pids, WAIT_S, POLL_S), "no worker took the lease"
 
         sim.external("start")
-        assert wait_for(lambda: stops(sim)), "no stop within 10 s"
+        assert wait_for(lambda: stops(sim), WAIT_S, POLL_S), "no stop within 10 s"
         time.sleep(2.5)  # a few more looks by both: nobody stops it again
         (first,) = stops(sim)
         (session,) = store.list_sessions(db, 0)
@@ -208,7 +199,9 @@ def test_two_processes_stop_once_and_the_survivor_takes_over_a_kill_9(tmp_path, 
         leader.wait(timeout=WAIT_S)  # reaped: its pid is gone
 
         sim.external("start")
-        assert wait_for(lambda: len(stops(sim)) == 2), "the survivor did not stop it"
+        assert wait_for(lambda: len(stops(sim)) == 2, WAIT_S, POLL_S), (
+            "the survivor did not stop it"
+        )
         assert lease_pid(db) == survivor.pid
         deadline = idle_deadline(db, store.list_sessions(db, 0)[-1])
         assert 0 <= stops(sim)[-1]["time"] - deadline < TARGET_S, timeline(sim, deadline)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -19,6 +17,7 @@ import requests
 
 from conftest import VAST_KEY, base_config, config_from, load_fixture
 from vastpanel import ConfigError, create_app, store
+from vastpanel.testing import wait_for
 from vastpanel.watchdog import (
     DEADLINE_JOB,
     EXTENSION,
@@ -30,17 +29,7 @@ from vastpanel.watchdog import (
 )
 
 IDLE_S = 30 * 60
-WAIT_S = 10.0
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = WAIT_S) -> bool:
-    """Poll until predicate holds or the timeout passes; return its last answer."""
-    give_up = time.monotonic() + timeout
-    while time.monotonic() < give_up:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+WAIT_S, POLL_S = 10.0, 0.02  # how long and how often a test waits
 
 
 @pytest.fixture
@@ -102,7 +91,7 @@ def test_started_on_request_looks_at_once_and_shuts_down_cleanly(make_app, vast,
     assert app.apscheduler is watchdog.scheduler  # flask-apscheduler's own binding
 
     # The look at start-up sees the instance running and schedules the deadline look.
-    assert wait_for(lambda: watchdog.scheduler.get_job(DEADLINE_JOB) is not None)
+    assert wait_for(lambda: watchdog.scheduler.get_job(DEADLINE_JOB) is not None, WAIT_S, POLL_S)
     assert watchdog.is_leader
     assert watchdog.last_look_at == clock.now()
     assert store.current_session(panel.db).started_at == clock.now()
@@ -121,7 +110,7 @@ def test_activity_moves_the_deadline_look_only_when_it_fires(make_app, vast, clo
     vast.set_running()
     watchdog = make_app(watchdog=True).extensions[EXTENSION]
     panel = watchdog.panel
-    assert wait_for(lambda: watchdog.scheduler.get_job(DEADLINE_JOB) is not None)
+    assert wait_for(lambda: watchdog.scheduler.get_job(DEADLINE_JOB) is not None, WAIT_S, POLL_S)
     first = watchdog.scheduler.get_job(DEADLINE_JOB).next_run_time
 
     clock.advance(10 * 60)
@@ -143,7 +132,7 @@ def test_activity_moves_the_deadline_look_only_when_it_fires(make_app, vast, clo
 def test_a_look_at_the_warning_time_warns_then_waits_for_the_deadline(make_app, vast, clock):
     vast.set_running()
     watchdog = make_app(watchdog=True).extensions[EXTENSION]
-    assert wait_for(lambda: watchdog.scheduler.get_job(WARNING_JOB) is not None)
+    assert wait_for(lambda: watchdog.scheduler.get_job(WARNING_JOB) is not None, WAIT_S, POLL_S)
     job = watchdog.scheduler.get_job(WARNING_JOB)
     in_s = job.next_run_time.timestamp() - datetime.now(UTC).timestamp()
     assert in_s == pytest.approx(IDLE_S - 5 * 60, abs=5)  # VAST_WARN_MINUTES' default
@@ -167,7 +156,7 @@ def test_notifications_are_delivered_by_the_leader_in_a_thread_of_their_own(make
 def test_failed_stop_schedules_no_deadline_look_so_no_tight_loop(make_app, vast, clock):
     vast.set_running()
     watchdog = make_app(watchdog=True).extensions[EXTENSION]
-    assert wait_for(lambda: watchdog.scheduler.get_job(DEADLINE_JOB) is not None)
+    assert wait_for(lambda: watchdog.scheduler.get_job(DEADLINE_JOB) is not None, WAIT_S, POLL_S)
 
     clock.advance(IDLE_S)
     vast.put_answer = (400, load_fixture("missing_billing.json"))
@@ -188,7 +177,7 @@ def test_an_exception_in_a_look_is_logged_without_secrets_and_the_looks_go_on(ma
     caplog.set_level(logging.INFO)
     app = make_app(watchdog=True, VAST_WATCHDOG_INTERVAL_S="0.1", http=Exploding())
     watchdog = app.extensions[EXTENSION]
-    assert wait_for(lambda: Exploding.calls >= 3)
+    assert wait_for(lambda: Exploding.calls >= 3, WAIT_S, POLL_S)
     assert watchdog.alive
     watchdog.shutdown()
     failures = [r for r in caplog.records if "look failed" in r.getMessage()]
@@ -226,7 +215,7 @@ def test_real_app_starts_it_by_default_but_not_in_the_reloader_parent(
         assert (watchdog is not None) is started
         if started:
             assert watchdog.alive
-            assert wait_for(lambda: watchdog.is_leader)
+            assert wait_for(lambda: watchdog.is_leader, WAIT_S, POLL_S)
     finally:
         if watchdog is not None:
             watchdog.shutdown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,27 +13,22 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+from vastpanel.simulator import Simulator
+from vastpanel.testing import ROOT
+
+TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
-def wait_for(predicate, timeout: float, every: float = 0.05):
-    """Poll until predicate gives something truthy or the timeout passes; return its answer."""
-    give_up = time.monotonic() + timeout
-    while True:
-        answer = predicate()
-        if answer or time.monotonic() >= give_up:
-            return answer
-        time.sleep(every)
+def instant_simulator(api_key: str, instance_id: int, **options) -> Simulator:
+    """A simulator whose instance changes state at once (no scheduling, loading, warm-up or stop)."""
+    settings = {"schedule_delay": 0, "load_delay": 0, "warm_delay": 0, "stop_delay": 0}
+    return Simulator(api_key=api_key, instance_id=instance_id, **{**settings, **options})
 
 
-def running_simulator(api_key: str, instance_id: int, **options):
+def running_simulator(api_key: str, instance_id: int, **options) -> Simulator:
     """A simulator on wall time whose instance runs from the start and changes state at once."""
-    from vastpanel.simulator import Simulator
-
-    settings = {"initial_state": "running", "schedule_delay": 0, "load_delay": 0, "warm_delay": 0}
-    return Simulator(
-        api_key=api_key, instance_id=instance_id, clock=time.time, **{**settings, **options}
-    )
+    settings = {"initial_state": "running", "clock": time.time}
+    return instant_simulator(api_key, instance_id, **{**settings, **options})
 
 
 def simulator_env(sim, db_path, control_key: str, **overrides: str) -> dict[str, str]:
@@ -45,6 +41,25 @@ def simulator_env(sim, db_path, control_key: str, **overrides: str) -> dict[str,
         "VAST_DB_PATH": str(db_path),
         **overrides,
     }
+
+
+def signed_in_session(base_url: str, key: str) -> requests.Session:
+    """Sign in to the page as the admin; return a session that sends htmx's header."""
+    session = requests.Session()
+    page = session.get(base_url + "/signin", timeout=30)
+    match = TOKEN.search(page.text)
+    if match is None:
+        raise RuntimeError(f"no CSRF token on /signin ({page.status_code})")
+    answer = session.post(
+        base_url + "/signin",
+        data={"csrf_token": match.group(1), "key": key},
+        allow_redirects=False,
+        timeout=30,
+    )
+    if answer.status_code != 303:
+        raise RuntimeError(f"sign-in answered {answer.status_code}")
+    session.headers["HX-Request"] = "true"
+    return session
 
 
 def end_process(process: subprocess.Popen, timeout: float = 10.0) -> None:

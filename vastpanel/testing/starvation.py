@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import random
-import re
 import select
 import socket
 import threading
@@ -23,10 +22,11 @@ import time
 from dataclasses import dataclass, field
 
 import requests
-from liveserver import wait_for
 from requests.adapters import HTTPAdapter
 
-TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
+from vastpanel.testing import wait_for
+from vastpanel.testing.liveserver import TOKEN
+
 HALF_OPEN_REQUEST = b"GET /healthz HTTP/1.1\r\n"
 TARGET_P99_S = 0.100
 GUESSER_FIRST_ADDRESS = 10  # guessers send from 127.0.0.10, 127.0.0.11, ...

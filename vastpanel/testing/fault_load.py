@@ -10,16 +10,16 @@ from __future__ import annotations
 import math
 import multiprocessing
 import random
-import re
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 
 import requests
-from liveserver import wait_for  # noqa: F401 (also used by the bench scripts through this module)
 
-TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
+from vastpanel.testing import wait_for
+from vastpanel.testing.liveserver import signed_in_session
+
 PAGE_PARTIALS = ("/partials/status", "/partials/costs", "/partials/audit")
 # Each watchdog look renews its lease until look time + 2.5 intervals (vastpanel/watchdog.py),
 # so the lease tells when the last look was, whenever it is read.
@@ -58,18 +58,6 @@ def faults_served(sim, plan: list[str]) -> tuple[int, int]:
     """Return how many planned calls vast.ai has answered so far, and how many were faults."""
     served = len(plan) - len(sim.state()["faults"])
     return served, sum(kind != "ok" for kind in plan[:served])
-
-
-def signed_in_session(base_url: str, key: str) -> requests.Session:
-    """Sign in to the page as the admin; return a session that sends htmx's header."""
-    session = requests.Session()
-    token = TOKEN.search(session.get(base_url + "/signin", timeout=10).text).group(1)
-    answer = session.post(
-        base_url + "/signin", data={"csrf_token": token, "key": key}, allow_redirects=False
-    )
-    assert answer.status_code == 303, answer.status_code
-    session.headers["HX-Request"] = "true"
-    return session
 
 
 @dataclass

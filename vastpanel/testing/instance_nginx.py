@@ -11,9 +11,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from liveserver import end_process
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "instance"
+from vastpanel.testing import ROOT
+from vastpanel.testing.liveserver import end_process
+
+DEPLOY = ROOT / "deploy" / "instance"
 NGINX_CONF = DEPLOY / "health-nginx.conf"
 NGINX_BIN = Path("/usr/sbin/nginx")
 INSTALL = DEPLOY / "install.sh"
