@@ -22,7 +22,12 @@ from pathlib import Path
 import requests
 
 from vastpanel.simulator import Simulator
-from vastpanel.testing.liveserver import PanelProcess, instant_simulator, simulator_env
+from vastpanel.testing.liveserver import (
+    PanelProcess,
+    SimulatorProcess,
+    instant_simulator,
+    simulator_env,
+)
 
 SIM_KEY = "bench-sim-key-0123456789abcdef"
 CONTROL_KEY = "bench-control-key-fedcba9876543210"
@@ -44,16 +49,20 @@ def stack(
     env: dict[str, str] | None = None,
     sim_options: dict | None = None,
     before_start: Callable[[Path], None] | None = None,
-) -> Iterator[tuple[Simulator, PanelProcess, Path]]:
+    sim_process: bool = False,
+) -> Iterator[tuple[Simulator | SimulatorProcess, PanelProcess, Path]]:
     """Run the simulator and the production server in a temporary folder; yield both and it.
 
-    before_start(db_path) runs before the server starts (to fill the database). When the
-    benchmark fails, the end of the server's log is printed on stderr.
+    before_start(db_path) runs before the server starts (to fill the database). sim_process:
+    the simulator in its own process (then sim_options are not taken). When the benchmark
+    fails, the end of the server's log is printed on stderr.
     """
-    with (
-        tempfile.TemporaryDirectory(prefix="vastpanel-bench-") as tmp,
-        instant_simulator(SIM_KEY, INSTANCE_ID, **(sim_options or {})) as sim,
-    ):
+    simulator = (
+        SimulatorProcess(SIM_KEY, INSTANCE_ID)
+        if sim_process
+        else instant_simulator(SIM_KEY, INSTANCE_ID, **(sim_options or {}))
+    )
+    with tempfile.TemporaryDirectory(prefix="vastpanel-bench-") as tmp, simulator as sim:
         folder = Path(tmp)
         db_path = folder / "panel.db"
         if before_start is not None:

@@ -1,7 +1,8 @@
 """Proxy overhead: the simulator's LLM called directly against the same through the panel's /v1/.
 
 On one production server (gunicorn with the repo's config) against the simulator, with the
-instance running and healthy:
+instance running and healthy. The simulator runs in its own process: in the benchmark's process
+its LLM would share one GIL with the load's clients, which slows the direct calls alone.
 1. small non-streaming chat completions, N concurrent keep-alive clients for S seconds, first
    straight to the simulated LLM, then through the panel: p50 and requests/s of both;
 2. streamed completions one after another, each on a new connection: time to the first byte
@@ -35,7 +36,6 @@ from _support import (
     stack,
 )
 
-from vastpanel.simulator import LlmConfig
 from vastpanel.testing import wait_for
 from vastpanel.testing.liveserver import signed_in_session
 
@@ -148,8 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers (1)")
     args = parser.parse_args(argv)
     env = {"LLM_API_KEYS": LLM_KEY, "VAST_AUTO_SHUTDOWN_MINUTES": "60"}
-    sim_options = {"llm": LlmConfig()}
-    with stack(workers=args.workers, env=env, sim_options=sim_options) as (sim, server, _):
+    with stack(workers=args.workers, env=env, sim_process=True) as (sim, server, _):
         started = server.api("POST", "/power/on", json={"wait_for_health": True}, timeout=60)
         assert started.status_code == 200, started.text
         direct_url = sim.llm_url + "/v1/chat/completions"
@@ -178,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{direct_ttfb:.2f} ms, through the panel {proxy_ttfb:.2f} ms"
         )
 
-        sim.backend.llm.token_delay_s = 0.5  # 60 tokens: each stream lasts about 30 s
+        sim.set_llm(token_delay_s=0.5)  # 60 tokens: each stream lasts about 30 s
         threads, stats = open_streams(proxy_url, args.streams, 60)
         if not wait_for(lambda: stats["open"] + stats["errors"] >= args.streams, 30):
             raise RuntimeError(f"only {stats} of {args.streams} streams opened")
@@ -198,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             thread.join(120)
         activity_p99 = percentile(activity, 99)
         print(f"streams: {stats} ({in_flight_streams} still open at the end of the probes)")
-        sim.backend.llm.token_delay_s = 0.0
+        sim.set_llm(token_delay_s=0.0)
         assert CONTROL_KEY  # the key the probes used
 
     print(f"added p50: {added_p50:.2f} ms (target <= {TARGETS['added_p50_ms']})")

@@ -31,6 +31,48 @@ def running_simulator(api_key: str, instance_id: int, **options) -> Simulator:
     return instant_simulator(api_key, instance_id, **{**settings, **options})
 
 
+class SimulatorProcess:
+    """The simulator in its own process (`python -m vastpanel.simulator`), instant like above.
+
+    For measurements where the simulated LLM must not share a GIL with the load's clients.
+    It has the attributes simulator_env reads (url, api_key, instance_id) and llm_url.
+    """
+
+    def __init__(self, api_key: str, instance_id: int, *, token_delay_s: float = 0.0):
+        self.api_key = api_key
+        self.instance_id = instance_id
+        self.llm_url = f"http://127.0.0.1:{free_port()}"
+        command = [
+            sys.executable, "-m", "vastpanel.simulator", "--port", "0",
+            "--llm-port", self.llm_url.rsplit(":", 1)[1], "--api-key", api_key,
+            "--instance-id", str(instance_id), "--schedule-delay", "0", "--load-delay", "0",
+            "--warm-delay", "0", "--stop-delay", "0", "--token-delay", str(token_delay_s),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        self.url = self.process.stdout.readline().strip()  # its first line: the API's URL
+        if not self.url.startswith("http://127.0.0.1:"):
+            end_process(self.process)
+            raise RuntimeError(f"the simulator did not start (it printed {self.url!r})")
+
+    def set_llm(self, **settings) -> None:
+        """Change the simulated LLM (token_delay_s, ...) through the control API."""
+        answer = requests.post(self.url + "/_sim/llm", json=settings, timeout=10)
+        answer.raise_for_status()
+
+    def stop(self) -> None:
+        """End the process."""
+        end_process(self.process)
+        self.process.stdout.close()
+
+    def __enter__(self) -> SimulatorProcess:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
 def simulator_env(sim, db_path, control_key: str, **overrides: str) -> dict[str, str]:
     """Return the variables that point a panel at a running simulator, on the given database."""
     return {
