@@ -432,37 +432,38 @@ def immediate(db: Database) -> Iterator[Database]:
 
 def get_value(db: Database, key: str) -> float | None:
     """Return a stored number, or None."""
-    row = db.execute("SELECT value FROM state WHERE key = ?", [key]).fetchone()
-    return None if row is None else row[0]
+    return _get(db, "state", key)
 
 
 def set_value(db: Database, key: str, value: float | None) -> None:
     """Store a number under key (None deletes it)."""
-    with db.atomic():
-        if value is None:
-            db.execute("DELETE FROM state WHERE key = ?", [key])
-        else:
-            db.execute(
-                "INSERT INTO state (key, value) VALUES (?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                [key, value],
-            )
+    _set(db, "state", key, value)
 
 
 def get_note(db: Database, key: str) -> str | None:
     """Return a stored text, or None."""
-    row = db.execute("SELECT value FROM notes WHERE key = ?", [key]).fetchone()
-    return None if row is None else row[0]
+    return _get(db, "notes", key)
 
 
 def set_note(db: Database, key: str, value: str | None) -> None:
     """Store a text under key (None deletes it)."""
+    _set(db, "notes", key, value)
+
+
+def _get(db: Database, table: str, key: str) -> Any:
+    """Read one key of a key-value table (state: numbers, notes: texts)."""
+    row = db.execute(f"SELECT value FROM {table} WHERE key = ?", [key]).fetchone()
+    return None if row is None else row[0]
+
+
+def _set(db: Database, table: str, key: str, value: Any) -> None:
+    """Write one key of a key-value table; None deletes it."""
     with db.atomic():
         if value is None:
-            db.execute("DELETE FROM notes WHERE key = ?", [key])
+            db.execute(f"DELETE FROM {table} WHERE key = ?", [key])
         else:
             db.execute(
-                "INSERT INTO notes (key, value) VALUES (?, ?) "
+                f"INSERT INTO {table} (key, value) VALUES (?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 [key, value],
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from cheroot import wsgi
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
@@ -18,14 +19,17 @@ class QuietHandler(WSGIRequestHandler):
 
 
 class ServerThread:
-    """Serve one WSGI app on 127.0.0.1 from a daemon thread; stop and restart on demand."""
+    """Serve one WSGI app on 127.0.0.1 from a daemon thread; stop and restart on demand.
+
+    Werkzeug's development server: it closes each connection after its answer.
+    """
 
     def __init__(self, app, port: int = 0, quiet: bool = True, name: str = "sim-server"):
         self.app = app
         self.port = port
         self.quiet = quiet
         self.name = name
-        self._server: BaseWSGIServer | None = None
+        self._server: Any = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -39,15 +43,9 @@ class ServerThread:
         with self._lock:
             if self._server is not None:
                 return self.port
-            handler = QuietHandler if self.quiet else None
-            server = make_server(HOST, self.port, self.app, threaded=True, request_handler=handler)
-            self.port = server.server_port
+            server, self.port, serve = self._bind()
             self._server = server
-            # A short poll interval keeps stop() and pause() quick (shutdown waits one poll).
-            self._thread = threading.Thread(
-                target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=self.name
-            )
-            self._thread.daemon = True
+            self._thread = threading.Thread(target=serve, name=self.name, daemon=True)
             self._thread.start()
             return self.port
 
@@ -58,10 +56,21 @@ class ServerThread:
             self._server = self._thread = None
         if server is None:
             return
-        server.shutdown()
-        server.server_close()
+        self._shut(server)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+
+    def _bind(self):
+        """Make the bound server; return it, its port and what the thread runs."""
+        handler = QuietHandler if self.quiet else None
+        server = make_server(HOST, self.port, self.app, threaded=True, request_handler=handler)
+        # A short poll interval keeps stop() and pause() quick (shutdown waits one poll).
+        return server, server.server_port, lambda: server.serve_forever(poll_interval=0.05)
+
+    def _shut(self, server: BaseWSGIServer) -> None:
+        """End the serving loop and close the listening socket."""
+        server.shutdown()
+        server.server_close()
 
 
 class KeepAliveServerThread(ServerThread):
@@ -77,33 +86,17 @@ class KeepAliveServerThread(ServerThread):
         super().__init__(app, port, quiet=True, name=name)
         self.threads = threads
 
-    def start(self) -> int:
-        """Bind (port 0 picks a free one, kept for later restarts) and serve; return the port."""
-        with self._lock:
-            if self._server is not None:
-                return self.port
-            server = _QuietCheroot(
-                (HOST, self.port), self.app, numthreads=self.threads, server_name="sim-llm"
-            )
-            server.request_queue_size = 128  # the listen backlog: many streams open at once
-            server.shutdown_timeout = 2  # a generation ends at once when the simulator stops
-            server.prepare()
-            self.port = server.bind_addr[1]
-            self._server = server
-            self._thread = threading.Thread(target=server.serve, name=self.name, daemon=True)
-            self._thread.start()
-            return self.port
+    def _bind(self):
+        """Make the bound cheroot server; return it, its port and its serving loop."""
+        server = _QuietCheroot((HOST, self.port), self.app, numthreads=self.threads)
+        server.request_queue_size = 128  # the listen backlog: many streams open at once
+        server.shutdown_timeout = 2  # a generation ends at once when the simulator stops
+        server.prepare()
+        return server, server.bind_addr[1], server.serve
 
-    def stop(self) -> None:
-        """Stop accepting, end the connections and wait for the worker threads."""
-        with self._lock:
-            server, thread = self._server, self._thread
-            self._server = self._thread = None
-        if server is None:
-            return
+    def _shut(self, server: wsgi.Server) -> None:
+        """Stop accepting, end the connections and the worker threads."""
         server.stop()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
 
 
 class _QuietCheroot(wsgi.Server):
