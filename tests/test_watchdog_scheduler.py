@@ -18,6 +18,7 @@ import requests
 from conftest import VAST_KEY, base_config, config_from, load_fixture
 from vastpanel import ConfigError, create_app, store
 from vastpanel.testing import wait_for
+from vastpanel.testing.liveserver import running_simulator
 from vastpanel.watchdog import (
     DEADLINE_JOB,
     EXTENSION,
@@ -268,3 +269,36 @@ def test_under_gevent_looks_run_on_a_native_thread(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "native look ok" in result.stdout
+
+
+GEVENT_SESSIONS = """
+from gevent import monkey; monkey.patch_all()
+import requests
+from vastpanel.scheduling import ThreadSessions, native_thread
+url = {url!r}
+
+def look_then_request(http):
+    native_thread(lambda: http.get(url, timeout=5).close()).get()  # a look's kept-alive connection
+    try:
+        http.get(url, timeout=5).close()  # then a request in the worker's own thread
+    except Exception as exc:
+        return f"{{type(exc).__name__}}: {{exc}}"
+    return "ok"
+
+print("one Session:", look_then_request(requests.Session()))
+print("ThreadSessions:", look_then_request(ThreadSessions()))
+"""
+
+
+def test_under_gevent_a_look_and_a_request_never_share_a_connection():
+    """A kept-alive socket belongs to its thread's hub: one Session fails, ThreadSessions not."""
+    with running_simulator(VAST_KEY, 1) as sim:  # its LLM stack keeps connections alive
+        result = subprocess.run(
+            [sys.executable, "-c", GEVENT_SESSIONS.format(url=sim.llm_url + "/health")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 0, result.stderr
+    assert "one Session: error: Cannot switch to a different thread" in result.stdout, result.stdout
+    assert "ThreadSessions: ok" in result.stdout

@@ -52,6 +52,7 @@ from .power import (
     StopEvents,
 )
 from .reading import SCHEDULING_SINCE_KEY, START_QUEUED_KEY, InstanceReading
+from .scheduling import ThreadSessions
 from .signins import SigninSessions
 from .vast_client import VastClient
 from .wake import ProxyStats, WakeOnRequest
@@ -220,7 +221,8 @@ class Panel(
         is false, as for a CLI command that must not create a database it cannot find."""
         self.config = config
         self.clock = clock or Clock()
-        self.http = http or requests.Session()
+        # One Session per OS thread: the watchdog's looks run on threads of their own.
+        self.http = http or ThreadSessions()
         self.client = (
             VastClient(
                 config.vast_url,

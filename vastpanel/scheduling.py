@@ -9,7 +9,9 @@ lapsed, where threads (gthread) had kept every look within 2.2 s of the last. A 
 be stopped is the last thing to leave to the load, so under gevent the scheduler loop and the
 looks run on native threads, which the OS and the GIL share out as before. A look's sockets and
 sleeps still work there (gevent gives that thread a hub of its own), and the locks it shares
-with requests work across threads.
+with requests work across threads. A socket belongs to the hub of the thread that opened it, so
+a kept-alive HTTP connection must not pass from a look to a request: each OS thread has its own
+requests.Session (ThreadSessions).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 
+import requests
 from apscheduler.executors.base import BaseExecutor, run_job
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -60,6 +63,30 @@ def new_executor(max_workers: int) -> BaseExecutor:
     if gevent_patched():
         return NativePoolExecutor(max_workers)
     return ThreadPoolExecutor(max_workers)
+
+
+class ThreadSessions:
+    """A requests.Session for each OS thread, used as one Session is (get, post, request).
+
+    Under gevent, a connection kept alive in a Session's pool is a socket of the hub of the
+    thread that opened it; reused from another thread (a look's connection, then a request's)
+    it fails with "Cannot switch to a different thread". Greenlets of one thread share a
+    Session, so requests still reuse connections. Without gevent it costs only the lookup.
+    """
+
+    def __init__(self) -> None:
+        self._sessions: dict[int, requests.Session] = {}
+
+    def session(self) -> requests.Session:
+        """Return this OS thread's Session (made on first use)."""
+        ident = threading.get_native_id()  # the OS thread's, even where gevent patched threading
+        session = self._sessions.get(ident)
+        if session is None:  # setdefault is atomic: one Session stays if two threads race
+            session = self._sessions.setdefault(ident, requests.Session())
+        return session
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session(), name)
 
 
 def native_thread(work: Callable[[], Any]) -> Any:
