@@ -146,47 +146,71 @@ def run_fault_load(
                         report.activity_error_count += 1
                         report.activity_errors.append(f"{answer.status_code} {answer.text[:80]}")
 
-    def page() -> None:
-        session = signed_in_session(server.url, server.control_key)
-        with session:
-            while time.monotonic() < deadline:
-                for path in PAGE_PARTIALS:
-                    code = session.get(server.url + path, timeout=30).status_code
-                    with lock:
-                        report.page_polls += 1
-                        report.page_5xx += code >= 500
-                time.sleep(page_every_s)
-
-    def liveness() -> None:
-        with requests.Session() as session:
-            while time.monotonic() < deadline:
-                health = session.get(server.url + "/healthz", timeout=30)
-                with lock:
-                    report.healthz_checks += 1
-                    if health.status_code != 200 or health.json().get("watchdog") != "alive":
-                        report.healthz_not_ok.append(f"{health.status_code} {health.text[:120]}")
-                time.sleep(0.25)
-
     threads = [threading.Thread(target=poster) for _ in range(posters)]
-    threads += [threading.Thread(target=f) for f in (page, liveness)]
-    # The database is watched from a process of its own: among hundreds of posting threads, a
-    # thread of this process would get the GIL too seldom to read it often.
+    # The database, the page and /healthz are watched from processes of their own: among
+    # hundreds of posting threads, a thread of this process gets the GIL too seldom (a sign-in
+    # was seen to take the whole run).
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    watcher = context.Process(
-        target=watch_books, args=(db_path, lease_ttl, deadline, results), daemon=True
-    )
-    watcher.start()
+    watchers = [
+        context.Process(target=watch_books, args=(db_path, lease_ttl, deadline, results)),
+        context.Process(
+            target=watch_page,
+            args=(server.url, server.control_key, deadline, page_every_s, results),
+        ),
+    ]
+    for watcher in watchers:
+        watcher.daemon = True
+        watcher.start()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(seconds + 60)
     report.seconds = time.monotonic() - start
-    books = results.get(timeout=60)
-    watcher.join(10)
-    for name, value in books.items():
-        setattr(report, name, value)
+    for _ in watchers:
+        for name, value in results.get(timeout=60).items():
+            setattr(report, name, value)
+    for watcher in watchers:
+        watcher.join(10)
     return report
+
+
+def watch_page(url: str, key: str, deadline: float, page_every_s: float, results) -> None:
+    """Poll the page's partials (signed in) and /healthz until the (monotonic) deadline.
+
+    Runs in its own process; puts the FaultLoadReport fields it measured on the results queue.
+    """
+    found = {"page_polls": 0, "page_5xx": 0, "healthz_checks": 0, "healthz_not_ok": []}
+    lock = threading.Lock()
+
+    def page() -> None:
+        with signed_in_session(url, key) as session:
+            while time.monotonic() < deadline:
+                for path in PAGE_PARTIALS:
+                    code = session.get(url + path, timeout=30).status_code
+                    with lock:
+                        found["page_polls"] += 1
+                        found["page_5xx"] += code >= 500
+                time.sleep(page_every_s)
+
+    def liveness() -> None:
+        with requests.Session() as session:
+            while time.monotonic() < deadline:
+                health = session.get(url + "/healthz", timeout=30)
+                with lock:
+                    found["healthz_checks"] += 1
+                    if health.status_code != 200 or health.json().get("watchdog") != "alive":
+                        found["healthz_not_ok"].append(f"{health.status_code} {health.text[:120]}")
+                time.sleep(0.25)
+
+    threads = [threading.Thread(target=f) for f in (page, liveness)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        results.put(found)
 
 
 def watch_books(db_path: str, lease_ttl: float, deadline: float, results) -> None:
