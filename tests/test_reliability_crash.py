@@ -217,7 +217,9 @@ def test_kill_during_a_stop(panel_env, sim, tmp_path, moment):
 
     second = PanelProcess(panel_env, log_path=tmp_path / "second.log")
     try:
-        time.sleep(0.6)  # past the status TTL: the restart asks vast.ai afresh
+        # Past the status TTL and vast.ai's 2 s between GETs (the first process's last GET
+        # was just before the stop): the restart asks vast.ai afresh.
+        time.sleep(2.1)
         status = second.api("GET", "/status").json()
         after = Books(db_path)
         assert_kept(before, after)
