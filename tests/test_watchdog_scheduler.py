@@ -17,6 +17,7 @@ import requests
 
 from conftest import VAST_KEY, base_config, config_from, load_fixture
 from vastpanel import ConfigError, create_app, store
+from vastpanel.simulator import LlmConfig
 from vastpanel.testing import wait_for
 from vastpanel.testing.liveserver import running_simulator
 from vastpanel.watchdog import (
@@ -274,13 +275,19 @@ def test_under_gevent_looks_run_on_a_native_thread(tmp_path):
 GEVENT_SESSIONS = """
 from gevent import monkey; monkey.patch_all()
 import requests
-from vastpanel.scheduling import ThreadSessions, native_thread
+from gevent.threadpool import ThreadPool
+from vastpanel.scheduling import ThreadSessions
 url = {url!r}
+looks = ThreadPool(1)  # a native thread that lives on, as the watchdog's do
+chat = {{"messages": [{{"role": "user", "content": "hi"}}], "max_tokens": 2}}
+
+def call(http):  # the answer takes 0.2 s (token_delay_s): the caller waits on its socket
+    http.post(url, json=chat, timeout=5).close()
 
 def look_then_request(http):
-    native_thread(lambda: http.get(url, timeout=5).close()).get()  # a look's kept-alive connection
+    looks.spawn(lambda: call(http)).get()  # a look leaves a kept-alive connection
     try:
-        http.get(url, timeout=5).close()  # then a request in the worker's own thread
+        call(http)  # then a request in the worker's own thread
     except Exception as exc:
         return f"{{type(exc).__name__}}: {{exc}}"
     return "ok"
@@ -292,9 +299,11 @@ print("ThreadSessions:", look_then_request(ThreadSessions()))
 
 def test_under_gevent_a_look_and_a_request_never_share_a_connection():
     """A kept-alive socket belongs to its thread's hub: one Session fails, ThreadSessions not."""
-    with running_simulator(VAST_KEY, 1) as sim:  # its LLM stack keeps connections alive
+    slow = LlmConfig(token_delay_s=0.1)
+    with running_simulator(VAST_KEY, 1, llm=slow) as sim:  # its LLM keeps connections alive
+        url = sim.llm_url + "/v1/chat/completions"
         result = subprocess.run(
-            [sys.executable, "-c", GEVENT_SESSIONS.format(url=sim.llm_url + "/health")],
+            [sys.executable, "-c", GEVENT_SESSIONS.format(url=url)],
             capture_output=True,
             text=True,
             timeout=60,
