@@ -8,9 +8,8 @@ as fast as they can (tests/test_reliability_load.py), a look came back to its gr
 lapsed, where threads (gthread) had kept every look within 2.2 s of the last. A GPU that must
 be stopped is the last thing to leave to the load, so under gevent the scheduler loop and the
 looks run on native threads, which the OS and the GIL share out as before. A look's sockets and
-sleeps still work there (gevent gives that thread a hub of its own). What waits across threads
-waits on an OS lock (the job runners' queue), since gevent's locks and events are not made for
-that. A socket belongs to the hub of the thread that opened it, so
+sleeps still work there (gevent gives that thread a hub of its own), and the locks it shares
+with requests work across threads. A socket belongs to the hub of the thread that opened it, so
 a kept-alive HTTP connection must not pass from a look to a request: each OS thread has its own
 requests.Session (ThreadSessions).
 """
@@ -102,9 +101,8 @@ def native_thread(work: Callable[[], Any]) -> Any:
 class NativeThreadScheduler(BackgroundScheduler):
     """A BackgroundScheduler whose loop runs on a native thread where gevent patched threading.
 
-    Patched threading.Thread would make it a greenlet. APScheduler's own event and jobstore lock
-    stay what patched threading makes (gevent's), shared by requests (/healthz asks for the job)
-    and the loop: the loop's waits have timeouts, and the lock is held only for in-memory work.
+    Patched threading.Thread would make it a greenlet. Its event and locks stay gevent's, which
+    work across native threads: requests (/healthz asks for the job) and looks use them too.
     """
 
     def start(self, *args: Any, **kwargs: Any) -> None:
