@@ -16,7 +16,7 @@ requests.Session (ThreadSessions).
 
 from __future__ import annotations
 
-import _queue
+import collections
 import sys
 import threading
 from collections.abc import Callable
@@ -31,6 +31,7 @@ from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 # A look is cheap and idempotent: run a late one rather than skip it.
+IDLE_WAIT_S = 1.0
 MAX_WORKERS = 3
 JOB_DEFAULTS = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
 
@@ -124,12 +125,8 @@ class NativePoolExecutor(BaseExecutor):
     def __init__(self, max_workers: int) -> None:
         super().__init__()
         self._size = max_workers
-        # C's SimpleQueue waits on an OS lock, which patching leaves alone. threading.Semaphore
-        # under patching is a Condition over gevent's lock: used across threads it lost a
-        # wakeup (py-spy: a runner stuck in Condition.__enter__, the worker's hub idle, a
-        # request adding a job hung for good; 1 of 72 runs of test_under_gevent_looks_... under
-        # load).
-        self._jobs: _queue.SimpleQueue = _queue.SimpleQueue()
+        self._jobs: collections.deque = collections.deque()  # append and popleft are atomic
+        self._queued = threading.Semaphore(0)  # gevent's under patching: works across threads
         self._runners: list[Any] = []
 
     def start(self, scheduler: BaseScheduler, alias: str) -> None:
@@ -140,17 +137,23 @@ class NativePoolExecutor(BaseExecutor):
     def shutdown(self, wait: bool = True) -> None:
         """End the threads once the jobs already queued have run (waiting for them if asked)."""
         for _ in self._runners:
-            self._jobs.put(None)
+            self._jobs.append(None)
+            self._queued.release()
         if wait:
             for runner in self._runners:
                 runner.get()
 
     def _do_submit_job(self, job, run_times) -> None:
-        self._jobs.put((job, run_times))
+        self._jobs.append((job, run_times))
+        self._queued.release()
 
     def _run(self) -> None:
         while True:
-            item = self._jobs.get()  # an OS wait on this native thread: no hub involved
+            # With a timeout: this thread's hub has nothing else to wait for, and gevent would
+            # take a wait without one for a deadlock (LoopExit), not seeing the other threads.
+            if not self._queued.acquire(timeout=IDLE_WAIT_S):
+                continue
+            item = self._jobs.popleft()
             if item is None:
                 return
             job, run_times = item
