@@ -38,15 +38,16 @@ class SimulatorProcess:
     It has the attributes simulator_env reads (url, api_key, instance_id) and llm_url.
     """
 
-    def __init__(self, api_key: str, instance_id: int, *, token_delay_s: float = 0.0):
+    def __init__(self, api_key: str, instance_id: int):
         self.api_key = api_key
         self.instance_id = instance_id
-        self.llm_url = f"http://127.0.0.1:{free_port()}"
+        llm_port = free_port()
+        self.llm_url = f"http://127.0.0.1:{llm_port}"
         command = [
             sys.executable, "-m", "vastpanel.simulator", "--port", "0",
-            "--llm-port", self.llm_url.rsplit(":", 1)[1], "--api-key", api_key,
+            "--llm-port", str(llm_port), "--api-key", api_key,
             "--instance-id", str(instance_id), "--schedule-delay", "0", "--load-delay", "0",
-            "--warm-delay", "0", "--stop-delay", "0", "--token-delay", str(token_delay_s),
+            "--warm-delay", "0", "--stop-delay", "0",
         ]  # fmt: skip
         self.process = subprocess.Popen(
             command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
