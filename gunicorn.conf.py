@@ -28,6 +28,11 @@ METRICS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip() or tempfile
 )
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = METRICS_DIR
 
+# prometheus_client binds threading.Lock when first imported: imported here, before the
+# worker's gevent patching, its locks are the OS's, which the watchdog's native threads and the
+# requests can share (patched locks lose wakeups across threads: vastpanel/scheduling.py).
+import prometheus_client  # noqa: E402,F401
+
 from vastpanel.config import Config, ConfigError  # noqa: E402 (after the metrics directory)
 from vastpanel.log_config import LOG_FORMAT  # noqa: E402
 

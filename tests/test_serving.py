@@ -174,6 +174,19 @@ def test_gunicorn_config_file(monkeypatch, tmp_path):
     )  # fmt: skip
     assert imported.stdout.strip() == "[]", imported.stdout
 
+    # It imports prometheus_client, as the worker is patched after: its locks stay the OS's,
+    # which the watchdog's native threads share with greenlets (gevent's lose wakeups there).
+    locks = subprocess.run(
+        [sys.executable, "-c", "import runpy; runpy.run_path('gunicorn.conf.py'); "
+         "from gevent import monkey; monkey.patch_all(); "
+         "import prometheus_client.metrics as m, prometheus_client.values as v; "
+         "os_lock = type(monkey.get_original('_thread', 'allocate_lock')()); "
+         "print(type(m.Lock()) is os_lock, type(v.Lock()) is os_lock)"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert locks.stdout.split() == ["True", "True"], locks.stdout
+
     monkeypatch.setenv("VASTPANEL_CONNECTIONS", "0")
     with pytest.raises(SystemExit, match="VASTPANEL_CONNECTIONS must be 1 or more"):
         runpy.run_path(str(ROOT / "gunicorn.conf.py"))

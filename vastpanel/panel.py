@@ -52,7 +52,7 @@ from .power import (
     StopEvents,
 )
 from .reading import SCHEDULING_SINCE_KEY, START_QUEUED_KEY, InstanceReading
-from .scheduling import ThreadSessions
+from .scheduling import SharedLock, ThreadSessions, shared_lock
 from .signins import SigninSessions
 from .vast_client import VastClient
 from .wake import ProxyStats, WakeOnRequest
@@ -238,10 +238,10 @@ class Panel(
         self.holder = leases.new_holder()
         self._local = threading.local()
         self._idle: collections.deque[Database] = collections.deque()  # see close()
-        self._fetch_lock = threading.Lock()
-        self._metrics_lock = threading.Lock()
-        self._power_lock = threading.Lock()
-        self._wake_lock = threading.Lock()
+        self._fetch_lock = shared_lock()
+        self._metrics_lock = shared_lock()
+        self._power_lock = shared_lock()
+        self._wake_lock = shared_lock()
         self._llm_address: tuple[int, str] | None = None  # (session id, LLM base URL) last seen
         self._migrated = False
         self._anchor = None
@@ -389,7 +389,11 @@ class Panel(
             raise NotConfigured(f"{' and '.join(missing)} not configured")
 
     def _read_once(
-        self, lock: threading.Lock, lease: str, reuse: Callable[[], T | None], read: Callable[[], T]
+        self,
+        lock: SharedLock | threading.Lock,
+        lease: str,
+        reuse: Callable[[], T | None],
+        read: Callable[[], T],
     ) -> T:
         """Read once for every waiting thread and process, unless reuse() finds a fit answer.
 

@@ -9,16 +9,32 @@ lapsed, where threads (gthread) had kept every look within 2.2 s of the last. A 
 be stopped is the last thing to leave to the load, so under gevent the scheduler loop and the
 looks run on native threads, which the OS and the GIL share out as before. A look's sockets and
 sleeps still work there (gevent gives that thread a hub of its own), and the locks it shares
-with requests work across threads. A socket belongs to the hub of the thread that opened it, so
-a kept-alive HTTP connection must not pass from a look to a request: each OS thread has its own
-requests.Session (ThreadSessions).
+with requests are built to work across threads (below). A socket belongs to the hub of the
+thread that opened it, so a kept-alive HTTP connection must not pass from a look to a request:
+each OS thread has its own requests.Session (ThreadSessions).
+
+Locks shared across threads. Under patching, threading.Lock, RLock, Event and Semaphore are
+gevent's, whose wakeups get lost between native threads: three native threads and the hub
+taking one patched Lock, RLock or Semaphore 100,000 times each hung in 15 of 15 runs, and looks
+beside requests hung now and then (py-spy: a job runner stuck in Condition.__enter__, every hub
+idle). So nothing here waits on
+them across threads:
+- what is held only for a moment and never across I/O (APScheduler's own locks and wake-up, the
+  job queue, the logging module's locks) uses the OS's: a greenlet that meets one held blocks
+  its hub for that moment, as a busy CPU would;
+- what is held across I/O (the panel's read-once and power locks, the watchdog's) is a
+  SharedLock: greenlets of one thread queue on a gevent lock of their thread, and the one at its
+  head polls the OS lock, sleeping in between, so a greenlet never blocks its hub on a look.
 """
 
 from __future__ import annotations
 
-import collections
+import _queue
+import _thread
+import logging
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC
 from typing import Any
@@ -32,6 +48,8 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 
 # A look is cheap and idempotent: run a late one rather than skip it.
 IDLE_WAIT_S = 1.0
+# How a SharedLock's waiter polls a lock another thread holds: from 0.5 ms, doubling, to 20 ms.
+POLL_FIRST_S, POLL_MAX_S = 0.0005, 0.02
 MAX_WORKERS = 3
 JOB_DEFAULTS = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
 
@@ -89,6 +107,149 @@ class ThreadSessions:
         return getattr(self.session(), name)
 
 
+def _original(module: str, name: str) -> Any:
+    """Return module.name as it was before gevent patched it (as it is, if it did not)."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None:
+        return monkey.get_original(module, name)
+    return getattr(sys.modules.get(module) or __import__(module), name)
+
+
+def os_lock() -> Any:
+    """Return a lock of the OS, which patching leaves alone (for moments, never across I/O)."""
+    return _original("_thread", "allocate_lock")()
+
+
+def os_rlock() -> Any:
+    """Return a reentrant lock of the OS (C's _thread.RLock, which gevent does not patch)."""
+    return _thread.RLock()
+
+
+class OsEvent:
+    """threading.Event's wait, set, clear and is_set over OS locks, for APScheduler's loop."""
+
+    def __init__(self) -> None:
+        self._lock = os_lock()
+        self._flag = False
+        self._waiters: list[Any] = []  # one held OS lock per waiter; set() releases them
+
+    def is_set(self) -> bool:
+        """Tell whether the flag is set."""
+        return self._flag
+
+    def set(self) -> None:
+        """Set the flag and wake every waiter."""
+        with self._lock:
+            self._flag = True
+            waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.release()
+
+    def clear(self) -> None:
+        """Clear the flag."""
+        with self._lock:
+            self._flag = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the flag is set or timeout seconds pass; return the flag."""
+        with self._lock:
+            if self._flag:
+                return True
+            waiter = os_lock()
+            waiter.acquire()
+            self._waiters.append(waiter)
+        if not waiter.acquire(True, -1 if timeout is None else min(timeout, _thread.TIMEOUT_MAX)):
+            with self._lock:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        return self._flag
+
+
+class SharedLock:
+    """A lock held across I/O that greenlets of any thread and native threads take in turn.
+
+    Under gevent, a patched Lock loses wakeups across threads, and an OS lock taken by a
+    greenlet would block its whole hub until another thread's I/O ends. So the greenlets of one
+    thread queue on a gevent lock of that thread (no wakeup crosses a thread), and the one at
+    the head takes the OS lock, polling with a growing sleep while another thread holds it: a
+    wait of at most POLL_MAX_S more than needed, only when a look and a request meet.
+    """
+
+    def __init__(self) -> None:
+        self._os = os_lock()
+        self._queues: dict[int, Any] = {}  # the OS thread's id -> the gevent lock of its queue
+
+    def _queue(self) -> Any:
+        ident = threading.get_native_id()
+        queue = self._queues.get(ident)
+        if queue is None:  # made by the thread that uses it; setdefault keeps one if two race
+            queue = self._queues.setdefault(ident, threading.Lock())
+        return queue
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """Take the lock, as threading.Lock.acquire does."""
+        give_up = None if timeout < 0 else time.monotonic() + timeout
+        queue = self._queue()
+        if not queue.acquire(blocking, timeout):
+            return False
+        delay = POLL_FIRST_S
+        while not self._os.acquire(False):
+            left = None if give_up is None else give_up - time.monotonic()
+            if not blocking or (left is not None and left <= 0):
+                queue.release()
+                return False
+            time.sleep(delay if left is None else min(delay, left))  # a greenlet's sleep
+            delay = min(delay * 2, POLL_MAX_S)
+        return True
+
+    def release(self) -> None:
+        """Let the lock go."""
+        self._os.release()
+        self._queue().release()
+
+    def locked(self) -> bool:
+        """Tell whether some thread or greenlet holds the lock."""
+        return self._os.locked()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def shared_lock() -> Any:
+    """Return a lock that greenlets and the watchdog's threads share: a plain one unpatched."""
+    return SharedLock() if gevent_patched() else threading.Lock()
+
+
+def os_locks_for_logging() -> None:
+    """Give the logging module and its handlers OS locks, if gevent gave them its own.
+
+    A look on a native thread and requests log through the same handlers; their locks are held
+    only while a line is written. Idempotent; handlers made later get one too (createLock).
+    """
+    if not gevent_patched() or getattr(logging, "_vastpanel_os_locks", False):
+        return
+
+    def create_lock(handler: logging.Handler) -> None:
+        handler.lock = os_rlock()
+        logging._register_at_fork_reinit_lock(handler)  # type: ignore[attr-defined]  # as 3.11's
+
+    logging._lock = os_rlock()  # type: ignore[attr-defined]  # gevent swapped in its own
+    logging.Handler.createLock = create_lock  # type: ignore[method-assign]
+    handlers = [logging.getLogger().handlers]
+    handlers += [
+        logger.handlers
+        for logger in logging.Logger.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger)
+    ]
+    for group in handlers:
+        for handler in group:
+            handler.lock = os_rlock()
+    logging._vastpanel_os_locks = True  # type: ignore[attr-defined]
+
+
 def native_thread(work: Callable[[], Any]) -> Any:
     """Run work on a new native thread (gevent's ThreadPool, which patching does not touch).
 
@@ -102,14 +263,21 @@ def native_thread(work: Callable[[], Any]) -> Any:
 class NativeThreadScheduler(BackgroundScheduler):
     """A BackgroundScheduler whose loop runs on a native thread where gevent patched threading.
 
-    Patched threading.Thread would make it a greenlet. Its event and locks stay gevent's, which
-    work across native threads: requests (/healthz asks for the job) and looks use them too.
+    Patched threading.Thread would make it a greenlet. Its locks and wake-up event are the OS's:
+    the loop, the job runners and requests (/healthz asks for the job) all take them.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        os_locks_for_logging()  # it logs from its threads, as looks do
+        super().__init__(*args, **kwargs)
+
+    def _create_lock(self) -> Any:
+        return os_rlock()
 
     def start(self, *args: Any, **kwargs: Any) -> None:
         """Start as BackgroundScheduler does, with the loop on a native thread."""
         if self._event is None or self._event.is_set():
-            self._event = threading.Event()
+            self._event = OsEvent()
         BaseScheduler.start(self, *args, **kwargs)
         self._loop = native_thread(self._main_loop)
 
@@ -124,9 +292,9 @@ class NativePoolExecutor(BaseExecutor):
 
     def __init__(self, max_workers: int) -> None:
         super().__init__()
+        self._lock = os_rlock()  # BaseExecutor's, taken by the loop and by the runners
         self._size = max_workers
-        self._jobs: collections.deque = collections.deque()  # append and popleft are atomic
-        self._queued = threading.Semaphore(0)  # gevent's under patching: works across threads
+        self._jobs = _queue.SimpleQueue()  # C's, which patching leaves alone: OS waits
         self._runners: list[Any] = []
 
     def start(self, scheduler: BaseScheduler, alias: str) -> None:
@@ -137,23 +305,20 @@ class NativePoolExecutor(BaseExecutor):
     def shutdown(self, wait: bool = True) -> None:
         """End the threads once the jobs already queued have run (waiting for them if asked)."""
         for _ in self._runners:
-            self._jobs.append(None)
-            self._queued.release()
+            self._jobs.put(None)
         if wait:
             for runner in self._runners:
                 runner.get()
 
     def _do_submit_job(self, job, run_times) -> None:
-        self._jobs.append((job, run_times))
-        self._queued.release()
+        self._jobs.put((job, run_times))
 
     def _run(self) -> None:
         while True:
-            # With a timeout: this thread's hub has nothing else to wait for, and gevent would
-            # take a wait without one for a deadlock (LoopExit), not seeing the other threads.
-            if not self._queued.acquire(timeout=IDLE_WAIT_S):
+            try:  # an OS wait on this native thread, in rounds so it never waits forever
+                item = self._jobs.get(timeout=IDLE_WAIT_S)
+            except _queue.Empty:
                 continue
-            item = self._jobs.popleft()
             if item is None:
                 return
             job, run_times = item

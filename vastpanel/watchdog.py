@@ -23,7 +23,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from . import leases, metrics, store
 from .config import Config
 from .logs import redact
 from .panel import Panel, PanelError, PowerOffResult
-from .scheduling import new_executor, new_scheduler, scheduler_options
+from .scheduling import new_executor, new_scheduler, scheduler_options, shared_lock
 
 log = logging.getLogger("vastpanel.watchdog")
 
@@ -82,8 +81,8 @@ class Watchdog:
         self.last_look_at: float | None = None
         self._lease_until: float | None = None
         self._look_started: float | None = None  # monotonic, while a look runs
-        self._look_lock = threading.Lock()
-        self._schedule_lock = threading.Lock()
+        self._look_lock = shared_lock()
+        self._schedule_lock = shared_lock()
         self._stopping = False
 
     # --- what /healthz reads -----------------------------------------------------------------
