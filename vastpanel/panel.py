@@ -243,6 +243,8 @@ class Panel(
         self._power_lock = shared_lock()
         self._wake_lock = shared_lock()
         self._llm_address: tuple[int, str] | None = None  # (session id, LLM base URL) last seen
+        self._ready_known: tuple[float, str] | None = None  # (when, LLM base URL): wake.py
+        self._activity_known: float | None = None  # the last activity stored or read: idle.py
         self._migrated = False
         self._anchor = None
         if open_now:

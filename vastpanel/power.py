@@ -319,6 +319,7 @@ class PowerActions:
             payload = self._patched_answer(actual_status="stopped", intended_status="stopped")
             payload.pop("ports", None)
             store.save_cached_instance(self.db, now, payload)
+            self._ready_known = None  # this process's requests read that it stopped (wake.py)
             self.book_costs(payload, now)  # the GPU is no longer billed from the stop on
             self._note_seen(self._state_of(payload), now)
         minutes = session.seconds(now) / 60 if session else 0.0

@@ -25,6 +25,10 @@ IN_FLIGHT_LEASE = "proxy_in_flight/"
 WAITING_LEASE = "proxy_waiting/"
 START_LEASE = "proxy_start"
 PROXY_STARTED_KEY = "proxy_started_at"  # when the proxy last started the instance
+# A ready LLM's address is reused this long by this process's requests, without reading the
+# shared answer again (which is itself up to VAST_CACHE_TTL_S old): the read was ~5 % of a small
+# proxied request. A stop from this process forgets it at once.
+READY_KNOWN_S = 1.0
 WAKE_POLL_S = 1.0  # how often a waiting request looks again (vast.ai itself: the shared answer)
 # How long an in-flight lease lasts past its last renewal (at the start, then every
 # TOUCH_EVERY_S while a stream flows), on top of VAST_PROXY_WAIT_S: longer than any silence of
@@ -102,9 +106,14 @@ class WakeOnRequest:
         LLM cannot be had now, ClientGone when gone() tells that the client left meanwhile.
         """
         self._require_configured()
+        ready = self._ready_known
+        if ready is not None and 0 <= self.clock.now() - ready[0] < READY_KNOWN_S:
+            return ready[1]
         state, url = self._llm_ready()
         if url is not None:
+            self._ready_known = (self.clock.now(), url)
             return url
+        self._ready_known = None
         now = self.clock.now()
         if leases.count_live_leases(self.db, WAITING_LEASE, now) >= self.config.proxy_max_waiting:
             raise LlmUnavailable(
