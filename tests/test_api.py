@@ -129,6 +129,18 @@ def test_activity_moves_the_countdown(client, vast, clock):
     assert body["auto_shutdown_in_minutes"] == pytest.approx(30.0)
 
 
+def test_activity_within_a_second_of_the_last_costs_no_statement(client, panel, clock):
+    first = panel.record_activity()
+    statements = []
+    with panel.db.tracer(lambda sql, params: statements.append(sql)):
+        clock.advance(0.5)
+        assert panel.record_activity() == first  # within the 1 s resolution: nothing to store
+    assert statements == []
+    clock.advance(0.5)
+    assert panel.record_activity() == first + 1.0  # a second on, it is stored again
+    assert store.get_value(panel.db, "last_activity") == first + 1.0
+
+
 def test_idle_counts_from_first_seen_running_not_from_old_activity(client, vast, clock):
     client.post("/infra/vast/activity")
     clock.advance(3 * 3600)  # a slow start, or the instance was off for hours

@@ -178,6 +178,30 @@ def test_cold_start_starts_once_as_proxy_and_waits(app, vast, llm, panel, clock)
     assert panel.proxy_stats().waiting == 0
 
 
+def test_a_ready_llm_is_taken_as_ready_for_a_second_without_reading_again(app, vast, llm, panel):
+    vast.set_running()
+    client = app.test_client()
+    assert client.post("/v1/chat/completions", json=BODY, headers=BEARER).status_code == 200
+    statements = []
+    with panel.db.tracer(lambda sql, params: statements.append(sql)):
+        assert client.post("/v1/chat/completions", json=BODY, headers=BEARER).status_code == 200
+    # Only the request's in-flight lease, taken and given back: no read of the shared answer.
+    assert [sql.split()[0] for sql in statements] == ["INSERT", "DELETE"], statements
+    assert len(llm) == 2
+
+
+def test_a_stop_from_this_process_is_seen_by_the_next_request_at_once(app, vast, llm, panel):
+    vast.set_running()
+    client = app.test_client()
+    assert client.post("/v1/chat/completions", json=BODY, headers=BEARER).status_code == 200
+    panel.power_off("admin")  # within the second a ready LLM is taken as ready
+    vast.boot_after = 20.0
+    response = client.post("/v1/chat/completions", json=BODY, headers=BEARER)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert vast.puts == ["stopped", "running"]  # it woke the instance rather than forward blind
+    assert len(llm) == 2
+
+
 def test_gpu_taken_answers_503_at_once(app, vast, panel, clock):
     vast.put_answer = (200, json.loads(open_fixture("start_resources_unavailable.json")))
     vast.on_get = lambda: vast.puts and vast.set(intended_status="running")
