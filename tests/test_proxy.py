@@ -1,9 +1,14 @@
-"""The /v1/ pass-through in-process: keys, forwarding, cold-start answers (vast.ai and the LLM
-faked with `responses`; the real thing end to end is in test_proxy_e2e.py)."""
+"""The /v1/ pass-through in-process: keys, forwarding, cold-start answers (vast.ai faked with
+`responses`; the instance's LLM a real HTTP server on 127.0.0.1, since the proxy calls it with
+urllib3, which `responses` does not see; the real thing end to end is in test_proxy_e2e.py)."""
 
 from __future__ import annotations
 
 import json
+import threading
+from dataclasses import dataclass
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import responses
@@ -16,7 +21,6 @@ from vastpanel.watchdog import Watchdog
 
 LLM_KEY = "team-key-0123456789abcdef"
 UPSTREAM_KEY = "vllm-key-fedcba9876543210"
-LLM_URL = "http://203.0.113.7:41234/v1/chat/completions"
 BEARER = {"Authorization": f"Bearer {LLM_KEY}"}
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -34,18 +38,98 @@ def app(tmp_path, clock, vast):
     app.extensions["vastpanel"].close()
 
 
+@dataclass
+class Seen:
+    """A request the LLM was sent."""
+
+    url: str
+    headers: Message  # case-insensitive, as sent
+    body: bytes
+
+
+class FakeLlm:
+    """An instance's server on 127.0.0.1: chat completions (remembered), /health and /metrics."""
+
+    def __init__(self, vast) -> None:
+        self.seen: list[Seen] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keeps connections alive, as vLLM and nginx do
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path == "/metrics":
+                    status, text = vast.metrics
+                    self.answer(status, {"Content-Type": "text/plain; version=0.0.4"}, text)
+                else:
+                    self.answer(200, {}, "ok")
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                fake.seen.append(
+                    Seen(f"http://{self.headers['Host']}{self.path}", self.headers, body)
+                )
+                headers = {
+                    "Connection": "keep-alive, X-Hop",
+                    "X-Hop": "1",
+                    "X-Model-Server": "fake",
+                }
+                self.answer(
+                    200, headers, json.dumps({"choices": [{"message": {"content": "hello"}}]})
+                )
+
+            def answer(self, status: int, headers: dict[str, str], text: str) -> None:
+                data = text.encode()
+                self.send_response(status)
+                for name, value in {**headers, "Content-Length": str(len(data))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def mapped(llm_port: int, health_port: int | None = None) -> dict:
+    """vast.ai's ports for an instance whose 8000/tcp and 8001/tcp (health) reach these."""
+    health = health_port or llm_port
+    return {
+        "8000/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(llm_port)}],
+        "8001/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(health)}],
+    }
+
+
+def serve_instance(vast, llm: FakeLlm, health: FakeLlm | None = None) -> None:
+    """Make vast.ai's running instance the one these local servers play."""
+    set_running = type(vast).set_running
+
+    def running() -> None:  # also when a start in progress becomes running
+        set_running(vast)
+        vast.set(public_ipaddr="127.0.0.1\n", ports=mapped(llm.port, health and health.port))
+
+    vast.set_running = running
+    for server in (llm, health):
+        if server is not None:
+            vast.mock.add_passthru(server.url)  # its health and metrics, asked with requests
+
+
 @pytest.fixture
 def llm(vast):
     """The instance's LLM: answers chat completions, remembering what it was sent."""
-    seen = []
-
-    def answer(request):
-        seen.append(request)
-        headers = {"Connection": "keep-alive, X-Hop", "X-Hop": "1", "X-Model-Server": "fake"}
-        return 200, headers, json.dumps({"choices": [{"message": {"content": "hello"}}]})
-
-    vast.mock.add_callback(responses.POST, LLM_URL, callback=answer)
-    return seen
+    server = FakeLlm(vast)
+    serve_instance(vast, server)
+    yield server.seen
+    server.close()
 
 
 def error_of(response) -> dict:
@@ -133,16 +217,17 @@ def test_forwards_request_and_strips_hop_by_hop_headers(app, vast, llm, panel):
 def test_llm_port_chooses_another_container_port(tmp_path, clock, vast):
     config = base_config(tmp_path, LLM_API_KEYS=LLM_KEY, VAST_LLM_PORT="8000")
     app = create_app(config_from(config), clock=clock)
-    vast.set_running()
-    seen = []
-    vast.mock.add_callback(
-        responses.POST,
-        "http://203.0.113.7:41233/v1/chat/completions",  # 8000/tcp's HostPort
-        callback=lambda request: seen.append(request) or (200, {}, "{}"),
-    )
-    response = app.test_client().post("/v1/chat/completions", json=BODY, headers=BEARER)
-    assert response.status_code == 200
-    assert len(seen) == 1 and "Authorization" not in seen[0].headers
+    llm, health = FakeLlm(vast), FakeLlm(vast)  # 8000/tcp, and the health port 8001/tcp
+    try:
+        serve_instance(vast, llm, health)
+        vast.set_running()
+        response = app.test_client().post("/v1/chat/completions", json=BODY, headers=BEARER)
+        assert response.status_code == 200
+        assert len(llm.seen) == 1 and "Authorization" not in llm.seen[0].headers
+        assert health.seen == []
+    finally:
+        llm.close()
+        health.close()
 
 
 def test_bodies_past_the_apps_64_kib_limit_pass_through(app, vast, llm):
@@ -246,6 +331,23 @@ def test_no_more_than_max_waiting(tmp_path, clock, vast):
     assert response.status_code == 503
     assert error_of(response)["code"] == "too_many_waiting"
     assert vast.puts == []
+
+
+def test_an_llm_that_does_not_answer_is_a_502_in_openai_shape(tmp_path, clock, vast):
+    config = base_config(tmp_path, LLM_API_KEYS=LLM_KEY, VAST_LLM_PORT="8000")
+    app = create_app(config_from(config), clock=clock)
+    llm, health = FakeLlm(vast), FakeLlm(vast)
+    serve_instance(vast, llm, health)  # healthy, but nothing listens on the LLM's port
+    llm.close()
+    vast.set_running()
+    try:
+        response = app.test_client().post("/v1/chat/completions", json=BODY, headers=BEARER)
+    finally:
+        health.close()
+    assert response.status_code == 502
+    assert error_of(response)["code"] == "upstream_unreachable"
+    assert app.extensions["vastpanel"].proxy_stats().in_flight == 0
+    app.extensions["vastpanel"].close()
 
 
 def test_in_flight_counts_every_live_lease(panel):

@@ -17,7 +17,7 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import requests
+import urllib3
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from urllib3.exceptions import HTTPError as Urllib3Error
 from werkzeug.exceptions import HTTPException
@@ -36,6 +36,9 @@ SMALL_ANSWER_BYTES = 256 * 1024  # answers of known length up to this are read a
 CONNECT_TIMEOUT_S = 10.0
 # Between two pieces of an answer: a long prompt can take minutes before its first token.
 READ_TIMEOUT_S = 900.0
+TIMEOUT = urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
+# What the LLM may fail with: no connection, a timeout, a broken answer.
+UPSTREAM_ERRORS = (Urllib3Error, OSError)
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 # Meaningful for one connection only (RFC 9110 7.6.1), or set again by whoever sends the body.
 HOP_BY_HOP = frozenset(
@@ -65,12 +68,13 @@ OFF_MESSAGE = (
 
 
 def init_app(app: Flask) -> None:
-    """Register /v1/ and the pooled HTTP session that forwards to the LLM."""
-    # The adapter alone, not a Session: no cookies, redirects, $HTTP_PROXY or per-call settings
-    # to merge (measured: a Session call cost ~0.6 ms more per request). Enough pooled
-    # connections for many streams at once; more are opened and dropped after.
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=128, max_retries=0)
-    app.extensions["vastpanel_proxy_http"] = adapter
+    """Register /v1/ and the pool of kept-alive connections that forward to the LLM."""
+    # urllib3 itself, not requests: a pass-through has no cookies, auth, redirects, $HTTP_PROXY
+    # or per-call settings to merge, and requests' preparing and wrapping of each call was
+    # ~12 % of a small proxied request (py-spy). Enough pooled connections for many streams at
+    # once; more are opened and dropped after. Never a retry: a POST is not repeated.
+    pool = urllib3.PoolManager(num_pools=4, maxsize=128, retries=False)
+    app.extensions["vastpanel_proxy_http"] = pool
     csrf.exempt(bp)  # a client with a bearer key, not a browser form
     app.before_request(allow_large_bodies)  # an app hook: it must run before the limit's check
     app.register_blueprint(bp)
@@ -155,7 +159,7 @@ def forward(path: str):
     except PanelError as exc:
         ticket.close()
         return openai_error(502, exc.message, "server_error", "upstream_error")
-    except requests.RequestException as exc:
+    except UPSTREAM_ERRORS as exc:
         ticket.close()
         log.warning("proxy: the LLM did not answer %s: %s", request.path, type(exc).__name__)
         return openai_error(
@@ -163,7 +167,7 @@ def forward(path: str):
         )
     headers = [
         (name, value)
-        for name, value in upstream.raw.headers.items()
+        for name, value in upstream.headers.items()
         if name.lower() not in HOP_BY_HOP | NOT_RETURNED and name.lower() not in _listed(upstream)
     ]
     if "content-length" in upstream.headers and request.method != "HEAD":
@@ -175,37 +179,46 @@ def forward(path: str):
         # request ends within its own app context: no generator, no second SQLite connection.
         try:
             body = _read_small(upstream, ticket)
-        except (requests.RequestException, Urllib3Error, OSError) as exc:
+        except UPSTREAM_ERRORS as exc:
             log.warning("proxy: the LLM's answer to %s broke off: %s", request.path, exc)
             return openai_error(
                 502, "The instance's LLM broke off its answer.", "server_error", "upstream_broke"
             )
     else:
         body = _relay(upstream, ticket, request.path)
-    response = Response(body, status=upstream.status_code)
+    response = Response(body, status=upstream.status)
     response.headers.clear()
     response.headers.extend(headers)
     return response
 
 
-def _small(upstream: requests.Response) -> bool:
+def _small(upstream: urllib3.BaseHTTPResponse) -> bool:
     """Tell whether the answer has a known length small enough to read at once."""
     length = upstream.headers.get("Content-Length", "")
     return length.isdigit() and int(length) <= SMALL_ANSWER_BYTES
 
 
-def _read_small(upstream: requests.Response, ticket: ProxyTicket) -> bytes:
+def _read_small(upstream: urllib3.BaseHTTPResponse, ticket: ProxyTicket) -> bytes:
     """Read a small answer whole and end the request's accounting."""
     try:
-        body = upstream.raw.read(decode_content=False)
-        upstream.raw.release_conn()  # read to the end: the connection goes back to the pool
+        body = upstream.read(decode_content=False)
+        upstream.release_conn()  # read to the end: the connection goes back to the pool
         return body
     finally:
-        upstream.close()  # closes the connection only if it was not released
+        _close(upstream)
         ticket.close()
 
 
-def _send(url: str, body: bytes) -> requests.Response:
+def _close(upstream: urllib3.BaseHTTPResponse) -> None:
+    """End an answer: its connection is closed unless it went back to the pool already.
+
+    Given back to the pool even closed, so the pool keeps its size (it reconnects it).
+    """
+    upstream.close()
+    upstream.release_conn()
+
+
+def _send(url: str, body: bytes) -> urllib3.BaseHTTPResponse:
     """Send the request on to the LLM; the answer is read later, piece by piece."""
     listed = {h.strip().lower() for h in request.headers.get("Connection", "").split(",")}
     headers = {
@@ -217,30 +230,33 @@ def _send(url: str, body: bytes) -> requests.Response:
     if upstream_key:
         headers["Authorization"] = f"Bearer {upstream_key}"
     query = request.query_string.decode("latin-1")
-    # prepare()'s steps but its cookie jar, auth and hooks, which a pass-through has none of
-    # (the jar alone was ~1.4 % of a small proxied request).
-    prepared = requests.PreparedRequest()
-    prepared.prepare_method(request.method)
-    prepared.prepare_url(url + ("?" + query if query else ""), None)
-    prepared.prepare_headers(headers)
-    prepared.prepare_body(body, None)
-    adapter: requests.adapters.HTTPAdapter = current_app.extensions["vastpanel_proxy_http"]
-    return adapter.send(prepared, stream=True, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
+    pool: urllib3.PoolManager = current_app.extensions["vastpanel_proxy_http"]
+    return pool.urlopen(
+        request.method,
+        url + ("?" + query if query else ""),
+        body=body or None,  # no body: no Content-Length on a GET, 0 on a POST
+        headers=headers,
+        preload_content=False,  # read later, piece by piece
+        decode_content=False,  # bytes as sent, with their Content-Encoding
+        redirect=False,
+        retries=False,
+        timeout=TIMEOUT,
+    )
 
 
-def _listed(upstream: requests.Response) -> set[str]:
+def _listed(upstream: urllib3.BaseHTTPResponse) -> set[str]:
     """Name the headers the LLM's Connection header marks as hop-by-hop."""
     return {h.strip().lower() for h in upstream.headers.get("Connection", "").split(",")}
 
 
-def _relay(upstream: requests.Response, ticket: ProxyTicket, path: str) -> Iterator[bytes]:
+def _relay(upstream: urllib3.BaseHTTPResponse, ticket: ProxyTicket, path: str) -> Iterator[bytes]:
     """Pass the answer on as it arrives; a client that leaves closes the upstream request."""
     try:
         while True:
             try:
                 # read1: whatever has arrived (one read), not a full buffer; bytes as sent.
-                chunk = upstream.raw.read1(CHUNK_BYTES, decode_content=False)
-            except (requests.RequestException, Urllib3Error, OSError) as exc:
+                chunk = upstream.read1(CHUNK_BYTES, decode_content=False)
+            except UPSTREAM_ERRORS as exc:
                 log.warning(
                     "proxy: the LLM's answer to %s broke off mid-way (%s); ending it for the client",
                     path,
@@ -248,12 +264,12 @@ def _relay(upstream: requests.Response, ticket: ProxyTicket, path: str) -> Itera
                 )
                 return
             if not chunk:
-                upstream.raw.release_conn()  # read to the end: back to the pool
+                upstream.release_conn()  # read to the end: back to the pool
                 return
             yield chunk
             ticket.touch()
     finally:  # also on GeneratorExit, when the client went away
-        upstream.close()
+        _close(upstream)
         ticket.close()
         # The body flows after the request's teardown: close the connection opened since.
         ticket.panel.close()
