@@ -14,7 +14,7 @@ import hmac
 import logging
 import select
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import urllib3
@@ -165,10 +165,9 @@ def forward(path: str):
         return openai_error(
             502, "The instance's LLM did not answer.", "server_error", "upstream_unreachable"
         )
+    dropped = HOP_BY_HOP | NOT_RETURNED | _listed(upstream.headers)
     headers = [
-        (name, value)
-        for name, value in upstream.headers.items()
-        if name.lower() not in HOP_BY_HOP | NOT_RETURNED and name.lower() not in _listed(upstream)
+        (name, value) for name, value in upstream.headers.items() if name.lower() not in dropped
     ]
     if "content-length" in upstream.headers and request.method != "HEAD":
         headers.append(("Content-Length", upstream.headers["content-length"]))
@@ -220,11 +219,9 @@ def _close(upstream: urllib3.BaseHTTPResponse) -> None:
 
 def _send(url: str, body: bytes) -> urllib3.BaseHTTPResponse:
     """Send the request on to the LLM; the answer is read later, piece by piece."""
-    listed = {h.strip().lower() for h in request.headers.get("Connection", "").split(",")}
+    dropped = HOP_BY_HOP | NOT_FORWARDED | _listed(request.headers)
     headers = {
-        name: value
-        for name, value in request.headers.items()
-        if name.lower() not in HOP_BY_HOP | NOT_FORWARDED and name.lower() not in listed
+        name: value for name, value in request.headers.items() if name.lower() not in dropped
     }
     upstream_key = get_panel().config.llm_upstream_key
     if upstream_key:
@@ -244,9 +241,9 @@ def _send(url: str, body: bytes) -> urllib3.BaseHTTPResponse:
     )
 
 
-def _listed(upstream: urllib3.BaseHTTPResponse) -> set[str]:
-    """Name the headers the LLM's Connection header marks as hop-by-hop."""
-    return {h.strip().lower() for h in upstream.headers.get("Connection", "").split(",")}
+def _listed(headers: Mapping[str, str]) -> set[str]:
+    """Name the headers a Connection header marks as hop-by-hop (the client's or the LLM's)."""
+    return {h.strip().lower() for h in headers.get("Connection", "").split(",")}
 
 
 def _relay(upstream: urllib3.BaseHTTPResponse, ticket: ProxyTicket, path: str) -> Iterator[bytes]:

@@ -26,7 +26,7 @@ WAITING_LEASE = "proxy_waiting/"
 START_LEASE = "proxy_start"
 PROXY_STARTED_KEY = "proxy_started_at"  # when the proxy last started the instance
 # A ready LLM's address is reused this long by this process's requests, without reading the
-# shared answer again (which is itself up to VAST_CACHE_TTL_S old): the read was ~5 % of a small
+# shared answer again (which is itself up to VAST_STATUS_TTL_S old): the read was ~5 % of a small
 # proxied request. A stop from this process forgets it at once.
 READY_KNOWN_S = 1.0
 WAKE_POLL_S = 1.0  # how often a waiting request looks again (vast.ai itself: the shared answer)
