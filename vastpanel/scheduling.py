@@ -17,8 +17,7 @@ Locks shared across threads. Under patching, threading.Lock, RLock, Event and Se
 gevent's, whose wakeups get lost between native threads: three native threads and the hub
 taking one patched Lock, RLock or Semaphore 100,000 times each hung in 15 of 15 runs, and looks
 beside requests hung now and then (py-spy: a job runner stuck in Condition.__enter__, every hub
-idle). So nothing here waits on
-them across threads:
+idle). So nothing here waits on them across threads:
 - what is held only for a moment and never across I/O (APScheduler's own locks and wake-up, the
   job queue, the logging module's locks) uses the OS's: a greenlet that meets one held blocks
   its hub for that moment, as a busy CPU would;
@@ -107,17 +106,11 @@ class ThreadSessions:
         return getattr(self.session(), name)
 
 
-def _original(module: str, name: str) -> Any:
-    """Return module.name as it was before gevent patched it (as it is, if it did not)."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None:
-        return monkey.get_original(module, name)
-    return getattr(sys.modules.get(module) or __import__(module), name)
-
-
 def os_lock() -> Any:
     """Return a lock of the OS, which patching leaves alone (for moments, never across I/O)."""
-    return _original("_thread", "allocate_lock")()
+    monkey = sys.modules.get("gevent.monkey")
+    allocate = monkey.get_original("_thread", "allocate_lock") if monkey else _thread.allocate_lock
+    return allocate()
 
 
 def os_rlock() -> Any:
