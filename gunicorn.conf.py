@@ -4,16 +4,14 @@ Read from the environment (see README, "Production"):
     VASTPANEL_BIND         where to listen; 127.0.0.1:8000 by default, 0.0.0.0:8000 in the container
     VASTPANEL_WORKERS      worker processes (1); they share state through SQLite
     VASTPANEL_CONNECTIONS  connections one worker serves at once (1000), waiting ones included
-    VASTPANEL_THREADS      no longer used (gevent workers have no thread pool); warned about
-    VAST_WAIT_TIMEOUT_S    how long a power on may hold its request; the worker timeout is above it
 
 gevent workers: each connection is a greenlet, so a request that waits (a power-on waiting for
 health, a client that sends its request slowly, a slow vast.ai answer) costs no thread and does
-not hold up the others. gunicorn monkey-patches the worker before it loads the app.
+not hold up the others. gunicorn monkey-patches the worker before it loads the app; the
+watchdog runs as greenlets of the same worker (vastpanel/watchdog/scheduler.py).
 """
 
 import glob
-import math
 import os
 import shutil
 import tempfile
@@ -28,16 +26,12 @@ METRICS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip() or tempfile
 )
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = METRICS_DIR
 
-# prometheus_client binds threading.Lock when first imported: imported here, before the
-# worker's gevent patching, its locks are the OS's, which the watchdog's native threads and the
-# requests can share (patched locks lose wakeups across threads: vastpanel/scheduling.py).
-import prometheus_client  # noqa: E402,F401
-
 from vastpanel.config import Config, ConfigError  # noqa: E402 (after the metrics directory)
-from vastpanel.log_config import LOG_FORMAT  # noqa: E402
+from vastpanel.logs import LOG_FORMAT  # noqa: E402
 
+# A bad setting stops gunicorn's master at once, with the message naming it.
 try:
-    _config = Config.from_env(os.environ)
+    Config.from_env(os.environ)
 except ConfigError as exc:
     raise SystemExit(f"vastpanel: configuration error: {exc}") from None
 
@@ -49,37 +43,19 @@ def _count(name: str, default: int) -> int:
     return int(raw)
 
 
-def _warn(message: str) -> None:
-    """Print a warning line in the log's format (gunicorn's logging is not set up yet)."""
-    import logging
-    import sys
-
-    from vastpanel.log_config import UtcFormatter
-
-    record = logging.LogRecord("vastpanel", logging.WARNING, __file__, 0, message, None, None)
-    print(UtcFormatter(LOG_FORMAT).format(record), file=sys.stderr)
-
-
 bind = [os.environ.get("VASTPANEL_BIND", "").strip() or "127.0.0.1:8000"]
 worker_class = "gevent"
 workers = _count("VASTPANEL_WORKERS", 1)
 # Idle keep-alive sockets, half-sent requests and power-ons waiting for health all count here;
 # past it the worker stops accepting until one ends.
 worker_connections = _count("VASTPANEL_CONNECTIONS", 1000)
-if os.environ.get("VASTPANEL_THREADS", "").strip():
-    # Ignored, not refused, so an old .env or compose file still starts.
-    _warn(
-        "VASTPANEL_THREADS is no longer used: gevent workers serve each connection without a "
-        "thread; VASTPANEL_CONNECTIONS bounds the connections instead."
-    )
 
 # The worker heartbeats from its hub between greenlets, so a request that waits long (a power-on
-# with wait_for_health, up to VAST_WAIT_TIMEOUT_S) never trips `timeout`: only a worker whose hub
-# is blocked (CPU-bound or stuck in a call that does not yield) for this long is killed. It stays
-# above the wait all the same, as it was for threaded workers, so that no worker class could cut
-# a start short. The margin covers the last vast.ai call and health probe after the deadline.
-WAIT_MARGIN_S = 60
-timeout = math.ceil(_config.wait_timeout_s) + WAIT_MARGIN_S
+# with wait_for_health, a stream) never trips `timeout`: only a worker whose hub is blocked
+# (CPU-bound, or stuck in a call that does not yield) this long is killed and replaced, and its
+# successor's watchdog looks at once. A blocked hub also stops the looks and the gateway's
+# activity posts, so it must not last: a minute.
+timeout = 60
 graceful_timeout = 30
 # Also how long a connection may take to send its request line and headers (gunicorn's async
 # workers read them under this timeout), so a half-open socket is closed after 5 s.
@@ -97,7 +73,7 @@ logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "line": {"class": "vastpanel.log_config.UtcFormatter", "format": LOG_FORMAT},
+        "line": {"class": "vastpanel.logs.UtcFormatter", "format": LOG_FORMAT},
     },
     "handlers": {
         "stderr": {

@@ -1,6 +1,6 @@
 """Shared by the benchmarks: the production server and the simulator on loopback, and figures.
 
-The server is the test suite's (vastpanel.testing.liveserver: gunicorn with the repo's config,
+The server is the test suite's (support.liveserver: gunicorn with the repo's config,
 in its own process group). Every load loop here is bounded by a request count and by a
 deadline, whichever comes first.
 """
@@ -21,13 +21,13 @@ from pathlib import Path
 
 import requests
 
-from vastpanel.simulator import Simulator
-from vastpanel.testing.liveserver import (
+from support.liveserver import (
     PanelProcess,
     SimulatorProcess,
     instant_simulator,
     simulator_env,
 )
+from vastpanel.simulator import Simulator
 
 SIM_KEY = "bench-sim-key-0123456789abcdef"
 CONTROL_KEY = "bench-control-key-fedcba9876543210"

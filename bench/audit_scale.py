@@ -19,8 +19,8 @@ from pathlib import Path
 
 from _support import api_headers, percentile, stack
 
-from vastpanel import store
-from vastpanel.testing.liveserver import signed_in_session
+from support import store
+from support.liveserver import signed_in_session
 
 TARGET_MS = 20.0
 EVENTS = [

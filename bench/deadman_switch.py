@@ -32,18 +32,18 @@ from pathlib import Path
 
 from _support import CONTROL_KEY, INSTANCE_ID, SIM_KEY, percentile
 
-from vastpanel import Config, create_app
-from vastpanel.simulator import AgentSettings, Simulator
-from vastpanel.testing import wait_for
-from vastpanel.testing.instance_nginx import (
+from support import wait_for
+from support.instance_nginx import (
     NGINX_CONF,
     installed_keys,
     nginx_bin,
     render_for_loopback,
     running_nginx,
 )
-from vastpanel.testing.liveserver import PanelProcess, free_port, running_simulator, simulator_env
-from vastpanel.watchdog import Watchdog
+from support.liveserver import PanelProcess, free_port, running_simulator, simulator_env
+from vastpanel import Config, create_app
+from vastpanel.simulator import AgentSettings, Simulator
+from vastpanel.watchdog.looks import watchdog_for
 
 SECRET = "bench-agent-secret-0123456789abcdef"
 LLM_KEY = "bench-vllm-key-0123456789abcdef"
@@ -63,7 +63,7 @@ def time_looks(sim: Simulator, db_path: Path, looks: int, secret: str) -> list[f
     )
     app = create_app(replace(Config.from_env(config), testing=True))  # as in tests: no watchdog
     panel = app.extensions["vastpanel"]
-    watchdog = Watchdog(panel)
+    watchdog = watchdog_for(panel)
     watchdog.look()  # opens the session
     durations = []
     for _ in range(looks):
@@ -71,9 +71,9 @@ def time_looks(sim: Simulator, db_path: Path, looks: int, secret: str) -> list[f
         watchdog.look()
         durations.append(time.perf_counter() - started)
     if secret:
-        report = panel.status_report().agent
+        report = panel.status.report().agent
         assert report.status == "ok", report
-    panel.close()
+    panel.store.close()
     return durations
 
 

@@ -37,10 +37,10 @@ from _support import (
     stack,
 )
 
+from support.liveserver import instant_simulator, simulator_env
 from vastpanel import Config, create_app
 from vastpanel.simulator import LlmConfig, Simulator
-from vastpanel.testing.liveserver import instant_simulator, simulator_env
-from vastpanel.watchdog import Watchdog
+from vastpanel.watchdog.looks import watchdog_for
 
 TARGET_LOOK_P95_MS = 100.0
 
@@ -56,7 +56,7 @@ def time_looks(sim: Simulator, folder: Path, looks: int, **env: str) -> list[flo
         **env,
     )
     app = create_app(replace(Config.from_env(config), testing=True))  # as in tests: no watchdog
-    watchdog = Watchdog(app.extensions["vastpanel"])
+    watchdog = watchdog_for(app.extensions["vastpanel"])
     watchdog.look()  # opens the session and the first baseline
     durations = []
     for _ in range(looks):
@@ -65,7 +65,7 @@ def time_looks(sim: Simulator, folder: Path, looks: int, **env: str) -> list[flo
         look = watchdog.look()
         durations.append(time.perf_counter() - started)
         assert look.leader and look.error is None, look
-    app.extensions["vastpanel"].close()
+    app.extensions["vastpanel"].store.close()
     return durations
 
 
@@ -90,8 +90,8 @@ def time_cancelled_stops(sim: Simulator, folder: Path, count: int) -> list[float
         )
         app = create_app(replace(Config.from_env(config), testing=True))
         panel = app.extensions["vastpanel"]
-        watchdog = Watchdog(panel)
-        panel.status_report()
+        watchdog = watchdog_for(panel)
+        panel.status.report()
         generation = threading.Thread(target=requests.post, args=(url,), kwargs={"json": body})
         generation.start()  # 20 tokens at 0.05 s: about a second
         time.sleep(0.2)
@@ -100,7 +100,7 @@ def time_cancelled_stops(sim: Simulator, folder: Path, count: int) -> list[float
         durations.append(time.perf_counter() - started)
         assert look.stopped is None, "stopped with a request running"
         generation.join(30)
-        panel.close()
+        panel.store.close()
     assert not sim.requests("PUT"), "a stop was sent"
     return durations
 

@@ -18,8 +18,8 @@ import sys
 
 from _support import stack
 
-from vastpanel.testing import wait_for
-from vastpanel.testing.fault_load import audit_events, faults_served, queue_faults, run_fault_load
+from support import wait_for
+from support.fault_load import audit_events, faults_served, queue_faults, run_fault_load
 
 INTERVAL_S = 2.0
 IDLE_MINUTES = 0.1

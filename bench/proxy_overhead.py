@@ -37,8 +37,8 @@ from _support import (
     stack,
 )
 
-from vastpanel.testing import wait_for
-from vastpanel.testing.liveserver import signed_in_session
+from support import wait_for
+from support.liveserver import signed_in_session
 
 LLM_KEY = "bench-llm-key-0123456789abcdef"
 BODY = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}

@@ -21,8 +21,7 @@ import time
 
 from _support import stack
 
-from vastpanel import store
-from vastpanel.testing import wait_for
+from support import store, wait_for
 
 TARGET_S = 2.0
 SEED_DESIGN_S = 60.0  # the seed's watchdog looked only every 60 s

@@ -20,7 +20,7 @@ import sys
 
 from _support import stack
 
-from vastpanel.testing.starvation import TARGET_P99_S, run_starvation
+from support.starvation import TARGET_P99_S, run_starvation
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ import sys
 
 from _support import stack
 
-from vastpanel.testing.fault_load import run_outage
+from support.fault_load import run_outage
 
 IDLE_MINUTES = 0.05
 

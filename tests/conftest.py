@@ -17,8 +17,9 @@ import pytest
 import requests
 import responses
 
-from vastpanel import Config, create_app, store
-from vastpanel.clock import FakeClock
+from support import store
+from support.clock import FakeClock
+from vastpanel import Config, create_app
 
 FIXTURES = Path(__file__).parent / "fixtures"
 VAST_URL = "https://vast.test"
@@ -243,7 +244,7 @@ def vast(clock):
 def app(tmp_path, clock, vast):
     app = create_app(config_from(base_config(tmp_path)), clock=clock)
     yield app
-    app.extensions["vastpanel"].close()
+    app.extensions["vastpanel"].store.close()
 
 
 @pytest.fixture

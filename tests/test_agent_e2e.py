@@ -18,18 +18,18 @@ from pathlib import Path
 
 import pytest
 import requests
-from agent_support import replay, send_heartbeat
 
-from vastpanel.simulator import AgentSettings, Simulator
-from vastpanel.testing import wait_for
-from vastpanel.testing.instance_nginx import (
+from support import wait_for
+from support.agent import replay, send_heartbeat
+from support.instance_nginx import (
     NGINX_CONF,
     installed_keys,
     nginx_bin,
     render_for_loopback,
     running_nginx,
 )
-from vastpanel.testing.liveserver import PanelProcess, free_port, running_simulator, simulator_env
+from support.liveserver import PanelProcess, free_port, running_simulator, simulator_env
+from vastpanel.simulator import AgentSettings, Simulator
 
 pytestmark = pytest.mark.e2e
 

@@ -9,16 +9,17 @@ from __future__ import annotations
 import threading
 
 import pytest
-from agent_support import MetricsServer, load_agent_module
 from flask import render_template
 
 from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY, config_from
-from vastpanel import ConfigError, create_app, store
-from vastpanel.clock import FakeClock
+from support import store
+from support.agent import MetricsServer, load_agent_module
+from support.clock import FakeClock
+from support.liveserver import free_port, running_simulator
+from vastpanel import ConfigError, create_app
 from vastpanel.config import Config
-from vastpanel.pages import status_context
-from vastpanel.testing.liveserver import free_port, running_simulator
-from vastpanel.watchdog import Watchdog
+from vastpanel.watchdog.looks import watchdog_for
+from vastpanel.web.pages import status_context
 
 agent_mod = load_agent_module()
 SECRET = "link-secret-0123456789abcdef"
@@ -78,8 +79,12 @@ def make_app(tmp_path, sim, clock, **overrides):
 
 def beat(panel):
     """Read the instance, as the watchdog's look does, then send the heartbeat."""
-    panel.instance_state()
-    return panel.send_agent_heartbeat()
+    panel.instance.state()
+    return panel.agent.send_heartbeat(
+        panel.instance.cached_state(),
+        panel.status.current_session(),
+        panel.idle.next_idle_deadline(),
+    )
 
 
 def status(app) -> dict:
@@ -89,7 +94,7 @@ def status(app) -> dict:
 
 
 def events(panel, name: str):
-    return [e for e in panel.audit_log(100) if e.event == name]
+    return [e for e in panel.audit.entries(100) if e.event == name]
 
 
 def test_the_watchdogs_look_sends_a_signed_heartbeat_the_agent_accepts(tmp_path, sim, clock, agent):
@@ -97,12 +102,12 @@ def test_the_watchdogs_look_sends_a_signed_heartbeat_the_agent_accepts(tmp_path,
     panel = app.extensions["vastpanel"]
     assert status(app)["agent"] is None  # running, nothing sent yet in this session
     clock.advance(30)
-    look = Watchdog(panel).look()
+    look = watchdog_for(panel).look()
     assert look.leader and look.stopped is None
     assert agent.state.last_heartbeat == clock.now()
-    assert agent.state.panel_idle_deadline == panel.next_idle_deadline()
+    assert agent.state.panel_idle_deadline == panel.idle.next_idle_deadline()
     assert status(app)["agent"] == "ok"
-    report = panel.status_report().agent
+    report = panel.status.report().agent
     assert report.agent_version == agent_mod.VERSION and report.grace_minutes == GRACE_MINUTES
 
 
@@ -148,10 +153,10 @@ def test_unreachable_is_audited_once_per_session(tmp_path, sim, clock):
     assert entry.meta["failures"] == 2 and "cannot connect" in entry.meta["error"]
     assert SECRET not in str(entry.meta)
     # A new session may be audited again.
-    panel.power_off("api")
+    panel.power.power_off("api")
     sim.external("start")
     clock.advance(60)  # the panel asks vast.ai at most every 2 s
-    assert panel.instance_state().status == "running"
+    assert panel.instance.state().status == "running"
     for _ in range(3):
         clock.advance(60)
         beat(panel)
@@ -171,12 +176,14 @@ def test_a_stop_seen_after_the_agents_grace_is_booked_as_the_agents(tmp_path, si
     beat(panel)
     clock.advance(GRACE_MINUTES * 60 + 1)
     sim.external("stop")  # as the agent would, with nobody telling the panel
-    assert panel.instance_state().status == "stopped"
+    assert panel.instance.state().status == "stopped"
     (closed,) = events(panel, "session_closed")
     assert closed.actor == "agent" and closed.meta["stopped_by"] == "agent"
     assert closed.meta["agent_grace_minutes"] == GRACE_MINUTES
-    (session,) = store.list_sessions(panel.db, 0)
-    row = panel.db.execute("SELECT closed_by FROM sessions WHERE id = ?", [session.id]).fetchone()
+    (session,) = store.list_sessions(panel.store.db, 0)
+    row = panel.store.db.execute(
+        "SELECT closed_by FROM sessions WHERE id = ?", [session.id]
+    ).fetchone()
     assert row[0] == "agent"
     with app.test_request_context("/"):
         html = render_template("_status.html", standalone=True, **status_context())
@@ -189,7 +196,7 @@ def test_a_stop_seen_within_the_grace_is_not_the_agents(tmp_path, sim, clock, ag
     beat(panel)
     clock.advance(60)
     sim.external("stop")  # from vast.ai's console
-    assert panel.instance_state().status == "stopped"
+    assert panel.instance.state().status == "stopped"
     (closed,) = events(panel, "session_closed")
     assert closed.actor == "system" and "stopped_by" not in closed.meta
 

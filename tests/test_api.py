@@ -7,7 +7,6 @@ import time
 
 import pytest
 import responses
-from page_support import sign_in
 
 from conftest import (
     CONTROL_KEY,
@@ -18,10 +17,12 @@ from conftest import (
     config_from,
     load_fixture,
 )
-from vastpanel import MAX_BODY_BYTES, create_app, store
+from support import store
+from support.page import sign_in
+from vastpanel import MAX_BODY_BYTES, create_app
+from vastpanel.domain.leases import LEASE_POLL_S, LEASE_WAIT_S
 from vastpanel.errors import UpstreamFailed, VastErrorKind
-from vastpanel.instance_state import KEPT_FIELDS
-from vastpanel.panel import LEASE_POLL_S, LEASE_WAIT_S
+from vastpanel.vast.instance import KEPT_FIELDS
 
 ROUTES = [
     ("get", "/infra/vast/status"),
@@ -130,15 +131,15 @@ def test_activity_moves_the_countdown(client, vast, clock):
 
 
 def test_activity_within_a_second_of_the_last_costs_no_statement(client, panel, clock):
-    first = panel.record_activity()
+    first = panel.idle.record_activity()
     statements = []
-    with panel.db.tracer(lambda sql, params: statements.append(sql)):
+    with panel.store.db.tracer(lambda sql, params: statements.append(sql)):
         clock.advance(0.5)
-        assert panel.record_activity() == first  # within the 1 s resolution: nothing to store
+        assert panel.idle.record_activity() == first  # within the 1 s resolution: nothing to store
     assert statements == []
     clock.advance(0.5)
-    assert panel.record_activity() == first + 1.0  # a second on, it is stored again
-    assert store.get_value(panel.db, "last_activity") == first + 1.0
+    assert panel.idle.record_activity() == first + 1.0  # a second on, it is stored again
+    assert store.get_value(panel.store.db, "last_activity") == first + 1.0
 
 
 def test_idle_counts_from_first_seen_running_not_from_old_activity(client, vast, clock):
@@ -174,7 +175,7 @@ def test_sign_in_and_the_api_accept_the_same_punctuated_ascii_key(tmp_path, cloc
     api = app.test_client()
     assert api.get("/infra/vast/costs", headers={"X-API-Key": key}).status_code == 200
     assert sign_in(app.test_client(), key).status_code == 303
-    app.extensions["vastpanel"].close()
+    app.extensions["vastpanel"].store.close()
 
 
 @pytest.mark.parametrize(
@@ -247,7 +248,7 @@ def test_an_answer_stored_by_another_process_during_the_lease_wait_is_reused(
     panel, client, vast, clock, monkeypatch
 ):
     """A worker that waited for the fetch lease uses its holder's answer: no second GET."""
-    store.acquire_lease(panel.db, "vast_fetch", "other-process", clock.now(), 60)
+    store.acquire_lease(panel.store.db, "vast_fetch", "other-process", clock.now(), 60)
     pause = clock.sleep
 
     def other_process_fetches_during_the_pause(seconds: float) -> None:
@@ -267,7 +268,7 @@ def test_an_answer_stored_by_another_process_during_the_lease_wait_is_reused(
 
 def test_a_lease_never_given_back_is_waited_for_then_read_anyway(panel, client, vast, clock):
     """A holder that keeps the fetch lease delays the others by LEASE_WAIT_S of the clock."""
-    store.acquire_lease(panel.db, "vast_fetch", "other-process", clock.now(), 60)
+    store.acquire_lease(panel.store.db, "vast_fetch", "other-process", clock.now(), 60)
     started = time.monotonic()
     assert client.get("/infra/vast/status").json["status"] == "stopped"
     assert vast.gets == 1
@@ -310,13 +311,13 @@ def test_a_failed_read_keeps_its_kind_when_shared(panel, vast, status, headers, 
         "GET", vast.mock.registered()[0].url, status=status, headers=headers, body=body
     )
     with pytest.raises(UpstreamFailed) as asked:
-        panel.instance_state()
+        panel.instance.state()
     calls = len(vast.mock.calls)
     with pytest.raises(UpstreamFailed) as shared:
-        panel.instance_state()
+        panel.instance.state()
     assert len(vast.mock.calls) == calls  # the second read is the shared answer's
     assert asked.value.kind is shared.value.kind is kind
-    assert store.read_cached_instance(panel.db).error_kind is kind
+    assert store.read_cached_instance(panel.store.db).error_kind is kind
 
 
 # --- power on --------------------------------------------------------------------------------
@@ -812,7 +813,7 @@ def test_no_get_within_vast_ais_interval_of_the_last_one_even_after_a_retry(tmp_
     clock.advance(1.5)  # 3.5 s after the stop's first GET was asked, 1.5 s after it came back
     client.get("/infra/vast/status")
     assert vast.refused == ["GET"] and vast.gets == 2  # reused: asking would meet a 429
-    app.extensions["vastpanel"].close()
+    app.extensions["vastpanel"].store.close()
 
 
 # --- request size ---------------------------------------------------------------------------
@@ -825,7 +826,7 @@ def test_a_body_over_the_limit_is_refused_unread_with_json(client, panel):
     assert response.json == {
         "detail": f"The request body is too large: at most {MAX_BODY_BYTES} bytes."
     }
-    assert store.get_value(panel.db, "last_activity") is None
+    assert store.get_value(panel.store.db, "last_activity") is None
     # Refused before the key check: an unauthenticated body is not read either.
     anonymous = client.application.test_client()
     assert anonymous.post("/infra/vast/power/on", data=big).status_code == 413

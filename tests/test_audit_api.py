@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import re
 
-from vastpanel.store import list_audit
+from support.store import list_audit
 
 LINK = re.compile(r'^<([^>]+)>; rel="next"$')
 
 
 def fill(panel, n: int) -> None:
     for i in range(n):
-        panel.audit("session_opened", "system", n=i)
+        panel.audit.record("session_opened", "system", n=i)
 
 
 def test_entries_carry_their_id_and_link_to_the_next_page_until_the_end(client, panel):
@@ -29,7 +29,7 @@ def test_entries_carry_their_id_and_link_to_the_next_page_until_the_end(client, 
             assert url == f"/infra/vast/audit?before={page[-1]['id']}&limit=3"
         pages += 1
     assert pages == 3
-    assert seen == [e.id for e in list_audit(panel.db, 100)]  # all 7, newest first, once each
+    assert seen == [e.id for e in list_audit(panel.store.db, 100)]  # all 7, newest first, once each
     assert seen == sorted(seen, reverse=True) and len(seen) == 7
 
 
@@ -47,12 +47,12 @@ def test_the_cli_prints_the_same_ids(app, panel):
     runner = app.test_cli_runner()
     text = runner.invoke(args=["vast", "audit", "--limit", "2"]).stdout
     ids = [int(i) for i in re.findall(r"#(\d+)", text)]
-    newest = [e.id for e in list_audit(panel.db, 2)]
+    newest = [e.id for e in list_audit(panel.store.db, 2)]
     assert ids == newest
     assert f"Older entries: --before {newest[-1]}" in text
     data = json.loads(runner.invoke(args=["vast", "audit", "--json", "--limit", "2"]).stdout)
     assert [e["id"] for e in data] == newest
     older = runner.invoke(args=["vast", "audit", "--before", str(newest[-1])]).stdout
     assert [int(i) for i in re.findall(r"#(\d+)", older)] == [
-        e.id for e in list_audit(panel.db, 10)
+        e.id for e in list_audit(panel.store.db, 10)
     ][2:]

@@ -8,9 +8,9 @@ import re
 import stat
 
 import pytest
-from page_support import HTMX, TOKEN, csrf_token, sign_in, signed_in_client
 
 from conftest import CONTROL_KEY, VAST_KEY, base_config, config_from
+from support.page import HTMX, TOKEN, csrf_token, sign_in, signed_in_client
 from vastpanel import ConfigError, create_app
 
 PAGES = [
@@ -105,10 +105,10 @@ def test_sign_in_with_the_key_sets_a_safe_cookie_holding_only_a_sign_in_id(app, 
     data = session_of(app, anon)
     assert set(data) <= {"signin", "_permanent", "csrf_token"}
     assert CONTROL_KEY not in str(data)
-    (row,) = panel.db.execute("SELECT id, revoked_at FROM signin_sessions").fetchall()
+    (row,) = panel.store.db.execute("SELECT id, revoked_at FROM signin_sessions").fetchall()
     assert data["signin"] == row[0] and row[1] is None
     assert anon.get("/").status_code == 200
-    signed_in = panel.audit_log(5)[0]
+    signed_in = panel.audit.entries(5)[0]
     assert (signed_in.event, signed_in.actor) == ("admin_signed_in", "admin")
 
 
@@ -132,7 +132,7 @@ def test_session_cookie_secure_can_be_forced(tmp_path, clock, vast, setting, sec
     app = create_app(config, clock=clock)
     response = sign_in(app.test_client())
     assert ("Secure" in response.headers["Set-Cookie"]) is secure
-    app.extensions["vastpanel"].close()
+    app.extensions["vastpanel"].store.close()
 
 
 def test_a_bad_session_cookie_secure_stops_start_up(tmp_path, clock, vast):
@@ -157,7 +157,7 @@ def test_sign_out_ends_the_session(admin, panel):
     assert "Signed out." in admin.get("/signin").get_data(as_text=True)
     assert admin.get("/").status_code == 302
     assert admin.get("/partials/status", headers=HTMX).headers["HX-Redirect"] == "/signin"
-    assert panel.audit_log(5)[0].event == "admin_signed_out"
+    assert panel.audit.entries(5)[0].event == "admin_signed_out"
 
 
 def test_a_copied_cookie_replayed_after_sign_out_is_refused(app, admin, panel, vast):
@@ -183,7 +183,7 @@ def test_sign_out_everywhere_ends_every_browser(app, panel, vast):
     assert "2 sign-ins ended" in first.get("/signin").get_data(as_text=True)
     assert first.get("/").status_code == 302
     assert second.get("/").status_code == 302
-    ended = panel.audit_log(5)[0]
+    ended = panel.audit.entries(5)[0]
     assert (ended.event, ended.meta["signins_ended"]) == ("admin_signed_out_everywhere", 2)
 
 
@@ -194,15 +194,15 @@ def test_the_page_lists_open_sign_ins_with_their_last_use(app, panel, clock):
     html = first.get("/partials/signins", headers=HTMX).get_data(as_text=True)
     assert html.count("<tr") == 3  # header and two sign-ins
     assert "this browser" in html and 'hx-get="/partials/signins"' in html
-    listed = panel.open_signins(
-        panel.db.execute("SELECT key_marker FROM signin_sessions").fetchone()[0], None
+    listed = panel.signins.list_open(
+        panel.store.db.execute("SELECT key_marker FROM signin_sessions").fetchone()[0], None
     )
     assert [s.last_used_at for s in listed] == [clock.now(), clock.now()]  # first used just now
 
 
 def test_last_use_is_written_at_most_once_a_minute(admin, panel, clock):
     def last_used():
-        return panel.db.execute("SELECT last_used_at FROM signin_sessions").fetchone()[0]
+        return panel.store.db.execute("SELECT last_used_at FROM signin_sessions").fetchone()[0]
 
     signed_at = last_used()
     clock.advance(30)
@@ -220,8 +220,8 @@ def test_a_sign_in_unused_for_seven_days_ends(admin, clock):
 
 def test_sign_in_and_out_audit_no_secret(app, admin, panel):
     admin.post("/signout", data={"csrf_token": csrf_token(admin, "/")})
-    signin_id = panel.db.execute("SELECT id FROM signin_sessions").fetchone()[0]
-    for entry in panel.audit_log(10):
+    signin_id = panel.store.db.execute("SELECT id FROM signin_sessions").fetchone()[0]
+    for entry in panel.audit.entries(10):
         text = str(entry.meta)
         assert CONTROL_KEY not in text and signin_id not in text and app.secret_key not in text
 
@@ -244,19 +244,19 @@ def test_without_control_api_key_sign_in_is_impossible_and_says_why(tmp_path, cl
     response = client.post("/signin", data={"csrf_token": token, "key": ""})
     assert response.status_code == 503
     assert client.get("/").status_code == 302
-    app.extensions["vastpanel"].close()
+    app.extensions["vastpanel"].store.close()
 
 
 def test_changing_control_api_key_ends_existing_sessions(tmp_path, clock, vast):
     first = create_app(config_from(base_config(tmp_path)), clock=clock)
     client = signed_in_client(first)
-    first.extensions["vastpanel"].close()
+    first.extensions["vastpanel"].store.close()
     second = create_app(
         config_from(base_config(tmp_path, CONTROL_API_KEY="another-key-0000")), clock=clock
     )
     client.application = second
     assert client.get("/").status_code == 302
-    second.extensions["vastpanel"].close()
+    second.extensions["vastpanel"].store.close()
 
 
 # --- SECRET_KEY -----------------------------------------------------------------------------------
@@ -273,11 +273,11 @@ def test_a_generated_secret_key_is_kept_0600_beside_the_database(app, tmp_path):
 def test_sessions_survive_a_restart(tmp_path, clock, vast):
     first = create_app(config_from(base_config(tmp_path)), clock=clock)
     client = signed_in_client(first)
-    first.extensions["vastpanel"].close()
+    first.extensions["vastpanel"].store.close()
     second = create_app(config_from(base_config(tmp_path)), clock=clock)
     client.application = second
     assert client.get("/").status_code == 200
-    second.extensions["vastpanel"].close()
+    second.extensions["vastpanel"].store.close()
 
 
 def test_a_key_file_readable_by_others_is_tightened(tmp_path, clock, vast):
@@ -287,14 +287,14 @@ def test_a_key_file_readable_by_others_is_tightened(tmp_path, clock, vast):
     app = create_app(config_from(base_config(tmp_path)), clock=clock)
     assert app.config["SECRET_KEY"] == "k" * 40
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    app.extensions["vastpanel"].close()
+    app.extensions["vastpanel"].store.close()
 
 
 def test_secret_key_from_the_environment_wins_and_must_be_long_enough(tmp_path, clock, vast):
     app = create_app(config_from(base_config(tmp_path, SECRET_KEY="s" * 32)), clock=clock)
     assert app.config["SECRET_KEY"] == "s" * 32
     assert not (tmp_path / "secret_key").exists()
-    app.extensions["vastpanel"].close()
+    app.extensions["vastpanel"].store.close()
     with pytest.raises(ConfigError, match="SECRET_KEY"):
         create_app(config_from(base_config(tmp_path, SECRET_KEY="short")), clock=clock)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from vastpanel.testing.liveserver import PanelProcess
+from support.liveserver import PanelProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from vastpanel import store
+from support import ROOT, store
+from support.liveserver import PanelProcess
 from vastpanel.simulator import Hardware, Simulator
-from vastpanel.testing import ROOT
-from vastpanel.testing.liveserver import PanelProcess
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

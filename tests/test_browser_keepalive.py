@@ -21,8 +21,8 @@ from test_browser import (  # noqa: F401 (fixtures)
     sign_in,
 )
 
-from vastpanel import store
-from vastpanel.testing.liveserver import PanelProcess
+from support import store
+from support.liveserver import PanelProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -6,9 +6,9 @@ from datetime import date, timedelta
 
 import pytest
 
-from vastpanel.charts import HEIGHT, LEFT, TOP, cost_chart, nice_ceiling
+from support.store import DayCost
 from vastpanel.formatting import audit_details, duration, event_label, usd
-from vastpanel.store import DayCost
+from vastpanel.web.charts import HEIGHT, LEFT, TOP, cost_chart, nice_ceiling
 
 
 def days(costs: list[float]) -> list[DayCost]:

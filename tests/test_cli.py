@@ -10,7 +10,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from conftest import VAST_KEY
-from vastpanel.openapi import SPEC
+from vastpanel.web.openapi import SPEC
 
 REGISTRY = Registry().with_resource("urn:spec", Resource(contents=SPEC, specification=DRAFT202012))
 
@@ -59,7 +59,7 @@ def test_on_off_cycle_is_audited_as_cli(run, vast, panel, clock):
     fits("PowerOffResult", data)
     assert vast.puts == ["running", "stopped"]
     assert data["session_runtime_minutes"] == pytest.approx(30)
-    actors = {(e.event, e.actor) for e in panel.audit_log(50)}
+    actors = {(e.event, e.actor) for e in panel.audit.entries(50)}
     assert ("power_on_requested", "cli") in actors
     assert ("power_on_complete", "cli") in actors
     assert ("power_off_complete", "cli") in actors

@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from conftest import base_config, config_from
-from vastpanel import create_app, store
+from support import ROOT, store
+from vastpanel import create_app
 from vastpanel.simulator import Simulator
-from vastpanel.testing import ROOT
 
 
 @pytest.mark.parametrize("command", [["status"], ["on", "--no-wait"], ["off"]])
@@ -24,11 +24,11 @@ def test_without_vast_settings_the_vast_commands_fail(tmp_path, command):
         assert result.exit_code == 1
         assert "Error: VAST_API_KEY and VAST_INSTANCE_ID not set." in result.stderr
         assert "server's settings" in result.stderr
-        assert store.list_audit(app.extensions["vastpanel"].db, 10) == []
+        assert store.list_audit(app.extensions["vastpanel"].store.db, 10) == []
         books = app.test_cli_runner().invoke(args=["vast", "costs"])
         assert books.exit_code == 0 and "Sessions: 0" in books.stdout  # the books need no vast.ai
     finally:
-        app.extensions["vastpanel"].close()
+        app.extensions["vastpanel"].store.close()
 
 
 def flask_vast(args: list[str], cwd, **env: str) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vastpanel.testing import ROOT
+from support import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
 

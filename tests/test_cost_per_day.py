@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from vastpanel import store
+from support import store
 
 
 def ts(text: str) -> float:
@@ -109,9 +109,9 @@ def test_latest_closed_session_is_the_one_that_ended_last(db):
 
 def test_panel_cost_per_day_uses_its_clock(panel, vast, clock):
     vast.set_running()
-    panel.status_report()  # the observation opens a session at the fake clock's now
+    panel.status.report()  # the observation opens a session at the fake clock's now
     clock.advance(2 * 3600)  # 2023-11-14T22:13:20 -> 2023-11-15T00:13:20
-    rows = panel.cost_per_day(days=30)
+    rows = panel.costs.sessions_per_day(days=30)
     assert len(rows) == 30 and rows[-1].day == date(2023, 11, 15)
     assert rows[-2].runtime_seconds == pytest.approx(6400.0)
     assert rows[-1].runtime_seconds == pytest.approx(800.0)

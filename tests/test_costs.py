@@ -9,21 +9,24 @@ from datetime import UTC, date, datetime
 import pytest
 
 from conftest import base_config, config_from
-from vastpanel import costs, create_app, store
-from vastpanel.budget import period_bounds, session_cap_deadline
-from vastpanel.costs import Billed, billed_by_day, billing_rates, compare_day
-from vastpanel.watchdog import Watchdog
+from support import store
+from vastpanel import create_app
+from vastpanel.domain import costs
+from vastpanel.domain.budget import period_bounds, session_cap_deadline
+from vastpanel.domain.costs import Billed, billed_by_day, billing_rates, compare_day
+from vastpanel.storage import ledger
+from vastpanel.watchdog.looks import watchdog_for
 
 GPU_DPH, STORAGE_DPH = 0.4, 0.05  # the fixtures' dph_base and storage_total_cost
 
 
 def read(panel):
     """Make the panel read vast.ai afresh (as a look or a status poll does)."""
-    return panel.instance_state(fresh=True)
+    return panel.instance.state(fresh=True)
 
 
 def audit_events(panel, name: str) -> list[store.AuditEntry]:
-    return [e for e in panel.audit_log(1000) if e.event == name]
+    return [e for e in panel.audit.entries(1000) if e.event == name]
 
 
 def charge_row(day: date, gpu: float, disk: float, bw: float = 0.0, source="instance-4242"):
@@ -89,22 +92,22 @@ def test_storage_is_booked_while_stopped_and_gpu_only_while_running(panel, vast,
     read(panel)
     clock.advance(3600)
     read(panel)
-    assert panel.all_in_totals().storage_usd == pytest.approx(STORAGE_DPH)
-    assert panel.all_in_totals().gpu_usd == 0.0
+    assert panel.costs.all_in_totals().storage_usd == pytest.approx(STORAGE_DPH)
+    assert panel.costs.all_in_totals().gpu_usd == 0.0
     vast.set_running()
     read(panel)
     clock.advance(7200)
     read(panel)
     vast.set_stopped()
     read(panel)
-    totals = panel.all_in_totals()
+    totals = panel.costs.all_in_totals()
     assert totals.gpu_usd == pytest.approx(2 * GPU_DPH)
     assert totals.storage_usd == pytest.approx(3 * STORAGE_DPH)
     assert totals.bandwidth_usd is None
     assert totals.all_in_usd == pytest.approx(2 * GPU_DPH + 3 * STORAGE_DPH)
     # Between readings the time counts at the last price seen.
     clock.advance(1800)
-    assert panel.all_in_totals().storage_usd == pytest.approx(3.5 * STORAGE_DPH)
+    assert panel.costs.all_in_totals().storage_usd == pytest.approx(3.5 * STORAGE_DPH)
 
 
 def test_a_price_change_is_booked_from_when_it_was_seen(panel, vast, clock):
@@ -114,14 +117,14 @@ def test_a_price_change_is_booked_from_when_it_was_seen(panel, vast, clock):
     read(panel)  # the hour before this reading is at the old price
     clock.advance(3600)
     read(panel)
-    assert panel.all_in_totals().storage_usd == pytest.approx(0.05 + 0.15)
+    assert panel.costs.all_in_totals().storage_usd == pytest.approx(0.05 + 0.15)
 
 
 def test_an_older_observation_books_nothing(panel, clock):
-    costs.book(panel.db, clock.now(), costs.Rates(0.0, 1.0, "stopped"))
-    costs.book(panel.db, clock.now() + 3600, costs.Rates(0.0, 1.0, "stopped"))
-    costs.book(panel.db, clock.now() + 1800, costs.Rates(5.0, 1.0, "running"))  # late answer
-    assert costs.booked_totals(panel.db, clock.now() + 3600) == pytest.approx((0.0, 1.0))
+    ledger.book(panel.store.db, clock.now(), ledger.Rates(0.0, 1.0, "stopped"))
+    ledger.book(panel.store.db, clock.now() + 3600, ledger.Rates(0.0, 1.0, "stopped"))
+    ledger.book(panel.store.db, clock.now() + 1800, ledger.Rates(5.0, 1.0, "running"))  # late answer
+    assert costs.booked_totals(panel.store.db, clock.now() + 3600) == pytest.approx((0.0, 1.0))
 
 
 def test_a_restart_catches_up_from_the_stored_price_and_counts_nothing_twice(
@@ -130,16 +133,16 @@ def test_a_restart_catches_up_from_the_stored_price_and_counts_nothing_twice(
     read(panel)
     clock.advance(600)
     read(panel)
-    panel.close()
+    panel.store.close()
     clock.advance(3000)  # the panel is down
     again = create_app(config_from(base_config(tmp_path)), clock=clock).extensions["vastpanel"]
-    assert again.all_in_totals().storage_usd == pytest.approx(STORAGE_DPH)  # caught up
+    assert again.costs.all_in_totals().storage_usd == pytest.approx(STORAGE_DPH)  # caught up
     read(again)
     read(again)
     clock.advance(3600)
     read(again)
-    assert again.all_in_totals().storage_usd == pytest.approx(2 * STORAGE_DPH)
-    again.close()
+    assert again.costs.all_in_totals().storage_usd == pytest.approx(2 * STORAGE_DPH)
+    again.store.close()
 
 
 def test_cost_per_day_splits_the_ledger_at_utc_midnight(panel, vast, clock):
@@ -148,7 +151,7 @@ def test_cost_per_day_splits_the_ledger_at_utc_midnight(panel, vast, clock):
     read(panel)
     clock.advance(3 * 3600)
     read(panel)
-    days = panel.cost_days(date(2023, 11, 14), date(2023, 11, 15))
+    days = panel.costs.cost_days(date(2023, 11, 14), date(2023, 11, 15))
     first = (24 - 22 - 13 / 60 - 20 / 3600) * GPU_DPH
     assert days[0].gpu == pytest.approx(first)
     assert days[1].gpu == pytest.approx(3 * GPU_DPH - first)
@@ -168,7 +171,7 @@ def test_charges_are_read_page_by_page_at_the_rate_limit_and_stored_per_day(pane
         ],
     )
     slept_before, asked_at = len(clock.slept), clock.now()
-    status = panel.read_charges()
+    status = panel.costs.read_charges()
     assert status.error is None and status.read_at == asked_at
     assert len(asked) == 2 and asked[1]["after_token"] == "1"
     filters = json.loads(asked[0]["select_filters"])
@@ -176,10 +179,10 @@ def test_charges_are_read_page_by_page_at_the_rate_limit_and_stored_per_day(pane
     assert filters["day"]["lte"] == int(asked_at)
     assert filters["day"]["gte"] == store.midnight(date(2023, 10, 16))  # 30 days with today
     assert clock.slept[slept_before:] == [2.0]  # one pause between the two pages
-    day = panel.recent_cost_days()[-1]
+    day = panel.costs.recent_cost_days()[-1]
     assert astuple(day.billed) == pytest.approx((0.3, 0.1, 0.01, 0.41))
-    assert panel.all_in_totals().bandwidth_usd == pytest.approx(0.01)
-    assert panel.recent_cost_days()[0].billed == Billed(0.0, 0.0, 0.0, 0.0)
+    assert panel.costs.all_in_totals().bandwidth_usd == pytest.approx(0.01)
+    assert panel.costs.recent_cost_days()[0].billed == Billed(0.0, 0.0, 0.0, 0.0)
 
 
 def test_a_429_naming_its_threshold_is_waited_out_before_the_retry(panel, vast, clock):
@@ -191,7 +194,7 @@ def test_a_429_naming_its_threshold_is_waited_out_before_the_retry(panel, vast, 
 
     vast.charges = charges
     slept = len(clock.slept)
-    assert panel.read_charges().error is None
+    assert panel.costs.read_charges().error is None
     assert clock.slept[slept:] == [2.0] and len(vast.charges_asked) == 2
 
 
@@ -208,7 +211,10 @@ def test_charges_refused_or_unreadable_leave_estimates_only_said_plainly(
     panel, vast, client, status, body, says
 ):
     vast.charges = [(status, body)]
-    assert "estimates only" in panel.read_charges().error and says in panel.charges_status().error
+    assert (
+        "estimates only" in panel.costs.read_charges().error
+        and says in panel.costs.charges_status().error
+    )
     answer = client.get("/infra/vast/costs").json
     assert says in answer["charges"]["error"] and answer["charges"]["read_at"] is None
     assert all(day["billed"] is None for day in answer["days"])
@@ -221,9 +227,9 @@ def test_a_day_more_than_one_percent_off_is_flagged_and_audited_once(panel, vast
     read(panel)
     storage_day = 24 * STORAGE_DPH
     serve_charges(vast, [[charge_row(first_full_day, 0.0, storage_day * 1.05)]])
-    panel.read_charges()
-    panel.read_charges()
-    flagged = [d for d in panel.recent_cost_days() if d.mismatch]
+    panel.costs.read_charges()
+    panel.costs.read_charges()
+    flagged = [d for d in panel.costs.recent_cost_days() if d.mismatch]
     assert [d.day for d in flagged] == [first_full_day]
     assert flagged[0].difference_pct == pytest.approx(-100 * 0.05 / 1.05)
     entries = audit_events(panel, "cost_mismatch")
@@ -266,7 +272,7 @@ def capped(tmp_path, clock, vast):
             **overrides,
         }
         app = create_app(config_from(config), clock=clock)
-        return app, Watchdog(app.extensions["vastpanel"])
+        return app, watchdog_for(app.extensions["vastpanel"])
 
     return make
 
@@ -288,7 +294,7 @@ def test_budget_warns_at_80_percent_stops_at_100_and_refuses_power_on(capped, va
     clock.advance(25 * 60)
     assert watchdog.look().stopped is None
     assert len(audit_events(panel, "budget_warning")) == 1
-    assert panel.budget_status().state == "warning"
+    assert panel.budget.status().state == "warning"
     clock.advance(5 * 60 + 1)
     stopped = watchdog.look().stopped
     assert stopped is not None and vast.puts == ["stopped"]
@@ -301,7 +307,7 @@ def test_budget_warns_at_80_percent_stops_at_100_and_refuses_power_on(capped, va
     )
     assert refused.status_code == 409 and "budget is spent" in refused.json["detail"]
     assert vast.puts == ["stopped"]
-    app.extensions["vastpanel"].close()
+    app.extensions["vastpanel"].store.close()
 
 
 def test_override_lets_power_on_through_until_the_period_ends_and_is_audited(capped, vast, clock):
@@ -327,8 +333,8 @@ def test_override_lets_power_on_through_until_the_period_ends_and_is_audited(cap
     watchdog.look()
     assert vast.puts == ["stopped", "running"]  # overridden: the watchdog leaves it running
     clock.advance(2 * 3600)  # the next day: a new budget, no override
-    assert panel.budget_status().override_until is None
-    panel.close()
+    assert panel.budget.status().override_until is None
+    panel.store.close()
 
 
 def test_override_without_a_budget_is_409(client):
@@ -344,16 +350,16 @@ def test_a_session_reaching_max_hours_is_stopped_whatever_the_activity(capped, v
     assert look.next_deadline == pytest.approx(look.at + 30 * 60)  # the idle deadline first
     for _ in range(5):
         clock.advance(1800)
-        panel.record_activity()
+        panel.idle.record_activity()
         assert watchdog.look().stopped is None
-    assert panel.session_cap_deadline() == pytest.approx(look.at + 3 * 3600)
+    assert panel.budget.session_cap_deadline() == pytest.approx(look.at + 3 * 3600)
     status = app.test_client().get(
         "/infra/vast/status", headers={"X-API-Key": panel.config.control_api_key}
     )
     assert status.json["max_session_stop_at"] is not None
     clock.advance(1800)
-    panel.record_activity()
+    panel.idle.record_activity()
     assert watchdog.look().stopped is not None and vast.puts == ["stopped"]
     entry = audit_events(panel, "max_session_stop")[0]
     assert entry.meta["hours"] == pytest.approx(3)
-    panel.close()
+    panel.store.close()

@@ -17,12 +17,12 @@ import pytest
 import requests
 
 from conftest import config_from
+from support import wait_for
+from support.clock import FakeClock
+from support.liveserver import PanelProcess, simulator_env
 from vastpanel import create_app
-from vastpanel.clock import FakeClock
 from vastpanel.simulator import Hardware, Simulator
-from vastpanel.testing import wait_for
-from vastpanel.testing.liveserver import PanelProcess, simulator_env
-from vastpanel.watchdog import Watchdog
+from vastpanel.watchdog.looks import watchdog_for
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +56,7 @@ class SimulatedDays:
         self.panel = self.app.extensions["vastpanel"]
         self.client = self.app.test_client()
         self.client.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY
-        self.watchdog = Watchdog(self.panel)
+        self.watchdog = watchdog_for(self.panel)
         self.next_deadline: float | None = None
         self.stops: list[float] = []
 
@@ -108,7 +108,7 @@ class SimulatedDays:
         return self.client.get("/infra/vast/costs").json
 
     def close(self) -> None:
-        self.panel.close()
+        self.panel.store.close()
 
 
 @pytest.fixture
@@ -193,7 +193,7 @@ def test_a_simulated_day_agrees_with_vast_ais_charges_and_a_mismatch_is_flagged_
         flagged = [d for d in days.costs()["days"] if d["mismatch"]]
         assert [d["day"] for d in flagged] == [following.isoformat()]
         assert flagged[0]["difference_pct"] < -1
-        mismatches = [e for e in days.panel.audit_log(1000) if e.event == "cost_mismatch"]
+        mismatches = [e for e in days.panel.audit.entries(1000) if e.event == "cost_mismatch"]
         assert len(mismatches) == 1 and mismatches[0].meta["day"] == following.isoformat()
         days.close()
 
@@ -218,7 +218,7 @@ def test_a_one_dollar_day_stops_a_36_dollar_an_hour_instance_and_refuses_power_o
         assert spent <= 1.0 + 36 * 5 / 3600
         print(f"budget: stopped at ${spent:.4f} billed ({(spent - 1) / 36 * 3600:.1f} s past $1)")
         assert sim.instance()["actual_status"] == "stopped"
-        entries = {e.event: e for e in days.panel.audit_log(1000)}
+        entries = {e.event: e for e in days.panel.audit.entries(1000)}
         assert entries["budget_stop"].meta["spent_usd"] >= 1.0
         assert "budget_warning" in entries
         assert days.costs()["budget"]["state"] == "exceeded"
@@ -232,7 +232,7 @@ def test_a_one_dollar_day_stops_a_36_dollar_an_hour_instance_and_refuses_power_o
         assert override.status_code == 200 and override.json["state"] == "overridden"
         assert days.power_on().status_code == 200
         assert sim.instance()["actual_status"] == "running"
-        entries = {e.event: e for e in days.panel.audit_log(1000)}
+        entries = {e.event: e for e in days.panel.audit.entries(1000)}
         assert entries["budget_override"].actor == "api"
         days.run_until(at(DAY, 9.7), active_until=at(DAY, 9.7))
         assert len(days.stops) == 1  # overridden until the day ends

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from page_support import HTMX, csrf_token, signed_in_client
 
 from conftest import base_config, config_from
+from support.page import HTMX, csrf_token, signed_in_client
 from vastpanel import create_app
-from vastpanel.watchdog import Watchdog
+from vastpanel.watchdog.looks import watchdog_for
 
 
 @pytest.fixture
@@ -15,14 +15,14 @@ def budgeted(tmp_path, clock, vast):
     config = config_from(base_config(tmp_path, VAST_BUDGET_USD="1", VAST_BUDGET_PERIOD="day"))
     app = create_app(config, clock=clock)
     yield app
-    app.extensions["vastpanel"].close()
+    app.extensions["vastpanel"].store.close()
 
 
 def test_the_widget_shows_storage_billed_vs_estimate_and_a_mismatch(budgeted, vast, clock):
     panel = budgeted.extensions["vastpanel"]
-    panel.instance_state(fresh=True)
+    panel.instance.state(fresh=True)
     clock.advance(2 * 86400)
-    panel.instance_state(fresh=True)
+    panel.instance.state(fresh=True)
     row = {
         "start": 1700006400.0,  # 2023-11-15, a whole day watched, storage only ($1.20)
         "end": 1700092800.0,
@@ -33,7 +33,7 @@ def test_the_widget_shows_storage_billed_vs_estimate_and_a_mismatch(budgeted, va
     }
     body = {"success": True, "results": [row], "next_token": None}
     vast.charges = [(200, body)]
-    panel.read_charges()
+    panel.costs.read_charges()
     html = signed_in_client(budgeted).get("/partials/costs", headers=HTMX).get_data(as_text=True)
     assert "<dt>Storage</dt><dd>$2.40</dd>" in html
     assert 'class="billed mismatch"' in html and "vast.ai billed $1.50" in html
@@ -44,7 +44,7 @@ def test_the_widget_shows_storage_billed_vs_estimate_and_a_mismatch(budgeted, va
 
 def test_estimates_only_is_said_plainly_when_vast_ai_refuses_its_charges(budgeted, vast):
     vast.charges = [(403, {})]
-    budgeted.extensions["vastpanel"].read_charges()
+    budgeted.extensions["vastpanel"].costs.read_charges()
     html = signed_in_client(budgeted).get("/").get_data(as_text=True)
     assert "Estimates only: vast.ai refused to show its charges" in html
     assert "billing_read" in html
@@ -52,7 +52,7 @@ def test_estimates_only_is_said_plainly_when_vast_ai_refuses_its_charges(budgete
 
 def test_the_budget_bar_warns_and_the_override_button_lets_power_on_through(budgeted, vast, clock):
     panel = budgeted.extensions["vastpanel"]
-    watchdog = Watchdog(panel)
+    watchdog = watchdog_for(panel)
     vast.set_running()
     vast.set(dph_base=3.95)  # $4/h: the $1 day is spent in 15 minutes
     watchdog.look()
@@ -71,7 +71,7 @@ def test_the_budget_bar_warns_and_the_override_button_lets_power_on_through(budg
     token = csrf_token(admin, "/")
     answer = admin.post("/budget/override", data={"csrf_token": token}, headers=HTMX)
     assert answer.status_code == 200 and "overridden by an admin" in answer.get_data(as_text=True)
-    override = [e for e in panel.audit_log(100) if e.event == "budget_override"]
+    override = [e for e in panel.audit.entries(100) if e.event == "budget_override"]
     assert len(override) == 1 and override[0].actor == "admin"
     admin.post("/power/on", data={"csrf_token": token}, headers=HTMX)
     assert vast.puts == ["stopped", "running"]

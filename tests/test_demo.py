@@ -13,7 +13,7 @@ import sys
 import pytest
 import requests
 
-from vastpanel.testing import ROOT, wait_for
+from support import ROOT, wait_for
 
 pytestmark = pytest.mark.e2e
 

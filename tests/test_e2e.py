@@ -7,11 +7,11 @@ import time
 
 import pytest
 import requests
-from page_support import TOKEN
 
+from support import wait_for
+from support.liveserver import PanelProcess, simulator_env
+from support.page import TOKEN
 from vastpanel.simulator import Simulator
-from vastpanel.testing import wait_for
-from vastpanel.testing.liveserver import PanelProcess, simulator_env
 
 SIM_KEY = "sim-e2e-key-0123456789abcdef"
 CONTROL_KEY = "e2e-control-key-fedcba987654"

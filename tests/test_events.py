@@ -7,16 +7,16 @@ import re
 from pathlib import Path
 
 import pytest
-from page_support import HTMX, csrf_token, signed_in_client
 
-from vastpanel import power
+from support.page import HTMX, csrf_token, signed_in_client
+from vastpanel.domain import power
 from vastpanel.events import ACTORS, EVENTS, PEOPLE
 from vastpanel.formatting import event_label
-from vastpanel.openapi import SPEC
-from vastpanel.watchdog import Watchdog
+from vastpanel.watchdog.looks import watchdog_for
+from vastpanel.web.openapi import SPEC
 
 SOURCE = Path(__file__).resolve().parent.parent / "vastpanel"
-AUDIT_CALL = re.compile(r'audit\(\s*"([a-z_]+)",\s*"([a-z]+)"')
+AUDIT_CALL = re.compile(r'audit\.record\(\s*"([a-z_]+)",\s*"([a-z]+)"')
 
 
 def test_every_event_names_known_actors_and_has_a_label():
@@ -49,9 +49,9 @@ def test_every_event_the_code_writes_by_name_is_in_the_table():
 
 def test_an_event_outside_the_table_is_flagged(panel):
     with pytest.warns(UserWarning, match="not in events.EVENTS"):
-        panel.audit("something_new", "system")
+        panel.audit.record("something_new", "system")
     with pytest.warns(UserWarning, match="not in events.EVENTS"):
-        panel.audit("power_off_complete", "page")  # the old, wrong actor name
+        panel.audit.record("power_off_complete", "page")  # the old, wrong actor name
 
 
 def test_the_actors_a_day_of_use_writes_agree_with_the_table(app, panel, client, vast, clock):
@@ -65,10 +65,10 @@ def test_the_actors_a_day_of_use_writes_agree_with_the_table(app, panel, client,
     assert runner.invoke(args=["vast", "on", "--no-wait"]).exit_code == 0
     vast.set_running()
     clock.advance(6)
-    panel.status_report()
+    panel.status.report()
     clock.advance(31 * 60)
-    Watchdog(panel).look()
-    entries = panel.audit_log(1000)
+    watchdog_for(panel).look()
+    entries = panel.audit.entries(1000)
     for entry in entries:
         assert entry.actor in EVENTS[entry.event].actors, entry
     answered = client.get("/infra/vast/audit?limit=1000").json

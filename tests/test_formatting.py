@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from page_support import HTMX, signed_in_client
 
+from support.page import HTMX, signed_in_client
 from vastpanel.formatting import audit_details, duration, minutes_text, usd
-from vastpanel.watchdog import Watchdog
+from vastpanel.watchdog.looks import watchdog_for
 
 
 @pytest.mark.parametrize(
@@ -49,12 +49,12 @@ def test_minutes_and_money_are_written_the_same_way():
 
 def test_one_short_session_reads_the_same_on_card_notice_audit_and_cli(app, panel, vast, clock):
     vast.set_running()
-    panel.status_report()
+    panel.status.report()
     clock.advance(7)
     admin = signed_in_client(app)
     card = admin.get("/partials/status", headers=HTMX).get_data(as_text=True)
     assert "7 s · $0.001 so far" in card
-    message = panel.power_off("admin").message
+    message = panel.power.power_off("admin").message
     assert message == "Instance stopped. Session: 7 s, $0.001"
     audit = admin.get("/partials/audit", headers=HTMX).get_data(as_text=True)
     assert "session:</span> 7 s" in audit and "cost:</span> $0.001" in audit
@@ -66,7 +66,7 @@ def test_the_countdown_reads_30_min_right_after_start_and_seconds_near_the_end(
     app, panel, vast, clock
 ):
     vast.set_running()
-    panel.status_report()
+    panel.status.report()
     clock.advance(0.5)
     admin = signed_in_client(app)
 
@@ -83,7 +83,7 @@ def test_the_countdown_reads_30_min_right_after_start_and_seconds_near_the_end(
 
 def test_after_an_auto_shutdown_the_card_says_why_and_when(app, panel, vast, clock):
     vast.set_running()
-    watchdog = Watchdog(panel)
+    watchdog = watchdog_for(panel)
     watchdog.look()
     clock.advance(30 * 60)
     assert watchdog.look().stopped is not None
@@ -94,19 +94,19 @@ def test_after_an_auto_shutdown_the_card_says_why_and_when(app, panel, vast, clo
     when = re.search(r'<p class="stop-reason">(.*?)</p>', card, re.S).group(1)
     assert when.startswith("Stopped by auto-shutdown at <time datetime=")
     assert "2023-11-14 22:43:20 UTC</time> after 30 min idle." in when
-    panel.power_on("admin", wait_for_health=False)
+    panel.power.power_on("admin", wait_for_health=False)
     vast.set_running()
     clock.advance(6)
-    panel.power_off("admin")
+    panel.power.power_off("admin")
     card = admin.get("/partials/status", headers=HTMX).get_data(as_text=True)
     assert re.search(r'class="stop-reason">Stopped by admin at <time[^>]*>[^<]+</time>\.', card)
 
 
 def test_a_stop_made_outside_the_panel_is_told_as_seen(app, panel, vast, clock):
     vast.set_running()
-    panel.status_report()
+    panel.status.report()
     vast.set_stopped()
     clock.advance(60)
-    panel.status_report()
+    panel.status.report()
     card = signed_in_client(app).get("/partials/status", headers=HTMX).get_data(as_text=True)
     assert "Seen stopped at <time" in card and "stopped outside the panel." in card

@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from vastpanel.testing import ROOT, wait_for
-from vastpanel.testing.liveserver import free_port
+from support import ROOT, wait_for
+from support.liveserver import free_port
 
 pytestmark = pytest.mark.e2e
 

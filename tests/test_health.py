@@ -8,8 +8,9 @@ import re
 import pytest
 
 from conftest import CONTROL_KEY, VAST_KEY
-from vastpanel import ROOT, store
-from vastpanel.health import HEARTBEAT_KEY
+from support import store
+from vastpanel import ROOT
+from vastpanel.domain.status import HEARTBEAT_KEY
 
 
 class FakeWatchdog:
@@ -29,11 +30,11 @@ def test_healthz_answers_without_key_and_writes_a_heartbeat(anonymous, panel, cl
     assert response.get_json() == {
         "status": "ok",
         "database": "ok",
-        "schema_version": store.schema_version(panel.db),
+        "schema_version": store.schema_version(panel.store.db),
         "watchdog": "not started",
     }
     assert response.headers["Cache-Control"] == "no-store"
-    assert store.get_value(panel.db, HEARTBEAT_KEY) == clock.now()
+    assert store.get_value(panel.store.db, HEARTBEAT_KEY) == clock.now()
     assert response.get_json()["schema_version"] >= 2
     assert vast.gets == 0 and vast.puts == []
     text = response.get_data(as_text=True)
@@ -61,7 +62,7 @@ def test_healthz_reports_the_watchdog(app, anonymous, alive, status, word):
 
 def test_healthz_fails_when_the_database_cannot_be_written(anonymous, panel):
     # The test client runs the request on this thread, so this is the connection it uses.
-    panel.db.execute("PRAGMA query_only = ON")
+    panel.store.db.execute("PRAGMA query_only = ON")
     response = anonymous.get("/healthz")
     assert response.status_code == 503
     body = response.get_json()

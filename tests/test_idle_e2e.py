@@ -16,9 +16,9 @@ import pytest
 import requests
 
 from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY
+from support import wait_for
+from support.liveserver import PanelProcess, simulator_env
 from vastpanel.simulator import LlmConfig, Simulator
-from vastpanel.testing import wait_for
-from vastpanel.testing.liveserver import PanelProcess, simulator_env
 
 pytestmark = pytest.mark.e2e
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 import re
 
 import pytest
-from page_support import HTMX, signed_in_client
 
 from conftest import CONTROL_KEY, base_config, config_from, load_fixture
-from vastpanel import create_app, store
+from support import store
+from support.page import HTMX, signed_in_client
+from vastpanel import create_app
 from vastpanel.config import Config, ConfigError
-from vastpanel.idle import idle_deadline, last_signal
-from vastpanel.llm_metrics import MetricsUnreadable, VllmSample, judge, parse_vllm_metrics
-from vastpanel.power import HEALTHY_SESSION_KEY
-from vastpanel.watchdog import Watchdog
+from vastpanel.domain.idle import idle_deadline, last_signal
+from vastpanel.domain.llm_load import MetricsUnreadable, VllmSample, judge, parse_vllm_metrics
+from vastpanel.domain.power import HEALTHY_SESSION_KEY
+from vastpanel.watchdog.looks import watchdog_for
 
 IDLE_S = 30 * 60
 EVERY_S = 15.0  # VAST_METRICS_EVERY_S' default
@@ -160,11 +161,11 @@ def test_metrics_settings_default_and_validate():
 
 @pytest.fixture
 def watchdog(panel):
-    return Watchdog(panel)
+    return watchdog_for(panel)
 
 
 def events(panel) -> list[str]:
-    return [e.event for e in reversed(panel.audit_log(1000))]
+    return [e.event for e in reversed(panel.audit.entries(1000))]
 
 
 def status(client) -> dict:
@@ -197,43 +198,43 @@ def test_a_busy_llm_keeps_the_instance_running_and_says_so(client, panel, vast, 
     clock.advance(IDLE_S)
     watchdog.look()
     assert vast.puts == ["stopped"]
-    shutdown = [e for e in panel.audit_log(100) if e.event == "auto_shutdown"][0]
+    shutdown = [e for e in panel.audit.entries(100) if e.event == "auto_shutdown"][0]
     assert shutdown.meta["last_signal"] == "llm"
     assert shutdown.meta["inactive_minutes"] == pytest.approx(30 + EVERY_S / 60)
 
 
 def test_counters_that_grew_are_activity_and_a_reset_is_a_new_baseline(panel, vast, clock):
     vast.set_running()
-    panel.status_report()
-    started = store.current_session(panel.db).started_at
+    panel.status.report()
+    started = store.current_session(panel.store.db).started_at
     clock.advance(60)
     grown = V1_IDLE.replace("} 18311.0", "} 18400.0")
     vast.metrics = (200, grown)
-    report = panel.status_report()
+    report = panel.status.report()
     assert report.llm.active_at == clock.now() and report.last_activity_source == "llm"
     assert report.idle_deadline == clock.now() + IDLE_S
     active_at = clock.now()
     clock.advance(60)
     vast.metrics = (200, load_fixture("vllm_v1_restarted.prom"))  # vLLM restarted
-    report = panel.status_report()
+    report = panel.status.report()
     assert report.llm.ok and report.llm.active_at == active_at  # not activity
     clock.advance(60)
-    report = panel.status_report()  # same counters as the new baseline
+    report = panel.status.report()  # same counters as the new baseline
     assert report.llm.active_at == active_at and active_at > started
 
 
 def test_one_read_per_interval_and_none_while_stopped(panel, vast, clock):
     for _ in range(5):
-        panel.status_report()
+        panel.status.report()
     assert vast.metrics_gets == 0  # stopped: never read
     vast.set_running()
     clock.advance(5)  # VAST_STATUS_TTL_S: the next report sees it running
     for _ in range(5):
-        panel.status_report()
+        panel.status.report()
         clock.advance(EVERY_S / 5 - 0.01)
     assert vast.metrics_gets == 1
     clock.advance(0.1)
-    panel.status_report()
+    panel.status.report()
     assert vast.metrics_gets == 2
 
 
@@ -247,16 +248,16 @@ def test_unavailable_metrics_fall_back_and_are_audited_once_per_session(
     assert body["llm_metrics"] == "unavailable" and body["status"] == "running"
     assert body["llm_requests_running"] is None
     assert "llm_metrics_unavailable" not in events(panel)  # may still be loading the model
-    store.set_value(panel.db, HEALTHY_SESSION_KEY, store.current_session(panel.db).id)
+    store.set_value(panel.store.db, HEALTHY_SESSION_KEY, store.current_session(panel.store.db).id)
     for _ in range(4):
         clock.advance(EVERY_S)
         watchdog.look()
         assert status(client)["llm_metrics"] == "unavailable"
-    (entry,) = [e for e in panel.audit_log(100) if e.event == "llm_metrics_unavailable"]
+    (entry,) = [e for e in panel.audit.entries(100) if e.event == "llm_metrics_unavailable"]
     assert "answered HTTP 404" in entry.meta["reason"]
     assert entry.meta["fallback"] == "gateway posts"
 
-    panel.record_activity()  # the gateway's posts decide meanwhile
+    panel.idle.record_activity()  # the gateway's posts decide meanwhile
     assert status(client)["last_activity_source"] == "gateway"
     vast.metrics = (200, V1_IDLE)
     clock.advance(EVERY_S)
@@ -285,7 +286,7 @@ def test_unmapped_metrics_port_is_unavailable_not_an_error(tmp_path, clock, vast
     vast.set_running()
     body = client.get("/infra/vast/status", headers={"X-API-Key": CONTROL_KEY}).json
     assert body["llm_metrics"] == "unavailable" and vast.metrics_gets == 0
-    reading = store.read_llm_reading(app.extensions["vastpanel"].db)
+    reading = store.read_llm_reading(app.extensions["vastpanel"].store.db)
     assert reading.error == "container port 9100 is not mapped on the instance"
 
 
@@ -294,16 +295,16 @@ def test_idle_sources_pick_the_signals(tmp_path, clock, vast, sources, metrics):
     app = create_app(config_from(base_config(tmp_path, VAST_IDLE_SOURCES=sources)), clock=clock)
     panel = app.extensions["vastpanel"]
     vast.set_running()
-    panel.status_report()
+    panel.status.report()
     clock.advance(60)
-    panel.record_activity()
-    report = panel.status_report()
+    panel.idle.record_activity()
+    report = panel.status.report()
     assert report.llm_metrics == metrics
     if sources == "gateway":
         assert vast.metrics_gets == 0 and report.last_activity_source == "gateway"
     else:  # posts are not counted
         assert report.last_activity is None and report.idle_deadline == (
-            store.current_session(panel.db).started_at + IDLE_S
+            store.current_session(panel.store.db).started_at + IDLE_S
         )
 
 
@@ -313,11 +314,11 @@ def test_the_metrics_token_is_sent_and_never_shown(tmp_path, clock, vast):
     panel = app.extensions["vastpanel"]
     vast.set_running()
     vast.metrics = (401, f"wrong token {token}")
-    store.set_value(panel.db, HEALTHY_SESSION_KEY, 1)
-    panel.status_report()
+    store.set_value(panel.store.db, HEALTHY_SESSION_KEY, 1)
+    panel.status.report()
     (call,) = [c for c in vast.mock.calls if c.request.url.endswith("/metrics")]
     assert call.request.headers["Authorization"] == f"Bearer {token}"
-    assert token not in str([e.meta for e in panel.audit_log(100)])
+    assert token not in str([e.meta for e in panel.audit.entries(100)])
     assert "llm_metrics_unavailable" in events(panel)
 
 
@@ -332,7 +333,7 @@ def test_the_page_shows_the_llm_load_the_source_and_why_the_countdown_is_paused(
 
     vast.metrics = (404, "not found")
     clock.advance(EVERY_S)
-    app.extensions["vastpanel"].record_activity()
+    app.extensions["vastpanel"].idle.record_activity()
     html = admin.get("/partials/status", headers=HTMX).get_data(as_text=True)
     assert 'data-llm-metrics="unavailable"' in html and "answered HTTP 404" in html
     assert "gateway posts decide" in html and "gateway post" in html and "paused" not in html

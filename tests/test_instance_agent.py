@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from agent_support import (
+
+from support.agent import (
     AGENT_FILE,
     MetricsServer,
     exposition,
@@ -24,8 +25,7 @@ from agent_support import (
     replay,
     send_heartbeat,
 )
-
-from vastpanel.agent_link import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
+from vastpanel.domain.agent_link import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 from vastpanel.simulator import Simulator
 
 agent_mod = load_agent_module()

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vastpanel.testing import instance_nginx
-from vastpanel.testing.instance_nginx import (
+from support import instance_nginx
+from support.instance_nginx import (
     DEPLOY,
     KEYS_DIR,
     LISTEN_LINE,

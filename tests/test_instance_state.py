@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import load_fixture
-from vastpanel.instance_state import (
+from vastpanel.vast.instance import (
     endpoint_base_url,
     read_instance_state,
 )

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 
 import pytest
-from page_support import csrf_token
 
 from conftest import CONTROL_KEY, base_config, config_from
-from vastpanel import create_app, lockout, store
-from vastpanel.lockout import FREE_WRONG_KEYS, LOCKOUT_BASE_S, LOCKOUT_MAX_S, client_of
+from support import store
+from support.page import csrf_token
+from vastpanel import create_app
+from vastpanel.domain import lockout
+from vastpanel.domain.lockout import FREE_WRONG_KEYS, LOCKOUT_BASE_S, LOCKOUT_MAX_S, client_of
 
 ATTACKER = "198.51.100.7"
 GATEWAY = "192.0.2.10"
@@ -28,7 +30,7 @@ def signin(app, key: str, addr: str = ATTACKER):
 
 
 def lockouts(panel) -> list[dict]:
-    return [e.meta for e in panel.audit_log(1000) if e.event == lockout.LOCKOUT_EVENT]
+    return [e.meta for e in panel.audit.entries(1000) if e.event == lockout.LOCKOUT_EVENT]
 
 
 def test_wrong_api_keys_lead_to_429_without_the_key_being_checked(app, panel, clock):
@@ -91,7 +93,7 @@ def test_a_right_key_forgets_earlier_wrong_ones(app, panel):
     for _ in range(FREE_WRONG_KEYS - 1):
         api(app, GUESS)
     assert api(app, CONTROL_KEY).status_code == 200
-    assert store.read_auth_failures(panel.db, ATTACKER) is None
+    assert store.read_auth_failures(panel.store.db, ATTACKER) is None
     for _ in range(FREE_WRONG_KEYS - 1):
         assert api(app, GUESS).status_code == 401
     assert api(app, CONTROL_KEY).status_code == 200
@@ -120,21 +122,21 @@ def test_every_worker_process_sees_the_same_lockout(tmp_path, clock, vast):
         assert api(first, CONTROL_KEY).status_code == 429
         assert api(second, CONTROL_KEY).status_code == 429
     finally:
-        first.extensions["vastpanel"].close()
-        second.extensions["vastpanel"].close()
+        first.extensions["vastpanel"].store.close()
+        second.extensions["vastpanel"].store.close()
 
 
 def test_the_table_stays_bounded(app, panel, clock, monkeypatch):
     monkeypatch.setattr(lockout, "MAX_CLIENTS", 50)
     for n in range(120):
         api(app, GUESS, addr=f"203.0.113.{n}")
-    assert panel.db.execute("SELECT count(*) FROM auth_failures").fetchone()[0] == 50
+    assert panel.store.db.execute("SELECT count(*) FROM auth_failures").fetchone()[0] == 50
     # The newest clients are the ones kept.
-    assert store.read_auth_failures(panel.db, "203.0.113.119") is not None
-    assert store.read_auth_failures(panel.db, "203.0.113.0") is None
+    assert store.read_auth_failures(panel.store.db, "203.0.113.119") is not None
+    assert store.read_auth_failures(panel.store.db, "203.0.113.0") is None
     clock.advance(lockout.REMEMBER_S + 1)
     api(app, GUESS, addr=GATEWAY)  # any wrong key prunes what is older than REMEMBER_S
-    assert panel.db.execute("SELECT client FROM auth_failures").fetchall() == [(GATEWAY,)]
+    assert panel.store.db.execute("SELECT client FROM auth_failures").fetchall() == [(GATEWAY,)]
 
 
 def test_no_secret_reaches_the_audit_or_the_log(app, panel, caplog):
@@ -144,7 +146,7 @@ def test_no_secret_reaches_the_audit_or_the_log(app, panel, caplog):
         signin(app, GUESS)
     api(app, CONTROL_KEY)
     assert lockouts(panel)
-    text = caplog.text + str([(e.event, e.meta) for e in panel.audit_log(1000)])
+    text = caplog.text + str([(e.event, e.meta) for e in panel.audit.entries(1000)])
     assert "auth_lockout" in text and ATTACKER in text
     for secret in (GUESS, CONTROL_KEY):
         assert secret not in text

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from conftest import CONTROL_KEY, VAST_KEY
-from vastpanel.log_config import LOG_FORMAT, StripQueryString, UtcFormatter, configure_logging
+from vastpanel.logs import LOG_FORMAT, StripQueryString, UtcFormatter, configure_logging
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (INFO|WARNING|ERROR) \S+ .+$")
 

@@ -9,8 +9,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import base_config, config_from
+from support import ROOT
 from vastpanel import create_app
-from vastpanel.testing import ROOT
 
 TOKEN = "metrics-token-0123456789-secret"
 
@@ -49,7 +49,7 @@ def test_metrics_match_status_while_running(app, client, vast, clock, panel):
     vast.set_running()
     client.get("/infra/vast/status")
     clock.advance(600)
-    panel.record_activity()
+    panel.idle.record_activity()
     clock.advance(120)
     status = client.get("/infra/vast/status").get_json()
     samples = scrape(client)

@@ -12,10 +12,9 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY
-from vastpanel import store
+from support import store, wait_for
+from support.liveserver import PanelProcess, running_simulator, simulator_env
 from vastpanel.simulator import Simulator
-from vastpanel.testing import wait_for
-from vastpanel.testing.liveserver import PanelProcess, running_simulator, simulator_env
 
 pytestmark = pytest.mark.e2e
 

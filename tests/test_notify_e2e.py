@@ -14,10 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY
-from vastpanel import store
+from support import store, wait_for
+from support.liveserver import PanelProcess, free_port, running_simulator, simulator_env
 from vastpanel.simulator import Simulator
-from vastpanel.testing import wait_for
-from vastpanel.testing.liveserver import PanelProcess, free_port, running_simulator, simulator_env
 
 pytestmark = pytest.mark.e2e
 

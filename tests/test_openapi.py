@@ -17,9 +17,11 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from conftest import CONTROL_KEY, INSTANCE_URL, base_config, config_from, load_fixture
-from vastpanel import MAX_BODY_BYTES, create_app, power, store
-from vastpanel.lockout import FREE_WRONG_KEYS
-from vastpanel.openapi import PREFIX, SPEC
+from support import store
+from vastpanel import MAX_BODY_BYTES, create_app
+from vastpanel.domain import power
+from vastpanel.domain.lockout import FREE_WRONG_KEYS
+from vastpanel.web.openapi import PREFIX, SPEC
 
 SPEC_URI = "urn:vastpanel:openapi"
 REGISTRY = Registry().with_resource(SPEC_URI, Resource(contents=SPEC, specification=DRAFT202012))
@@ -107,7 +109,7 @@ def make_client(tmp_path, clock, vast):
 
     yield make
     for app in apps:
-        app.extensions["vastpanel"].close()
+        app.extensions["vastpanel"].store.close()
 
 
 def common_errors(contract: Contract, client, make_client, crash, **kwargs) -> None:
@@ -148,7 +150,7 @@ def vast_rejects_key(vast) -> None:
 def hold_power_lock(the_panel, monkeypatch) -> None:
     """Let another process hold the power lease, and give up waiting for it at once."""
     monkeypatch.setattr(power, "POWER_WAIT_S", 0.05)
-    store.acquire_lease(the_panel.db, "power", "other-process", the_panel.clock.now(), 90)
+    store.acquire_lease(the_panel.store.db, "power", "other-process", the_panel.clock.now(), 90)
 
 
 def test_the_description_is_valid_openapi_31():
@@ -181,7 +183,7 @@ def test_status(client, make_client, vast, panel, monkeypatch):
     body = contract.call(make_client(), 200)
     assert body["status"] == "running" and body["auto_shutdown_in_minutes"] is not None
     assert contract.call(make_client(VAST_API_KEY=""), 200)["status"] == "unconfigured"
-    common_errors(contract, client, make_client, crash_on(monkeypatch, panel, "status_report"))
+    common_errors(contract, client, make_client, crash_on(monkeypatch, panel.status, "report"))
     vast_rejects_key(vast)
     assert "rejected" in contract.call(make_client(), 502)["detail"]
     contract.covered()
@@ -236,7 +238,7 @@ def test_activity(client, make_client, panel, monkeypatch):
     contract.call(client, 200, body={"model": "anything"})
     contract.call(client, 422, raw="nope")
     contract.call(client, 422, body="a string")
-    common_errors(contract, client, make_client, crash_on(monkeypatch, panel, "record_activity"))
+    common_errors(contract, client, make_client, crash_on(monkeypatch, panel.idle, "record_activity"))
     contract.covered()
 
 
@@ -255,7 +257,7 @@ def test_keepalive(client, make_client, vast, panel, monkeypatch):
         contract,
         client,
         make_client,
-        crash_on(monkeypatch, panel, "keep_alive"),
+        crash_on(monkeypatch, panel.idle, "keep_alive"),
         body={"minutes": 30},
     )
     contract.covered()
@@ -268,7 +270,7 @@ def test_costs(client, make_client, vast, panel, monkeypatch):
     client.get(f"{PREFIX}/status")  # opens a session
     panel.clock.advance(600)
     assert contract.call(client, 200)["sessions_count"] == 1
-    common_errors(contract, client, make_client, crash_on(monkeypatch, panel, "cost_totals"))
+    common_errors(contract, client, make_client, crash_on(monkeypatch, panel.costs, "session_totals"))
     contract.covered()
 
 
@@ -276,13 +278,13 @@ def test_audit(client, make_client, panel, monkeypatch):
     contract = Contract("GET", "/audit")
     assert contract.call(client, 200) == []
     for i in range(3):
-        panel.audit("power_on_requested", "api", instance_id=4242, n=i)
+        panel.audit.record("power_on_requested", "api", instance_id=4242, n=i)
     entries = contract.call(client, 200, query={"limit": "2"})
     assert len(entries) == 2
     contract.call(client, 200, query={"limit": "1000", "before": "2"})
     for bad in ({"limit": "0"}, {"limit": "1001"}, {"limit": "abc"}, {"before": "0"}):
         contract.call(client, 422, query=bad)
-    common_errors(contract, client, make_client, crash_on(monkeypatch, panel, "audit_log"))
+    common_errors(contract, client, make_client, crash_on(monkeypatch, panel.audit, "entries"))
     contract.covered()
 
 
@@ -292,7 +294,7 @@ def test_budget_override(client, make_client, panel, monkeypatch):
     budgeted = make_client(VAST_BUDGET_USD="5", VAST_BUDGET_PERIOD="day")
     assert contract.call(budgeted, 200)["state"] == "ok"
     contract.call(budgeted, 422, raw="[1")
-    common_errors(contract, client, make_client, crash_on(monkeypatch, panel, "override_budget"))
+    common_errors(contract, client, make_client, crash_on(monkeypatch, panel.budget, "override"))
     contract.covered()
 
 
@@ -306,7 +308,7 @@ def test_costs_and_status_with_a_budget_and_vast_ais_charges(make_client, vast, 
     row |= {"source": "instance-4242", "items": [{"type": "gpu", "amount": 0.5}]}
     body = {"success": True, "results": [row], "next_token": None}
     vast.charges = [(200, body)]
-    the_panel.read_charges()
+    the_panel.costs.read_charges()
     costs = Contract("GET", "/costs").call(budgeted, 200)
     assert costs["budget"]["limit_usd"] == 5 and costs["days"][-1]["billed"]["gpu"] == 0.5
     status = Contract("GET", "/status").call(budgeted, 200)

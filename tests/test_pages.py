@@ -7,11 +7,11 @@ from html.parser import HTMLParser
 
 import pytest
 import responses
-from page_support import HTMX, csrf_token, signed_in_client
 
 from conftest import INSTANCE_URL, base_config, config_from, load_fixture
+from support.page import HTMX, csrf_token, signed_in_client
 from vastpanel import create_app
-from vastpanel.status_view import SCHEDULING_HINT_AFTER_S
+from vastpanel.web.status_view import SCHEDULING_HINT_AFTER_S
 
 XSS = '<script>document.title="pwned"</script><img src=x onerror=alert(1)>'
 
@@ -132,7 +132,7 @@ def test_the_simulated_demo_says_so(tmp_path, clock, vast):
     assert "Simulated — demo, no real GPU" in html
     assert "(simulated)" in html.split("</title>")[0]
     assert "Simulated" in app.test_client().get("/signin").get_data(as_text=True)
-    app.extensions["vastpanel"].close()
+    app.extensions["vastpanel"].store.close()
 
 
 def test_security_headers_on_the_page(admin):
@@ -162,7 +162,7 @@ def test_start_from_htmx_returns_the_widget_and_is_audited_as_admin(admin, vast,
     assert badge(html) == "scheduling"
     assert status_widget(html)["hx-trigger"] == "every 2s"
     assert "Start requested" in html
-    requested = [e for e in panel.audit_log(10) if e.event == "power_on_requested"]
+    requested = [e for e in panel.audit.entries(10) if e.event == "power_on_requested"]
     assert requested[0].actor == "admin"
     assert requested[0].meta["wait_for_health"] is False
 
@@ -205,9 +205,9 @@ def test_the_way_to_running_loading_then_waiting_for_health_then_running(admin, 
 
 def test_running_shows_session_time_cost_activity_and_the_countdown(admin, vast, clock, panel):
     vast.set_running()
-    panel.status_report()  # opens the session now
+    panel.status.report()  # opens the session now
     clock.advance(10 * 60)
-    panel.record_activity()
+    panel.idle.record_activity()
     clock.advance(15 * 60)
     html = admin.get("/partials/status", headers=HTMX).get_data(as_text=True)
     assert "25 min · $0.188 so far" in html  # 25 min at $0.45/h
@@ -232,7 +232,7 @@ def test_stop_asks_for_confirmation_then_shows_the_session_cost(admin, vast, clo
     assert stop_form["hx-confirm"].startswith("Stop the instance?")
     vast.set_running()
     clock.advance(10)  # past the cached answer the page just read
-    panel.status_report()
+    panel.status.report()
     clock.advance(25 * 60)
     response = post(admin, "/power/off")
     html = response.get_data(as_text=True)
@@ -240,13 +240,13 @@ def test_stop_asks_for_confirmation_then_shows_the_session_cost(admin, vast, clo
     assert "Instance stopped. Session: 25 min, $0.188" in html
     assert badge(html) == "stopped"
     assert "Last session</dt><dd>25 min · $0.188" in html
-    done = panel.audit_log(5)[0]
+    done = panel.audit.entries(5)[0]
     assert (done.event, done.actor) == ("power_off_complete", "admin")
 
 
 def test_stop_without_javascript_redirects_back_with_the_session_cost(admin, vast, clock, panel):
     vast.set_running()
-    panel.status_report()
+    panel.status.report()
     clock.advance(60 * 60)
     response = post(admin, "/power/off", htmx=False)
     assert response.status_code == 303 and response.headers["Location"] == "/"
@@ -286,7 +286,7 @@ def test_unconfigured_shows_what_is_missing_and_refuses_actions(tmp_path, clock,
     response = post(admin, "/power/on")
     assert "VAST_API_KEY not configured" in response.get_data(as_text=True)
     assert "notice-error" in response.get_data(as_text=True)
-    app.extensions["vastpanel"].close()
+    app.extensions["vastpanel"].store.close()
 
 
 # --- vast.ai failing ------------------------------------------------------------------------------
@@ -337,7 +337,7 @@ def test_vast_error_messages_are_escaped(admin, vast):
 
 def test_gpu_name_and_audit_details_are_escaped(admin, vast, panel):
     vast.set(gpu_name=XSS)
-    panel.audit("session_opened", "system", detail=XSS)
+    panel.audit.record("session_opened", "system", detail=XSS)
     html = admin.get("/").get_data(as_text=True)
     assert "<script>document.title" not in html and "<img src=x" not in html
     assert html.count("&lt;script&gt;") >= 2
@@ -348,9 +348,9 @@ def test_gpu_name_and_audit_details_are_escaped(admin, vast, panel):
 
 def test_costs_show_totals_and_a_bar_for_each_day_with_gpu_time(admin, vast, clock, panel):
     vast.set_running()
-    panel.status_report()  # 2023-11-14T22:13:20Z
+    panel.status.report()  # 2023-11-14T22:13:20Z
     clock.advance(2 * 3600)  # into 15 November
-    panel.power_off("admin")
+    panel.power.power_off("admin")
     html = admin.get("/partials/costs", headers=HTMX).get_data(as_text=True)
     assert "$0.90" in html  # 2 h at $0.45/h
     assert "2 h 00 min" in html
@@ -372,9 +372,9 @@ def test_costs_without_sessions_say_there_is_nothing_yet(admin):
 
 def test_the_audit_log_is_readable_newest_first(admin, vast, clock, panel):
     vast.set_running()
-    panel.status_report()
+    panel.status.report()
     clock.advance(90)
-    panel.power_off("admin")
+    panel.power.power_off("admin")
     html = admin.get("/partials/audit", headers=HTMX).get_data(as_text=True)
     rows = re.findall(r'data-event="([a-z_]+)"', html)
     assert rows[:3] == ["power_off_complete", "power_off_requested", "session_opened"]
@@ -386,7 +386,7 @@ def test_the_audit_log_is_readable_newest_first(admin, vast, clock, panel):
 
 def test_the_audit_log_pages_back_with_before(admin, panel):
     for i in range(45):
-        panel.audit("session_opened", "system", n=i)
+        panel.audit.record("session_opened", "system", n=i)
     first = admin.get("/partials/audit", headers=HTMX).get_data(as_text=True)
     ids = [int(i) for i in re.findall(r'data-audit-id="(\d+)"', first)]
     assert len(ids) == 20 and ids == sorted(ids, reverse=True)
@@ -408,7 +408,7 @@ def test_the_audit_log_pages_back_with_before(admin, panel):
 
 
 def test_an_empty_before_shows_the_newest_entries(admin, panel):
-    panel.audit("session_opened", "system")
+    panel.audit.record("session_opened", "system")
     html = admin.get("/partials/audit?before=", headers=HTMX).get_data(as_text=True)
     assert 'data-event="session_opened"' in html
 
@@ -416,7 +416,7 @@ def test_an_empty_before_shows_the_newest_entries(admin, panel):
 @pytest.mark.parametrize("before", ["abc", "99999999999999999999", "-5", "0", "1e3"])
 @pytest.mark.parametrize("path", ["/", "/partials/audit"])
 def test_an_unusable_before_is_refused_like_the_api(admin, panel, path, before):
-    panel.audit("session_opened", "system")
+    panel.audit.record("session_opened", "system")
     response = admin.get(f"{path}?before={before}", headers=HTMX)
     assert response.status_code == 400
     assert "before must be" in response.get_data(as_text=True)

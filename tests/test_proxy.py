@@ -14,10 +14,11 @@ import pytest
 import responses
 
 from conftest import CONTROL_KEY, FIXTURES, INSTANCE_URL, base_config, config_from
-from vastpanel import ConfigError, create_app, store
+from support import store
+from vastpanel import ConfigError, create_app
 from vastpanel.config import Config
-from vastpanel.wake import IN_FLIGHT_LEASE, WAITING_LEASE
-from vastpanel.watchdog import Watchdog
+from vastpanel.domain.wake import IN_FLIGHT_LEASE, WAITING_LEASE
+from vastpanel.watchdog.looks import watchdog_for
 
 LLM_KEY = "team-key-0123456789abcdef"
 UPSTREAM_KEY = "vllm-key-fedcba9876543210"
@@ -35,7 +36,7 @@ def app(tmp_path, clock, vast):
     )
     app = create_app(config_from(config), clock=clock)
     yield app
-    app.extensions["vastpanel"].close()
+    app.extensions["vastpanel"].store.close()
 
 
 @dataclass
@@ -209,8 +210,8 @@ def test_forwards_request_and_strips_hop_by_hop_headers(app, vast, llm, panel):
     assert response.headers["X-Model-Server"] == "fake"
     assert "X-Hop" not in response.headers  # named in the LLM's Connection header
     # Activity at the start and end; nothing left in flight.
-    assert panel.status_report().last_activity == panel.clock.now()
-    assert panel.proxy_stats().in_flight == 0
+    assert panel.status.report().last_activity == panel.clock.now()
+    assert panel.wake.proxy_stats().in_flight == 0
     assert vast.puts == []
 
 
@@ -257,10 +258,10 @@ def test_cold_start_starts_once_as_proxy_and_waits(app, vast, llm, panel, clock)
     response = app.test_client().post("/v1/chat/completions", json=BODY, headers=BEARER)
     assert response.status_code == 200, response.get_data(as_text=True)
     assert vast.puts == ["running"]
-    starts = [e for e in panel.audit_log(50) if e.event == "power_on_requested"]
+    starts = [e for e in panel.audit.entries(50) if e.event == "power_on_requested"]
     assert [e.actor for e in starts] == ["proxy"]
-    assert panel.proxy_stats().last_start is not None
-    assert panel.proxy_stats().waiting == 0
+    assert panel.wake.proxy_stats().last_start is not None
+    assert panel.wake.proxy_stats().waiting == 0
 
 
 def test_a_ready_llm_is_taken_as_ready_for_a_second_without_reading_again(app, vast, llm, panel):
@@ -268,7 +269,7 @@ def test_a_ready_llm_is_taken_as_ready_for_a_second_without_reading_again(app, v
     client = app.test_client()
     assert client.post("/v1/chat/completions", json=BODY, headers=BEARER).status_code == 200
     statements = []
-    with panel.db.tracer(lambda sql, params: statements.append(sql)):
+    with panel.store.db.tracer(lambda sql, params: statements.append(sql)):
         assert client.post("/v1/chat/completions", json=BODY, headers=BEARER).status_code == 200
     # Only the request's in-flight lease, taken and given back: no read of the shared answer.
     assert [sql.split()[0] for sql in statements] == ["INSERT", "DELETE"], statements
@@ -279,7 +280,7 @@ def test_a_stop_from_this_process_is_seen_by_the_next_request_at_once(app, vast,
     vast.set_running()
     client = app.test_client()
     assert client.post("/v1/chat/completions", json=BODY, headers=BEARER).status_code == 200
-    panel.power_off("admin")  # within the second a ready LLM is taken as ready
+    panel.power.power_off("admin")  # within the second a ready LLM is taken as ready
     vast.boot_after = 20.0
     response = client.post("/v1/chat/completions", json=BODY, headers=BEARER)
     assert response.status_code == 200, response.get_data(as_text=True)
@@ -346,20 +347,20 @@ def test_an_llm_that_does_not_answer_is_a_502_in_openai_shape(tmp_path, clock, v
         health.close()
     assert response.status_code == 502
     assert error_of(response)["code"] == "upstream_unreachable"
-    assert app.extensions["vastpanel"].proxy_stats().in_flight == 0
-    app.extensions["vastpanel"].close()
+    assert app.extensions["vastpanel"].wake.proxy_stats().in_flight == 0
+    app.extensions["vastpanel"].store.close()
 
 
 def test_in_flight_counts_every_live_lease(panel):
     assert panel_lease(panel, f"{IN_FLIGHT_LEASE}a")
-    ticket = panel.proxy_request()
-    assert panel.proxy_stats().in_flight == 2
+    ticket = panel.wake.proxy_request()
+    assert panel.wake.proxy_stats().in_flight == 2
     ticket.close()
-    assert panel.proxy_stats().in_flight == 1
+    assert panel.wake.proxy_stats().in_flight == 1
 
 
 def panel_lease(panel, name: str) -> bool:
-    return store.acquire_lease(panel.db, name, panel.holder, panel.clock.now(), 600)
+    return store.acquire_lease(panel.store.db, name, panel.leases.holder, panel.clock.now(), 600)
 
 
 def open_fixture(name: str) -> str:
@@ -394,7 +395,7 @@ def test_a_spent_budget_is_a_503_naming_it_and_starts_nothing(tmp_path, clock, v
         VAST_AUTO_SHUTDOWN="false",
     )
     app = create_app(config_from(config), clock=clock)
-    watchdog = Watchdog(app.extensions["vastpanel"])
+    watchdog = watchdog_for(app.extensions["vastpanel"])
     vast.set_running()
     vast.set(dph_base=1.95)  # $2/h with storage: the $1 budget is spent after 30 minutes
     watchdog.look()
@@ -405,4 +406,4 @@ def test_a_spent_budget_is_a_503_naming_it_and_starts_nothing(tmp_path, clock, v
     assert error_of(response)["code"] == "start_failed"
     assert "budget" in error_of(response)["message"]
     assert vast.puts == ["stopped"]
-    app.extensions["vastpanel"].close()
+    app.extensions["vastpanel"].store.close()

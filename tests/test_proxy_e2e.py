@@ -11,9 +11,9 @@ import openai
 import pytest
 import requests
 
+from support import wait_for
+from support.liveserver import PanelProcess, simulator_env
 from vastpanel.simulator import LlmConfig, Simulator
-from vastpanel.testing import wait_for
-from vastpanel.testing.liveserver import PanelProcess, simulator_env
 
 pytestmark = pytest.mark.e2e
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from test_fresh_clone import readme_commands
 
-from vastpanel.testing import ROOT
+from support import ROOT
 
 
 def test_ci_runs_the_readme_test_command_as_written():

@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 import pytest
 import requests
 
+from support import wait_for
+from support.liveserver import PanelProcess, simulator_env
 from vastpanel.simulator import Simulator
-from vastpanel.testing import wait_for
-from vastpanel.testing.liveserver import PanelProcess, simulator_env
 
 SIM_KEY = "sim-crash-key-0123456789abcdef"
 CONTROL_KEY = "crash-control-key-fedcba987654"

@@ -20,8 +20,8 @@ from schemathesis.checks import (
 )
 
 from conftest import CONTROL_KEY, config_from
+from support.liveserver import instant_simulator
 from vastpanel import create_app
-from vastpanel.testing.liveserver import instant_simulator
 
 SIM_KEY = "sim-fuzz-key-0123456789abcdef"
 INSTANCE_ID = 31337
@@ -66,7 +66,7 @@ def fuzzed_app(sim, tmp_path_factory):
     )
     app = create_app(config)
     yield app
-    app.extensions["vastpanel"].close()
+    app.extensions["vastpanel"].store.close()
 
 
 @pytest.fixture

@@ -15,15 +15,15 @@ import time
 
 import pytest
 
-from vastpanel.testing import wait_for
-from vastpanel.testing.fault_load import (
+from support import wait_for
+from support.fault_load import (
     audit_events,
     faults_served,
     queue_faults,
     run_fault_load,
     run_outage,
 )
-from vastpanel.testing.liveserver import PanelProcess, instant_simulator, simulator_env
+from support.liveserver import PanelProcess, instant_simulator, simulator_env
 
 SIM_KEY = "sim-load-key-0123456789abcdef"
 CONTROL_KEY = "load-control-key-fedcba987654"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import base_config, config_from
-from vastpanel import create_app, store
+from support import store
+from vastpanel import create_app
 from vastpanel.errors import VastErrorKind
 
 TABLES = ("sessions", "audit", "state", "instance_cache", "leases")
@@ -65,7 +66,7 @@ def test_schema_version_counts_applied_migrations(panel):
     new = store.open_db(":memory:")
     try:
         assert store.schema_version(new) == 0
-        assert store.schema_version(panel.db) == latest_version() >= 2
+        assert store.schema_version(panel.store.db) == latest_version() >= 2
     finally:
         new.close()
 
@@ -78,7 +79,7 @@ def test_app_migrates_an_m001_database_and_keeps_every_row(tmp_path, clock, vast
     app = create_app(config_from(config), clock=clock)
     panel = app.extensions["vastpanel"]
     try:
-        db = panel.db
+        db = panel.store.db
         assert store.schema_version(db) == latest_version()
         assert [m.name for m in store.migrations.applied(db)][:2] == [
             "m001_initial",
@@ -99,15 +100,15 @@ def test_app_migrates_an_m001_database_and_keeps_every_row(tmp_path, clock, vast
         assert events == ["session_opened", "power_off_complete", "power_on_requested"]
         assert client.get("/infra/vast/costs").get_json()["sessions_count"] == 2
     finally:
-        panel.close()
+        panel.store.close()
 
     # A second start finds nothing pending and changes nothing.
     again = create_app(config_from(config), clock=clock)
     try:
-        assert store.schema_version(again.extensions["vastpanel"].db) == latest_version()
-        assert dump(again.extensions["vastpanel"].db) == before
+        assert store.schema_version(again.extensions["vastpanel"].store.db) == latest_version()
+        assert dump(again.extensions["vastpanel"].store.db) == before
     finally:
-        again.extensions["vastpanel"].close()
+        again.extensions["vastpanel"].store.close()
 
 
 @pytest.mark.parametrize(

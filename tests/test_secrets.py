@@ -36,7 +36,7 @@ def test_no_key_in_responses_audit_or_logs(client, vast, clock, caplog, panel):
     call("get", "/infra/vast/status", headers={"X-API-Key": "wrong"})
     logging.getLogger("vastpanel").warning("echo %s and %s", VAST_KEY, CONTROL_KEY)
 
-    audit_text = str([(e.event, e.meta) for e in panel.audit_log(1000)])
+    audit_text = str([(e.event, e.meta) for e in panel.audit.entries(1000)])
     everything = "\n".join(bodies) + audit_text + caplog.text
     assert "power_on_failed" in audit_text  # the checks below look at real content
     assert "***" in audit_text

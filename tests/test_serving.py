@@ -22,10 +22,9 @@ import pytest
 import requests
 from gunicorn.config import Config as GunicornConfig
 
-from vastpanel import store
+from support import ROOT, store
+from support.liveserver import end_process, free_port
 from vastpanel.simulator import Simulator
-from vastpanel.testing import ROOT
-from vastpanel.testing.liveserver import end_process, free_port
 
 VAST_KEY = "simkey-serving-0123456789abcdef"
 CONTROL_KEY = "control-serving-fedcba9876543210"

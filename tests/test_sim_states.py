@@ -9,10 +9,11 @@ from __future__ import annotations
 import pytest
 
 from conftest import config_from
-from vastpanel import create_app, store
-from vastpanel.clock import FakeClock
+from support import store
+from support.clock import FakeClock
+from vastpanel import create_app
 from vastpanel.simulator import ManualClock, Simulator
-from vastpanel.watchdog import Watchdog
+from vastpanel.watchdog.looks import watchdog_for
 
 SIM_KEY = "sim-states-key-0123456789"
 CONTROL_KEY = "states-control-key-0123456789"
@@ -70,37 +71,37 @@ def panel(sim, clock, tmp_path):
     app = create_app(config, clock=clock)
     panel = app.extensions["vastpanel"]
     yield panel
-    panel.close()
+    panel.store.close()
 
 
 def events(panel) -> list[str]:
-    return [e.event for e in reversed(panel.audit_log(100))]
+    return [e.event for e in reversed(panel.audit.entries(100))]
 
 
 def test_frozen_is_billed_gpu_time_and_shown(panel, sim, clock):
-    assert panel.instance_state().status == "running"
+    assert panel.instance.state().status == "running"
     sim.external("frozen")
     clock.advance(2.0)  # the panel asks vast.ai at most every 2 s (its GET interval)
-    state = panel.instance_state()
+    state = panel.instance.state()
     assert (state.status, state.intended_status) == ("frozen", "frozen")
     assert "GPU is billed" in state.message
-    assert store.current_session(panel.db) is not None
+    assert store.current_session(panel.store.db) is not None
 
 
 @pytest.mark.parametrize("down", ["unknown", "offline"])
 def test_unknown_and_offline_close_the_session_and_are_audited(panel, sim, clock, down):
-    panel.instance_state()
+    panel.instance.state()
     clock.advance(600)
     sim.external(down)
-    state = panel.instance_state()
+    state = panel.instance.state()
     assert state.status == down and "billed" in state.message
-    assert store.current_session(panel.db) is None
+    assert store.current_session(panel.store.db) is None
     assert events(panel)[-2:] == ["session_closed", "instance_down"]
-    assert panel.status_report().totals.runtime_seconds == pytest.approx(600, abs=5)
+    assert panel.status.report().totals.runtime_seconds == pytest.approx(600, abs=5)
 
 
 def test_an_unknown_instance_is_stopped_when_idle_offline_is_not(panel, sim, clock):
-    watchdog = Watchdog(panel)
+    watchdog = watchdog_for(panel)
     sim.external("offline")
     watchdog.look()
     clock.advance(IDLE_S + 10)
@@ -115,32 +116,32 @@ def test_an_unknown_instance_is_stopped_when_idle_offline_is_not(panel, sim, clo
 
 def test_created_is_a_start_under_way(panel, sim):
     sim.external("created")
-    assert panel.instance_state().status == "creating"
-    result = panel.power_on("api", wait_for_health=False)
+    assert panel.instance.state().status == "creating"
+    result = panel.power.power_on("api", wait_for_health=False)
     assert "already under way" in result.message
     assert sim.requests(method="PUT") == []
 
 
 def test_rebooting_is_starting_not_idle(panel, sim, clock):
-    watchdog = Watchdog(panel)
+    watchdog = watchdog_for(panel)
     watchdog.look()
     clock.advance(IDLE_S - 5)
     sim.external("rebooting")
     clock.advance(10)  # past the idle deadline, but rebooting
     watchdog.look()
-    assert panel.instance_state().status == "rebooting"
-    assert "already under way" in panel.power_on("api", wait_for_health=False).message
+    assert panel.instance.state().status == "rebooting"
+    assert "already under way" in panel.power.power_on("api", wait_for_health=False).message
     assert sim.requests(method="PUT") == []
 
 
 def test_a_manual_stop_right_after_a_status_read_meets_no_502(panel, sim, clock):
     sim.set_timing(schedule_delay=0, load_delay=0)
     sim.external("stop")
-    assert panel.instance_state().status == "stopped"
+    assert panel.instance.state().status == "stopped"
     sim.external("start")  # started in the console: running, the shared answer says stopped
     clock.advance(0.5)
-    assert panel.instance_state().status == "stopped"  # a status read within vast.ai's 2 s
-    result = panel.power_off("api")  # confirms "stopped" afresh: 429 first, then waits 2 s
+    assert panel.instance.state().status == "stopped"  # a status read within vast.ai's 2 s
+    result = panel.power.power_off("api")  # confirms "stopped" afresh: 429 first, then waits 2 s
     assert not result.already_stopped
     assert [r["status"] for r in sim.requests(method="GET")] == [200, 429, 200]
     assert [r["json"] for r in sim.requests(method="PUT")] == [{"state": "stopped"}]

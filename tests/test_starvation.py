@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 
-from vastpanel.testing.liveserver import PanelProcess, instant_simulator, simulator_env
-from vastpanel.testing.starvation import TARGET_P99_S, run_starvation
+from support.liveserver import PanelProcess, instant_simulator, simulator_env
+from support.starvation import TARGET_P99_S, run_starvation
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +26,9 @@ HALF_OPEN, GUESSERS, POWER_ONS, POSTS = 100, 50, 20, 300
 
 def test_activity_stays_fast_while_hostile_clients_hold_connections(tmp_path):
     with instant_simulator(SIM_KEY, INSTANCE_ID) as sim:
-        env = simulator_env(sim, tmp_path / "panel.db", CONTROL_KEY, VAST_WAIT_TIMEOUT_S="180")
+        env = simulator_env(
+            sim, tmp_path / "panel.db", CONTROL_KEY, VAST_WAIT_TIMEOUT_S="180"
+        )
         server = PanelProcess(env, log_path=tmp_path / "server.log")
         try:
             report = run_starvation(

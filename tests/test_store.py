@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from vastpanel import store
+from support import store
 from vastpanel.errors import VastErrorKind
 
 

@@ -10,8 +10,9 @@ import traceback
 import pytest
 
 from conftest import base_config, config_from
-from vastpanel import create_app, store
-from vastpanel.auth import SECRET_KEY_FILE
+from support import store
+from vastpanel import create_app
+from vastpanel.web.auth import SECRET_KEY_FILE
 
 RACE_ROUNDS = 20
 RACE_PROCESSES = 4
@@ -25,13 +26,13 @@ def test_new_data_folder_and_files_are_private(tmp_path):
     data = tmp_path / "data"
     app = create_app(config_from(base_config(tmp_path, VAST_DB_PATH=str(data / "vastpanel.db"))))
     panel = app.extensions["vastpanel"]
-    store.set_value(panel.db, "x", 1.0)  # the WAL files exist once something was written
+    store.set_value(panel.store.db, "x", 1.0)  # the WAL files exist once something was written
     assert _mode(data) == 0o700
     files = ["vastpanel.db", "vastpanel.db-wal", "vastpanel.db-shm", SECRET_KEY_FILE]
     for name in files:
         assert (data / name).exists(), name
         assert _mode(data / name) == 0o600, name
-    panel.close()
+    panel.store.close()
 
 
 def test_private_even_with_a_permissive_umask(tmp_path):

@@ -7,9 +7,9 @@ import requests
 import responses
 
 from conftest import INSTANCE_ID, INSTANCE_URL, VAST_KEY, VAST_URL, load_fixture
-from vastpanel.clock import FakeClock
+from support.clock import FakeClock
 from vastpanel.errors import VastErrorKind
-from vastpanel.vast_client import VastClient, VastError
+from vastpanel.vast.client import VastClient, VastError
 
 
 @pytest.fixture

@@ -9,10 +9,11 @@ import pytest
 import responses
 
 from conftest import INSTANCE_URL, base_config, config_from, finished_pid, load_fixture
-from vastpanel import create_app, store
-from vastpanel.leases import holder_is_dead
-from vastpanel.panel import HEALTH_WAIT_LEASE
-from vastpanel.watchdog import LEASE, Watchdog
+from support import store
+from vastpanel import create_app
+from vastpanel.domain.power import HEALTH_WAIT_LEASE
+from vastpanel.storage.leases import holder_is_dead
+from vastpanel.watchdog.looks import LEASE, watchdog_for
 
 IDLE_S = 30 * 60  # VAST_AUTO_SHUTDOWN_MINUTES' default
 TTL_S = 5.0  # VAST_STATUS_TTL_S' default: how long one vast.ai answer is reused
@@ -20,17 +21,17 @@ TTL_S = 5.0  # VAST_STATUS_TTL_S' default: how long one vast.ai answer is reused
 
 @pytest.fixture
 def watchdog(panel):
-    return Watchdog(panel)
+    return watchdog_for(panel)
 
 
 def events(panel) -> list[str]:
     """Return the audit events, oldest first."""
-    return [e.event for e in reversed(panel.audit_log(1000))]
+    return [e.event for e in reversed(panel.audit.entries(1000))]
 
 
 def entry(panel, event: str) -> store.AuditEntry:
     """Return the one audit entry with this event name."""
-    found = [e for e in panel.audit_log(1000) if e.event == event]
+    found = [e for e in panel.audit.entries(1000) if e.event == event]
     assert len(found) == 1, events(panel)
     return found[0]
 
@@ -45,7 +46,7 @@ def start_running(vast, clock, watchdog) -> float:
 
 def test_idle_instance_is_stopped_when_the_idle_time_is_reached(panel, vast, clock, watchdog):
     seen = start_running(vast, clock, watchdog)
-    session = store.current_session(panel.db)
+    session = store.current_session(panel.store.db)
     assert session.started_at == seen
     assert watchdog.look().next_deadline == seen + IDLE_S
 
@@ -58,7 +59,7 @@ def test_idle_instance_is_stopped_when_the_idle_time_is_reached(panel, vast, clo
     assert vast.puts == ["stopped"]
     assert look.stopped.session_minutes == pytest.approx(30)
     assert look.next_deadline is None
-    assert store.current_session(panel.db) is None
+    assert store.current_session(panel.store.db) is None
     shutdown = entry(panel, "auto_shutdown")
     assert shutdown.actor == "system"
     assert shutdown.meta["inactive_minutes"] == pytest.approx(30)
@@ -81,7 +82,7 @@ def test_idle_instance_is_stopped_when_the_idle_time_is_reached(panel, vast, clo
 def test_activity_keeps_the_instance_running_and_moves_the_deadline(panel, vast, clock, watchdog):
     start_running(vast, clock, watchdog)
     clock.advance(20 * 60)
-    activity = panel.record_activity()
+    activity = panel.idle.record_activity()
     clock.advance(20 * 60)  # 40 min since first seen, 20 since the last activity
     look = watchdog.look()
     assert look.stopped is None and vast.puts == []
@@ -95,14 +96,14 @@ def test_activity_keeps_the_instance_running_and_moves_the_deadline(panel, vast,
 
 
 def test_instance_started_outside_counts_idle_from_when_first_seen(panel, vast, clock, watchdog):
-    panel.record_activity()  # an old activity must not make the new session due at once
+    panel.idle.record_activity()  # an old activity must not make the new session due at once
     watchdog.look()
-    assert store.current_session(panel.db) is None
+    assert store.current_session(panel.store.db) is None
 
     clock.advance(3 * 3600)
     vast.set_running()  # started in vast.ai's console
     seen = watchdog.look().at
-    session = store.current_session(panel.db)
+    session = store.current_session(panel.store.db)
     assert session.started_at == seen
     assert entry(panel, "session_opened").meta["seen_status"] == "running"
     assert vast.puts == []
@@ -123,8 +124,8 @@ def test_instance_stopped_outside_closes_its_session_when_seen_stopped(
     vast.set_stopped()  # stopped in vast.ai's console
     clock.advance(TTL_S)
     seen = watchdog.look().at
-    assert store.current_session(panel.db) is None
-    (session,) = store.list_sessions(panel.db, 0)
+    assert store.current_session(panel.store.db) is None
+    (session,) = store.list_sessions(panel.store.db, 0)
     assert session.ended_at == seen
     closed = entry(panel, "session_closed")
     assert closed.meta["session_minutes"] == pytest.approx(10 + TTL_S / 60)
@@ -138,7 +139,7 @@ def test_a_down_instance_is_stopped_by_the_idle_rule_from_when_it_was_first_seen
     vast.set_running()
     vast.set(actual_status=down, status_msg="container exited (code 137)")
     seen = watchdog.look().at
-    assert store.current_session(panel.db) is None  # no GPU time is billed while down
+    assert store.current_session(panel.store.db) is None  # no GPU time is billed while down
     noted = entry(panel, "instance_down")
     assert noted.meta["seen_status"] == down and "137" in noted.meta["status_msg"]
     assert watchdog.look().next_deadline == seen + IDLE_S
@@ -159,20 +160,20 @@ def test_time_down_is_not_counted_as_gpu_time(panel, vast, clock, watchdog):
     clock.advance(10 * 60)
     vast.set(actual_status="exited", status_msg="container exited (code 137)")
     watchdog.look()
-    (session,) = store.list_sessions(panel.db, 0)
+    (session,) = store.list_sessions(panel.store.db, 0)
     assert session.seconds(clock.now()) == pytest.approx(10 * 60)  # closed when seen exited
     closed = entry(panel, "session_closed")
     assert closed.meta["seen_status"] == "exited"
     clock.advance(20 * 60 - 1)
     watchdog.look()
-    assert store.cost_totals(panel.db, clock.now()).runtime_seconds == pytest.approx(600)
+    assert store.cost_totals(panel.store.db, clock.now()).runtime_seconds == pytest.approx(600)
 
 
 def test_offline_is_shown_and_audited_but_not_stopped(panel, vast, clock, watchdog):
     vast.set_running()
     vast.set(actual_status="offline", status_msg=None)
     watchdog.look()
-    assert store.current_session(panel.db) is None
+    assert store.current_session(panel.store.db) is None
     assert entry(panel, "instance_down").meta["idle_stop"] is False
     clock.advance(IDLE_S + 60)
     watchdog.look()
@@ -186,7 +187,9 @@ def test_a_rebooting_instance_is_starting_not_idle(panel, vast, clock, watchdog,
     clock.advance(IDLE_S + 60)
     watchdog.look()
     assert vast.puts == []
-    assert panel.power_on("api", wait_for_health=False).message.startswith("A start is already")
+    assert panel.power.power_on("api", wait_for_health=False).message.startswith(
+        "A start is already"
+    )
     assert vast.puts == []
 
 
@@ -198,7 +201,7 @@ def test_failed_stop_is_audited_and_retried_at_the_next_look(panel, vast, clock,
     assert "missing_billing" in look.error
     failed = entry(panel, "auto_shutdown_failed")
     assert failed.actor == "system" and "missing_billing" in failed.meta["error"]
-    assert store.current_session(panel.db) is not None
+    assert store.current_session(panel.store.db) is not None
     # The deadline has passed: no deadline look, only the next interval look retries.
     assert look.next_deadline <= clock.now()
 
@@ -207,7 +210,7 @@ def test_failed_stop_is_audited_and_retried_at_the_next_look(panel, vast, clock,
     look = watchdog.look()
     assert look.stopped is not None and look.error is None
     assert vast.puts == ["stopped", "stopped"]
-    assert store.current_session(panel.db) is None
+    assert store.current_session(panel.store.db) is None
     assert events(panel)[-2:] == ["auto_shutdown", "auto_shutdown_complete"]
 
 
@@ -237,24 +240,24 @@ def test_restart_keeps_the_idle_timer_and_acts_on_a_passed_deadline(
 ):
     start_running(vast, clock, watchdog)
     clock.advance(5 * 60)
-    activity = panel.record_activity()
-    panel.close()  # the process dies here: no lease given back, nothing else written
+    activity = panel.idle.record_activity()
+    panel.store.close()  # the process dies here: no lease given back, nothing else written
 
     clock.advance(40 * 60)  # down for 40 minutes; the deadline passed 15 minutes ago
     restarted = create_app(config_from(base_config(tmp_path)), clock=clock)
     try:
-        look = Watchdog(restarted.extensions["vastpanel"]).look()
+        look = watchdog_for(restarted.extensions["vastpanel"]).look()
         assert look.leader
         assert vast.puts == ["stopped"]
         inactive = entry(panel, "auto_shutdown").meta["inactive_minutes"]
         assert inactive == pytest.approx((clock.now() - activity) / 60) == pytest.approx(40)
     finally:
-        restarted.extensions["vastpanel"].close()
+        restarted.extensions["vastpanel"].store.close()
 
 
 def test_queued_start_is_not_stopped_until_it_runs(panel, vast, clock, watchdog):
     vast.put_answer = (200, load_fixture("start_resources_unavailable.json"))
-    result = panel.power_on("api", wait_for_health=False)
+    result = panel.power.power_on("api", wait_for_health=False)
     assert result.state.status == "scheduling"
     vast.put_answer = None
     vast.set(intended_status="running")  # vast.ai keeps the start queued
@@ -262,14 +265,14 @@ def test_queued_start_is_not_stopped_until_it_runs(panel, vast, clock, watchdog)
     for _ in range(3):
         clock.advance(IDLE_S)
         watchdog.look()
-        assert panel.instance_state().status == "scheduling"
+        assert panel.instance.state().status == "scheduling"
     assert "stopped" not in vast.puts
-    assert store.current_session(panel.db) is None
+    assert store.current_session(panel.store.db) is None
 
     vast.set_running()  # the GPU came free
     clock.advance(TTL_S)
     seen = watchdog.look().at
-    assert store.current_session(panel.db).started_at == seen
+    assert store.current_session(panel.store.db).started_at == seen
     clock.advance(IDLE_S)
     watchdog.look()
     assert vast.puts == ["running", "stopped"]
@@ -294,7 +297,7 @@ def look_past_the_deadline_during_a_health_wait(panel, vast, clock, watchdog, ho
     """Run the instance, let it idle past its deadline while `holder` waits for health; look."""
     start_running(vast, clock, watchdog)
     clock.advance(IDLE_S + 60)
-    store.acquire_lease(panel.db, HEALTH_WAIT_LEASE + holder, holder, clock.now(), 660)
+    store.acquire_lease(panel.store.db, HEALTH_WAIT_LEASE + holder, holder, clock.now(), 660)
     watchdog.look()
 
 
@@ -322,11 +325,11 @@ def test_a_health_wait_of_a_killed_process_does_not_protect_an_idle_instance(
 def test_auto_shutdown_off_stops_nothing_but_keeps_sessions(tmp_path, vast, clock):
     app = create_app(config_from(base_config(tmp_path, VAST_AUTO_SHUTDOWN="false")), clock=clock)
     panel = app.extensions["vastpanel"]
-    watchdog = Watchdog(panel)
+    watchdog = watchdog_for(panel)
     try:
         vast.set_running()
         seen = watchdog.look().at
-        assert store.current_session(panel.db).started_at == seen
+        assert store.current_session(panel.store.db).started_at == seen
         clock.advance(5 * 3600)
         look = watchdog.look()
         assert look.next_deadline is None and vast.puts == []
@@ -334,11 +337,11 @@ def test_auto_shutdown_off_stops_nothing_but_keeps_sessions(tmp_path, vast, cloc
         vast.set_stopped()
         clock.advance(TTL_S)
         watchdog.look()
-        (session,) = store.list_sessions(panel.db, 0)
+        (session,) = store.list_sessions(panel.store.db, 0)
         assert session.ended_at == clock.now()
         assert vast.puts == []
     finally:
-        panel.close()
+        panel.store.close()
 
 
 # --- one watchdog acts per deployment ------------------------------------------------------
@@ -348,7 +351,7 @@ def test_only_the_lease_holder_acts_and_another_takes_over_when_it_stops(
     tmp_path, panel, vast, clock, watchdog
 ):
     other_app = create_app(config_from(base_config(tmp_path)), clock=clock)
-    other = Watchdog(other_app.extensions["vastpanel"])
+    other = watchdog_for(other_app.extensions["vastpanel"])
     try:
         start_running(vast, clock, watchdog)
         assert watchdog.is_leader
@@ -371,16 +374,16 @@ def test_only_the_lease_holder_acts_and_another_takes_over_when_it_stops(
         assert vast.puts == ["stopped"]
         assert not watchdog.look().leader
     finally:
-        other_app.extensions["vastpanel"].close()
+        other_app.extensions["vastpanel"].store.close()
 
 
 def test_lease_of_a_killed_process_is_taken_over_at_once(panel, vast, clock, watchdog):
     host = socket.gethostname()
     dead = f"{host}:{finished_pid()}:a1b2c3d4"
-    store.acquire_lease(panel.db, LEASE, dead, clock.now(), 3600)
+    store.acquire_lease(panel.store.db, LEASE, dead, clock.now(), 3600)
     vast.set_running()
     assert watchdog.look().leader
-    assert store.read_lease(panel.db, LEASE).holder == panel.holder
+    assert store.read_lease(panel.store.db, LEASE).holder == panel.leases.holder
 
 
 @pytest.mark.parametrize(
@@ -400,7 +403,7 @@ def test_holder_is_dead(holder, dead):
 
 def test_live_lease_holder_is_not_taken_over(panel, vast, clock, watchdog):
     alive = f"{socket.gethostname()}:{os.getppid()}:a1b2c3d4"
-    store.acquire_lease(panel.db, LEASE, alive, clock.now(), watchdog.lease_ttl_s)
+    store.acquire_lease(panel.store.db, LEASE, alive, clock.now(), watchdog.lease_ttl_s)
     vast.set_running()
     clock.advance(watchdog.lease_ttl_s - 1)
     assert not watchdog.look().leader

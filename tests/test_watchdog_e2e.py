@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY, config_from
-from vastpanel import create_app, store
-from vastpanel.reading import DOWN_SINCE_KEY
+from support import ROOT, store, wait_for
+from support.liveserver import running_simulator, simulator_env
+from vastpanel import create_app
+from vastpanel.domain.instance import DOWN_SINCE_KEY
 from vastpanel.simulator import Simulator
-from vastpanel.testing import ROOT, wait_for
-from vastpanel.testing.liveserver import running_simulator, simulator_env
-from vastpanel.watchdog import EXTENSION, LEASE
+from vastpanel.watchdog.looks import EXTENSION, LEASE
 
 IDLE_MINUTES = 0.05
 IDLE_S = IDLE_MINUTES * 60
@@ -85,14 +85,14 @@ def live_app(tmp_path, sim):
     yield make
     for app in apps:
         app.extensions[EXTENSION].shutdown()
-        app.extensions["vastpanel"].close()
+        app.extensions["vastpanel"].store.close()
 
 
 def test_stop_goes_out_at_the_deadline_that_activity_moved(live_app, sim):
     # A 60 s interval: only the deadline look can stop it within seconds.
     app = live_app(VAST_WATCHDOG_INTERVAL_S="60")
     panel = app.extensions["vastpanel"]
-    session = wait_for(lambda: store.current_session(panel.db), WAIT_S, POLL_S)
+    session = wait_for(lambda: store.current_session(panel.store.db), WAIT_S, POLL_S)
     assert session, "the look at start-up did not see the instance running"
 
     time.sleep(IDLE_S / 2)  # the LLM is used half-way through the idle time
@@ -102,14 +102,14 @@ def test_stop_goes_out_at_the_deadline_that_activity_moved(live_app, sim):
 
     assert wait_for(lambda: stops(sim), WAIT_S, POLL_S), "no stop within 10 s"
     (stop,) = stops(sim)
-    deadline = idle_deadline(panel.db, session)
+    deadline = idle_deadline(panel.store.db, session)
     assert deadline > session.started_at + IDLE_S  # the activity did move it
     assert 0 <= stop["time"] - deadline < TARGET_S
     assert sim.instance()["actual_status"] == "stopped"
     # The session closes under the power lock; auto_shutdown_complete is audited just after.
-    assert wait_for(lambda: store.current_session(panel.db) is None, WAIT_S, POLL_S)
+    assert wait_for(lambda: store.current_session(panel.store.db) is None, WAIT_S, POLL_S)
     wanted = {"auto_shutdown", "auto_shutdown_complete"}
-    assert wait_for(lambda: wanted <= {e.event for e in panel.audit_log(50)}, WAIT_S, POLL_S)
+    assert wait_for(lambda: wanted <= {e.event for e in panel.audit.entries(50)}, WAIT_S, POLL_S)
     assert app.extensions[EXTENSION].alive
 
 
@@ -127,22 +127,30 @@ def test_instances_started_outside_or_exited_are_seen_and_stopped(live_app, sim)
             # Exited is not billed GPU time: no session, but the idle rule still stops it,
             # counting from when it was first seen exited.
             sim.external("exit")
-            down_since = wait_for(lambda: store.get_value(panel.db, DOWN_SINCE_KEY), WAIT_S, POLL_S)
+            down_since = wait_for(
+                lambda: store.get_value(panel.store.db, DOWN_SINCE_KEY), WAIT_S, POLL_S
+            )
             assert down_since, "the watchdog did not see the instance exited"
-            deadline = max(store.get_value(panel.db, "last_activity") or 0.0, down_since) + IDLE_S
+            deadline = (
+                max(store.get_value(panel.store.db, "last_activity") or 0.0, down_since) + IDLE_S
+            )
         else:
-            session = wait_for(lambda: store.current_session(panel.db), WAIT_S, POLL_S)
+            session = wait_for(lambda: store.current_session(panel.store.db), WAIT_S, POLL_S)
             assert session, "the watchdog did not see the instance started outside"
-            deadline = idle_deadline(panel.db, session)
+            deadline = idle_deadline(panel.store.db, session)
         assert wait_for(lambda n=before: len(stops(sim)) > n, WAIT_S, POLL_S), "no stop within 10 s"
         stop = stops(sim)[-1]
         assert 0 <= stop["time"] - deadline < TARGET_S, timeline(sim, deadline)
         # The simulator logs the stop before the panel has closed the session: wait for that.
-        assert wait_for(lambda: store.current_session(panel.db) is None, WAIT_S, POLL_S)
+        assert wait_for(lambda: store.current_session(panel.store.db) is None, WAIT_S, POLL_S)
         assert len(stops(sim)) == before + 1
-    seen = [e.meta.get("seen_status") for e in panel.audit_log(50) if e.event == "session_opened"]
+    seen = [
+        e.meta.get("seen_status") for e in panel.audit.entries(50) if e.event == "session_opened"
+    ]
     assert seen == ["running"]
-    down = [e.meta.get("seen_status") for e in panel.audit_log(50) if e.event == "instance_down"]
+    down = [
+        e.meta.get("seen_status") for e in panel.audit.entries(50) if e.event == "instance_down"
+    ]
     assert down == ["exited"]
 
 

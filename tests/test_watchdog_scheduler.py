@@ -2,13 +2,12 @@
 
 These run the real scheduler, with vast.ai faked by `responses` and the panel on a fake clock;
 where a test must let the scheduler's thread run, it polls with a deadline of a few seconds.
+How the watchdog runs under gunicorn's gevent worker is tests/test_serving_model.py's.
 """
 
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -16,11 +15,9 @@ import pytest
 import requests
 
 from conftest import VAST_KEY, base_config, config_from, load_fixture
-from vastpanel import ConfigError, create_app, store
-from vastpanel.simulator import LlmConfig
-from vastpanel.testing import wait_for
-from vastpanel.testing.liveserver import running_simulator
-from vastpanel.watchdog import (
+from support import store, wait_for
+from vastpanel import ConfigError, create_app
+from vastpanel.watchdog.looks import (
     DEADLINE_JOB,
     EXTENSION,
     LEASE,
@@ -52,7 +49,7 @@ def make_app(tmp_path, clock, vast):
         watchdog = app.extensions.get(EXTENSION)
         if watchdog is not None:
             watchdog.shutdown()
-        app.extensions["vastpanel"].close()
+        app.extensions["vastpanel"].store.close()
 
 
 def switch(flag: bool | str) -> dict:
@@ -96,7 +93,7 @@ def test_started_on_request_looks_at_once_and_shuts_down_cleanly(make_app, vast,
     assert wait_for(lambda: watchdog.scheduler.get_job(DEADLINE_JOB) is not None, WAIT_S, POLL_S)
     assert watchdog.is_leader
     assert watchdog.last_look_at == clock.now()
-    assert store.current_session(panel.db).started_at == clock.now()
+    assert store.current_session(panel.store.db).started_at == clock.now()
     assert deadline_in(watchdog) == pytest.approx(IDLE_S, abs=5)
     look_job = watchdog.scheduler.get_job(LOOK_JOB)
     assert look_job.trigger.interval.total_seconds() == 60
@@ -104,19 +101,19 @@ def test_started_on_request_looks_at_once_and_shuts_down_cleanly(make_app, vast,
     watchdog.shutdown()
     assert not watchdog.alive and not watchdog.is_leader
     assert not watchdog.scheduler.running
-    assert store.read_lease(panel.db, LEASE) is None  # handed back for another worker
+    assert store.read_lease(panel.store.db, LEASE) is None  # handed back for another worker
     watchdog.shutdown()  # twice is harmless (atexit calls it again)
 
 
 def test_activity_moves_the_deadline_look_only_when_it_fires(make_app, vast, clock):
     vast.set_running()
-    watchdog = make_app(watchdog=True).extensions[EXTENSION]
-    panel = watchdog.panel
+    app = make_app(watchdog=True)
+    watchdog, panel = app.extensions[EXTENSION], app.extensions["vastpanel"]
     assert wait_for(lambda: watchdog.scheduler.get_job(DEADLINE_JOB) is not None, WAIT_S, POLL_S)
     first = watchdog.scheduler.get_job(DEADLINE_JOB).next_run_time
 
     clock.advance(10 * 60)
-    panel.record_activity()  # a request: nothing is rescheduled
+    panel.idle.record_activity()  # a request: nothing is rescheduled
     assert watchdog.scheduler.get_job(DEADLINE_JOB).next_run_time == first
 
     clock.advance(20 * 60)  # the old deadline: the look finds activity and looks again later
@@ -133,7 +130,8 @@ def test_activity_moves_the_deadline_look_only_when_it_fires(make_app, vast, clo
 
 def test_a_look_at_the_warning_time_warns_then_waits_for_the_deadline(make_app, vast, clock):
     vast.set_running()
-    watchdog = make_app(watchdog=True).extensions[EXTENSION]
+    app = make_app(watchdog=True)
+    watchdog, panel = app.extensions[EXTENSION], app.extensions["vastpanel"]
     assert wait_for(lambda: watchdog.scheduler.get_job(WARNING_JOB) is not None, WAIT_S, POLL_S)
     job = watchdog.scheduler.get_job(WARNING_JOB)
     in_s = job.next_run_time.timestamp() - datetime.now(UTC).timestamp()
@@ -141,7 +139,7 @@ def test_a_look_at_the_warning_time_warns_then_waits_for_the_deadline(make_app, 
 
     clock.advance(IDLE_S - 5 * 60)
     job.func(*job.args)  # the warning look, as the scheduler runs it
-    assert [e.event for e in watchdog.panel.audit_log(1)] == ["idle_warning"]
+    assert [e.event for e in panel.audit.entries(1)] == ["idle_warning"]
     assert watchdog.scheduler.get_job(WARNING_JOB) is None  # warned: no more warning looks
     assert deadline_in(watchdog) == pytest.approx(5 * 60, abs=5)
     assert vast.puts == []
@@ -221,7 +219,7 @@ def test_real_app_starts_it_by_default_but_not_in_the_reloader_parent(
     finally:
         if watchdog is not None:
             watchdog.shutdown()
-        app.extensions["vastpanel"].close()
+        app.extensions["vastpanel"].store.close()
 
 
 def test_the_scheduler_keeps_its_settings_through_flask_apscheduler(make_app):
@@ -235,79 +233,3 @@ def test_the_scheduler_keeps_its_settings_through_flask_apscheduler(make_app):
     }
     assert scheduler.timezone == UTC
     assert watchdog.scheduler.get_job(LOOK_JOB).max_instances == 2
-
-
-GEVENT_LOOK = """
-from gevent import monkey; monkey.patch_all()
-import os, threading, time
-from vastpanel import create_app
-from vastpanel.scheduling import NativeThreadScheduler
-os.environ.update(VAST_DB_PATH=os.path.join({tmp!r}, "g.db"), CONTROL_API_KEY="k" * 20)
-app = create_app()
-watchdog = app.extensions["vastpanel_watchdog"]
-assert isinstance(watchdog.scheduler.scheduler, NativeThreadScheduler)
-seen = []
-look = watchdog.look
-watchdog.look = lambda: (seen.append(threading.get_native_id()), look())[1]
-watchdog.scheduler.scheduler.add_job(watchdog._run_look, id="now")
-give_up = time.monotonic() + 10
-while not seen and time.monotonic() < give_up:
-    time.sleep(0.05)  # a greenlet sleep: the hub goes on while the look runs elsewhere
-assert seen and seen[0] != threading.get_native_id(), seen
-assert watchdog.alive and watchdog.is_leader
-watchdog.shutdown()
-print("native look ok")
-"""
-
-
-def test_under_gevent_looks_run_on_a_native_thread(tmp_path):
-    """As in gunicorn's gevent worker: patched first, then the app; a look is not a greenlet."""
-    result = subprocess.run(
-        [sys.executable, "-c", GEVENT_LOOK.format(tmp=str(tmp_path))],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "native look ok" in result.stdout
-
-
-GEVENT_SESSIONS = """
-from gevent import monkey; monkey.patch_all()
-import requests
-from gevent.threadpool import ThreadPool
-from vastpanel.scheduling import ThreadSessions
-url = {url!r}
-looks = ThreadPool(1)  # a native thread that lives on, as the watchdog's do
-chat = {{"messages": [{{"role": "user", "content": "hi"}}], "max_tokens": 2}}
-
-def call(http):  # the answer takes 0.2 s (token_delay_s): the caller waits on its socket
-    http.post(url, json=chat, timeout=5).close()
-
-def look_then_request(http):
-    looks.spawn(lambda: call(http)).get()  # a look leaves a kept-alive connection
-    try:
-        call(http)  # then a request in the worker's own thread
-    except Exception as exc:
-        return f"{{type(exc).__name__}}: {{exc}}"
-    return "ok"
-
-print("one Session:", look_then_request(requests.Session()))
-print("ThreadSessions:", look_then_request(ThreadSessions()))
-"""
-
-
-def test_under_gevent_a_look_and_a_request_never_share_a_connection():
-    """A kept-alive socket belongs to its thread's hub: one Session fails, ThreadSessions not."""
-    slow = LlmConfig(token_delay_s=0.1)
-    with running_simulator(VAST_KEY, 1, llm=slow) as sim:  # its LLM keeps connections alive
-        url = sim.llm_url + "/v1/chat/completions"
-        result = subprocess.run(
-            [sys.executable, "-c", GEVENT_SESSIONS.format(url=url)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    assert result.returncode == 0, result.stderr
-    assert "one Session: error: Cannot switch to a different thread" in result.stdout, result.stdout
-    assert "ThreadSessions: ok" in result.stdout

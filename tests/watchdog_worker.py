@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from vastpanel import create_app
-from vastpanel.watchdog import EXTENSION, Watchdog
+from vastpanel.watchdog.looks import EXTENSION, Watchdog
 
 looks = {"leader": 0, "follower": 0}
 _look = Watchdog.look
@@ -37,10 +37,10 @@ def main() -> int:
     Watchdog.look = counted_look  # before create_app, which looks at once
     app = create_app()
     watchdog = app.extensions[EXTENSION]
-    (ready_dir / f"ready-{os.getpid()}").write_text(app.extensions["vastpanel"].holder)
+    (ready_dir / f"ready-{os.getpid()}").write_text(app.extensions["vastpanel"].leases.holder)
     done.wait(max_seconds)
     watchdog.shutdown()
-    app.extensions["vastpanel"].close()
+    app.extensions["vastpanel"].store.close()
     print(json.dumps({"pid": os.getpid(), **looks}), flush=True)
     return 0
 

@@ -12,21 +12,20 @@ from htmx_flask import Htmx
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .config import Config, ConfigError
-from .log_config import configure_logging
+from .logs import configure_logging
 
-if TYPE_CHECKING:  # requests is imported late (see below), and clock only to be named here
+if TYPE_CHECKING:  # requests is imported late (see below), and the parts only to be named here
     import requests
 
     from .clock import Clock
+    from .domain import Panel
 
 ROOT = Path(__file__).resolve().parent.parent
 API_PREFIX = "/infra/vast"
 # Request bodies: the API takes small JSON objects and the page small forms, so anything larger
-# is refused (413) before it is read. The LLM proxy's /v1/ routes take up to 32 MiB: proxy.py
-# raises the limit for those requests only, in an app hook that runs before the check, with
-# `request.max_content_length = LLM_MAX_BODY_BYTES` (Flask 3.1 lets one request raise it).
+# is refused (413) before it is read. The /v1/ pass-through raises the limit for its own
+# requests (web/proxy.py), in an app hook that runs before the check.
 MAX_BODY_BYTES = 64 * 1024
-LLM_MAX_BODY_BYTES = 32 * 1024 * 1024
 
 htmx = Htmx()
 log = logging.getLogger("vastpanel")
@@ -42,9 +41,9 @@ def create_app(
 ) -> Flask:
     """Build the app from config, or from the environment when config is None.
 
-    clock and http replace the real clock and the HTTP session to vast.ai (tests fake both).
-    The auto-shutdown watchdog starts unless config.watchdog is false (VASTPANEL_WATCHDOG);
-    with config.testing, only if it is true.
+    clock and http replace the real clock and the HTTP session to vast.ai and the instance
+    (tests fake both). The auto-shutdown watchdog starts unless config.watchdog is false
+    (VASTPANEL_WATCHDOG); with config.testing, only if it is true.
     """
     if config is None:
         config = Config.from_env(os.environ)
@@ -63,41 +62,37 @@ def create_app(
         configure_logging()  # lines to stderr with time and level, unless already configured
     # Imported here, not at the top: gunicorn.conf.py imports this package in gunicorn's master,
     # and the gevent worker must monkey-patch ssl before requests/urllib3 import names from it.
-    from .cli import running_cli_command
-    from .panel import Panel
+    from . import watchdog
+    from .cli import running_cli_command, vast
+    from .web import EXTENSION, api, auth, liveness, openapi, pages, prometheus, proxy
 
     # `flask --app app vast ...` and other commands (not `flask run`) serve nothing: no
     # watchdog, no secret key file, and no database created before a command asks for one.
     command_only = running_cli_command()
-    panel = Panel(config, clock=clock, http=http, open_now=not command_only)
-    app.extensions["vastpanel"] = panel
-    # flaskr's rule: nothing a request opens outlives it. Each request (a thread, or a greenlet
-    # under gevent, where every request is a new one) gets its own SQLite connection on first
-    # use; it is closed here rather than left to the thread-local, which would keep one per
-    # greenlet until the garbage collector found it.
-    app.teardown_appcontext(lambda _exc: panel.close())
+    panel = wire_panel(config, clock, http, open_now=not command_only)
+    app.extensions[EXTENSION] = panel
+    # flaskr's rule: nothing a request opens outlives it. Each request (a greenlet under
+    # gevent, a thread otherwise) gets its own SQLite connection on first use; it is given
+    # back here rather than left to the thread-local.
+    app.teardown_appcontext(lambda _exc: panel.store.close())
     htmx.init_app(app)
 
-    from . import api, auth, cli, health, metrics, openapi, pages, proxy
-
-    # First of all the hooks (before the key check and CSRF): a body announced too large is
-    # refused unread. A chunked one is cut by Werkzeug when it is read past the limit.
     # /v1/: the LLM pass-through, with its own keys (LLM_API_KEYS); first, because it raises
-    # the body limit for its requests (32 MiB) before the check below reads it.
+    # the body limit for its requests before the check below reads it.
     proxy.init_app(app)
+    # Before the key check and CSRF: a body announced too large is refused unread. A chunked
+    # one is cut by Werkzeug when it is read past the limit.
     app.before_request(_refuse_large_body)
     app.register_blueprint(api.bp)
-    app.register_blueprint(health.bp)
-    app.register_blueprint(metrics.bp)  # its own access rule: METRICS_TOKEN or loopback
+    app.register_blueprint(liveness.bp)
+    app.register_blueprint(prometheus.bp)  # its own access rule: METRICS_TOKEN or loopback
     app.register_blueprint(openapi.bp)  # its own blueprint: served without X-API-Key
     # The session cookie, sign-in and CSRF (the API is exempt).
     auth.init_app(app, panel, keep_secret_key=not command_only)
     app.register_blueprint(pages.bp)
-    app.cli.add_command(cli.vast)
+    app.cli.add_command(vast)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
-
-    from . import watchdog
 
     if command_only:
         log.debug("watchdog: not started for a CLI command")
@@ -111,6 +106,91 @@ def create_app(
             "%s not set: status is 'unconfigured'.", " and ".join(config.missing_vast_settings)
         )
     return app
+
+
+def wire_panel(
+    config: Config,
+    clock: Clock | None = None,
+    http: requests.Session | None = None,
+    *,
+    open_now: bool = True,
+) -> Panel:
+    """Build the domain's parts, each with what it uses, and return them together.
+
+    open_now false (a CLI command) leaves the database unopened until a command asks for it.
+    """
+    import requests
+
+    from .clock import Clock
+    from .counters import observe_vast_call
+    from .domain import (
+        AgentLink,
+        Audit,
+        Budget,
+        Caps,
+        CostBook,
+        IdleRule,
+        InstanceReader,
+        KeyGuard,
+        Leases,
+        LlmLoad,
+        Notifier,
+        Panel,
+        Power,
+        SignIns,
+        StatusReader,
+        Wake,
+    )
+    from .logs import install_redaction
+    from .storage.database import Store
+    from .vast.client import VastClient
+
+    install_redaction(config.secrets)
+    clock = clock or Clock()
+    http = http or requests.Session()
+    store = Store(config.db_path, open_now=open_now)
+    client = (
+        VastClient(
+            config.vast_url,
+            config.vast_api_key,
+            session=http,
+            sleep=clock.sleep,
+            observe=observe_vast_call,
+        )
+        if config.vast_configured
+        else None
+    )
+    leases = Leases(store, clock)
+    audit = Audit(store, clock, config)
+    costs = CostBook(store, clock, config, client, audit)
+    agent = AgentLink(store, clock, config, http, audit)
+    instance = InstanceReader(store, clock, config, client, audit, costs, agent, leases)
+    budget = Budget(store, clock, config, costs, audit)
+    power = Power(store, clock, config, client, http, audit, instance, costs, budget, leases)
+    llm = LlmLoad(store, clock, config, http, audit, instance, leases)
+    idle = IdleRule(store, clock, config, audit, instance, llm, power, budget, leases)
+    return Panel(
+        config=config,
+        clock=clock,
+        store=store,
+        http=http,
+        client=client,
+        leases=leases,
+        audit=audit,
+        costs=costs,
+        agent=agent,
+        instance=instance,
+        budget=budget,
+        power=power,
+        caps=Caps(store, clock, config, audit, instance, budget, power),
+        llm=llm,
+        idle=idle,
+        wake=Wake(store, clock, config, instance, power, idle, leases),
+        notifier=Notifier(store, clock, config, http),
+        signins=SignIns(store, clock),
+        keys=KeyGuard(store, clock, config, audit),
+        status=StatusReader(store, clock, config, instance, idle, costs, budget, agent),
+    )
 
 
 def _refuse_large_body() -> None:

@@ -18,10 +18,11 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from . import answers
 from .clock import iso_utc
+from .domain import Panel
+from .errors import PanelError
 from .formatting import duration, minutes_text, usd
-from .panel import Panel, PanelError
+from .web import EXTENSION, answers
 
 ACTOR = "cli"
 
@@ -41,7 +42,7 @@ def running_cli_command() -> bool:
 
 def get_panel(*, needs_vast: bool = True) -> Panel:
     """Return the app's domain object, or fail if the server's settings are not there."""
-    panel: Panel = current_app.extensions["vastpanel"]
+    panel: Panel = current_app.extensions[EXTENSION]
     config = panel.config
     if config.db_path != ":memory:" and not os.path.exists(config.db_path):
         raise click.ClickException(
@@ -81,7 +82,7 @@ def status_command(as_json: bool) -> None:
     """Show the instance, its idle countdown and the cost so far."""
     panel = get_panel()
     with failing_as_click_error():
-        report = panel.status_report()
+        report = panel.status.report()
     data = answers.status_json(report)
     if data["status"] == "not_found":
         raise click.ClickException(data["message"] or "vast.ai does not know the instance.")
@@ -122,7 +123,7 @@ def on_command(wait: bool, as_json: bool) -> None:
         timeout = duration(panel.config.wait_timeout_s)
         click.echo(f"Starting; waiting up to {timeout} for the health URL...", err=True)
     with failing_as_click_error():
-        result = panel.power_on(ACTOR, wait_for_health=wait)
+        result = panel.power.power_on(ACTOR, wait_for_health=wait)
     data = answers.power_on_json(result)
     lines = [result.message, f"Status: {data['status']}"]
     if data["endpoint_base_url"]:
@@ -136,7 +137,7 @@ def off_command(as_json: bool) -> None:
     """Stop the instance (cancelling a queued start) and close its session."""
     panel = get_panel()
     with failing_as_click_error():
-        result = panel.power_off(ACTOR)
+        result = panel.power.power_off(ACTOR)
     emit(answers.power_off_json(result), as_json, [result.message])
 
 
@@ -146,7 +147,7 @@ def off_command(as_json: bool) -> None:
 def keepalive_command(minutes: float, as_json: bool) -> None:
     """Keep the instance running at least MINUTES more (at most VAST_KEEPALIVE_MAX_MINUTES)."""
     with failing_as_click_error():
-        result = get_panel().keep_alive(ACTOR, minutes)
+        result = get_panel().idle.keep_alive(ACTOR, minutes)
     emit(answers.keepalive_json(result), as_json, [result.message])
 
 
@@ -187,7 +188,7 @@ def costs_command(as_json: bool) -> None:
 @json_option
 def audit_command(limit: int, before: int | None, as_json: bool) -> None:
     """List audit entries, newest first, each with its id (for --before)."""
-    entries = get_panel(needs_vast=False).audit_log(limit, before)
+    entries = get_panel(needs_vast=False).audit.entries(limit, before)
     lines = [
         f"{iso_utc(e.ts)}  #{e.id:<5} {e.actor:<8} {e.event}  "
         + " ".join(f"{k}={v}" for k, v in sorted(e.meta.items()))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
 
 
 class Clock:
@@ -20,32 +20,22 @@ class Clock:
             time.sleep(seconds)
 
 
-class FakeClock(Clock):
-    """A clock that only moves when told to; sleeping moves it at once."""
-
-    def __init__(self, start: float = 1_700_000_000.0):
-        self._now = float(start)
-        self._lock = threading.Lock()
-        self.slept: list[float] = []
-
-    def now(self) -> float:
-        """Return the frozen time."""
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        """Move time forward by the given number of seconds."""
-        with self._lock:
-            self._now += seconds
-
-    def sleep(self, seconds: float) -> None:
-        """Record the wait and move time forward instead of waiting."""
-        self.slept.append(seconds)
-        self.advance(max(seconds, 0))
-
-
 def iso_utc(ts: float | None) -> str | None:
     """Format epoch seconds as ISO 8601 UTC with a Z, to the second."""
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def midnight(day: date) -> float:
+    """Return epoch seconds at the start of the UTC day."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+
+
+def split_by_utc_day(start: float, end: float) -> Iterator[tuple[date, float]]:
+    """Yield (UTC day, seconds) for each day the span from start to end touches."""
+    while start < end:
+        day = datetime.fromtimestamp(start, UTC).date()
+        cut = min(end, midnight(day + timedelta(days=1)))
+        yield day, cut - start
+        start = cut

@@ -1,0 +1,31 @@
+"""A clock for tests: time moves only when told, and sleeping moves it at once."""
+
+from __future__ import annotations
+
+import threading
+
+from vastpanel.clock import Clock
+
+
+class FakeClock(Clock):
+    """A clock that only moves when told to; sleeping moves it at once."""
+
+    def __init__(self, start: float = 1_700_000_000.0):
+        self._now = float(start)
+        self._lock = threading.Lock()
+        self.slept: list[float] = []
+
+    def now(self) -> float:
+        """Return the frozen time."""
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward by the given number of seconds."""
+        with self._lock:
+            self._now += seconds
+
+    def sleep(self, seconds: float) -> None:
+        """Record the wait and move time forward instead of waiting."""
+        self.slept.append(seconds)
+        self.advance(max(seconds, 0))

@@ -1,0 +1,77 @@
+"""The domain: power, sessions, activity, idle time, costs and caps for the one instance.
+
+Each part is an object built with what it uses named in its constructor; `create_app` wires
+them once and keeps them together in a `Panel`, which the web layer, the CLI and the watchdog
+reach through `app.extensions["vastpanel"]`. Only these parts talk to vast.ai and the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import requests
+
+from ..clock import Clock
+from ..config import Config
+from ..storage.database import Store
+from ..vast.client import VastClient
+from .agent_link import AgentLink
+from .audit import Audit
+from .budget import Budget
+from .caps import Caps
+from .costs import CostBook
+from .idle import IdleRule
+from .instance import InstanceReader
+from .leases import Leases
+from .llm_load import LlmLoad
+from .lockout import KeyGuard
+from .notify import Notifier
+from .power import Power
+from .signins import SignIns
+from .status import StatusReader
+from .wake import Wake
+
+__all__ = [
+    "AgentLink",
+    "Audit",
+    "Budget",
+    "Caps",
+    "CostBook",
+    "IdleRule",
+    "InstanceReader",
+    "KeyGuard",
+    "Leases",
+    "LlmLoad",
+    "Notifier",
+    "Panel",
+    "Power",
+    "SignIns",
+    "StatusReader",
+    "Wake",
+]
+
+
+@dataclass(frozen=True, repr=False)
+class Panel:
+    """The parts of the domain for one app, as create_app wired them."""
+
+    config: Config
+    clock: Clock
+    store: Store
+    http: requests.Session
+    client: VastClient | None
+    leases: Leases
+    audit: Audit
+    costs: CostBook
+    agent: AgentLink
+    instance: InstanceReader
+    budget: Budget
+    power: Power
+    caps: Caps
+    llm: LlmLoad
+    idle: IdleRule
+    wake: Wake
+    notifier: Notifier
+    signins: SignIns
+    keys: KeyGuard
+    status: StatusReader

@@ -1,0 +1,157 @@
+"""The panel's answers as JSON: one function per shape, for the API and the CLI's --json alike.
+
+openapi.py describes these shapes; tests/test_openapi.py checks the API's answers against that
+description, tests/test_cli.py the CLI's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..clock import iso_utc
+from ..domain import Panel
+from ..domain.audit import AuditEntry
+from ..domain.budget import BudgetStatus
+from ..domain.costs import AllInTotals, ChargesStatus, CostDay, average_session_seconds
+from ..domain.idle import KeepAliveResult
+from ..domain.power import PowerOffResult, PowerOnResult
+from ..domain.status import StatusReport
+
+
+def status_json(report: StatusReport) -> dict[str, Any]:
+    """Shape a status report as the seed's /status body."""
+    state = report.state
+    return {
+        "instance_id": state.instance_id,
+        "status": state.status,
+        "gpu_name": state.gpu_name,
+        "dph_total": state.dph_total,
+        "endpoint_base_url": state.endpoint_base_url,
+        "last_activity": iso_utc(report.last_activity),
+        "last_activity_source": report.last_activity_source,
+        "llm_requests_running": report.llm_requests_running,
+        "llm_requests_waiting": report.llm_requests_waiting,
+        "llm_metrics": report.llm_metrics,
+        "auto_shutdown_in_minutes": report.auto_shutdown_in_minutes,
+        "total_runtime_hours": report.totals.runtime_seconds / 3600,
+        "total_cost_usd": report.totals.cost_usd,
+        "agent": report.agent.status,
+        **all_in_json(report.all_in),
+        "budget": budget_json(report.budget),
+        "max_session_stop_at": iso_utc(report.session_cap_deadline),
+        "message": state.message,
+    }
+
+
+def power_on_json(result: PowerOnResult) -> dict[str, Any]:
+    """Shape what a power-on did."""
+    return {
+        "status": result.state.status,
+        "instance_id": result.state.instance_id,
+        "endpoint_base_url": result.state.endpoint_base_url,
+        "health_url": result.health_url,
+        "message": result.message,
+    }
+
+
+def power_off_json(result: PowerOffResult) -> dict[str, Any]:
+    """Shape what a power-off did: the closed session's runtime and cost."""
+    return {
+        "status": "stopped",
+        "session_runtime_minutes": result.session_minutes,
+        "session_cost_usd": result.session_cost,
+        "message": result.message,
+    }
+
+
+def activity_json(last_activity: float) -> dict[str, Any]:
+    """Shape the answer to a recorded activity signal."""
+    return {"status": "recorded", "last_activity": iso_utc(last_activity)}
+
+
+def keepalive_json(result: KeepAliveResult) -> dict[str, Any]:
+    """Shape what a Keep running did."""
+    return {
+        "status": "kept",
+        "keepalive_until": iso_utc(result.keepalive_until),
+        "idle_deadline": iso_utc(result.idle_deadline),
+        "capped": result.capped,
+        "message": result.message,
+    }
+
+
+def costs_json(panel: Panel) -> dict[str, Any]:
+    """Shape the /costs body: session totals, the whole bill, each day, charges and budget."""
+    costs = panel.costs
+    totals = costs.session_totals()
+    average = average_session_seconds(totals)
+    return {
+        "total_runtime_hours": totals.runtime_seconds / 3600,
+        "total_cost_usd": totals.cost_usd,
+        "sessions_count": totals.sessions_count,
+        "avg_session_minutes": 0.0 if average is None else average / 60,
+        **all_in_json(costs.all_in_totals()),
+        "days": [cost_day_json(day) for day in costs.recent_cost_days()],
+        "charges": charges_json(costs.charges_status()),
+        "budget": budget_json(panel.budget.status()),
+    }
+
+
+def all_in_json(all_in: AllInTotals) -> dict[str, Any]:
+    """Shape the whole bill: GPU, storage, bandwidth (null until vast.ai's charges are read)."""
+    return {
+        "gpu_cost_usd": all_in.gpu_usd,
+        "storage_cost_usd": all_in.storage_usd,
+        "bandwidth_cost_usd": all_in.bandwidth_usd,
+        "all_in_cost_usd": all_in.all_in_usd,
+    }
+
+
+def budget_json(budget: BudgetStatus | None) -> dict[str, Any] | None:
+    """Shape this period's budget, or None when no budget is set."""
+    if budget is None:
+        return None
+    return {
+        "limit_usd": budget.limit_usd,
+        "period": budget.period,
+        "spent_usd": budget.spent_usd,
+        "share": budget.share,
+        "state": budget.state,
+        "period_ends_at": iso_utc(budget.period_end),
+        "override_until": iso_utc(budget.override_until),
+    }
+
+
+def cost_day_json(day: CostDay) -> dict[str, Any]:
+    """Shape one UTC day: estimate, vast.ai's bill (null until read) and their difference."""
+    billed = day.billed
+    return {
+        "day": day.day.isoformat(),
+        "estimate": {"gpu": day.gpu, "storage": day.storage},
+        "billed": None
+        if billed is None
+        else {
+            "gpu": billed.gpu,
+            "disk": billed.disk,
+            "bandwidth": billed.bandwidth,
+            "total": billed.total,
+        },
+        "difference_pct": day.difference_pct,
+        "mismatch": day.mismatch,
+    }
+
+
+def charges_json(charges: ChargesStatus) -> dict[str, Any]:
+    """Shape whether vast.ai's own record is in."""
+    return {"read_at": iso_utc(charges.read_at), "error": charges.error}
+
+
+def audit_json(entry: AuditEntry) -> dict[str, Any]:
+    """Shape one audit entry."""
+    return {
+        "id": entry.id,
+        "ts": iso_utc(entry.ts),
+        "event": entry.event,
+        "actor": entry.actor,
+        "meta": entry.meta,
+    }

@@ -1,0 +1,145 @@
+"""The JSON API under /infra/vast, protected by X-API-Key."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request, url_for
+
+from ..config import is_health_path
+from ..domain.budget import BudgetExceeded, NoBudget
+from ..domain.lockout import KeyCheck
+from ..errors import (
+    HealthTimeout,
+    InvalidRequest,
+    NotConfigured,
+    NotRunning,
+    PanelError,
+    PowerBusy,
+)
+from . import answers, get_panel
+from .inputs import InvalidInput, field, json_body, query_int
+
+bp = Blueprint("api", __name__, url_prefix="/infra/vast")
+
+ERROR_STATUS = {
+    NotConfigured: 500,
+    HealthTimeout: 504,
+    PowerBusy: 409,
+    BudgetExceeded: 409,
+    NoBudget: 409,
+    NotRunning: 409,
+    InvalidRequest: 422,
+}
+
+
+def problem(status: int, detail: str):
+    """Answer a JSON error body the way the original FastAPI clients read it."""
+    return jsonify(detail=detail), status
+
+
+@bp.before_request
+def require_api_key():
+    """Refuse every request without the right X-API-Key; refuse all if none is configured."""
+    expected = get_panel().config.control_api_key
+    if not expected:
+        return problem(503, "The API is disabled: CONTROL_API_KEY is not configured on the server.")
+    given = request.headers.get("X-API-Key", "")
+    check = get_panel().keys.check(given, request.remote_addr, "api")
+    if check.retry_after_s is not None:
+        answer = problem(429, locked_out_message(check))
+        return answer[0], 429, {"Retry-After": check.retry_after_header}
+    if not check.accepted:
+        return problem(401, "Missing or wrong X-API-Key.")
+    return None
+
+
+def locked_out_message(check: KeyCheck) -> str:
+    """Say why a key was not even checked, and when to try again."""
+    return (
+        "Too many wrong keys from this address: no key is checked from it for "
+        f"{check.retry_after_header} s more."
+    )
+
+
+@bp.errorhandler(InvalidInput)
+def invalid_input(exc: InvalidInput):
+    return problem(422, exc.detail)
+
+
+@bp.errorhandler(PanelError)
+def panel_error(exc: PanelError):
+    return problem(ERROR_STATUS.get(type(exc), 502), exc.message)
+
+
+@bp.get("/status")
+def status():
+    """Report the instance, its idle countdown and the cost so far."""
+    return jsonify(answers.status_json(get_panel().status.report()))
+
+
+@bp.post("/power/on")
+def power_on():
+    """Start the instance, by default waiting until its health URL answers."""
+    body = json_body()
+    wait = field(body, "wait_for_health", bool, True)
+    path = field(body, "health_path", str, None)
+    port = field(body, "health_port", int, None)
+    if path is not None and not is_health_path(path):
+        raise InvalidInput("health_path must be a path starting with '/' (no scheme, not '//')")
+    if port is not None and not 1 <= port <= 65535:
+        raise InvalidInput("health_port must be from 1 to 65535")
+    result = get_panel().power.power_on(
+        "api", wait_for_health=wait, health_path=path, health_port=port
+    )
+    return jsonify(answers.power_on_json(result))
+
+
+@bp.post("/power/off")
+def power_off():
+    """Stop the instance and report the session's runtime and cost."""
+    json_body()
+    return jsonify(answers.power_off_json(get_panel().power.power_off("api")))
+
+
+@bp.post("/activity")
+def activity():
+    """Note LLM use now; called by the gateway on every request, so it stays cheap."""
+    json_body()
+    return jsonify(answers.activity_json(get_panel().idle.record_activity()))
+
+
+@bp.post("/keepalive")
+def keepalive():
+    """Keep the instance running at least `minutes` more, whatever the idle time says."""
+    body = json_body()
+    minutes = body.get("minutes")
+    # A whole or decimal number of minutes; true is not a number here.
+    if isinstance(minutes, bool) or not isinstance(minutes, int | float):
+        raise InvalidInput("minutes: required, a number of minutes")
+    return jsonify(answers.keepalive_json(get_panel().idle.keep_alive("api", float(minutes))))
+
+
+@bp.get("/costs")
+def costs():
+    """Sum runtime and cost over all sessions; the whole bill and vast.ai's per day."""
+    return jsonify(answers.costs_json(get_panel()))
+
+
+@bp.post("/budget/override")
+def budget_override():
+    """Let power-on through despite a spent budget, until the budget period ends (audited)."""
+    json_body()
+    return jsonify(answers.budget_json(get_panel().budget.override("api")))
+
+
+@bp.get("/audit")
+def audit():
+    """List audit entries, newest first; a Link header points at the next (older) page."""
+    limit = query_int("limit", 50, 1, 1000)
+    before = query_int("before", None, 1, None)
+    entries = get_panel().audit.entries(limit + 1, before)  # one more tells whether older exist
+    response = jsonify([answers.audit_json(e) for e in entries[:limit]])
+    if len(entries) > limit:
+        # Relative, so it stays right behind a reverse proxy that rewrites the host.
+        older = url_for("api.audit", before=entries[limit - 1].id, limit=limit)
+        response.headers["Link"] = f'<{older}>; rel="next"'
+    return response

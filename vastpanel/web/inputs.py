@@ -1,0 +1,71 @@
+"""Reading what a request sends: JSON bodies, their fields and whole numbers in queries.
+
+A value that cannot be used raises InvalidInput, which the API answers 422 and the page 400,
+with the field named.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from flask import request
+
+WHOLE_NUMBER = re.compile(r"-?[0-9]{1,18}")
+
+
+class InvalidInput(Exception):
+    """A request field is unusable; answered with the field named."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+
+def json_body() -> dict[str, Any]:
+    """Return the request's JSON object; an empty body counts as {}."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("body: malformed JSON") from None
+    except RecursionError:  # e.g. 100,000 nested "[": no request field is nested at all
+        raise InvalidInput("body: JSON nested too deeply") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("body: must be a JSON object")
+    return body
+
+
+def field(body: dict[str, Any], name: str, kind: type, default: Any) -> Any:
+    """Return body[name] if it has exactly the given JSON type; absent or null gives default."""
+    value = body.get(name)
+    if value is None:
+        return default
+    # bool is a subclass of int in Python, but true is not a port number.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = {bool: "a boolean", str: "a string", int: "an integer"}
+        raise InvalidInput(f"{name} must be {names[kind]}")
+    return value
+
+
+def query_int(name: str, default: int | None, low: int, high: int | None) -> int | None:
+    """Read a whole-number query parameter within bounds."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    return whole_number(raw, name, low, high)
+
+
+def whole_number(raw: str, name: str, low: int, high: int | None) -> int:
+    """Parse a whole number within bounds (at most 18 digits: it fits SQLite), or InvalidInput."""
+    raw = raw.strip()
+    if not WHOLE_NUMBER.fullmatch(raw):
+        raise InvalidInput(f"{name} must be a whole number")
+    value = int(raw)
+    if value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"{low} or more"
+        raise InvalidInput(f"{name} must be {bounds}")
+    return value

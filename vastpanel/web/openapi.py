@@ -1,0 +1,540 @@
+"""The OpenAPI 3.1 description of /infra/vast, served at /infra/vast/openapi.json.
+
+The description is served without X-API-Key: it holds no secret and no state, and a client
+needs it before it has a key. It lives in its own blueprint, so the API blueprint's
+before_request (which demands the key) does not run for it. tests/test_openapi.py checks real
+answers of every endpoint, errors included, against it.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from flask import Blueprint, jsonify
+
+from ..events import ACTORS, EVENTS
+
+bp = Blueprint("openapi", __name__)
+
+PREFIX = "/infra/vast"
+TIMESTAMP = {
+    "type": "string",
+    "format": "date-time",
+    "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$",
+    "description": "UTC, to the second, e.g. 2024-05-01T12:00:00Z.",
+}
+NULLABLE_STRING = {"type": ["string", "null"]}
+STATUS_WORD = {
+    "type": "string",
+    "description": (
+        "The panel's status word: running, stopped, stopping, scheduling, creating, loading, "
+        "exited, frozen, rebooting, restarting, unknown, offline, not_found, unconfigured; a "
+        "status vast.ai "
+        "adds later is passed through as it is."
+    ),
+}
+
+
+def _package_version() -> str:
+    try:
+        return version("vastpanel")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+unknown"
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    """Describe a JSON object with exactly these properties, all required unless listed."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+        "additionalProperties": False,
+    }
+
+
+def _ref_schema(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json({"$ref": "#/components/schemas/Error"}, description)
+
+
+UNAUTHORIZED = _error("X-API-Key is missing or wrong.")
+LOCKED_OUT = {
+    **_error(
+        "Too many wrong keys from this client (its address; an IPv6 /64): no key is checked "
+        "from it, the right one included, until the lockout passes. Each lockout lasts twice "
+        "as long as the one before."
+    ),
+    "headers": {
+        "Retry-After": {
+            "description": "Seconds until keys from this client are checked again.",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
+}
+TOO_LARGE = _error("The request body is over the limit (64 KiB); it was not read.")
+DISABLED = _error("The API is disabled: CONTROL_API_KEY is not configured on the server.")
+INTERNAL = _error("Unexpected internal error; the details are only in the server log.")
+NOT_CONFIGURED = _error(
+    "VAST_API_KEY or VAST_INSTANCE_ID is not configured on the server, or an unexpected "
+    "internal error (details only in the server log)."
+)
+UPSTREAM = _error(
+    "vast.ai failed, refused (for example no credit, or a rejected VAST_API_KEY), or does not "
+    "know the instance. The detail says which."
+)
+BUSY = _error("Another power action is still running; try again shortly.")
+INVALID = _error("A request field or the body is unusable; the detail names it.")
+IGNORED_BODY = {
+    "required": False,
+    "description": "Ignored; when present it must be a JSON object. An empty body counts as {}.",
+    "content": {"application/json": {"schema": {"type": "object"}}},
+}
+
+USD = {"type": "number", "minimum": 0}
+ALL_IN = {
+    "gpu_cost_usd": {
+        **USD,
+        "description": "GPU time at dph_base while running or frozen, as booked by vastpanel.",
+    },
+    "storage_cost_usd": {
+        **USD,
+        "description": "Storage at storage_total_cost for every second the instance exists.",
+    },
+    "bandwidth_cost_usd": {
+        "type": ["number", "null"],
+        "minimum": 0,
+        "description": "Bandwidth as vast.ai's charges billed it; null until they are read.",
+    },
+    "all_in_cost_usd": {**USD, "description": "GPU + storage + bandwidth."},
+}
+BUDGET = {
+    "anyOf": [
+        _object(
+            {
+                "limit_usd": {"type": "number", "exclusiveMinimum": 0},
+                "period": {"enum": ["day", "month"]},
+                "spent_usd": {
+                    **USD,
+                    "description": "Per UTC day of the period, the larger of bill and estimate.",
+                },
+                "share": {"type": "number", "minimum": 0, "description": "1.0 = all spent."},
+                "state": {"enum": ["ok", "warning", "exceeded", "overridden"]},
+                "period_ends_at": TIMESTAMP,
+                "override_until": {"anyOf": [TIMESTAMP, {"type": "null"}]},
+            }
+        ),
+        {"type": "null", "description": "No budget is set (VAST_BUDGET_USD)."},
+    ]
+}
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _object(
+        {"detail": {"type": "string", "description": "What went wrong, safe to show."}}
+    ),
+    "Status": _object(
+        {
+            "instance_id": {"type": ["integer", "null"]},
+            "status": STATUS_WORD,
+            "gpu_name": NULLABLE_STRING,
+            "dph_total": {"type": ["number", "null"], "description": "$/hour while running."},
+            "endpoint_base_url": {
+                **NULLABLE_STRING,
+                "description": "http://ip:port of the LLM stack while running, else null.",
+            },
+            "last_activity": {
+                "anyOf": [TIMESTAMP, {"type": "null"}],
+                "description": "The latest activity signal: a gateway post or the LLM seen busy.",
+            },
+            "last_activity_source": {
+                "enum": ["gateway", "llm", None],
+                "description": (
+                    "Which signal last_activity is: a POST /activity (gateway) or the LLM's "
+                    "metrics (llm: requests running or waiting, or finished since the last read)."
+                ),
+            },
+            "llm_requests_running": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "vllm:num_requests_running at the last read; null unless read.",
+            },
+            "llm_requests_waiting": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "vllm:num_requests_waiting at the last read; null unless read.",
+            },
+            "llm_metrics": {
+                "enum": ["ok", "unavailable", "off", None],
+                "description": (
+                    "The LLM's metrics: read (ok), could not be read (unavailable: the other "
+                    "sources decide), not a source (off, VAST_IDLE_SOURCES); null while the "
+                    "instance is not running or they were not read in this session yet."
+                ),
+            },
+            "auto_shutdown_in_minutes": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "Minutes before an idle stop; null when none applies.",
+            },
+            "total_runtime_hours": {"type": "number", "minimum": 0},
+            "total_cost_usd": {
+                "type": "number",
+                "minimum": 0,
+                "description": "Sum of session costs: minutes x dph_total (GPU + storage while on).",
+            },
+            **ALL_IN,
+            "budget": BUDGET,
+            "max_session_stop_at": {
+                "anyOf": [TIMESTAMP, {"type": "null"}],
+                "description": "When VAST_MAX_SESSION_HOURS stops the open session, or null.",
+            },
+            "agent": {
+                "enum": ["ok", "unreachable", "off", None],
+                "description": (
+                    "The dead-man switch on the instance, as its last heartbeat in this session "
+                    "went: ok (answered), unreachable (the last heartbeats did not get through), "
+                    "off (VAST_AGENT_SECRET not set, or the agent is switched off); null while "
+                    "no heartbeat was answered in this session (e.g. the instance is not running)."
+                ),
+            },
+            "message": NULLABLE_STRING,
+        }
+    ),
+    "PowerOnRequest": {
+        "type": "object",
+        "description": "Every field is optional; unknown fields are ignored.",
+        "properties": {
+            "wait_for_health": {
+                "type": ["boolean", "null"],
+                "default": True,
+                "description": (
+                    "Hold the request until the health URL answers 200, at most "
+                    "VAST_WAIT_TIMEOUT_S seconds (then 504)."
+                ),
+            },
+            "health_path": {
+                "type": ["string", "null"],
+                "pattern": r"^/(?!/)[^\s\\]*$",
+                "maxLength": 512,
+                "description": "Overrides VAST_HEALTH_PATH; a path, no scheme or host.",
+            },
+            "health_port": {
+                "type": ["integer", "null"],
+                "minimum": 1,
+                "maximum": 65535,
+                "description": "Overrides VAST_HEALTH_PORT (the container port).",
+            },
+        },
+    },
+    "PowerOnResult": _object(
+        {
+            "status": STATUS_WORD,
+            "instance_id": {"type": ["integer", "null"]},
+            "endpoint_base_url": NULLABLE_STRING,
+            "health_url": NULLABLE_STRING,
+            "message": {"type": "string"},
+        }
+    ),
+    "PowerOffResult": _object(
+        {
+            "status": {"const": "stopped"},
+            "session_runtime_minutes": {"type": "number", "minimum": 0},
+            "session_cost_usd": {"type": "number", "minimum": 0},
+            "message": {"type": "string"},
+        }
+    ),
+    "ActivityResult": _object({"status": {"const": "recorded"}, "last_activity": TIMESTAMP}),
+    "KeepAliveRequest": _object(
+        {
+            "minutes": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "description": (
+                    "Keep the instance running at least this many minutes from now, whatever "
+                    "the idle time says; at most VAST_KEEPALIVE_MAX_MINUTES (default 480)."
+                ),
+            }
+        }
+    )
+    | {"additionalProperties": True, "description": "Unknown fields are ignored."},
+    "KeepAliveResult": _object(
+        {
+            "status": {"const": "kept"},
+            "keepalive_until": TIMESTAMP,
+            "idle_deadline": {
+                "anyOf": [TIMESTAMP, {"type": "null"}],
+                "description": "When the idle stop now falls due; null with auto-shutdown off.",
+            },
+            "capped": {
+                "type": "boolean",
+                "description": "True when the session cap ends the keep-alive sooner.",
+            },
+            "message": {"type": "string"},
+        }
+    ),
+    "Costs": _object(
+        {
+            "total_runtime_hours": {"type": "number", "minimum": 0},
+            "total_cost_usd": {"type": "number", "minimum": 0},
+            "sessions_count": {"type": "integer", "minimum": 0},
+            "avg_session_minutes": {"type": "number", "minimum": 0},
+            **ALL_IN,
+            "days": {
+                "type": "array",
+                "description": "The last 30 UTC days, oldest first.",
+                "items": _ref_schema("CostDay"),
+            },
+            "charges": _object(
+                {
+                    "read_at": {
+                        "anyOf": [TIMESTAMP, {"type": "null"}],
+                        "description": "When vast.ai's charges were last read.",
+                    },
+                    "error": {
+                        **NULLABLE_STRING,
+                        "description": "Why the last read failed (estimates only), or null.",
+                    },
+                }
+            ),
+            "budget": BUDGET,
+        }
+    ),
+    "CostDay": _object(
+        {
+            "day": {"type": "string", "format": "date"},
+            "estimate": _object({"gpu": USD, "storage": USD}),
+            "billed": {
+                "anyOf": [
+                    _object({"gpu": USD, "disk": USD, "bandwidth": USD, "total": USD}),
+                    {"type": "null", "description": "vast.ai's charges not read for this day."},
+                ]
+            },
+            "difference_pct": {
+                "type": ["number", "null"],
+                "description": (
+                    "(estimate - billed) / billed x 100 over GPU and storage, as of the read; "
+                    "null when not comparable (not read, or vastpanel did not watch the whole "
+                    "day from its start)."
+                ),
+            },
+            "mismatch": {
+                "type": "boolean",
+                "description": "A complete, watched day more than 1 % off on some item.",
+            },
+        }
+    ),
+    "Budget": BUDGET,
+    "AuditEntry": _object(
+        {
+            "id": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "The entry's id; pass it as `before` to read older entries.",
+            },
+            "ts": TIMESTAMP,
+            "event": {
+                "enum": list(EVENTS),
+                "description": "What happened: "
+                + "; ".join(f"{name}: {event.label}" for name, event in EVENTS.items())
+                + ".",
+            },
+            "actor": {
+                "enum": list(ACTORS),
+                "description": "Who acted: "
+                + "; ".join(f"{name}: {who}" for name, who in ACTORS.items())
+                + ".",
+            },
+            "meta": {"type": "object", "description": "Event details; secrets are redacted."},
+        }
+    ),
+}
+
+
+def _operation(
+    operation_id: str, summary: str, ok: dict[str, Any], errors: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    responses = {
+        "200": ok,
+        "401": UNAUTHORIZED,
+        "413": TOO_LARGE,
+        "429": LOCKED_OUT,
+        "503": DISABLED,
+        **errors,
+    }
+    responses.setdefault("500", INTERNAL)
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        **extra,
+        "responses": dict(sorted(responses.items())),
+    }
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "vastpanel",
+        "version": _package_version(),
+        "description": (
+            "Controls one rented vast.ai GPU instance. Every endpoint under /infra/vast needs "
+            "the X-API-Key header (the server's CONTROL_API_KEY), except this description. "
+            'Every error answers {"detail": "..."}.'
+        ),
+    },
+    "security": [{"ApiKey": []}],
+    "paths": {
+        f"{PREFIX}/status": {
+            "get": _operation(
+                "status",
+                "The instance, its idle countdown and the cost so far",
+                _json(_ref("Status"), "The instance as the panel sees it."),
+                {"502": UPSTREAM},
+            )
+        },
+        f"{PREFIX}/power/on": {
+            "post": _operation(
+                "power_on",
+                "Start the instance, by default waiting until its health URL answers",
+                _json(_ref("PowerOnResult"), "Started (or already running or starting)."),
+                {
+                    "409": _error(
+                        "Another power action is still running, or the budget of this period "
+                        "is spent (until the period ends or an admin overrides it)."
+                    ),
+                    "422": INVALID,
+                    "500": NOT_CONFIGURED,
+                    "502": UPSTREAM,
+                    "504": _error(
+                        "The instance did not answer its health URL within VAST_WAIT_TIMEOUT_S."
+                    ),
+                },
+                requestBody={
+                    "required": False,
+                    "description": "Optional; an empty body counts as {}.",
+                    "content": {"application/json": {"schema": _ref("PowerOnRequest")}},
+                },
+            )
+        },
+        f"{PREFIX}/power/off": {
+            "post": _operation(
+                "power_off",
+                "Stop the instance (cancelling a queued start) and close its session",
+                _json(_ref("PowerOffResult"), "Stopped, or already stopped (zero session)."),
+                {"409": BUSY, "422": INVALID, "500": NOT_CONFIGURED, "502": UPSTREAM},
+                requestBody=IGNORED_BODY,
+            )
+        },
+        f"{PREFIX}/activity": {
+            "post": _operation(
+                "record_activity",
+                "Note LLM use now (the gateway calls it on every request)",
+                _json(_ref("ActivityResult"), "Recorded; last_activity never moves backwards."),
+                {"422": INVALID},
+                requestBody=IGNORED_BODY,
+            )
+        },
+        f"{PREFIX}/keepalive": {
+            "post": _operation(
+                "keepalive",
+                "Keep the instance running at least N minutes more (audited; never past a cap)",
+                _json(_ref("KeepAliveResult"), "The idle deadline is held until keepalive_until."),
+                {
+                    "409": _error("No session is open: the instance is not running."),
+                    "422": INVALID,
+                },
+                requestBody={
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("KeepAliveRequest")}},
+                },
+            )
+        },
+        f"{PREFIX}/costs": {
+            "get": _operation(
+                "costs",
+                "Runtime and cost over all sessions, the open one included",
+                _json(_ref("Costs"), "Totals."),
+                {},
+            )
+        },
+        f"{PREFIX}/budget/override": {
+            "post": _operation(
+                "budget_override",
+                "Let power-on through despite a spent budget until the period ends (audited)",
+                _json(_ref("Budget"), "The budget, now overridden until the period ends."),
+                {"409": _error("No budget is set (VAST_BUDGET_USD)."), "422": INVALID},
+                requestBody=IGNORED_BODY,
+            )
+        },
+        f"{PREFIX}/audit": {
+            "get": _operation(
+                "audit",
+                "Audit entries, newest first",
+                {
+                    **_json({"type": "array", "items": _ref("AuditEntry")}, "Up to limit entries."),
+                    "headers": {
+                        "Link": {
+                            "description": (
+                                'When older entries exist: `<...?before=ID&limit=N>; rel="next"`, '
+                                "the URL (relative to this one) of the next page."
+                            ),
+                            "schema": {"type": "string"},
+                        }
+                    },
+                },
+                {"422": INVALID},
+                parameters=[
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50},
+                    },
+                    {
+                        "name": "before",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only entries older than this entry id (paging).",
+                        "schema": {"type": "integer", "minimum": 1},
+                    },
+                ],
+            )
+        },
+        f"{PREFIX}/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This description; needs no key",
+                "security": [],
+                "responses": {"200": _json({"type": "object"}, "The OpenAPI document.")},
+            }
+        },
+    },
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {
+            "ApiKey": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "X-API-Key",
+                "description": "The server's CONTROL_API_KEY.",
+            }
+        },
+    },
+}
+
+
+@bp.get(f"{PREFIX}/openapi.json")
+def openapi_json():
+    """Serve the OpenAPI description, without X-API-Key."""
+    return jsonify(SPEC)

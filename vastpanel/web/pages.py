@@ -1,0 +1,266 @@
+"""The GPU Infra page for signed-in admins: one page and its htmx partials.
+
+Each widget is one `_name.html` template that the page includes and that its own endpoint
+renders for htmx. Every action goes through the Panel, audited with actor "admin"; without
+JavaScript each button is a plain form whose POST redirects back to the page.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, abort, flash, redirect, render_template, url_for
+from htmx_flask import make_response, request  # Flask's, with request.htmx and HX- headers
+
+from ..domain.costs import DayCost, average_session_seconds
+from ..domain.idle import KEEPALIVE_CHOICES_MINUTES
+from ..errors import PanelError
+from ..formatting import FILTERS
+from . import auth, get_panel
+from .charts import cost_chart
+from .inputs import InvalidInput, whole_number
+from .status_view import status_view
+
+bp = Blueprint("pages", __name__)
+
+HTMX_VERSION = "2.0.11"
+HTMX_PATH = f"vendor/htmx-{HTMX_VERSION}/htmx.min.js"
+AUDIT_PAGE_SIZE = 20
+NOTIFICATIONS_SHOWN = 10
+CHART_DAYS = 30
+ACTOR = "admin"
+CHANGED_EVENT = "panelChanged"  # tells the cost, audit and notification widgets to reload
+PAGE_BLUEPRINTS = frozenset({"pages", "auth"})
+# Scripts and styles come only from our own static files: an injected tag would not run.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
+    "object-src 'none'"
+)
+
+for _name, _filter in FILTERS.items():
+    bp.add_app_template_filter(_filter, _name)
+
+
+@bp.app_context_processor
+def page_globals() -> dict[str, Any]:
+    """Give every template the demo flag and the vendored htmx path."""
+    return {"simulated": get_panel().config.simulated, "htmx_path": HTMX_PATH}
+
+
+@bp.before_request
+def require_admin():
+    """Let only signed-in admins see the page and its partials."""
+    if not auth.is_signed_in():
+        return auth.sign_in_required()
+    return None
+
+
+@bp.after_app_request
+def page_headers(response: Response) -> Response:
+    """Keep the page and its partials out of caches and frames; allow only our own scripts."""
+    if request.blueprint in PAGE_BLUEPRINTS or response.mimetype == "text/html":
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        if request.blueprint in PAGE_BLUEPRINTS:
+            response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# --- context for each widget ------------------------------------------------------------------
+
+
+def status_context(notice: str | None = None, notice_is_error: bool = False) -> dict[str, Any]:
+    """Gather what `_status.html` shows; a vast.ai failure becomes part of the widget."""
+    panel = get_panel()
+    error = None
+    try:
+        report = panel.status.report()
+    except PanelError as exc:
+        report, error = None, exc.message
+    healthy = panel.power.session_healthy(report.state, report.session) if report else None
+    view = status_view(report, healthy, panel.config.wait_timeout_s)
+    return {
+        "report": report,
+        "state": report.state if report else None,
+        "view": view,
+        "error": error,
+        "session": report.session if report else panel.status.current_session(),
+        "last_session": panel.status.latest_closed_session(),
+        "last_stop": panel.audit.last_stop(),
+        "now": report.now if report else panel.clock.now(),
+        "notice": notice,
+        "notice_is_error": notice_is_error,
+        "instance_id": panel.config.vast_instance_id,
+        "auto_shutdown": panel.config.auto_shutdown,
+        "gateway_source": panel.config.gateway_source,
+        "proxy": panel.wake.proxy_stats(),
+        "keepalive_choices": [
+            m for m in KEEPALIVE_CHOICES_MINUTES if m <= panel.config.keepalive_max_minutes
+        ],
+    }
+
+
+def notifications_context() -> dict[str, Any]:
+    """Gather what `_notifications.html` shows: the webhooks and the latest deliveries."""
+    panel = get_panel()
+    return {
+        "notify_targets": panel.config.notify_targets,
+        "notifications": panel.notifier.latest(NOTIFICATIONS_SHOWN),
+    }
+
+
+def costs_context() -> dict[str, Any]:
+    """Gather what `_costs.html` shows: totals and the chart of the last days."""
+    costs = get_panel().costs
+    totals = costs.session_totals()
+    sessions = {d.day: d for d in costs.sessions_per_day(CHART_DAYS)}
+    days = costs.recent_cost_days(CHART_DAYS)
+    # Days from before the cost ledger existed (an upgraded database) show their sessions' cost.
+    estimates = [
+        DayCost(
+            d.day,
+            sessions[d.day].runtime_seconds if d.day in sessions else 0.0,
+            max(d.estimate, sessions[d.day].cost_usd if d.day in sessions else 0.0),
+        )
+        for d in days
+    ]
+    billed = [(d.billed.total, d.mismatch) if d.billed else None for d in days]
+    return {
+        "totals": totals,
+        "all_in": costs.all_in_totals(),
+        "charges": costs.charges_status(),
+        "budget": get_panel().budget.status(),
+        "mismatch_days": [d for d in days if d.mismatch],
+        "avg_session_seconds": average_session_seconds(totals),
+        "chart": cost_chart(estimates, billed),
+        "chart_days": CHART_DAYS,
+    }
+
+
+def audit_context(before: int | None) -> dict[str, Any]:
+    """Gather one page of the audit log, newest first, and whether older entries exist."""
+    entries = get_panel().audit.entries(AUDIT_PAGE_SIZE + 1, before)
+    return {
+        "entries": entries[:AUDIT_PAGE_SIZE],
+        "older_than": entries[AUDIT_PAGE_SIZE - 1].id if len(entries) > AUDIT_PAGE_SIZE else None,
+        "before": before,
+    }
+
+
+def audit_before() -> int | None:
+    """Read the audit page's `before` id from the query (absent: the newest); 400 if unusable."""
+    raw = request.args.get("before")
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return whole_number(raw, "before", 1, None)
+    except InvalidInput as exc:
+        abort(400, description=exc.detail)
+
+
+# --- the page and its partials -----------------------------------------------------------------
+
+
+@bp.get("/")
+def index():
+    """Show the whole page."""
+    return render_template(
+        "index.html",
+        **status_context(),
+        **costs_context(),
+        **audit_context(audit_before()),
+        signins=auth.open_signins(),
+        **notifications_context(),
+    )
+
+
+@bp.get("/partials/status")
+def status_widget():
+    """Render the status widget; tell the other widgets to reload when the phase changed."""
+    context = status_context()
+    seen = request.args.get("seen")
+    changed = request.args.get("refresh") or (seen and seen != context["view"].phase)
+    return make_response(
+        render_template("_status.html", standalone=True, **context),
+        trigger=CHANGED_EVENT if changed else None,
+    )
+
+
+@bp.get("/partials/costs")
+def costs_widget():
+    """Render the cost summary and the chart."""
+    return render_template("_costs.html", **costs_context())
+
+
+@bp.get("/partials/notifications")
+def notifications_widget():
+    """Render the webhooks and the latest deliveries."""
+    return render_template("_notifications.html", **notifications_context())
+
+
+@bp.get("/partials/audit")
+def audit_widget():
+    """Render one page of the audit log."""
+    return render_template("_audit.html", **audit_context(audit_before()))
+
+
+@bp.get("/partials/signins")
+def signins_widget():
+    """Render the list of signed-in browsers."""
+    return render_template("_signins.html", signins=auth.open_signins())
+
+
+# --- actions -------------------------------------------------------------------------------------
+
+
+@bp.post("/power/on")
+def start():
+    """Start the instance without waiting for health; polling shows the way to running."""
+    return power_action(lambda panel: panel.power.power_on(ACTOR, wait_for_health=False).message)
+
+
+@bp.post("/power/off")
+def stop():
+    """Stop the instance (or cancel a queued start) and show the session's runtime and cost."""
+    return power_action(lambda panel: panel.power.power_off(ACTOR).message)
+
+
+@bp.post("/keepalive")
+def keepalive():
+    """Keep the instance running the chosen minutes more (the warning banner's buttons)."""
+    minutes = request.form.get("minutes", type=int)
+    if minutes not in KEEPALIVE_CHOICES_MINUTES:
+        minutes = -1  # refused by the domain with its own message, like any bad value
+    return power_action(lambda panel: panel.idle.keep_alive(ACTOR, minutes).message)
+
+
+@bp.post("/budget/override")
+def budget_override():
+    """Let power-on through despite a spent budget until the period ends (audited)."""
+    try:
+        get_panel().budget.override(ACTOR)
+        message, failed = "Budget overridden until the end of the period.", False
+    except PanelError as exc:
+        message, failed = exc.message, True
+    if not request.htmx:
+        flash(message, "error" if failed else "info")
+        return redirect(url_for("pages.index"), 303)
+    return make_response(render_template("_costs.html", **costs_context()), trigger=CHANGED_EVENT)
+
+
+def power_action(action) -> Response:
+    """Run a power action; answer htmx with the status widget, a plain form with a redirect."""
+    try:
+        message, failed = action(get_panel()), False
+    except PanelError as exc:
+        message, failed = exc.message, True
+    if not request.htmx:
+        flash(message, "error" if failed else "info")
+        return redirect(url_for("pages.index"), 303)
+    context = status_context(notice=message, notice_is_error=failed)
+    return make_response(
+        render_template("_status.html", standalone=True, **context), trigger=CHANGED_EVENT
+    )
