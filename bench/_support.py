@@ -21,13 +21,16 @@ from pathlib import Path
 
 import requests
 
-from support.liveserver import (
+# The test suite's helpers (tests/support/) are the benchmarks' too.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from support.liveserver import (  # noqa: E402
     PanelProcess,
     SimulatorProcess,
     instant_simulator,
     simulator_env,
 )
-from vastpanel.simulator import Simulator
+from vastpanel.simulator import Simulator  # noqa: E402
 
 SIM_KEY = "bench-sim-key-0123456789abcdef"
 CONTROL_KEY = "bench-control-key-fedcba9876543210"

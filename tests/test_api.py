@@ -20,7 +20,7 @@ from conftest import (
 from support import store
 from support.page import sign_in
 from vastpanel import MAX_BODY_BYTES, create_app
-from vastpanel.domain.leases import LEASE_POLL_S, LEASE_WAIT_S
+from vastpanel.domain.lease_holder import LEASE_POLL_S, LEASE_WAIT_S
 from vastpanel.errors import UpstreamFailed, VastErrorKind
 from vastpanel.vast.instance import KEPT_FIELDS
 

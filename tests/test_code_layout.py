@@ -13,7 +13,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "vastpanel"
 # Lowest first: a module may import its own layer and the layers before it, never one after.
 LAYERS = (
-    ("base", ("config", "clock", "errors", "events", "formatting", "logs", "counters", "upstream")),
+    (
+        "base",
+        ("config", "clock", "errors", "events", "formatting", "logs", "counters", "instance_http"),
+    ),
     ("storage", ("storage",)),
     ("vast", ("vast",)),
     ("domain", ("domain",)),

@@ -123,7 +123,9 @@ def test_a_price_change_is_booked_from_when_it_was_seen(panel, vast, clock):
 def test_an_older_observation_books_nothing(panel, clock):
     ledger.book(panel.store.db, clock.now(), ledger.Rates(0.0, 1.0, "stopped"))
     ledger.book(panel.store.db, clock.now() + 3600, ledger.Rates(0.0, 1.0, "stopped"))
-    ledger.book(panel.store.db, clock.now() + 1800, ledger.Rates(5.0, 1.0, "running"))  # late answer
+    ledger.book(
+        panel.store.db, clock.now() + 1800, ledger.Rates(5.0, 1.0, "running")
+    )  # late answer
     assert costs.booked_totals(panel.store.db, clock.now() + 3600) == pytest.approx((0.0, 1.0))
 
 

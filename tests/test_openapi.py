@@ -238,7 +238,9 @@ def test_activity(client, make_client, panel, monkeypatch):
     contract.call(client, 200, body={"model": "anything"})
     contract.call(client, 422, raw="nope")
     contract.call(client, 422, body="a string")
-    common_errors(contract, client, make_client, crash_on(monkeypatch, panel.idle, "record_activity"))
+    common_errors(
+        contract, client, make_client, crash_on(monkeypatch, panel.idle, "record_activity")
+    )
     contract.covered()
 
 
@@ -270,7 +272,9 @@ def test_costs(client, make_client, vast, panel, monkeypatch):
     client.get(f"{PREFIX}/status")  # opens a session
     panel.clock.advance(600)
     assert contract.call(client, 200)["sessions_count"] == 1
-    common_errors(contract, client, make_client, crash_on(monkeypatch, panel.costs, "session_totals"))
+    common_errors(
+        contract, client, make_client, crash_on(monkeypatch, panel.costs, "session_totals")
+    )
     contract.covered()
 
 

@@ -137,7 +137,6 @@ def events(log: str) -> list[tuple[str, str]]:
 def test_gunicorn_config_file(monkeypatch, tmp_path):
     for name in ("VASTPANEL_BIND", "VASTPANEL_WORKERS", "VASTPANEL_CONNECTIONS"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("VASTPANEL_THREADS", "8")  # an old setting: warned about, not refused
     # The config sets PROMETHEUS_MULTIPROC_DIR in os.environ: given here, it is undone after.
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     monkeypatch.setenv("VAST_WAIT_TIMEOUT_S", "600")
@@ -146,7 +145,8 @@ def test_gunicorn_config_file(monkeypatch, tmp_path):
     # A request that waits costs no thread: gevent, with room for many waiting connections.
     assert settings["worker_class"] == "gevent" and settings["worker_connections"] >= 200
     assert "threads" not in settings
-    assert settings["timeout"] > 600
+    # A blocked hub (no request waits count: they are greenlets) is replaced within a minute.
+    assert settings["timeout"] == 60
     assert settings["METRICS_DIR"] == str(tmp_path)
     for atom in ("%(r)s", "%(q)s", "%(f)s"):  # the request line, the query, the referer
         assert atom not in settings["access_log_format"]
@@ -159,10 +159,10 @@ def test_gunicorn_config_file(monkeypatch, tmp_path):
     }
     assert ours <= known, ours - known
 
-    monkeypatch.setenv("VAST_WAIT_TIMEOUT_S", "45.5")
+    monkeypatch.setenv("VAST_WAIT_TIMEOUT_S", "1800")  # a long health wait is a waiting greenlet
     monkeypatch.setenv("VASTPANEL_BIND", "0.0.0.0:9000")
     settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-    assert settings["timeout"] > 45.5 and settings["bind"] == ["0.0.0.0:9000"]
+    assert settings["timeout"] == 60 and settings["bind"] == ["0.0.0.0:9000"]
 
     # gunicorn's master reads this file: it must not import requests/urllib3, which would then
     # keep unpatched ssl names in the gevent worker (blocking HTTPS to vast.ai).
@@ -172,19 +172,6 @@ def test_gunicorn_config_file(monkeypatch, tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     assert imported.stdout.strip() == "[]", imported.stdout
-
-    # It imports prometheus_client, as the worker is patched after: its locks stay the OS's,
-    # which the watchdog's native threads share with greenlets (gevent's lose wakeups there).
-    locks = subprocess.run(
-        [sys.executable, "-c", "import runpy; runpy.run_path('gunicorn.conf.py'); "
-         "from gevent import monkey; monkey.patch_all(); "
-         "import prometheus_client.metrics as m, prometheus_client.values as v; "
-         "os_lock = type(monkey.get_original('_thread', 'allocate_lock')()); "
-         "print(type(m.Lock()) is os_lock, type(v.Lock()) is os_lock)"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
-        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
-    )  # fmt: skip
-    assert locks.stdout.split() == ["True", "True"], locks.stdout
 
     monkeypatch.setenv("VASTPANEL_CONNECTIONS", "0")
     with pytest.raises(SystemExit, match="VASTPANEL_CONNECTIONS must be 1 or more"):

@@ -122,9 +122,7 @@ print("greenlets only, os threads:", len(sys._current_frames()))
 def test_under_gevent_the_watchdog_is_greenlets_and_no_os_thread_of_ours_runs(tmp_path):
     """As in gunicorn's gevent worker: patched first, then the app, which reads the simulator."""
     with running_simulator(VAST_KEY, 1) as sim:
-        out = run_patched(
-            GREENLETS_ONLY.format(tmp=str(tmp_path), vast_url=sim.url, key=VAST_KEY)
-        )
+        out = run_patched(GREENLETS_ONLY.format(tmp=str(tmp_path), vast_url=sim.url, key=VAST_KEY))
     assert "greenlets only" in out, out
 
 

@@ -10,10 +10,10 @@ def health_gets(vast) -> int:
     return sum(1 for call in vast.mock.calls if call.request.url == HEALTH_URL)
 
 
-
 def session_healthy(panel, report):
     """Ask the health of the session the report shows, as the page does."""
     return panel.power.session_healthy(report.state, report.session)
+
 
 def test_not_running_is_none_and_probes_nothing(panel, vast):
     assert session_healthy(panel, panel.status.report()) is None

@@ -26,9 +26,7 @@ HALF_OPEN, GUESSERS, POWER_ONS, POSTS = 100, 50, 20, 300
 
 def test_activity_stays_fast_while_hostile_clients_hold_connections(tmp_path):
     with instant_simulator(SIM_KEY, INSTANCE_ID) as sim:
-        env = simulator_env(
-            sim, tmp_path / "panel.db", CONTROL_KEY, VAST_WAIT_TIMEOUT_S="180"
-        )
+        env = simulator_env(sim, tmp_path / "panel.db", CONTROL_KEY, VAST_WAIT_TIMEOUT_S="180")
         server = PanelProcess(env, log_path=tmp_path / "server.log")
         try:
             report = run_starvation(

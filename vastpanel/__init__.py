@@ -132,7 +132,7 @@ def wire_panel(
         IdleRule,
         InstanceReader,
         KeyGuard,
-        Leases,
+        LeaseHolder,
         LlmLoad,
         Notifier,
         Panel,
@@ -160,7 +160,7 @@ def wire_panel(
         if config.vast_configured
         else None
     )
-    leases = Leases(store, clock)
+    leases = LeaseHolder(store, clock)
     audit = Audit(store, clock, config)
     costs = CostBook(store, clock, config, client, audit)
     agent = AgentLink(store, clock, config, http, audit)

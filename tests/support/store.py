@@ -7,8 +7,8 @@ want to look at (or prepare) the books import them from here.
 from __future__ import annotations
 
 from vastpanel.clock import midnight, split_by_utc_day
-from vastpanel.storage.agent_link import AgentLink, read_agent_link, save_agent_link
-from vastpanel.storage.audit import AuditEntry, add_audit, latest_audit, list_audit
+from vastpanel.storage.agent_answers import AgentLink, read_agent_link, save_agent_link
+from vastpanel.storage.audit_entries import AuditEntry, add_audit, latest_audit, list_audit
 from vastpanel.storage.auth_failures import AuthFailures, read_auth_failures
 from vastpanel.storage.database import BUSY_TIMEOUT_MS, migrate, open_db, schema_version
 from vastpanel.storage.instance_cache import (

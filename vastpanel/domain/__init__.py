@@ -22,7 +22,7 @@ from .caps import Caps
 from .costs import CostBook
 from .idle import IdleRule
 from .instance import InstanceReader
-from .leases import Leases
+from .lease_holder import LeaseHolder
 from .llm_load import LlmLoad
 from .lockout import KeyGuard
 from .notify import Notifier
@@ -40,7 +40,7 @@ __all__ = [
     "IdleRule",
     "InstanceReader",
     "KeyGuard",
-    "Leases",
+    "LeaseHolder",
     "LlmLoad",
     "Notifier",
     "Panel",
@@ -60,7 +60,7 @@ class Panel:
     store: Store
     http: requests.Session
     client: VastClient | None
-    leases: Leases
+    leases: LeaseHolder
     audit: Audit
     costs: CostBook
     agent: AgentLink

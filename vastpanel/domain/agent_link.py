@@ -22,8 +22,8 @@ import requests
 
 from ..clock import Clock
 from ..config import Config
-from ..storage import agent_link as link_rows
-from ..storage.agent_link import AgentLink as LinkRow
+from ..storage import agent_answers as link_rows
+from ..storage.agent_answers import AgentLink as LinkRow
 from ..storage.database import Store
 from ..storage.sessions import Session
 from ..vast.instance import InstanceState

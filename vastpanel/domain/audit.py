@@ -12,9 +12,9 @@ from ..clock import Clock
 from ..config import Config
 from ..events import is_known
 from ..logs import redact
-from ..storage import audit as audit_rows
+from ..storage import audit_entries as audit_rows
 from ..storage import outbox
-from ..storage.audit import AuditEntry
+from ..storage.audit_entries import AuditEntry
 from ..storage.database import Store
 from . import notify
 

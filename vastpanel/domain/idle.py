@@ -24,7 +24,7 @@ from ..vast.instance import IDLE_STOPPABLE, InstanceState
 from .audit import Audit
 from .budget import Budget
 from .instance import DOWN_SINCE_KEY, InstanceReader
-from .leases import Leases
+from .lease_holder import LeaseHolder
 from .llm_load import LlmLoad
 from .power import AUTO_STOP, HEALTH_WAIT_LEASE, Power, PowerOffResult
 
@@ -118,7 +118,7 @@ class IdleRule:
         llm: LlmLoad,
         power: Power,
         budget: Budget,
-        leases: Leases,
+        leases: LeaseHolder,
     ):
         self.store = store
         self.clock = clock

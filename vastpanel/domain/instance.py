@@ -28,7 +28,7 @@ from ..vast.instance import (
 from .agent_link import AgentLink
 from .audit import Audit, redact_value
 from .costs import CostBook
-from .leases import Leases
+from .lease_holder import LeaseHolder
 
 START_QUEUED_KEY = "start_queued_at"
 SCHEDULING_SINCE_KEY = "scheduling_since"
@@ -49,7 +49,7 @@ class InstanceReader:
         audit: Audit,
         costs: CostBook,
         agent: AgentLink,
-        leases: Leases,
+        leases: LeaseHolder,
     ):
         self.store = store
         self.clock = clock

@@ -29,7 +29,7 @@ from ..storage.sessions import Session
 from ..vast.instance import InstanceState
 from .audit import Audit, redact_value
 from .instance import InstanceReader
-from .leases import Leases
+from .lease_holder import LeaseHolder
 from .power import HEALTHY_SESSION_KEY
 
 RUNNING = "vllm:num_requests_running"
@@ -137,7 +137,7 @@ class LlmLoad:
         http: requests.Session,
         audit: Audit,
         instance: InstanceReader,
-        leases: Leases,
+        leases: LeaseHolder,
     ):
         self.store = store
         self.clock = clock

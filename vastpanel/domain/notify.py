@@ -23,7 +23,7 @@ from ..clock import Clock, iso_utc
 from ..config import Config, NotifyTarget
 from ..counters import NOTIFICATIONS
 from ..storage import outbox
-from ..storage.audit import AuditEntry
+from ..storage.audit_entries import AuditEntry
 from ..storage.database import Store
 from ..storage.outbox import OutboxRow
 

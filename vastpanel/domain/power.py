@@ -18,17 +18,17 @@ from ..clock import Clock
 from ..config import Config
 from ..errors import HealthTimeout, PowerBusy, UpstreamFailed, VastError, VastErrorKind
 from ..formatting import minutes_text, usd
+from ..instance_http import fetch_health
 from ..storage import sessions, values
 from ..storage.database import Store
 from ..storage.sessions import Session
-from ..upstream import fetch_health
 from ..vast.client import VastClient
 from ..vast.instance import InstanceState
 from .audit import Audit, redact_value
 from .budget import Budget
 from .costs import CostBook
 from .instance import START_QUEUED_KEY, InstanceReader
-from .leases import Leases
+from .lease_holder import LeaseHolder
 
 VAST_POLL_S = 5.0  # vast.ai asks clients to poll no faster than this
 HEALTH_POLL_S = 1.0
@@ -92,7 +92,7 @@ class Power:
         instance: InstanceReader,
         costs: CostBook,
         budget: Budget,
-        leases: Leases,
+        leases: LeaseHolder,
     ):
         self.store = store
         self.clock = clock

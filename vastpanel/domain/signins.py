@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from ..clock import Clock
-from ..storage import signins as signin_rows
+from ..storage import signin_sessions as signin_rows
 from ..storage.database import Store
-from ..storage.signins import SigninRow
+from ..storage.signin_sessions import SigninRow
 
 SIGNIN_LIFETIME = timedelta(days=7)  # sliding: each use renews it
 TOUCH_EVERY_S = 60.0  # last use is written at most this often per sign-in

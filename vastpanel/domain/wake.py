@@ -23,7 +23,7 @@ from ..storage.database import Store
 from ..vast.instance import QUEUED_MESSAGE, InstanceState
 from .idle import IdleRule
 from .instance import SCHEDULING_SINCE_KEY, START_QUEUED_KEY, InstanceReader
-from .leases import Leases
+from .lease_holder import LeaseHolder
 from .power import HEALTH_WAIT_LEASE, HEALTHY_SESSION_KEY, Power
 
 PROXY_ACTOR = "proxy"
@@ -94,7 +94,7 @@ class Wake:
         instance: InstanceReader,
         power: Power,
         idle: IdleRule,
-        leases: Leases,
+        leases: LeaseHolder,
     ):
         self.store = store
         self.clock = clock

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from .audit import AuditEntry, entry_from
+from .audit_entries import AuditEntry, entry_from
 from .database import one
 
 # The outbox row's columns, and its audit entry's as entry_* (entry_meta is JSON text).

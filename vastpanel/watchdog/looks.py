@@ -44,7 +44,7 @@ from ..domain.caps import Caps
 from ..domain.costs import CostBook
 from ..domain.idle import IdleRule
 from ..domain.instance import InstanceReader
-from ..domain.leases import Leases
+from ..domain.lease_holder import LeaseHolder
 from ..domain.notify import Notifier
 from ..domain.power import PowerOffResult
 from ..errors import PanelError
@@ -91,7 +91,7 @@ class Watchdog:
         config: Config,
         clock: Clock,
         store: Store,
-        leases: Leases,
+        leases: LeaseHolder,
         instance: InstanceReader,
         idle: IdleRule,
         caps: Caps,

@@ -17,7 +17,7 @@ LEASE_WAIT_S = 3.0  # how long to wait for another process's answer before askin
 LEASE_POLL_S = 0.05  # how often a waiter looks whether the lease was given back
 
 
-class Leases:
+class LeaseHolder:
     """This app's leases in the shared store, under one holder name."""
 
     def __init__(self, store: Store, clock: Clock):
