@@ -463,6 +463,24 @@ def test_unreadable_metrics_count_as_idle(make_agent, sim, metrics):
     clock.now += GRACE_S
     assert agent.check()
     assert len(instance_stops(sim)) == 1
+    assert "503" in agent.describe()["llm_metrics_error"]
+
+
+def test_metrics_without_vllm_samples_say_why(make_agent, metrics, caplog):
+    """vLLM run with --disable-log-stats answers /metrics without a single vllm: sample."""
+    clock = Clock(1_800_000_000.0)
+    agent = make_agent(clock)
+    metrics.text = "# HELP python_info Python platform information\npython_info 1.0\n"
+    with caplog.at_level(logging.INFO, logger="vastpanel-agent"):
+        for _ in range(3):
+            assert agent.observe_llm() is False
+            clock.now += 30
+        assert "--disable-log-stats" in agent.describe()["llm_metrics_error"]
+        metrics.text = exposition()
+        agent.observe_llm()
+    assert caplog.text.count("metrics unreadable at") == 1  # once per cause, not every check
+    assert "metrics readable again" in caplog.text
+    assert agent.describe()["llm_metrics_error"] is None
 
 
 def test_dry_run_and_switched_off_send_nothing(make_agent, sim, caplog):
@@ -678,8 +696,9 @@ def test_compose_runs_the_agent_beside_vllm_and_nginx():
     assert agent["command"][-1] == "/opt/vastpanel-agent/vastpanel_agent.py"
     env = agent["environment"]
     assert env["AGENT_METRICS_URL"] == "http://vllm:8000/metrics"
-    for name in ("VAST_AGENT_SECRET", "CONTAINER_ID", "CONTAINER_API_KEY"):
-        assert env[name].startswith("${" + name + ":?")
+    # The secret, id and key come from the root-only file install.sh writes, not from compose.
+    assert env["AGENT_ENV_FILE"] == "/etc/vastpanel-agent.env"
+    assert not {"VAST_AGENT_SECRET", "CONTAINER_ID", "CONTAINER_API_KEY"} & set(env)
     assert "ports" not in agent  # reachable only through nginx
     nginx = (DEPLOY / "health-nginx.conf").read_text()
     assert "set $agent_upstream agent:8002;" in nginx

@@ -1,8 +1,9 @@
 """Checks of the instance-side deploy files in deploy/instance/.
 
 No docker engine and no GPU exist where this runs, so the compose file is only
-parsed, the systemd unit only read, and the nginx config is checked with the
-real nginx binary: `nginx -t`, and a run on loopback in front of a fake vLLM.
+parsed, the systemd unit only read, install.sh run into temporary folders, and
+the nginx config is checked with the real nginx binary: `nginx -t`, and a run on
+loopback (TLS with the certificate install.sh made) in front of a fake vLLM.
 
 nginx must be installed (Debian package nginx-light or nginx); without it these
 tests fail, unless VASTPANEL_SKIP_NGINX=1 is set.
@@ -11,9 +12,13 @@ tests fail, unless VASTPANEL_SKIP_NGINX=1 is set.
 from __future__ import annotations
 
 import configparser
+import hashlib
 import http.client
 import json
+import os
+import re
 import socket
+import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -21,15 +26,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import urllib3
 import yaml
+from agent_support import MetricsServer, heartbeat_body, load_agent_module
 
+from vastpanel.agent_link import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 from vastpanel.testing import instance_nginx
 from vastpanel.testing.instance_nginx import (
     DEPLOY,
     KEYS_DIR,
-    LISTEN_LINE,
+    LISTEN_INCLUDE,
     NGINX_CONF,
+    TLS_DIR,
     UPSTREAM_LINE,
+    agent_env_file,
     install,
     installed_keys,
     render_for_loopback,
@@ -121,12 +131,40 @@ def test_compose_vllm_healthcheck_uses_vllm_health(compose):
     assert "http://localhost:8000/health" in " ".join(check["test"])
 
 
-def test_compose_nginx_mounts_config_and_keys_read_only(compose):
+def test_compose_nginx_mounts_config_keys_and_tls_read_only(compose):
     nginx = compose["services"]["nginx"]
     mounts = [str(v).split(":") for v in nginx["volumes"]]
     assert ["./health-nginx.conf", "/etc/nginx/nginx.conf", "ro"] in mounts
     assert ["./nginx-keys", KEYS_DIR.rstrip("/"), "ro"] in mounts
+    assert ["./nginx-tls", TLS_DIR.rstrip("/"), "ro"] in mounts
     assert (COMPOSE.parent / "health-nginx.conf").is_file()
+
+
+def test_compose_never_disables_vllms_metrics(compose):
+    vllm = compose["services"]["vllm"]
+    assert "--disable-log-stats" not in json.dumps(vllm)  # it removes every vllm: metric
+    assert "--disable-log-stats" not in json.dumps(compose)
+    assert "entrypoint" not in vllm  # the image's API server, given only the arguments above
+
+
+def test_compose_runs_the_agent_only_in_its_profile_with_secrets_from_root_only_file(compose):
+    agent = compose["services"]["agent"]
+    assert agent["profiles"] == ["agent"]  # the stack starts without it until it is set up
+    env = agent["environment"]
+    for name in ("VAST_AGENT_SECRET", "CONTAINER_ID", "CONTAINER_API_KEY"):
+        assert name not in env  # never through compose's interpolation or `docker inspect`
+    assert env["AGENT_ENV_FILE"] == "/etc/vastpanel-agent.env"
+    assert env["AGENT_STALL_MINUTES"] == "${AGENT_STALL_MINUTES:-10}"
+    (secrets,) = [v for v in agent["volumes"] if isinstance(v, dict)]
+    assert secrets == {
+        "type": "bind",
+        "source": "/etc/vastpanel-agent.env",
+        "target": "/etc/vastpanel-agent.env",
+        "read_only": True,
+        "bind": {"create_host_path": False},
+    }
+    others = {name for name, s in compose["services"].items() if "profiles" in s}
+    assert others == {"agent"}
 
 
 def test_compose_nginx_depends_on_vllm(compose):
@@ -135,7 +173,9 @@ def test_compose_nginx_depends_on_vllm(compose):
 
 def test_nginx_config_matches_compose():
     text = NGINX_CONF.read_text(encoding="utf-8")
-    assert text.count(LISTEN_LINE) == 1
+    assert text.count(LISTEN_INCLUDE) == 1
+    directives = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert not [line for line in directives if line.split()[:1] == ["listen"]]  # install.sh's
     assert text.count(UPSTREAM_LINE) == 1
     assert text.count(f"include {KEYS_DIR}") == 2
 
@@ -146,6 +186,32 @@ def test_nginx_config_matches_compose():
 def env_values(target: Path, name: str) -> list[str]:
     lines = (target / ".env").read_text().splitlines()
     return [line.split("=", 1)[1] for line in lines if line.startswith(name + "=")]
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under folder, by relative path, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def printed_fingerprint(done: subprocess.CompletedProcess) -> str:
+    """The pin install.sh prints, in the form the panel takes it."""
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith("VAST_INSTANCE_TLS_")]
+    match = re.fullmatch(r"VAST_INSTANCE_TLS_FINGERPRINT=([0-9a-f]{64})", line)
+    assert match, line
+    return match[1]
+
+
+def cert_fingerprint(target: Path) -> str:
+    """SHA-256 over the DER certificate in target/nginx-tls, as TLS clients pin it."""
+    pem = (target / "nginx-tls" / "cert.pem").read_text()
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+
+
+def unit_exec_start(target: Path) -> str:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read(target / "llm-stack.service", encoding="utf-8")
+    return parser["Service"]["ExecStart"]
 
 
 def test_install_generates_the_key_once_and_keeps_it_private(tmp_path):
@@ -181,6 +247,215 @@ def test_install_keeps_given_keys_and_refuses_unusable_ones(tmp_path):
         assert refused.returncode == 1 and "VLLM_API_KEY" in refused.stderr
 
 
+@pytest.mark.parametrize(
+    ("env_text", "named"),
+    [
+        ("VLLM_API_KEY=short\n", "VLLM_API_KEY"),
+        ("METRICS_TOKEN=bad token 0123456789\n", "METRICS_TOKEN"),
+        ("INSTANCE_PLAIN_HTTP=maybe\n", "INSTANCE_PLAIN_HTTP"),
+        ("VAST_AGENT_SECRET=short\n", "VAST_AGENT_SECRET"),
+        ("VAST_AGENT_SECRET=agent-secret-0123456789\n", "CONTAINER_API_KEY"),  # none found
+    ],
+)
+def test_a_refused_install_names_the_setting_and_changes_nothing(tmp_path, env_text, named):
+    target = tmp_path / "stack"
+    target.mkdir()
+    (target / ".env").write_text(env_text)
+    refused = install(target)
+    assert refused.returncode == 1 and named in refused.stderr
+    assert tree(target) == {".env": env_text.encode()}
+    assert not agent_env_file(target).exists()
+
+
+def test_install_makes_a_tls_certificate_once_and_prints_its_pin(tmp_path):
+    target = tmp_path / "stack"
+    first = install(target, "HUGGING_FACE_HUB_TOKEN=hf_x\n")
+    assert first.returncode == 0, first.stderr
+    tls = target / "nginx-tls"
+    pin = printed_fingerprint(first)
+    assert pin == cert_fingerprint(target)
+    assert (tls / "key.pem").stat().st_mode & 0o777 == 0o600
+    assert "BEGIN" not in first.stdout + first.stderr  # neither the key nor the certificate
+    listen = (tls / "listen.conf").read_text()
+    assert "listen 8001 ssl;" in listen and f"ssl_certificate_key {TLS_DIR}key.pem;" in listen
+    cert = (tls / "cert.pem").read_bytes()
+    again = install(target)
+    assert again.returncode == 0, again.stderr
+    assert printed_fingerprint(again) == pin  # the panel's pin stays valid across installs
+    assert (tls / "cert.pem").read_bytes() == cert
+    assert sorted(p.name for p in tls.iterdir()) == ["cert.pem", "key.pem", "listen.conf"]
+
+
+def test_plain_http_only_when_the_env_says_so(tmp_path):
+    target = tmp_path / "stack"
+    done = install(target, "HUGGING_FACE_HUB_TOKEN=hf_x\nINSTANCE_PLAIN_HTTP=true\n")
+    assert done.returncode == 0, done.stderr
+    assert "VAST_INSTANCE_TLS_FINGERPRINT" not in done.stdout
+    assert "WARNING: port 8001 serves plain HTTP" in done.stdout
+    listen = (target / "nginx-tls" / "listen.conf").read_text()
+    assert "listen 8001;" in listen and "ssl" not in listen
+    assert not (target / "nginx-tls" / "key.pem").exists()
+
+
+INSTANCE_KEY = "0123abcd" * 8  # what vast.ai writes as CONTAINER_API_KEY
+AGENT_SECRET = "agent-secret-0123456789abcdef"
+VM_ENVIRONMENT = (  # /etc/environment as vast.ai writes it on a VM instance
+    'PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"\n'
+    f'CONTAINER_ID="4711"\nCONTAINER_API_KEY="{INSTANCE_KEY}"\nPUBLIC_IPADDR="203.0.113.7"\n'
+)
+
+
+def test_the_agent_secret_turns_the_switch_on_with_a_root_only_file(tmp_path):
+    target = tmp_path / "stack"
+    off = install(target, "HUGGING_FACE_HUB_TOKEN=hf_x\n", instance_env=VM_ENVIRONMENT)
+    assert off.returncode == 0, off.stderr
+    assert "dead-man switch off" in off.stdout
+    assert unit_exec_start(target) == "/usr/bin/docker compose up -d"
+    assert not agent_env_file(target).exists()
+
+    with (target / ".env").open("a") as env:
+        env.write(f"VAST_AGENT_SECRET={AGENT_SECRET}\n")
+    on = install(target)
+    assert on.returncode == 0, on.stderr
+    assert unit_exec_start(target) == "/usr/bin/docker compose --profile agent up -d"
+    agent_file = agent_env_file(target)
+    stat = agent_file.stat()
+    assert stat.st_mode & 0o777 == 0o600
+    assert stat.st_uid == os.geteuid()
+    if os.geteuid() == 0:
+        assert stat.st_uid == 0 and stat.st_gid == 0  # root's, as on the instance
+    values = dict(line.split("=", 1) for line in agent_file.read_text().splitlines() if "=" in line)
+    assert values == {
+        "VAST_AGENT_SECRET": AGENT_SECRET,
+        "CONTAINER_ID": "4711",
+        "CONTAINER_API_KEY": INSTANCE_KEY,
+    }
+    assert INSTANCE_KEY not in (target / ".env").read_text()
+    output = on.stdout + on.stderr + off.stdout + off.stderr
+    assert INSTANCE_KEY not in output and AGENT_SECRET not in output
+    assert "dead-man switch on for instance 4711" in on.stdout
+
+
+def test_the_instance_key_moves_out_of_an_env_written_by_the_old_guide(tmp_path):
+    target = tmp_path / "stack"
+    old_env = (
+        f"HUGGING_FACE_HUB_TOKEN=hf_x\nVAST_AGENT_SECRET={AGENT_SECRET}\n"
+        f"CONTAINER_ID=4711\nCONTAINER_API_KEY={INSTANCE_KEY}\n"
+    )
+    done = install(target, old_env)  # no /etc/environment: a container-era .env
+    assert done.returncode == 0, done.stderr
+    assert f"CONTAINER_API_KEY={INSTANCE_KEY}" in agent_env_file(target).read_text()
+    assert "CONTAINER_API_KEY" not in (target / ".env").read_text()
+    assert "removed CONTAINER_API_KEY from" in done.stdout
+
+
+def test_the_environment_wins_over_vasts_file(tmp_path):
+    target = tmp_path / "stack"
+    done = install(
+        target,
+        f"VAST_AGENT_SECRET={AGENT_SECRET}\n",
+        instance_env=VM_ENVIRONMENT,
+        env={"CONTAINER_ID": "99", "CONTAINER_API_KEY": "key-from-the-shell"},
+    )
+    assert done.returncode == 0, done.stderr
+    text = agent_env_file(target).read_text()
+    assert "CONTAINER_ID=99\n" in text and "CONTAINER_API_KEY=key-from-the-shell\n" in text
+
+
+# --------------------------------------------------------------------------- the guide, in order
+
+README = DEPLOY / "README.md"
+
+
+def guide_block(after: str, language: str = "bash") -> str:
+    """The first fenced block of the instance guide after the line starting with `after`."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("\n" + after)
+    match = re.compile(rf"```{language}\n(.*?)```", re.S).search(text, start)
+    assert match, after
+    return match[1]
+
+
+def step_2_env() -> str:
+    """The .env of step 2, exactly as the guide shows it (its heredoc)."""
+    block = guide_block("## 2. Install the stack")
+    match = re.search(r"cat > \.env <<'EOF'\n(.*?\n)EOF\n", block, re.S)
+    assert match, block
+    return match[1]
+
+
+REQUIRED = re.compile(r"\$\{([A-Z_][A-Z0-9_]*):\?")
+
+
+def assert_stack_complete(target: Path, profiles: set[str]) -> None:
+    """Check what compose would need to start the services of the active profiles."""
+    compose = yaml.safe_load((target / "compose.yaml").read_text())
+    env = {}
+    for line in (target / ".env").read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            name, value = line.split("=", 1)
+            env[name.strip()] = value.strip()
+    for name, service in compose["services"].items():
+        if set(service.get("profiles", [])) - profiles:
+            continue  # not started
+        for required in REQUIRED.findall(json.dumps(service)):
+            assert env.get(required), f"{name} needs {required} in .env"
+        for volume in service.get("volumes", []):
+            source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
+            if source.startswith("./"):
+                assert (target / source).exists(), f"{name} mounts {source}: missing"
+            elif source == "/etc/vastpanel-agent.env":
+                assert agent_env_file(target).is_file(), f"{name} mounts {source}: missing"
+
+
+def test_the_guides_steps_work_in_the_order_written(tmp_path, nginx_bin):
+    target = tmp_path / "stack"
+    # Step 2: the .env as shown, then install.sh, on a VM where vast.ai wrote /etc/environment.
+    done = install(target, step_2_env(), instance_env=VM_ENVIRONMENT)
+    assert done.returncode == 0, done.stderr
+    assert unit_exec_start(target) == "/usr/bin/docker compose up -d"
+    assert_stack_complete(target, profiles=set())
+    assert printed_fingerprint(done) == cert_fingerprint(target)
+    conf = render_for_loopback(
+        (target / "health-nginx.conf").read_text(), _free_port(), 9, target / "nginx-keys"
+    )
+    (tmp_path / "nginx.conf").write_text(conf)
+    checked = subprocess.run(
+        [str(nginx_bin), "-t", "-p", str(tmp_path), "-e", str(tmp_path / "error.log")]
+        + ["-c", str(tmp_path / "nginx.conf")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert checked.returncode == 0, checked.stderr
+
+    # The dead-man switch section: the secret in .env, install.sh again.
+    secret_line = guide_block("### Turn it on").splitlines()
+    assert any(line.startswith("VAST_AGENT_SECRET=") for line in secret_line)
+    with (target / ".env").open("a") as env:
+        env.write(f"VAST_AGENT_SECRET={AGENT_SECRET}\n")
+    on = install(target, instance_env=VM_ENVIRONMENT)
+    assert on.returncode == 0, on.stderr
+    assert unit_exec_start(target) == "/usr/bin/docker compose --profile agent up -d"
+    assert_stack_complete(target, profiles={"agent"})
+    assert printed_fingerprint(on) == printed_fingerprint(done)
+
+
+def test_what_vastpanel_needs_lists_every_setting():
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## 4. What vastpanel needs") :]
+    section = section[: section.index("\n## ", 5)]
+    for name in (
+        "VAST_HEALTH_PORT",
+        "VAST_LLM_UPSTREAM_KEY",
+        "LLM_API_KEYS",
+        "VAST_AGENT_SECRET",
+        "VAST_INSTANCE_TLS_FINGERPRINT",
+        "VAST_METRICS_TOKEN",
+    ):
+        assert name in section, name
+
+
 # --------------------------------------------------------------------------- systemd
 
 
@@ -192,7 +467,7 @@ def test_systemd_unit():
     assert service["Type"] == "oneshot"
     assert service["RemainAfterExit"] == "yes"
     assert service["ExecStart"] == "/usr/bin/docker compose up -d"
-    assert service["ExecStop"] == "/usr/bin/docker compose down"
+    assert service["ExecStop"] == "/usr/bin/docker compose --profile agent down"
     assert service["WorkingDirectory"].startswith("/")
     assert "docker.service" in parser["Unit"]["After"].split()
     assert "docker.service" in parser["Unit"]["Requires"].split()
@@ -207,10 +482,11 @@ def nginx_bin() -> Path:
     return instance_nginx.nginx_bin()
 
 
-def test_nginx_config_syntax(nginx_bin, tmp_path):
-    keys = installed_keys(tmp_path, f"VLLM_API_KEY={API_KEY}\n")
+@pytest.mark.parametrize("plain", ["false", "true"])
+def test_nginx_config_syntax(nginx_bin, tmp_path, plain):
+    keys = installed_keys(tmp_path, f"VLLM_API_KEY={API_KEY}\nINSTANCE_PLAIN_HTTP={plain}\n")
     conf = tmp_path / "nginx.conf"
-    conf.write_text(NGINX_CONF.read_text(encoding="utf-8").replace(KEYS_DIR, f"{keys}/"))
+    conf.write_text(render_for_loopback(NGINX_CONF.read_text(encoding="utf-8"), 8001, 8000, keys))
     result = subprocess.run(
         [str(nginx_bin), "-t", "-p", str(tmp_path), "-e", str(tmp_path / "error.log")]
         + ["-c", str(conf)],
@@ -301,12 +577,25 @@ class FakeVLLM:
 
 
 class Proxy:
-    def __init__(self, port: int, fake: FakeVLLM) -> None:
+    """The instance's nginx on loopback: TLS with install.sh's certificate, or plain HTTP."""
+
+    def __init__(self, port: int, fake: FakeVLLM, tls: bool, pin: str | None) -> None:
         self.port = port
         self.fake = fake
+        self.tls = tls
+        self.pin = pin  # the fingerprint install.sh printed
+
+    def connection(self) -> http.client.HTTPConnection:
+        if not self.tls:
+            return http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        # Self-signed: nothing to verify against a CA; test_tls_* check the pin itself.
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=15, context=context)
 
     def request(self, method: str, path: str, body: bytes | None = None, key: str | None = API_KEY):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        conn = self.connection()
         try:
             headers = {"Content-Type": "application/json"} if body is not None else {}
             if key is not None:
@@ -325,14 +614,34 @@ def metrics_token() -> str:
 
 
 @pytest.fixture
-def proxy(nginx_bin, tmp_path, metrics_token) -> Iterator[Proxy]:
-    keys = installed_keys(tmp_path, f"VLLM_API_KEY={API_KEY}\nMETRICS_TOKEN={metrics_token}\n")
+def plain_http() -> str:
+    """INSTANCE_PLAIN_HTTP in the instance's .env ("" for TLS); a test may override it."""
+    return ""
+
+
+@pytest.fixture
+def agent_port(request) -> int | None:
+    """Where nginx forwards the heartbeat: the test's heartbeat_agent, else nowhere."""
+    if "heartbeat_agent" in request.fixturenames:
+        return request.getfixturevalue("heartbeat_agent")[1]
+    return None
+
+
+@pytest.fixture
+def proxy(nginx_bin, tmp_path, metrics_token, plain_http, agent_port) -> Iterator[Proxy]:
+    env_text = f"VLLM_API_KEY={API_KEY}\nMETRICS_TOKEN={metrics_token}\n"
+    done = install(tmp_path / "stack", env_text + f"INSTANCE_PLAIN_HTTP={plain_http}\n")
+    assert done.returncode == 0, done.stderr
+    tls = "VAST_INSTANCE_TLS_FINGERPRINT" in done.stdout
+    keys = tmp_path / "stack" / "nginx-keys"
     fake = FakeVLLM()
     port = _free_port()
-    conf = render_for_loopback(NGINX_CONF.read_text(encoding="utf-8"), port, fake.port, keys)
+    conf = render_for_loopback(
+        NGINX_CONF.read_text(encoding="utf-8"), port, fake.port, keys, agent_port
+    )
     try:
         with running_nginx(nginx_bin, conf, tmp_path, port):
-            yield Proxy(port, fake)
+            yield Proxy(port, fake, tls, printed_fingerprint(done) if tls else None)
     finally:
         fake.release_stream.set()
         fake.stop()
@@ -377,7 +686,7 @@ def test_v1_post_body_passed(proxy):
 
 
 def test_v1_streaming_is_not_buffered(proxy):
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=15)
+    conn = proxy.connection()
     try:
         auth = {"Authorization": f"Bearer {API_KEY}"}
         conn.request("POST", "/v1/chat/completions", body=b"{}", headers=auth)
@@ -456,3 +765,105 @@ def test_metrics_behind_the_token_when_set(proxy):
     assert proxy.fake.requests == []
     status, body = proxy.request("GET", "/metrics", key=METRICS_TOKEN)
     assert status == 200 and b"vllm:num_requests_running" in body
+
+
+# --------------------------------------------------------------------------- TLS on port 8001
+
+
+def test_tls_serves_the_certificate_whose_fingerprint_install_printed(proxy):
+    assert proxy.tls
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as raw:
+        with context.wrap_socket(raw) as tls:
+            served = tls.getpeercert(binary_form=True)
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+    assert hashlib.sha256(served).hexdigest() == proxy.pin
+
+
+@pytest.mark.parametrize("spelling", ["as printed", "upper case with colons"])
+def test_a_client_pinning_the_printed_fingerprint_gets_through(proxy, spelling):
+    """urllib3's assert_fingerprint, as the panel pins it: 64 hex digits, colons allowed."""
+    pin = proxy.pin
+    if spelling != "as printed":
+        pin = ":".join(pin[i : i + 2] for i in range(0, 64, 2)).upper()
+    with urllib3.HTTPSConnectionPool(
+        "127.0.0.1", proxy.port, cert_reqs="CERT_NONE", assert_fingerprint=pin, retries=False
+    ) as pool:
+        assert pool.request("GET", "/health").status == 200
+        models = pool.request("GET", "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"})
+        assert models.status == 200 and models.json()["data"][0]["id"] == DEFAULT_MODEL
+        assert b"vllm:num_requests_running" in pool.request("GET", "/metrics").data
+
+
+def test_a_client_pinning_another_fingerprint_is_stopped_before_sending_anything(proxy):
+    wrong = hashlib.sha256(b"another certificate").hexdigest()
+    with urllib3.HTTPSConnectionPool(
+        "127.0.0.1", proxy.port, cert_reqs="CERT_NONE", assert_fingerprint=wrong, retries=False
+    ) as pool:
+        with pytest.raises(urllib3.exceptions.SSLError, match="[Ff]ingerprints did not match"):
+            pool.request("GET", "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert proxy.fake.requests == []
+
+
+def test_plain_http_to_the_tls_port_is_refused(proxy):
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=15)
+    try:
+        conn.request("GET", "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"})
+        answer = conn.getresponse()
+        assert answer.status == 400
+    finally:
+        conn.close()
+    assert proxy.fake.requests == []
+
+
+@pytest.mark.parametrize("plain_http", ["true"])
+def test_plain_http_when_the_env_says_so(proxy):
+    assert not proxy.tls
+    assert proxy.request("GET", "/health", key=None)[0] == 200
+    assert proxy.request("GET", "/v1/models")[0] == 200
+
+
+@pytest.fixture
+def heartbeat_agent(tmp_path):
+    """The real agent serving heartbeats on loopback, as compose runs it behind nginx."""
+    agent_mod = load_agent_module()
+    metrics = MetricsServer()
+    config = agent_mod.AgentConfig(
+        secret=AGENT_SECRET,
+        container_id="4711",
+        container_api_key=INSTANCE_KEY,
+        metrics_url=metrics.url,
+        state_path=str(tmp_path / "agent-state.json"),
+        listen_port=0,
+        boot_id="tls-boot",
+    )
+    agent = agent_mod.Agent(config)
+    server = agent_mod.make_server(agent)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    yield agent, server.server_address[1]
+    server.shutdown()
+    server.server_close()
+    metrics.close()
+
+
+def test_the_heartbeat_goes_through_tls_to_the_agent(proxy, heartbeat_agent):
+    agent, _ = heartbeat_agent
+    with urllib3.HTTPSConnectionPool(
+        "127.0.0.1", proxy.port, cert_reqs="CERT_NONE", assert_fingerprint=proxy.pin
+    ) as pool:
+        body = heartbeat_body(4711, idle_deadline=None)
+        timestamp = f"{agent.clock():.3f}"
+        answer = pool.request(
+            "POST",
+            "/vastpanel/heartbeat",
+            body=body,
+            headers={
+                TIMESTAMP_HEADER: timestamp,
+                SIGNATURE_HEADER: signature(AGENT_SECRET, timestamp, body),
+            },
+        )
+    assert answer.status == 200, answer.data
+    assert answer.json()["agent_version"] == load_agent_module().VERSION
+    assert agent.state.last_signed_at == float(timestamp)

@@ -329,7 +329,10 @@ def parse_metrics(text: str) -> Metrics:
         if math.isfinite(value):
             sums[match["name"]] = sums.get(match["name"], 0.0) + value
     if not any(name in sums for name in GAUGES):
-        raise ValueError("no vllm:num_requests_running or vllm:num_requests_waiting sample")
+        raise ValueError(
+            "no vllm:num_requests_running or vllm:num_requests_waiting sample "
+            "(vLLM started with --disable-log-stats serves none)"
+        )
     return Metrics(
         running=sums.get(GAUGES[0], 0.0),
         waiting=sums.get(GAUGES[1], 0.0),
@@ -393,6 +396,7 @@ class AgentState:
     stop_sent_at: float | None = None
     last_progress: float | None = None  # when a counter last moved (or the boot)
     stall: dict[str, float] | None = None  # while a stall is declared: since, running, waiting
+    metrics_error: str | None = None  # why the last reading of vLLM's metrics failed
 
     @classmethod
     def fresh(cls, boot: str, now: float, last_signed_at: float | None = None) -> AgentState:
@@ -538,7 +542,8 @@ class Agent:
 
         llm_stall is null unless the agent counts vLLM's busy gauge as stuck; then it gives the
         gauges, when a counter last moved (the idle time counts from there) and since when the
-        stall is declared.
+        stall is declared. llm_metrics_error says why vLLM's load could not be read (no metrics
+        is not an idle LLM, though the rule has to count it as one).
         """
         stall = self.state.stall
         return {
@@ -550,6 +555,7 @@ class Agent:
             "enabled": self.config.enabled,
             "dry_run": self.dry_run,
             "last_activity": self.state.last_activity,
+            "llm_metrics_error": self.state.metrics_error,
             "llm_stalled": stall is not None,
             "llm_stall": None
             if stall is None
@@ -615,12 +621,21 @@ class Agent:
         try:
             metrics = read_metrics(self.config.metrics_url)
         except (OSError, ValueError) as exc:
-            # No metrics, no LLM serving anyone: this counts as idle (the timers keep running).
-            log.info("metrics unreadable at %s: %s", self.config.metrics_url, exc)
+            # Nothing to see is counted as idle (the timers keep running): the agent must still
+            # stop an instance whose panel is gone. Logged once per cause.
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            with self._lock:
+                if self.state.metrics_error != error:
+                    log.warning("metrics unreadable at %s: %s", self.config.metrics_url, error)
+                    self.state.metrics_error = error
+                    save_state(self.config.state_path, self.state)
             return False
         with self._lock:
             now = self.clock()
             state = self.state
+            if state.metrics_error is not None:
+                log.info("metrics readable again at %s", self.config.metrics_url)
+                state.metrics_error = None
             moved = counters_moved(state.baseline, metrics.counters)
             if moved or state.last_progress is None:
                 state.last_progress = now
