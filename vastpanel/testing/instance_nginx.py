@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import time
@@ -79,6 +80,14 @@ def installed_keys(tmp_path: Path, env_text: str) -> Path:
     done = install(tmp_path / "stack", env_text)
     assert done.returncode == 0, done.stderr
     return tmp_path / "stack" / "nginx-keys"
+
+
+def printed_fingerprint(done: subprocess.CompletedProcess) -> str:
+    """The certificate pin install.sh printed, in the form the panel takes it (64 hex digits)."""
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith("VAST_INSTANCE_TLS_")]
+    match = re.fullmatch(r"VAST_INSTANCE_TLS_FINGERPRINT=([0-9a-f]{64})", line)
+    assert match, line
+    return match[1]
 
 
 def render_for_loopback(
