@@ -81,7 +81,7 @@ def stop_cycles(sim: Simulator, folder: Path, cycles: int, grace_s: float) -> li
     """Kill the panel with the instance running; return each stop's lateness in seconds."""
     env = simulator_env(
         sim,
-        folder / "panel.db",
+        folder / "panel.store.db",
         CONTROL_KEY,
         VAST_AGENT_SECRET=SECRET,
         VAST_WATCHDOG_INTERVAL_S="0.5",
@@ -126,7 +126,8 @@ def instance(folder: Path, grace_s: float, check_s: float) -> Iterator[Simulator
         log_path=folder / "agent.log",
     )
     with running_simulator(SIM_KEY, INSTANCE_ID, host_ports={8001: nginx_port}, agent=agent) as sim:
-        keys = installed_keys(folder, f"VLLM_API_KEY={LLM_KEY}\n")
+        # The panel here reaches the instance over plain HTTP, which its .env must say.
+        keys = installed_keys(folder, f"VLLM_API_KEY={LLM_KEY}\nINSTANCE_PLAIN_HTTP=true\n")
         text = NGINX_CONF.read_text(encoding="utf-8")
         conf = render_for_loopback(text, nginx_port, sim.llm_port, keys, sim.agent.port)
         with running_nginx(nginx_bin(), conf, folder, nginx_port):

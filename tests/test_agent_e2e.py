@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from support import wait_for
-from support.agent import replay, send_heartbeat
+from support.agent import MetricsServer, exposition, replay, send_heartbeat
 from support.instance_nginx import (
     NGINX_CONF,
     installed_keys,
@@ -83,7 +83,12 @@ def stack(tmp_path):
     binary = nginx_bin()
     made = []
 
-    def build(panel_idle_minutes: float = 60.0, grace: float = GRACE_MINUTES, **llm) -> Stack:
+    def build(
+        panel_idle_minutes: float = 60.0,
+        grace: float = GRACE_MINUTES,
+        agent_env: dict[str, str] | None = None,
+        **llm,
+    ) -> Stack:
         nginx_port = free_port()
         sim = running_simulator(
             SIM_KEY,
@@ -97,12 +102,14 @@ def stack(tmp_path):
                 idle_minutes=IDLE_MINUTES,
                 check_seconds=CHECK_S,
                 log_path=tmp_path / "agent.log",
+                extra_env=agent_env or {},
             ),
         ).start()
         made.append(sim)
         for name, value in llm.items():
             setattr(sim.backend.llm, name, value)
-        keys = installed_keys(tmp_path, f"VLLM_API_KEY={LLM_KEY}\n")
+        # The panel here reaches the instance over plain HTTP, which its .env must say.
+        keys = installed_keys(tmp_path, f"VLLM_API_KEY={LLM_KEY}\nINSTANCE_PLAIN_HTTP=true\n")
         conf = render_for_loopback(
             NGINX_CONF.read_text(encoding="utf-8"), nginx_port, sim.llm_port, keys, sim.agent.port
         )
@@ -111,7 +118,7 @@ def stack(tmp_path):
         made.append(nginx)
         env = simulator_env(
             sim,
-            tmp_path / "panel.db",
+            tmp_path / "panel.store.db",
             CONTROL_KEY,
             VAST_AGENT_SECRET=SECRET,
             VAST_WATCHDOG_INTERVAL_S=str(LOOK_S),
@@ -246,13 +253,16 @@ def test_panel_dead_during_a_long_stream_no_stop_until_it_ends(stack):
 def test_forged_and_replayed_heartbeats_are_refused_and_do_not_postpone_the_stop(stack):
     s = stack()  # no panel: the test sends the heartbeats, through nginx
     s.run_instance()
-    valid = send_heartbeat(s.heartbeat_url, SECRET)
+    valid = send_heartbeat(s.heartbeat_url, SECRET, instance_id=INSTANCE_ID)
     assert valid.status_code == 200, valid.text
     valid_at = time.time()
     answers = []
     while not s.stops() and time.time() < valid_at + GRACE_S + IDLE_S + SLACK_S:
         answers.append(("replayed", replay(s.heartbeat_url, valid)))
-        answers.append(("forged", send_heartbeat(s.heartbeat_url, "forged-secret-0123456789")))
+        forged = send_heartbeat(
+            s.heartbeat_url, "forged-secret-0123456789", instance_id=INSTANCE_ID
+        )
+        answers.append(("forged", forged))
         time.sleep(0.2)
     assert len(answers) >= 10
     for kind, answer in answers:
@@ -270,10 +280,61 @@ def test_forged_and_replayed_heartbeats_are_refused_and_do_not_postpone_the_stop
     assert state["last_signed_at"] == float(valid.request.headers["X-Vastpanel-Timestamp"])
 
 
+def test_a_stuck_gauge_after_a_long_generation_stops_the_instance_one_stall_time_later(stack):
+    # vLLM's metrics as they look when a user aborts a long answer: tokens flow for longer than
+    # grace plus idle time, then the gauge stays at 1 running while no counter moves again.
+    metrics = MetricsServer()
+    s = stack(agent_env={"AGENT_METRICS_URL": metrics.url, "AGENT_STALL_MINUTES": "0.05"})
+    stall_s = 3.0
+    try:
+        s.run_instance()
+        generated = 0
+        flowing_until = time.time() + GRACE_S + IDLE_S + 2
+        while time.time() < flowing_until:
+            generated += 7
+            metrics.text = exposition(running=1, prompt=40, generation=generated)
+            time.sleep(CHECK_S / 2)
+        aborted_at = time.time()
+        assert s.stops() == [], s.agent_log()  # the generation was not cut
+        assert wait_for(lambda: s.stops(), stall_s + SLACK_S), s.agent_log()
+        (stop,) = s.stops()
+        assert stop["auth"] == "instance"
+        # Idle from the last counter move the agent saw (at most a check before the abort).
+        assert (
+            aborted_at + stall_s - CHECK_S - 0.2 <= stop["time"] <= aborted_at + stall_s + SLACK_S
+        )
+        log = s.agent_log()
+        assert log.count("LLM stalled: vLLM reports 1 running and 0 waiting") == 1
+        assert "a stuck gauge, not work" in log
+    finally:
+        metrics.close()
+
+
+def test_a_heartbeat_for_another_instance_does_not_postpone_the_stop(stack):
+    s = stack()  # no panel: the test sends the heartbeats, through nginx
+    s.run_instance()
+    valid = send_heartbeat(s.heartbeat_url, SECRET, instance_id=INSTANCE_ID)
+    assert valid.status_code == 200, valid.text
+    valid_at = time.time()
+    while not s.stops() and time.time() < valid_at + GRACE_S + IDLE_S + SLACK_S:
+        other = send_heartbeat(s.heartbeat_url, SECRET, instance_id=INSTANCE_ID + 1)
+        assert other.status_code in (403, 503), other.text  # 503: the agent went with the stop
+        ahead = send_heartbeat(
+            s.heartbeat_url, SECRET, instance_id=INSTANCE_ID, at=time.time() + 60
+        )
+        assert ahead.status_code in (401, 503), ahead.text
+        time.sleep(0.2)
+    (stop,) = s.stops()
+    assert valid_at + GRACE_S - 0.5 <= stop["time"] <= valid_at + GRACE_S + 3.0
+    assert (
+        "heartbeat refused: heartbeat for instance '9091', this is instance 9090" in s.agent_log()
+    )
+
+
 def test_an_agent_killed_and_restarted_keeps_its_timers(stack):
     s = stack()
     s.run_instance()
-    valid = send_heartbeat(s.heartbeat_url, SECRET)
+    valid = send_heartbeat(s.heartbeat_url, SECRET, instance_id=INSTANCE_ID)
     assert valid.status_code == 200
     valid_at = time.time()
     time.sleep(GRACE_S * 2 / 3)  # a restart that reset the timers would postpone the stop

@@ -1,8 +1,9 @@
 """Checks of the instance-side deploy files in deploy/instance/.
 
 No docker engine and no GPU exist where this runs, so the compose file is only
-parsed, the systemd unit only read, and the nginx config is checked with the
-real nginx binary: `nginx -t`, and a run on loopback in front of a fake vLLM.
+parsed, the systemd unit only read, install.sh run into temporary folders, and
+the nginx config is checked with the real nginx binary: `nginx -t`, and a run on
+loopback (TLS with the certificate install.sh made) in front of a fake vLLM.
 
 nginx must be installed (Debian package nginx-light or nginx); without it these
 tests fail, unless VASTPANEL_SKIP_NGINX=1 is set.
@@ -11,9 +12,11 @@ tests fail, unless VASTPANEL_SKIP_NGINX=1 is set.
 from __future__ import annotations
 
 import configparser
+import hashlib
 import http.client
 import json
 import socket
+import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -21,20 +24,25 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import urllib3
 import yaml
 
 from support import instance_nginx
+from support.agent import MetricsServer, heartbeat_body, load_agent_module
 from support.instance_nginx import (
     DEPLOY,
     KEYS_DIR,
-    LISTEN_LINE,
+    LISTEN_INCLUDE,
     NGINX_CONF,
+    TLS_DIR,
     UPSTREAM_LINE,
     install,
     installed_keys,
+    printed_fingerprint,
     render_for_loopback,
     running_nginx,
 )
+from vastpanel.domain.agent_link import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 
 COMPOSE = DEPLOY / "compose.yaml"
 UNIT = DEPLOY / "llm-stack.service"
@@ -121,12 +129,40 @@ def test_compose_vllm_healthcheck_uses_vllm_health(compose):
     assert "http://localhost:8000/health" in " ".join(check["test"])
 
 
-def test_compose_nginx_mounts_config_and_keys_read_only(compose):
+def test_compose_nginx_mounts_config_keys_and_tls_read_only(compose):
     nginx = compose["services"]["nginx"]
     mounts = [str(v).split(":") for v in nginx["volumes"]]
     assert ["./health-nginx.conf", "/etc/nginx/nginx.conf", "ro"] in mounts
     assert ["./nginx-keys", KEYS_DIR.rstrip("/"), "ro"] in mounts
+    assert ["./nginx-tls", TLS_DIR.rstrip("/"), "ro"] in mounts
     assert (COMPOSE.parent / "health-nginx.conf").is_file()
+
+
+def test_compose_never_disables_vllms_metrics(compose):
+    vllm = compose["services"]["vllm"]
+    assert "--disable-log-stats" not in json.dumps(vllm)  # it removes every vllm: metric
+    assert "--disable-log-stats" not in json.dumps(compose)
+    assert "entrypoint" not in vllm  # the image's API server, given only the arguments above
+
+
+def test_compose_runs_the_agent_only_in_its_profile_with_secrets_from_root_only_file(compose):
+    agent = compose["services"]["agent"]
+    assert agent["profiles"] == ["agent"]  # the stack starts without it until it is set up
+    env = agent["environment"]
+    for name in ("VAST_AGENT_SECRET", "CONTAINER_ID", "CONTAINER_API_KEY"):
+        assert name not in env  # never through compose's interpolation or `docker inspect`
+    assert env["AGENT_ENV_FILE"] == "/etc/vastpanel-agent.env"
+    assert env["AGENT_STALL_MINUTES"] == "${AGENT_STALL_MINUTES:-10}"
+    (secrets,) = [v for v in agent["volumes"] if isinstance(v, dict)]
+    assert secrets == {
+        "type": "bind",
+        "source": "/etc/vastpanel-agent.env",
+        "target": "/etc/vastpanel-agent.env",
+        "read_only": True,
+        "bind": {"create_host_path": False},
+    }
+    others = {name for name, s in compose["services"].items() if "profiles" in s}
+    assert others == {"agent"}
 
 
 def test_compose_nginx_depends_on_vllm(compose):
@@ -135,50 +171,15 @@ def test_compose_nginx_depends_on_vllm(compose):
 
 def test_nginx_config_matches_compose():
     text = NGINX_CONF.read_text(encoding="utf-8")
-    assert text.count(LISTEN_LINE) == 1
+    assert text.count(LISTEN_INCLUDE) == 1
+    directives = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert not [line for line in directives if line.split()[:1] == ["listen"]]  # install.sh's
     assert text.count(UPSTREAM_LINE) == 1
     assert text.count(f"include {KEYS_DIR}") == 2
 
 
-# --------------------------------------------------------------------------- install.sh
-
-
-def env_values(target: Path, name: str) -> list[str]:
-    lines = (target / ".env").read_text().splitlines()
-    return [line.split("=", 1)[1] for line in lines if line.startswith(name + "=")]
-
-
-def test_install_generates_the_key_once_and_keeps_it_private(tmp_path):
-    target = tmp_path / "stack"
-    first = install(target, "HUGGING_FACE_HUB_TOKEN=hf_x\nVLLM_API_KEY=\n")
-    assert first.returncode == 0, first.stderr
-    (key,) = env_values(target, "VLLM_API_KEY")
-    assert len(key) == 64 and int(key, 16) >= 0
-    assert key not in first.stdout + first.stderr  # never printed
-    assert (target / ".env").stat().st_mode & 0o777 == 0o600
-    for name in ("compose.yaml", "health-nginx.conf", "llm-stack.service"):
-        assert (target / name).is_file()
-    keys = target / "nginx-keys"
-    assert (keys / "api-key.map").read_text() == f'default 0;\n"~^Bearer {key}$" 1;\n'
-    assert (keys / "metrics-token.map").read_text().startswith("default 1;")
-    assert (keys / "api-key.map").stat().st_mode & 0o777 == 0o600
-
-    again = install(target)
-    assert again.returncode == 0, again.stderr
-    assert env_values(target, "VLLM_API_KEY") == [key]  # kept, not regenerated
-
-
-def test_install_keeps_given_keys_and_refuses_unusable_ones(tmp_path):
-    target = tmp_path / "stack"
-    done = install(target, f"VLLM_API_KEY={API_KEY}\nMETRICS_TOKEN={METRICS_TOKEN}\n")
-    assert done.returncode == 0, done.stderr
-    assert env_values(target, "VLLM_API_KEY") == [API_KEY]
-    assert (
-        f'"~^Bearer {METRICS_TOKEN}$" 1;' in (target / "nginx-keys/metrics-token.map").read_text()
-    )
-    for bad in ["short", 'with"quote-0123456789', "with space 0123456789"]:
-        refused = install(tmp_path / "bad", f"VLLM_API_KEY={bad}\n")
-        assert refused.returncode == 1 and "VLLM_API_KEY" in refused.stderr
+INSTANCE_KEY = "0123abcd" * 8  # what vast.ai writes as CONTAINER_API_KEY
+AGENT_SECRET = "agent-secret-0123456789abcdef"
 
 
 # --------------------------------------------------------------------------- systemd
@@ -192,7 +193,7 @@ def test_systemd_unit():
     assert service["Type"] == "oneshot"
     assert service["RemainAfterExit"] == "yes"
     assert service["ExecStart"] == "/usr/bin/docker compose up -d"
-    assert service["ExecStop"] == "/usr/bin/docker compose down"
+    assert service["ExecStop"] == "/usr/bin/docker compose --profile agent down"
     assert service["WorkingDirectory"].startswith("/")
     assert "docker.service" in parser["Unit"]["After"].split()
     assert "docker.service" in parser["Unit"]["Requires"].split()
@@ -207,10 +208,11 @@ def nginx_bin() -> Path:
     return instance_nginx.nginx_bin()
 
 
-def test_nginx_config_syntax(nginx_bin, tmp_path):
-    keys = installed_keys(tmp_path, f"VLLM_API_KEY={API_KEY}\n")
+@pytest.mark.parametrize("plain", ["false", "true"])
+def test_nginx_config_syntax(nginx_bin, tmp_path, plain):
+    keys = installed_keys(tmp_path, f"VLLM_API_KEY={API_KEY}\nINSTANCE_PLAIN_HTTP={plain}\n")
     conf = tmp_path / "nginx.conf"
-    conf.write_text(NGINX_CONF.read_text(encoding="utf-8").replace(KEYS_DIR, f"{keys}/"))
+    conf.write_text(render_for_loopback(NGINX_CONF.read_text(encoding="utf-8"), 8001, 8000, keys))
     result = subprocess.run(
         [str(nginx_bin), "-t", "-p", str(tmp_path), "-e", str(tmp_path / "error.log")]
         + ["-c", str(conf)],
@@ -301,12 +303,25 @@ class FakeVLLM:
 
 
 class Proxy:
-    def __init__(self, port: int, fake: FakeVLLM) -> None:
+    """The instance's nginx on loopback: TLS with install.sh's certificate, or plain HTTP."""
+
+    def __init__(self, port: int, fake: FakeVLLM, tls: bool, pin: str | None) -> None:
         self.port = port
         self.fake = fake
+        self.tls = tls
+        self.pin = pin  # the fingerprint install.sh printed
+
+    def connection(self) -> http.client.HTTPConnection:
+        if not self.tls:
+            return http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        # Self-signed: nothing to verify against a CA; test_tls_* check the pin itself.
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=15, context=context)
 
     def request(self, method: str, path: str, body: bytes | None = None, key: str | None = API_KEY):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        conn = self.connection()
         try:
             headers = {"Content-Type": "application/json"} if body is not None else {}
             if key is not None:
@@ -325,14 +340,34 @@ def metrics_token() -> str:
 
 
 @pytest.fixture
-def proxy(nginx_bin, tmp_path, metrics_token) -> Iterator[Proxy]:
-    keys = installed_keys(tmp_path, f"VLLM_API_KEY={API_KEY}\nMETRICS_TOKEN={metrics_token}\n")
+def plain_http() -> str:
+    """INSTANCE_PLAIN_HTTP in the instance's .env ("" for TLS); a test may override it."""
+    return ""
+
+
+@pytest.fixture
+def agent_port(request) -> int | None:
+    """Where nginx forwards the heartbeat: the test's heartbeat_agent, else nowhere."""
+    if "heartbeat_agent" in request.fixturenames:
+        return request.getfixturevalue("heartbeat_agent")[1]
+    return None
+
+
+@pytest.fixture
+def proxy(nginx_bin, tmp_path, metrics_token, plain_http, agent_port) -> Iterator[Proxy]:
+    env_text = f"VLLM_API_KEY={API_KEY}\nMETRICS_TOKEN={metrics_token}\n"
+    done = install(tmp_path / "stack", env_text + f"INSTANCE_PLAIN_HTTP={plain_http}\n")
+    assert done.returncode == 0, done.stderr
+    tls = "VAST_INSTANCE_TLS_FINGERPRINT" in done.stdout
+    keys = tmp_path / "stack" / "nginx-keys"
     fake = FakeVLLM()
     port = _free_port()
-    conf = render_for_loopback(NGINX_CONF.read_text(encoding="utf-8"), port, fake.port, keys)
+    conf = render_for_loopback(
+        NGINX_CONF.read_text(encoding="utf-8"), port, fake.port, keys, agent_port
+    )
     try:
         with running_nginx(nginx_bin, conf, tmp_path, port):
-            yield Proxy(port, fake)
+            yield Proxy(port, fake, tls, printed_fingerprint(done) if tls else None)
     finally:
         fake.release_stream.set()
         fake.stop()
@@ -377,7 +412,7 @@ def test_v1_post_body_passed(proxy):
 
 
 def test_v1_streaming_is_not_buffered(proxy):
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=15)
+    conn = proxy.connection()
     try:
         auth = {"Authorization": f"Bearer {API_KEY}"}
         conn.request("POST", "/v1/chat/completions", body=b"{}", headers=auth)
@@ -456,3 +491,105 @@ def test_metrics_behind_the_token_when_set(proxy):
     assert proxy.fake.requests == []
     status, body = proxy.request("GET", "/metrics", key=METRICS_TOKEN)
     assert status == 200 and b"vllm:num_requests_running" in body
+
+
+# --------------------------------------------------------------------------- TLS on port 8001
+
+
+def test_tls_serves_the_certificate_whose_fingerprint_install_printed(proxy):
+    assert proxy.tls
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as raw:
+        with context.wrap_socket(raw) as tls:
+            served = tls.getpeercert(binary_form=True)
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+    assert hashlib.sha256(served).hexdigest() == proxy.pin
+
+
+@pytest.mark.parametrize("spelling", ["as printed", "upper case with colons"])
+def test_a_client_pinning_the_printed_fingerprint_gets_through(proxy, spelling):
+    """urllib3's assert_fingerprint, as the panel pins it: 64 hex digits, colons allowed."""
+    pin = proxy.pin
+    if spelling != "as printed":
+        pin = ":".join(pin[i : i + 2] for i in range(0, 64, 2)).upper()
+    with urllib3.HTTPSConnectionPool(
+        "127.0.0.1", proxy.port, cert_reqs="CERT_NONE", assert_fingerprint=pin, retries=False
+    ) as pool:
+        assert pool.request("GET", "/health").status == 200
+        models = pool.request("GET", "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"})
+        assert models.status == 200 and models.json()["data"][0]["id"] == DEFAULT_MODEL
+        assert b"vllm:num_requests_running" in pool.request("GET", "/metrics").data
+
+
+def test_a_client_pinning_another_fingerprint_is_stopped_before_sending_anything(proxy):
+    wrong = hashlib.sha256(b"another certificate").hexdigest()
+    with urllib3.HTTPSConnectionPool(
+        "127.0.0.1", proxy.port, cert_reqs="CERT_NONE", assert_fingerprint=wrong, retries=False
+    ) as pool:
+        with pytest.raises(urllib3.exceptions.SSLError, match="[Ff]ingerprints did not match"):
+            pool.request("GET", "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert proxy.fake.requests == []
+
+
+def test_plain_http_to_the_tls_port_is_refused(proxy):
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=15)
+    try:
+        conn.request("GET", "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"})
+        answer = conn.getresponse()
+        assert answer.status == 400
+    finally:
+        conn.close()
+    assert proxy.fake.requests == []
+
+
+@pytest.mark.parametrize("plain_http", ["true"])
+def test_plain_http_when_the_env_says_so(proxy):
+    assert not proxy.tls
+    assert proxy.request("GET", "/health", key=None)[0] == 200
+    assert proxy.request("GET", "/v1/models")[0] == 200
+
+
+@pytest.fixture
+def heartbeat_agent(tmp_path):
+    """The real agent serving heartbeats on loopback, as compose runs it behind nginx."""
+    agent_mod = load_agent_module()
+    metrics = MetricsServer()
+    config = agent_mod.AgentConfig(
+        secret=AGENT_SECRET,
+        container_id="4711",
+        container_api_key=INSTANCE_KEY,
+        metrics_url=metrics.url,
+        state_path=str(tmp_path / "agent-state.json"),
+        listen_port=0,
+        boot_id="tls-boot",
+    )
+    agent = agent_mod.Agent(config)
+    server = agent_mod.make_server(agent)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    yield agent, server.server_address[1]
+    server.shutdown()
+    server.server_close()
+    metrics.close()
+
+
+def test_the_heartbeat_goes_through_tls_to_the_agent(proxy, heartbeat_agent):
+    agent, _ = heartbeat_agent
+    with urllib3.HTTPSConnectionPool(
+        "127.0.0.1", proxy.port, cert_reqs="CERT_NONE", assert_fingerprint=proxy.pin
+    ) as pool:
+        body = heartbeat_body(4711, idle_deadline=None)
+        timestamp = f"{agent.clock():.3f}"
+        answer = pool.request(
+            "POST",
+            "/vastpanel/heartbeat",
+            body=body,
+            headers={
+                TIMESTAMP_HEADER: timestamp,
+                SIGNATURE_HEADER: signature(AGENT_SECRET, timestamp, body),
+            },
+        )
+    assert answer.status == 200, answer.data
+    assert answer.json()["agent_version"] == load_agent_module().VERSION
+    assert agent.state.last_signed_at == float(timestamp)

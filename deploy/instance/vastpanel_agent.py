@@ -14,7 +14,11 @@ Python standard library only; one file. Configured by environment (see README.md
     VAST_AGENT_SECRET      shared with the panel; signs heartbeats (HMAC-SHA256), 16+ characters
     AGENT_GRACE_MINUTES    default 60: how long without a valid heartbeat
     AGENT_IDLE_MINUTES     default 30: how long the LLM must have been idle as well
+    AGENT_STALL_MINUTES    default 10 (0: off): requests reported running or waiting while no
+                           counter moves for this long are a stuck gauge, not work
     CONTAINER_ID, CONTAINER_API_KEY   set by vast.ai in every instance
+    AGENT_ENV_FILE         default /etc/vastpanel-agent.env (root, 0600, written by install.sh):
+                           KEY=VALUE lines filling in what the environment leaves unset; "" for none
     VAST_URL               default https://console.vast.ai
     AGENT_METRICS_URL      default http://127.0.0.1:8000/metrics (vLLM)
     AGENT_STATE_PATH       default /var/lib/vastpanel-agent/state.json
@@ -22,6 +26,8 @@ Python standard library only; one file. Configured by environment (see README.md
     AGENT_ENABLED          default true; false: heartbeats are answered, nothing is ever stopped
     AGENT_CHECK_SECONDS    default 30: how often the metrics are read and the rule applied
     AGENT_BOOT_ID          default: read from the kernel (see boot_id()); tests set it
+Settings the environment leaves unset come from AGENT_ENV_FILE, and CONTAINER_ID and
+CONTAINER_API_KEY last from /etc/environment, where vast.ai writes them on VM instances.
 Run with --dry-run to log the stop it would send, without sending it.
 
 State (last heartbeat, last activity, counter baseline) lives in a small JSON file written
@@ -49,11 +55,16 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 HEARTBEAT_PATH = "/vastpanel/heartbeat"
 TIMESTAMP_HEADER = "X-Vastpanel-Timestamp"
 SIGNATURE_HEADER = "X-Vastpanel-Signature"
-MAX_AGE_S = 120.0  # a heartbeat signed longer ago than this (or this far ahead) is refused
+MAX_AGE_S = 120.0  # a heartbeat signed longer ago than this is refused (transit plus skew)
+# A heartbeat cannot arrive before it was signed, so only clock skew dates one ahead. Accepting
+# one dated far ahead would move the replay window there and refuse the panel's next real
+# heartbeats until the agent's clock caught up; 5 s is well above what NTP leaves between two
+# machines and well under a watchdog interval, so at most one look's heartbeat can be lost to it.
+MAX_AHEAD_S = 5.0
 MAX_BODY = 4096
 METRICS_TIMEOUT_S = 5.0
 VAST_TIMEOUT_S = 20.0
@@ -62,6 +73,9 @@ FIRST_BACKOFF_S = 1.0  # vast.ai's PUT interval; faults back off from here, doub
 MAX_BACKOFF_S = 60.0
 RESEND_AFTER_S = 600.0  # a stop vast.ai accepted is not sent again before this
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+AGENT_ENV_FILE = "/etc/vastpanel-agent.env"
+SYSTEM_ENV_FILE = "/etc/environment"  # vast.ai writes the instance's variables here on VMs
+INSTANCE_VARIABLES = ("CONTAINER_ID", "CONTAINER_API_KEY")
 GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
 COUNTERS = (
     "vllm:request_success_total",
@@ -88,6 +102,7 @@ class AgentConfig:
     container_api_key: str = field(repr=False)
     grace_s: float = 3600.0
     idle_s: float = 1800.0
+    stall_s: float = 600.0  # 0: a busy gauge is always believed
     vast_url: str = "https://console.vast.ai"
     metrics_url: str = "http://127.0.0.1:8000/metrics"
     state_path: str = "/var/lib/vastpanel-agent/state.json"
@@ -121,6 +136,7 @@ class AgentConfig:
             container_api_key=key,
             grace_s=_positive(env, "AGENT_GRACE_MINUTES", 60.0) * 60,
             idle_s=_positive(env, "AGENT_IDLE_MINUTES", 30.0) * 60,
+            stall_s=_positive(env, "AGENT_STALL_MINUTES", 10.0, zero=True) * 60,
             vast_url=_url(env, "VAST_URL", "https://console.vast.ai"),
             metrics_url=_url(env, "AGENT_METRICS_URL", "http://127.0.0.1:8000/metrics"),
             state_path=env.get("AGENT_STATE_PATH", "").strip()
@@ -133,7 +149,8 @@ class AgentConfig:
         )
 
 
-def _positive(env: dict[str, str], name: str, default: float) -> float:
+def _positive(env: dict[str, str], name: str, default: float, *, zero: bool = False) -> float:
+    """Read a number greater than 0 (or 0 too, when zero allows it, meaning off)."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -141,8 +158,9 @@ def _positive(env: dict[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be greater than 0, got {raw!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        bound = "0 or more" if zero else "greater than 0"
+        raise ConfigError(f"{name} must be {bound}, got {raw!r}")
     return value
 
 
@@ -162,6 +180,77 @@ def _url(env: dict[str, str], name: str, default: str) -> str:
     if not raw.startswith(("http://", "https://")):
         raise ConfigError(f"{name} must be an http:// or https:// URL, got {raw!r}")
     return raw.rstrip("/")
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """Read KEY=VALUE lines (as in /etc/environment or a systemd EnvironmentFile).
+
+    Blank lines and # comments are skipped, a leading "export " is allowed, and one pair of
+    matching quotes around a value is removed. Raises OSError when the file cannot be read.
+    """
+    values = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("export "):
+                line = line[len("export ") :].lstrip()
+            name, sep, value = line.partition("=")
+            name, value = name.strip(), value.strip()
+            if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                continue
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            values[name] = value
+    return values
+
+
+def gather_env(
+    environ: dict[str, str], system_env_file: str = SYSTEM_ENV_FILE
+) -> tuple[dict[str, str], list[str]]:
+    """Merge the settings: the process's environment, then AGENT_ENV_FILE, then /etc/environment.
+
+    An empty value counts as unset. From /etc/environment only CONTAINER_ID and
+    CONTAINER_API_KEY are taken: vast.ai writes them there on VM instances, where services
+    started by systemd or Docker do not inherit them. Returns the settings and, for the log,
+    which files were read. Raises ConfigError when an AGENT_ENV_FILE named explicitly is
+    unreadable; the default one may be missing (the environment then carries everything).
+    """
+    merged = {name: value for name, value in environ.items() if value.strip()}
+    explicit = "AGENT_ENV_FILE" in environ
+    path = environ.get("AGENT_ENV_FILE", AGENT_ENV_FILE).strip()
+    read = []
+    if path:
+        try:
+            values = read_env_file(path)
+        except FileNotFoundError:
+            if explicit:
+                raise ConfigError(f"AGENT_ENV_FILE {path} does not exist") from None
+            values = {}
+        except OSError as exc:
+            if explicit:
+                raise ConfigError(f"AGENT_ENV_FILE {path} cannot be read: {exc}") from None
+            log.info("%s cannot be read (%s): settings from the environment only", path, exc)
+            values = {}
+        else:
+            read.append(path)
+        for name, value in values.items():
+            if value.strip():
+                merged.setdefault(name, value)
+    if any(name not in merged for name in INSTANCE_VARIABLES):
+        try:
+            values = read_env_file(system_env_file)
+        except OSError:
+            values = {}
+        found = False
+        for name in INSTANCE_VARIABLES:
+            if values.get(name, "").strip() and name not in merged:
+                merged[name] = values[name]
+                found = True
+        if found:
+            read.append(system_env_file)
+    return merged, read
 
 
 def boot_id() -> str:
@@ -240,7 +329,10 @@ def parse_metrics(text: str) -> Metrics:
         if math.isfinite(value):
             sums[match["name"]] = sums.get(match["name"], 0.0) + value
     if not any(name in sums for name in GAUGES):
-        raise ValueError("no vllm:num_requests_running or vllm:num_requests_waiting sample")
+        raise ValueError(
+            "no vllm:num_requests_running or vllm:num_requests_waiting sample "
+            "(vLLM started with --disable-log-stats serves none)"
+        )
     return Metrics(
         running=sums.get(GAUGES[0], 0.0),
         waiting=sums.get(GAUGES[1], 0.0),
@@ -302,12 +394,19 @@ class AgentState:
     panel_idle_deadline: float | None = None  # the panel's own idle deadline, from its heartbeat
     baseline: dict[str, float] | None = None  # vLLM's counters at the last reading
     stop_sent_at: float | None = None
+    last_progress: float | None = None  # when a counter last moved (or the boot)
+    stall: dict[str, float] | None = None  # while a stall is declared: since, running, waiting
+    metrics_error: str | None = None  # why the last reading of vLLM's metrics failed
 
     @classmethod
     def fresh(cls, boot: str, now: float, last_signed_at: float | None = None) -> AgentState:
         """Start the timers of a new boot now."""
         return cls(
-            boot_id=boot, last_heartbeat=now, last_activity=now, last_signed_at=last_signed_at
+            boot_id=boot,
+            last_heartbeat=now,
+            last_activity=now,
+            last_signed_at=last_signed_at,
+            last_progress=now,
         )
 
 
@@ -327,6 +426,8 @@ def load_state(path: str, boot: str, now: float) -> AgentState:
         log.info("a new boot: timers start now (the last heartbeat was of an earlier boot)")
         # The newest signed timestamp is kept: a heartbeat captured before the boot stays spent.
         return AgentState.fresh(boot, now, state.last_signed_at)
+    if state.last_progress is None:  # a state file of an agent before the stall rule
+        state.last_progress = state.last_activity
     return state
 
 
@@ -380,7 +481,10 @@ class Agent:
     def receive_heartbeat(
         self, timestamp: str | None, sig: str | None, body: bytes
     ) -> HeartbeatAnswer:
-        """Check a heartbeat's signature and age; a valid one restarts the grace time."""
+        """Check a heartbeat's signature, age and instance; a valid one restarts the grace time.
+
+        Nothing a refused heartbeat says is kept: it moves neither the timers nor the replay window.
+        """
         if not timestamp or not sig:
             return self._refuse("missing timestamp or signature")
         expected = signature(self.config.secret, timestamp, body)
@@ -391,14 +495,28 @@ class Agent:
         except ValueError:
             return self._refuse("bad timestamp")
         now = self.clock()
-        if not math.isfinite(signed_at) or abs(now - signed_at) > MAX_AGE_S:
-            return self._refuse("timestamp older than 2 minutes (or from the future)")
+        if not math.isfinite(signed_at) or now - signed_at > MAX_AGE_S:
+            return self._refuse(f"timestamp older than {MAX_AGE_S / 60:g} minutes")
+        if signed_at - now > MAX_AHEAD_S:
+            return self._refuse(
+                f"timestamp {signed_at - now:.0f} s ahead of the agent's clock "
+                f"(at most {MAX_AHEAD_S:g} s; check NTP on the panel's host and the instance)"
+            )
         try:
             payload = json.loads(body or b"{}")
         except ValueError:
             payload = None
         if not isinstance(payload, dict):
             return self._refuse("body is not a JSON object", status=400)
+        instance = payload.get("instance_id")
+        if isinstance(instance, bool) or str(instance) != self.config.container_id:
+            # Signed by a panel that shares the secret but watches another instance (or a
+            # heartbeat captured there and sent here): it says nothing about this instance.
+            return self._refuse(
+                f"heartbeat for instance {str(instance)[:20]!r}, this is instance "
+                f"{self.config.container_id}",
+                status=403,
+            )
         deadline = payload.get("idle_deadline")
         if not (deadline is None or isinstance(deadline, int | float)) or isinstance(
             deadline, bool
@@ -420,15 +538,33 @@ class Agent:
         return HeartbeatAnswer(status, {"ok": False, "error": why})
 
     def describe(self) -> dict:
-        """Say what the agent is and how it is set: the heartbeat's answer."""
+        """Say what the agent is, how it is set and how it reads the LLM: the heartbeat's answer.
+
+        llm_stall is null unless the agent counts vLLM's busy gauge as stuck; then it gives the
+        gauges, when a counter last moved (the idle time counts from there) and since when the
+        stall is declared. llm_metrics_error says why vLLM's load could not be read (no metrics
+        is not an idle LLM, though the rule has to count it as one).
+        """
+        stall = self.state.stall
         return {
             "ok": True,
             "agent_version": VERSION,
             "grace_minutes": self.config.grace_s / 60,
             "idle_minutes": self.config.idle_s / 60,
+            "stall_minutes": self.config.stall_s / 60,
             "enabled": self.config.enabled,
             "dry_run": self.dry_run,
             "last_activity": self.state.last_activity,
+            "llm_metrics_error": self.state.metrics_error,
+            "llm_stalled": stall is not None,
+            "llm_stall": None
+            if stall is None
+            else {
+                "running": stall["running"],
+                "waiting": stall["waiting"],
+                "no_progress_since": self.state.last_progress,
+                "stalled_since": stall["since"],
+            },
         }
 
     # --- the check ---------------------------------------------------------------------------
@@ -453,6 +589,12 @@ class Agent:
             if reason is None or (sent is not None and now - sent < RESEND_AFTER_S):
                 return None
             panel_deadline = self.state.panel_idle_deadline
+            stall = self.state.stall
+        if stall is not None:
+            reason += (
+                f"; vLLM reports {_requests(stall)} but no counter moved since "
+                f"{iso(self.state.last_progress)}: a stuck gauge, not work"
+            )
         if panel_deadline is not None:
             reason += f"; the panel's last idle deadline was {iso(panel_deadline)}"
         if not self.config.enabled:
@@ -469,21 +611,64 @@ class Agent:
         return reason
 
     def observe_llm(self) -> bool:
-        """Read vLLM's metrics and move the last activity; tell whether it is busy now."""
+        """Read vLLM's metrics and move the last activity; tell whether it is busy now.
+
+        Busy gauges with no counter moving for the stall time are a stuck gauge (vLLM leaves
+        them up when every request in flight is aborted, vllm-project/vllm#22545): not busy,
+        and idle since the last counter moved. A generation moves generation_tokens_total at
+        every step, so it never stalls.
+        """
         try:
             metrics = read_metrics(self.config.metrics_url)
         except (OSError, ValueError) as exc:
-            # No metrics, no LLM serving anyone: this counts as idle (the timers keep running).
-            log.info("metrics unreadable at %s: %s", self.config.metrics_url, exc)
+            # Nothing to see is counted as idle (the timers keep running): the agent must still
+            # stop an instance whose panel is gone. Logged once per cause.
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            with self._lock:
+                if self.state.metrics_error != error:
+                    log.warning("metrics unreadable at %s: %s", self.config.metrics_url, error)
+                    self.state.metrics_error = error
+                    save_state(self.config.state_path, self.state)
             return False
         with self._lock:
             now = self.clock()
-            moved = counters_moved(self.state.baseline, metrics.counters)
-            if metrics.busy or moved:
-                self.state.last_activity = now
-            self.state.baseline = metrics.counters
-            save_state(self.config.state_path, self.state)
-        return metrics.busy
+            state = self.state
+            if state.metrics_error is not None:
+                log.info("metrics readable again at %s", self.config.metrics_url)
+                state.metrics_error = None
+            moved = counters_moved(state.baseline, metrics.counters)
+            if moved or state.last_progress is None:
+                state.last_progress = now
+            quiet = now - state.last_progress
+            stalled = metrics.busy and 0 < self.config.stall_s <= quiet
+            if moved or (metrics.busy and not stalled):
+                state.last_activity = now
+            elif stalled:
+                # What the gauge showed since the last counter move was no work.
+                state.last_activity = min(state.last_activity, state.last_progress)
+            self._note_stall(stalled, moved, metrics, now)
+            state.baseline = metrics.counters
+            save_state(self.config.state_path, state)
+        return metrics.busy and not stalled
+
+    def _note_stall(self, stalled: bool, moved: bool, metrics: Metrics, now: float) -> None:
+        """Keep and log a stall once when it is declared and once when it clears."""
+        state = self.state
+        if stalled and state.stall is None:
+            state.stall = {"since": now, "running": metrics.running, "waiting": metrics.waiting}
+            log.warning(
+                "LLM stalled: vLLM reports %s but no counter moved for %.1f min (stall time "
+                "%g min): its gauge is probably stuck; idle since %s",
+                _requests(state.stall), (now - state.last_progress) / 60,
+                self.config.stall_s / 60, iso(state.last_progress),
+            )  # fmt: skip
+        elif stalled:
+            state.stall.update(running=metrics.running, waiting=metrics.waiting)
+        elif state.stall is not None:
+            log.info(
+                "LLM stall cleared: %s", "a counter moved" if moved else "the gauges fell to 0"
+            )
+            state.stall = None
 
     def _mark_stop_sent(self) -> None:
         with self._lock:
@@ -543,6 +728,10 @@ class Agent:
                 return False
         log.error("stop not accepted after %d attempts; the next check tries again", STOP_ATTEMPTS)
         return False
+
+
+def _requests(stall: dict[str, float]) -> str:
+    return f"{stall['running']:g} running and {stall['waiting']:g} waiting"
 
 
 def put_stopped(url: str, key: str) -> tuple[int | None, str]:
@@ -639,9 +828,10 @@ def run(agent: Agent) -> None:
     config = agent.config
     log.info(
         "vastpanel-agent %s: instance %s, heartbeat on %s:%s%s, grace %g min, idle %g min, "
-        "metrics %s, check every %g s%s%s",
+        "stall %s, metrics %s, check every %g s%s%s",
         VERSION, config.container_id, host, port, HEARTBEAT_PATH, config.grace_s / 60,
-        config.idle_s / 60, config.metrics_url, config.check_s,
+        config.idle_s / 60, f"{config.stall_s / 60:g} min" if config.stall_s else "off",
+        config.metrics_url, config.check_s,
         "" if config.enabled else ", OFF (AGENT_ENABLED=false)",
         ", DRY RUN" if agent.dry_run else "",
     )  # fmt: skip
@@ -677,10 +867,13 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        config = AgentConfig.from_env(dict(os.environ))
+        env, files = gather_env(dict(os.environ))
+        config = AgentConfig.from_env(env)
     except ConfigError as exc:
         log.error("configuration: %s", exc)
         return 2
+    if files:
+        log.info("settings the environment leaves unset read from %s", ", ".join(files))
     run(Agent(config, dry_run=args.dry_run))
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import threading
 import time
@@ -76,14 +77,25 @@ class MetricsServer:
         self.server.server_close()
 
 
+def heartbeat_body(instance_id: int, idle_deadline: float | None = None) -> bytes:
+    """The body the panel sends: the instance it watches and its idle deadline."""
+    return json.dumps({"instance_id": instance_id, "idle_deadline": idle_deadline}).encode()
+
+
 def send_heartbeat(
-    url: str, secret: str, *, at: float | None = None, idle_deadline: float | None = None
+    url: str,
+    secret: str,
+    *,
+    instance_id: int,
+    at: float | None = None,
+    idle_deadline: float | None = None,
+    **requests_args,
 ) -> requests.Response:
     """Send a heartbeat signed as the panel signs it."""
     timestamp = f"{time.time() if at is None else at:.3f}"
-    body = ('{"idle_deadline": %s}' % ("null" if idle_deadline is None else idle_deadline)).encode()
+    body = heartbeat_body(instance_id, idle_deadline)
     headers = {TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: signature(secret, timestamp, body)}
-    return requests.post(url, data=body, headers=headers, timeout=10)
+    return requests.post(url, data=body, headers=headers, timeout=10, **requests_args)
 
 
 def replay(url: str, sent: requests.Response) -> requests.Response:

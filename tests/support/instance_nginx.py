@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import time
@@ -20,8 +21,10 @@ NGINX_CONF = DEPLOY / "health-nginx.conf"
 NGINX_BIN = Path("/usr/sbin/nginx")
 INSTALL = DEPLOY / "install.sh"
 KEYS_DIR = "/etc/nginx/keys/"  # where compose mounts the key maps install.sh writes
+TLS_DIR = "/etc/nginx/tls/"  # where compose mounts the listen line and certificate it writes
 # The lines of the config that name the listen port and the upstreams; tests rewrite them.
-LISTEN_LINE = "listen 8001;"
+LISTEN_INCLUDE = f"include {TLS_DIR}listen.conf;"
+LISTEN_PORT = "listen 8001"  # in the listen.conf install.sh writes, with " ssl;" or ";"
 UPSTREAM_LINE = "set $vllm_upstream vllm:8000;"
 AGENT_UPSTREAM_LINE = "set $agent_upstream agent:8002;"
 
@@ -39,32 +42,68 @@ def nginx_bin() -> Path:
     return NGINX_BIN
 
 
-def install(target: Path, env_text: str | None = None) -> subprocess.CompletedProcess:
-    """Run install.sh into target without systemd, with .env holding env_text if given."""
+def install(
+    target: Path,
+    env_text: str | None = None,
+    *,
+    instance_env: str | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run install.sh into target without systemd, with .env holding env_text if given.
+
+    The agent's file goes to target's sibling agent.env, and vast.ai's /etc/environment is
+    played by target's sibling etc-environment (holding instance_env if given): a test never
+    reads or writes the machine's /etc.
+    """
     target.mkdir(parents=True, exist_ok=True)
     if env_text is not None:
         (target / ".env").write_text(env_text)
+    etc_environment = target.parent / "etc-environment"
+    if instance_env is not None:
+        etc_environment.write_text(instance_env)
+    command = ["sh", str(INSTALL), "--dir", str(target), "--no-systemd"]
+    command += ["--agent-env", str(agent_env_file(target))]
+    command += ["--instance-env", str(etc_environment)]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINER_")}
     return subprocess.run(
-        ["sh", str(INSTALL), "--dir", str(target), "--no-systemd"],
-        capture_output=True,
-        text=True,
-        timeout=30,
+        command, capture_output=True, text=True, timeout=30, env={**clean, **(env or {})}
     )
 
 
+def agent_env_file(target: Path) -> Path:
+    """Where install() has install.sh write the agent's file (/etc/vastpanel-agent.env)."""
+    return target.parent / "agent.env"
+
+
 def installed_keys(tmp_path: Path, env_text: str) -> Path:
-    """Write the key maps with install.sh into tmp_path/stack; return their directory."""
+    """Write the key maps (and TLS files) with install.sh into tmp_path/stack; return the maps."""
     done = install(tmp_path / "stack", env_text)
     assert done.returncode == 0, done.stderr
     return tmp_path / "stack" / "nginx-keys"
 
 
+def printed_fingerprint(done: subprocess.CompletedProcess) -> str:
+    """The certificate pin install.sh printed, in the form the panel takes it (64 hex digits)."""
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith("VAST_INSTANCE_TLS_")]
+    match = re.fullmatch(r"VAST_INSTANCE_TLS_FINGERPRINT=([0-9a-f]{64})", line)
+    assert match, line
+    return match[1]
+
+
 def render_for_loopback(
     text: str, listen_port: int, upstream_port: int, keys: Path, agent_port: int | None = None
 ) -> str:
-    """The shipped config, with only its listen port, upstreams and key directory replaced."""
-    assert text.count(LISTEN_LINE) == 1 and text.count(UPSTREAM_LINE) == 1
-    text = text.replace(LISTEN_LINE, f"listen 127.0.0.1:{listen_port};")
+    """The shipped config with only its listen port, upstreams and directories replaced.
+
+    The listen line comes from the listen.conf install.sh wrote beside keys (nginx-tls/):
+    TLS with its certificate, or plain HTTP when the .env said INSTANCE_PLAIN_HTTP=true.
+    """
+    assert text.count(LISTEN_INCLUDE) == 1 and text.count(UPSTREAM_LINE) == 1
+    tls = keys.parent / "nginx-tls"
+    listen = (tls / "listen.conf").read_text(encoding="utf-8")
+    assert listen.count(LISTEN_PORT) == 1
+    listen = listen.replace(LISTEN_PORT, f"listen 127.0.0.1:{listen_port}")
+    text = text.replace(LISTEN_INCLUDE, listen.replace(TLS_DIR, f"{tls}/"))
     text = text.replace(KEYS_DIR, f"{keys}/")
     text = text.replace(UPSTREAM_LINE, f"set $vllm_upstream 127.0.0.1:{upstream_port};")
     if agent_port is not None:
