@@ -7,6 +7,7 @@ JavaScript each button is a plain form whose POST redirects back to the page.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, url_for
@@ -19,7 +20,7 @@ from .costs import average_session_seconds
 from .formatting import FILTERS
 from .idle import KEEPALIVE_CHOICES_MINUTES
 from .panel import Panel, PanelError
-from .status_view import status_view
+from .status_view import COMING_UP, llm_load, status_view, stop_confirmation
 from .store import DayCost
 
 bp = Blueprint("pages", __name__)
@@ -78,8 +79,15 @@ def page_headers(response: Response) -> Response:
 # --- context for each widget ------------------------------------------------------------------
 
 
-def status_context(notice: str | None = None, notice_is_error: bool = False) -> dict[str, Any]:
-    """Gather what `_status.html` shows; a vast.ai failure becomes part of the widget."""
+def status_context(
+    notice: str | None = None, notice_is_error: bool = False, seen: str | None = None
+) -> dict[str, Any]:
+    """Gather what `_status.html` shows; a vast.ai failure becomes part of the widget.
+
+    seen: the phase the browser showed last. When it was on the way up and the LLM now answers
+    its health URL, a failed metrics read is from before (the model was loading): it is read
+    again at once rather than shown as a fault until the next read falls due.
+    """
     panel = get_panel()
     error = None
     try:
@@ -87,7 +95,11 @@ def status_context(notice: str | None = None, notice_is_error: bool = False) -> 
     except PanelError as exc:
         report, error = None, exc.message
     healthy = panel.session_healthy(report) if report is not None else None
+    if healthy and seen in COMING_UP and report.llm is not None and not report.llm.ok:
+        panel.llm_reading(report.state, fresh=True)
+        report = panel.status_report()
     view = status_view(report, healthy, panel.config.wait_timeout_s)
+    proxy = panel.proxy_stats()
     return {
         "report": report,
         "state": report.state if report else None,
@@ -101,8 +113,10 @@ def status_context(notice: str | None = None, notice_is_error: bool = False) -> 
         "notice_is_error": notice_is_error,
         "instance_id": panel.config.vast_instance_id,
         "auto_shutdown": panel.config.auto_shutdown,
-        "gateway_source": panel.config.gateway_source,
-        "proxy": panel.proxy_stats(),
+        "idle_minutes": panel.config.auto_shutdown_minutes,
+        "llm_load": llm_load(report, view.phase, panel.config.gateway_source),
+        "stop_question": stop_confirmation(report, proxy.in_flight),
+        "proxy": proxy,
         "keepalive_choices": [
             m for m in KEEPALIVE_CHOICES_MINUTES if m <= panel.config.keepalive_max_minutes
         ],
@@ -134,11 +148,20 @@ def costs_context() -> dict[str, Any]:
         for d in days
     ]
     billed = [(d.billed.total, d.mismatch) if d.billed else None for d in days]
+    budget = panel.budget_status()
+    if budget is not None:
+        period, spent = budget.period, budget.spent_usd
+    else:
+        today = datetime.fromtimestamp(panel.clock.now(), UTC).date()
+        period = "month"
+        spent = sum(d.spent for d in panel.cost_days(today.replace(day=1), today))
     return {
+        "period": period,
+        "period_spent": spent,
         "totals": totals,
         "all_in": panel.all_in_totals(),
         "charges": panel.charges_status(),
-        "budget": panel.budget_status(),
+        "budget": budget,
         "mismatch_days": [d for d in days if d.mismatch],
         "avg_session_seconds": average_session_seconds(totals),
         "chart": cost_chart(estimates, billed),
@@ -186,8 +209,8 @@ def index():
 @bp.get("/partials/status")
 def status_widget():
     """Render the status widget; tell the other widgets to reload when the phase changed."""
-    context = status_context()
     seen = request.args.get("seen")
+    context = status_context(seen=seen)
     changed = request.args.get("refresh") or (seen and seen != context["view"].phase)
     return make_response(
         render_template("_status.html", standalone=True, **context),
