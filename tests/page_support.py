@@ -29,7 +29,8 @@ RAW_ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d")
 
 def text_of(fragment: str) -> str:
     """Return the text a reader sees in an HTML fragment: tags dropped, spaces collapsed."""
-    return " ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", fragment)).split())
+    joined = fragment.replace("<wbr>", "")  # a line break opportunity, no space
+    return " ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", joined)).split())
 
 
 def fact(page_html: str, label: str) -> str:
