@@ -21,6 +21,7 @@ from page_support import (
 )
 
 from conftest import load_fixture
+from vastpanel import store
 from vastpanel.formatting import page_text, usd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,6 +166,17 @@ def test_costs_lead_with_this_months_spend_and_plain_labels(admin, vast, clock, 
     assert html.index('class="figure"') < html.index("<svg")  # the answer first, the rest below
     assert "Sessions (GPU" not in html and "All in" not in html
     assert "<dt>Total</dt>" in html and "<dt>GPU time</dt><dd>2 h 00 min</dd>" in html
+
+
+def test_sessions_from_before_the_cost_ledger_count_in_the_lead_as_on_the_chart(
+    admin, panel, clock
+):
+    started = clock.now() - 5 * 3600  # the same UTC day, in a database from before the ledger
+    store.open_session(panel.db, started, 0.5, "seed", seen_since=started)
+    store.close_session(panel.db, started + 2 * 3600, "seed")
+    html = admin.get("/partials/costs", headers=HTMX).get_data(as_text=True)
+    assert re.search(r'<strong class="figure"[^>]*>\$1\.00</strong>\s*spent this month', html)
+    assert "Last 30 days: $1.00 in all." in html
 
 
 # --- 11: what Stop asks --------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ JavaScript each button is a plain form whose POST redirects back to the page.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, url_for
@@ -30,6 +30,7 @@ HTMX_PATH = f"vendor/htmx-{HTMX_VERSION}/htmx.min.js"
 AUDIT_PAGE_SIZE = 20
 NOTIFICATIONS_SHOWN = 10
 CHART_DAYS = 30
+MONTH_DAYS = 31  # the most days a month has had by its last day
 ACTOR = "admin"
 CHANGED_EVENT = "panelChanged"  # tells the cost, audit and notification widgets to reload
 PAGE_BLUEPRINTS = frozenset({"pages", "auth"})
@@ -136,14 +137,18 @@ def costs_context() -> dict[str, Any]:
     """Gather what `_costs.html` shows: totals and the chart of the last days."""
     panel = get_panel()
     totals = panel.cost_totals()
-    sessions = {d.day: d for d in panel.cost_per_day(CHART_DAYS)}
+    sessions = {d.day: d for d in panel.cost_per_day(MONTH_DAYS)}
+
+    def session_cost(day: date) -> float:
+        return sessions[day].cost_usd if day in sessions else 0.0
+
     days = panel.recent_cost_days(CHART_DAYS)
     # Days from before the cost ledger existed (an upgraded database) show their sessions' cost.
     estimates = [
         DayCost(
             d.day,
             sessions[d.day].runtime_seconds if d.day in sessions else 0.0,
-            max(d.estimate, sessions[d.day].cost_usd if d.day in sessions else 0.0),
+            max(d.estimate, session_cost(d.day)),
         )
         for d in days
     ]
@@ -154,7 +159,8 @@ def costs_context() -> dict[str, Any]:
     else:
         today = datetime.fromtimestamp(panel.clock.now(), UTC).date()
         period = "month"
-        spent = sum(d.spent for d in panel.cost_days(today.replace(day=1), today))
+        month = panel.cost_days(today.replace(day=1), today)
+        spent = sum(max(d.spent, session_cost(d.day)) for d in month)
     return {
         "period": period,
         "period_spent": spent,
