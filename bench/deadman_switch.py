@@ -81,7 +81,7 @@ def stop_cycles(sim: Simulator, folder: Path, cycles: int, grace_s: float) -> li
     """Kill the panel with the instance running; return each stop's lateness in seconds."""
     env = simulator_env(
         sim,
-        folder / "panel.store.db",
+        folder / "panel.db",
         CONTROL_KEY,
         VAST_AGENT_SECRET=SECRET,
         VAST_WATCHDOG_INTERVAL_S="0.5",

@@ -3,24 +3,29 @@
 (function () {
   "use strict";
 
-  var localFormat = new Intl.DateTimeFormat(undefined, {
+  var dateTimeFormat = new Intl.DateTimeFormat(undefined, {
     year: "numeric", month: "short", day: "numeric",
     hour: "2-digit", minute: "2-digit", second: "2-digit",
   });
-
-  var clockFormat = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+  var clockFormat = new Intl.DateTimeFormat(undefined, {
+    hour: "2-digit", minute: "2-digit", second: "2-digit",
+  });
   var dayFormat = new Intl.DateTimeFormat(undefined, { year: "numeric", month: "numeric", day: "numeric" });
 
-  // Show each <time datetime="...Z" data-local> in the admin's own time zone;
-  // data-local="time" shows only the clock time when it is today.
+  // The one way the page shows a moment: in the admin's own time zone, the clock time alone
+  // when it is today, with its date otherwise.
+  function localText(when) {
+    var today = dayFormat.format(when) === dayFormat.format(new Date());
+    return (today ? clockFormat : dateTimeFormat).format(when);
+  }
+
+  // Show each <time datetime="...Z" data-local> (the server writes every time so) locally.
   function localizeTimes(root) {
     root.querySelectorAll("time[data-local]").forEach(function (el) {
       var when = new Date(el.getAttribute("datetime"));
       if (isNaN(when.getTime())) return;
       if (!el.title) el.title = el.textContent;  // keep the UTC text as a tooltip
-      var today = dayFormat.format(when) === dayFormat.format(new Date());
-      el.textContent = el.getAttribute("data-local") === "time" && today
-        ? clockFormat.format(when) : localFormat.format(when);
+      el.textContent = localText(when);
     });
   }
 

@@ -118,7 +118,7 @@ def stack(tmp_path):
         made.append(nginx)
         env = simulator_env(
             sim,
-            tmp_path / "panel.store.db",
+            tmp_path / "panel.db",
             CONTROL_KEY,
             VAST_AGENT_SECRET=SECRET,
             VAST_WATCHDOG_INTERVAL_S=str(LOOK_S),

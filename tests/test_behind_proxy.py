@@ -21,7 +21,10 @@ def session_cookie(server: PanelProcess, **headers: str) -> str:
 
 def test_the_cookie_is_secure_when_a_local_proxy_says_https(tmp_path):
     server = PanelProcess(
-        {"CONTROL_API_KEY": "proxy-test-key-0123456789", "VAST_DB_PATH": str(tmp_path / "p.db")},
+        {
+            "CONTROL_API_KEY": "proxy-test-key-0123456789",
+            "VAST_DB_PATH": str(tmp_path / "p.db"),
+        },
         log_path=tmp_path / "server.log",
     )
     try:

@@ -40,6 +40,9 @@ def server(sim, tmp_path):
         tmp_path,
         VAST_AUTO_SHUTDOWN_MINUTES=str(IDLE_MINUTES),
         VAST_WATCHDOG_INTERVAL_S="5",
+        # No idle warning: its audit entry would land between the two stops at a moment this
+        # test does not choose (the idle time here is shorter than any useful warning).
+        VAST_WARN_MINUTES="0",
     )
     yield process
     process.stop()
@@ -68,7 +71,7 @@ def test_two_stops_one_auto_shutdown_and_numbers_that_agree(browser, server, sim
     follow_badge(page, "running", timeout_s=60)
     # Issue 17, 7: under two minutes, seconds; one way of writing money.
     assert re.fullmatch(r"\d+ s", fact(page, "Auto-shutdown in")), fact(page, "Auto-shutdown in")
-    assert re.fullmatch(r"\d+ s · \$0\.\d+ so far", fact(page, "Session")), fact(page, "Session")
+    assert re.fullmatch(r"\$0\.\d+ so far", fact(page, "Session")), fact(page, "Session")
 
     # Issue 17, 4: the second tab still shows Running and stops too, a moment after the first.
     other_tab.reload()

@@ -8,7 +8,15 @@ import pytest
 
 from support.store import DayCost
 from vastpanel.formatting import audit_details, duration, event_label, usd
-from vastpanel.web.charts import HEIGHT, LEFT, TOP, cost_chart, nice_ceiling
+from vastpanel.web.charts import (
+    HEIGHT,
+    LABEL_CHAR_W,
+    LABEL_GAP,
+    LEFT,
+    TOP,
+    cost_chart,
+    nice_ceiling,
+)
 
 
 def days(costs: list[float]) -> list[DayCost]:
@@ -48,6 +56,21 @@ def test_a_few_cents_fill_the_chart_scaled_to_the_data():
 def test_a_tiny_cost_still_shows_a_bar():
     chart = cost_chart(days([0.001, 100.0]))
     assert chart.bars[0].height >= 1.0
+
+
+def test_a_fraction_of_a_cent_is_drawn_against_a_whole_cent():
+    chart = cost_chart(days([0.0, 0.0002]))  # a few seconds of GPU today
+    assert [t.text for t in chart.y_ticks] == ["$0.00", "$0.005", "$0.01"]  # two different ends
+    plot_height = chart.plot_bottom - chart.plot_top
+    assert chart.bars[-1].height == pytest.approx(plot_height * 0.02, abs=0.01)  # not half
+
+
+def test_the_dollar_labels_get_the_room_they_need():
+    narrow = cost_chart(days([0.003]))  # labels up to "$0.005"
+    assert narrow.plot_left >= len("$0.005") * LABEL_CHAR_W + LABEL_GAP
+    assert narrow.bars[0].x >= narrow.plot_left
+    assert cost_chart(days([1234.0])).plot_left > narrow.plot_left  # "$2,500.00"
+    assert cost_chart(days([1.0])).plot_left == LEFT
 
 
 def test_dates_are_labelled_weekly_ending_today():

@@ -39,7 +39,7 @@ def test_the_widget_shows_storage_billed_vs_estimate_and_a_mismatch(budgeted, va
     assert 'class="billed mismatch"' in html and "vast.ai billed $1.50" in html
     assert "2023-11-15: the estimate ($1.20) is -20.0 % off" in html
     assert "s charges read" in html
-    assert "Budget this day:" in html and "<meter" in html
+    assert "spent today" in html and "of a $1.00 budget" in html and "<meter" in html
 
 
 def test_estimates_only_is_said_plainly_when_vast_ai_refuses_its_charges(budgeted, vast):

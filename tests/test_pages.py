@@ -9,7 +9,13 @@ import pytest
 import responses
 
 from conftest import INSTANCE_URL, base_config, config_from, load_fixture
-from support.page import HTMX, csrf_token, signed_in_client
+from support.page import (
+    HTMX,
+    csrf_token,
+    fact,
+    fact_details,
+    signed_in_client,
+)
 from vastpanel import create_app
 from vastpanel.web.status_view import SCHEDULING_HINT_AFTER_S
 
@@ -210,10 +216,13 @@ def test_running_shows_session_time_cost_activity_and_the_countdown(admin, vast,
     panel.idle.record_activity()
     clock.advance(15 * 60)
     html = admin.get("/partials/status", headers=HTMX).get_data(as_text=True)
-    assert "25 min · $0.188 so far" in html  # 25 min at $0.45/h
-    assert "$0.45/h" in html
-    assert re.search(r"Auto-shutdown in</dt><dd>\s*15 min", html)  # 30 min after activity
-    assert '<time datetime="2023-11-14T22:23:20Z" data-local>2023-11-14 22:23:20 UTC</time>' in html
+    assert fact(html, "Session") == "$0.188 so far"  # 25 min at $0.45/h
+    assert fact_details(html, "Session") == ["25 min, since 2023-11-14 22:13:20 UTC"]
+    assert '<time datetime="2023-11-14T22:13:20Z" data-local>' in html  # made local by panel.js
+    assert fact(html, "Price") == "$0.45/h"
+    assert fact(html, "Auto-shutdown in") == "15 min"  # 30 min after the activity
+    assert fact(html, "In use") == "idle"
+    assert fact_details(html, "In use") == ["last activity: gateway post, 15 min ago"]
 
 
 def test_a_running_instance_that_never_answers_health_says_so_after_the_wait(admin, vast, clock):
@@ -239,7 +248,8 @@ def test_stop_asks_for_confirmation_then_shows_the_session_cost(admin, vast, clo
     assert vast.puts == ["stopped"]
     assert "Instance stopped. Session: 25 min, $0.188" in html
     assert badge(html) == "stopped"
-    assert "Last session</dt><dd>25 min · $0.188" in html
+    assert fact(html, "Last session") == "$0.188"
+    assert fact_details(html, "Last session")[0].startswith("25 min, ended ")
     done = panel.audit.entries(5)[0]
     assert (done.event, done.actor) == ("power_off_complete", "admin")
 
@@ -259,6 +269,24 @@ def test_refresh_rerenders_and_tells_the_other_widgets(admin):
     assert response.headers["HX-Trigger"] == "panelChanged"
 
 
+def test_a_start_scheduling_for_seconds_is_neutral_then_says_it_waits_for_the_gpu(
+    admin, vast, clock
+):
+    html = post(admin, "/power/on").get_data(as_text=True)
+    vast.set(intended_status="running")  # vast.ai is still assigning the machine's GPU
+    clock.advance(5)
+    html = admin.get("/partials/status", headers=HTMX).get_data(as_text=True)
+    assert badge(html) == "scheduling"
+    assert "Scheduling: vast.ai is assigning the GPU." in html
+    assert "GPU to be free" not in html and "someone else" not in html
+    clock.advance(
+        SCHEDULING_HINT_AFTER_S - 5
+    )  # a minute in scheduling: the GPU is most likely taken
+    html = admin.get("/partials/status", headers=HTMX).get_data(as_text=True)
+    assert "The start waits for the machine's GPU to be free: it has waited 1 min" in html
+    assert "assigning the GPU" not in html  # one message at a time
+
+
 def test_a_long_scheduling_start_gets_the_gpu_is_taken_hint(admin, vast, clock):
     vast.put_answer = (200, load_fixture("start_resources_unavailable.json"))
     html = post(admin, "/power/on").get_data(as_text=True)
@@ -267,10 +295,10 @@ def test_a_long_scheduling_start_gets_the_gpu_is_taken_hint(admin, vast, clock):
     assert "taken by someone else" in html  # vast.ai's queued message, from the panel
     clock.advance(SCHEDULING_HINT_AFTER_S - 10)
     html = admin.get("/partials/status", headers=HTMX).get_data(as_text=True)
-    assert "someone else is using it" not in html
+    assert "someone else is most likely using it" not in html
     clock.advance(20)
     html = admin.get("/partials/status", headers=HTMX).get_data(as_text=True)
-    assert "someone else is using it" in html
+    assert "someone else is most likely using it" in html
     assert "cancels the" in html and "another offer" in html
     assert status_widget(html)["hx-trigger"] == "every 5s"
     assert re.search(r'value="stop">Stop', html)

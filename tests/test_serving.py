@@ -94,7 +94,10 @@ def server(sim, tmp_path_factory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("gunicorn")
     port = free_port()
     env = panel_env(
-        sim, tmp / "vastpanel.db", VASTPANEL_BIND=f"127.0.0.1:{port}", VAST_WAIT_TIMEOUT_S="90"
+        sim,
+        tmp / "vastpanel.db",
+        VASTPANEL_BIND=f"127.0.0.1:{port}",
+        VAST_WAIT_TIMEOUT_S="90",
     )
     log_path = tmp / "stderr.log"
     with log_path.open("wb") as log_file:

@@ -28,7 +28,12 @@ def test_new_data_folder_and_files_are_private(tmp_path):
     panel = app.extensions["vastpanel"]
     store.set_value(panel.store.db, "x", 1.0)  # the WAL files exist once something was written
     assert _mode(data) == 0o700
-    files = ["vastpanel.db", "vastpanel.db-wal", "vastpanel.db-shm", SECRET_KEY_FILE]
+    files = [
+        "vastpanel.db",
+        "vastpanel.db-wal",
+        "vastpanel.db-shm",
+        SECRET_KEY_FILE,
+    ]
     for name in files:
         assert (data / name).exists(), name
         assert _mode(data / name) == 0o600, name

@@ -6,8 +6,11 @@ domain returns, and the CLI.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
+
+from markupsafe import Markup, escape
 
 from .events import EVENTS
 
@@ -88,6 +91,53 @@ def utc_text(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def time_element(ts: float | None) -> Markup:
+    """Write a moment as <time>: UTC text that panel.js turns into the reader's local time."""
+    if ts is None:
+        return Markup("—")
+    return Markup('<time datetime="{}" data-local>{}</time>').format(iso_utc(ts), utc_text(ts))
+
+
+# The pieces of a text from the domain that the page writes its own way: URLs (which may break
+# only after a slash) and UTC times, as ISO 8601 or as utc_text() writes them.
+TEXT_PIECES = re.compile(
+    r"(?P<url>https?://[^\s<>\"']+)"
+    r"|(?P<iso>\d{4}-\d\d-\d\dT\d\d:\d\d(?::\d\d(?:\.\d+)?)?(?:Z|[+-]\d\d:?\d\d)?)"
+    r"|(?P<utc>\d{4}-\d\d-\d\d \d\d:\d\d(?::\d\d)? UTC)"
+)
+SLASH = re.compile(r"(?<!/)/(?!/)")
+
+
+def page_text(text: object) -> Markup:
+    """Escape a message for the page, with its UTC times as local <time> elements and its URLs
+    breakable only after a slash (never mid-word)."""
+    if text is None:
+        return Markup("")
+    text = str(text)
+    parts, done = [], 0
+    for match in TEXT_PIECES.finditer(text):
+        parts.append(escape(text[done : match.start()]))
+        piece = match.group()
+        if match["url"]:
+            parts.append(Markup(SLASH.sub("/<wbr>", str(escape(piece)))))
+        else:
+            ts = _utc_timestamp(piece)
+            parts.append(escape(piece) if ts is None else time_element(ts))
+        done = match.end()
+    parts.append(escape(text[done:]))
+    return Markup("").join(parts)
+
+
+def _utc_timestamp(text: str) -> float | None:
+    """Read an ISO 8601 or utc_text() time as epoch seconds; no zone means UTC, as the panel
+    writes every time in UTC."""
+    try:
+        when = datetime.fromisoformat(text.removesuffix(" UTC"))
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
 def event_label(event: str) -> str:
     """Name an audit event in words."""
     return EVENT_LABELS.get(event, event.replace("_", " ").capitalize())
@@ -125,4 +175,6 @@ FILTERS = {
     "utc_text": utc_text,
     "event_label": event_label,
     "audit_details": audit_details,
+    "page_text": page_text,
+    "local_time": time_element,
 }

@@ -62,7 +62,9 @@ MESSAGES = {
     "stopping": "A stop was requested; vast.ai still reports the instance running.",
     "not_found": "vast.ai does not know this instance id (or it is not yours).",
 }
-SCHEDULING_MESSAGE = "The start waits for the machine's GPU to be free (scheduling)."
+# A start is scheduling for a few seconds as a rule; whether it waits for a GPU someone else holds
+# is known only from vast.ai's answer (QUEUED_MESSAGE) or, on the page, from how long it lasts.
+SCHEDULING_MESSAGE = "Scheduling: vast.ai is assigning the GPU."
 QUEUED_MESSAGE = (
     "Start queued: the machine's GPU is taken by someone else right now; "
     "vast.ai starts the instance as soon as it is free. Stop cancels the queued start."

@@ -13,12 +13,15 @@ from ..formatting import duration, usd
 
 WIDTH = 480
 HEIGHT = 180
-LEFT = 60  # room for the dollar labels
+LEFT = 60  # the least room for the dollar labels
+LABEL_CHAR_W = 10  # a label character's width at the largest axis font (a phone's), in chart units
+LABEL_GAP = 8  # between a dollar label and the plot
 RIGHT = 24  # room for half of today's date label
 TOP = 10
 BOTTOM = 24  # room for the date labels
 BAR_FILL = 0.7  # share of a day's slot the bar takes
 LABEL_EVERY_DAYS = 7
+MIN_SCALE_USD = 0.01  # the smallest top of the dollar axis (once anything was spent)
 
 
 @dataclass(frozen=True)
@@ -98,18 +101,28 @@ def cost_chart(
     billed, one entry per day: (what vast.ai billed, whether that day is a mismatch), or None
     for a day whose bill is not read; each billed day gets a second bar beside its estimate.
     """
-    plot_w = WIDTH - LEFT - RIGHT
-    plot_h = HEIGHT - TOP - BOTTOM
-    slot = plot_w / max(len(days), 1)
     billed = billed or [None] * len(days)
     billed_values = [b[0] for b in billed if b is not None]
-    # Scaled to the data, so a few cents still draw bars; all-zero days keep a $1 frame.
-    top_value = nice_ceiling(max([0.0, *(d.cost_usd for d in days), *billed_values]))
+    # Scaled to the data, so a few cents still draw bars; all-zero days keep a $1 frame. A
+    # fraction of a cent is drawn against a whole cent: a scale below what usd() writes would
+    # label both ends "$0.00" and make a tenth of a cent look like half a day's spending.
+    largest = max([0.0, *(d.cost_usd for d in days), *billed_values])
+    top_value = nice_ceiling(max(largest, MIN_SCALE_USD) if largest > 0 else 0.0)
+    y_labels = [
+        (share, usd(top_value * share))
+        for share in (0.0, 0.5, 1.0)
+        # A middle label that money rounding would misstate (e.g. $0.0125) is left out.
+        if share != 0.5 or _written_exactly(top_value * share)
+    ]
+    plot_left = max(LEFT, max(len(text) for _, text in y_labels) * LABEL_CHAR_W + LABEL_GAP)
+    plot_w = WIDTH - plot_left - RIGHT
+    plot_h = HEIGHT - TOP - BOTTOM
+    slot = plot_w / max(len(days), 1)
     estimate_share = 0.5 if billed_values else 1.0  # the estimate gives half its room to the bill
     bars, x_ticks, marks = [], [], []
     for i, day in enumerate(days):
         height = _bar_height(day.cost_usd, top_value, plot_h)
-        x = LEFT + i * slot
+        x = plot_left + i * slot
         left = x + slot * (1 - BAR_FILL) / 2
         bars.append(
             Bar(
@@ -140,12 +153,7 @@ def cost_chart(
             )
         if (len(days) - 1 - i) % LABEL_EVERY_DAYS == 0:
             x_ticks.append(Tick(round(x + slot / 2, 2), day.day.strftime("%b %-d")))
-    y_ticks = [
-        Tick(round(TOP + plot_h * (1 - share), 2), usd(top_value * share))
-        for share in (0.0, 0.5, 1.0)
-        # A middle label that money rounding would misstate (e.g. $0.0125) is left out.
-        if share != 0.5 or _written_exactly(top_value * share)
-    ]
+    y_ticks = [Tick(round(TOP + plot_h * (1 - share), 2), text) for share, text in y_labels]
     total = sum(d.cost_usd for d in days)
     first, last = (days[0].day, days[-1].day) if days else (None, None)
     summary = (
@@ -157,7 +165,7 @@ def cost_chart(
     return CostChart(
         width=WIDTH,
         height=HEIGHT,
-        plot_left=LEFT,
+        plot_left=plot_left,
         plot_right=WIDTH - RIGHT,
         plot_top=TOP,
         plot_bottom=TOP + plot_h,

@@ -7,6 +7,7 @@ JavaScript each button is a plain form whose POST redirects back to the page.
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
 from typing import Any
 
 from flask import Blueprint, Response, abort, flash, redirect, render_template, url_for
@@ -19,7 +20,7 @@ from ..formatting import FILTERS
 from . import auth, get_panel
 from .charts import cost_chart
 from .inputs import InvalidInput, whole_number
-from .status_view import status_view
+from .status_view import COMING_UP, llm_load, status_view, stop_confirmation
 
 bp = Blueprint("pages", __name__)
 
@@ -28,6 +29,7 @@ HTMX_PATH = f"vendor/htmx-{HTMX_VERSION}/htmx.min.js"
 AUDIT_PAGE_SIZE = 20
 NOTIFICATIONS_SHOWN = 10
 CHART_DAYS = 30
+MONTH_DAYS = 31  # the most days a month has had by its last day
 ACTOR = "admin"
 CHANGED_EVENT = "panelChanged"  # tells the cost, audit and notification widgets to reload
 PAGE_BLUEPRINTS = frozenset({"pages", "auth"})
@@ -72,8 +74,15 @@ def page_headers(response: Response) -> Response:
 # --- context for each widget ------------------------------------------------------------------
 
 
-def status_context(notice: str | None = None, notice_is_error: bool = False) -> dict[str, Any]:
-    """Gather what `_status.html` shows; a vast.ai failure becomes part of the widget."""
+def status_context(
+    notice: str | None = None, notice_is_error: bool = False, seen: str | None = None
+) -> dict[str, Any]:
+    """Gather what `_status.html` shows; a vast.ai failure becomes part of the widget.
+
+    seen: the phase the browser showed last. When it was on the way up and the LLM now answers
+    its health URL, a failed metrics read is from before (the model was loading): it is read
+    again at once rather than shown as a fault until the next read falls due.
+    """
     panel = get_panel()
     error = None
     try:
@@ -81,7 +90,11 @@ def status_context(notice: str | None = None, notice_is_error: bool = False) -> 
     except PanelError as exc:
         report, error = None, exc.message
     healthy = panel.power.session_healthy(report.state, report.session) if report else None
+    if healthy and seen in COMING_UP and report.llm is not None and not report.llm.ok:
+        panel.llm.reading(report.state, fresh=True)
+        report = panel.status.report()
     view = status_view(report, healthy, panel.config.wait_timeout_s)
+    proxy = panel.wake.proxy_stats()
     return {
         "report": report,
         "state": report.state if report else None,
@@ -95,8 +108,10 @@ def status_context(notice: str | None = None, notice_is_error: bool = False) -> 
         "notice_is_error": notice_is_error,
         "instance_id": panel.config.vast_instance_id,
         "auto_shutdown": panel.config.auto_shutdown,
-        "gateway_source": panel.config.gateway_source,
-        "proxy": panel.wake.proxy_stats(),
+        "idle_minutes": panel.config.auto_shutdown_minutes,
+        "llm_load": llm_load(report, view.phase, panel.config.gateway_source),
+        "stop_question": stop_confirmation(report, proxy.in_flight),
+        "proxy": proxy,
         "keepalive_choices": [
             m for m in KEEPALIVE_CHOICES_MINUTES if m <= panel.config.keepalive_max_minutes
         ],
@@ -114,25 +129,40 @@ def notifications_context() -> dict[str, Any]:
 
 def costs_context() -> dict[str, Any]:
     """Gather what `_costs.html` shows: totals and the chart of the last days."""
-    costs = get_panel().costs
+    panel = get_panel()
+    costs = panel.costs
     totals = costs.session_totals()
-    sessions = {d.day: d for d in costs.sessions_per_day(CHART_DAYS)}
+    sessions = {d.day: d for d in costs.sessions_per_day(MONTH_DAYS)}
+
+    def session_cost(day: date) -> float:
+        return sessions[day].cost_usd if day in sessions else 0.0
+
     days = costs.recent_cost_days(CHART_DAYS)
     # Days from before the cost ledger existed (an upgraded database) show their sessions' cost.
     estimates = [
         DayCost(
             d.day,
             sessions[d.day].runtime_seconds if d.day in sessions else 0.0,
-            max(d.estimate, sessions[d.day].cost_usd if d.day in sessions else 0.0),
+            max(d.estimate, session_cost(d.day)),
         )
         for d in days
     ]
     billed = [(d.billed.total, d.mismatch) if d.billed else None for d in days]
+    budget = panel.budget.status()
+    if budget is not None:
+        period, spent = budget.period, budget.spent_usd
+    else:
+        today = datetime.fromtimestamp(panel.clock.now(), UTC).date()
+        period = "month"
+        month = costs.cost_days(today.replace(day=1), today)
+        spent = sum(max(d.spent, session_cost(d.day)) for d in month)
     return {
+        "period": period,
+        "period_spent": spent,
         "totals": totals,
         "all_in": costs.all_in_totals(),
         "charges": costs.charges_status(),
-        "budget": get_panel().budget.status(),
+        "budget": budget,
         "mismatch_days": [d for d in days if d.mismatch],
         "avg_session_seconds": average_session_seconds(totals),
         "chart": cost_chart(estimates, billed),
@@ -180,8 +210,8 @@ def index():
 @bp.get("/partials/status")
 def status_widget():
     """Render the status widget; tell the other widgets to reload when the phase changed."""
-    context = status_context()
     seen = request.args.get("seen")
+    context = status_context(seen=seen)
     changed = request.args.get("refresh") or (seen and seen != context["view"].phase)
     return make_response(
         render_template("_status.html", standalone=True, **context),

@@ -1,16 +1,20 @@
-"""What the page's status widget shows for a status report: badge, polling pace, hints."""
+"""What the page's status widget shows for a status report: badge, polling pace, hints, the
+LLM's load and the words of the Stop confirmation."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ..domain.status import StatusReport
+from ..formatting import duration, usd
 from ..vast.instance import STARTING
 
 FAST_POLL_S = 2  # while something is changing: starting, stopping, waiting for health
 POLL_S = 5  # while the GPU is billed: the countdown and the session cost move
 SLOW_POLL_S = 30  # while nothing is expected to change, to notice a start from elsewhere
-SCHEDULING_HINT_AFTER_S = 180.0
+# A start still scheduling after this long most likely waits for a GPU someone else rented
+# (vast.ai's guide: stuck for more than 30 s usually means that); before, it is just assigning.
+SCHEDULING_HINT_AFTER_S = 60.0
 
 # status word -> (badge text, tone, seconds between polls)
 BADGES: dict[str, tuple[str, str, int]] = {
@@ -34,6 +38,10 @@ BADGES: dict[str, tuple[str, str, int]] = {
 }
 START_BLOCKED = frozenset({"unconfigured", "health", "running", "unhealthy"} | STARTING)
 STOP_BLOCKED = frozenset({"unconfigured", "stopped", "not_found"})
+# Phases on the way up: the LLM cannot answer yet, so a failed metrics read is expected.
+COMING_UP = frozenset(STARTING | {"health"})
+# Phases in which the LLM should answer: its health URL answered, or the wait for it is over.
+LLM_EXPECTED = frozenset({"running", "unhealthy"})
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,15 @@ class StatusView:
     can_start: bool
     can_stop: bool
     scheduling_hint: bool = False
+
+
+@dataclass(frozen=True)
+class LlmLoad:
+    """What the card says about the LLM's load: a state, its words, and a quieter detail."""
+
+    state: str  # ok, starting, unavailable, off, or none (not read: the instance is not up)
+    text: str
+    detail: str | None = None
 
 
 def status_view(
@@ -80,3 +97,47 @@ def _phase(report: StatusReport, healthy: bool | None, wait_timeout_s: float) ->
     if report.health_wait or session is None or session.seconds(report.now) < wait_timeout_s:
         return "health"
     return "unhealthy"
+
+
+def llm_load(report: StatusReport | None, phase: str, gateway_source: bool) -> LlmLoad:
+    """Say how busy the LLM is; while it comes up a failed read is "starting", not an error."""
+    if report is not None and report.llm_metrics == "off":
+        return LlmLoad("off", "not watched", "gateway posts only")
+    if phase in COMING_UP:
+        return LlmLoad(
+            "starting", "starting", "the model is loading" if phase == "health" else None
+        )
+    if report is None or phase not in LLM_EXPECTED or report.llm_metrics is None:
+        return LlmLoad("none", "—")
+    if report.llm_metrics == "unavailable":
+        fallback = "gateway posts decide" if gateway_source else "only the session start counts"
+        error = report.llm.error if report.llm is not None else None
+        return LlmLoad("unavailable", "metrics unavailable", f"{error}; {fallback}")
+    running, waiting = report.llm_requests_running, report.llm_requests_waiting
+    if running is None:
+        return LlmLoad("none", "—")
+    return LlmLoad("ok", requests_text(running, waiting) if running or waiting else "idle")
+
+
+def requests_text(running: float | None, waiting: float | None) -> str:
+    """Write the LLM's load as the card and the Stop confirmation say it."""
+    running, waiting = int(running or 0), int(waiting or 0)
+    text = f"LLM: {running} request{'s' if running != 1 else ''} running"
+    return text + (f", {waiting} waiting" if waiting else "")
+
+
+def stop_confirmation(report: StatusReport | None, proxy_in_flight: int) -> str:
+    """Write the question Stop asks: what the session has cost so far and what a stop cuts off."""
+    lines = ["Stop the instance? The GPU is released; a running model goes away."]
+    session = report.session if report is not None else None
+    if session is not None:
+        spent = session.cost(report.now)
+        lines.append(f"Session so far: {duration(session.seconds(report.now))}, {usd(spent)}.")
+    running = report.llm_requests_running if report is not None else None
+    waiting = report.llm_requests_waiting if report is not None else None
+    if running or waiting:
+        lines.append(f"{requests_text(running, waiting)}: the stop cuts them off.")
+    if proxy_in_flight:
+        plural = "s" if proxy_in_flight != 1 else ""
+        lines.append(f"/v1: {proxy_in_flight} request{plural} in flight through the panel.")
+    return "\n".join(lines)
