@@ -1,4 +1,4 @@
-"""The README's "Code layout" names every module of the package, and only modules that exist."""
+"""docs/design.md's "Code layout" names every module of the package, and only modules that exist."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def layout_section() -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "design.md").read_text()
     return text.split("## Code layout", 1)[1].split("\n## ", 1)[0]
 
 
