@@ -19,7 +19,7 @@ RUN pip install -e . \
 USER vastpanel
 # The session cookie is always Secure here: behind a TLS proxy in another container (not on
 # loopback), gunicorn ignores its X-Forwarded-Proto unless FORWARDED_ALLOW_IPS names it, and
-# the cookie would otherwise go out without Secure. See README, "Production".
+# the cookie would otherwise go out without Secure. See docs/operations.md, "The container".
 ENV VASTPANEL_BIND=0.0.0.0:8000 \
     VAST_DB_PATH=/app/data/vastpanel.db \
     SESSION_COOKIE_SECURE=true
@@ -31,5 +31,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-m", "vastpanel.healthcheck"]
 
-# The README's production command.
+# The production command of docs/operations.md.
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "app:app"]

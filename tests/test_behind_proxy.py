@@ -1,5 +1,6 @@
-"""What the README's reverse-proxy settings rely on, checked against gunicorn itself: behind a
-proxy on the same host, X-Forwarded-Proto: https makes the session cookie Secure."""
+"""What the reverse-proxy settings of docs/operations.md rely on, checked against gunicorn
+itself: behind a proxy on the same host, X-Forwarded-Proto: https makes the session cookie
+Secure."""
 
 from __future__ import annotations
 

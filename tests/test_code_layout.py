@@ -1,4 +1,4 @@
-"""The package's shape: every module named in the README's "Code layout", layers that import
+"""The package's shape: every module named in docs/design.md's "Code layout", layers that import
 only downwards, and no import cycle. `python -m pytest tests/test_code_layout.py` proves it."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ ALLOWED_ACROSS = {("storage", "base"), ("vast", "base")}
 
 
 def layout_section() -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "design.md").read_text()
     return text.split("## Code layout", 1)[1].split("\n## ", 1)[0]
 
 

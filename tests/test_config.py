@@ -1,8 +1,15 @@
 """Configuration is read once, typed, and a bad value names its variable."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from vastpanel.config import Config, ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_when_nothing_is_set():
@@ -134,3 +141,83 @@ def test_secrets_are_never_in_the_repr():
     config = Config.from_env(secrets)
     assert all(value in config.secrets for value in secrets.values())
     assert not [value for value in secrets.values() if value in repr(config)]
+
+
+def test_every_unusable_value_is_named_at_once_one_line_each():
+    env = {
+        "VAST_HEALTH_PORT": "0",
+        "VAST_URL": "console.vast.ai",
+        "CONTROL_API_KEY": "tiny-secret",
+        "VAST_BUDGET_PERIOD": "week",
+        "VAST_AUTO_SHUTDOWN_MINUTES": "30",  # a good value among them: not named
+    }
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env(env)
+    names = ["VAST_URL", "VAST_HEALTH_PORT", "CONTROL_API_KEY", "VAST_BUDGET_PERIOD"]
+    assert len(caught.value.problems) == len(names)
+    header, *lines = str(caught.value).splitlines()
+    assert header == f"{len(names)} settings are unusable:"
+    assert sorted(line.split()[0] for line in lines) == sorted(names)
+    assert "VAST_AUTO_SHUTDOWN_MINUTES" not in str(caught.value)
+    assert "tiny-secret" not in str(caught.value)
+
+
+def test_a_chat_key_that_is_the_control_key_is_named_beside_the_other_errors():
+    key = "0123456789abcdef"
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"CONTROL_API_KEY": key, "LLM_API_KEYS": key, "VAST_HEALTH_PORT": "x"})
+    assert [p.split()[0] for p in caught.value.problems] == ["VAST_HEALTH_PORT", "LLM_API_KEYS"]
+    assert key not in str(caught.value)
+
+
+def test_a_single_unusable_value_is_one_line():
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"VAST_HEALTH_PORT": "0"})
+    assert str(caught.value) == "VAST_HEALTH_PORT must be a port from 1 to 65535, got '0'"
+
+
+@pytest.mark.parametrize(("warn", "idle"), [("5", "2"), ("2", "2"), ("45", "30")])
+def test_a_warning_time_not_shorter_than_the_idle_time_is_halved_and_said(warn, idle):
+    config = Config.from_env({"VAST_WARN_MINUTES": warn, "VAST_AUTO_SHUTDOWN_MINUTES": idle})
+    assert config.auto_shutdown_minutes == float(idle)
+    assert config.warn_minutes == float(idle) / 2
+    (warning,) = config.warnings
+    assert f"VAST_WARN_MINUTES ({warn})" in warning
+    assert f"VAST_AUTO_SHUTDOWN_MINUTES ({idle})" in warning
+    assert f"comes {float(idle) / 2:g} min before an idle stop" in warning
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"VAST_WARN_MINUTES": "1.5", "VAST_AUTO_SHUTDOWN_MINUTES": "2"},
+        {"VAST_WARN_MINUTES": "0", "VAST_AUTO_SHUTDOWN_MINUTES": "0.5"},  # no warning at all
+        {"VAST_WARN_MINUTES": "5", "VAST_AUTO_SHUTDOWN_MINUTES": "2", "VAST_AUTO_SHUTDOWN": "off"},
+        {},
+    ],
+)
+def test_a_warning_time_inside_the_idle_time_is_kept_as_given(env):
+    config = Config.from_env(env)
+    assert config.warn_minutes == float(env.get("VAST_WARN_MINUTES", 5))
+    assert config.warnings == ()
+
+
+def test_the_clamped_warning_time_is_logged_at_start_up(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAST_", "CONTROL_"))}
+    env.update(
+        VAST_DB_PATH=str(tmp_path / "panel.db"),
+        VAST_AUTO_SHUTDOWN_MINUTES="2",
+        VASTPANEL_WATCHDOG="false",
+    )
+    started = subprocess.run(
+        [sys.executable, "-c", "import app"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 0, started.stderr
+    (line,) = [x for x in started.stderr.splitlines() if "VAST_WARN_MINUTES" in x]
+    assert " WARNING vastpanel VAST_WARN_MINUTES (5) " in line
+    assert "VAST_AUTO_SHUTDOWN_MINUTES (2)" in line and "1 min before" in line

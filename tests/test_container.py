@@ -1,7 +1,7 @@
 """The container files: no Docker engine here, so they are read and checked against each other.
 
-The image must start with the README's production command, run as a non-root user, keep the
-database in a volume and check its health with Python (the slim image has no curl).
+The image must start with the production command of docs/operations.md, run as a non-root user,
+keep the database in a volume and check its health with Python (the slim image has no curl).
 """
 
 from __future__ import annotations
@@ -45,17 +45,17 @@ def dockerfile_env() -> dict[str, str]:
     return env
 
 
-def readme_production_command() -> list[str]:
-    """Return the command in the first sh block of the README's Production section."""
-    section = (ROOT / "README.md").read_text().split("## Production", 1)[1]
+def documented_production_command() -> list[str]:
+    """Return the command in the first sh block of docs/operations.md's Production section."""
+    section = (ROOT / "docs" / "operations.md").read_text().split("## Production", 1)[1]
     block = re.search(r"```sh\n(.*?)```", section, re.S)
-    assert block, "no sh block in the README's Production section"
+    assert block, "no sh block in the Production section of docs/operations.md"
     return shlex.split(block.group(1).strip())
 
 
-def test_image_starts_with_the_readme_production_command():
-    command = readme_production_command()
-    # The README runs gunicorn from the checkout's .venv; the image has it on PATH.
+def test_image_starts_with_the_documented_production_command():
+    command = documented_production_command()
+    # The docs run gunicorn from the checkout's .venv; the image has it on PATH.
     assert Path(command[0]).name == "gunicorn" and "gunicorn.conf.py" in command
     assert json.loads(last("CMD")) == ["gunicorn", *command[1:]]
     assert not [word for word, _ in instructions() if word == "ENTRYPOINT"]
@@ -121,9 +121,9 @@ def test_compose_example(compose_service):
     assert set(env) <= known, set(env) - known
     for secret in ("VAST_API_KEY", "CONTROL_API_KEY"):
         assert env[secret].startswith("${" + secret + ":?"), "secrets come from .env"
-    readme = (ROOT / "README.md").read_text()
+    reference = (ROOT / "docs" / "configuration.md").read_text()
     for name in env:
-        assert f"`{name}`" in readme, f"{name} is not documented in the README"
+        assert f"`{name}`" in reference, f"{name} is not in docs/configuration.md"
 
 
 def test_the_container_cookie_is_secure_by_default(compose_service):
@@ -133,8 +133,8 @@ def test_the_container_cookie_is_secure_by_default(compose_service):
     assert (
         compose_service["environment"]["SESSION_COOKIE_SECURE"] == "${SESSION_COOKIE_SECURE:-true}"
     )
-    readme = (ROOT / "README.md").read_text()
-    assert "`FORWARDED_ALLOW_IPS`" in readme
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    assert "`FORWARDED_ALLOW_IPS`" in operations
 
 
 def test_the_data_folder_is_private_in_the_image():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -46,23 +47,34 @@ def test_a_busy_port_is_named_with_the_way_out_and_no_banner(tmp_path):
     assert not (tmp_path / "demo.db").exists()
 
 
+def banner_lines(process: subprocess.Popen) -> list[str]:
+    """Read the demo's banner up to its last line."""
+    lines: list[str] = []
+    while not lines or not lines[-1].startswith("Ctrl-C"):
+        line = process.stdout.readline()
+        assert line, process.stderr.read()
+        lines.append(line.rstrip("\n"))
+    return lines
+
+
+def line_after(lines: list[str], heading: str) -> str:
+    """Return the line under the banner's line that holds heading."""
+    return lines[lines.index(next(x for x in lines if heading in x)) + 1].strip()
+
+
 def test_the_banner_comes_once_the_port_listens_and_its_cli_line_works(tmp_path):
     process = demo(tmp_path, "--port", "0")
     try:
-        lines = []
-        while not lines or not lines[-1].startswith("Ctrl-C"):
-            line = process.stdout.readline()
-            assert line, process.stderr.read()
-            lines.append(line.rstrip("\n"))
+        lines = banner_lines(process)
         url = re.search(r"panel:\s+(\S+)", "\n".join(lines)).group(1)
         # The banner is printed after the port is open: the very first request is answered.
         assert requests.get(url + "signin", timeout=10).status_code == 200
-        cli = lines[lines.index(next(x for x in lines if "admin CLI" in x)) + 1].strip()
+        cli = line_after(lines, "admin CLI")
         words = shlex.split(cli)
         settings = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-"))
         assert {"VAST_URL", "VAST_API_KEY", "VAST_INSTANCE_ID", "VAST_DB_PATH"} <= set(settings)
         assert settings["VAST_AUTO_SHUTDOWN_MINUTES"] == "2.0"  # the countdown the server uses
-        assert "CONTROL_API_KEY" not in settings
+        assert "CONTROL_API_KEY" not in settings and "LLM_API_KEYS" not in settings
         command = [w for w in words if w not in {f"{k}={v}" for k, v in settings.items()}]
         result = subprocess.run(
             command,
@@ -80,3 +92,37 @@ def test_the_banner_comes_once_the_port_listens_and_its_cli_line_works(tmp_path)
         process.wait(30)
         process.stdout.close()
         process.stderr.close()
+
+
+def test_v1_is_on_and_the_curl_and_python_it_prints_answer_from_the_simulated_model(tmp_path):
+    process = demo(tmp_path, "--port", "0", "--idle-minutes", "5")
+    try:
+        lines = banner_lines(process)
+        text = "\n".join(lines)
+        key = re.search(r"LLM key:\s+(\S+)", text).group(1)
+        curl = line_after(lines, "/v1/ with curl")
+        assert curl.startswith("curl ") and f"Bearer {key}" in curl and '"sim-model"' in curl
+        # The instance is stopped: the printed request starts it and waits for the answer.
+        answered = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=120)
+        assert answered.returncode == 0, answered
+        body = json.loads(answered.stdout)
+        assert body["model"] == "sim-model"
+        assert body["choices"][0]["message"]["content"] == (
+            "Hello from the simulated vast.ai instance."
+        )
+        start = lines.index(next(x for x in lines if "/v1/ from Python" in x)) + 1
+        snippet = "\n".join(x.strip() for x in lines[start : start + 4])
+        assert snippet.startswith("from openai import OpenAI") and key in snippet
+        ran = subprocess.run(
+            [sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60
+        )
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout == "Hello from the simulated vast.ai instance.\n"
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(30)
+        log = process.stderr.read()
+        process.stdout.close()
+        process.stderr.close()
+    assert "event=power_on_requested actor=proxy" in log
+    assert "VAST_WARN_MINUTES" not in log  # the demo's warning fits in its idle time

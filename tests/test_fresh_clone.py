@@ -10,11 +10,13 @@ run still proves the install and every unit test in the fresh virtualenv.
 Covered, by the numbers of issue 17: 1 (both commands on a new virtualenv), 2 (the demo's
 environment has no test packages), 3 (audit ids, the Link header, the CLI's ids), 4 (a second
 stop), 5 (the demo's CLI line), 6 (a busy port), 7 (durations in messages and the CLI), 8 (the
-card after an auto-shutdown).
+card after an auto-shutdown); and issue 25, 5 (the `/v1/` curl the demo prints, and the
+README's, answer from the simulated model).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -104,6 +106,7 @@ def test_the_readme_commands_work_in_a_fresh_clone(tmp_path):
         check_runtime_only(clone)
         check_busy_port(clone, run_command, port, tmp_path)
         use_the_demo(clone, base, key, cli_line)
+        use_v1(clone, banner, port)
     finally:
         stop(demo)
 
@@ -208,3 +211,25 @@ def use_the_demo(clone: Path, base: str, key: str, cli_line: str) -> None:
         r"Stopped by auto-shutdown at <time [^>]+>[^<]+</time> after \d+ s idle\.",
         reason.group(1).strip(),
     ), reason.group(1)
+
+
+def use_v1(clone: Path, banner: str, port: int) -> None:
+    """Issue 25, 5: the instance is stopped; the demo's /v1/ curl, then the README's, start it
+    and answer from the simulator's model."""
+    lines = banner.splitlines()
+    printed = lines[lines.index(next(x for x in lines if "/v1/ with curl" in x)) + 1].strip()
+    llm_key = re.search(r"LLM key:\s+(\S+)", banner).group(1)
+    demo_section = (clone / "README.md").read_text().split("## The demo", 1)[1].split("\n## ")[0]
+    readme_curl = re.search(r"```sh\n(LLM_KEY=.*?)```", demo_section, re.S).group(1)
+    readme_curl = re.sub(r"^LLM_KEY=.*$", f"LLM_KEY={llm_key}", readme_curl, count=1, flags=re.M)
+    readme_curl = readme_curl.replace("127.0.0.1:5000", f"127.0.0.1:{port}")
+    for command in (printed, readme_curl):
+        answered = subprocess.run(
+            ["bash", "-c", command], cwd=clone, capture_output=True, text=True, timeout=180
+        )
+        assert answered.returncode == 0, answered
+        body = json.loads(answered.stdout)
+        assert body["model"] == "sim-model", body
+        assert body["choices"][0]["message"]["content"] == (
+            "Hello from the simulated vast.ai instance."
+        )

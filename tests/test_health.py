@@ -41,10 +41,10 @@ def test_healthz_answers_without_key_and_writes_a_heartbeat(anonymous, panel, cl
     assert VAST_KEY not in text and CONTROL_KEY not in text
 
 
-def test_the_readme_example_is_what_an_up_to_date_database_answers(anonymous):
-    readme = (ROOT / "README.md").read_text()
-    example = re.search(r'`(\{"status": "ok", "database".*?\})`', readme)
-    assert example, "no /healthz example in the README"
+def test_the_documented_example_is_what_an_up_to_date_database_answers(anonymous):
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    example = re.search(r'`(\{"status": "ok", "database".*?\})`', operations)
+    assert example, "no /healthz example in docs/operations.md"
     body = anonymous.get("/healthz").get_json()
     assert json.loads(example.group(1)) == {**body, "watchdog": "alive"}
 

@@ -1,7 +1,8 @@
 """Production serving end to end: a real gunicorn and the admin CLI against the simulator.
 
 Everything listens on 127.0.0.1: the simulator (vast.ai and the instance's LLM stack) and the
-gunicorn started by `gunicorn -c gunicorn.conf.py app:app`, the README's production command.
+gunicorn started by `gunicorn -c gunicorn.conf.py app:app`, the production command of
+docs/operations.md.
 Every wait is bounded. The test marked `slow` holds one request for about 35 s on purpose.
 """
 

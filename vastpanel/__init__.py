@@ -60,6 +60,8 @@ def create_app(
     )
     if not app.testing:
         configure_logging()  # lines to stderr with time and level, unless already configured
+    for warning in config.warnings:  # values from_env adjusted, e.g. a clamped warning time
+        log.warning(warning)
     # Imported here, not at the top: gunicorn.conf.py imports this package in gunicorn's master,
     # and the gevent worker must monkey-patch ssl before requests/urllib3 import names from it.
     from . import watchdog

@@ -1,22 +1,37 @@
-"""Configuration: read from the environment once, validated, typed."""
+"""Configuration: read from the environment once, validated, typed.
+
+SETTINGS is the one description of every environment variable: the Config field it sets, how
+it is read, its default and its line in docs/configuration.md, whose table is generated from it
+by `scripts/configuration_table.py` (tests/test_config_reference.py fails when they differ).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 DEFAULT_VAST_URL = "https://console.vast.ai"
 DEFAULT_DB_PATH = "data/vastpanel.db"
-IDLE_SOURCES = ("gateway", "llm")  # activity posts to /infra/vast/activity; the LLM's metrics
+IDLE_SOURCES = ("gateway", "llm")  # activity recorded by the panel (posts, /v1/); the LLM's metrics
 MIN_CONTROL_KEY_LENGTH = 16
 MIN_SECRET_KEY_LENGTH = 16
 
 
 class ConfigError(ValueError):
-    """A configuration value is unusable; the message names the variable."""
+    """Configuration values are unusable; the message names each variable, one line each."""
+
+    def __init__(self, problems: str | Sequence[str]):
+        self.problems = (problems,) if isinstance(problems, str) else tuple(problems)
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            lines = "\n".join(f"  {problem}" for problem in self.problems)
+            message = f"{len(self.problems)} settings are unusable:\n{lines}"
+        super().__init__(message)
 
 
 # VAST_NOTIFY_URLS: each URL may start with a format prefix, `slack+https://...`; none means json.
@@ -45,7 +60,7 @@ class NotifyTarget:
 
 @dataclass(frozen=True)
 class Config:
-    """Every setting of the app: read from its environment, all but testing (set by tests)."""
+    """Every setting of the app: read from its environment (SETTINGS), all but testing."""
 
     vast_url: str = DEFAULT_VAST_URL
     vast_api_key: str = field(default="", repr=False)
@@ -93,6 +108,9 @@ class Config:
     # Flask's TESTING, set by tests and never read from the environment: the watchdog stays off
     # unless the config turns it on, and logging is left to pytest.
     testing: bool = False
+    # What from_env changed in the values it was given, one line each, for the app to log at
+    # start-up (a value it could not use as given stops start-up instead: ConfigError).
+    warnings: tuple[str, ...] = ()
 
     @property
     def missing_vast_settings(self) -> list[str]:
@@ -119,7 +137,7 @@ class Config:
 
     @property
     def gateway_source(self) -> bool:
-        """Tell whether the gateway's activity posts count as activity."""
+        """Tell whether activity the panel records (posts, /v1/ requests) counts as activity."""
         return "gateway" in self.idle_sources
 
     @property
@@ -134,46 +152,104 @@ class Config:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:
-        """Build the config from environment variables, or raise ConfigError."""
-        wait_timeout_s = _number(env, "VAST_WAIT_TIMEOUT_S", 600.0)
-        control_api_key = _control_key(env)
-        return cls(
-            vast_url=_url(env, "VAST_URL", DEFAULT_VAST_URL),
-            vast_api_key=env.get("VAST_API_KEY", "").strip(),
-            vast_instance_id=_instance_id(env),
-            control_api_key=control_api_key,
-            health_port=_port(env, "VAST_HEALTH_PORT", 8001),
-            health_path=_health_path(env, "VAST_HEALTH_PATH", "/health"),
-            wait_timeout_s=wait_timeout_s,
-            auto_shutdown=parse_bool(env, "VAST_AUTO_SHUTDOWN", True),
-            auto_shutdown_minutes=_number(env, "VAST_AUTO_SHUTDOWN_MINUTES", 30.0, positive=True),
-            watchdog_interval_s=_number(env, "VAST_WATCHDOG_INTERVAL_S", 60.0, positive=True),
-            status_ttl_s=_number(env, "VAST_STATUS_TTL_S", 5.0),
-            db_path=env.get("VAST_DB_PATH", "").strip() or DEFAULT_DB_PATH,
-            idle_sources=_idle_sources(env),
-            metrics_port=_port(env, "VAST_METRICS_PORT", None),
-            llm_metrics_path=_health_path(env, "VAST_METRICS_PATH", "/metrics"),
-            llm_metrics_token=env.get("VAST_METRICS_TOKEN", "").strip(),
-            llm_metrics_every_s=_number(env, "VAST_METRICS_EVERY_S", 15.0, positive=True),
-            warn_minutes=_number(env, "VAST_WARN_MINUTES", 5.0),
-            keepalive_max_minutes=_number(env, "VAST_KEEPALIVE_MAX_MINUTES", 480.0, positive=True),
-            notify_targets=_notify_targets(env, "VAST_NOTIFY_URLS"),
-            notify_retry_s=_number(env, "VAST_NOTIFY_RETRY_S", 30.0, positive=True),
-            metrics_token=env.get("METRICS_TOKEN", "").strip(),
-            agent_secret=_agent_secret(env),
-            simulated=parse_bool(env, "VASTPANEL_SIMULATED", False),
-            budget_usd=_optional_positive(env, "VAST_BUDGET_USD"),
-            budget_period=_choice(env, "VAST_BUDGET_PERIOD", ("day", "month"), "month"),
-            max_session_hours=_optional_positive(env, "VAST_MAX_SESSION_HOURS"),
-            llm_api_keys=_llm_keys(env, control_api_key),
-            llm_port=_port(env, "VAST_LLM_PORT", None),
-            llm_upstream_key=env.get("VAST_LLM_UPSTREAM_KEY", "").strip(),
-            proxy_wait_s=_number(env, "VAST_PROXY_WAIT_S", wait_timeout_s),
-            proxy_max_waiting=_whole(env, "VAST_PROXY_MAX_WAITING", 64),
-            secret_key=_secret_key(env),
-            session_cookie_secure=_cookie_secure(env),
-            watchdog=_optional_bool(env, "VASTPANEL_WATCHDOG"),
-        )
+        """Build the config from environment variables, or raise one ConfigError naming every
+        variable whose value is unusable."""
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for setting in SETTINGS:
+            try:
+                values[setting.field] = setting.read(env)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        if values.get("proxy_wait_s", 0.0) is None:  # unset: as long as a power-on may wait
+            values["proxy_wait_s"] = values.get("wait_timeout_s", 600.0)
+        control_key = values.get("control_api_key")
+        if control_key and control_key in values.get("llm_api_keys", ()):
+            problems.append(
+                "LLM_API_KEYS must not contain CONTROL_API_KEY: a chat key cannot power off"
+            )
+        if problems:
+            raise ConfigError(problems)
+        values["warnings"] = _clamp_warning_time(values)
+        return cls(**values)
+
+
+def _clamp_warning_time(values: dict[str, Any]) -> tuple[str, ...]:
+    """Keep the stop warning inside the idle time; return the start-up warning saying so.
+
+    A warning as long as the idle time or longer would show from the session's first second
+    and say nothing about the stop: it then comes when half the idle time has passed.
+    """
+    warn, idle = values["warn_minutes"], values["auto_shutdown_minutes"]
+    if not values["auto_shutdown"] or warn < idle:
+        return ()
+    values["warn_minutes"] = idle / 2
+    return (
+        f"VAST_WARN_MINUTES ({warn:g}) is not shorter than VAST_AUTO_SHUTDOWN_MINUTES "
+        f"({idle:g}): the stop warning comes {idle / 2:g} min before an idle stop instead "
+        "(half the idle time).",
+    )
+
+
+# --- how each kind of value is read: (stripped raw text, variable name) -> value -------------
+
+Parse = Callable[[str, str], Any]
+
+
+def _text(raw: str, name: str) -> str:
+    return raw
+
+
+def _number(raw: str, name: str, positive: bool = False) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        bound = "greater than 0" if positive else "0 or more"
+        raise ConfigError(f"{name} must be {bound}, got {raw!r}")
+    return value
+
+
+def _positive(raw: str, name: str) -> float:
+    return _number(raw, name, positive=True)
+
+
+def _port(raw: str, name: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise ConfigError(f"{name} must be a port from 1 to 65535, got {raw!r}")
+    return int(raw)
+
+
+def _whole(raw: str, name: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{name} must be a whole number of 1 or more, got {raw!r}")
+    return int(raw)
+
+
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True}
+_BOOLS.update({"0": False, "false": False, "no": False, "off": False})
+
+
+def _bool(raw: str, name: str) -> bool:
+    if raw.lower() not in _BOOLS:
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    return _BOOLS[raw.lower()]
+
+
+def _cookie_secure(raw: str, name: str) -> bool | None:
+    """Read true, false, or auto (None: Secure when the request came over HTTPS)."""
+    if raw.lower() == "auto":
+        return None
+    if raw.lower() not in _BOOLS:
+        raise ConfigError(f"{name} must be true, false or auto, got {raw!r}")
+    return _BOOLS[raw.lower()]
+
+
+def _budget_period(raw: str, name: str) -> str:
+    if raw.lower() not in ("day", "month"):
+        raise ConfigError(f"{name} must be one of day, month, got {raw!r}")
+    return raw.lower()
 
 
 def is_health_path(value: object) -> bool:
@@ -189,193 +265,73 @@ def is_health_path(value: object) -> bool:
     )
 
 
-def _control_key(env: Mapping[str, str]) -> str:
-    """Read CONTROL_API_KEY: unset, or 16+ printable ASCII characters without spaces.
-
-    HTTP sends header values as bytes that servers read as Latin-1, while the sign-in form is
-    UTF-8: only ASCII reads the same in both, so the page and the API accept the same key.
-    """
-    raw = env.get("CONTROL_API_KEY", "").strip()
-    if not raw:
-        return ""
-    if not all("!" <= c <= "~" for c in raw):
-        raise ConfigError(
-            "CONTROL_API_KEY must be printable ASCII without spaces (letters, digits, "
-            "punctuation), so that the X-API-Key header and the sign-in form read it alike; "
-            "for example: openssl rand -hex 32"
-        )
-    if len(raw) < MIN_CONTROL_KEY_LENGTH:
-        raise ConfigError(
-            f"CONTROL_API_KEY must be at least {MIN_CONTROL_KEY_LENGTH} characters, got "
-            f"{len(raw)}; for example: openssl rand -hex 32"
-        )
-    return raw
-
-
-def _raw(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name)
-    if value is None or not str(value).strip():
-        return None
-    return str(value).strip()
-
-
-def _number(env: Mapping[str, str], name: str, default: float, positive: bool = False) -> float:
-    raw = _raw(env, name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        bound = "greater than 0" if positive else "0 or more"
-        raise ConfigError(f"{name} must be {bound}, got {raw!r}")
-    return value
-
-
-def _optional_positive(env: Mapping[str, str], name: str) -> float | None:
-    """Read a number greater than 0, or None when the variable is unset."""
-    if _raw(env, name) is None:
-        return None
-    return _number(env, name, 0.0, positive=True)
-
-
-def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
-    raw = _raw(env, name)
-    if raw is None:
-        return default
-    if raw.lower() not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
-    return raw.lower()
-
-
-def _port(env: Mapping[str, str], name: str, default: int | None) -> int | None:
-    raw = _raw(env, name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
-        raise ConfigError(f"{name} must be a port from 1 to 65535, got {raw!r}")
-    return int(raw)
-
-
-def _whole(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = _raw(env, name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(f"{name} must be a whole number of 1 or more, got {raw!r}")
-    return int(raw)
-
-
-def _llm_keys(env: Mapping[str, str], control_api_key: str) -> tuple[str, ...]:
-    """Read LLM_API_KEYS (comma-separated); a key that can chat must never power off."""
-    keys = tuple(k.strip() for k in env.get("LLM_API_KEYS", "").split(",") if k.strip())
-    if control_api_key and control_api_key in keys:
-        raise ConfigError(
-            "LLM_API_KEYS must not contain CONTROL_API_KEY: a chat key cannot power off"
-        )
-    return keys
-
-
-_BOOLS = {"1": True, "true": True, "yes": True, "on": True}
-_BOOLS.update({"0": False, "false": False, "no": False, "off": False})
-
-
-def parse_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    """Read a true/false variable; unset or empty gives default, anything else is an error."""
-    value = _optional_bool(env, name)
-    return default if value is None else value
-
-
-def _optional_bool(env: Mapping[str, str], name: str) -> bool | None:
-    """Read a true/false variable, or None when it is unset."""
-    raw = _raw(env, name)
-    if raw is None:
-        return None
-    if raw.lower() not in _BOOLS:
-        raise ConfigError(f"{name} must be true or false, got {raw!r}")
-    return _BOOLS[raw.lower()]
-
-
-def _cookie_secure(env: Mapping[str, str]) -> bool | None:
-    """Read SESSION_COOKIE_SECURE: true, false, or auto (None: Secure on HTTPS; the default)."""
-    raw = _raw(env, "SESSION_COOKIE_SECURE")
-    if raw is None or raw.lower() == "auto":
-        return None
-    if raw.lower() not in _BOOLS:
-        raise ConfigError(f"SESSION_COOKIE_SECURE must be true, false or auto, got {raw!r}")
-    return _BOOLS[raw.lower()]
-
-
-def _secret_key(env: Mapping[str, str]) -> str:
-    """Read SECRET_KEY: unset (a key is kept beside the database), or 16+ characters."""
-    raw = _raw(env, "SECRET_KEY")
-    if raw is None:
-        return ""
-    if len(raw) < MIN_SECRET_KEY_LENGTH:
-        raise ConfigError(
-            f"SECRET_KEY must be at least {MIN_SECRET_KEY_LENGTH} characters; "
-            "unset it to have one generated under data/."
-        )
-    return raw
-
-
-def _idle_sources(env: Mapping[str, str]) -> tuple[str, ...]:
-    raw = _raw(env, "VAST_IDLE_SOURCES")
-    if raw is None:
-        return IDLE_SOURCES
-    names = [part.strip().lower() for part in raw.split(",") if part.strip()]
-    unknown = [name for name in names if name not in IDLE_SOURCES]
-    if unknown or not names:
-        raise ConfigError(
-            f"VAST_IDLE_SOURCES must list some of {', '.join(IDLE_SOURCES)}, got {raw!r}"
-        )
-    return tuple(name for name in IDLE_SOURCES if name in names)
-
-
-def _agent_secret(env: Mapping[str, str]) -> str:
-    raw = _raw(env, "VAST_AGENT_SECRET")
-    if raw is None:
-        return ""
-    if len(raw) < 16:
-        raise ConfigError(
-            "VAST_AGENT_SECRET must be 16 characters or more (the agent asks as much)"
-        )
-    return raw
-
-
-def _instance_id(env: Mapping[str, str]) -> int | None:
-    raw = _raw(env, "VAST_INSTANCE_ID")
-    if raw is None:
-        return None
-    if not raw.isdigit() or int(raw) == 0:
-        raise ConfigError(f"VAST_INSTANCE_ID must be a positive whole number, got {raw!r}")
-    return int(raw)
-
-
-def _health_path(env: Mapping[str, str], name: str, default: str) -> str:
-    raw = _raw(env, name)
-    if raw is None:
-        return default
+def _path(raw: str, name: str) -> str:
     if not is_health_path(raw):
         raise ConfigError(f"{name} must be a path starting with '/', got {raw!r}")
     return raw
 
 
-def _url(env: Mapping[str, str], name: str, default: str) -> str:
-    raw = _raw(env, name)
-    if raw is None:
-        return default
+def _url(raw: str, name: str) -> str:
     if not raw.startswith(("http://", "https://")) or len(raw.split("://", 1)[1]) == 0:
         raise ConfigError(f"{name} must be an http:// or https:// URL, got {raw!r}")
     return raw.rstrip("/")
 
 
-def _notify_targets(env: Mapping[str, str], name: str) -> tuple[NotifyTarget, ...]:
+def _instance_id(raw: str, name: str) -> int:
+    if not raw.isdigit() or int(raw) == 0:
+        raise ConfigError(f"{name} must be a positive whole number, got {raw!r}")
+    return int(raw)
+
+
+def _control_key(raw: str, name: str) -> str:
+    """Read 16+ printable ASCII characters without spaces.
+
+    HTTP sends header values as bytes that servers read as Latin-1, while the sign-in form is
+    UTF-8: only ASCII reads the same in both, so the page and the API accept the same key.
+    The message never shows the value: it is a secret.
+    """
+    if not all("!" <= c <= "~" for c in raw):
+        raise ConfigError(
+            f"{name} must be printable ASCII without spaces (letters, digits, "
+            "punctuation), so that the X-API-Key header and the sign-in form read it alike; "
+            "for example: openssl rand -hex 32"
+        )
+    if len(raw) < MIN_CONTROL_KEY_LENGTH:
+        raise ConfigError(
+            f"{name} must be at least {MIN_CONTROL_KEY_LENGTH} characters, got "
+            f"{len(raw)}; for example: openssl rand -hex 32"
+        )
+    return raw
+
+
+def _secret_key(raw: str, name: str) -> str:
+    if len(raw) < MIN_SECRET_KEY_LENGTH:
+        raise ConfigError(
+            f"{name} must be at least {MIN_SECRET_KEY_LENGTH} characters; "
+            "unset it to have one generated under data/."
+        )
+    return raw
+
+
+def _agent_secret(raw: str, name: str) -> str:
+    if len(raw) < 16:
+        raise ConfigError(f"{name} must be 16 characters or more (the agent asks as much)")
+    return raw
+
+
+def _keys(raw: str, name: str) -> tuple[str, ...]:
+    return tuple(key.strip() for key in raw.split(",") if key.strip())
+
+
+def _idle_sources(raw: str, name: str) -> tuple[str, ...]:
+    names = [part.strip().lower() for part in raw.split(",") if part.strip()]
+    if not names or any(n not in IDLE_SOURCES for n in names):
+        raise ConfigError(f"{name} must list some of {', '.join(IDLE_SOURCES)}, got {raw!r}")
+    return tuple(n for n in IDLE_SOURCES if n in names)
+
+
+def _notify_targets(raw: str, name: str) -> tuple[NotifyTarget, ...]:
     """Read webhook URLs separated by commas or whitespace, each with an optional format prefix."""
-    raw = _raw(env, name)
-    if raw is None:
-        return ()
     targets = []
     for number, item in enumerate(raw.replace(",", " ").split(), start=1):
         fmt, url = "json", item
@@ -395,3 +351,264 @@ def _notify_targets(env: Mapping[str, str], name: str) -> tuple[NotifyTarget, ..
             )
         targets.append(NotifyTarget(fmt, url))
     return tuple(targets)
+
+
+# --- every setting, documented once ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: the Config field it sets, how it is read, and its doc line."""
+
+    env: str
+    field: str | None  # None: read by gunicorn.conf.py or gunicorn, not by Config
+    parse: Parse | None
+    unset: Any  # the value when the variable is unset or empty
+    doc: str  # one line of Markdown for the reference table
+    group: str
+    shown: str | None = None  # the default as the reference shows it, when not `unset` itself
+
+    def read(self, env: Mapping[str, str]) -> Any:
+        """Return the value env gives this setting (stripped; empty counts as unset)."""
+        raw = str(env.get(self.env) or "").strip()
+        return self.unset if not raw or self.parse is None else self.parse(raw, self.env)
+
+    @property
+    def default_text(self) -> str:
+        """Write the default for the reference table."""
+        if self.shown is not None:
+            return self.shown
+        value = self.unset
+        if value is None or value in ("", ()):
+            return "—"
+        if isinstance(value, bool):
+            return f"`{str(value).lower()}`"
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        if isinstance(value, tuple):
+            return f"`{','.join(value)}`"
+        return f"`{value}`" if isinstance(value, str) else str(value)
+
+
+VAST = "vast.ai and the instance"
+ACCESS = "Access"
+IDLE = "Auto-shutdown"
+CAPS = "Costs and caps"
+LLM = "The /v1/ endpoint"
+NOTIFY = "Notifications and the dead-man switch"
+STORAGE = "Storage and the demo"
+SERVING = "Serving (read by gunicorn.conf.py, not by Config)"
+
+# fmt: off
+SETTINGS: tuple[Setting, ...] = (
+    Setting("VAST_URL", "vast_url", _url, DEFAULT_VAST_URL, "vast.ai's server root", VAST),
+    Setting(
+        "VAST_API_KEY", "vast_api_key", _text, "",
+        "vast.ai API key; unset: status `unconfigured`, power on/off answer 500", VAST,
+    ),
+    Setting(
+        "VAST_INSTANCE_ID", "vast_instance_id", _instance_id, None,
+        "the rented instance's numeric id; unset: as above", VAST,
+    ),
+    Setting(
+        "VAST_HEALTH_PORT", "health_port", _port, 8001,
+        "container port of the LLM stack's health endpoint (the instance's nginx)", VAST,
+    ),
+    Setting("VAST_HEALTH_PATH", "health_path", _path, "/health", "its path", VAST),
+    Setting(
+        "VAST_WAIT_TIMEOUT_S", "wait_timeout_s", _number, 600.0,
+        "how long a power-on waits for the health URL to answer 200", VAST,
+    ),
+    Setting(
+        "VAST_STATUS_TTL_S", "status_ttl_s", _number, 5.0,
+        "how long one vast.ai answer is reused by every caller and worker; 0 = ask every "
+        "time, yet never within 2 s of the last ask (vast.ai refuses quicker GETs)", VAST,
+    ),
+    Setting(
+        "CONTROL_API_KEY", "control_api_key", _control_key, "",
+        "what callers send as `X-API-Key` and the admin signs in with: 16+ printable ASCII "
+        "characters, no spaces (`openssl rand -hex 32`); unset: every `/infra/vast` request "
+        "answers 503 and nobody can sign in", ACCESS,
+    ),
+    Setting(
+        "SECRET_KEY", "secret_key", _secret_key, "",
+        "signs the page's session cookie (16+ characters); unset: generated once into "
+        "`secret_key` beside `VAST_DB_PATH` (mode 0600), so sign-ins survive restarts",
+        ACCESS, shown="generated",
+    ),
+    Setting(
+        "SESSION_COOKIE_SECURE", "session_cookie_secure", _cookie_secure, None,
+        "`auto`: the cookie is `Secure` when the request came over HTTPS (behind a proxy, "
+        "only if gunicorn believes its `X-Forwarded-Proto`: `FORWARDED_ALLOW_IPS`); "
+        "`true`/`false` force it", ACCESS, shown="`auto` (`true` in the container)",
+    ),
+    Setting(
+        "METRICS_TOKEN", "metrics_token", _text, "",
+        "bearer token for the panel's own `GET /metrics`; unset: it answers loopback only",
+        ACCESS,
+    ),
+    Setting(
+        "VAST_AUTO_SHUTDOWN", "auto_shutdown", _bool, True,
+        "stop the instance when it has been idle `VAST_AUTO_SHUTDOWN_MINUTES`", IDLE,
+    ),
+    Setting(
+        "VAST_AUTO_SHUTDOWN_MINUTES", "auto_shutdown_minutes", _positive, 30.0,
+        "idle minutes before the stop (decimals allowed)", IDLE,
+    ),
+    Setting(
+        "VAST_IDLE_SOURCES", "idle_sources", _idle_sources, IDLE_SOURCES,
+        "what counts as activity: `gateway` (what the panel records: posts to "
+        "`/infra/vast/activity` and requests through `/v1/`), `llm` (the LLM's own metrics)",
+        IDLE,
+    ),
+    Setting(
+        "VAST_WARN_MINUTES", "warn_minutes", _number, 5.0,
+        "warn this long before an automatic stop (page banner, notification); 0 = no "
+        "warning; not shorter than the idle time: half the idle time, said at start-up", IDLE,
+    ),
+    Setting(
+        "VAST_KEEPALIVE_MAX_MINUTES", "keepalive_max_minutes", _positive, 480.0,
+        "the longest one **Keep running** may ask for", IDLE,
+    ),
+    Setting(
+        "VAST_WATCHDOG_INTERVAL_S", "watchdog_interval_s", _positive, 60.0,
+        "how often the watchdog looks (it also looks just after each deadline)", IDLE,
+    ),
+    Setting(
+        "VASTPANEL_WATCHDOG", "watchdog", _bool, None,
+        "`false` runs no watchdog in this process; unset: on, except in tests", IDLE,
+        shown="on",
+    ),
+    Setting(
+        "VAST_METRICS_PORT", "metrics_port", _port, None,
+        "container port the LLM's Prometheus metrics are read through (the instance's nginx)",
+        IDLE, shown="`VAST_HEALTH_PORT`",
+    ),
+    Setting("VAST_METRICS_PATH", "llm_metrics_path", _path, "/metrics", "their path", IDLE),
+    Setting(
+        "VAST_METRICS_TOKEN", "llm_metrics_token", _text, "",
+        "sent as `Authorization: Bearer` with each read of the LLM's metrics (the instance's "
+        "`METRICS_TOKEN`)", IDLE,
+    ),
+    Setting(
+        "VAST_METRICS_EVERY_S", "llm_metrics_every_s", _positive, 15.0,
+        "the LLM's metrics are read at most this often while it runs, one read shared by "
+        "every worker", IDLE,
+    ),
+    Setting(
+        "VAST_BUDGET_USD", "budget_usd", _positive, None,
+        "spending cap per budget period in $: warned at 80 %, stopped at 100 %; unset: none",
+        CAPS,
+    ),
+    Setting(
+        "VAST_BUDGET_PERIOD", "budget_period", _budget_period, "month",
+        "`day` or `month` (UTC)", CAPS,
+    ),
+    Setting(
+        "VAST_MAX_SESSION_HOURS", "max_session_hours", _positive, None,
+        "a session this long is stopped whatever its activity (decimals allowed); unset: no "
+        "limit", CAPS,
+    ),
+    Setting(
+        "LLM_API_KEYS", "llm_api_keys", _keys, (),
+        "comma-separated keys the team's LLM clients send as `Authorization: Bearer`; unset: "
+        "`/v1/` answers 404. Must not contain `CONTROL_API_KEY`", LLM,
+    ),
+    Setting(
+        "VAST_LLM_PORT", "llm_port", _port, None,
+        "container port `/v1/` forwards to", LLM, shown="`VAST_HEALTH_PORT`",
+    ),
+    Setting(
+        "VAST_LLM_UPSTREAM_KEY", "llm_upstream_key", _text, "",
+        "sent to the instance's LLM as `Authorization: Bearer` (vLLM's `--api-key`, the "
+        "instance's `VLLM_API_KEY`)", LLM,
+    ),
+    Setting(
+        "VAST_PROXY_WAIT_S", "proxy_wait_s", _number, None,
+        "how long a `/v1/` request waits for a cold start before 503", LLM,
+        shown="`VAST_WAIT_TIMEOUT_S`",
+    ),
+    Setting(
+        "VAST_PROXY_MAX_WAITING", "proxy_max_waiting", _whole, 64,
+        "`/v1/` requests that may wait for a cold start at once (all workers); more get 503",
+        LLM,
+    ),
+    Setting(
+        "VAST_NOTIFY_URLS", "notify_targets", _notify_targets, (),
+        "webhooks for notifications, separated by commas or spaces, each optionally prefixed "
+        "`slack+` or `json+`; secrets", NOTIFY,
+    ),
+    Setting(
+        "VAST_NOTIFY_RETRY_S", "notify_retry_s", _positive, 30.0,
+        "first retry of a failed notification; doubles per attempt up to an hour, for a day",
+        NOTIFY,
+    ),
+    Setting(
+        "VAST_AGENT_SECRET", "agent_secret", _agent_secret, "",
+        "shared with the dead-man switch on the instance (16+ characters); unset: no "
+        "heartbeats, `agent` is `off`", NOTIFY,
+    ),
+    Setting(
+        "VAST_DB_PATH", "db_path", _text, DEFAULT_DB_PATH,
+        "the SQLite file: sessions, costs, activity, the audit log, the outbox", STORAGE,
+    ),
+    Setting(
+        "VASTPANEL_SIMULATED", "simulated", _bool, False,
+        "marks every status as simulated (`python -m vastpanel.demo` sets it)", STORAGE,
+    ),
+)
+
+SERVING_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "VASTPANEL_BIND", None, None, "127.0.0.1:8000", "where gunicorn listens", SERVING,
+        shown="`127.0.0.1:8000` (`0.0.0.0:8000` in the container)",
+    ),
+    Setting(
+        "VASTPANEL_WORKERS", None, None, 1,
+        "worker processes; they share all state through SQLite", SERVING,
+    ),
+    Setting(
+        "VASTPANEL_CONNECTIONS", None, None, 1000,
+        "connections one worker serves at once (gunicorn's `worker_connections`), waiting "
+        "ones included", SERVING,
+    ),
+    Setting(
+        "FORWARDED_ALLOW_IPS", None, None, "127.0.0.1,::1",
+        "addresses whose `X-Forwarded-Proto` gunicorn believes (your TLS proxy's)", SERVING,
+    ),
+    Setting(
+        "PROMETHEUS_MULTIPROC_DIR", None, None, "",
+        "folder for the workers' metric files; emptied at start", SERVING,
+        shown="a new temporary folder",
+    ),
+)
+# fmt: on
+
+
+# --- the reference table in docs/configuration.md ----------------------------------------------
+
+TABLE_START = (
+    "<!-- settings table: written by scripts/configuration_table.py; edit vastpanel/config.py -->"
+)
+TABLE_END = "<!-- end of settings table -->"
+
+
+def settings_markdown() -> str:
+    """Write the reference table of every setting, one section per group."""
+    lines: list[str] = []
+    settings = SETTINGS + SERVING_SETTINGS
+    for group in dict.fromkeys(s.group for s in settings):
+        lines += [f"### {group}", "", "| variable | default | meaning |", "|---|---|---|"]
+        for s in (s for s in settings if s.group == group):
+            lines.append(f"| `{s.env}` | {s.default_text} | {s.doc} |")
+        lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def with_settings_table(document: str) -> str:
+    """Return document with the text between its table markers replaced by the table."""
+    head, start, rest = document.partition(TABLE_START)
+    _, end, tail = rest.partition(TABLE_END)
+    if not start or not end:
+        raise ValueError(f"the document has no {TABLE_START!r} ... {TABLE_END!r} block")
+    return f"{head}{TABLE_START}\n\n{settings_markdown()}\n{TABLE_END}{tail}"
