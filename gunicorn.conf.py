@@ -1,6 +1,6 @@
 """gunicorn settings for vastpanel: `gunicorn -c gunicorn.conf.py app:app`.
 
-Read from the environment (see README, "Production"):
+Read from the environment (see docs/operations.md, "Production"):
     VASTPANEL_BIND         where to listen; 127.0.0.1:8000 by default, 0.0.0.0:8000 in the container
     VASTPANEL_WORKERS      worker processes (1); they share state through SQLite
     VASTPANEL_CONNECTIONS  connections one worker serves at once (1000), waiting ones included

@@ -1,4 +1,4 @@
-"""Write the settings table of docs/configuration.md from SETTINGS in vastpanel/config.py.
+"""Write the settings table of docs/configuration.md from SETTINGS in vastpanel/config/settings.py.
 
     .venv/bin/python scripts/configuration_table.py           # rewrite the table in place
     .venv/bin/python scripts/configuration_table.py --check   # exit 1 when it is out of date

@@ -90,24 +90,17 @@ def layer_of(name: str) -> str | None:
 
 def test_every_module_has_its_line_in_the_code_layout():
     section = layout_section()
-    named = set(re.findall(r"`(vastpanel/[\w/.]+)`", section))
-    for package in ("web", "domain", "storage", "vast", "watchdog"):
-        listed = set(
-            re.findall(
-                r"`(\w+\.py)`", section.split(f"`vastpanel/{package}/`", 1)[1].split("\n", 1)[0]
-            )
-        )
-        modules = {p.name for p in (PACKAGE / package).glob("*.py") if p.name != "__init__.py"}
-        assert modules == listed, (package, modules ^ listed)
-    base = set(LAYERS[0][1])
-    assert base == {
-        Path(n).stem
-        for n in re.findall(r"`([\w.]+\.py)`", section.split("| base |", 1)[1].split("\n", 1)[0])
-    } | {"config"}
-    top = {f"vastpanel/{p.name}" for p in PACKAGE.glob("*.py")} - {
-        f"vastpanel/{m}.py" for m in base
-    }
-    assert top <= named, top - named
+    rows = section.splitlines()
+    for package in sorted(p.parent for p in PACKAGE.glob("*/__init__.py")):
+        row = next(r for r in rows if f"`vastpanel/{package.name}/`" in r)
+        if package.name == "simulator":
+            continue  # a world of its own, described in its __init__.py
+        named = set(re.findall(r"`(\w+\.py)`", row))
+        modules = {p.name for p in package.glob("*.py")} - {"__init__.py"}
+        assert modules <= named, (package.name, modules - named)
+    base_row = next(r for r in rows if r.startswith("| base |"))
+    for module in PACKAGE.glob("*.py"):
+        assert f"`vastpanel/{module.name}`" in section or f"`{module.name}`" in base_row, module
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))

@@ -1,4 +1,4 @@
-"""Every setting is described once (SETTINGS in vastpanel/config.py), and what the code reads,
+"""Every setting is described once (SETTINGS in vastpanel/config/settings.py), and what the code reads,
 docs/configuration.md, the README's short list, .env.example and compose.yaml agree with it."""
 
 from __future__ import annotations

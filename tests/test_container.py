@@ -100,8 +100,8 @@ def compose_service() -> dict:
 
 
 def config_variables() -> set[str]:
-    """Every variable config.py reads."""
-    source = (ROOT / "vastpanel" / "config.py").read_text()
+    """Every variable the config package reads."""
+    source = (ROOT / "vastpanel" / "config" / "settings.py").read_text()
     return set(re.findall(r'"((?:VAST|VASTPANEL|CONTROL)_[A-Z_]+)"', source))
 
 

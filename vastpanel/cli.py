@@ -47,8 +47,8 @@ def get_panel(*, needs_vast: bool = True) -> Panel:
     if config.db_path != ":memory:" and not os.path.exists(config.db_path):
         raise click.ClickException(
             f"no database at {os.path.abspath(config.db_path)}. The CLI works on the server's "
-            "database: run it with the server's settings (VAST_DB_PATH; see README.md, "
-            "'Admin CLI')."
+            "database: run it with the server's settings (VAST_DB_PATH; see docs/operations.md, "
+            "'The admin CLI')."
         )
     if needs_vast and not config.vast_configured:
         missing = " and ".join(config.missing_vast_settings)

@@ -152,7 +152,7 @@ SCHEMAS: dict[str, Any] = {
             },
             "last_activity": {
                 "anyOf": [TIMESTAMP, {"type": "null"}],
-                "description": "The latest activity signal: a gateway post or the LLM seen busy.",
+                "description": "The latest activity signal: a gateway post or /v1/ request, or the LLM seen busy.",
             },
             "last_activity_source": {
                 "enum": ["gateway", "llm", None],
