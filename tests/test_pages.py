@@ -222,7 +222,7 @@ def test_running_shows_session_time_cost_activity_and_the_countdown(admin, vast,
     assert fact(html, "Price") == "$0.45/h"
     assert fact(html, "Auto-shutdown in") == "15 min"  # 30 min after the activity
     assert fact(html, "In use") == "idle"
-    assert fact_details(html, "In use") == ["last activity: gateway post, 15 min ago"]
+    assert fact_details(html, "In use") == ["last activity: gateway or /v1/ request, 15 min ago"]
 
 
 def test_a_running_instance_that_never_answers_health_says_so_after_the_wait(admin, vast, clock):

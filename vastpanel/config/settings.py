@@ -246,9 +246,7 @@ SERVING_SETTINGS: tuple[Setting, ...] = (
 
 # --- the reference table in docs/configuration.md ----------------------------------------------
 
-TABLE_START = (
-    "<!-- settings table: written by scripts/configuration_table.py; edit vastpanel/config/settings.py -->"
-)
+TABLE_START = "<!-- settings table: written by scripts/configuration_table.py; edit vastpanel/config/settings.py -->"
 TABLE_END = "<!-- end of settings table -->"
 
 
