@@ -102,6 +102,9 @@ def base_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "VAST_INSTANCE_ID": str(INSTANCE_ID),
         "CONTROL_API_KEY": CONTROL_KEY,
         "VAST_DB_PATH": str(tmp_path / "vastpanel.db"),
+        # The fake instances answer plain HTTP, at 203.0.113.7 or (real servers) on loopback.
+        "VAST_INSTANCE_PLAIN_HTTP": "true",
+        "VAST_ALLOW_LOOPBACK_INSTANCE_FOR_TESTS": "true",
     }
     config.update(overrides)
     return config

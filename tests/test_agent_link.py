@@ -15,7 +15,7 @@ from conftest import CONTROL_KEY, INSTANCE_ID, VAST_KEY, config_from
 from support import store
 from support.agent import MetricsServer, load_agent_module
 from support.clock import FakeClock
-from support.liveserver import free_port, running_simulator
+from support.liveserver import SIMULATED_INSTANCE, free_port, running_simulator
 from vastpanel import ConfigError, create_app
 from vastpanel.config import Config
 from vastpanel.watchdog.looks import watchdog_for
@@ -72,6 +72,7 @@ def make_app(tmp_path, sim, clock, **overrides):
         "VAST_DB_PATH": str(tmp_path / "vastpanel.db"),
         "VAST_STATUS_TTL_S": "0",
         "VAST_AGENT_SECRET": SECRET,
+        **SIMULATED_INSTANCE,
         **overrides,
     }
     return create_app(config_from(config), clock=clock)

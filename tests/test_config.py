@@ -41,6 +41,7 @@ def test_values_are_typed():
             "VAST_AUTO_SHUTDOWN": "false",
             "VAST_STATUS_TTL_S": "0",
             "VAST_HEALTH_PORT": "65535",
+            "VAST_INSTANCE_PLAIN_HTTP": "true",
         }
     )
     assert config.vast_url == "http://127.0.0.1:9000"

@@ -4,9 +4,12 @@ import pytest
 
 from conftest import load_fixture
 from vastpanel.vast.instance import (
+    Reach,
     endpoint_base_url,
     read_instance_state,
 )
+
+PLAIN = Reach("http")
 
 
 def running():
@@ -49,14 +52,15 @@ def test_unknown_id_is_not_found():
 
 def test_running_endpoint_uses_stripped_ip_and_mapped_host_port():
     state = read_instance_state(running(), 4242, 8001)
-    assert state.endpoint_base_url == "http://203.0.113.7:41234"
+    assert state.endpoint_base_url == "https://203.0.113.7:41234"  # TLS unless told otherwise
     assert state.gpu_name == "RTX 3090"
     assert state.dph_total == 0.45
     assert state.gpu_billed and not state.down
 
 
 def test_endpoint_follows_the_configured_container_port():
-    assert endpoint_base_url(running(), 8000) == "http://203.0.113.7:41233"
+    assert endpoint_base_url(running(), 8000) == "https://203.0.113.7:41233"
+    assert endpoint_base_url(running(), 8000, PLAIN) == "http://203.0.113.7:41233"
     assert endpoint_base_url(running(), 9999) is None
 
 
@@ -124,8 +128,54 @@ def test_a_public_ipaddr_that_is_not_a_bare_address_leaves_the_endpoint_unknown(
     ],
 )
 def test_bare_ipv4_and_ipv6_addresses_make_the_endpoint(raw, url):
-    state = read_instance_state(dict(running(), public_ipaddr=raw), 4242, 8001)
+    state = read_instance_state(dict(running(), public_ipaddr=raw), 4242, 8001, reach=PLAIN)
     assert state.endpoint_base_url == url
+
+
+REFUSED = [
+    "127.0.0.1",
+    "127.8.9.10",
+    "::1",
+    "169.254.169.254",
+    "10.0.0.5",
+    "172.16.3.4",
+    "192.168.1.20",
+    "100.64.0.1",
+    "0.0.0.0",
+    "::",
+    "224.0.0.251",
+    "255.255.255.255",
+    "fd00::1",
+    "fe80::1",
+    "ff02::1",
+    "::ffff:127.0.0.1",
+    "::ffff:169.254.169.254",
+    "::ffff:10.0.0.5",
+    "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+]
+
+
+@pytest.mark.parametrize("raw", REFUSED)
+def test_loopback_private_link_local_and_other_local_addresses_leave_the_endpoint_unknown(raw):
+    state = read_instance_state(dict(running(), public_ipaddr=raw), 4242, 8001)
+    assert state.status == "running"
+    assert state.endpoint_base_url is None
+    assert endpoint_base_url(dict(running(), public_ipaddr=raw), 8001, PLAIN) is None
+    assert "endpoint is unknown" in state.message and "never connects to" in state.message
+    assert repr(raw) in state.message
+
+
+@pytest.mark.parametrize("raw", ["127.0.0.1\n", "::1", "::ffff:127.0.0.1", "127.0.0.2"])
+def test_loopback_is_allowed_only_by_the_setting_for_tests(raw):
+    instance = dict(running(), public_ipaddr=raw)
+    loopback = Reach("http", allow_loopback=True)
+    assert endpoint_base_url(instance, 8001) is None
+    state = read_instance_state(instance, 4242, 8001)
+    assert "VAST_ALLOW_LOOPBACK_INSTANCE_FOR_TESTS" in state.message
+    assert endpoint_base_url(instance, 8001, loopback).startswith("http://")
+    # The setting allows loopback only: the metadata service and private networks stay out.
+    for other in ("169.254.169.254", "10.0.0.5", "fd00::1", "0.0.0.0"):
+        assert endpoint_base_url(dict(running(), public_ipaddr=other), 8001, loopback) is None
 
 
 @pytest.mark.parametrize("host_port", ["0", "65536", "٤١٢٣٤", "41234/x"])

@@ -30,7 +30,7 @@ BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 def app(tmp_path, clock, vast):
     config = base_config(
         tmp_path,
-        LLM_API_KEYS=f"{LLM_KEY},other-key-1",
+        LLM_API_KEYS=f"{LLM_KEY},other-team-key-0123456789",
         VAST_LLM_UPSTREAM_KEY=UPSTREAM_KEY,
         VAST_PROXY_WAIT_S="30",
     )
@@ -163,7 +163,10 @@ def test_wrong_or_missing_key_is_401(app, vast, headers):
 def test_control_key_cannot_be_an_llm_key():
     with pytest.raises(ConfigError, match="LLM_API_KEYS"):
         Config.from_env(
-            {"CONTROL_API_KEY": "same-key-0123456789", "LLM_API_KEYS": "a, same-key-0123456789"}
+            {
+                "CONTROL_API_KEY": "same-key-0123456789",
+                "LLM_API_KEYS": "other-key-0123456789, same-key-0123456789",
+            }
         )
 
 
@@ -177,12 +180,13 @@ def test_bad_proxy_settings_name_the_variable(name, value):
 
 
 def test_proxy_settings_defaults():
-    config = Config.from_env({"VAST_WAIT_TIMEOUT_S": "90", "LLM_API_KEYS": " a ,b,, "})
-    assert config.llm_api_keys == ("a", "b")
+    a, b = "team-a-key-0123456789", "team-b-key-0123456789"
+    config = Config.from_env({"VAST_WAIT_TIMEOUT_S": "90", "LLM_API_KEYS": f" {a} ,{b},, "})
+    assert config.llm_api_keys == (a, b)
     assert config.proxy_wait_s == 90.0
     assert config.proxy_max_waiting == 64
     assert config.llm_port is None
-    assert "a" in config.secrets and "b" in config.secrets
+    assert a in config.secrets and b in config.secrets
 
 
 def test_forwards_request_and_strips_hop_by_hop_headers(app, vast, llm, panel):

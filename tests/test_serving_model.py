@@ -84,6 +84,7 @@ from vastpanel import create_app
 os.environ.update(
     VAST_DB_PATH=os.path.join({tmp!r}, "g.db"), CONTROL_API_KEY="k" * 20,
     VAST_URL={vast_url!r}, VAST_API_KEY={key!r}, VAST_INSTANCE_ID="1",
+    VAST_INSTANCE_PLAIN_HTTP="true",
 )
 app = create_app()
 watchdog = app.extensions["vastpanel_watchdog"]

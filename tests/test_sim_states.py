@@ -11,6 +11,7 @@ import pytest
 from conftest import config_from
 from support import store
 from support.clock import FakeClock
+from support.liveserver import SIMULATED_INSTANCE
 from vastpanel import create_app
 from vastpanel.simulator import ManualClock, Simulator
 from vastpanel.watchdog.looks import watchdog_for
@@ -66,6 +67,7 @@ def panel(sim, clock, tmp_path):
             "CONTROL_API_KEY": CONTROL_KEY,
             "VAST_DB_PATH": str(tmp_path / "panel.db"),
             "VAST_STATUS_TTL_S": "0",  # ask vast.ai on every read: meet its rate limit
+            **SIMULATED_INSTANCE,
         }
     )
     app = create_app(config, clock=clock)

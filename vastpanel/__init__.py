@@ -143,6 +143,7 @@ def wire_panel(
         StatusReader,
         Wake,
     )
+    from .instance_http import InstanceHttp
     from .logs import install_redaction
     from .storage.database import Store
     from .vast.client import VastClient
@@ -162,20 +163,25 @@ def wire_panel(
         if config.vast_configured
         else None
     )
+    # The instance is reached over a session of its own: pinned TLS, no environment proxies.
+    instance_http = InstanceHttp(config)
     leases = LeaseHolder(store, clock)
     audit = Audit(store, clock, config)
     costs = CostBook(store, clock, config, client, audit)
-    agent = AgentLink(store, clock, config, http, audit)
+    agent = AgentLink(store, clock, config, instance_http, audit)
     instance = InstanceReader(store, clock, config, client, audit, costs, agent, leases)
     budget = Budget(store, clock, config, costs, audit)
-    power = Power(store, clock, config, client, http, audit, instance, costs, budget, leases)
-    llm = LlmLoad(store, clock, config, http, audit, instance, leases)
+    power = Power(
+        store, clock, config, client, instance_http, audit, instance, costs, budget, leases
+    )
+    llm = LlmLoad(store, clock, config, instance_http, audit, instance, leases)
     idle = IdleRule(store, clock, config, audit, instance, llm, power, budget, leases)
     return Panel(
         config=config,
         clock=clock,
         store=store,
         http=http,
+        instance_http=instance_http,
         client=client,
         leases=leases,
         audit=audit,

@@ -75,15 +75,27 @@ class SimulatorProcess:
 
 
 def simulator_env(sim, db_path, control_key: str, **overrides: str) -> dict[str, str]:
-    """Return the variables that point a panel at a running simulator, on the given database."""
+    """Return the variables that point a panel at a running simulator, on the given database.
+
+    The simulator's instance is on 127.0.0.1 and serves plain HTTP, which the panel must be
+    told; a test of TLS passes VAST_INSTANCE_PLAIN_HTTP="" and a fingerprint.
+    """
     return {
         "VAST_URL": sim.url,
         "VAST_API_KEY": sim.api_key,
         "VAST_INSTANCE_ID": str(sim.instance_id),
         "CONTROL_API_KEY": control_key,
         "VAST_DB_PATH": str(db_path),
+        **SIMULATED_INSTANCE,
         **overrides,
     }
+
+
+# What every panel pointed at the simulator needs: its instance is on loopback, in clear text.
+SIMULATED_INSTANCE = {
+    "VAST_INSTANCE_PLAIN_HTTP": "true",
+    "VAST_ALLOW_LOOPBACK_INSTANCE_FOR_TESTS": "true",
+}
 
 
 def signed_in_session(base_url: str, key: str) -> requests.Session:

@@ -79,6 +79,11 @@ class Config:
     llm_upstream_key: str = field(default="", repr=False)
     proxy_wait_s: float = 600.0  # how long a request may wait for a cold start
     proxy_max_waiting: int = 64  # requests waiting for a cold start at once; more get 503
+    # How the panel reaches the instance (instance_http.py): TLS pinned to this SHA-256 (64
+    # lowercase hex digits), or plain HTTP when asked for; loopback addresses only for tests.
+    instance_tls_fingerprint: str = ""
+    instance_plain_http: bool = False
+    allow_loopback_instance: bool = False
     # The page's session cookie: signed with SECRET_KEY (empty: the key kept beside the
     # database, auth.load_secret_key); Secure when SESSION_COOKIE_SECURE is true, or with None
     # (auto) when the request came over HTTPS.
@@ -122,6 +127,11 @@ class Config:
         return "gateway" in self.idle_sources
 
     @property
+    def instance_scheme(self) -> str:
+        """Return the scheme of the instance's addresses: https unless plain HTTP is asked for."""
+        return "http" if self.instance_plain_http else "https"
+
+    @property
     def llm_source(self) -> bool:
         """Tell whether the LLM's metrics are read and count as activity."""
         return "llm" in self.idle_sources
@@ -149,10 +159,38 @@ class Config:
             problems.append(
                 "LLM_API_KEYS must not contain CONTROL_API_KEY: a chat key cannot power off"
             )
+        problems += _instance_transport_problems(values)
         if problems:
             raise ConfigError(problems)
         values["warnings"] = _clamp_warning_time(values)
         return cls(**values)
+
+
+def _instance_transport_problems(values: dict[str, Any]) -> list[str]:
+    """Say what is wrong with how the panel is told to reach the instance, if anything.
+
+    Once vast.ai is configured the panel talks to the instance (health, metrics, heartbeats,
+    /v1/), so it must be told how: a start-up error names both ways rather than falling back
+    to clear text, or to an instance that is never reached while its GPU is billed.
+    """
+    if "instance_tls_fingerprint" not in values or "instance_plain_http" not in values:
+        return []  # unreadable: already named among the problems
+    pinned = bool(values["instance_tls_fingerprint"])
+    plain = values["instance_plain_http"]
+    if pinned and plain:
+        return [
+            "VAST_INSTANCE_TLS_FINGERPRINT and VAST_INSTANCE_PLAIN_HTTP=true are both set: "
+            "choose one (the instance's .env says INSTANCE_PLAIN_HTTP=true, or it serves TLS)"
+        ]
+    configured = values.get("vast_api_key") and values.get("vast_instance_id") is not None
+    if configured and not pinned and not plain:
+        return [
+            "VAST_INSTANCE_TLS_FINGERPRINT is not set: give the panel the line install.sh "
+            "printed on the instance (VAST_INSTANCE_TLS_FINGERPRINT=<64 hex digits>), or set "
+            "VAST_INSTANCE_PLAIN_HTTP=true if the instance serves plain HTTP "
+            "(INSTANCE_PLAIN_HTTP=true in its .env)"
+        ]
+    return []
 
 
 def _clamp_warning_time(values: dict[str, Any]) -> tuple[str, ...]:

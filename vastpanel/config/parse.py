@@ -189,6 +189,33 @@ def keys(raw: str, name: str) -> tuple[str, ...]:
     return tuple(key.strip() for key in raw.split(",") if key.strip())
 
 
+# --- the instance's side (issue 23: TLS pin, addresses, /v1/ keys) ------------------------------
+
+
+def llm_keys(raw: str, name: str) -> tuple[str, ...]:
+    """Read comma-separated keys, each held to CONTROL_API_KEY's rule (named by position only)."""
+    found = keys(raw, name)
+    for number, key in enumerate(found, start=1):
+        try:
+            control_key(key, name)
+        except ConfigError as exc:
+            # control_key's message names the variable; say which key of the list it is.
+            message = exc.problems[0].replace(name, f"{name}: key number {number}", 1)
+            raise ConfigError(message) from None
+    return found
+
+
+def fingerprint(raw: str, name: str) -> str:
+    """Read a SHA-256 certificate fingerprint: 64 hex digits, with or without colons, any case."""
+    digits = raw.replace(":", "").lower()
+    if len(digits) != 64 or any(c not in "0123456789abcdef" for c in digits):
+        raise ConfigError(
+            f"{name} must be the certificate's SHA-256 as install.sh printed it: 64 hex digits "
+            f"(colons between pairs and upper case are accepted), got {raw[:100]!r}"
+        )
+    return digits
+
+
 def idle_sources(raw: str, name: str) -> tuple[str, ...]:
     names = [part.strip().lower() for part in raw.split(",") if part.strip()]
     if not names or any(n not in IDLE_SOURCES for n in names):

@@ -74,6 +74,28 @@ SETTINGS: tuple[Setting, ...] = (
         "container port of the LLM stack's health endpoint (the instance's nginx)", VAST,
     ),
     Setting("VAST_HEALTH_PATH", "health_path", parse.path, "/health", "its path", VAST),
+    # How the panel reaches the instance: TLS pinned to one certificate, or plain HTTP when
+    # asked for; never a loopback address unless a test or the demo says so (issue 23 §4, §7).
+    Setting(
+        "VAST_INSTANCE_TLS_FINGERPRINT", "instance_tls_fingerprint", parse.fingerprint, "",
+        "the SHA-256 of the instance's TLS certificate, the line `install.sh` printed (64 hex "
+        "digits; colons and upper case accepted): health, metrics, heartbeats and `/v1/` go "
+        "over `https://` and accept only this certificate. Required (or the next) once "
+        "`VAST_API_KEY` and `VAST_INSTANCE_ID` are set", VAST,
+    ),
+    Setting(
+        "VAST_INSTANCE_PLAIN_HTTP", "instance_plain_http", parse.boolean, False,
+        "`true`: talk to the instance over plain `http://` instead (its `.env` then says "
+        "`INSTANCE_PLAIN_HTTP=true`): keys, prompts and heartbeats cross the network readable. "
+        "Not together with `VAST_INSTANCE_TLS_FINGERPRINT`", VAST,
+    ),
+    Setting(
+        "VAST_ALLOW_LOOPBACK_INSTANCE_FOR_TESTS", "allow_loopback_instance", parse.boolean,
+        False,
+        "`true`: accept an instance address on 127.0.0.0/8 or ::1 (the simulator, tests, the "
+        "demo). Unset, such an address, and every link-local, private, shared, unspecified, "
+        "multicast or reserved one, leaves the endpoint unknown", VAST,
+    ),
     Setting(
         "VAST_WAIT_TIMEOUT_S", "wait_timeout_s", parse.number, 600.0,
         "how long a power-on waits for the health URL to answer 200", VAST,
@@ -169,9 +191,11 @@ SETTINGS: tuple[Setting, ...] = (
         "limit", CAPS,
     ),
     Setting(
-        "LLM_API_KEYS", "llm_api_keys", parse.keys, (),
-        "comma-separated keys the team's LLM clients send as `Authorization: Bearer`; unset: "
-        "`/v1/` answers 404. Must not contain `CONTROL_API_KEY`", LLM,
+        "LLM_API_KEYS", "llm_api_keys", parse.llm_keys, (),
+        "comma-separated keys the team's LLM clients send as `Authorization: Bearer`, each "
+        "16+ printable ASCII characters, no spaces; unset: `/v1/` answers 404. Must not "
+        "contain `CONTROL_API_KEY`. Wrong keys count toward the same lockout as the control "
+        "key's", LLM,
     ),
     Setting(
         "VAST_LLM_PORT", "llm_port", parse.port, None,

@@ -13,6 +13,7 @@ import requests
 
 from ..clock import Clock
 from ..config import Config
+from ..instance_http import InstanceHttp
 from ..storage.database import Store
 from ..vast.client import VastClient
 from .agent_link import AgentLink
@@ -58,7 +59,8 @@ class Panel:
     config: Config
     clock: Clock
     store: Store
-    http: requests.Session
+    http: requests.Session  # to vast.ai and the webhooks
+    instance_http: InstanceHttp  # to the instance: pinned, bounded
     client: VastClient | None
     leases: LeaseHolder
     audit: Audit

@@ -18,10 +18,9 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
-import requests
-
 from ..clock import Clock
 from ..config import Config
+from ..instance_http import InstanceHttp, InstanceUnreadable, Limits
 from ..storage import agent_answers as link_rows
 from ..storage.agent_answers import AgentLink as LinkRow
 from ..storage.database import Store
@@ -34,8 +33,9 @@ log = logging.getLogger("vastpanel.agent_link")
 HEARTBEAT_PATH = "/vastpanel/heartbeat"
 TIMESTAMP_HEADER = "X-Vastpanel-Timestamp"
 SIGNATURE_HEADER = "X-Vastpanel-Signature"
-# Short: a look must not wait long on an instance whose agent or nginx does not answer.
-HEARTBEAT_TIMEOUT_S = (2.0, 3.0)  # connect, read
+# Short and small: a look must not wait long on an instance whose agent or nginx does not
+# answer, nor read more than the agent's few fields.
+HEARTBEAT_LIMITS = Limits(total_s=3.0, max_bytes=16 * 1024, connect_s=2.0)
 # One failed heartbeat may be the container still starting; two in a row are audited.
 UNREACHABLE_AFTER = 2
 
@@ -62,12 +62,12 @@ class AgentLink:
     """The heartbeats to the instance's agent, and what its answers tell about a stop."""
 
     def __init__(
-        self, store: Store, clock: Clock, config: Config, http: requests.Session, audit: Audit
+        self, store: Store, clock: Clock, config: Config, instance_http: InstanceHttp, audit: Audit
     ):
         self.store = store
         self.clock = clock
         self.config = config
-        self.http = http
+        self.instance_http = instance_http
         self.audit = audit
 
     def send_heartbeat(
@@ -95,7 +95,7 @@ class AgentLink:
             SIGNATURE_HEADER: signature(secret, timestamp, body),
         }
         url = state.endpoint_base_url + HEARTBEAT_PATH
-        answer, error = _deliver(self.http, url, body, headers)
+        answer, error = _deliver(self.instance_http, url, body, headers)
         before = link_rows.read_agent_link(db)
         if before is None or before.session_id != session.id:
             before = LinkRow(session_id=session.id, attempted_at=now)
@@ -177,25 +177,21 @@ class AgentLink:
 
 
 def _deliver(
-    http: requests.Session, url: str, body: bytes, headers: dict[str, str]
+    http: InstanceHttp, url: str, body: bytes, headers: dict[str, str]
 ) -> tuple[dict[str, Any] | None, str | None]:
     """POST the heartbeat; return the agent's answer, or None and why it did not get through."""
     try:
-        response = http.post(
-            url, data=body, headers=headers, timeout=HEARTBEAT_TIMEOUT_S, allow_redirects=False
-        )
-    except requests.Timeout:
-        return None, "no answer in time"
-    except requests.RequestException as exc:
-        return None, f"cannot connect ({type(exc).__name__})"
+        response = http.request("POST", url, HEARTBEAT_LIMITS, headers=headers, body=body)
+    except InstanceUnreadable as exc:
+        return None, exc.reason
     try:
-        answer = response.json()
+        answer = json.loads(response.body)
     except ValueError:
         answer = None
-    if response.status_code == 200 and isinstance(answer, dict) and answer.get("ok") is True:
+    if response.status == 200 and isinstance(answer, dict) and answer.get("ok") is True:
         return answer, None
     detail = answer.get("error") if isinstance(answer, dict) else None
-    return None, f"HTTP {response.status_code}" + (f": {_text(detail)}" if detail else "")
+    return None, f"HTTP {response.status}" + (f": {_text(detail)}" if detail else "")
 
 
 def _text(value: Any) -> str | None:

@@ -21,6 +21,7 @@ from ..vast.client import RATE_LIMIT_INTERVAL_S, VastClient
 from ..vast.instance import (
     IDLE_STOPPABLE,
     InstanceState,
+    Reach,
     endpoint_base_url,
     kept_fields,
     read_instance_state,
@@ -60,6 +61,7 @@ class InstanceReader:
         self.agent = agent
         self.leases = leases
         self._fetch_lock = threading.Lock()
+        self.reach = Reach(config.instance_scheme, config.allow_loopback_instance)
 
     def require_configured(self) -> None:
         """Raise NotConfigured when VAST_API_KEY or VAST_INSTANCE_ID is missing."""
@@ -89,6 +91,7 @@ class InstanceReader:
             self.config.vast_instance_id,
             port or self.config.health_port,
             start_queued=queued,
+            reach=self.reach,
         )
         if self.config.simulated:
             note = "Simulated instance (demo, no real GPU)."
@@ -111,7 +114,7 @@ class InstanceReader:
         cached = self.cached()
         if state.status != "running" or cached is None or cached.payload is None:
             return None
-        return endpoint_base_url(cached.payload, port)
+        return endpoint_base_url(cached.payload, port, self.reach)
 
     def patched_answer(self, **fields: Any) -> dict[str, Any]:
         """Return the last vast.ai answer with the fields a power action just changed."""

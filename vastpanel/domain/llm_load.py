@@ -14,14 +14,13 @@ process (the reading lives in SQLite), and never while the instance is not runni
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 
-import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..clock import Clock
 from ..config import Config
+from ..instance_http import InstanceHttp, InstanceUnreadable, Limits
 from ..storage import llm_readings, sessions, values
 from ..storage.database import Store
 from ..storage.llm_readings import LlmReading
@@ -39,9 +38,11 @@ COUNTERS = (
     "vllm:prompt_tokens_total",
     "vllm:generation_tokens_total",
 )
-MAX_BYTES = 4 * 1024 * 1024  # vLLM's text is ~100 KB; more is not a vLLM /metrics
-TIMEOUT_S = (3.05, 5.0)  # connect, read
-TOTAL_S = 10.0  # a slow trickle is cut here: the watchdog's look must stay short
+# vLLM's text is ~100 KB; more is not a vLLM /metrics. A read is cut after TOTAL_S: the look
+# that is about to stop an idle instance reads them (twice at most) before the stop.
+MAX_BYTES = 4 * 1024 * 1024
+TOTAL_S = 3.0
+METRICS_LIMITS = Limits(total_s=TOTAL_S, max_bytes=MAX_BYTES, connect_s=2.0)
 METRICS_LEASE = "llm_metrics_read"
 # Which availability of the LLM's metrics was last audited, and for which session.
 UNAVAILABLE_AUDITED_KEY = "llm_metrics_unavailable_session"
@@ -102,28 +103,16 @@ def judge(previous: dict[str, float] | None, sample: VllmSample) -> Verdict:
     return Verdict(active=busy or grew, restarted=restarted)
 
 
-def fetch_metrics(http: requests.Session, url: str, token: str) -> str:
+def fetch_metrics(http: InstanceHttp, url: str, token: str) -> str:
     """GET the metrics text (Bearer token when given); raise MetricsUnreadable with the reason."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    give_up = time.monotonic() + TOTAL_S
     try:
-        with http.get(
-            url, headers=headers, timeout=TIMEOUT_S, stream=True, allow_redirects=False
-        ) as response:
-            if response.status_code != 200:
-                raise MetricsUnreadable(f"{url} answered HTTP {response.status_code}")
-            body = bytearray()
-            for chunk in response.iter_content(64 * 1024):
-                body.extend(chunk)
-                if len(body) > MAX_BYTES:
-                    raise MetricsUnreadable(f"{url} answered over {MAX_BYTES // 2**20} MB")
-                if time.monotonic() > give_up:
-                    raise MetricsUnreadable(f"{url} took over {TOTAL_S:g} s to answer")
-    except requests.Timeout:
-        raise MetricsUnreadable(f"{url} timed out") from None
-    except requests.RequestException as exc:
-        raise MetricsUnreadable(f"{url} could not be reached ({type(exc).__name__})") from None
-    return body.decode("utf-8", errors="replace")
+        answer = http.request("GET", url, METRICS_LIMITS, headers=headers)
+    except InstanceUnreadable as exc:
+        raise MetricsUnreadable(f"{url}: {exc.reason}") from None
+    if answer.status != 200:
+        raise MetricsUnreadable(f"{url} answered HTTP {answer.status}")
+    return answer.body.decode("utf-8", errors="replace")
 
 
 class LlmLoad:
@@ -134,7 +123,7 @@ class LlmLoad:
         store: Store,
         clock: Clock,
         config: Config,
-        http: requests.Session,
+        instance_http: InstanceHttp,
         audit: Audit,
         instance: InstanceReader,
         leases: LeaseHolder,
@@ -142,7 +131,7 @@ class LlmLoad:
         self.store = store
         self.clock = clock
         self.config = config
-        self.http = http
+        self.instance_http = instance_http
         self.audit = audit
         self.instance = instance
         self.leases = leases
@@ -195,7 +184,7 @@ class LlmLoad:
             if base is None:
                 raise MetricsUnreadable(f"container port {port} is not mapped on the instance")
             sample = parse_vllm_metrics(
-                fetch_metrics(self.http, base + path, self.config.llm_metrics_token)
+                fetch_metrics(self.instance_http, base + path, self.config.llm_metrics_token)
             )
         except MetricsUnreadable as exc:
             reason = redact_value(exc.reason)

@@ -12,13 +12,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-
 from ..clock import Clock
 from ..config import Config
 from ..errors import HealthTimeout, PowerBusy, UpstreamFailed, VastError, VastErrorKind
 from ..formatting import minutes_text, usd
-from ..instance_http import fetch_health
+from ..instance_http import InstanceHttp
 from ..storage import sessions, values
 from ..storage.database import Store
 from ..storage.sessions import Session
@@ -87,7 +85,7 @@ class Power:
         clock: Clock,
         config: Config,
         client: VastClient | None,
-        http: requests.Session,
+        instance_http: InstanceHttp,
         audit: Audit,
         instance: InstanceReader,
         costs: CostBook,
@@ -98,7 +96,7 @@ class Power:
         self.clock = clock
         self.config = config
         self.client = client
-        self.http = http
+        self.instance_http = instance_http
         self.audit = audit
         self.instance = instance
         self.costs = costs
@@ -131,7 +129,7 @@ class Power:
             return False
         values.set_value(db, HEALTH_PROBED_KEY, now)
         url = self.health_url(state, self.config.health_port, self.config.health_path)
-        if url is None or not fetch_health(self.http, url):
+        if url is None or not self.instance_http.healthy(url):
             return False
         if session is not None and values.get_value(db, HEALTHY_SESSION_KEY) != session.id:
             values.set_value(db, HEALTHY_SESSION_KEY, session.id)
@@ -238,7 +236,7 @@ class Power:
                         raise
                     state = None
                 health_url = self.health_url(state, port, path) if state else None
-                if health_url and fetch_health(self.http, health_url):
+                if health_url and self.instance_http.healthy(health_url):
                     endpoint = state.endpoint_base_url or health_url[: -len(path)]
                     session = sessions.current_session(self.store.db)
                     if session is not None:  # the page need not probe this session again

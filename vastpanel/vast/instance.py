@@ -102,12 +102,21 @@ class InstanceState:
         return self.status in STARTING
 
 
+@dataclass(frozen=True)
+class Reach:
+    """How the panel reaches the instance: the URL scheme, and whether loopback is allowed."""
+
+    scheme: str = "https"
+    allow_loopback: bool = False  # VAST_ALLOW_LOOPBACK_INSTANCE_FOR_TESTS: the simulator's
+
+
 def read_instance_state(
     instance: dict[str, Any] | None,
     instance_id: int | None,
     health_port: int,
     *,
     start_queued: bool = False,
+    reach: Reach = Reach(),
 ) -> InstanceState:
     """Map vast.ai's instance fields (or None for an unknown id) to an InstanceState."""
     if instance is None:
@@ -115,13 +124,13 @@ def read_instance_state(
     actual = _str(instance.get("actual_status"))
     intended = _str(instance.get("intended_status"))
     status = _status(actual, intended)
-    endpoint = endpoint_base_url(instance, health_port) if status == "running" else None
+    endpoint = endpoint_base_url(instance, health_port, reach) if status == "running" else None
     status_msg = _str(instance.get("status_msg"))
     message = MESSAGES.get(status)
     if status == "scheduling":
         message = QUEUED_MESSAGE if start_queued else SCHEDULING_MESSAGE
     elif status == "running" and endpoint is None:
-        message = _no_endpoint_message(instance, health_port)
+        message = _no_endpoint_message(instance, health_port, reach)
     elif status not in MESSAGES and status != "running":
         message = f"vast.ai reports '{status}'."
     if status_msg and status in ("exited", "unknown", "offline", "loading", "creating"):
@@ -147,13 +156,17 @@ def kept_fields(instance: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: v for k, v in instance.items() if k in KEPT_FIELDS}
 
 
-def endpoint_base_url(instance: dict[str, Any], container_port: int) -> str | None:
-    """Return http://ip:hostport for a container port, or None when it is not mapped.
+def endpoint_base_url(
+    instance: dict[str, Any], container_port: int, reach: Reach = Reach()
+) -> str | None:
+    """Return scheme://ip:hostport for a container port, or None when it is not mapped.
 
-    public_ipaddr must be a bare IPv4 or IPv6 address (once stripped): anything else could
-    steer the panel's health probe elsewhere, so the endpoint is then unknown.
+    public_ipaddr must be a bare IPv4 or IPv6 address (once stripped) that the public internet
+    routes: a host name, or a loopback, private or link-local address (the cloud's metadata
+    service at 169.254.169.254, say), could steer the panel's requests, with the upstream key,
+    to something else, so the endpoint is then unknown.
     """
-    host = _url_host(instance.get("public_ipaddr"))
+    host = _url_host(instance.get("public_ipaddr"), reach.allow_loopback)
     ports = instance.get("ports")
     if host is None or not isinstance(ports, dict):
         return None
@@ -163,30 +176,103 @@ def endpoint_base_url(instance: dict[str, Any], container_port: int) -> str | No
     host_port = str(mappings[0].get("HostPort", "")).strip()
     if not (host_port.isascii() and host_port.isdigit() and 1 <= int(host_port) <= 65535):
         return None
-    return f"http://{host}:{int(host_port)}"
+    return f"{reach.scheme}://{host}:{int(host_port)}"
 
 
-def _url_host(value: object) -> str | None:
-    """Return an IP address as a URL writes it ([...] for IPv6), or None if it is not one."""
+# Addresses the panel never connects to as "the instance": they reach this machine, its network
+# or nothing routable (from IANA's special-purpose address registries). Loopback is apart: a
+# setting allows it for the simulator. Documentation ranges (203.0.113.0/24, 2001:db8::/32)
+# route nowhere and stay allowed: the tests' fake instances live there.
+LOOPBACK_NETWORKS = tuple(ipaddress.ip_network(n) for n in ("127.0.0.0/8", "::1/128"))
+REFUSED_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",  # unspecified, "this network"
+        "10.0.0.0/8",  # private
+        "100.64.0.0/10",  # shared (carrier-grade NAT)
+        "169.254.0.0/16",  # link-local, the cloud's metadata service
+        "172.16.0.0/12",  # private
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.168.0.0/16",  # private
+        "198.18.0.0/15",  # benchmarking
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, and the broadcast address
+        "::/128",  # unspecified
+        "100::/64",  # discard-only
+        "fc00::/7",  # unique local (private)
+        "fe80::/10",  # link-local
+        "fec0::/10",  # site-local (deprecated, private)
+        "ff00::/8",  # multicast
+    )
+)
+LOOPBACK = "a loopback address"
+# IPv6 forms that carry an IPv4 address on to IPv4: checked as that address.
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def refused_address(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, loopback_ok: bool
+) -> str | None:
+    """Name the kind of address the panel refuses as the instance's, or None when it is fine."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return refused_address(address.ipv4_mapped, loopback_ok)
+        if address in NAT64:
+            return refused_address(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF), loopback_ok)
+    if any(address in network for network in LOOPBACK_NETWORKS):
+        return None if loopback_ok else LOOPBACK
+    for network in REFUSED_NETWORKS:
+        if address in network:
+            return f"in {network}"
+    return None
+
+
+def _url_host(value: object, loopback_ok: bool = False) -> str | None:
+    """Return an IP address as a URL writes it ([...] for IPv6), or None if it is not one
+    the panel connects to."""
+    address = _address(value)
+    if address is None or refused_address(address, loopback_ok) is not None:
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        return f"[{address.compressed}]"
+    return address.compressed
+
+
+def _address(value: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """Return a bare IP address (stripped, no IPv6 zone), or None."""
     if not isinstance(value, str):
         return None
     try:
         address = ipaddress.ip_address(value.strip())
     except ValueError:
         return None
-    if isinstance(address, ipaddress.IPv6Address):
-        return None if address.scope_id else f"[{address.compressed}]"
-    return address.compressed
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        return None
+    return address
 
 
-def _no_endpoint_message(instance: dict[str, Any], health_port: int) -> str:
-    """Say why a running instance has no endpoint: a bad address, or no port mapping."""
+def _no_endpoint_message(instance: dict[str, Any], health_port: int, reach: Reach) -> str:
+    """Say why a running instance has no endpoint: a bad or refused address, or no mapping."""
     raw = instance.get("public_ipaddr")
-    if _url_host(raw) is None:
-        shown = repr(raw)[:60] if raw is not None else "nothing"
+    shown = repr(raw)[:60] if raw is not None else "nothing"
+    address = _address(raw)
+    if address is None:
         return (
             f"Running, but the endpoint is unknown: vast.ai's public_ipaddr is {shown}, "
             "not a bare IP address."
+        )
+    refused = refused_address(address, reach.allow_loopback)
+    if refused is not None:
+        hint = (
+            " VAST_ALLOW_LOOPBACK_INSTANCE_FOR_TESTS=true allows loopback, for the simulator."
+            if refused == LOOPBACK
+            else ""
+        )
+        return (
+            f"Running, but the endpoint is unknown: vast.ai's public_ipaddr {shown} is "
+            f"{refused}, which the panel never connects to (loopback, private, link-local, "
+            "shared, unspecified, multicast and reserved addresses reach this machine or its "
+            f"network, not a rented GPU).{hint}"
         )
     return f"Running, but vast.ai lists no mapping for container port {health_port}/tcp."
 
