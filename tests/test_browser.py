@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from support import ROOT, store
-from support.liveserver import PanelProcess
+from support.liveserver import SIMULATED_INSTANCE, PanelProcess
 from vastpanel.simulator import Hardware, Simulator
 
 CHROMIUM = "/usr/bin/chromium"
@@ -107,6 +107,7 @@ def start_server(sim: Simulator, tmp_path: Path, **overrides: str) -> PanelProce
         "VAST_WAIT_TIMEOUT_S": "60",
         "VAST_AUTO_SHUTDOWN_MINUTES": "30",
         "VASTPANEL_SIMULATED": "true",
+        **SIMULATED_INSTANCE,
         **overrides,
     }
     return PanelProcess(env, log_path=tmp_path / "server.log")

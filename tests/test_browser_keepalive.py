@@ -22,7 +22,7 @@ from test_browser import (  # noqa: F401 (fixtures)
 )
 
 from support import store
-from support.liveserver import PanelProcess
+from support.liveserver import SIMULATED_INSTANCE, PanelProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -65,6 +65,7 @@ def test_banner_then_keep_running_30_min(browser, tmp_path):  # noqa: F811
                 "VAST_WARN_MINUTES": str(WARN_MINUTES),
                 "VAST_WATCHDOG_INTERVAL_S": "5",
                 "VASTPANEL_SIMULATED": "true",
+                **SIMULATED_INSTANCE,
             },
             log_path=tmp_path / "server.log",
         )

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import base_config, config_from
 from support import ROOT, store
+from support.liveserver import SIMULATED_INSTANCE
 from vastpanel import create_app
 from vastpanel.simulator import Simulator
 
@@ -66,6 +67,7 @@ def test_the_real_command_acts_on_the_simulator_without_a_watchdog(tmp_path):
             "VAST_API_KEY": sim.api_key,
             "VAST_INSTANCE_ID": "77",
             "VAST_DB_PATH": str(db_path),
+            **SIMULATED_INSTANCE,
         }
         started = flask_vast(["on", "--no-wait"], tmp_path, **env)
         assert started.returncode == 0, started

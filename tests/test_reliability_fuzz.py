@@ -20,7 +20,7 @@ from schemathesis.checks import (
 )
 
 from conftest import CONTROL_KEY, config_from
-from support.liveserver import instant_simulator
+from support.liveserver import SIMULATED_INSTANCE, instant_simulator
 from vastpanel import create_app
 
 SIM_KEY = "sim-fuzz-key-0123456789abcdef"
@@ -62,6 +62,7 @@ def fuzzed_app(sim, tmp_path_factory):
             # power/on with wait_for_health and a fuzzed health port or path never gets a 200:
             # it must answer 504 soon, not hang.
             "VAST_WAIT_TIMEOUT_S": "1",
+            **SIMULATED_INSTANCE,
         }
     )
     app = create_app(config)

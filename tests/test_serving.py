@@ -24,7 +24,7 @@ import requests
 from gunicorn.config import Config as GunicornConfig
 
 from support import ROOT, store
-from support.liveserver import end_process, free_port
+from support.liveserver import SIMULATED_INSTANCE, end_process, free_port
 from vastpanel.simulator import Simulator
 
 VAST_KEY = "simkey-serving-0123456789abcdef"
@@ -53,7 +53,7 @@ def panel_env(sim: Simulator, db_path: Path, **extra: str) -> dict[str, str]:
         CONTROL_API_KEY=CONTROL_KEY,
         VAST_DB_PATH=str(db_path),
         PYTHONUNBUFFERED="1",
-        **extra,
+        **{**SIMULATED_INSTANCE, **extra},
     )
     return env
 

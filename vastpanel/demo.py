@@ -36,6 +36,9 @@ def demo_environment(
         "VAST_WAIT_TIMEOUT_S": "120",
         "VAST_DB_PATH": os.environ.get("VAST_DB_PATH") or "data/demo.db",
         "VASTPANEL_SIMULATED": "true",
+        # The simulated instance is on 127.0.0.1 and serves plain HTTP: allowed for it alone.
+        "VAST_INSTANCE_PLAIN_HTTP": "true",
+        "VAST_ALLOW_LOOPBACK_INSTANCE_FOR_TESTS": "true",
         # A small daily budget, so the page's budget bar moves while you watch.
         "VAST_BUDGET_USD": str(budget_usd),
         "VAST_BUDGET_PERIOD": "day",
