@@ -71,9 +71,10 @@ class FakeLlm:
                     Seen(f"http://{self.headers['Host']}{self.path}", self.headers, body)
                 )
                 headers = {
-                    "Connection": "keep-alive, X-Hop",
-                    "X-Hop": "1",
+                    "Connection": "keep-alive, X-Request-Id",
+                    "X-Request-Id": "hop-by-hop here",
                     "X-Model-Server": "fake",
+                    "OpenAI-Processing-Ms": "12",
                 }
                 self.answer(
                     200, headers, json.dumps({"choices": [{"message": {"content": "hello"}}]})
@@ -211,8 +212,9 @@ def test_forwards_request_and_strips_hop_by_hop_headers(app, vast, llm, panel):
     assert sent.headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"  # never the client's key
     assert sent.headers["X-Team"] == "research"
     assert "X-Secret-Hop" not in sent.headers and "Cookie" not in sent.headers
-    assert response.headers["X-Model-Server"] == "fake"
-    assert "X-Hop" not in response.headers  # named in the LLM's Connection header
+    assert response.headers["OpenAI-Processing-Ms"] == "12"  # a header OpenAI clients read
+    assert "X-Model-Server" not in response.headers  # not one of those
+    assert "X-Request-Id" not in response.headers  # named in the LLM's Connection header
     # Activity at the start and end; nothing left in flight.
     assert panel.status.report().last_activity == panel.clock.now()
     assert panel.wake.proxy_stats().in_flight == 0
@@ -275,8 +277,10 @@ def test_a_ready_llm_is_taken_as_ready_for_a_second_without_reading_again(app, v
     statements = []
     with panel.store.db.tracer(lambda sql, params: statements.append(sql)):
         assert client.post("/v1/chat/completions", json=BODY, headers=BEARER).status_code == 200
-    # Only the request's in-flight lease, taken and given back: no read of the shared answer.
-    assert [sql.split()[0] for sql in statements] == ["INSERT", "DELETE"], statements
+    # The client's lockout looked up, the request's in-flight lease taken and given back: no
+    # read of the shared answer.
+    assert [sql.split()[0] for sql in statements] == ["SELECT", "INSERT", "DELETE"], statements
+    assert "auth_failures" in statements[0]
     assert len(llm) == 2
 
 

@@ -1,13 +1,15 @@
-"""The brute-force limit on CONTROL_API_KEY: a client that sends too many wrong keys is locked out.
+"""The brute-force limit on the keys: a client that sends too many wrong keys is locked out.
 
-Sign-in and the JSON API's X-API-Key share it, and every worker process too (the counts live in
-SQLite). A client is its address as the app sees it (request.remote_addr; behind a reverse
+Sign-in and the JSON API's X-API-Key (CONTROL_API_KEY) and /v1/'s bearer keys (LLM_API_KEYS)
+share it, and every worker process too (the counts live in SQLite). A client is its address as the app sees it (request.remote_addr; behind a reverse
 proxy, the proxy's, since FORWARDED_ALLOW_IPS covers X-Forwarded-Proto, not X-Forwarded-For):
 an IPv4 address, or the /64 network of an IPv6 one, since one host usually holds a whole /64. After FREE_WRONG_KEYS wrong keys within
 WRONG_KEY_WINDOW_S the client is locked out: its requests are answered 429 with Retry-After,
 without the key being checked, for LOCKOUT_BASE_S, doubling with each lockout up to
 LOCKOUT_MAX_S. A missing (empty) key is refused but not counted: it is no guess. A right key
-from a client that is not locked out is never slowed, and forgets its wrong keys. Nothing
+from a client that is not locked out is never slowed; the right control key also forgets the
+client's wrong keys, an LLM key does not (else a chat key's holder could guess the control key
+forever, four guesses and one right chat key at a time). Nothing
 sleeps: a wrong key is answered at once.
 """
 
@@ -81,7 +83,7 @@ def after_wrong_key(row: AuthFailures | None, client: str, now: float) -> AuthFa
 
 
 class KeyGuard:
-    """Checks CONTROL_API_KEY with the brute-force limit."""
+    """Checks CONTROL_API_KEY and LLM_API_KEYS with the brute-force limit."""
 
     def __init__(self, store: Store, clock: Clock, config: Config, audit: Audit):
         self.store = store
@@ -90,20 +92,35 @@ class KeyGuard:
         self.audit = audit
 
     def check(self, given: str, remote_addr: str | None, where: str) -> KeyCheck:
-        """Check a key from a client unless it is locked out; count it when it is wrong.
+        """Check CONTROL_API_KEY from a client unless it is locked out; count it when wrong.
 
         where ("signin" or "api") only labels the audit entry of a lockout. The caller has made
         sure a CONTROL_API_KEY is configured.
         """
+        return self._check(given, (self.config.control_api_key,), remote_addr, where, True)
+
+    def check_llm_key(self, given: str, remote_addr: str | None) -> KeyCheck:
+        """Check one of LLM_API_KEYS (/v1/) the same way; a right one forgets nothing."""
+        return self._check(given, self.config.llm_api_keys, remote_addr, "v1", False)
+
+    def _check(
+        self,
+        given: str,
+        expected: tuple[str, ...],
+        remote_addr: str | None,
+        where: str,
+        forgive: bool,
+    ) -> KeyCheck:
         client = client_of(remote_addr)
         now = self.clock.now()
         db = self.store.db
         row = auth_failures.read_auth_failures(db, client)
         if row is not None and row.locked_until is not None and row.locked_until > now:
             return KeyCheck(False, row.locked_until - now)
-        expected = self.config.control_api_key
-        if hmac.compare_digest(given.encode(), expected.encode()):
-            if row is not None:
+        # Compared with every key, in constant time: timing tells nothing about which is close.
+        matches = [hmac.compare_digest(given.encode(), key.encode()) for key in expected]
+        if any(matches):
+            if row is not None and forgive:
                 auth_failures.forget_auth_failures(db, client)
             return KeyCheck(True)
         if not given:

@@ -126,11 +126,17 @@ class Wake:
             last_start=values.get_value(self.store.db, PROXY_STARTED_KEY),
         )
 
-    def wake_llm(self, gone: Callable[[], bool] = lambda: False) -> str:
+    def wake_llm(
+        self,
+        gone: Callable[[], bool] = lambda: False,
+        on_wait: Callable[[], None] = lambda: None,
+    ) -> str:
         """Return the LLM's base URL once it answers, starting a stopped instance first.
 
         Waits at most VAST_PROXY_WAIT_S. Raises LlmUnavailable (with a Retry-After) when the
         LLM cannot be had now, ClientGone when gone() tells that the client left meanwhile.
+        on_wait runs once when the request starts waiting, after VAST_PROXY_MAX_WAITING has
+        let it in (the proxy reads a small body then; a refused request reads nothing).
         """
         self.instance.require_configured()
         ready = self._ready_known
@@ -162,6 +168,7 @@ class Wake:
         self.leases.hold(waiting, ttl)
         self.leases.hold(wait_lease, ttl)
         try:
+            on_wait()
             while True:
                 if state.status in ("stopped", "exited"):
                     self._start_for_proxy()

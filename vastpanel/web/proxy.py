@@ -1,19 +1,20 @@
 """The /v1/ pass-through: the team's OpenAI-compatible endpoint, in front of the instance's LLM.
 
 Clients send `Authorization: Bearer <one of LLM_API_KEYS>` (never CONTROL_API_KEY: a key that
-can chat cannot power off). Each request is forwarded as it came (method, path, query, body,
-end-to-end headers) to the instance's LLM, after the Panel has woken the instance if it was
-stopped; the answer flows back as it arrives (server-sent events are never buffered whole).
-Errors come in OpenAI's shape, {"error": {"message", "type", "code"}}, so OpenAI clients show
-them.
+can chat cannot power off); wrong keys count toward the same lockout as the control key's. Each
+request is forwarded (method, its canonical path as sent, query, body as it streams in,
+end-to-end headers: proxy_request.py) to the instance's LLM, after the Panel has woken the
+instance if it was stopped; the answer flows back as it arrives (server-sent events are never
+buffered whole), with only the headers an OpenAI client needs. Errors come in OpenAI's shape,
+{"error": {"message", "type", "code"}}, so OpenAI clients show them.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import select
 import socket
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -24,8 +25,17 @@ from werkzeug.exceptions import HTTPException
 
 from ..domain.wake import ProxyTicket
 from ..errors import ClientGone, LlmUnavailable, PanelError
-from . import get_panel
+from ..instance_http import InstanceUnreadable, read_capped
+from . import EXTENSION, get_panel
 from .auth import csrf
+from .proxy_request import (
+    BodyBroken,
+    BodyTooLarge,
+    RequestBody,
+    canonical_path,
+    forwarded_headers,
+    listed,
+)
 
 bp = Blueprint("proxy", __name__, url_prefix="/v1")
 log = logging.getLogger("vastpanel")
@@ -34,6 +44,8 @@ log = logging.getLogger("vastpanel")
 LLM_MAX_BODY_BYTES = 32 * 1024 * 1024
 CHUNK_BYTES = 16 * 1024  # what one read from the LLM may give; smaller pieces pass at once
 SMALL_ANSWER_BYTES = 256 * 1024  # answers of known length up to this are read at once
+# ...within this time from their headers: the instance may not hold a request by trickling.
+SMALL_ANSWER_S = 60.0
 CONNECT_TIMEOUT_S = 10.0
 # Between two pieces of an answer: a long prompt can take minutes before its first token.
 READ_TIMEOUT_S = 900.0
@@ -41,27 +53,12 @@ TIMEOUT = urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
 # What the LLM may fail with: no connection, a timeout, a broken answer.
 UPSTREAM_ERRORS = (Urllib3Error, OSError)
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-# Meaningful for one connection only (RFC 9110 7.6.1), or set again by whoever sends the body.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-    }
+# The LLM's answer headers passed on: what an OpenAI client reads. Nothing else of the
+# instance's speaks for the panel's origin (no Set-Cookie, CORS, Location, Refresh, ...).
+RETURNED = frozenset(
+    {"content-type", "content-encoding", "cache-control", "retry-after", "x-request-id"}
 )
-# Never passed upstream: the client's key is ours (the LLM gets VAST_LLM_UPSTREAM_KEY), and the
-# panel's session cookie or control key must never reach the instance.
-NOT_FORWARDED = frozenset({"authorization", "cookie", "x-api-key"})
-# Set by gunicorn and the LLM's server for their own connection; ours are set by gunicorn.
-NOT_RETURNED = frozenset({"date", "server"})
+RETURNED_PREFIXES = ("openai-", "x-ratelimit-", "ratelimit")
 OFF_MESSAGE = (
     "The LLM endpoint is off: set LLM_API_KEYS (comma-separated keys for the team's clients) in "
     "the panel's environment and restart it."
@@ -73,18 +70,35 @@ def init_app(app: Flask) -> None:
     # urllib3 itself, not requests: a pass-through has no cookies, auth, redirects, $HTTP_PROXY
     # or per-call settings to merge, and requests' preparing and wrapping of each call would
     # be a large share of a small proxied request. Enough pooled connections for many streams
-    # at once; more are opened and dropped after. Never a retry: a POST is not repeated.
-    pool = urllib3.PoolManager(num_pools=4, maxsize=128, retries=False)
+    # at once; more are opened and dropped after. Never a retry: a POST is not repeated. TLS
+    # pinned to the instance's certificate, as every connection to it.
+    pinning = app.extensions[EXTENSION].instance_http.pool_settings()
+    pool = urllib3.PoolManager(num_pools=4, maxsize=128, retries=False, **pinning)
     app.extensions["vastpanel_proxy_http"] = pool
     csrf.exempt(bp)  # a client with a bearer key, not a browser form
-    app.before_request(allow_large_bodies)  # an app hook: it must run before the limit's check
+    # An app hook: it runs before the body limit's check, and before routing's redirects.
+    app.before_request(guard)
     app.register_blueprint(bp)
 
 
-def allow_large_bodies() -> None:
-    """Let /v1/ requests carry up to 32 MiB (prompts with documents); the rest keep the app's."""
-    if request.blueprint == bp.name:
-        request.max_content_length = LLM_MAX_BODY_BYTES
+def guard():
+    """For /v1: raise the body limit to 32 MiB, then check the key, then the path."""
+    path = request.environ.get("PATH_INFO", "")
+    if path != "/v1" and not path.startswith("/v1/"):
+        return None
+    request.max_content_length = LLM_MAX_BODY_BYTES  # prompts may carry documents
+    refused = require_llm_key()
+    if refused is not None:
+        return refused
+    if canonical_path(request.environ) is None:
+        return openai_error(
+            400,
+            "The path must be a plain path under /v1/: no '.' or '..' segments, no '//', no "
+            "encoded '/', '.', '?', '#' or '%'.",
+            "invalid_request_error",
+            "invalid_path",
+        )
+    return None
 
 
 def openai_error(status: int, message: str, kind: str, code: str | None, **headers: str):
@@ -95,17 +109,24 @@ def openai_error(status: int, message: str, kind: str, code: str | None, **heade
     return response
 
 
-@bp.before_request
 def require_llm_key():
     """Refuse requests without one of LLM_API_KEYS; answer 404 while no key is configured."""
-    keys = get_panel().config.llm_api_keys
-    if not keys:
+    panel = get_panel()
+    if not panel.config.llm_api_keys:
         return openai_error(404, OFF_MESSAGE, "invalid_request_error", "proxy_disabled")
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    given_bytes = given.strip().encode()
-    # Compared with every key, in constant time, so timing tells nothing about which is close.
-    matches = [hmac.compare_digest(given_bytes, key.encode()) for key in keys]
-    if scheme.lower() != "bearer" or not any(matches):
+    given = given.strip() if scheme.lower() == "bearer" else ""
+    check = panel.keys.check_llm_key(given, request.remote_addr)
+    if check.retry_after_s is not None:
+        return openai_error(
+            429,
+            "Too many wrong keys from this address: locked out for "
+            f"{check.retry_after_header} s more; nothing was checked.",
+            "invalid_request_error",
+            "locked_out",
+            **{"Retry-After": check.retry_after_header},
+        )
+    if not check.accepted:
         return openai_error(
             401,
             "Missing or wrong API key: send 'Authorization: Bearer <key>' with one of the "
@@ -133,16 +154,18 @@ def unexpected_error(exc: Exception):
     return openai_error(500, "Internal error; see the panel's log.", "server_error", None)
 
 
-@bp.route("/", defaults={"path": ""}, methods=METHODS)
 @bp.route("/<path:path>", methods=METHODS)
 def forward(path: str):
     """Wake the instance if needed, then forward the request and stream the answer back."""
     panel = get_panel()
-    body = request.get_data(cache=False)
+    target = canonical_path(request.environ)  # the guard has let only canonical paths in
+    body = RequestBody(request.environ, LLM_MAX_BODY_BYTES)
     ticket = panel.wake.proxy_request()
     try:
-        base = panel.wake.wake_llm(gone=client_gone(request.environ))
-        upstream = _send(base + request.path, body)
+        # The waiting cap applies before any of the body is read; a small body is read once
+        # the request waits, so that a client that leaves meanwhile is noticed.
+        base = panel.wake.wake_llm(gone=client_gone(request.environ), on_wait=body.preread_small)
+        upstream = _send(base + target, body)
     except ClientGone:
         ticket.close()
         log.info("proxy: the client left while waiting for the instance (%s)", request.path)
@@ -155,16 +178,25 @@ def forward(path: str):
     except PanelError as exc:
         ticket.close()
         return openai_error(502, exc.message, "server_error", "upstream_error")
+    except BodyTooLarge:
+        ticket.close()  # the upstream request was left unfinished: nothing reached the LLM
+        return openai_error(
+            413,
+            f"The request body is too large: at most {LLM_MAX_BODY_BYTES} bytes.",
+            "invalid_request_error",
+            "request_entity_too_large",
+        )
+    except BodyBroken as exc:
+        ticket.close()
+        log.info("proxy: %s (%s)", exc, request.path)
+        return openai_error(400, str(exc), "invalid_request_error", "body_incomplete")
     except UPSTREAM_ERRORS as exc:
         ticket.close()
         log.warning("proxy: the LLM did not answer %s: %s", request.path, type(exc).__name__)
         return openai_error(
             502, "The instance's LLM did not answer.", "server_error", "upstream_unreachable"
         )
-    dropped = HOP_BY_HOP | NOT_RETURNED | _listed(upstream.headers)
-    headers = [
-        (name, value) for name, value in upstream.headers.items() if name.lower() not in dropped
-    ]
+    headers = returned_headers(upstream.headers)
     if "content-length" in upstream.headers and request.method != "HEAD":
         headers.append(("Content-Length", upstream.headers["content-length"]))
     if upstream.headers.get("content-type", "").startswith("text/event-stream"):
@@ -173,18 +205,29 @@ def forward(path: str):
         # A small answer of known length (a non-streamed completion) is read here, so the
         # request ends within its own app context: no generator, no second SQLite connection.
         try:
-            body = _read_small(upstream, ticket)
-        except UPSTREAM_ERRORS as exc:
-            log.warning("proxy: the LLM's answer to %s broke off: %s", request.path, exc)
+            answer = _read_small(upstream, ticket)
+        except InstanceUnreadable as exc:
+            log.warning("proxy: the LLM's answer to %s: %s", request.path, exc.reason)
             return openai_error(
                 502, "The instance's LLM broke off its answer.", "server_error", "upstream_broke"
             )
     else:
-        body = _relay(upstream, ticket, request.path)
-    response = Response(body, status=upstream.status)
+        answer = _relay(upstream, ticket, request.path)
+    response = Response(answer, status=upstream.status)
     response.headers.clear()
     response.headers.extend(headers)
     return response
+
+
+def returned_headers(upstream: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Keep the LLM's answer headers an OpenAI client needs (not Content-Length: set apart)."""
+    hop = listed(upstream)
+    return [
+        (name, value)
+        for name, value in upstream.items()
+        if name.lower() not in hop
+        and (name.lower() in RETURNED or name.lower().startswith(RETURNED_PREFIXES))
+    ]
 
 
 def _small(upstream: urllib3.BaseHTTPResponse) -> bool:
@@ -194,9 +237,9 @@ def _small(upstream: urllib3.BaseHTTPResponse) -> bool:
 
 
 def _read_small(upstream: urllib3.BaseHTTPResponse, ticket: ProxyTicket) -> bytes:
-    """Read a small answer whole and end the request's accounting."""
+    """Read a small answer whole, within SMALL_ANSWER_S, and end the request's accounting."""
     try:
-        body = upstream.read(decode_content=False)
+        body = read_capped(upstream, SMALL_ANSWER_BYTES, time.monotonic() + SMALL_ANSWER_S)
         upstream.release_conn()  # read to the end: the connection goes back to the pool
         return body
     finally:
@@ -213,21 +256,19 @@ def _close(upstream: urllib3.BaseHTTPResponse) -> None:
     upstream.release_conn()
 
 
-def _send(url: str, body: bytes) -> urllib3.BaseHTTPResponse:
-    """Send the request on to the LLM; the answer is read later, piece by piece."""
-    dropped = HOP_BY_HOP | NOT_FORWARDED | _listed(request.headers)
-    headers = {
-        name: value for name, value in request.headers.items() if name.lower() not in dropped
-    }
-    upstream_key = get_panel().config.llm_upstream_key
-    if upstream_key:
-        headers["Authorization"] = f"Bearer {upstream_key}"
+def _send(url: str, body: RequestBody) -> urllib3.BaseHTTPResponse:
+    """Send the request on to the LLM, the body as it streams in; the answer is read later."""
+    headers = forwarded_headers(request.headers, get_panel().config.llm_upstream_key)
+    if body.length:
+        headers["Content-Length"] = str(body.length)
     query = request.query_string.decode("latin-1")
     pool: urllib3.PoolManager = current_app.extensions["vastpanel_proxy_http"]
     return pool.urlopen(
         request.method,
         url + ("?" + query if query else ""),
-        body=body or None,  # no body: no Content-Length on a GET, 0 on a POST
+        # No body: no Content-Length on a GET, 0 on a POST. A chunked one goes on chunked.
+        body=None if body.empty else body.pieces(),
+        chunked=body.chunked,
         headers=headers,
         preload_content=False,  # read later, piece by piece
         decode_content=False,  # bytes as sent, with their Content-Encoding
@@ -235,11 +276,6 @@ def _send(url: str, body: bytes) -> urllib3.BaseHTTPResponse:
         retries=False,
         timeout=TIMEOUT,
     )
-
-
-def _listed(headers: Mapping[str, str]) -> set[str]:
-    """Name the headers a Connection header marks as hop-by-hop (the client's or the LLM's)."""
-    return {h.strip().lower() for h in headers.get("Connection", "").split(",")}
 
 
 def _relay(upstream: urllib3.BaseHTTPResponse, ticket: ProxyTicket, path: str) -> Iterator[bytes]:
@@ -277,7 +313,8 @@ def client_gone(environ: dict[str, Any]) -> Callable[[], bool]:
     def gone() -> bool:
         try:
             readable, _, _ = select.select([sock], [], [], 0)
-            # The body is read already: a readable socket that gives nothing is closed.
+            # A readable socket that gives nothing is closed; one with unread body bytes
+            # pending reads as a live client (so large bodies are not noticed leaving).
             return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
         except (OSError, ValueError):
             return True
