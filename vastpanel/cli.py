@@ -76,6 +76,10 @@ def emit(data: Any, as_json: bool, lines: list[str]) -> None:
         click.echo("\n".join(lines))
 
 
+# How the status line names the link to the instance (Config.instance_transport).
+TRANSPORTS = {"tls_pinned": "TLS, pinned certificate", "plain_http": "plain HTTP"}
+
+
 @vast.command("status")
 @json_option
 def status_command(as_json: bool) -> None:
@@ -90,7 +94,8 @@ def status_command(as_json: bool) -> None:
     lines = [
         f"Instance {data['instance_id'] or '-'}: {data['status']}"
         + (f" ({data['gpu_name']}, {usd(data['dph_total'])}/h)" if data["gpu_name"] else ""),
-        f"Endpoint: {data['endpoint_base_url'] or '-'}",
+        f"Endpoint: {data['endpoint_base_url'] or '-'}"
+        + (f" ({TRANSPORTS[data['instance_transport']]})" if data["instance_transport"] else ""),
         f"Last activity: {data['last_activity'] or 'never'}"
         + (f" ({data['last_activity_source']})" if data["last_activity_source"] else ""),
         f"LLM metrics: {data['llm_metrics'] or '-'}"

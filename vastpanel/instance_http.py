@@ -36,8 +36,6 @@ CONNECT_S = 3.0
 PIECE_BYTES = 64 * 1024  # one read of a body at most
 # Sent with every read: an encoded answer could inflate past the cap once decoded.
 IDENTITY = {"Accept-Encoding": "identity"}
-PINNED = "tls_pinned"
-PLAIN = "plain_http"
 
 
 @dataclass(frozen=True)
@@ -78,13 +76,19 @@ def read_capped(response: urllib3.BaseHTTPResponse, max_bytes: int, deadline: fl
     length = response.headers.get("Content-Length", "")
     if length.isdigit() and int(length) > max_bytes:
         raise InstanceUnreadable(f"the answer is over {_size(max_bytes)} ({length} bytes)")
+    # None for an answer that is not on a socket (tests' fakes).
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    timeout = sock.gettimeout() if sock is not None else None
     body = bytearray()
     try:
         while True:
-            _wait_at_most(response, deadline)
-            piece = response.read1(
-                min(PIECE_BYTES, max_bytes + 1 - len(body)), decode_content=False
-            )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise InstanceUnreadable("the answer did not arrive in time")
+            if sock is not None:
+                sock.settimeout(left)  # the next read waits only for what is left
+            want = min(PIECE_BYTES, max_bytes + 1 - len(body))
+            piece = response.read1(want, decode_content=False)
             if not piece:
                 return bytes(body)
             body += piece
@@ -94,16 +98,9 @@ def read_capped(response: urllib3.BaseHTTPResponse, max_bytes: int, deadline: fl
         if time.monotonic() >= deadline or "timed out" in str(exc):
             raise InstanceUnreadable("the answer did not arrive in time") from None
         raise InstanceUnreadable(f"the answer broke off ({type(exc).__name__})") from None
-
-
-def _wait_at_most(response: urllib3.BaseHTTPResponse, deadline: float) -> None:
-    """Let the next read of the socket wait only for what is left of the deadline."""
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise InstanceUnreadable("the answer did not arrive in time")
-    sock = getattr(getattr(response, "connection", None), "sock", None)
-    if sock is not None:  # None for an answer that is not on a socket (tests' fakes)
-        sock.settimeout(left)
+    finally:
+        if sock is not None and sock.fileno() != -1:
+            sock.settimeout(timeout)  # a kept-alive connection sends its next request as before
 
 
 def _size(n: int) -> str:
@@ -155,7 +152,7 @@ class InstanceHttp:
 
     def __init__(self, config: Config):
         self.fingerprint = config.instance_tls_fingerprint
-        self.transport = PLAIN if config.instance_plain_http else PINNED
+        self.transport = config.instance_transport  # tls_pinned, plain_http or None
         session = requests.Session()
         # Straight to the instance: no $HTTPS_PROXY, .netrc or CA bundle from the environment.
         session.trust_env = False

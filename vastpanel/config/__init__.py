@@ -127,6 +127,13 @@ class Config:
         return "gateway" in self.idle_sources
 
     @property
+    def instance_transport(self) -> str | None:
+        """Say how the instance is reached: tls_pinned, plain_http, or None (not configured)."""
+        if self.instance_tls_fingerprint:
+            return "tls_pinned"
+        return "plain_http" if self.instance_plain_http else None
+
+    @property
     def instance_scheme(self) -> str:
         """Return the scheme of the instance's addresses: https unless plain HTTP is asked for."""
         return "http" if self.instance_plain_http else "https"

@@ -44,6 +44,7 @@ class StatusReport:
     session_cap_deadline: float | None
     warn_minutes: float = 0.0
     agent: AgentReport = AgentReport(None)
+    instance_transport: str | None = None  # tls_pinned, plain_http; None: not configured
 
     @property
     def auto_shutdown_in_minutes(self) -> float | None:
@@ -163,6 +164,7 @@ class StatusReader:
             session_cap_deadline=self.budget.session_cap_deadline(),
             warn_minutes=self.config.warn_minutes,
             agent=self.agent.report(session),
+            instance_transport=self.config.instance_transport,
         )
 
     def current_session(self) -> Session | None:

@@ -36,6 +36,7 @@ def status_json(report: StatusReport) -> dict[str, Any]:
         "total_runtime_hours": report.totals.runtime_seconds / 3600,
         "total_cost_usd": report.totals.cost_usd,
         "agent": report.agent.status,
+        "instance_transport": report.instance_transport,
         **all_in_json(report.all_in),
         "budget": budget_json(report.budget),
         "max_session_stop_at": iso_utc(report.session_cap_deadline),

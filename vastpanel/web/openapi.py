@@ -148,7 +148,10 @@ SCHEMAS: dict[str, Any] = {
             "dph_total": {"type": ["number", "null"], "description": "$/hour while running."},
             "endpoint_base_url": {
                 **NULLABLE_STRING,
-                "description": "http://ip:port of the LLM stack while running, else null.",
+                "description": (
+                    "https://ip:port (http:// with VAST_INSTANCE_PLAIN_HTTP) of the LLM stack "
+                    "while running, else null."
+                ),
             },
             "last_activity": {
                 "anyOf": [TIMESTAMP, {"type": "null"}],
@@ -203,6 +206,15 @@ SCHEMAS: dict[str, Any] = {
                     "went: ok (answered), unreachable (the last heartbeats did not get through), "
                     "off (VAST_AGENT_SECRET not set, or the agent is switched off); null while "
                     "no heartbeat was answered in this session (e.g. the instance is not running)."
+                ),
+            },
+            "instance_transport": {
+                "enum": ["tls_pinned", "plain_http", None],
+                "description": (
+                    "How the panel reaches the instance (health, metrics, heartbeats, /v1/): "
+                    "tls_pinned (https://, only the certificate VAST_INSTANCE_TLS_FINGERPRINT "
+                    "names), plain_http (http://, VAST_INSTANCE_PLAIN_HTTP=true: readable on "
+                    "the way); null while vast.ai is not configured."
                 ),
             },
             "message": NULLABLE_STRING,

@@ -112,6 +112,8 @@ def status_context(
         "llm_load": llm_load(report, view.phase, panel.config.gateway_source),
         "stop_question": stop_confirmation(report, proxy.in_flight),
         "proxy": proxy,
+        "instance_transport": panel.config.instance_transport,
+        "fingerprint": panel.config.instance_tls_fingerprint,
         "keepalive_choices": [
             m for m in KEEPALIVE_CHOICES_MINUTES if m <= panel.config.keepalive_max_minutes
         ],
