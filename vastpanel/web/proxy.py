@@ -25,7 +25,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..domain.wake import ProxyTicket
 from ..errors import ClientGone, LlmUnavailable, PanelError
-from ..instance_http import InstanceUnreadable, read_capped
+from ..instance_http import InstanceUnreadable, pool_manager, read_capped
 from . import EXTENSION, get_panel
 from .auth import csrf
 from .proxy_request import (
@@ -72,8 +72,8 @@ def init_app(app: Flask) -> None:
     # be a large share of a small proxied request. Enough pooled connections for many streams
     # at once; more are opened and dropped after. Never a retry: a POST is not repeated. TLS
     # pinned to the instance's certificate, as every connection to it.
-    pinning = app.extensions[EXTENSION].instance_http.pool_settings()
-    pool = urllib3.PoolManager(num_pools=4, maxsize=128, retries=False, **pinning)
+    fingerprint = app.extensions[EXTENSION].instance_http.fingerprint
+    pool = pool_manager(fingerprint, num_pools=4, maxsize=128, retries=False)
     app.extensions["vastpanel_proxy_http"] = pool
     csrf.exempt(bp)  # a client with a bearer key, not a browser form
     # An app hook: it runs before the body limit's check, and before routing's redirects.
