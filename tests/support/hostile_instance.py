@@ -1,7 +1,7 @@
 """A hostile instance on 127.0.0.1: answers every request, but slowly, endlessly or hugely.
 
 Modes (for every path: health, metrics, heartbeat, /v1/):
-- "trickle": a 200 with a long Content-Length, then one byte every `every_s`;
+- "trickle": a 200 announcing `length` bytes, then one byte every `every_s`;
 - "trickle_headers": the status line, then the headers one byte every `every_s`;
 - "flood": a 200 announcing `flood_bytes`, sent as fast as the client reads.
 Every connection is served for at most `limit_s`, and all end when the server stops.
@@ -27,12 +27,14 @@ class HostileInstance:
         *,
         every_s: float = 2.0,
         flood_bytes: int = 512 * 1024 * 1024,
+        length: int = 1_000_000,
         limit_s: float = 60.0,
     ):
         assert mode in MODES, mode
         self.mode = mode
         self.every_s = every_s
         self.flood_bytes = flood_bytes
+        self.length = length
         self.limit_s = limit_s
         self.seen: list[str] = []
         self.stopping = threading.Event()
@@ -61,8 +63,8 @@ class HostileInstance:
             if self.mode == "flood":
                 self._flood(sock, ends)
             elif self.mode == "trickle":
-                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
-                self._trickle(sock, b"x" * 1000000, ends)
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % self.length)
+                self._trickle(sock, b"x" * self.length, ends)
             else:
                 sock.sendall(b"HTTP/1.1 200 OK\r\n")
                 self._trickle(sock, b"X-Slow: " + b"y" * 60000 + b"\r\n\r\n", ends)
