@@ -3,7 +3,8 @@
 The panel runs as in production (gunicorn, its watchdog on); the simulator plays vast.ai and
 runs the real deploy/instance/vastpanel_agent.py as a subprocess while its instance runs, with
 the instance's own id and key; the instance's port 8001 leads to the real nginx with the
-shipped config, which passes the panel's heartbeat to the agent and the LLM's routes to the
+shipped config, over TLS with the certificate install.sh made (the panel pins the fingerprint
+install.sh printed), which passes the panel's heartbeat to the agent and the LLM's routes to the
 simulated vLLM. Grace and idle times are seconds instead of minutes.
 """
 
@@ -23,8 +24,9 @@ from support import wait_for
 from support.agent import MetricsServer, exposition, replay, send_heartbeat
 from support.instance_nginx import (
     NGINX_CONF,
-    installed_keys,
+    installed_tls,
     nginx_bin,
+    pinned_session,
     render_for_loopback,
     running_nginx,
 )
@@ -55,10 +57,11 @@ class Stack:
     nginx_port: int
     env: dict[str, str]
     tmp_path: Path
+    http: requests.Session  # the test's own client of nginx, pinning the certificate too
 
     @property
     def heartbeat_url(self) -> str:
-        return f"http://127.0.0.1:{self.nginx_port}/vastpanel/heartbeat"
+        return f"https://127.0.0.1:{self.nginx_port}/vastpanel/heartbeat"
 
     def run_instance(self) -> None:
         """Start the instance (from vast.ai's console) and wait for its agent to listen."""
@@ -108,8 +111,8 @@ def stack(tmp_path):
         made.append(sim)
         for name, value in llm.items():
             setattr(sim.backend.llm, name, value)
-        # The panel here reaches the instance over plain HTTP, which its .env must say.
-        keys = installed_keys(tmp_path, f"VLLM_API_KEY={LLM_KEY}\nINSTANCE_PLAIN_HTTP=true\n")
+        # TLS, as installed: the panel pins the fingerprint install.sh printed.
+        keys, fingerprint = installed_tls(tmp_path, f"VLLM_API_KEY={LLM_KEY}\n")
         conf = render_for_loopback(
             NGINX_CONF.read_text(encoding="utf-8"), nginx_port, sim.llm_port, keys, sim.agent.port
         )
@@ -124,8 +127,10 @@ def stack(tmp_path):
             VAST_WATCHDOG_INTERVAL_S=str(LOOK_S),
             VAST_AUTO_SHUTDOWN_MINUTES=str(panel_idle_minutes),
             VAST_STATUS_TTL_S="0.5",
+            VAST_INSTANCE_PLAIN_HTTP="",
+            VAST_INSTANCE_TLS_FINGERPRINT=fingerprint,
         )
-        return Stack(sim, nginx_port, env, tmp_path)
+        return Stack(sim, nginx_port, env, tmp_path, pinned_session(fingerprint))
 
     yield build
     for thing in reversed(made):
@@ -138,7 +143,7 @@ def stack(tmp_path):
 def agent_listening(stack: Stack) -> bool:
     """Tell whether the agent answers through nginx (a refusal of an unsigned post)."""
     try:
-        return requests.post(stack.heartbeat_url, data=b"{}", timeout=2).status_code == 401
+        return stack.http.post(stack.heartbeat_url, data=b"{}", timeout=2).status_code == 401
     except requests.RequestException:
         return False
 
@@ -223,9 +228,9 @@ def test_panel_dead_during_a_long_stream_no_stop_until_it_ends(stack):
 
     def stream():
         body = {"messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 120}
-        url = f"http://127.0.0.1:{s.nginx_port}/v1/chat/completions"
+        url = f"https://127.0.0.1:{s.nginx_port}/v1/chat/completions"
         headers = {"Authorization": f"Bearer {LLM_KEY}"}
-        with requests.post(url, json=body, headers=headers, stream=True, timeout=60) as response:
+        with s.http.post(url, json=body, headers=headers, stream=True, timeout=60) as response:
             for line in response.iter_lines():
                 if line:
                     chunks.append(line)
@@ -253,14 +258,14 @@ def test_panel_dead_during_a_long_stream_no_stop_until_it_ends(stack):
 def test_forged_and_replayed_heartbeats_are_refused_and_do_not_postpone_the_stop(stack):
     s = stack()  # no panel: the test sends the heartbeats, through nginx
     s.run_instance()
-    valid = send_heartbeat(s.heartbeat_url, SECRET, instance_id=INSTANCE_ID)
+    valid = send_heartbeat(s.heartbeat_url, SECRET, instance_id=INSTANCE_ID, http=s.http)
     assert valid.status_code == 200, valid.text
     valid_at = time.time()
     answers = []
     while not s.stops() and time.time() < valid_at + GRACE_S + IDLE_S + SLACK_S:
-        answers.append(("replayed", replay(s.heartbeat_url, valid)))
+        answers.append(("replayed", replay(s.heartbeat_url, valid, s.http)))
         forged = send_heartbeat(
-            s.heartbeat_url, "forged-secret-0123456789", instance_id=INSTANCE_ID
+            s.heartbeat_url, "forged-secret-0123456789", instance_id=INSTANCE_ID, http=s.http
         )
         answers.append(("forged", forged))
         time.sleep(0.2)
@@ -313,14 +318,14 @@ def test_a_stuck_gauge_after_a_long_generation_stops_the_instance_one_stall_time
 def test_a_heartbeat_for_another_instance_does_not_postpone_the_stop(stack):
     s = stack()  # no panel: the test sends the heartbeats, through nginx
     s.run_instance()
-    valid = send_heartbeat(s.heartbeat_url, SECRET, instance_id=INSTANCE_ID)
+    valid = send_heartbeat(s.heartbeat_url, SECRET, instance_id=INSTANCE_ID, http=s.http)
     assert valid.status_code == 200, valid.text
     valid_at = time.time()
     while not s.stops() and time.time() < valid_at + GRACE_S + IDLE_S + SLACK_S:
-        other = send_heartbeat(s.heartbeat_url, SECRET, instance_id=INSTANCE_ID + 1)
+        other = send_heartbeat(s.heartbeat_url, SECRET, instance_id=INSTANCE_ID + 1, http=s.http)
         assert other.status_code in (403, 503), other.text  # 503: the agent went with the stop
         ahead = send_heartbeat(
-            s.heartbeat_url, SECRET, instance_id=INSTANCE_ID, at=time.time() + 60
+            s.heartbeat_url, SECRET, instance_id=INSTANCE_ID, at=time.time() + 60, http=s.http
         )
         assert ahead.status_code in (401, 503), ahead.text
         time.sleep(0.2)
@@ -334,7 +339,7 @@ def test_a_heartbeat_for_another_instance_does_not_postpone_the_stop(stack):
 def test_an_agent_killed_and_restarted_keeps_its_timers(stack):
     s = stack()
     s.run_instance()
-    valid = send_heartbeat(s.heartbeat_url, SECRET, instance_id=INSTANCE_ID)
+    valid = send_heartbeat(s.heartbeat_url, SECRET, instance_id=INSTANCE_ID, http=s.http)
     assert valid.status_code == 200
     valid_at = time.time()
     time.sleep(GRACE_S * 2 / 3)  # a restart that reset the timers would postpone the stop
@@ -374,6 +379,6 @@ def test_a_new_boot_resets_the_timers(stack):
 
 def test_nginx_passes_only_posts_and_answers_503_without_the_agent(stack):
     s = stack()  # the instance is stopped: no agent runs
-    assert requests.get(s.heartbeat_url, timeout=10).status_code == 403
-    answer = requests.post(s.heartbeat_url, data=b"{}", timeout=10)
+    assert s.http.get(s.heartbeat_url, timeout=10).status_code == 403
+    answer = s.http.post(s.heartbeat_url, data=b"{}", timeout=10)
     assert answer.status_code == 503 and answer.json()["ok"] is False

@@ -89,17 +89,22 @@ def send_heartbeat(
     instance_id: int,
     at: float | None = None,
     idle_deadline: float | None = None,
+    http: requests.Session | None = None,
     **requests_args,
 ) -> requests.Response:
-    """Send a heartbeat signed as the panel signs it."""
+    """Send a heartbeat signed as the panel signs it (through http, e.g. a pinned session)."""
     timestamp = f"{time.time() if at is None else at:.3f}"
     body = heartbeat_body(instance_id, idle_deadline)
     headers = {TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: signature(secret, timestamp, body)}
-    return requests.post(url, data=body, headers=headers, timeout=10, **requests_args)
+    post = http.post if http is not None else requests.post
+    return post(url, data=body, headers=headers, timeout=10, **requests_args)
 
 
-def replay(url: str, sent: requests.Response) -> requests.Response:
+def replay(
+    url: str, sent: requests.Response, http: requests.Session | None = None
+) -> requests.Response:
     """Send a heartbeat captured on the wire again, byte for byte."""
     request = sent.request
     headers = {k: request.headers[k] for k in (TIMESTAMP_HEADER, SIGNATURE_HEADER)}
-    return requests.post(url, data=request.body, headers=headers, timeout=10)
+    post = http.post if http is not None else requests.post
+    return post(url, data=request.body, headers=headers, timeout=10)

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import requests
+from requests.adapters import HTTPAdapter
 
 from support import ROOT
 from support.liveserver import end_process
@@ -80,6 +82,32 @@ def installed_keys(tmp_path: Path, env_text: str) -> Path:
     done = install(tmp_path / "stack", env_text)
     assert done.returncode == 0, done.stderr
     return tmp_path / "stack" / "nginx-keys"
+
+
+def installed_tls(tmp_path: Path, env_text: str) -> tuple[Path, str]:
+    """Like installed_keys, for a .env that keeps TLS on: the maps and the printed pin."""
+    done = install(tmp_path / "stack", env_text)
+    assert done.returncode == 0, done.stderr
+    return tmp_path / "stack" / "nginx-keys", printed_fingerprint(done)
+
+
+class _PinnedAdapter(HTTPAdapter):
+    def __init__(self, fingerprint: str):
+        self.fingerprint = fingerprint
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs.update(cert_reqs="CERT_NONE", assert_fingerprint=self.fingerprint)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def pinned_session(fingerprint: str) -> requests.Session:
+    """A client of the instance's nginx that accepts only the certificate with this pin."""
+    session = requests.Session()
+    session.trust_env = False  # no CA bundle from the environment either
+    session.verify = False  # no CA: the pin checks the certificate
+    session.mount("https://", _PinnedAdapter(fingerprint))
+    return session
 
 
 def printed_fingerprint(done: subprocess.CompletedProcess) -> str:
