@@ -2,7 +2,8 @@
 
 Everything real on loopback: the simulator runs the agent file (deploy/instance/) while its
 instance runs, with the instance's own key; the instance's port 8001 leads to the real nginx
-with the shipped config (listen port, upstreams and key directory rewritten).
+with the shipped config (listen port, upstreams and key directory rewritten), over TLS with the
+certificate install.sh made; the panel pins the fingerprint install.sh printed.
 
 1. Heartbeat cost. The real Watchdog.look() in this process, --looks times with
    VAST_AGENT_SECRET unset, then set (each look then signs and sends a heartbeat through nginx
@@ -35,7 +36,7 @@ from _support import CONTROL_KEY, INSTANCE_ID, SIM_KEY, percentile
 from support import wait_for
 from support.instance_nginx import (
     NGINX_CONF,
-    installed_keys,
+    installed_tls,
     nginx_bin,
     render_for_loopback,
     running_nginx,
@@ -50,12 +51,18 @@ LLM_KEY = "bench-vllm-key-0123456789abcdef"
 TARGET_HEARTBEAT_P95_MS = 50.0
 
 
-def time_looks(sim: Simulator, db_path: Path, looks: int, secret: str) -> list[float]:
+def pinned(fingerprint: str) -> dict[str, str]:
+    """The panel's settings for an instance that serves TLS with this certificate."""
+    return {"VAST_INSTANCE_PLAIN_HTTP": "", "VAST_INSTANCE_TLS_FINGERPRINT": fingerprint}
+
+
+def time_looks(sim: Simulator, pin: str, db_path: Path, looks: int, secret: str) -> list[float]:
     """Run looks on a fresh database; return their durations in seconds."""
     config = simulator_env(
         sim,
         db_path,
         CONTROL_KEY,
+        **pinned(pin),
         VAST_STATUS_TTL_S="0",
         VAST_AUTO_SHUTDOWN_MINUTES="600",
         VAST_IDLE_SOURCES="gateway",
@@ -77,12 +84,13 @@ def time_looks(sim: Simulator, db_path: Path, looks: int, secret: str) -> list[f
     return durations
 
 
-def stop_cycles(sim: Simulator, folder: Path, cycles: int, grace_s: float) -> list[float]:
+def stop_cycles(sim: Simulator, pin: str, folder: Path, cycles: int, grace_s: float) -> list[float]:
     """Kill the panel with the instance running; return each stop's lateness in seconds."""
     env = simulator_env(
         sim,
         folder / "panel.db",
         CONTROL_KEY,
+        **pinned(pin),
         VAST_AGENT_SECRET=SECRET,
         VAST_WATCHDOG_INTERVAL_S="0.5",
         VAST_STATUS_TTL_S="0.5",
@@ -113,8 +121,9 @@ def stop_cycles(sim: Simulator, folder: Path, cycles: int, grace_s: float) -> li
 
 
 @contextlib.contextmanager
-def instance(folder: Path, grace_s: float, check_s: float) -> Iterator[Simulator]:
-    """The simulator running the agent, behind the real nginx on its port 8001."""
+def instance(folder: Path, grace_s: float, check_s: float) -> Iterator[tuple[Simulator, str]]:
+    """The simulator running the agent, behind the real nginx on its port 8001 (TLS), and the
+    fingerprint of nginx's certificate."""
     folder.mkdir()
     nginx_port = free_port()
     agent = AgentSettings(
@@ -126,12 +135,11 @@ def instance(folder: Path, grace_s: float, check_s: float) -> Iterator[Simulator
         log_path=folder / "agent.log",
     )
     with running_simulator(SIM_KEY, INSTANCE_ID, host_ports={8001: nginx_port}, agent=agent) as sim:
-        # The panel here reaches the instance over plain HTTP, which its .env must say.
-        keys = installed_keys(folder, f"VLLM_API_KEY={LLM_KEY}\nINSTANCE_PLAIN_HTTP=true\n")
+        keys, fingerprint = installed_tls(folder, f"VLLM_API_KEY={LLM_KEY}\n")
         text = NGINX_CONF.read_text(encoding="utf-8")
         conf = render_for_loopback(text, nginx_port, sim.llm_port, keys, sim.agent.port)
         with running_nginx(nginx_bin(), conf, folder, nginx_port):
-            yield sim
+            yield sim, fingerprint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,14 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="vastpanel-bench-") as tmp:
         folder = Path(tmp)
-        with instance(folder / "looks", 3600.0, 30.0) as sim:  # an agent that never acts here
+        with instance(folder / "looks", 3600.0, 30.0) as (sim, pin):  # an agent that never acts
             assert wait_for(lambda: sim.agent.process is not None, 10)
             time.sleep(0.5)  # the agent's interpreter starts
-            without = time_looks(sim, folder / "looks-off.db", args.looks, "")
-            with_hb = time_looks(sim, folder / "looks-on.db", args.looks, SECRET)
-        with instance(folder / "stops", args.grace_s, args.check_s) as sim:
+            without = time_looks(sim, pin, folder / "looks-off.db", args.looks, "")
+            with_hb = time_looks(sim, pin, folder / "looks-on.db", args.looks, SECRET)
+        with instance(folder / "stops", args.grace_s, args.check_s) as (sim, pin):
             sim.external("stop")
-            lateness = stop_cycles(sim, folder, args.cycles, args.grace_s)
+            lateness = stop_cycles(sim, pin, folder, args.cycles, args.grace_s)
 
     p50_off, p95_off = percentile(without, 50) * 1000, percentile(without, 95) * 1000
     p50_on, p95_on = percentile(with_hb, 50) * 1000, percentile(with_hb, 95) * 1000

@@ -271,6 +271,7 @@ class InstanceHttp:
                 raise InstanceUnreadable(f"the answer came {encoding}-encoded")
             else:
                 content = read_capped(response.raw, limits.max_bytes, deadline)
+                response.raw.release_conn()  # read to its end: kept alive for the next read
             return InstanceAnswer(response.status_code, response.headers, content)
         finally:
             response.close()
