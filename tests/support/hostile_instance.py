@@ -5,14 +5,25 @@ Modes (for every path: health, metrics, heartbeat, /v1/):
 - "trickle_headers": the status line, then the headers one byte every `every_s`;
 - "flood": a 200 announcing `flood_bytes`, sent as fast as the client reads.
 Every connection is served for at most `limit_s`, and all end when the server stops.
+
+`idle_stop_against` is the scenario tests/test_hostile_instance_e2e.py and
+bench/hostile_instance.py share: the production server stopping an idle instance whose port
+answers like this.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import socketserver
+import sqlite3
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from support import wait_for
+from support.liveserver import PanelProcess, running_simulator, simulator_env
 
 MODES = ("trickle", "trickle_headers", "flood")
 FLOOD_PIECE = b"\0" * (1024 * 1024)
@@ -96,3 +107,90 @@ class HostileInstance:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+# --- the scenario: an idle stop while the instance's port answers like this ----------------------
+
+SIM_KEY = "hostile-sim-key-0123456789abcdef"
+CONTROL_KEY = "hostile-control-key-0123456789abcdef"
+AGENT_SECRET = "hostile-agent-secret-0123456789"
+INSTANCE_ID = 5151
+
+
+@dataclass(frozen=True)
+class IdleStopOutcome:
+    """How an idle stop went with a hostile instance: how late, and the worker's peak memory."""
+
+    mode: str
+    lateness_s: float | None  # after the idle deadline; None: no stop within the wait
+    worker_peak_kib: int  # the highest VmHWM of a gunicorn worker
+    requests_seen: int  # what the hostile instance was asked (health, metrics, heartbeats)
+
+
+def idle_stop_against(
+    mode: str,
+    folder: Path,
+    *,
+    idle_s: float = 12.0,
+    wait_s: float = 60.0,
+    every_s: float = 2.0,
+    flood_bytes: int = 512 * 1024 * 1024,
+) -> IdleStopOutcome:
+    """Run the production server against a running instance whose port 8001 is hostile.
+
+    The panel reads the LLM's metrics there every look (every second) and sends the agent a
+    heartbeat there; nothing else is active, so the idle stop falls due idle_s after the
+    session opened. Waits at most wait_s past it.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    hostile = HostileInstance(
+        mode, every_s=every_s, flood_bytes=flood_bytes, limit_s=idle_s + wait_s + 30
+    )
+    with hostile, running_simulator(SIM_KEY, INSTANCE_ID, host_ports={8001: hostile.port}) as sim:
+        env = simulator_env(
+            sim,
+            folder / "panel.db",
+            CONTROL_KEY,
+            VAST_AUTO_SHUTDOWN_MINUTES=str(idle_s / 60),
+            VAST_WARN_MINUTES="0",
+            VAST_WATCHDOG_INTERVAL_S="1",
+            VAST_STATUS_TTL_S="0.5",
+            VAST_METRICS_EVERY_S="1",
+            VAST_AGENT_SECRET=AGENT_SECRET,
+        )
+        panel = PanelProcess(env, log_path=folder / "panel.log")
+        peaks: dict[int, int] = {}  # per worker: one may be killed (gunicorn's timeout)
+
+        def stopped() -> bool:
+            for worker in worker_pids(panel):
+                with contextlib.suppress(OSError, RuntimeError):  # a worker that just ended
+                    peaks[worker] = vm_kib(worker, "VmHWM")
+            return bool(sim.requests("PUT"))
+
+        try:
+            wait_for(stopped, idle_s + wait_s, 0.2)
+        finally:
+            panel.stop()
+        with sqlite3.connect(folder / "panel.db") as db:
+            (started_at,) = db.execute("SELECT started_at FROM sessions ORDER BY id").fetchone()
+        db.close()
+        puts = sim.requests("PUT")
+        lateness = puts[0]["time"] - (started_at + idle_s) if puts else None
+        return IdleStopOutcome(mode, lateness, max(peaks.values()), len(hostile.seen))
+
+
+def worker_pids(panel: PanelProcess) -> list[int]:
+    """Return the gunicorn workers of a panel process (its master's children)."""
+    children: list[int] = []
+    with contextlib.suppress(OSError):  # the master is gone
+        for task in Path(f"/proc/{panel.process.pid}/task").iterdir():
+            children.extend(int(c) for c in (task / "children").read_text().split())
+    return sorted(children)
+
+
+def vm_kib(pid: int, field: str) -> int:
+    """Return a memory figure of a process from /proc (VmRSS, VmHWM) in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} for {pid}")

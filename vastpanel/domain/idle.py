@@ -2,8 +2,9 @@
 and the stop the watchdog sends.
 
 Two signals say the GPU is in use (VAST_IDLE_SOURCES): the gateway's activity posts and the
-LLM's own metrics (llm_load.py). Right before an idle stop the metrics are read afresh: a
-request running or waiting there is activity, so no stop.
+LLM's own metrics (llm_load.py). Right before an idle stop the metrics are read afresh (unless
+this look has just read them: a second read would only add its wait to the stop): a request
+running or waiting there is activity, so no stop.
 
 The deadline is a plain function of values (idle_deadline); the watchdog reads and acts.
 """
@@ -138,12 +139,13 @@ class IdleRule:
         """
         if not self.config.vast_configured:
             return None
+        began = self.clock.now()
         state = self.instance.state()  # also keeps sessions true when auto-shutdown is off
         if self.config.auto_shutdown and self._idle_stop_meta(state) is not None:
 
             def due(state: InstanceState) -> dict[str, Any] | None:
                 # Under the power lock, right before the stop: is a request in flight after all?
-                return self._idle_stop_meta(state, fresh=True)
+                return self._idle_stop_meta(state, fresh=True, since=began)
 
             return self.power.stop("system", AUTO_STOP, due=due)
         self._warn_if_near(state)
@@ -226,9 +228,12 @@ class IdleRule:
             session_cost_usd=session.cost(now) if session else None,
         )
 
-    def activity_signals(self, state: InstanceState, *, fresh: bool = False) -> Signals:
-        """Return the signals, reading the LLM's metrics when they are due (or afresh)."""
-        reading = self.llm.reading(state, fresh=fresh)
+    def activity_signals(
+        self, state: InstanceState, *, fresh: bool = False, since: float | None = None
+    ) -> Signals:
+        """Return the signals, reading the LLM's metrics when they are due (or afresh, unless
+        read at or after since)."""
+        reading = self.llm.reading(state, fresh=fresh, since=since)
         session = sessions.current_session(self.store.db)
         signals = self.stored_signals(session)
         return signals if reading is None else Signals(signals.last_activity, reading)
@@ -239,7 +244,9 @@ class IdleRule:
         reading = self.llm.stored(session)
         return Signals(last_activity if self.config.gateway_source else None, reading)
 
-    def _idle_stop_meta(self, state: InstanceState, fresh: bool = False) -> dict[str, Any] | None:
+    def _idle_stop_meta(
+        self, state: InstanceState, fresh: bool = False, since: float | None = None
+    ) -> dict[str, Any] | None:
         """Return the auto_shutdown audit's details if the idle rule says stop now, else None."""
         if state.status not in IDLE_STOPPABLE:
             return None
@@ -247,7 +254,7 @@ class IdleRule:
         if self.health_wait_active():
             return None  # a power-on is waiting for this instance's health
         session = sessions.current_session(self.store.db)
-        signals = self.activity_signals(state, fresh=fresh)
+        signals = self.activity_signals(state, fresh=fresh, since=since)
         deadline = self.idle_deadline(session, signals)
         if deadline is None or now < deadline or (signals.llm is not None and signals.llm.busy):
             return None

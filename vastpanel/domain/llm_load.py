@@ -146,9 +146,12 @@ class LlmLoad:
             return None
         return reading
 
-    def reading(self, state: InstanceState, *, fresh: bool = False) -> LlmReading | None:
+    def reading(
+        self, state: InstanceState, *, fresh: bool = False, since: float | None = None
+    ) -> LlmReading | None:
         """Return the LLM's reading for this session, read at most every VAST_METRICS_EVERY_S.
 
+        fresh: read now, unless a reading made at or after since is stored (the same look's).
         None when the llm source is off or the instance is not running (never read then).
         Never raises for the metrics themselves: a failed read is a reading with its reason.
         """
@@ -164,6 +167,8 @@ class LlmLoad:
                 return None
             if stored.read_at > asked:
                 return stored  # read by another greenlet or process while this one waited
+            if since is not None and stored.read_at >= since:
+                return stored
             recent = 0 <= asked - stored.read_at < self.config.llm_metrics_every_s
             return stored if recent and not fresh else None
 
