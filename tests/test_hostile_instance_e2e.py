@@ -20,9 +20,7 @@ PEAK_BOUND_KIB = 150 * 1024
 
 
 @pytest.mark.parametrize("mode", ["trickle", "trickle_headers", "flood"])
-def test_the_idle_stop_comes_within_seconds_of_its_deadline_and_memory_stays_flat(
-    tmp_path, mode
-):
+def test_the_idle_stop_comes_within_seconds_of_its_deadline_and_memory_stays_flat(tmp_path, mode):
     outcome = idle_stop_against(mode, tmp_path)
     assert outcome.requests_seen > 0  # the panel did talk to the hostile instance
     assert outcome.lateness_s is not None, "no stop within a minute of the deadline"
