@@ -64,6 +64,9 @@ REPEAT_QUIET_S = dict.fromkeys(
     ("auto_shutdown_failed", "budget_stop_failed", "max_session_stop_failed"), 900.0
 )
 SEND_TIMEOUT_S = (5.0, 10.0)  # connect, read
+# A webhook's answer is read to its end only when it announces this much or less (so its
+# connection is kept); its status is all that counts, and a larger answer is never read.
+SMALL_ANSWER_BYTES = 4096
 CLAIM_S = 60.0  # a claim older than this belongs to a process that died mid-send
 GIVE_UP_S = 86_400.0  # retry for a day
 MAX_BACKOFF_S = 3_600.0
@@ -215,7 +218,12 @@ class Notifier:
                 headers={"Idempotency-Key": f"vastpanel-{row.id}"},
                 timeout=SEND_TIMEOUT_S,
                 allow_redirects=False,
+                stream=True,  # the headers only, until the body is known to be small
             )
+            with response:  # closed: an answer not read to its end takes its connection along
+                length = response.headers.get("Content-Length", "")
+                if length.isdigit() and int(length) <= SMALL_ANSWER_BYTES:
+                    response.content  # noqa: B018 (read to its end: the connection is kept)
         except requests.Timeout:
             return "timed out", False
         except requests.RequestException as exc:
