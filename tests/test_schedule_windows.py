@@ -88,6 +88,8 @@ def test_a_schedule_reads_and_writes_back_the_same(text, canonical):
         ("Mon-Fri 08:30-18:30 Sat 10:00-14:00", 21, "'Sat' follows a complete rule"),
         ("Mon 08:00-10:00 & Tue", 17, "'&' is not part of a schedule"),
         ("08:00-10:00", 1, "a day such as Mon or a range such as Mon-Fri is expected"),
+        ("Mon-Fru 08:00-18:00 <b>", 5, "'Fru' is not a day"),  # the first mistake
+        ("Mon &", 5, "'&' is not part of a schedule"),
     ],
 )
 def test_a_bad_schedule_says_where_it_is_wrong(text, column, says):

@@ -110,14 +110,21 @@ def parse_rules(text: str) -> tuple[Rule, ...]:
 
     Raises ScheduleError naming the column (1-based) and the token that is wrong.
     """
-    tokens = _tokens(text)
+    tokens, unreadable = _tokens(text)
     rules: list[Rule] = []
     at = 0
+    # The first mistake counts: the tokens before an unreadable character are read first.
+    end = unreadable.column if unreadable else len(text) + 1
     while at < len(tokens):
         if tokens[at][1] == ";":  # empty rules (a trailing ";") are allowed
             at += 1
             continue
-        rule, at = _rule(tokens, at, len(text))
+        try:
+            rule, at = _rule(tokens, at, end - 1)
+        except ScheduleError as exc:
+            if unreadable is not None and (exc.column or 0) >= unreadable.column:
+                raise unreadable from None
+            raise
         rules.append(rule)
         if at < len(tokens):
             kind, value, column = tokens[at]
@@ -125,6 +132,8 @@ def parse_rules(text: str) -> tuple[Rule, ...]:
                 raise ScheduleError(
                     f"'{value}' follows a complete rule; separate rules with ';'", column
                 )
+    if unreadable is not None:
+        raise unreadable
     return tuple(rules)
 
 
@@ -173,8 +182,9 @@ def _date(text: str) -> date:
         raise ScheduleError(f"'{text}' is not a date (YYYY-MM-DD)") from None
 
 
-def _tokens(text: str) -> list[tuple[str, str, int]]:
-    """Split text into (kind, value, column) tokens; anything unreadable is an error."""
+def _tokens(text: str) -> tuple[list[tuple[str, str, int]], ScheduleError | None]:
+    """Split text into (kind, value, column) tokens, up to the first unreadable character (the
+    error about it is returned beside them)."""
     tokens = []
     at = 0
     while at < len(text):
@@ -183,10 +193,10 @@ def _tokens(text: str) -> list[tuple[str, str, int]]:
             continue
         match = TOKEN.match(text, at)
         if match is None:
-            raise ScheduleError(f"'{text[at]}' is not part of a schedule", at + 1)
+            return tokens, ScheduleError(f"'{text[at]}' is not part of a schedule", at + 1)
         tokens.append((match.lastgroup or "", match.group(), at + 1))
         at = match.end()
-    return tokens
+    return tokens, None
 
 
 def _rule(tokens: list[tuple[str, str, int]], at: int, length: int) -> tuple[Rule, int]:
