@@ -110,3 +110,10 @@ def test_status_says_until_when_a_window_holds_the_idle_stop(scheduled, vast):
     status = scheduled.get("/infra/vast/status").get_json()
     assert status["scheduled_until"] is None
     assert status["auto_shutdown_in_minutes"] == pytest.approx(30)
+
+
+def test_the_cli_status_says_until_when_too(scheduled, vast):
+    vast.set_running()
+    result = scheduled.application.test_cli_runner().invoke(args=["vast", "status"])
+    assert result.exit_code == 0, result.output
+    assert "Auto-shutdown in: scheduled until 18:30" in result.stdout  # Berlin's clock
