@@ -463,3 +463,15 @@ def test_the_month_is_priced_from_windows_starts_idle_tails_and_storage(make_pan
     overview = panel.schedule.overview()
     assert overview.last_days_usd == pytest.approx(0.0)
     assert overview.month_cost == cost
+
+
+def test_an_unreadable_stored_schedule_holds_nothing_and_the_idle_rule_goes_on(
+    make_panel, vast, clock, caplog
+):
+    panel = make_panel()
+    store.set_note(panel.store.db, "schedule", '{"schedule": "Mon 08:00-18:00"}')  # no zone
+    running_at(panel, vast, clock, utc(2026, 3, 2, 9, 0))
+    assert panel.schedule.in_force().has_windows is False
+    assert "the stored schedule cannot be read" in caplog.text
+    run_until(clock, utc(2026, 3, 2, 9, 30, 1))
+    assert watchdog_for(panel).look().stopped is not None

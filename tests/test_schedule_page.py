@@ -58,7 +58,7 @@ def test_the_card_says_what_is_in_force_when_it_starts_and_what_it_costs(make_ad
     assert "In force: the environment's" in text_of(html)
     assert fact(html, "Windows") == OFFICE
     assert fact(html, "Now") == "in a window until 18:30"
-    assert fact_details(html, "Now") == ["next window Tue 08:00 to Tue 18:30"]
+    assert fact_details(html, "Now") == ["next window Tue 08:00–18:30"]
     assert fact(html, "Next start") == "now (at the watchdog's next look)"  # nobody started it
     assert fact_details(html, "Next start")[0].startswith(
         "15 min early: the default until five starts are timed (0 so far)"
@@ -104,7 +104,7 @@ def test_a_bad_value_is_shown_where_it_is_wrong_and_nothing_changes(make_admin):
     assert answer.status_code == 200 and "HX-Trigger" not in answer.headers
     alert = re.search(r'role="alert">(.*?)</p>', html, re.S).group(1)
     assert text_of(alert) == (
-        "schedule: at column 5, 'Fru' is not a day (Mon, Tue, Wed, Thu, Fri, Sat, Sun) "
+        "schedule: at column 5, 'Fru' is not a day (Mon, Tue, Wed, Thu, Fri, Sat, Sun). "
         "Nothing was changed."
     )
     assert 'value="Mon-Fru 08:00-18:00 &lt;b&gt;"' in html  # kept as typed, escaped

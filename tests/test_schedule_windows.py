@@ -21,6 +21,7 @@ from vastpanel.schedule_windows import (
     parse_zone,
     wall_time,
     window_at,
+    window_text,
     windows_at,
     windows_between,
 )
@@ -198,6 +199,12 @@ def test_times_are_written_as_the_schedules_clock_shows_them():
     assert wall_time(local(BERLIN, 2026, 6, 10, 18, 30), BERLIN, now) == "18:30"
     assert wall_time(local(BERLIN, 2026, 6, 11, 8, 30), BERLIN, now) == "Thu 08:30"
     assert wall_time(local(BERLIN, 2026, 7, 1, 8, 30), BERLIN, now) == "2026-07-01 08:30"
+    office = schedule("Mon-Fri 08:30-18:30; Fri 22:00-02:00; Sat 20:00-24:00")
+    assert window_text(next_window(office, now), BERLIN, now) == "Thu 08:30–18:30"
+    friday_evening = local(BERLIN, 2026, 6, 12, 19, 0)
+    assert window_text(next_window(office, friday_evening), BERLIN, now) == "Fri 22:00–Sat 02:00"
+    saturday = local(BERLIN, 2026, 6, 13, 12, 0)
+    assert window_text(next_window(office, saturday), BERLIN, saturday) == "20:00–24:00"
 
 
 # --- daylight saving: Europe/Berlin (2026-03-29 02:00 -> 03:00; 2026-10-25 03:00 -> 02:00) ----

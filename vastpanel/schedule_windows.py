@@ -327,6 +327,19 @@ def wall_time(ts: float, zone: ZoneInfo, now: float | None = None) -> str:
     return local.strftime("%Y-%m-%d %H:%M")
 
 
+def window_text(window: Window, zone: ZoneInfo, now: float | None = None) -> str:
+    """Write a window as the zone's clock shows it: "Wed 08:30–18:30", "Fri 22:00–Sat 06:00"."""
+    opens = datetime.fromtimestamp(window.opens_at, zone)
+    closes = datetime.fromtimestamp(window.closes_at, zone)
+    if closes.date() == opens.date():
+        end = closes.strftime("%H:%M")
+    elif closes.date() == opens.date() + timedelta(days=1) and closes.strftime("%H:%M") == "00:00":
+        end = "24:00"
+    else:
+        end = wall_time(window.closes_at, zone, now)
+    return f"{wall_time(window.opens_at, zone, now)}–{end}"
+
+
 # --- the arithmetic ---------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ docs/schedules.md describes the feature.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import date
 
@@ -27,6 +28,7 @@ from ..schedule_windows import (
     parse_zone,
     skip_item,
     wall_time,
+    window_text,
     windows_at,
     windows_between,
 )
@@ -36,6 +38,8 @@ from .audit import Audit
 from .budget import Budget
 from .costs import CostBook, billing_rates
 from .instance import InstanceReader
+
+log = logging.getLogger("vastpanel.schedule")
 
 STORED_NOTE = "schedule"  # the schedule set on the page or by the API, as JSON
 STARTED_FOR_KEY = "schedule_started_for"  # when the window a start was made for opens
@@ -202,8 +206,13 @@ class ScheduleBook:
         """Return the stored schedule if one is set, else the environment's."""
         stored = values.get_note(self.store.db, STORED_NOTE)
         if stored is not None:
-            data = json.loads(stored)
-            schedule = read_schedule(data["schedule"], data["timezone"], data["skip"])
+            try:
+                data = json.loads(stored)
+                schedule = read_schedule(data["schedule"], data["timezone"], data["skip"])
+            except (ValueError, KeyError, TypeError, InvalidRequest) as exc:
+                # Say so, and hold nothing: the idle rule must go on stopping idle instances.
+                log.error("schedule: the stored schedule cannot be read (%s); none applies", exc)
+                return ScheduleInForce(Schedule(()), "stored")
             return ScheduleInForce(schedule, "stored", data.get("set_at"), data.get("set_by"))
         env = self.config.env_schedule
         return ScheduleInForce(env, "environment" if env.rules else "none")
@@ -360,6 +369,10 @@ class ScheduleBook:
         if ts is None:
             return None
         return wall_time(ts, self.in_force().schedule.zone, self.clock.now())
+
+    def window_text(self, window: Window) -> str:
+        """Write a window as the schedule's clock shows it ("Wed 08:30–18:30")."""
+        return window_text(window, self.in_force().schedule.zone, self.clock.now())
 
 
 def read_schedule(text: object, zone: object, skip: object) -> Schedule:

@@ -182,6 +182,7 @@ def schedule_context(
     return {
         "sched": overview,
         "wall": panel.schedule.wall_time,
+        "window_text": panel.schedule.window_text,
         "schedule_notice": notice,
         "schedule_error": error,
         "entered": entered
