@@ -4,13 +4,14 @@ and its cost. vast.ai is faked with `responses`; time is a FakeClock."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import pytest
 import responses
 
 from conftest import INSTANCE_URL, base_config, config_from, load_fixture
-from support import store
+from support import store, wait_for
 from support.clock import FakeClock
 from vastpanel import create_app
 from vastpanel.domain.idle import PROXY_IN_FLIGHT_LEASE, scheduled_idle_deadline
@@ -23,7 +24,7 @@ from vastpanel.domain.schedule import (
 )
 from vastpanel.domain.wake import IN_FLIGHT_LEASE
 from vastpanel.errors import InvalidRequest
-from vastpanel.watchdog.looks import watchdog_for
+from vastpanel.watchdog.looks import EXTENSION, SCHEDULE_JOB, watchdog_for
 
 OFFICE = "Mon-Fri 08:00-18:00"  # UTC unless said
 IDLE_S = 30 * 60
@@ -54,6 +55,9 @@ def make_panel(tmp_path, clock, vast):
 
     yield make
     for app in apps:
+        watchdog = app.extensions.get(EXTENSION)
+        if watchdog is not None:
+            watchdog.shutdown()
         app.extensions["vastpanel"].store.close()
 
 
@@ -139,9 +143,11 @@ def test_the_start_goes_out_the_lead_time_before_the_window_and_is_followed_to_h
     assert started.meta["lead_minutes"] == 15
     (took,) = store.recent_start_seconds(panel.store.db, 20)
     assert 120 <= took <= 130
-    # Once per window: nothing more until the next one.
-    assert start.start_if_due() is None and start.next_start_at() is None
-    run_until(clock, utc(2026, 3, 2, 8, 0))
+    # Once per window: the next start is tomorrow's.
+    assert start.start_if_due() is None
+    assert start.next_start_at() == utc(2026, 3, 3, 7, 45)
+    run_until(clock, utc(2026, 3, 2, 17, 0))
+    assert start.start_if_due() is None
     assert start.next_start_at() == utc(2026, 3, 3, 7, 45)
     assert vast.puts == ["running"]
 
@@ -181,6 +187,28 @@ def test_the_watchdogs_look_says_when_the_next_start_falls_due(make_panel, clock
     assert watchdog_for(panel).look().next_scheduled_start == utc(2026, 3, 2, 7, 45)
     unconfigured = make_panel(VAST_API_KEY="")
     assert watchdog_for(unconfigured).look().next_scheduled_start is None
+
+
+def test_the_running_watchdog_makes_the_start_in_a_job_of_its_own(tmp_path, vast, clock):
+    run_until(clock, utc(2026, 3, 2, 7, 46))  # the start fell due while the panel was down
+    vast.boot_after = 0
+    env = base_config(tmp_path, VAST_SCHEDULE=OFFICE, VASTPANEL_WATCHDOG="true")
+    app = create_app(config_from(env), clock=clock)
+    panel, watchdog = app.extensions["vastpanel"], app.extensions[EXTENSION]
+    try:
+        assert wait_for(lambda: entries(panel, "instance_healthy"), 10, 0.02), "no healthy start"
+        assert vast.puts == ["running"]
+        assert [e.actor for e in entries(panel, "schedule_start")] == ["schedule"]
+        # The next look sets the job for tomorrow's start, as far ahead as the panel's clock says.
+        watchdog._run_look()
+        job = watchdog.scheduler.get_job(SCHEDULE_JOB)
+        wanted = utc(2026, 3, 3, 7, 45) - clock.now()
+        assert job is not None
+        assert job.next_run_time.timestamp() - time.time() == pytest.approx(wanted, abs=5)
+        assert watchdog.alive
+    finally:
+        watchdog.shutdown()
+        panel.store.close()
 
 
 def test_an_instance_already_running_gets_no_start_and_no_second_one(make_panel, vast, clock):

@@ -24,6 +24,7 @@ from ..schedule_windows import (
     Window,
     format_skip,
     last_closed_window,
+    next_window,
     parse_rules,
     parse_zone,
     skip_item,
@@ -295,7 +296,9 @@ class ScheduleBook:
         at = windows_at(schedule, self.clock.now())
         started_for = self.started_for()
         lead = self.lead()
-        for window in (at.current, at.upcoming):
+        # The upcoming window may be started already (early, in its lead time): then the next.
+        after = next_window(schedule, at.upcoming.opens_at) if at.upcoming else None
+        for window in (at.current, at.upcoming, after):
             if window is not None and window.opens_at != started_for:
                 return StartPlan(window, window.opens_at - lead.seconds, lead)
         return None

@@ -372,9 +372,7 @@ class Watchdog:
             run_at = datetime.now(UTC) + timedelta(seconds=delay)
             job = self.scheduler.get_job(SCHEDULE_JOB)
             if job is not None and abs((job.next_run_time - run_at).total_seconds()) < 1.0:
-                return
-            if job is not None and delay == 0:
-                return  # due now and waiting for its run: moving it would only delay it
+                return  # already there (each look finds the same time)
             self.scheduler.add_job(
                 SCHEDULE_JOB,
                 self._run_scheduled_start,
