@@ -139,6 +139,8 @@ def wire_panel(
         Notifier,
         Panel,
         Power,
+        ScheduleBook,
+        ScheduledStart,
         SignIns,
         StatusReader,
         Wake,
@@ -170,7 +172,8 @@ def wire_panel(
     budget = Budget(store, clock, config, costs, audit)
     power = Power(store, clock, config, client, http, audit, instance, costs, budget, leases)
     llm = LlmLoad(store, clock, config, http, audit, instance, leases)
-    idle = IdleRule(store, clock, config, audit, instance, llm, power, budget, leases)
+    schedule = ScheduleBook(store, clock, config, audit, instance, costs, budget)
+    idle = IdleRule(store, clock, config, audit, instance, llm, power, budget, leases, schedule)
     return Panel(
         config=config,
         clock=clock,
@@ -192,6 +195,8 @@ def wire_panel(
         signins=SignIns(store, clock),
         keys=KeyGuard(store, clock, config, audit),
         status=StatusReader(store, clock, config, instance, idle, costs, budget, agent),
+        schedule=schedule,
+        scheduled_start=ScheduledStart(store, clock, config, audit, instance, power, schedule),
     )
 
 

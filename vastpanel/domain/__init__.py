@@ -27,6 +27,8 @@ from .llm_load import LlmLoad
 from .lockout import KeyGuard
 from .notify import Notifier
 from .power import Power
+from .schedule import ScheduleBook
+from .schedule_start import ScheduledStart
 from .signins import SignIns
 from .status import StatusReader
 from .wake import Wake
@@ -45,6 +47,8 @@ __all__ = [
     "Notifier",
     "Panel",
     "Power",
+    "ScheduleBook",
+    "ScheduledStart",
     "SignIns",
     "StatusReader",
     "Wake",
@@ -75,3 +79,5 @@ class Panel:
     signins: SignIns
     keys: KeyGuard
     status: StatusReader
+    schedule: ScheduleBook  # the schedule of warm hours in force
+    scheduled_start: ScheduledStart  # the start before each window (the watchdog's leader)
