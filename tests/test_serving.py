@@ -120,7 +120,9 @@ def server(sim, tmp_path_factory) -> Iterator[Server]:
             try:
                 if requests.get(f"{server.url}/healthz", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            # Before the worker has booted a request waits in the listen backlog, and on a
+            # loaded machine it may time out there: not up yet either.
+            except (requests.ConnectionError, requests.Timeout):
                 pass
             assert time.monotonic() < deadline, f"gunicorn not up:\n{server.log()}"
             time.sleep(0.2)
