@@ -83,12 +83,16 @@ CERT_KEY = "ssl_certificate_key /etc/letsencrypt/live/panel.example.com/privkey.
 UPSTREAM = "proxy_pass http://127.0.0.1:8000;"
 
 
-def documented_nginx_block() -> str:
-    """The nginx configuration docs/operations.md shows under its marker."""
+def documented_proxy() -> tuple[str, str]:
+    """The nginx configuration docs/operations.md shows under its marker, and the
+    FORWARDED_ALLOW_IPS it gives the panel just after."""
     text = OPERATIONS.read_text(encoding="utf-8")
     after = text.split(DOCS_MARKER, 1)[1]
     assert after.lstrip().startswith("```nginx"), "the marker must sit just above the block"
-    return after.split("```nginx\n", 1)[1].split("```", 1)[0]
+    block, rest = after.split("```nginx\n", 1)[1].split("```", 1)
+    allowed = re.search(r"```sh\nFORWARDED_ALLOW_IPS=(\S+)\n```", rest[:400])
+    assert allowed, "the panel's FORWARDED_ALLOW_IPS must follow the nginx block"
+    return block, allowed[1]
 
 
 def stranger_address() -> str:
@@ -166,10 +170,12 @@ def test_the_documented_nginx_names_each_client_to_the_panel(tmp_path):
 
     binary = nginx_bin()
     stranger = stranger_address()
+    block, allowed = documented_proxy()
     server = PanelProcess(
         {
             "CONTROL_API_KEY": CONTROL_KEY,
             "GATEWAY_API_KEYS": GATEWAY_KEY,
+            "FORWARDED_ALLOW_IPS": allowed,
             "VAST_DB_PATH": str(tmp_path / "p.db"),
         },
         log_path=tmp_path / "server.log",
@@ -178,7 +184,7 @@ def test_the_documented_nginx_names_each_client_to_the_panel(tmp_path):
     workdir.mkdir()
     port = free_port()
     cert, key = self_signed_certificate(workdir)
-    conf = render_documented_nginx(documented_nginx_block(), port, server.port, cert, key)
+    conf = render_documented_nginx(block, port, server.port, cert, key)
     try:
         with running_nginx(binary, conf, workdir, port):
             visitor = Through(port, stranger)
