@@ -145,11 +145,12 @@ def test_the_page_overrides_by_an_amount_or_for_hours_and_shows_it(budgeted, clo
     form = {"csrf_token": token, "by": "amount", "extra_usd": "2"}
     card = admin.post("/budget/override", data=form, headers=HTMX).get_data(as_text=True)
     assert "Budget overridden: the day may cost up to $3." in card
-    assert "Override in force until" in card and "or until $3." in card
+    assert "Override in force until $3." in card and "is spent this day" in card
     assert events(panel, "budget_override")[-1].actor == "admin"
     form = {"csrf_token": token, "by": "hours", "hours": "1.5"}
     card = admin.post("/budget/override", data=form, headers=HTMX).get_data(as_text=True)
     assert "Budget overridden for the time given." in card
+    assert 'Override in force until <time datetime="2023-11-14T23:59:' in card
     assert panel.budget.status().override.until == pytest.approx(clock.now() + 1.5 * 3600)
     # Past the day's end, or not a number: said, and nothing changes.
     for bad in ({"hours": "3"}, {"hours": "soon"}, {"hours": "0"}):
