@@ -120,6 +120,8 @@ def test_an_override_early_in_the_period_is_bounded_too(budgeted, clock, vast):
         ({"extra_usd": -1}, "extra_usd must be more than 0"),
         ({"extra_usd": 0}, "extra_usd must be more than 0"),
         ({"extra_usd": True}, "extra_usd must be a number"),
+        ({"extra_usd": 10**400}, "extra_usd must be more than 0 and at most 1,000,000"),
+        ({"extra_usd": 1e6 + 1}, "extra_usd must be more than 0 and at most 1,000,000"),
         ({"until": "2023-11-15T00:00:01Z"}, "at most the day's end, 2023-11-15T00:00:00Z"),
         ({"until": "2023-11-14T22:00:00Z"}, "until must be after now"),
         ({"until": "2023-11-14T23:00:00"}, "until must say its time zone"),
@@ -162,3 +164,11 @@ def test_the_page_overrides_by_an_amount_or_for_hours_and_shows_it(budgeted, clo
     # Without JavaScript: a redirect, and the message on the page.
     plain = admin.post("/budget/override", data={**form, "hours": "1"})
     assert plain.status_code == 303
+
+
+@pytest.mark.parametrize("raw", ['{"extra_usd": Infinity}', '{"extra_usd": NaN}'])
+def test_json_that_is_not_a_finite_number_is_refused(budgeted, raw):
+    app, panel, client, watchdog = budgeted
+    answer = client.post("/infra/vast/budget/override", data=raw, content_type="application/json")
+    assert answer.status_code == 422 and "extra_usd must be more than 0" in answer.json["detail"]
+    assert panel.budget.status().override is None

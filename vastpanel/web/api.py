@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from flask import Blueprint, jsonify, request, url_for
 
 from ..config import is_health_path
@@ -139,13 +141,16 @@ def budget_override():
     """Let power-on through despite a spent budget, for an amount or until a time (audited)."""
     body = json_body()
     extra = body.get("extra_usd")
-    if extra is not None and (isinstance(extra, bool) or not isinstance(extra, int | float)):
-        raise InvalidInput("extra_usd must be a number of dollars")
+    if extra is not None:
+        if isinstance(extra, bool) or not isinstance(extra, int | float):
+            raise InvalidInput("extra_usd must be a number of dollars")
+        try:
+            extra = float(extra)
+        except OverflowError:  # an integer of hundreds of digits: out of bounds like any other
+            extra = math.inf
     until = field(body, "until", str, None)
     status = get_panel().budget.override(
-        "api",
-        extra_usd=None if extra is None else float(extra),
-        until=None if until is None else timestamp(until, "until"),
+        "api", extra_usd=extra, until=None if until is None else timestamp(until, "until")
     )
     return jsonify(answers.budget_json(status))
 
