@@ -102,6 +102,7 @@ def test_status_stopped(client, vast):
         "max_session_stop_at": None,
         "agent": "off",  # no VAST_AGENT_SECRET in the test config
         "instance_transport": "plain_http",  # the fake instance's, as the test config says
+        "scheduled_until": None,
         "message": "The instance is stopped; only storage is billed.",
     }
 

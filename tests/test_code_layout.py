@@ -15,14 +15,25 @@ PACKAGE = ROOT / "vastpanel"
 LAYERS = (
     (
         "base",
-        ("config", "clock", "errors", "events", "formatting", "logs", "counters", "instance_http"),
+        (
+            "config",
+            "clock",
+            "errors",
+            "events",
+            "formatting",
+            "logs",
+            "counters",
+            "instance_http",
+            "schedule_windows",
+            "addresses",
+        ),
     ),
     ("storage", ("storage",)),
     ("vast", ("vast",)),
     ("domain", ("domain",)),
     ("watchdog", ("watchdog",)),
     ("web", ("web",)),
-    ("app", ("", "cli", "demo", "healthcheck")),
+    ("app", ("", "cli", "demo", "healthcheck", "serving")),
 )
 # storage and vast stand side by side: neither may import the other.
 SIDE_BY_SIDE = {("storage", "vast"), ("vast", "storage")}

@@ -7,11 +7,15 @@ variable uses.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 from urllib.parse import urlsplit
+
+from ..schedule_windows import Rule, ScheduleError, parse_rules, parse_skip, parse_zone
 
 DEFAULT_VAST_URL = "https://console.vast.ai"
 DEFAULT_DB_PATH = "data/vastpanel.db"
@@ -244,3 +248,54 @@ def notify_targets(raw: str, name: str) -> tuple[NotifyTarget, ...]:
             )
         targets.append(NotifyTarget(fmt, url))
     return tuple(targets)
+
+
+# --- the schedule (schedule_windows.py reads it; the message says where it is wrong) ----------
+
+
+def schedule_rules(raw: str, name: str) -> tuple[Rule, ...]:
+    try:
+        return parse_rules(raw)
+    except ScheduleError as exc:
+        raise ConfigError(f"{name}: {exc}: {raw!r}") from None
+
+
+def schedule_zone(raw: str, name: str) -> str:
+    try:
+        return parse_zone(raw).key
+    except ScheduleError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def schedule_skip(raw: str, name: str) -> tuple[date, ...]:
+    try:
+        return tuple(sorted(parse_skip(raw)))
+    except ScheduleError as exc:
+        raise ConfigError(f"{name}: {exc}: {raw!r}") from None
+
+
+# --- the client side (issue 23): proxies, gateway keys, the metrics token ----------------------
+
+
+def proxies(raw: str, name: str) -> tuple[str, ...]:
+    """Read comma-separated IP addresses or networks, or `*`, as gunicorn reads them."""
+    entries = tuple(entry.strip() for entry in raw.split(",") if entry.strip())
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry)  # strict, as gunicorn: 10.0.0.1/8 is a mistake
+        except ValueError:
+            raise ConfigError(
+                f"{name} must list IP addresses or networks (e.g. 127.0.0.1,10.0.0.0/8) or *, "
+                f"got {entry!r}"
+            ) from None
+    return entries
+
+
+def control_keys(raw: str, name: str) -> tuple[str, ...]:
+    """Read comma-separated keys, each held to CONTROL_API_KEY's rules."""
+    found = tuple(key.strip() for key in raw.split(",") if key.strip())
+    for key in found:
+        control_key(key, name)
+    return found

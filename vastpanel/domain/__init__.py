@@ -28,6 +28,8 @@ from .llm_load import LlmLoad
 from .lockout import KeyGuard
 from .notify import Notifier
 from .power import Power
+from .schedule import ScheduleBook
+from .schedule_start import ScheduledStart
 from .signins import SignIns
 from .status import StatusReader
 from .wake import Wake
@@ -46,6 +48,8 @@ __all__ = [
     "Notifier",
     "Panel",
     "Power",
+    "ScheduleBook",
+    "ScheduledStart",
     "SignIns",
     "StatusReader",
     "Wake",
@@ -77,3 +81,5 @@ class Panel:
     signins: SignIns
     keys: KeyGuard
     status: StatusReader
+    schedule: ScheduleBook  # the schedule of warm hours in force
+    scheduled_start: ScheduledStart  # the start before each window (the watchdog's leader)

@@ -1,25 +1,28 @@
 """The brute-force limit on the keys: a client that sends too many wrong keys is locked out.
 
-Sign-in and the JSON API's X-API-Key (CONTROL_API_KEY) and /v1/'s bearer keys (LLM_API_KEYS)
-share it, and every worker process too (the counts live in SQLite). A client is its address as the app sees it (request.remote_addr; behind a reverse
-proxy, the proxy's, since FORWARDED_ALLOW_IPS covers X-Forwarded-Proto, not X-Forwarded-For):
-an IPv4 address, or the /64 network of an IPv6 one, since one host usually holds a whole /64. After FREE_WRONG_KEYS wrong keys within
-WRONG_KEY_WINDOW_S the client is locked out: its requests are answered 429 with Retry-After,
-without the key being checked, for LOCKOUT_BASE_S, doubling with each lockout up to
-LOCKOUT_MAX_S. A missing (empty) key is refused but not counted: it is no guess. A right key
-from a client that is not locked out is never slowed; the right control key also forgets the
-client's wrong keys, an LLM key does not (else a chat key's holder could guess the control key
-forever, four guesses and one right chat key at a time). Nothing
-sleeps: a wrong key is answered at once.
+Sign-in, the JSON API's X-API-Key and /v1/'s bearer keys (LLM_API_KEYS) share it, and every
+worker process too (the counts live in SQLite). A client is its address as the app sees it (request.remote_addr: behind the reverse
+proxies of FORWARDED_ALLOW_IPS, the address they name; addresses.py): an IPv4 address, or the
+/64 network of an IPv6 one, since one host usually holds a whole /64. After FREE_WRONG_KEYS
+wrong keys within WRONG_KEY_WINDOW_S the client is locked out: its requests are answered 429
+with Retry-After, without the key being checked, for LOCKOUT_BASE_S, doubling with each lockout
+up to LOCKOUT_MAX_S. A missing (empty) key is refused but not counted: it is no guess. A right
+key from a client that is not locked out is never slowed; the control and gateway keys also
+forget the client's wrong keys, an LLM key does not (else a chat key's holder could guess the
+control key forever, four guesses and one right chat request at a time). Nothing sleeps: a
+wrong key is answered at once.
+
+The keys are CONTROL_API_KEY (everything) and, where the caller allows them, GATEWAY_API_KEYS
+(posting activity only): a check says which one matched.
 """
 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import math
 from dataclasses import dataclass
 
+from ..addresses import client_group
 from ..clock import Clock
 from ..config import Config
 from ..storage import auth_failures
@@ -38,12 +41,18 @@ MAX_CLIENTS = 10_000
 LOCKOUT_EVENT = "auth_lockout"
 
 
+CONTROL = "control"  # CONTROL_API_KEY
+GATEWAY = "gateway"  # one of GATEWAY_API_KEYS
+LLM = "llm"  # one of LLM_API_KEYS (/v1/)
+
+
 @dataclass(frozen=True)
 class KeyCheck:
     """The outcome of a key check: accepted, or refused, or not checked (locked out)."""
 
     accepted: bool
     retry_after_s: float | None = None  # set when the client is locked out
+    key: str | None = None  # which key was accepted: CONTROL, GATEWAY or LLM
 
     @property
     def retry_after_header(self) -> str:
@@ -53,15 +62,7 @@ class KeyCheck:
 
 def client_of(remote_addr: str | None) -> str:
     """Return who a request counts as: its IPv4 address or its IPv6 /64, else "unknown"."""
-    try:
-        address = ipaddress.ip_address((remote_addr or "").strip())
-    except ValueError:
-        return "unknown"
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
+    return client_group(remote_addr)
 
 
 def lockout_seconds(lockouts_before: int) -> float:
@@ -83,7 +84,7 @@ def after_wrong_key(row: AuthFailures | None, client: str, now: float) -> AuthFa
 
 
 class KeyGuard:
-    """Checks CONTROL_API_KEY and LLM_API_KEYS with the brute-force limit."""
+    """Checks CONTROL_API_KEY, GATEWAY_API_KEYS and LLM_API_KEYS with the brute-force limit."""
 
     def __init__(self, store: Store, clock: Clock, config: Config, audit: Audit):
         self.store = store
@@ -91,38 +92,35 @@ class KeyGuard:
         self.config = config
         self.audit = audit
 
-    def check(self, given: str, remote_addr: str | None, where: str) -> KeyCheck:
-        """Check CONTROL_API_KEY from a client unless it is locked out; count it when wrong.
+    def check(
+        self, given: str, remote_addr: str | None, where: str, *, gateway: bool = False
+    ) -> KeyCheck:
+        """Check a key from a client unless it is locked out; count it when it is wrong.
 
-        where ("signin" or "api") only labels the audit entry of a lockout. The caller has made
-        sure a CONTROL_API_KEY is configured.
+        where ("signin" or "api") only labels the audit entry of a lockout; gateway true also
+        accepts GATEWAY_API_KEYS. The caller has made sure a CONTROL_API_KEY is configured.
         """
-        return self._check(given, (self.config.control_api_key,), remote_addr, where, True)
+        return self._check(given, remote_addr, where, self._matching_key(given, gateway), True)
 
     def check_llm_key(self, given: str, remote_addr: str | None) -> KeyCheck:
         """Check one of LLM_API_KEYS (/v1/) the same way; a right one forgets nothing."""
-        return self._check(given, self.config.llm_api_keys, remote_addr, "v1", False)
+        matched = LLM if _matches_any(given, self.config.llm_api_keys) else None
+        return self._check(given, remote_addr, "v1", matched, False)
 
     def _check(
-        self,
-        given: str,
-        expected: tuple[str, ...],
-        remote_addr: str | None,
-        where: str,
-        forgive: bool,
+        self, given: str, remote_addr: str | None, where: str, matched: str | None, forgive: bool
     ) -> KeyCheck:
+        """Refuse a locked-out client; accept the key matched, or count a wrong one."""
         client = client_of(remote_addr)
         now = self.clock.now()
         db = self.store.db
         row = auth_failures.read_auth_failures(db, client)
         if row is not None and row.locked_until is not None and row.locked_until > now:
             return KeyCheck(False, row.locked_until - now)
-        # Compared with every key, in constant time: timing tells nothing about which is close.
-        matches = [hmac.compare_digest(given.encode(), key.encode()) for key in expected]
-        if any(matches):
+        if matched is not None:
             if row is not None and forgive:
                 auth_failures.forget_auth_failures(db, client)
-            return KeyCheck(True)
+            return KeyCheck(True, key=matched)
         if not given:
             return KeyCheck(
                 False
@@ -146,3 +144,20 @@ class KeyGuard:
                 lockout_number=new.lockouts,
             )
         return KeyCheck(False)
+
+    def _matching_key(self, given: str, gateway: bool) -> str | None:
+        """Say which key given is (CONTROL or GATEWAY), comparing each in constant time."""
+        candidates = [(CONTROL, self.config.control_api_key)]
+        if gateway:
+            candidates += [(GATEWAY, key) for key in self.config.gateway_api_keys]
+        matched = None
+        for name, key in candidates:  # no early exit: the time says nothing of which matched
+            if hmac.compare_digest(given.encode(), key.encode()) and matched is None:
+                matched = name
+        return matched
+
+
+def _matches_any(given: str, keys: tuple[str, ...]) -> bool:
+    """Tell whether given is one of keys, comparing each in constant time, with no early exit."""
+    matches = [hmac.compare_digest(given.encode(), key.encode()) for key in keys]
+    return any(matches)

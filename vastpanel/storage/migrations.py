@@ -198,3 +198,18 @@ def m009_instance_error_kind(db: Database) -> None:
         "WHEN error LIKE '%rejected VAST_API_KEY%' THEN 'auth' ELSE 'unreachable' END "
         "WHERE error IS NOT NULL"
     )
+
+
+@migrations()
+def m010_start_times(db: Database) -> None:
+    """Time each start from the call to vast.ai to the first healthy answer (schedules learn
+    their lead time from these)."""
+    # queued: vast.ai queued the start (the GPU was taken): its wait says nothing of a cold start.
+    db.execute(
+        """CREATE TABLE start_times (
+            id INTEGER PRIMARY KEY,
+            sent_at REAL NOT NULL,
+            healthy_at REAL,
+            queued INTEGER NOT NULL DEFAULT 0
+        )"""
+    )

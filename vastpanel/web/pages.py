@@ -13,13 +13,16 @@ from typing import Any
 from flask import Blueprint, Response, abort, flash, redirect, render_template, url_for
 from htmx_flask import make_response, request  # Flask's, with request.htmx and HX- headers
 
+from ..domain.budget import MAX_EXTRA_USD, BudgetStatus
 from ..domain.costs import DayCost, average_session_seconds
 from ..domain.idle import KEEPALIVE_CHOICES_MINUTES
 from ..errors import PanelError
 from ..formatting import FILTERS
+from ..schedule_windows import SKIP_ITEM as SKIP_ITEMS
+from ..schedule_windows import format_skip
 from . import auth, get_panel
 from .charts import cost_chart
-from .inputs import InvalidInput, whole_number
+from .inputs import InvalidInput, decimal_number, whole_number
 from .status_view import COMING_UP, llm_load, status_view, stop_confirmation
 
 bp = Blueprint("pages", __name__)
@@ -29,6 +32,7 @@ HTMX_PATH = f"vendor/htmx-{HTMX_VERSION}/htmx.min.js"
 AUDIT_PAGE_SIZE = 20
 NOTIFICATIONS_SHOWN = 10
 CHART_DAYS = 30
+MAX_OVERRIDE_HOURS = 31 * 24  # a month: the domain refuses what runs past the period's end
 MONTH_DAYS = 31  # the most days a month has had by its last day
 ACTOR = "admin"
 CHANGED_EVENT = "panelChanged"  # tells the cost, audit and notification widgets to reload
@@ -129,8 +133,11 @@ def notifications_context() -> dict[str, Any]:
     }
 
 
-def costs_context() -> dict[str, Any]:
-    """Gather what `_costs.html` shows: totals and the chart of the last days."""
+def costs_context(
+    budget_notice: str | None = None, notice_is_error: bool = False
+) -> dict[str, Any]:
+    """Gather what `_costs.html` shows: totals, the budget (with what an action on it did)
+    and the chart of the last days."""
     panel = get_panel()
     costs = panel.costs
     totals = costs.session_totals()
@@ -169,6 +176,34 @@ def costs_context() -> dict[str, Any]:
         "avg_session_seconds": average_session_seconds(totals),
         "chart": cost_chart(estimates, billed),
         "chart_days": CHART_DAYS,
+        "budget_notice": budget_notice,
+        "budget_notice_is_error": notice_is_error,
+    }
+
+
+def schedule_context(
+    notice: str | None = None, error: str | None = None, entered: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Gather what `_schedule.html` shows; entered keeps what the admin typed after an error."""
+    panel = get_panel()
+    overview = panel.schedule.overview()
+    schedule = overview.force.schedule
+    return {
+        "sched": overview,
+        "wall": panel.schedule.wall_time,
+        "window_text": panel.schedule.window_text,
+        "schedule_notice": notice,
+        "schedule_error": error,
+        "entered": entered
+        or {
+            "schedule": schedule.text,
+            "timezone": schedule.zone.key,
+            "skip": ", ".join(format_skip(schedule.skip)),
+        },
+        "schedule_now": panel.clock.now(),
+        "format_skip": format_skip,
+        "schedule_after_idle_minutes": panel.config.auto_shutdown_minutes,
+        "schedule_auto_shutdown": panel.config.auto_shutdown,
     }
 
 
@@ -206,6 +241,7 @@ def index():
         **audit_context(audit_before()),
         signins=auth.open_signins(),
         **notifications_context(),
+        **schedule_context(),
     )
 
 
@@ -225,6 +261,12 @@ def status_widget():
 def costs_widget():
     """Render the cost summary and the chart."""
     return render_template("_costs.html", **costs_context())
+
+
+@bp.get("/partials/schedule")
+def schedule_widget():
+    """Render what the schedule says now: in force, next start, cost (not the editor)."""
+    return render_template("_schedule_state.html", **schedule_context())
 
 
 @bp.get("/partials/notifications")
@@ -271,16 +313,77 @@ def keepalive():
 
 @bp.post("/budget/override")
 def budget_override():
-    """Let power-on through despite a spent budget until the period ends (audited)."""
+    """Let power-on through despite a spent budget, for $N more or N hours (audited)."""
+    panel = get_panel()
     try:
-        get_panel().budget.override(ACTOR)
-        message, failed = "Budget overridden until the end of the period.", False
+        if request.form.get("by") == "hours":
+            hours = decimal_number(request.form.get("hours", ""), "hours", 0, MAX_OVERRIDE_HOURS)
+            status = panel.budget.override(ACTOR, until=panel.clock.now() + hours * 3600)
+        else:
+            extra = decimal_number(request.form.get("extra_usd", ""), "$ more", 0, MAX_EXTRA_USD)
+            status = panel.budget.override(ACTOR, extra_usd=extra)
+        message, failed = override_message(status), False
+    except InvalidInput as exc:
+        message, failed = f"Not overridden: {exc.detail}.", True
     except PanelError as exc:
         message, failed = exc.message, True
     if not request.htmx:
         flash(message, "error" if failed else "info")
         return redirect(url_for("pages.index"), 303)
-    return make_response(render_template("_costs.html", **costs_context()), trigger=CHANGED_EVENT)
+    context = costs_context(budget_notice=message, notice_is_error=failed)
+    return make_response(render_template("_costs.html", **context), trigger=CHANGED_EVENT)
+
+
+def override_message(status: BudgetStatus | None) -> str:
+    """Say what an override now allows."""
+    override = status.override if status else None
+    if override is None:  # an amount already spent: in force for no time at all
+        return "Overridden, but that amount is already spent: the budget still stops."
+    if override.limit_usd is not None:
+        return f"Budget overridden: the {status.period} may cost up to ${override.limit_usd:.2f}."
+    return "Budget overridden for the time given."
+
+
+@bp.post("/schedule")
+def schedule_save():
+    """Store the schedule typed in the editor (audited); an unusable value changes nothing."""
+    entered = {name: request.form.get(name, "") for name in ("schedule", "timezone", "skip")}
+    skip = SKIP_ITEMS.findall(entered["skip"])
+    return schedule_action(
+        lambda panel: panel.schedule.replace(
+            ACTOR, entered["schedule"].strip(), entered["timezone"].strip() or "UTC", skip
+        ),
+        "Schedule saved; it applies from the watchdog's next look.",
+        entered,
+    )
+
+
+@bp.post("/schedule/clear")
+def schedule_clear():
+    """Forget the stored schedule: the environment's applies again (audited)."""
+    return schedule_action(
+        lambda panel: panel.schedule.clear(ACTOR), "The environment's schedule applies again."
+    )
+
+
+def schedule_action(action, done: str, entered: dict[str, str] | None = None) -> Response:
+    """Run a schedule change; answer htmx with the schedule card, a plain form with a redirect."""
+    try:
+        action(get_panel())
+        message, failed = done, False
+    except PanelError as exc:
+        message, failed = exc.message, True
+    if not request.htmx:
+        flash(message, "error" if failed else "info")
+        return redirect(url_for("pages.index"), 303)
+    context = (
+        schedule_context(error=message, entered=entered)
+        if failed
+        else schedule_context(notice=message)
+    )
+    return make_response(
+        render_template("_schedule.html", **context), trigger=None if failed else CHANGED_EVENT
+    )
 
 
 def power_action(action) -> Response:

@@ -196,6 +196,9 @@ def forward(path: str):
         return openai_error(
             502, "The instance's LLM did not answer.", "server_error", "upstream_unreachable"
         )
+    except BaseException:  # the worker closing a connection whose body is too slow, say
+        ticket.close()
+        raise
     headers = returned_headers(upstream.headers)
     if "content-length" in upstream.headers and request.method != "HEAD":
         headers.append(("Content-Length", upstream.headers["content-length"]))
