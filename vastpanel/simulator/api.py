@@ -9,13 +9,23 @@ from urllib.parse import parse_qsl, urlencode
 from flask import Blueprint, Flask, Response, current_app, g, json, request
 
 from .backend import Backend
+from .charges import charges_answer
 from .control import control
-from .faults import RATE_LIMIT_DETAIL, Fault
+from .faults import CHARGES_PATH, RATE_LIMIT_DETAIL, Fault, charges_too_frequent
 
 vast = Blueprint("vast", __name__, url_prefix="/api/v0")
 
 INVALID_KEY = {"success": False, "error": "auth_error", "msg": "Invalid user key"}
+# The charges endpoint tells a missing key (403) from an unknown one (404): show_charges.yaml.
+LOGIN_REQUIRED = {"success": False, "error": "auth_error", "msg": "This action requires login."}
 STATES = ("running", "stopped")
+# Not documented: what vast.ai answers a start after the contract's end_date. The guides say
+# only that expired instances cannot restart; this refusal is the simulator's assumption.
+CONTRACT_EXPIRED = {
+    "success": False,
+    "error": "contract_expired",
+    "msg": "Instance {id}'s contract ended (end_date {end_date:.0f}): it cannot start again.",
+}
 
 
 def create_api_app(backend: Backend, on_pause=None) -> Flask:
@@ -49,18 +59,22 @@ def front_door():
     """Play the proxy and rate limiter in front of the API, then check the key."""
     backend = _backend()
     g.arrived_at = backend.clock()
-    fault = backend.faults.take_front(request.method)
+    fault = backend.faults.take_front(request.method, request.path)
     if fault is not None:
         backend.pause_for(fault.delay)
         if fault.kind != "slow":
             return _refuse(fault)
+    endpoint = request.url_rule.rule if request.url_rule else request.path
     g.auth = _key_accepted(backend)
     if g.auth is None:
+        if endpoint == CHARGES_PATH:
+            return answer(403, LOGIN_REQUIRED) if not _sent_key() else answer(404, INVALID_KEY)
         return answer(401, INVALID_KEY)
-    endpoint = request.url_rule.rule if request.url_rule else request.path
     threshold = backend.rate_limiter.exceeded(
         endpoint, request.method, g.arrived_at, key=_sent_key() or ""
     )
+    if threshold is not None and endpoint == CHARGES_PATH:
+        return answer(429, charges_too_frequent(), {"Retry-After": "1"})
     if threshold is not None:
         # As vast.ai: plain text, no Retry-After; the client must wait the interval itself.
         return answer(429, RATE_LIMIT_DETAIL.format(threshold=threshold))
@@ -148,7 +162,8 @@ def change_instance(raw_id: str):
     backend = _backend()
     inst = backend.instance
     with inst.lock:
-        if instance_id != inst.id or inst.vanished:
+        inst.settle(backend.clock())
+        if instance_id != inst.id or inst.gone:
             return answer(
                 404,
                 {
@@ -171,6 +186,9 @@ def change_instance(raw_id: str):
 def _start(backend: Backend) -> Response | None:
     """Start the instance unless a fault refuses; return the refusal, if any."""
     inst = backend.instance
+    inst.accrue(backend.clock())
+    if inst.expired:
+        return contract_expired(inst)
     if inst.held and backend.faults.gpu_busy():
         return _refuse(Fault.from_options("resources_unavailable"))  # still queued
     if not inst.start_needed(backend.clock()):
@@ -186,55 +204,22 @@ def _start(backend: Backend) -> Response | None:
     return None
 
 
+def contract_expired(inst) -> Response:
+    """Return the refusal of a start after the contract's end (an assumption, see above)."""
+    msg = CONTRACT_EXPIRED["msg"].format(id=inst.id, end_date=inst.end_date)
+    return answer(400, {**CONTRACT_EXPIRED, "msg": msg})
+
+
 def _refuse(fault: Fault) -> Response:
-    status, headers, body = fault.answer()
+    status, headers, body = fault.answer(request.path)
     return Response(body, status=status, headers=headers)
-
-
-CHARGES_MAX_LIMIT = 500
-CHARGES_DEFAULT_LIMIT = 100
-NO_BILLING_READ = {
-    "success": False,
-    "error": "permission_denied",
-    "msg": "This API key lacks the billing_read permission.",
-}
 
 
 @vast.get("/charges/", strict_slashes=False)
 def charges():
-    """Answer the instance's charges per UTC day, paged by limit and after_token/next_token."""
-    backend = _backend()
-    inst = backend.instance
-    if not inst.meter.billing_read:
-        return answer(403, NO_BILLING_READ)
-    try:
-        filters = json.loads(request.args.get("select_filters", ""))
-        days = filters["day"]
-        gte, lte = float(days["gte"]), float(days["lte"])
-        types = filters["type"]["in"]
-        limit = int(request.args.get("limit", CHARGES_DEFAULT_LIMIT))
-        offset = int(request.args.get("after_token") or 0)
-    except (ValueError, TypeError, KeyError):
-        return invalid_args(
-            'select_filters is required: {"day": {"gte": N, "lte": N}, "type": {"in": [...]}}; '
-            "limit and after_token must be integers."
-        )
-    if not 1 <= limit <= CHARGES_MAX_LIMIT or offset < 0:
-        return invalid_args(f"limit must be from 1 to {CHARGES_MAX_LIMIT}.")
-    with inst.lock:
-        rows = inst.charge_rows(gte, lte) if "instance" in types else []
-    page = rows[offset : offset + limit]
-    more = offset + limit < len(rows)
-    return answer(
-        200,
-        {
-            "success": True,
-            "count": len(page),
-            "total": len(rows),
-            "next_token": str(offset + limit) if more else None,
-            "results": page,
-        },
-    )
+    """Answer the account's charges, one row per contract (charges.py)."""
+    status, body = charges_answer(_backend(), request.args)
+    return answer(status, body)
 
 
 @vast.get("/users/current/", strict_slashes=False)

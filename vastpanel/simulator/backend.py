@@ -10,9 +10,26 @@ from dataclasses import dataclass
 
 from .faults import Fault, FaultBook, RateLimiter
 from .instance import FORCED_STATUSES, SimInstance
-from .llm_metrics import VllmMetrics
+from .vllm_metrics import VllmMetrics
 
-EXTERNAL_ACTIONS = ("start", "stop", "exit", "vanish", "appear", "recover", *FORCED_STATUSES)
+EXTERNAL_ACTIONS = (
+    "start",
+    "stop",
+    "exit",
+    "vanish",
+    "appear",
+    "recover",
+    "expire",
+    *FORCED_STATUSES,
+)
+BILLING_OPTIONS = (
+    "factor",
+    "billing_read",
+    "dph_base",
+    "storage_cost",
+    "stopped_storage_factor",
+    "clip_to_range",
+)
 LOG_LIMIT = 10_000  # a demo left polling for days keeps only the latest requests
 
 
@@ -27,6 +44,9 @@ class LlmConfig:
     serve_metrics: bool = True  # False: /metrics answers 404, as a stack without that route
     metrics_token: str | None = None  # when set, /metrics wants "Authorization: Bearer <token>"
     max_num_seqs: int = 256  # requests generated at once; more wait (vllm:num_requests_waiting)
+    # As vLLM (vllm-project/vllm#22545, #29928): when every request in flight is aborted, the
+    # running/waiting gauges keep their values until the engine runs another request.
+    sticky_gauges: bool = True
 
 
 def _non_negative(value: object) -> bool:
@@ -43,6 +63,7 @@ class Backend:
         initial_state: str,
         rate_limit: dict[str, float] | None,
         llm: LlmConfig,
+        clip_charges: bool = False,
     ):
         self.api_key = api_key
         # The instance's own key, as vast.ai puts CONTAINER_API_KEY in every instance: it may
@@ -53,7 +74,11 @@ class Backend:
         self.faults = FaultBook()
         self.rate_limiter = RateLimiter(rate_limit)
         self.llm = llm
-        self.metrics = VllmMetrics(llm.model, llm.max_num_seqs)
+        self.metrics = VllmMetrics(llm.model, llm.max_num_seqs, llm.sticky_gauges)
+        self.billing_read = True  # False: the key lacks billing_read, the charges answer 403
+        # Whether charge rows are clipped to the asked day range: vast.ai does not document
+        # it, so the default is the whole contract's amount (see billing.py).
+        self.clip_charges = clip_charges
         self.llm_port = 0  # set once the LLM server is listening
         self.host_ports: dict[int, int] = {}  # container port -> host port, else the LLM's
         self.closing = threading.Event()
@@ -101,9 +126,11 @@ class Backend:
         """Return the instance as the API shows it now, or None when it has vanished."""
         inst = self.instance
         with inst.lock:
-            if inst.vanished:
+            now = self.clock()
+            inst.settle(now)
+            if inst.gone:
                 return None
-            return inst.as_api_dict(self.clock(), self.llm_port, self.host_ports)
+            return inst.as_api_dict(now, self.llm_port, self.host_ports)
 
     def external(self, action: str) -> bool:
         """Change the instance as if from the vast.ai console; False if it had no effect."""
@@ -116,13 +143,19 @@ class Backend:
             if action == "appear":
                 changed, inst.vanished = inst.vanished, False
                 return changed
-            if inst.vanished:
+            if inst.gone:
                 return False
+            if action == "expire":
+                changed = not inst.expired
+                inst.set_end_date(now, now + inst.meter.epoch_offset)
+                inst.settle(now)
+                return changed
             if action == "vanish":
                 inst.vanished = True
                 return True
             if action == "start":
-                return inst.request_start(now, gpu_free=not self.faults.gpu_busy()) != "noop"
+                outcome = inst.request_start(now, gpu_free=not self.faults.gpu_busy())
+                return outcome in ("started", "queued")
             if action == "stop":
                 changed = inst.intended != "stopped"
                 inst.request_stop(now)
@@ -134,9 +167,9 @@ class Backend:
             return inst.exit_container(now)
 
     def set_billing(self, **options) -> dict:
-        """Bill differently from now on: factor per item, billing_read, dph_base, storage_cost."""
+        """Bill differently from now on (see BILLING_OPTIONS); what ran so far stays billed."""
         inst = self.instance
-        unknown = set(options) - {"factor", "billing_read", "dph_base", "storage_cost"}
+        unknown = set(options) - set(BILLING_OPTIONS)
         if unknown:
             raise ValueError(f"unknown billing options: {', '.join(sorted(unknown))}")
         factor = options.get("factor", {})
@@ -147,24 +180,59 @@ class Backend:
         for name in ("dph_base", "storage_cost"):
             if name in options and not _non_negative(options[name]):
                 raise ValueError(f"{name} must be a number >= 0")
-        if "billing_read" in options and not isinstance(options["billing_read"], bool):
-            raise ValueError("billing_read must be true or false")
+        stopped = options.get("stopped_storage_factor", 1.0)
+        if not _non_negative(stopped) or stopped < 1.0:
+            raise ValueError("stopped_storage_factor must be a number >= 1.0")
+        for name in ("billing_read", "clip_to_range"):
+            if name in options and not isinstance(options[name], bool):
+                raise ValueError(f"{name} must be true or false")
         with inst.lock:
             inst.accrue(self.clock())  # what ran so far is billed at the old terms
             inst.meter.factor.update({k: float(v) for k, v in factor.items()})
-            inst.meter.billing_read = options.get("billing_read", inst.meter.billing_read)
-            for name in ("dph_base", "storage_cost"):
+            self.billing_read = options.get("billing_read", self.billing_read)
+            self.clip_charges = options.get("clip_to_range", self.clip_charges)
+            for name in ("dph_base", "storage_cost", "stopped_storage_factor"):
                 if name in options:
                     setattr(inst.hardware, name, float(options[name]))
-            return inst.meter.describe()
+            return self.billing()
+
+    def billing(self) -> dict:
+        """Return how the simulator bills, and the bill per UTC day and item so far."""
+        inst = self.instance
+        with inst.lock:
+            if not inst.gone:
+                inst.accrue(self.clock())
+            return {
+                **inst.meter.describe(),
+                "billing_read": self.billing_read,
+                "clip_to_range": self.clip_charges,
+                "stopped_storage_factor": inst.hardware.stopped_storage_factor,
+            }
+
+    def charge_rows(self, gte: float, lte: float) -> list[dict]:
+        """Return one charges row per contract overlapping [gte, lte] (epoch seconds)."""
+        inst = self.instance
+        with inst.lock:
+            row = inst.charge_row(gte, lte, self.clip_charges)
+        return [row] if row is not None else []
+
+    def set_contract(self, ends_at: float) -> dict | None:
+        """End the instance's contract at ``ends_at`` (epoch); return the instance as shown."""
+        if not _non_negative(ends_at):
+            raise ValueError("ends_at must be epoch seconds")
+        inst = self.instance
+        with inst.lock:
+            now = self.clock()
+            if inst.gone:
+                raise ValueError(f"instance {inst.id} is gone")
+            inst.set_end_date(now, float(ends_at))
+            return self.instance_view()
 
     def add_bandwidth(self, received: int, sent: int) -> None:
         """Bill LLM traffic: bytes into the instance (bwd) and out of it (bwu)."""
         inst = self.instance
         with inst.lock:
-            now = self.clock()
-            inst.meter.add_bytes(now, "bwd", received, inst.hardware.inet_down_cost)
-            inst.meter.add_bytes(now, "bwu", sent, inst.hardware.inet_up_cost)
+            inst.add_bandwidth(self.clock(), received, sent)
 
     def add_fault(self, kind: str, **options) -> Fault:
         """Activate a fault (see faults.Fault); raise ValueError for a bad one."""
@@ -202,11 +270,14 @@ class Backend:
                 "faults": self.faults.describe(),
                 "rate_limit": dict(self.rate_limiter.intervals),
                 "llm_port": self.llm_port,
-                "billing": inst.meter.describe(),
+                "billing": self.billing(),
+                "contract": {"end_date": inst.end_date, "expired": inst.expired},
                 "llm": {
                     "token_delay_s": self.llm.token_delay_s,
                     "serve_metrics": self.llm.serve_metrics,
+                    "sticky_gauges": self.llm.sticky_gauges,
                     "requests_running": self.metrics.running,
                     "requests_waiting": self.metrics.waiting,
+                    "gauges": self.metrics.gauges(),
                 },
             }

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from flask import Blueprint, current_app, jsonify, request
 
 from .backend import Backend
-from .instance import Timing
+from .timing import Timing
 
 control = Blueprint("sim_control", __name__, url_prefix="/_sim")
 
@@ -64,8 +64,9 @@ def clear_faults():
 def external():
     """Act as the vast.ai console would: {"action": A} (backend.EXTERNAL_ACTIONS).
 
-    start, stop, exit, vanish, appear; created, frozen, rebooting, unknown, offline show that
-    status until recover, a start or a stop (rebooting ends by itself after load_delay).
+    start, stop, exit, vanish, appear; expire (the contract ends now); created, frozen,
+    rebooting, unknown, offline show that status until recover, a start or a stop (rebooting
+    ends by itself after load_delay).
     """
     backend = _backend()
     try:
@@ -75,9 +76,19 @@ def external():
     return jsonify({"ok": True, "changed": changed, "instance": backend.instance_view()})
 
 
+@control.post("/contract")
+def set_contract():
+    """End the instance's contract at {"ends_at": epoch seconds} (past: it expires now)."""
+    try:
+        view = _backend().set_contract(_body().get("ends_at"))
+    except ValueError as error:
+        return _bad(str(error))
+    return jsonify({"ok": True, "instance": view})
+
+
 @control.post("/billing")
 def set_billing():
-    """Bill differently from now on: {"factor": {"gpu": 1.5}, "billing_read": false, ...}."""
+    """Bill differently from now on: {"factor": {"gpu": 1.5}, "clip_to_range": true, ...}."""
     try:
         billing = _backend().set_billing(**_body())
     except ValueError as error:
@@ -136,12 +147,17 @@ def pause():
     return jsonify({"ok": True, "resumes_in": seconds}), 202
 
 
-LLM_SETTINGS = {"token_delay_s": (int, float), "serve_metrics": (bool,), "max_num_seqs": (int,)}
+LLM_SETTINGS = {
+    "token_delay_s": (int, float),
+    "serve_metrics": (bool,),
+    "max_num_seqs": (int,),
+    "sticky_gauges": (bool,),
+}
 
 
 @control.post("/llm")
 def set_llm():
-    """Change the LLM stack: {"token_delay_s": s, "serve_metrics": bool, "max_num_seqs": n}."""
+    """Change the LLM stack: {"token_delay_s": s, "serve_metrics": b, "max_num_seqs": n, ...}."""
     backend = _backend()
     body = _body()
     for name, value in body.items():
@@ -156,4 +172,5 @@ def set_llm():
     for name, value in body.items():
         setattr(backend.llm, name, value)
     backend.metrics.max_num_seqs = max(1, backend.llm.max_num_seqs)
+    backend.metrics.sticky_gauges = backend.llm.sticky_gauges
     return jsonify({"ok": True, "llm": backend.snapshot()["llm"]})

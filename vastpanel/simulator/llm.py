@@ -15,7 +15,7 @@ import uuid
 from flask import Flask, Response, current_app, g, json, request
 
 from .backend import Backend
-from .llm_metrics import CONTENT_TYPE
+from .vllm_metrics import CONTENT_TYPE
 
 MAX_TOKENS_LIMIT = 100_000
 
@@ -52,7 +52,7 @@ def _only_when_up():
     g.arrived_at = backend.clock()
     inst = backend.instance
     with inst.lock:
-        running = not inst.vanished and inst.is_running(g.arrived_at)
+        running = inst.is_running(g.arrived_at)
         warm = running and inst.is_warm(g.arrived_at)
         boot = inst.running_at
     if not running:
@@ -184,7 +184,7 @@ def _instance_up(backend: Backend) -> bool:
     """Tell whether the instance still runs (an LLM on a gone machine cannot answer)."""
     inst = backend.instance
     with inst.lock:
-        return not inst.vanished and inst.is_running(backend.clock())
+        return inst.is_running(backend.clock())
 
 
 def _stream(backend: Backend, prompt_tokens, tokens, reason, completion_id: str, created: int):
@@ -197,7 +197,13 @@ def _stream(backend: Backend, prompt_tokens, tokens, reason, completion_id: str,
         return f"data: {json.dumps({**base, 'model': model, 'choices': [choice]})}\n\n"
 
     yield chunk({"role": "assistant", "content": ""}, None)
-    for i, token in enumerate(_generate(backend, prompt_tokens, tokens, reason)):
-        yield chunk({"content": token if i == 0 else " " + token}, None)
+    generation = _generate(backend, prompt_tokens, tokens, reason)
+    try:
+        for i, token in enumerate(generation):
+            yield chunk({"content": token if i == 0 else " " + token}, None)
+    finally:
+        # A client that closes the connection closes this stream: the generation it was
+        # waiting for is aborted at once, as vLLM aborts a request whose client went away.
+        generation.close()
     yield chunk({}, reason)
     yield "data: [DONE]\n\n"

@@ -10,9 +10,11 @@ from .agent import AgentSettings, InstanceAgent
 from .api import create_api_app
 from .backend import Backend, LlmConfig
 from .faults import DEFAULT_RATE_LIMIT, Fault
-from .instance import Hardware, SimInstance, Timing
+from .hardware import Hardware
+from .instance import SimInstance
 from .llm import create_llm_app
 from .server import HOST, KeepAliveServerThread, ServerThread
+from .timing import Timing
 
 
 class Simulator:
@@ -44,14 +46,24 @@ class Simulator:
         quiet: bool = True,
         agent: AgentSettings | None = None,
         host_ports: dict[int, int] | None = None,
+        contract_ends_at: float | None = None,
+        clip_charges_to_range: bool = False,
     ):
         if not api_key:
             raise ValueError("api_key must not be empty")
         timing = Timing(schedule_delay, load_delay, warm_delay, stop_delay, create_delay)
         instance = SimInstance(
-            instance_id, timing, hardware or Hardware(), clock, wall_clock, initial_state
+            instance_id,
+            timing,
+            hardware or Hardware(),
+            clock,
+            wall_clock,
+            initial_state,
+            ends_at=contract_ends_at,
         )
-        self.backend = Backend(api_key, instance, initial_state, rate_limit, llm or LlmConfig())
+        self.backend = Backend(
+            api_key, instance, initial_state, rate_limit, llm or LlmConfig(), clip_charges_to_range
+        )
         self._api = ServerThread(
             create_api_app(self.backend, on_pause=self.pause), port, quiet, "sim-api"
         )
@@ -165,15 +177,16 @@ class Simulator:
             inst.timing = Timing(**{**vars(inst.timing), **delays})
 
     def set_billing(self, **options) -> dict:
-        """Bill differently from now on (factor per item, billing_read, dph_base, storage_cost)."""
+        """Bill differently from now on (backend.BILLING_OPTIONS)."""
         return self.backend.set_billing(**options)
 
+    def set_contract(self, ends_at: float) -> dict | None:
+        """End the instance's contract at ``ends_at`` (epoch seconds)."""
+        return self.backend.set_contract(ends_at)
+
     def charges(self) -> dict:
-        """Return the bill per UTC day and item, accrued up to now."""
-        inst = self.backend.instance
-        with inst.lock:
-            inst.accrue(inst.clock())
-            return inst.meter.describe()
+        """Return the bill per UTC day and item, accrued up to now, and how it is billed."""
+        return self.backend.billing()
 
     def reset(self) -> None:
         """Back to the initial state, no faults, empty logs."""
