@@ -523,7 +523,7 @@ def test_bad_fault_is_rejected(sim):
     with pytest.raises(ValueError, match="status"):
         sim.add_fault("response")
     with pytest.raises(ValueError, match="method"):
-        sim.add_fault("rate_limit", method="POST")
+        sim.add_fault("rate_limit", method="PATCH")
     with pytest.raises(ValueError, match="count"):
         sim.add_fault("resources_unavailable", count=1)
 

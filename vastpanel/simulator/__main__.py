@@ -42,6 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--contract-ends-at", type=float, help="the instance's end_date, epoch seconds"
     )
+    parser.add_argument(
+        "--gpu-taken",
+        action="store_true",
+        help="another renter has the instance's GPU: a start stays in scheduling until "
+        "POST /_sim/market {action: free}",
+    )
     parser.add_argument("--verbose", action="store_true", help="print one line per request")
     return parser.parse_args(argv)
 
@@ -68,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         quiet=not args.verbose,
         contract_ends_at=args.contract_ends_at,
         clip_charges_to_range=args.clip_charges,
+        gpu_taken=args.gpu_taken,
     )
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

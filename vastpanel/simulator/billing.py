@@ -25,6 +25,39 @@ from datetime import UTC, date, datetime, timedelta
 
 ITEMS = ("gpu", "disk", "bwd", "bwu")
 GB = 1e9
+BILLING_OPTIONS = (
+    "factor",
+    "billing_read",
+    "dph_base",
+    "storage_cost",
+    "stopped_storage_factor",
+    "clip_to_range",
+)
+
+
+def check_billing_options(options: dict) -> None:
+    """Raise ValueError naming the first billing option that cannot be applied."""
+    unknown = set(options) - set(BILLING_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown billing options: {', '.join(sorted(unknown))}")
+    factor = options.get("factor", {})
+    if not isinstance(factor, dict) or any(
+        k not in ITEMS or not _non_negative(v) for k, v in factor.items()
+    ):
+        raise ValueError("factor must map gpu, disk, bwd or bwu to a number >= 0")
+    for name in ("dph_base", "storage_cost"):
+        if name in options and not _non_negative(options[name]):
+            raise ValueError(f"{name} must be a number >= 0")
+    stopped = options.get("stopped_storage_factor", 1.0)
+    if not _non_negative(stopped) or stopped < 1.0:
+        raise ValueError("stopped_storage_factor must be a number >= 1.0")
+    for name in ("billing_read", "clip_to_range"):
+        if name in options and not isinstance(options[name], bool):
+            raise ValueError(f"{name} must be true or false")
+
+
+def _non_negative(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
 
 
 def midnight(day: date) -> float:

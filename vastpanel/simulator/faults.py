@@ -12,14 +12,21 @@ FRONT_KINDS = ("response", "rate_limit", "html", "slow")
 # Faults that refuse a start (PUT {"state": "running"}) after auth and validation.
 START_KINDS = ("resources_unavailable", "missing_billing")
 KINDS = FRONT_KINDS + START_KINDS
-METHODS = ("GET", "PUT")
+METHODS = ("GET", "PUT", "POST", "DELETE")
 
 RATE_LIMIT_DETAIL = "API requests too frequent: endpoint threshold={threshold}"
 # vast.ai's minimum intervals for the single-instance calls (shared/vast-api.md); on by default.
 DEFAULT_RATE_LIMIT = {"GET": 2.0, "PUT": 1.0}
 # Endpoints whose reference gives another interval (vast-ai/docs api-reference/openapi/yaml:
-# show_charges.yaml x-rate-limit threshold 1.0), applied while rate limits are on at all.
-ENDPOINT_RATE_LIMIT = {("GET", "/api/v0/charges/"): 1.0}
+# show_charges.yaml threshold 1.0, create_instance.yaml 4.5, the DELETE instance reference 3),
+# applied while rate limits are on at all.
+ENDPOINT_RATE_LIMIT = {
+    ("GET", "/api/v0/charges/"): 1.0,
+    ("PUT", "/api/v0/asks/<raw_id>/"): 4.5,
+    ("DELETE", "/api/v0/instances/<raw_id>/"): 3.0,
+}
+# Endpoints limited by count per period instead: search_offers.yaml, 10 requests a minute.
+WINDOW_RATE_LIMIT = {("POST", "/api/v0/bundles/"): (10, 60.0)}
 CHARGES_PATH = "/api/v0/charges/"
 # The charges endpoint alone documents a JSON 429 with a Retry-After header (show_charges.yaml).
 CHARGES_TOO_FREQUENT = {
@@ -205,22 +212,31 @@ class RateLimiter:
     """A minimum interval between accepted requests per key, endpoint and method (off: {}).
 
     ``intervals`` gives one per method; while any is on, an endpoint of ENDPOINT_RATE_LIMIT
-    gets its own documented interval instead.
+    gets its own documented interval instead, and one of WINDOW_RATE_LIMIT a count per period.
     """
 
     def __init__(self, intervals: dict[str, float] | None = None):
         self.intervals = {k.upper(): float(v) for k, v in (intervals or {}).items()}
         self._last: dict[tuple[str, str, str], float] = {}
+        self._recent: dict[tuple[str, str, str], list[float]] = {}
         self._lock = threading.Lock()
+
+    @property
+    def on(self) -> bool:
+        """Tell whether rate limits apply at all."""
+        return any(self.intervals.values())
 
     def interval(self, endpoint: str, method: str) -> float | None:
         """Return the minimum interval for the endpoint and method, or None when off."""
-        if not any(self.intervals.values()):
+        if not self.on:
             return None
         return ENDPOINT_RATE_LIMIT.get((method, endpoint), self.intervals.get(method)) or None
 
     def exceeded(self, endpoint: str, method: str, now: float, key: str = "") -> float | None:
         """Return the threshold when this request comes too soon, else record it and None."""
+        window = WINDOW_RATE_LIMIT.get((method, endpoint)) if self.on else None
+        if window is not None:
+            return self._over_window(window, (key, endpoint, method), now)
         interval = self.interval(endpoint, method)
         if not interval:
             return None
@@ -231,7 +247,18 @@ class RateLimiter:
             self._last[(key, endpoint, method)] = now
             return None
 
+    def _over_window(self, window: tuple[int, float], slot, now: float) -> float | None:
+        count, period = window
+        with self._lock:
+            recent = [t for t in self._recent.get(slot, []) if now - t < period]
+            if len(recent) >= count:
+                self._recent[slot] = recent
+                return period / count
+            self._recent[slot] = [*recent, now]
+            return None
+
     def reset(self) -> None:
         """Forget past requests."""
         with self._lock:
             self._last.clear()
+            self._recent.clear()

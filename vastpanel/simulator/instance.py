@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import secrets
 import threading
 from collections.abc import Callable
 
 from .billing import Meter
 from .hardware import Hardware
+from .recipe import Recipe, default_recipe
 from .timing import Timing
 
 RUNNING = "running"
@@ -18,11 +20,6 @@ INITIAL_STATES = ("stopped", "running", "creating")
 # Statuses the console (the control API) can put the instance in, until "recover", a start or
 # a stop; "rebooting" ends by itself after load_delay, back to the lifecycle's own status.
 FORCED_STATUSES = ("created", "frozen", "rebooting", "unknown", "offline")
-FORCED_MESSAGES = {
-    "offline": "Host disconnected",
-    "unknown": "No heartbeat from the host",
-    "rebooting": "Rebooting the container",
-}
 # GPU time is billed while running and while frozen: vast.ai's show-instance reference says of
 # frozen "Container is paused with memory preserved. GPU charges apply." (vast-ai/docs
 # cli/reference/show-instance.mdx); its billing guide bills the "active/connected" state only,
@@ -35,7 +32,6 @@ GPU_HELD = (RUNNING, LOADING, "frozen", "rebooting")
 # "Expired instances may be deleted 48 hours after expiration" (vast.ai's overview and
 # instance-types guide); the simulator deletes them then.
 EXPIRED_DELETE_AFTER_S = 48 * 3600.0
-EXPIRED_MESSAGE = "The instance's contract has ended (end_date); it cannot start."
 
 
 class SimInstance:
@@ -57,6 +53,9 @@ class SimInstance:
         *,
         ends_at: float | None = None,
         lock: threading.RLock | None = None,
+        recipe: Recipe | None = None,
+        files: dict[str, str] | None = None,
+        epoch_offset: float | None = None,
     ):
         if initial_state not in INITIAL_STATES:
             raise ValueError(f"initial_state must be one of {INITIAL_STATES}")
@@ -65,9 +64,18 @@ class SimInstance:
         self.hardware = hardware
         self.clock = clock
         self.lock = lock or threading.RLock()
-        wall = wall_clock()
+        # What it runs, and its own key (vast.ai's CONTAINER_API_KEY): it may stop or destroy
+        # this instance only (api.py).
+        self.recipe = recipe or default_recipe(hardware.image)
+        self.api_key = "inst-" + secrets.token_hex(16)
+        self.initial_files = dict(files or {})
+        self.llm_port = 0  # where its LLM stack listens, once it does
+        self.host_ports: dict[int, int] = {}  # container port -> host port, else the LLM's
+        now = clock()
+        offset = wall_clock() - now if epoch_offset is None else epoch_offset
+        wall = now + offset
         self.start_date = wall if initial_state == "creating" else wall - hardware.age_seconds
-        self.meter = Meter(epoch_offset=wall - clock())
+        self.meter = Meter(epoch_offset=offset)
         self.initial_end_date = (
             wall + hardware.contract_days * 86400 if ends_at is None else ends_at
         )
@@ -79,6 +87,7 @@ class SimInstance:
         self.meter.reset(now)
         self.meter.contract_start = self.start_date
         self.label = self.hardware.label
+        self.files = dict(self.initial_files)  # its disk: path -> content
         self.vanished = False
         self.destroyed_at: float | None = None
         self.held = False  # a start queued behind resources_unavailable
@@ -318,78 +327,3 @@ class SimInstance:
         else:
             self.loading_at = now + self.timing.schedule_delay
             self.running_at = self.loading_at + self.timing.load_delay
-
-    # --- the shape vast.ai answers ---
-
-    def as_api_dict(
-        self, now: float, llm_port: int, host_ports: dict[int, int] | None = None
-    ) -> dict:
-        """Return the instance object exactly as GET /api/v0/instances/{id}/ shows it."""
-        self.accrue(now)
-        hw = self.hardware
-        actual = self.actual_status(now)
-        running = self.is_running(now)
-        storage_total_cost = self.storage_dph_in(actual)
-        row = {
-            "id": self.id,
-            "actual_status": actual,
-            "intended_status": "frozen" if actual == "frozen" else self.intended,
-            "cur_state": RUNNING if actual in GPU_HELD else STOPPED,
-            "next_state": self.intended,
-            "status_msg": self._status_msg(actual),
-            "gpu_name": hw.gpu_name,
-            "num_gpus": hw.num_gpus,
-            "gpu_ram": hw.gpu_ram,
-            "dph_base": hw.dph_base,
-            "storage_cost": hw.storage_cost,
-            "disk_space": hw.disk_space,
-            "storage_total_cost": storage_total_cost,
-            "dph_total": hw.dph_base + storage_total_cost,
-            "inet_up_cost": hw.inet_up_cost,
-            "inet_down_cost": hw.inet_down_cost,
-            "public_ipaddr": "127.0.0.1\n",
-            "start_date": self.start_date,
-            "end_date": self.end_date,
-            "uptime_mins": round((now - self.running_at) / 60, 2) if running else None,
-            "label": self.label,
-            "machine_id": hw.machine_id,
-            "host_id": hw.host_id,
-            "geolocation": hw.geolocation,
-            "reliability2": hw.reliability,
-            "verification": "verified" if hw.verified else "unverified",
-            "ssh_host": "127.0.0.1",
-            "ssh_port": 20000 + self.id % 10000,
-            "static_ip": False,
-            "direct_port_start": -1,
-            "direct_port_end": -1,
-            "image_uuid": hw.image,
-            "extra_env": [],  # the official client turns this list of pairs into a dict
-            "gpu_util": 0.0 if running else None,
-            "cpu_cores_effective": 8.0,
-            "cpu_ram": 64000,
-            "inet_up": 500.0,
-            "inet_down": 800.0,
-        }
-        if running:
-            row["ports"] = {
-                f"{port}/tcp": [
-                    {"HostIp": "0.0.0.0", "HostPort": str((host_ports or {}).get(port, llm_port))}
-                ]
-                for port in (8000, 8001)
-            }
-        return row
-
-    def _status_msg(self, actual: str | None) -> str | None:
-        if actual in FORCED_MESSAGES:
-            return FORCED_MESSAGES[actual]
-        if self.expired:
-            return EXPIRED_MESSAGE
-        if actual == EXITED:
-            return "Error: container exited with code 137 (OOMKilled)"
-        if self.intended == RUNNING and self.held:
-            return "Required resources are currently unavailable, state change queued."
-        if actual == LOADING:
-            return f"Pulling image {self.hardware.image}"
-        if actual == RUNNING:
-            return "success, running " + self.hardware.image.replace(":", "_") + "/jupyter"
-        return None

@@ -37,6 +37,7 @@ class Timing:
     warm_delay: float = 1.0  # after running, until the model answers /health with 200
     stop_delay: float = 0.0  # after a stop, while actual still shows the old status
     create_delay: float = 0.0  # a new instance (or initial_state="creating"): actual is null
+    copy_delay: float = 5.0  # a copy between instances, shown in their status_msg meanwhile
 
     def __post_init__(self):
         for name, value in vars(self).items():
