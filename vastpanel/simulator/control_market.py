@@ -13,6 +13,8 @@ PUT  /_sim/files    {"instance_id": N, "files": {path: text}}: write files on it
 
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, jsonify, request
 
 from .control import _backend, _bad, _body, loopback_only
@@ -66,7 +68,7 @@ def show_files():
     """Show the files on an instance's disk (?instance_id=, the first one without)."""
     backend = _backend()
     raw = request.args.get("instance_id")
-    if raw is not None and not raw.isdigit():
+    if raw is not None and not re.fullmatch(r"[0-9]{1,18}", raw):
         return _bad("instance_id must be a number")
     with backend.lock:
         backend.settle_copies(backend.clock())

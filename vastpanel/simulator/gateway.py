@@ -12,6 +12,7 @@ header and 404 for an unknown key (show_charges.yaml).
 from __future__ import annotations
 
 import hmac
+import re
 from urllib.parse import parse_qsl, urlencode
 
 from flask import Response, current_app, g, json, request
@@ -100,7 +101,8 @@ def _key_accepted(account: Backend) -> str | None:
 def _path_instance_id() -> int | None:
     raw = (request.view_args or {}).get("raw_id", "")
     endpoint = request.url_rule.rule if request.url_rule else ""
-    return int(raw) if endpoint == INSTANCE_ENDPOINT and raw.isdigit() else None
+    digits = re.fullmatch(r"[0-9]{1,18}", raw)
+    return int(raw) if endpoint == INSTANCE_ENDPOINT and digits else None
 
 
 def _own_action() -> bool:
