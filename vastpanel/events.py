@@ -46,6 +46,9 @@ EVENTS: dict[str, Event] = {
     "instance_healthy": Event("LLM healthy", ("system",)),
     "llm_metrics_unavailable": Event("LLM metrics unavailable", ("system",)),
     "llm_metrics_available": Event("LLM metrics back", ("system",)),
+    # vLLM's busy gauges with no counter moving (llm_load.py): a stall is not work.
+    "llm_stalled": Event("LLM gauge stuck (no progress)", ("system",)),
+    "llm_stall_cleared": Event("LLM progress again", ("system",)),
     "agent_unreachable": Event("Dead-man switch unreachable", ("system",)),
     "idle_warning": Event("Idle stop warning", ("system",)),
     "keepalive": Event("Keep running", PEOPLE),

@@ -60,6 +60,8 @@ class Config:
     llm_metrics_path: str = "/metrics"
     llm_metrics_token: str = field(default="", repr=False)  # VAST_METRICS_TOKEN, to the LLM
     llm_metrics_every_s: float = 15.0
+    # VAST_LLM_STALL_MINUTES: busy gauges with no counter moving this long are stuck (0: off).
+    llm_stall_minutes: float = 10.0
     warn_minutes: float = 5.0
     keepalive_max_minutes: float = 480.0
     notify_targets: tuple[NotifyTarget, ...] = ()

@@ -155,6 +155,12 @@ SETTINGS: tuple[Setting, ...] = (
         "every worker", IDLE,
     ),
     Setting(
+        "VAST_LLM_STALL_MINUTES", "llm_stall_minutes", parse.number, 10.0,
+        "requests reported running or waiting while none of vLLM's counters moves for this "
+        "long are a stuck gauge, not work: idle from the last counter move (decimals allowed; "
+        "0 = off, the gauges are always believed)", IDLE,
+    ),
+    Setting(
         "VAST_BUDGET_USD", "budget_usd", parse.positive, None,
         "spending cap per budget period in $: warned at 80 %, stopped at 100 %; unset: none",
         CAPS,

@@ -198,3 +198,10 @@ def m009_instance_error_kind(db: Database) -> None:
         "WHEN error LIKE '%rejected VAST_API_KEY%' THEN 'auth' ELSE 'unreachable' END "
         "WHERE error IS NOT NULL"
     )
+
+
+@migrations()
+def m010_llm_stall(db: Database) -> None:
+    """Keep when vLLM's counters last moved and when a stall was declared (llm_load.py)."""
+    db.execute("ALTER TABLE llm_metrics ADD COLUMN progress_at REAL")
+    db.execute("ALTER TABLE llm_metrics ADD COLUMN stalled_since REAL")

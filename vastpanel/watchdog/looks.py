@@ -169,7 +169,11 @@ class Watchdog:
                 # A failed stop is already audited (…_failed); the next look retries.
                 error = exc.message
                 log.warning("watchdog: %s", exc.message)
-            deadlines = [self.idle.next_idle_deadline(), self.budget.next_cap_deadline()]
+            deadlines = [
+                self.idle.next_idle_deadline(),
+                self.idle.next_stall_check(),  # busy gauges that may be stuck (llm_load.py)
+                self.budget.next_cap_deadline(),
+            ]
             next_deadline = min((d for d in deadlines if d is not None), default=None)
             return Look(now, True, stopped, next_deadline, error, self.idle.next_warning_at())
 

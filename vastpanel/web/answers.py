@@ -32,6 +32,7 @@ def status_json(report: StatusReport) -> dict[str, Any]:
         "llm_requests_running": report.llm_requests_running,
         "llm_requests_waiting": report.llm_requests_waiting,
         "llm_metrics": report.llm_metrics,
+        "llm_stalled": report.llm_stalled,
         "auto_shutdown_in_minutes": report.auto_shutdown_in_minutes,
         "total_runtime_hours": report.totals.runtime_seconds / 3600,
         "total_cost_usd": report.totals.cost_usd,

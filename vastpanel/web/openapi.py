@@ -172,11 +172,22 @@ SCHEMAS: dict[str, Any] = {
                 "description": "vllm:num_requests_waiting at the last read; null unless read.",
             },
             "llm_metrics": {
-                "enum": ["ok", "unavailable", "off", None],
+                "enum": ["ok", "unavailable", "no_metrics", "off", None],
                 "description": (
                     "The LLM's metrics: read (ok), could not be read (unavailable: the other "
-                    "sources decide), not a source (off, VAST_IDLE_SOURCES); null while the "
-                    "instance is not running or they were not read in this session yet."
+                    "sources decide), read but without a single vllm: metric (no_metrics: vLLM "
+                    "started with --disable-log-stats; its load is unknown, not idle, and the "
+                    "other sources decide), not a source (off, VAST_IDLE_SOURCES); null while "
+                    "the instance is not running or they were not read in this session yet."
+                ),
+            },
+            "llm_stalled": {
+                "type": "boolean",
+                "description": (
+                    "True while vLLM reports requests running or waiting but none of its "
+                    "counters has moved for VAST_LLM_STALL_MINUTES: its gauges are taken as "
+                    "stuck (vLLM leaves them up after every request in flight was aborted), "
+                    "and the LLM counts as idle since a counter last moved."
                 ),
             },
             "auto_shutdown_in_minutes": {

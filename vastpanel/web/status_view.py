@@ -61,7 +61,9 @@ class StatusView:
 class LlmLoad:
     """What the card says about the LLM's load: a state, its words, and a quieter detail."""
 
-    state: str  # ok, starting, unavailable, off, or none (not read: the instance is not up)
+    # ok, stalled, starting, unavailable, no_metrics, off, or none (not read: the instance is
+    # not up)
+    state: str
     text: str
     detail: str | None = None
 
@@ -109,14 +111,29 @@ def llm_load(report: StatusReport | None, phase: str, gateway_source: bool) -> L
         )
     if report is None or phase not in LLM_EXPECTED or report.llm_metrics is None:
         return LlmLoad("none", "—")
+    fallback = "gateway posts decide" if gateway_source else "only the session start counts"
+    if report.llm_metrics == "no_metrics":
+        # Not "idle": vLLM without its vllm: metrics says nothing about its load.
+        return LlmLoad("no_metrics", "no metrics", f"{report.llm.error}; {fallback}")
     if report.llm_metrics == "unavailable":
-        fallback = "gateway posts decide" if gateway_source else "only the session start counts"
         error = report.llm.error if report.llm is not None else None
         return LlmLoad("unavailable", "metrics unavailable", f"{error}; {fallback}")
     running, waiting = report.llm_requests_running, report.llm_requests_waiting
     if running is None:
         return LlmLoad("none", "—")
+    if report.llm_stalled:
+        return LlmLoad("stalled", stall_text(running, waiting, report.llm_no_progress_seconds))
     return LlmLoad("ok", requests_text(running, waiting) if running or waiting else "idle")
+
+
+def stall_text(running: float | None, waiting: float | None, quiet_s: float | None) -> str:
+    """Say that vLLM's gauges report requests but nothing moves: most likely stuck."""
+    parts = []
+    for count, what in ((int(running or 0), "running"), (int(waiting or 0), "waiting")):
+        if count:
+            parts.append(f"{count} request{'s' if count != 1 else ''} reported {what}")
+    minutes = round((quiet_s or 0.0) / 60)
+    return f"{', '.join(parts)}, no progress for {minutes} min: vLLM's gauge is probably stuck"
 
 
 def requests_text(running: float | None, waiting: float | None) -> str:
