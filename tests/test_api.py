@@ -91,6 +91,7 @@ def test_status_stopped(client, vast):
         "llm_requests_running": None,
         "llm_requests_waiting": None,
         "llm_metrics": None,  # never read while stopped
+        "llm_stalled": False,
         "auto_shutdown_in_minutes": None,
         "total_runtime_hours": 0.0,
         "total_cost_usd": 0.0,
@@ -100,6 +101,7 @@ def test_status_stopped(client, vast):
         "all_in_cost_usd": 0.0,
         "budget": None,
         "max_session_stop_at": None,
+        "contract_ends_at": None,  # the recorded answer has no end_date
         "agent": "off",  # no VAST_AGENT_SECRET in the test config
         "message": "The instance is stopped; only storage is billed.",
     }

@@ -130,6 +130,7 @@ def wire_panel(
         Audit,
         Budget,
         Caps,
+        Contract,
         CostBook,
         IdleRule,
         InstanceReader,
@@ -166,9 +167,12 @@ def wire_panel(
     audit = Audit(store, clock, config)
     costs = CostBook(store, clock, config, client, audit)
     agent = AgentLink(store, clock, config, http, audit)
-    instance = InstanceReader(store, clock, config, client, audit, costs, agent, leases)
+    contract = Contract(store, clock, config, audit)
+    instance = InstanceReader(store, clock, config, client, audit, costs, agent, leases, contract)
     budget = Budget(store, clock, config, costs, audit)
-    power = Power(store, clock, config, client, http, audit, instance, costs, budget, leases)
+    power = Power(
+        store, clock, config, client, http, audit, instance, costs, budget, leases, contract
+    )
     llm = LlmLoad(store, clock, config, http, audit, instance, leases)
     idle = IdleRule(store, clock, config, audit, instance, llm, power, budget, leases)
     return Panel(
@@ -181,13 +185,14 @@ def wire_panel(
         audit=audit,
         costs=costs,
         agent=agent,
+        contract=contract,
         instance=instance,
         budget=budget,
         power=power,
         caps=Caps(store, clock, config, audit, instance, budget, power),
         llm=llm,
         idle=idle,
-        wake=Wake(store, clock, config, instance, power, idle, leases),
+        wake=Wake(store, clock, config, instance, power, idle, leases, contract),
         notifier=Notifier(store, clock, config, http),
         signins=SignIns(store, clock),
         keys=KeyGuard(store, clock, config, audit),

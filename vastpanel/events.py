@@ -66,6 +66,9 @@ EVENTS: dict[str, Event] = {
     "max_session_stop_complete": Event("Session limit stop done", ("system",)),
     "max_session_stop_failed": Event("Session limit stop failed", ("system",)),
     "cost_mismatch": Event("Bill differs from estimate", ("system",)),
+    # The instance's contract (contract.py): vast.ai's end_date, after which it cannot start.
+    "contract_ending": Event("Contract ends soon", ("system",)),
+    "contract_ended": Event("Contract ended", ("system",)),
 }
 
 

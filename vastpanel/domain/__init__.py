@@ -19,6 +19,7 @@ from .agent_link import AgentLink
 from .audit import Audit
 from .budget import Budget
 from .caps import Caps
+from .contract import Contract
 from .costs import CostBook
 from .idle import IdleRule
 from .instance import InstanceReader
@@ -36,6 +37,7 @@ __all__ = [
     "Audit",
     "Budget",
     "Caps",
+    "Contract",
     "CostBook",
     "IdleRule",
     "InstanceReader",
@@ -64,6 +66,7 @@ class Panel:
     audit: Audit
     costs: CostBook
     agent: AgentLink
+    contract: Contract
     instance: InstanceReader
     budget: Budget
     power: Power

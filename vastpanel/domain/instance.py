@@ -27,6 +27,7 @@ from ..vast.instance import (
 )
 from .agent_link import AgentLink
 from .audit import Audit, redact_value
+from .contract import Contract
 from .costs import CostBook
 from .lease_holder import LeaseHolder
 
@@ -50,6 +51,7 @@ class InstanceReader:
         costs: CostBook,
         agent: AgentLink,
         leases: LeaseHolder,
+        contract: Contract,
     ):
         self.store = store
         self.clock = clock
@@ -59,6 +61,7 @@ class InstanceReader:
         self.costs = costs
         self.agent = agent
         self.leases = leases
+        self.contract = contract
         self._fetch_lock = threading.Lock()
 
     def require_configured(self) -> None:
@@ -226,9 +229,11 @@ class InstanceReader:
         self.note_seen(state, now)
 
     def note_seen(self, state: InstanceState, now: float) -> None:
-        """Keep the clocks of a waiting start and of a down instance true to this state."""
+        """Keep the clocks of a waiting start and of a down instance true to this state; warn
+        of the contract's end."""
         self._note_down(state, now)
         self._note_scheduling(state, now)
+        self.contract.note_seen(state, now)
 
     def _note_down(self, state: InstanceState, now: float) -> None:
         """Remember since when the instance is down (audited once); forget it once it is not."""

@@ -26,6 +26,7 @@ from ..vast.client import VastClient
 from ..vast.instance import InstanceState
 from .audit import Audit, redact_value
 from .budget import Budget
+from .contract import Contract
 from .costs import CostBook
 from .instance import START_QUEUED_KEY, InstanceReader
 from .lease_holder import LeaseHolder
@@ -93,6 +94,7 @@ class Power:
         costs: CostBook,
         budget: Budget,
         leases: LeaseHolder,
+        contract: Contract,
     ):
         self.store = store
         self.clock = clock
@@ -104,6 +106,7 @@ class Power:
         self.costs = costs
         self.budget = budget
         self.leases = leases
+        self.contract = contract
         self._lock = threading.Lock()
         # Stops sent by this process: the /v1/ pass-through forgets a ready address on a change.
         self.stops_sent = 0
@@ -178,6 +181,8 @@ class Power:
                 raise UpstreamFailed(
                     f"vast.ai does not know instance {instance_id}.", VastErrorKind.NOT_FOUND
                 )
+            if state.status != "running":
+                self.contract.refuse_start_if_ended(actor, state)  # vast.ai would refuse it
             if state.status == "running" or state.starting:
                 message = (
                     "Instance is already running."

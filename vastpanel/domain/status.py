@@ -22,6 +22,7 @@ from .llm_load import NO_VLLM_METRICS
 from .power import HEALTHY_SESSION_KEY
 
 HEARTBEAT_KEY = "healthz_heartbeat"
+CONTRACT_SHOWN_DAYS = 7  # the page shows the contract's end this long before it
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,18 @@ class StatusReport:
     session_cap_deadline: float | None
     warn_minutes: float = 0.0
     agent: AgentReport = AgentReport(None)
+
+    @property
+    def contract_ended(self) -> bool:
+        """Tell whether the instance's contract has ended (vast.ai cannot start it again)."""
+        ends = self.state.contract_ends_at
+        return ends is not None and self.now >= ends
+
+    @property
+    def contract_ends_soon(self) -> bool:
+        """Tell whether the contract ends within CONTRACT_SHOWN_DAYS (the page says so)."""
+        ends = self.state.contract_ends_at
+        return ends is not None and ends - self.now < CONTRACT_SHOWN_DAYS * 86400
 
     @property
     def auto_shutdown_in_minutes(self) -> float | None:

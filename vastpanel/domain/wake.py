@@ -21,6 +21,7 @@ from ..errors import ClientGone, LlmUnavailable, PanelError, UpstreamFailed
 from ..storage import sessions, values
 from ..storage.database import Store
 from ..vast.instance import QUEUED_MESSAGE, InstanceState
+from .contract import Contract, ended_message
 from .idle import IdleRule
 from .instance import SCHEDULING_SINCE_KEY, START_QUEUED_KEY, InstanceReader
 from .lease_holder import LeaseHolder
@@ -46,6 +47,7 @@ QUEUED_RETRY_S = 60
 # a GPU someone else has: such a wait can last hours, so requests are not held for it.
 SCHEDULING_TAKEN_AFTER_S = 120.0
 TIMEOUT_RETRY_S = 30
+CONTRACT_ENDED_RETRY_S = 3600  # an ended contract does not come back by waiting
 # States that never become running by themselves and that a start does not fix from here.
 DEAD_ENDS = frozenset({"not_found", "unknown", "offline", "frozen"})
 
@@ -95,6 +97,7 @@ class Wake:
         power: Power,
         idle: IdleRule,
         leases: LeaseHolder,
+        contract: Contract,
     ):
         self.store = store
         self.clock = clock
@@ -103,6 +106,7 @@ class Wake:
         self.power = power
         self.idle = idle
         self.leases = leases
+        self.contract = contract
         self._lock = threading.Lock()
         # This process's memory of the LLM: (session id, base URL) last seen healthy, and a
         # ready address with when it was read and how many stops this process had sent then.
@@ -163,6 +167,13 @@ class Wake:
         self.leases.hold(wait_lease, ttl)
         try:
             while True:
+                if state.status != "running" and self.contract.ended(state):
+                    # No start is tried (nor audited per request): vast.ai would refuse it.
+                    raise LlmUnavailable(
+                        ended_message(state.contract_ends_at),
+                        CONTRACT_ENDED_RETRY_S,
+                        "contract_ended",
+                    )
                 if state.status in ("stopped", "exited"):
                     self._start_for_proxy()
                 elif state.status in DEAD_ENDS:

@@ -40,6 +40,7 @@ def status_json(report: StatusReport) -> dict[str, Any]:
         **all_in_json(report.all_in),
         "budget": budget_json(report.budget),
         "max_session_stop_at": iso_utc(report.session_cap_deadline),
+        "contract_ends_at": iso_utc(state.contract_ends_at),
         "message": state.message,
     }
 

@@ -6,6 +6,7 @@ from flask import Blueprint, jsonify, request, url_for
 
 from ..config import is_health_path
 from ..domain.budget import BudgetExceeded, NoBudget
+from ..domain.contract import ContractEnded
 from ..domain.lockout import KeyCheck
 from ..errors import (
     HealthTimeout,
@@ -25,6 +26,7 @@ ERROR_STATUS = {
     HealthTimeout: 504,
     PowerBusy: 409,
     BudgetExceeded: 409,
+    ContractEnded: 409,
     NoBudget: 409,
     NotRunning: 409,
     InvalidRequest: 422,

@@ -207,6 +207,14 @@ SCHEMAS: dict[str, Any] = {
                 "anyOf": [TIMESTAMP, {"type": "null"}],
                 "description": "When VAST_MAX_SESSION_HOURS stops the open session, or null.",
             },
+            "contract_ends_at": {
+                "anyOf": [TIMESTAMP, {"type": "null"}],
+                "description": (
+                    "When the instance's contract ends (vast.ai's end_date): after it the "
+                    "instance cannot start again (power-on answers 409) and vast.ai may delete "
+                    "it 48 h later; null when vast.ai gives none or cannot be read."
+                ),
+            },
             "agent": {
                 "enum": ["ok", "unreachable", "off", None],
                 "description": (
@@ -421,8 +429,10 @@ SPEC: dict[str, Any] = {
                 _json(_ref("PowerOnResult"), "Started (or already running or starting)."),
                 {
                     "409": _error(
-                        "Another power action is still running, or the budget of this period "
-                        "is spent (until the period ends or an admin overrides it)."
+                        "Another power action is still running, the budget of this period "
+                        "is spent (until the period ends or an admin overrides it), or the "
+                        "instance's contract has ended (contract_ends_at passed: vast.ai cannot "
+                        "start it again)."
                     ),
                     "422": INVALID,
                     "500": NOT_CONFIGURED,

@@ -20,7 +20,7 @@ from ..formatting import FILTERS
 from . import auth, get_panel
 from .charts import cost_chart
 from .inputs import InvalidInput, whole_number
-from .status_view import COMING_UP, llm_load, status_view, stop_confirmation
+from .status_view import COMING_UP, contract_notice, llm_load, status_view, stop_confirmation
 
 bp = Blueprint("pages", __name__)
 
@@ -110,6 +110,7 @@ def status_context(
         "auto_shutdown": panel.config.auto_shutdown,
         "idle_minutes": panel.config.auto_shutdown_minutes,
         "llm_load": llm_load(report, view.phase, panel.config.gateway_source),
+        "contract_notice": contract_notice(report),
         "stop_question": stop_confirmation(report, proxy.in_flight),
         "proxy": proxy,
         "keepalive_choices": [

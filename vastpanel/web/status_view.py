@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..domain.contract import ended_message, ending_message
 from ..domain.status import StatusReport
 from ..formatting import duration, usd
 from ..vast.instance import STARTING
@@ -84,7 +85,7 @@ def status_view(
         label=label,
         tone=tone,
         poll_s=poll_s,
-        can_start=phase not in START_BLOCKED,
+        can_start=phase not in START_BLOCKED and not (report and report.contract_ended),
         can_stop=phase not in STOP_BLOCKED,
         scheduling_hint=hint,
     )
@@ -99,6 +100,14 @@ def _phase(report: StatusReport, healthy: bool | None, wait_timeout_s: float) ->
     if report.health_wait or session is None or session.seconds(report.now) < wait_timeout_s:
         return "health"
     return "unhealthy"
+
+
+def contract_notice(report: StatusReport | None) -> str | None:
+    """Say when the contract ends, once it is less than a week away, or that it has ended."""
+    if report is None or not report.contract_ends_soon:
+        return None
+    ends = report.state.contract_ends_at
+    return ended_message(ends) if report.contract_ended else ending_message(ends, report.now)
 
 
 def llm_load(report: StatusReport | None, phase: str, gateway_source: bool) -> LlmLoad:
