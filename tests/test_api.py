@@ -734,7 +734,8 @@ def test_costs_empty(client):
         "storage_cost_usd": 0.0,
         "bandwidth_cost_usd": None,
         "all_in_cost_usd": 0.0,
-        "charges": {"read_at": None, "error": None},
+        "contracts": [],
+        "charges": {"read_at": None, "error": None, "reading": None},
         "budget": None,
     }
     assert len(days) == 30

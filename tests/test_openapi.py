@@ -310,10 +310,18 @@ def test_costs_and_status_with_a_budget_and_vast_ais_charges(make_client, vast, 
     the_panel = budgeted.application.extensions["vastpanel"]
     row = {"start": clock.now() - 60, "end": clock.now(), "type": "instance", "amount": 0.5}
     row |= {"source": "instance-4242", "items": [{"type": "gpu", "amount": 0.5}]}
-    body = {"success": True, "results": [row], "next_token": None}
+    older = {"start": clock.now() - 9 * 86400, "end": clock.now(), "type": "instance"}
+    older |= {"source": "instance-4242", "amount": 0.6, "items": [
+        {"type": "disk", "amount": 0.7, "start": older["start"], "end": older["end"]},
+        {"type": "sla", "amount": -0.1, "start": older["start"], "end": older["end"]},
+    ]}  # fmt: skip
+    body = {"success": True, "results": [row, older], "next_token": None}
     vast.charges = [(200, body)]
     the_panel.costs.read_charges()
     costs = Contract("GET", "/costs").call(budgeted, 200)
     assert costs["budget"]["limit_usd"] == 5 and costs["days"][-1]["billed"]["gpu"] == 0.5
+    assert [c["comparable"] for c in costs["contracts"]] == [True, False]
+    vast.set(end_date=clock.now() + 86400)
+    clock.advance(5)
     status = Contract("GET", "/status").call(budgeted, 200)
-    assert status["budget"]["spent_usd"] > 0
+    assert status["budget"]["spent_usd"] > 0 and status["contract_ends_at"] is not None

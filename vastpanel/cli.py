@@ -173,6 +173,8 @@ def costs_command(as_json: bool) -> None:
     ]
     if data["charges"]["error"]:
         lines.append(f"Estimates only: {data['charges']['error']}")
+    for contract in data["contracts"]:  # vast.ai bills per contract, each over its window
+        lines.append(contract["summary"] + (" (more than 1 % off)" if contract["mismatch"] else ""))
     budget = data["budget"]
     if budget:
         lines.append(

@@ -1,7 +1,8 @@
 """The budget: a spending cap per UTC day or month, and the longest session allowed.
 
-The budget counts, per day of the period, the larger of vast.ai's bill and vastpanel's
-estimate (costs.py). At 100 % power-on is refused until the period ends, unless an admin
+The budget counts vastpanel's estimate of the period, except that a contract vast.ai billed
+wholly within the period counts as the larger of its bill and the estimate over its window
+(costs.py: never the two added up). At 100 % power-on is refused until the period ends, unless an admin
 overrides it for the rest of the period; caps.py stops the instance. The deadlines are plain
 functions of values; the watchdog reads and acts.
 """
@@ -115,7 +116,7 @@ class Budget:
             return None
         now = self.clock.now()
         first, last = period_bounds(now, self.config.budget_period)
-        spent = sum(day.spent for day in self.costs.cost_days(first, last))
+        spent = self.costs.spent(first, last)
         start, end = midnight(first), midnight(last + timedelta(days=1))
         override = values.get_value(self.store.db, OVERRIDE_KEY)
         if override is not None and not start < override <= end:

@@ -205,3 +205,29 @@ def m010_llm_stall(db: Database) -> None:
     """Keep when vLLM's counters last moved and when a stall was declared (llm_load.py)."""
     db.execute("ALTER TABLE llm_metrics ADD COLUMN progress_at REAL")
     db.execute("ALTER TABLE llm_metrics ADD COLUMN stalled_since REAL")
+
+
+@migrations()
+def m011_billed_windows(db: Database) -> None:
+    """Keep vast.ai's charges as it answers them: per contract and per item, each with its
+    window; mark the ledger's prices that a power action assumed.
+
+    vast.ai bills per contract, not per UTC day (show_charges.yaml): the per-day table pinned a
+    contract's whole bill on the day it began, so it goes.
+    """
+    db.execute(
+        """CREATE TABLE billed_windows (
+            source TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            start REAL NOT NULL,
+            end REAL NOT NULL,
+            amount REAL NOT NULL,
+            description TEXT,
+            read_at REAL NOT NULL,
+            mismatch_audited INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (source, kind, start)
+        )"""
+    )
+    db.execute("DROP TABLE billed_days")
+    # A price a power action assumed (ledger.book): re-priced by the next reading of vast.ai.
+    db.execute("ALTER TABLE cost_ledger ADD COLUMN assumed INTEGER NOT NULL DEFAULT 0")

@@ -193,8 +193,11 @@ def _read_answer(response: requests.Response, method: str) -> dict[str, Any]:
     if response.status_code in (401, 403) or (
         isinstance(body, dict) and body.get("error") == "auth_error"
     ):
+        reason = _reason(body) if isinstance(body, dict) else ""
         raise VastError(
-            "vast.ai rejected VAST_API_KEY", kind=VastErrorKind.AUTH, status=response.status_code
+            f"vast.ai rejected VAST_API_KEY ({response.status_code}{reason})",
+            kind=VastErrorKind.AUTH,
+            status=response.status_code,
         )
     if not isinstance(body, dict):
         raise VastError(
@@ -239,14 +242,18 @@ def _fault(response: requests.Response) -> VastError:
 def _wait_asked(response: requests.Response, method: str) -> float | None:
     """Return how long to wait before retrying: for a 429 always, else a Retry-After or None.
 
-    A 429 waits a numeric Retry-After, else the interval its body names (threshold=), else
-    vast.ai's documented interval for the method.
+    A 429 waits a numeric Retry-After, else the `retry_after` of a JSON body (the charges
+    endpoint's documented 429), else the interval its body names (threshold=), else vast.ai's
+    documented interval for the method.
     """
     retry_after = _retry_after(response)
     if response.status_code != 429:
         return retry_after
     if retry_after is not None:
         return retry_after
+    in_body = _body_retry_after(response)
+    if in_body is not None:
+        return in_body
     found = THRESHOLD.search(response.text[:1000])
     if found is not None:
         return float(found.group(1))
@@ -261,6 +268,18 @@ def _retry_after(response: requests.Response) -> float | None:
     except ValueError:
         return None
     return value if value >= 0 and math.isfinite(value) else None
+
+
+def _body_retry_after(response: requests.Response) -> float | None:
+    """Read `retry_after` (seconds) from a JSON body, or None."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    value = body.get("retry_after") if isinstance(body, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if value >= 0 and math.isfinite(value) else None
 
 
 def _reason(body: dict[str, Any]) -> str:

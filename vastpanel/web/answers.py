@@ -12,7 +12,14 @@ from ..clock import iso_utc
 from ..domain import Panel
 from ..domain.audit import AuditEntry
 from ..domain.budget import BudgetStatus
-from ..domain.costs import AllInTotals, ChargesStatus, CostDay, average_session_seconds
+from ..domain.charges import WindowCheck
+from ..domain.costs import (
+    AllInTotals,
+    ChargesStatus,
+    ContractCheck,
+    CostDay,
+    average_session_seconds,
+)
 from ..domain.idle import KeepAliveResult
 from ..domain.power import PowerOffResult, PowerOnResult
 from ..domain.status import StatusReport
@@ -94,6 +101,7 @@ def costs_json(panel: Panel) -> dict[str, Any]:
         "avg_session_minutes": 0.0 if average is None else average / 60,
         **all_in_json(costs.all_in_totals()),
         "days": [cost_day_json(day) for day in costs.recent_cost_days()],
+        "contracts": [contract_json(c) for c in reversed(costs.contract_checks())],
         "charges": charges_json(costs.charges_status()),
         "budget": budget_json(panel.budget.status()),
     }
@@ -143,9 +151,39 @@ def cost_day_json(day: CostDay) -> dict[str, Any]:
     }
 
 
+def contract_json(check: ContractCheck) -> dict[str, Any]:
+    """Shape one contract of vast.ai's bill beside the estimate over its window."""
+    return {
+        "source": check.window.source,
+        **window_json(check.row),
+        "mismatch": check.mismatch,
+        "summary": check.summary(),
+        "items": [
+            {"type": item.window.kind, **window_json(item), "description": item.window.description}
+            for item in check.items
+        ],
+    }
+
+
+def window_json(check: WindowCheck) -> dict[str, Any]:
+    """Shape a window of the bill: when, what vast.ai billed, the estimate, how far apart."""
+    return {
+        "start": iso_utc(check.window.start),
+        "end": iso_utc(check.window.end),
+        "billed_usd": check.window.amount,
+        "estimate_usd": check.estimate if check.comparable else None,
+        "comparable": check.comparable,
+        "difference_pct": check.difference_pct,
+    }
+
+
 def charges_json(charges: ChargesStatus) -> dict[str, Any]:
     """Shape whether vast.ai's own record is in."""
-    return {"read_at": iso_utc(charges.read_at), "error": charges.error}
+    return {
+        "read_at": iso_utc(charges.read_at),
+        "error": charges.error,
+        "reading": charges.reading,
+    }
 
 
 def audit_json(entry: AuditEntry) -> dict[str, Any]:

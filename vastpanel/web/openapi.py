@@ -123,7 +123,10 @@ BUDGET = {
                 "period": {"enum": ["day", "month"]},
                 "spent_usd": {
                     **USD,
-                    "description": "Per UTC day of the period, the larger of bill and estimate.",
+                    "description": (
+                        "The estimate of the period; a contract billed wholly within it counts "
+                        "as the larger of its bill and the estimate over its window, never both."
+                    ),
                 },
                 "share": {"type": "number", "minimum": 0, "description": "1.0 = all spent."},
                 "state": {"enum": ["ok", "warning", "exceeded", "overridden"]},
@@ -133,6 +136,30 @@ BUDGET = {
         ),
         {"type": "null", "description": "No budget is set (VAST_BUDGET_USD)."},
     ]
+}
+
+
+BILLED_WINDOW = {
+    "start": {**TIMESTAMP, "description": "Where the window vast.ai billed begins."},
+    "end": {**TIMESTAMP, "description": "Where it ends."},
+    "billed_usd": {"type": "number", "description": "vast.ai's amount for the window."},
+    "estimate_usd": {
+        "type": ["number", "null"],
+        "minimum": 0,
+        "description": (
+            "vastpanel's estimate over exactly this window (GPU for gpu, storage for disk; for "
+            "a contract GPU and storage plus its bandwidth and SLA items as billed); null when "
+            "not comparable or not estimated (bandwidth, SLA)."
+        ),
+    },
+    "comparable": {
+        "type": "boolean",
+        "description": "False when the window begins before vastpanel's own records.",
+    },
+    "difference_pct": {
+        "type": ["number", "null"],
+        "description": "(estimate - billed) / billed x 100; null when not comparable.",
+    },
 }
 
 
@@ -311,6 +338,16 @@ SCHEMAS: dict[str, Any] = {
                 "description": "The last 30 UTC days, oldest first.",
                 "items": _ref_schema("CostDay"),
             },
+            "contracts": {
+                "type": "array",
+                "description": (
+                    "vast.ai's bill as it answers it: one entry per contract (a row of "
+                    "GET /api/v0/charges/), newest first, each with its items, every one beside "
+                    "vastpanel's estimate over exactly its own window. A contract spanning days "
+                    "is one entry, never pinned on a day."
+                ),
+                "items": _ref_schema("BilledContract"),
+            },
             "charges": _object(
                 {
                     "read_at": {
@@ -320,6 +357,16 @@ SCHEMAS: dict[str, Any] = {
                     "error": {
                         **NULLABLE_STRING,
                         "description": "Why the last read failed (estimates only), or null.",
+                    },
+                    "reading": {
+                        "enum": ["whole", "clipped", "clipped_amounts_only", None],
+                        "description": (
+                            "What vast.ai does with the asked day range, as a second question "
+                            "(today alone) showed: whole (amounts are the whole contract's), "
+                            "clipped (amounts and windows cut to the range), "
+                            "clipped_amounts_only (amounts cut, windows not: such a window is "
+                            "not comparable); null until a contract older than today was read."
+                        ),
                     },
                 }
             ),
@@ -333,20 +380,58 @@ SCHEMAS: dict[str, Any] = {
             "billed": {
                 "anyOf": [
                     _object({"gpu": USD, "disk": USD, "bandwidth": USD, "total": USD}),
-                    {"type": "null", "description": "vast.ai's charges not read for this day."},
+                    {
+                        "type": "null",
+                        "description": (
+                            "No contract of vast.ai's bill lies wholly in this day (vast.ai "
+                            "bills per contract: see contracts), or the charges are not read."
+                        ),
+                    },
                 ]
             },
             "difference_pct": {
                 "type": ["number", "null"],
                 "description": (
-                    "(estimate - billed) / billed x 100 over GPU and storage, as of the read; "
-                    "null when not comparable (not read, or vastpanel did not watch the whole "
-                    "day from its start)."
+                    "(estimate - billed) / billed x 100 of the contracts lying in this day, "
+                    "each over its own window; null when not comparable (none, or one began "
+                    "before vastpanel's records)."
                 ),
             },
             "mismatch": {
                 "type": "boolean",
-                "description": "A complete, watched day more than 1 % off on some item.",
+                "description": "A contract lying in this day is more than 1 % off.",
+            },
+        }
+    ),
+    "BilledContract": _object(
+        {
+            "source": {"type": "string", "description": "vast.ai's source, instance-<id>."},
+            **BILLED_WINDOW,
+            "mismatch": {
+                "type": "boolean",
+                "description": (
+                    "Comparable, and the whole or its GPU or storage item more than 1 % (and "
+                    "a cent) off; audited as cost_mismatch once per contract."
+                ),
+            },
+            "summary": {
+                "type": "string",
+                "description": (
+                    "In words, e.g. vast.ai billed $38.42 for Nov 1-4; estimate $38.10, -0.8 %."
+                ),
+            },
+            "items": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "type": {
+                            "type": "string",
+                            "description": "gpu, disk, bwd, bwu or sla (vast.ai's item types).",
+                        },
+                        **BILLED_WINDOW,
+                        "description": NULLABLE_STRING,
+                    }
+                ),
             },
         }
     ),

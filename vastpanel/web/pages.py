@@ -29,6 +29,7 @@ HTMX_PATH = f"vendor/htmx-{HTMX_VERSION}/htmx.min.js"
 AUDIT_PAGE_SIZE = 20
 NOTIFICATIONS_SHOWN = 10
 CHART_DAYS = 30
+CONTRACTS_SHOWN = 10  # vast.ai's bill per contract, the newest first
 MONTH_DAYS = 31  # the most days a month has had by its last day
 ACTOR = "admin"
 CHANGED_EVENT = "panelChanged"  # tells the cost, audit and notification widgets to reload
@@ -155,8 +156,7 @@ def costs_context() -> dict[str, Any]:
     else:
         today = datetime.fromtimestamp(panel.clock.now(), UTC).date()
         period = "month"
-        month = costs.cost_days(today.replace(day=1), today)
-        spent = sum(max(d.spent, session_cost(d.day)) for d in month)
+        spent = costs.spent(today.replace(day=1), today, at_least=session_cost)
     return {
         "period": period,
         "period_spent": spent,
@@ -164,7 +164,7 @@ def costs_context() -> dict[str, Any]:
         "all_in": costs.all_in_totals(),
         "charges": costs.charges_status(),
         "budget": budget,
-        "mismatch_days": [d for d in days if d.mismatch],
+        "contracts": list(reversed(costs.contract_checks()))[:CONTRACTS_SHOWN],
         "avg_session_seconds": average_session_seconds(totals),
         "chart": cost_chart(estimates, billed),
         "chart_days": CHART_DAYS,
