@@ -1,8 +1,9 @@
 """The instance's contract: it ends at vast.ai's end_date, and an ended one cannot start again.
 
-vast.ai's show-instance answer carries `end_date` (epoch seconds; vast-ai/docs
-`api-reference/openapi/yaml/show_instance.yaml`), and its instance guide says expired instances
-cannot restart and may be deleted 48 hours after expiry. So the panel warns 7 days and 1 day
+vast.ai's show-instance answer carries `end_date` (epoch seconds; shared/vast-api.md,
+"Contracts end"). "Instances expire on their end date. Expired instances still pay storage
+fees, but can not start." (vast-ai/docs `host/cli/cleanup-machine.md`); vast.ai's overview adds
+that they may be deleted 48 hours after expiry. So the panel warns 7 days and 1 day
 before the end (audited, hence notified, once each), says so once it has ended, and refuses a
 start after it itself, with the reason, rather than sending vast.ai a start it refuses.
 """
