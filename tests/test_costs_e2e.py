@@ -237,6 +237,30 @@ def test_a_contract_older_than_the_panel_is_not_comparable_nor_flagged(tmp_path,
         days.close()
 
 
+def test_frozen_gpu_time_is_booked_as_vast_ai_bills_it(tmp_path, clock):
+    # vast.ai's show-instance reference: frozen is "paused with memory preserved. GPU charges
+    # apply." The simulator bills it so; the panel must book it so.
+    with simulator(clock, age_seconds=0) as sim:
+        days = SimulatedDays(tmp_path, clock, sim, VAST_AUTO_SHUTDOWN="false")
+        days.look()
+        days.run_until(at(DAY, 1))
+        assert days.power_on().status_code == 200
+        days.run_until(at(DAY, 3))
+        assert sim.external("frozen")
+        days.run_until(at(DAY, 5))
+        status = days.client.get("/infra/vast/status").json
+        assert status["status"] == "frozen" and days.panel.status.current_session() is not None
+        days.power_off()
+        days.run_until(at(DAY, 6))
+        days.read_charges()
+        (contract,) = days.costs()["contracts"]
+        gpu = items(contract)["gpu"]
+        assert gpu["billed_usd"] == pytest.approx(0.5 * 4, rel=0.01)  # 2 h running, 2 h frozen
+        assert gpu["estimate_usd"] == pytest.approx(gpu["billed_usd"], rel=0.002)
+        assert contract["mismatch"] is False
+        days.close()
+
+
 def test_storage_dearer_while_stopped_is_booked_at_the_rate_then_in_force(tmp_path, clock):
     with simulator(clock, age_seconds=0, stopped_storage_factor=1.5) as sim:
         days = SimulatedDays(tmp_path, clock, sim)
