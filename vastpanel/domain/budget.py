@@ -2,9 +2,9 @@
 
 The budget counts vastpanel's estimate of the period, except that a contract vast.ai billed
 wholly within the period counts as the larger of its bill and the estimate over its window
-(costs.py: never the two added up). At 100 % power-on is refused until the period ends, unless an admin
-overrides it for the rest of the period; caps.py stops the instance. The deadlines are plain
-functions of values; the watchdog reads and acts.
+(costs.py: never the two added up). At 100 % power-on is refused until the period ends, unless
+an admin overrides it for the rest of the period; caps.py stops the instance. The deadlines are
+plain functions of values; the watchdog reads and acts.
 """
 
 from __future__ import annotations

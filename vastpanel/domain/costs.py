@@ -399,6 +399,9 @@ def _charges_failure(exc: Exception) -> str:
             "permission, or the Authorization header did not reach vast.ai): estimates only."
         )
     if isinstance(exc, VastError) and exc.kind is VastErrorKind.RATE_LIMITED:
-        return f"vast.ai is rate limiting its charges ({exc.message}); the next hourly read tries again: estimates only."
+        return (
+            f"vast.ai is rate limiting its charges ({exc.message}); the next hourly read tries "
+            "again: estimates only."
+        )
     detail = exc.message if isinstance(exc, VastError) else str(exc)
     return f"vast.ai's charges could not be read ({detail}): estimates only."

@@ -104,7 +104,7 @@ def book(db: Database, at: float, rates: Rates, *, assumed: bool = False) -> Non
 
 
 def intervals(db: Database, since: float, now: float) -> list[Interval]:
-    """Return the stretches ending after since, and the time since the last booking up to now.
+    """Return the stretches between since and now, and the time from the last booking to now.
 
     That last stretch counts at the last price seen: storage keeps counting while vastpanel
     runs, even between readings or while vast.ai cannot be read.
@@ -112,9 +112,9 @@ def intervals(db: Database, since: float, now: float) -> list[Interval]:
     spans = [
         Interval(**row)
         for row in db.query(
-            "SELECT start_at, end_at, gpu_dph, storage_dph FROM cost_ledger WHERE end_at >= ? "
-            "ORDER BY id",
-            [since],
+            "SELECT start_at, end_at, gpu_dph, storage_dph FROM cost_ledger "
+            "WHERE end_at >= ? AND start_at <= ? ORDER BY id",
+            [since, now],
         )
     ]
     last = one(db, "SELECT end_at, gpu_dph, storage_dph FROM cost_ledger ORDER BY id DESC LIMIT 1")
@@ -152,7 +152,7 @@ def save_billed_windows(
 
 
 def read_billed_windows(db: Database, source: str | None = None) -> list[BilledWindow]:
-    """Return the stored windows (of one source, or all), oldest first, each row before its items."""
+    """Return the stored windows (of one source, or all), oldest first, rows before items."""
     where, args = ("WHERE source = ?", [source]) if source is not None else ("", [])
     rows = db.query(
         "SELECT source, kind, start, end, amount, description, read_at FROM billed_windows "
