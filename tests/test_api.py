@@ -103,6 +103,7 @@ def test_status_stopped(client, vast):
         "max_session_stop_at": None,
         "contract_ends_at": None,  # the recorded answer has no end_date
         "agent": "off",  # no VAST_AGENT_SECRET in the test config
+        "scheduled_until": None,
         "message": "The instance is stopped; only storage is billed.",
     }
 

@@ -16,9 +16,10 @@ ACTORS: dict[str, str] = {
     "system": "the panel itself: the auto-shutdown watchdog, or what vast.ai was seen doing",
     "proxy": "the /v1/ LLM endpoint, starting a stopped instance for a request to its LLM",
     "agent": "the dead-man switch on the instance, as the panel inferred on seeing its stop",
+    "schedule": "the schedule of warm hours, starting the instance before a window opens",
 }
 PEOPLE = ("api", "admin", "cli")  # the actors of a request made by someone
-STARTERS = (*PEOPLE, "proxy")  # who may start the instance (without waiting for its health)
+STARTERS = (*PEOPLE, "proxy", "schedule")  # who may start the instance
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,11 @@ EVENTS: dict[str, Event] = {
     "max_session_stop_complete": Event("Session limit stop done", ("system",)),
     "max_session_stop_failed": Event("Session limit stop failed", ("system",)),
     "cost_mismatch": Event("Bill differs from estimate", ("system",)),
+    # Schedules of warm hours (domain/schedule.py, domain/schedule_start.py).
+    "schedule_start": Event("Scheduled start", ("schedule",)),
+    "schedule_start_failed": Event("Scheduled start failed", ("schedule",)),
+    "schedule_changed": Event("Schedule changed", PEOPLE),
+    "schedule_cleared": Event("Schedule back to the environment's", PEOPLE),
     # The instance's contract (contract.py): vast.ai's end_date, after which it cannot start.
     "contract_ending": Event("Contract ends soon", ("system",)),
     "contract_ended": Event("Contract ended", ("system",)),

@@ -28,6 +28,8 @@ from .llm_load import LlmLoad
 from .lockout import KeyGuard
 from .notify import Notifier
 from .power import Power
+from .schedule import ScheduleBook
+from .schedule_start import ScheduledStart
 from .signins import SignIns
 from .status import StatusReader
 from .wake import Wake
@@ -47,6 +49,8 @@ __all__ = [
     "Notifier",
     "Panel",
     "Power",
+    "ScheduleBook",
+    "ScheduledStart",
     "SignIns",
     "StatusReader",
     "Wake",
@@ -78,3 +82,5 @@ class Panel:
     signins: SignIns
     keys: KeyGuard
     status: StatusReader
+    schedule: ScheduleBook  # the schedule of warm hours in force
+    scheduled_start: ScheduledStart  # the start before each window (the watchdog's leader)

@@ -280,6 +280,11 @@ class CostBook:
         today = datetime.fromtimestamp(self.clock.now(), UTC).date()
         return self.cost_days(today - timedelta(days=days - 1), today)
 
+    def recent_spent(self, days: int) -> float:
+        """Return what the last `days` UTC days cost, today included (see spent)."""
+        today = datetime.fromtimestamp(self.clock.now(), UTC).date()
+        return self.spent(today - timedelta(days=days - 1), today)
+
     def spent(
         self, first: date, last: date, at_least: Callable[[date], float] | None = None
     ) -> float:

@@ -201,14 +201,29 @@ def m009_instance_error_kind(db: Database) -> None:
 
 
 @migrations()
-def m010_llm_stall(db: Database) -> None:
+def m010_start_times(db: Database) -> None:
+    """Time each start from the call to vast.ai to the first healthy answer (schedules learn
+    their lead time from these)."""
+    # queued: vast.ai queued the start (the GPU was taken): its wait says nothing of a cold start.
+    db.execute(
+        """CREATE TABLE start_times (
+            id INTEGER PRIMARY KEY,
+            sent_at REAL NOT NULL,
+            healthy_at REAL,
+            queued INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+
+
+@migrations()
+def m011_llm_stall(db: Database) -> None:
     """Keep when vLLM's counters last moved and when a stall was declared (llm_load.py)."""
     db.execute("ALTER TABLE llm_metrics ADD COLUMN progress_at REAL")
     db.execute("ALTER TABLE llm_metrics ADD COLUMN stalled_since REAL")
 
 
 @migrations()
-def m011_billed_windows(db: Database) -> None:
+def m012_billed_windows(db: Database) -> None:
     """Keep vast.ai's charges as it answers them: per contract and per item, each with its
     window; mark the ledger's prices that a power action assumed.
 
