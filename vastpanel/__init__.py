@@ -136,9 +136,11 @@ def wire_panel(
         KeyGuard,
         LeaseHolder,
         LlmLoad,
+        Mover,
         Notifier,
         Panel,
         Power,
+        RecipeBook,
         SignIns,
         StatusReader,
         Wake,
@@ -168,7 +170,9 @@ def wire_panel(
     agent = AgentLink(store, clock, config, http, audit)
     instance = InstanceReader(store, clock, config, client, audit, costs, agent, leases)
     budget = Budget(store, clock, config, costs, audit)
-    power = Power(store, clock, config, client, http, audit, instance, costs, budget, leases)
+    recipes = RecipeBook(store, clock, config, client, audit)
+    mover = Mover(store, clock, config, client, http, audit, instance, budget, recipes)
+    power = Power(store, clock, config, client, http, audit, instance, costs, budget, leases, mover)
     llm = LlmLoad(store, clock, config, http, audit, instance, leases)
     idle = IdleRule(store, clock, config, audit, instance, llm, power, budget, leases)
     return Panel(
@@ -183,11 +187,13 @@ def wire_panel(
         agent=agent,
         instance=instance,
         budget=budget,
+        recipes=recipes,
+        mover=mover,
         power=power,
         caps=Caps(store, clock, config, audit, instance, budget, power),
         llm=llm,
         idle=idle,
-        wake=Wake(store, clock, config, instance, power, idle, leases),
+        wake=Wake(store, clock, config, instance, power, idle, leases, mover),
         notifier=Notifier(store, clock, config, http),
         signins=SignIns(store, clock),
         keys=KeyGuard(store, clock, config, audit),

@@ -25,8 +25,10 @@ from .instance import InstanceReader
 from .lease_holder import LeaseHolder
 from .llm_load import LlmLoad
 from .lockout import KeyGuard
+from .move import Mover
 from .notify import Notifier
 from .power import Power
+from .recipe import RecipeBook
 from .signins import SignIns
 from .status import StatusReader
 from .wake import Wake
@@ -42,9 +44,11 @@ __all__ = [
     "KeyGuard",
     "LeaseHolder",
     "LlmLoad",
+    "Mover",
     "Notifier",
     "Panel",
     "Power",
+    "RecipeBook",
     "SignIns",
     "StatusReader",
     "Wake",
@@ -66,6 +70,8 @@ class Panel:
     agent: AgentLink
     instance: InstanceReader
     budget: Budget
+    recipes: RecipeBook
+    mover: Mover
     power: Power
     caps: Caps
     llm: LlmLoad

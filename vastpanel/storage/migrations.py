@@ -198,3 +198,55 @@ def m009_instance_error_kind(db: Database) -> None:
         "WHEN error LIKE '%rejected VAST_API_KEY%' THEN 'auth' ELSE 'unreachable' END "
         "WHERE error IS NOT NULL"
     )
+
+
+@migrations()
+def m010_moves(db: Database) -> None:
+    """Add the recipe, the moves to another machine and the instances the panel knows, and
+    book each session to the instance it ran on."""
+    db.execute(
+        """CREATE TABLE recipe (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            body TEXT NOT NULL,
+            saved_at REAL NOT NULL
+        )"""
+    )
+    # One row per move: its state advances step by step (domain/move.py), so a process that
+    # dies mid-move leaves it for the next look to finish or undo.
+    db.execute(
+        """CREATE TABLE moves (
+            id INTEGER PRIMARY KEY,
+            requested_at REAL NOT NULL,
+            actor TEXT NOT NULL,
+            state TEXT NOT NULL,
+            step_since REAL NOT NULL,
+            old_id INTEGER NOT NULL,
+            old_machine INTEGER,
+            chosen_offer INTEGER,
+            go_on_without_copy INTEGER NOT NULL DEFAULT 0,
+            candidates TEXT NOT NULL DEFAULT '[]',
+            tries INTEGER NOT NULL DEFAULT 0,
+            creating_offer INTEGER,
+            new_id INTEGER,
+            new_machine INTEGER,
+            new_dph REAL,
+            note TEXT,
+            error TEXT,
+            finished_at REAL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE instances (
+            id INTEGER PRIMARY KEY,
+            origin TEXT NOT NULL,
+            state TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            machine_id INTEGER,
+            dph_total REAL,
+            label TEXT,
+            move_id INTEGER,
+            note TEXT
+        )"""
+    )
+    db.execute("ALTER TABLE sessions ADD COLUMN instance_id INTEGER")
