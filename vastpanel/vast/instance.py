@@ -40,6 +40,7 @@ KEPT_FIELDS = frozenset(
         "start_date",
         "uptime_mins",
         "label",
+        "machine_id",  # a move needs to know which machine's GPU is taken
     }
 )
 
