@@ -210,7 +210,7 @@ def move():
         current_recipe()
         # A move to an offer that is not there would cancel the start and then fail.
         if offer_id is not None and offer_id not in {o.id for o in current_offers()}:
-            raise InvalidInput(f"offer_id: {offer_id} is not among the offers (GET /offers)")
+            raise MoveRefused(f"Offer {offer_id} is not among the offers now (GET /offers).")
     requested = panel.mover.request("api", offer_id=offer_id, go_on_without_copy=go_on)
     return jsonify(answers.move_json(requested)), 202
 

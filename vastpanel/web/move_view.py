@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..domain import Panel
-from ..domain.move import MoveRow, Offer, Stuck
-from ..errors import InvalidRequest, PanelError
+from ..domain.move import MoveRefused, MoveRow, Offer, Stuck
+from ..errors import PanelError
 from .answers import INSTANCE_STATES, MOVE_STEPS, recipe_json
 from .inputs import InvalidInput
 
@@ -187,4 +187,4 @@ def recipe_changes(form: Any) -> dict[str, Any]:
 def listed_offer(panel: Panel, offer_id: int) -> None:
     """Refuse an offer that is not among the offers: its move would cancel the start, then fail."""
     if offer_id not in {o.id for o in panel.mover.offers()}:
-        raise InvalidRequest(f"offer {offer_id} is no longer among the offers: choose another")
+        raise MoveRefused(f"Offer {offer_id} is no longer among the offers: choose another.")

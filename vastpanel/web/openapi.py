@@ -784,8 +784,9 @@ SPEC: dict[str, Any] = {
                 {
                     "409": _error(
                         "Refused, the detail says why: moving is off (VAST_MOVE), a move is "
-                        "under way, the instance runs on its own machine, the recipe cannot "
-                        "be rebuilt (a private image without its login), or the budget is spent."
+                        "under way, the instance runs on its own machine, the offer is not "
+                        "among the offers now, the recipe cannot be rebuilt (a private image "
+                        "without its login), or the budget is spent."
                     ),
                     "422": INVALID,
                     "500": NOT_CONFIGURED,
