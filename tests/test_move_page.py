@@ -244,6 +244,19 @@ def test_the_recipe_widget_reads_shows_and_edits_the_recipe_secrets_as_stars(
     read = post(admin, "/recipe")
     assert read.headers["HX-Trigger"] == "panelChanged"
     assert "Recipe read from vast.ai." in read.get_data(as_text=True)
+    # The form as shown, saved without an edit, changes nothing (no audit entry either).
+    captured = panel.recipes.get()
+    shown = dict(
+        re.findall(r'<input[^>]* name="(\w+)" value="([^"]*)"', read.get_data(as_text=True))
+    )
+    shown.pop("csrf_token")
+    ticked = re.findall(
+        r'<input type="checkbox" name="(\w+)" checked>', read.get_data(as_text=True)
+    )
+    shown.update(dict.fromkeys(ticked, "on"))  # as a browser sends a ticked box
+    assert "Recipe saved." in post(admin, "/recipe", shown).get_data(as_text=True)
+    assert panel.recipes.get() == captured
+    assert panel.audit.entries(1)[0].event == "recipe_captured"
     env = [*map(list, panel.recipes.get().env), ["HF_TOKEN", HF_TOKEN]]
     login = "-u me -p registry-secret-0123456789 registry.example.com"
     panel.recipes.edit("api", {"env": env, "image_login": login, "onstart": f"echo {HF_TOKEN}"})

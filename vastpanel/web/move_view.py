@@ -154,11 +154,18 @@ FORM_FIELDS = (*FORM_TEXT, "image_login", *FORM_NUMBERS, *FORM_CHECKBOXES, *FORM
 
 def form_values(shown: dict[str, Any]) -> dict[str, str]:
     """Write the recipe's editable fields as the form's inputs hold them."""
-    values = {name: str(shown[name]) for name in (*FORM_TEXT, *FORM_NUMBERS)}
+    values = {name: shown[name] for name in FORM_TEXT}
+    values.update({name: number_text(shown[name]) for name in FORM_NUMBERS})
     values["image_login"] = shown["image_login"] or ""  # *** keeps the stored login
     values.update({name: "on" if shown[name] else "" for name in FORM_CHECKBOXES})
     values.update({name: " ".join(shown[name]) for name in FORM_LISTS})
     return values
+
+
+def number_text(value: float) -> str:
+    """Write a number short (48, not 48.0) but exact: saved unedited, it stays the same."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
 
 
 def typed_values(form: Any) -> dict[str, str]:
@@ -178,7 +185,7 @@ def recipe_changes(form: Any) -> dict[str, Any]:
         except ValueError:
             raise InvalidInput(f"{name}: a number") from None
     for name in FORM_CHECKBOXES:
-        changes[name] = form.get(name) is not None
+        changes[name] = bool(form.get(name))  # a ticked box sends "on", an unticked nothing
     for name in FORM_LISTS:
         changes[name] = [p for p in LIST_SEPARATORS.split(form.get(name, "")) if p]
     return changes

@@ -35,7 +35,7 @@ BADGES: dict[str, tuple[str, str, int]] = {
     "offline": ("Offline", "bad", POLL_S),
     "not_found": ("Not found", "bad", SLOW_POLL_S),
     "error": ("vast.ai error", "bad", POLL_S),
-    "moving": ("Moving to another machine", "busy", FAST_POLL_S),
+    "moving": ("Moving", "busy", FAST_POLL_S),
 }
 START_BLOCKED = frozenset({"unconfigured", "health", "running", "unhealthy", "moving"} | STARTING)
 STOP_BLOCKED = frozenset({"unconfigured", "stopped", "not_found"})
