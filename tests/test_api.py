@@ -102,6 +102,8 @@ def test_status_stopped(client, vast):
         "max_session_stop_at": None,
         "agent": "off",  # no VAST_AGENT_SECRET in the test config
         "message": "The instance is stopped; only storage is billed.",
+        "moving": None,
+        "stuck": None,
     }
 
 
