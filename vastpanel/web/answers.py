@@ -30,6 +30,7 @@ MOVE_STEPS = {
     "done": "moved",
     "failed": "failed",
 }
+SECRET_MIN_CHARS = 6  # a secret value this long is hidden wherever it appears in the recipe
 # What each state of an instance the panel knows means, in words (the page and the CLI).
 INSTANCE_STATES = {
     "current": "current: the panel controls it",
@@ -191,7 +192,8 @@ def recipe_json(recipe: Recipe) -> dict[str, Any]:
     """Shape the recipe as it may be shown: secrets as ***, wherever they appear."""
     shown = recipe.public()
     shown["captured_at"] = iso_utc(recipe.captured_at) or None
-    return _hide(shown, [s for s in recipe.secrets if s])
+    # Long enough to be a token: hiding a value like "1" would mangle the rest of the recipe.
+    return _hide(shown, [s for s in recipe.secrets if len(s) >= SECRET_MIN_CHARS])
 
 
 def _hide(value: Any, secrets: list[str]) -> Any:
