@@ -353,3 +353,21 @@ def test_a_spent_budget_refuses_a_move(make_panel, clock):
     with pytest.raises(MoveRefused, match="budget"):
         panel.mover.request("api")
     assert store.current_session(panel.store.db) is None
+
+
+def test_the_dead_man_switch_follows_the_move(make_panel, sim, clock):
+    secret = "agent-secret-0123456789abcdef"
+    panel = make_panel(VAST_AGENT_SECRET=secret)
+    stuck_start(panel, clock)
+    panel.mover.request("api")
+    done = drive(panel, clock)
+    assert done.state == "done", done.error
+    created = sim.requests(method="PUT", path=f"/api/v0/asks/{done.candidates[0]['id']}/")
+    assert created and created[-1]["json"]["env"]["VAST_AGENT_SECRET"] == secret
+    assert dict(sim.instance(done.new_id)["extra_env"])["VAST_AGENT_SECRET"] == secret
+    assert secret not in str(panel.recipes.get().public())
+    sim.clear_requests()
+    state = panel.instance.state()
+    panel.agent.send_heartbeat(state, panel.status.current_session(), None)
+    beats = [r for r in sim.llm_requests(method="POST") if r["path"] == "/vastpanel/heartbeat"]
+    assert beats and state.endpoint_base_url == sim.llm_url_of(done.new_id)

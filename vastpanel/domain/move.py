@@ -330,7 +330,8 @@ class Mover:
         recipe = self.recipes.get()
         self._update(move, "creating", creating_offer=offer.id, tries=move.tries + 1)
         try:
-            created = self._client().create_instance(offer.id, recipe.create_request(_label(move)))
+            request = recipe.create_request(_label(move), self._agent_env())
+            created = self._client().create_instance(offer.id, request)
         except VastError as exc:
             if exc.kind is VastErrorKind.OFFER_GONE or exc.kind not in TRANSIENT:
                 self.audit.record(
@@ -375,12 +376,12 @@ class Mover:
 
     def _booting(self, move: MoveRow) -> None:
         """Follow the new instance to running, then to healthy; keep the old one stopped."""
-        payload = self._client().fetch_instance(move.new_id)
+        old, payload = self._both(move)
         if payload is None:
             self._fail(move, f"vast.ai no longer knows the new instance {move.new_id}")
             return
         self._book_new(move, payload)
-        self._keep_old_stopped(move)
+        self._keep_old_stopped(move, old)
         if self.clock.now() - move.step_since > self.config.wait_timeout_s:
             self._fail(
                 move, f"the new instance was not healthy within {self.config.wait_timeout_s:g} s"
@@ -416,7 +417,7 @@ class Mover:
                 return
             self._update(move, "copying", note="copy started")
             return
-        payload = self._client().fetch_instance(move.new_id)
+        _, payload = self._both(move)
         self._book_new(move, payload)
         status_msg = str((payload or {}).get("status_msg") or "")
         copying = "copy" in status_msg.lower()
@@ -435,10 +436,8 @@ class Mover:
 
     def _switch(self, move: MoveRow, note: str | None = None) -> None:
         """Stop the old instance again if vast.ai was slow to, then switch to the new one."""
-        old = self.instance.state(fresh=True)
-        if old.intended_status == "running" or old.actual_status in GPU_BILLED:
-            self._client().stop_instance(move.old_id)
-            self.audit.record("move_old_stopped", "system", instance_id=move.old_id, again=True)
+        old, _ = self._both(move)
+        self._keep_old_stopped(move, old)
         now = self.clock.now()
         session = sessions.current_session(self.store.db)
         healthy = session.id if session is not None and session.instance_id == move.new_id else None
@@ -531,10 +530,24 @@ class Mover:
         elif payload.get("actual_status") == "stopped":
             sessions.close_session(db, now, "observed", instance_id=move.new_id)
 
-    def _keep_old_stopped(self, move: MoveRow) -> None:
+    def _agent_env(self) -> dict[str, str]:
+        """The dead-man switch follows the move: the new instance's agent gets the same secret
+        (deploy/instance/vastpanel_agent.py reads VAST_AGENT_SECRET from its environment)."""
+        secret = self.config.agent_secret
+        return {"VAST_AGENT_SECRET": secret} if secret else {}
+
+    def _both(self, move: MoveRow) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """Return vast.ai's answers about the old and the new instance (None: gone), read in
+        one call of the account's list: the single-instance endpoint's 2 s between calls is
+        the current instance's reads'."""
+        found = {i.get("id"): i for i in self._client().list_instances()}
+        return found.get(move.old_id), found.get(move.new_id)
+
+    def _keep_old_stopped(self, move: MoveRow, old: dict[str, Any] | None) -> None:
         """Stop the old instance again if it came up after all (vast.ai slow to take the stop)."""
-        old = self.instance.state()
-        if old.status == "running" or old.intended_status == "running":
+        if old is None:
+            return
+        if old.get("intended_status") == "running" or old.get("actual_status") in GPU_BILLED:
             self._client().stop_instance(move.old_id)
             self.audit.record("move_old_stopped", "system", instance_id=move.old_id, again=True)
 
