@@ -261,7 +261,7 @@ def test_a_create_whose_answer_was_lost_is_found_by_its_label_not_made_twice(pan
 def test_the_old_instance_is_stopped_again_if_vast_ai_was_slow_to_stop_it(panel, sim, clock):
     stuck_start(panel, clock)
     panel.mover.request("api")
-    move = advance_until(panel, clock, "booting")
+    advance_until(panel, clock, "booting")
     sim.free_gpu()  # the other renter leaves: the old start (not yet stopped) would run
     sim.external("start", FIRST)
     clock.advance(30)
