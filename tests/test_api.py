@@ -101,6 +101,7 @@ def test_status_stopped(client, vast):
         "budget": None,
         "max_session_stop_at": None,
         "agent": "off",  # no VAST_AGENT_SECRET in the test config
+        "scheduled_until": None,
         "message": "The instance is stopped; only storage is billed.",
         "moving": None,
         "stuck": None,

@@ -15,7 +15,17 @@ PACKAGE = ROOT / "vastpanel"
 LAYERS = (
     (
         "base",
-        ("config", "clock", "errors", "events", "formatting", "logs", "counters", "instance_http"),
+        (
+            "config",
+            "clock",
+            "errors",
+            "events",
+            "formatting",
+            "logs",
+            "counters",
+            "instance_http",
+            "schedule_windows",
+        ),
     ),
     ("storage", ("storage",)),
     ("vast", ("vast",)),

@@ -107,6 +107,17 @@ def stuck_start(panel, clock) -> None:
     assert panel.mover.stuck() is not None and panel.mover.stuck().queued
 
 
+def advance_until(panel, clock, state: str, *, steps: int = 50):
+    """Run the move job until the move reaches a step; return the move there."""
+    for _ in range(steps):
+        move = panel.mover.advance()
+        if move.state == state:
+            return move
+        assert move.active, f"the move ended before {state}: {move}"
+        clock.advance(2.0)
+    raise AssertionError(f"the move never reached {state}")
+
+
 def drive(panel, clock, *, steps: int = 100, every: float = 2.0):
     """Take the move's steps as the leader's move job would, until it ends; return it."""
     move = None
@@ -207,16 +218,20 @@ def test_a_stuck_start_moves_to_the_cheapest_equivalent_offer(panel, sim, clock)
 
 def test_an_offer_that_vanishes_between_search_and_create_is_skipped(panel, sim, clock):
     stuck_start(panel, clock)
+    search = panel.client.search_offers
+    chosen = []
+
+    def search_then_someone_rents_the_best(query):
+        offers = search(query)
+        best = min(offers, key=lambda o: (o["dph_total"], -o["reliability2"]))
+        chosen.append(best["id"])
+        requests.post(f"{sim.url}/_sim/market", json={"action": "withdraw", "offer_id": best["id"]})
+        return offers
+
+    panel.client.search_offers = search_then_someone_rents_the_best
     panel.mover.request("api")
-    drive_until = ("searching", "creating")
-    move = panel.mover.advance()
-    while move.state in ("requested", "searching"):
-        clock.advance(2.0)
-        move = panel.mover.advance()
-    assert move.state == "creating" and move.state in drive_until
-    first_choice = move.candidates[0]["id"]
-    requests.post(f"{sim.url}/_sim/market", json={"action": "withdraw", "offer_id": first_choice})
     done = drive(panel, clock)
+    first_choice = chosen[0]
     assert done.state == "done", done.error
     failed = [e for e in panel.audit.entries(50) if e.event == "move_offer_failed"]
     assert [e.meta["offer_id"] for e in failed] == [first_choice]
@@ -234,10 +249,8 @@ def test_a_create_whose_answer_was_lost_is_found_by_its_label_not_made_twice(pan
 
     client.create_instance = create_then_lose_the_answer
     panel.mover.request("api")
-    move = panel.mover.advance()
-    while move.state != "creating" or move.creating_offer is None:
-        clock.advance(2.0)
-        move = panel.mover.advance()
+    move = advance_until(panel, clock, "creating")
+    assert move.creating_offer is not None  # sent, its answer lost
     client.create_instance = create
     done = drive(panel, clock)
     assert done.state == "done", done.error
@@ -248,10 +261,7 @@ def test_a_create_whose_answer_was_lost_is_found_by_its_label_not_made_twice(pan
 def test_the_old_instance_is_stopped_again_if_vast_ai_was_slow_to_stop_it(panel, sim, clock):
     stuck_start(panel, clock)
     panel.mover.request("api")
-    move = panel.mover.advance()
-    while move.state != "booting":
-        clock.advance(2.0)
-        move = panel.mover.advance()
+    advance_until(panel, clock, "booting")
     sim.free_gpu()  # the other renter leaves: the old start (not yet stopped) would run
     sim.external("start", FIRST)
     clock.advance(30)
@@ -269,10 +279,7 @@ def test_the_old_instance_is_stopped_again_if_vast_ai_was_slow_to_stop_it(panel,
 def test_a_stop_during_the_move_stops_the_new_instance_and_ends_the_move(panel, sim, clock):
     stuck_start(panel, clock)
     panel.mover.request("api")
-    move = panel.mover.advance()
-    while move.state != "booting":
-        clock.advance(2.0)
-        move = panel.mover.advance()
+    move = advance_until(panel, clock, "booting")
     with pytest.raises(Exception, match="under way"):
         panel.power.power_on("api", wait_for_health=False)
     panel.power.power_off("api")
@@ -285,7 +292,9 @@ def test_a_stop_during_the_move_stops_the_new_instance_and_ends_the_move(panel, 
     assert sim.instance(move.new_id) is not None  # stopped, never destroyed by a failed move
 
 
-def test_the_old_instance_is_kept_or_destroyed_as_set_and_a_kept_one_on_a_click(make_panel, sim, clock):
+def test_the_old_instance_is_kept_or_destroyed_as_set_and_a_kept_one_on_a_click(
+    make_panel, sim, clock
+):
     panel = make_panel(VAST_MOVE_OLD="destroy")
     stuck_start(panel, clock)
     panel.mover.request("api")
@@ -353,3 +362,21 @@ def test_a_spent_budget_refuses_a_move(make_panel, clock):
     with pytest.raises(MoveRefused, match="budget"):
         panel.mover.request("api")
     assert store.current_session(panel.store.db) is None
+
+
+def test_the_dead_man_switch_follows_the_move(make_panel, sim, clock):
+    secret = "agent-secret-0123456789abcdef"
+    panel = make_panel(VAST_AGENT_SECRET=secret)
+    stuck_start(panel, clock)
+    panel.mover.request("api")
+    done = drive(panel, clock)
+    assert done.state == "done", done.error
+    created = sim.requests(method="PUT", path=f"/api/v0/asks/{done.candidates[0]['id']}/")
+    assert created and created[-1]["json"]["env"]["VAST_AGENT_SECRET"] == secret
+    assert dict(sim.instance(done.new_id)["extra_env"])["VAST_AGENT_SECRET"] == secret
+    assert secret not in str(panel.recipes.get().public())
+    sim.clear_requests()
+    state = panel.instance.state()
+    panel.agent.send_heartbeat(state, panel.status.current_session(), None)
+    beats = [r for r in sim.llm_requests(method="POST") if r["path"] == "/vastpanel/heartbeat"]
+    assert beats and state.endpoint_base_url == sim.llm_url_of(done.new_id)

@@ -119,6 +119,11 @@ def test_move_from_the_page_then_follow_it_to_the_new_machine_and_destroy_the_ol
     started = panel.audit.entries(10)
     assert any(e.event == "move_started" and e.actor == "admin" for e in started)
 
+    requested = text_of(widget(html, "status"))
+    assert "Moving to another machine: cancelling the start on the old machine." in requested
+    # The new instance loads longer than one run of the move job follows it: the card shows
+    # the move booting in between.
+    sim.set_timing(load_delay=60.0)
     seen = {}
     for _ in range(100):
         move = panel.mover.advance()
@@ -127,7 +132,6 @@ def test_move_from_the_page_then_follow_it_to_the_new_machine_and_destroy_the_ol
         if not move.active:
             break
         clock.advance(2.0)
-    assert "Moving to another machine: searching for an equivalent offer." in seen["searching"]
     booting = seen["booting"]
     assert "starting the new instance and waiting for its health" in booting
     assert f"From machine {sim.machine_id} (instance {FIRST}) to machine {best.machine_id}" in (
@@ -238,12 +242,12 @@ def test_the_recipe_widget_reads_shows_and_edits_the_recipe_secrets_as_stars(
     admin,
     panel,  # noqa: F811
 ):
-    page = admin.get("/").get_data(as_text=True)
-    recipe = widget(page, "recipe")
-    assert "Not read yet" in recipe and panel.recipes.current() is None  # the page asks nothing
-    read = post(admin, "/recipe")
-    assert read.headers["HX-Trigger"] == "panelChanged"
-    assert "Recipe read from vast.ai." in read.get_data(as_text=True)
+    # The page's read of the instance brings its recipe along: no read of its own.
+    assert panel.recipes.current() is None
+    admin.get("/")
+    read = admin.get("/partials/recipe", headers=HTMX)
+    assert "Not read yet" not in read.get_data(as_text=True)
+    assert "vllm/vllm-openai" in read.get_data(as_text=True)
     # The form as shown, saved without an edit, changes nothing (no audit entry either).
     captured = panel.recipes.get()
     shown = dict(
@@ -303,6 +307,27 @@ def test_the_recipe_widget_reads_shows_and_edits_the_recipe_secrets_as_stars(
     assert panel.recipes.get() == saved
     refused = post(admin, "/recipe", {**form, "max_dph": "x"}, htmx=False)
     assert refused.status_code == 303 and refused.headers["Location"] == "/#recipe"
+
+
+def test_a_recipe_not_read_yet_has_a_button_and_a_failed_read_says_why(
+    make_client,  # noqa: F811
+    sim,  # noqa: F811
+):
+    app = make_client().application
+    admin = signed_in_client(app)
+    sim.add_fault("response", count=None, method="GET", status=502, body="bad gateway")
+    html = admin.get("/").get_data(as_text=True)
+    recipe = widget(html, "recipe")
+    assert "Not read yet" in recipe and app.extensions["vastpanel"].recipes.current() is None
+    assert [f["action"] for f in forms(recipe)] == ["/recipe"]
+    token = {**HTMX, "X-CSRFToken": csrf_token(admin, "/")}
+    failed = admin.post("/recipe", headers=token).get_data(as_text=True)
+    assert "notice-error" in failed and "Not read yet" in failed
+    sim.clear_faults()
+    read = admin.post("/recipe", headers=token)  # the button, before any other read
+    assert read.headers["HX-Trigger"] == "panelChanged"
+    html = read.get_data(as_text=True)
+    assert "Recipe read from vast.ai." in html and "vllm/vllm-openai" in html
 
 
 def test_a_private_image_without_its_login_shows_why_no_move_can_be_made(
@@ -367,7 +392,7 @@ def test_every_hx_url_of_the_stuck_page_is_served(
     html = admin.get("/").get_data(as_text=True)
     attrs = [a for _, a in elements(html)]
     posts = {a["hx-post"] for a in attrs if a.get("hx-post")}
-    assert posts == {"/power/on", "/power/off", "/move", "/recipe"}
+    assert posts == {"/power/on", "/power/off", "/move", "/recipe", "/schedule"}
     for url in {a["hx-get"] for a in attrs if a.get("hx-get")}:
         assert admin.get(url, headers=HTMX).status_code == 200, url
     assert html.count('name="csrf_token"') == len([f for f in forms(html) if f["method"] == "post"])

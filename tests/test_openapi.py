@@ -319,3 +319,57 @@ def test_costs_and_status_with_a_budget_and_vast_ais_charges(make_client, vast, 
     assert costs["budget"]["limit_usd"] == 5 and costs["days"][-1]["billed"]["gpu"] == 0.5
     status = Contract("GET", "/status").call(budgeted, 200)
     assert status["budget"]["spent_usd"] > 0
+
+
+def test_schedule(client, make_client, panel, monkeypatch):
+    contract = Contract("GET", "/schedule")
+    assert contract.call(client, 200)["source"] == "none"
+    scheduled = make_client(VAST_SCHEDULE="Mon-Fri 08:30-18:30", VAST_SCHEDULE_TZ="Europe/Berlin")
+    body = contract.call(scheduled, 200)
+    assert body["source"] == "environment" and body["next_window"] is not None
+    assert body["environment"]["timezone"] == "Europe/Berlin"
+    common_errors(contract, client, make_client, crash_on(monkeypatch, panel.schedule, "overview"))
+    contract.covered()
+
+
+def test_replace_schedule(client, make_client, panel, monkeypatch):
+    contract = Contract("PUT", "/schedule")
+    body = contract.call(
+        client,
+        200,
+        body={
+            "schedule": "Mon-Fri 08:30-18:30",
+            "timezone": "Europe/Berlin",
+            "skip": ["2026-12-24"],
+        },
+    )
+    assert body["source"] == "stored" and body["set_by"] == "api" and body["skip"] == ["2026-12-24"]
+    assert (
+        contract.call(client, 200, body={"schedule": "", "timezone": None, "skip": None})[
+            "schedule"
+        ]
+        == ""
+    )
+    for bad in ({}, {"schedule": 5}, {"schedule": None}, {"schedule": "", "timezone": 3}):
+        contract.call(client, 422, body=bad)
+    contract.call(client, 422, body={"schedule": "", "skip": "2026-12-24"})
+    contract.call(client, 422, body={"schedule": "", "time_zone": "UTC"})
+    contract.call(client, 422, raw="{not json")
+    common_errors(
+        contract,
+        client,
+        make_client,
+        crash_on(monkeypatch, panel.schedule, "replace"),
+        body={"schedule": ""},
+    )
+    contract.covered()
+
+
+def test_clear_schedule(client, make_client, panel, monkeypatch):
+    contract = Contract("DELETE", "/schedule")
+    assert contract.call(client, 200)["source"] == "none"
+    client.put(f"{PREFIX}/schedule", json={"schedule": "Sat 10:00-14:00"})
+    assert contract.call(client, 200, body={})["source"] == "none"
+    contract.call(client, 422, raw="[1")
+    common_errors(contract, client, make_client, crash_on(monkeypatch, panel.schedule, "clear"))
+    contract.covered()

@@ -94,8 +94,9 @@ def test_every_hx_url_is_one_the_app_serves(admin):
     attrs = [a for _, a in elements(html)]
     gets = {a["hx-get"] for a in attrs if a.get("hx-get")}
     posts = {a["hx-post"] for a in attrs if a.get("hx-post")}
-    assert posts == {"/power/on", "/power/off", "/recipe"}  # the recipe: read it from vast.ai
+    assert posts == {"/power/on", "/power/off", "/schedule", "/recipe"}  # recipe: read it
     assert {"/partials/status?seen=stopped", "/partials/costs", "/partials/audit"} <= gets
+    assert "/partials/schedule" in gets
     for url in gets:
         assert admin.get(url, headers=HTMX).status_code == 200, url
 
@@ -118,6 +119,7 @@ def test_every_button_is_also_a_plain_form(admin):
         ("/partials/costs", "costs"),
         ("/partials/audit", "audit"),
         ("/partials/notifications", "notifications"),
+        ("/partials/schedule", "schedule-state"),
     ],
 )
 def test_each_partial_is_the_same_widget_the_page_includes(admin, path, element_id):

@@ -141,6 +141,8 @@ def wire_panel(
         Panel,
         Power,
         RecipeBook,
+        ScheduleBook,
+        ScheduledStart,
         SignIns,
         StatusReader,
         Wake,
@@ -168,13 +170,14 @@ def wire_panel(
     audit = Audit(store, clock, config)
     costs = CostBook(store, clock, config, client, audit)
     agent = AgentLink(store, clock, config, http, audit)
-    instance = InstanceReader(store, clock, config, client, audit, costs, agent, leases)
-    budget = Budget(store, clock, config, costs, audit)
     recipes = RecipeBook(store, clock, config, client, audit)
+    instance = InstanceReader(store, clock, config, client, audit, costs, agent, leases, recipes)
+    budget = Budget(store, clock, config, costs, audit)
     mover = Mover(store, clock, config, client, http, audit, instance, budget, recipes)
     power = Power(store, clock, config, client, http, audit, instance, costs, budget, leases, mover)
     llm = LlmLoad(store, clock, config, http, audit, instance, leases)
-    idle = IdleRule(store, clock, config, audit, instance, llm, power, budget, leases)
+    schedule = ScheduleBook(store, clock, config, audit, instance, costs, budget)
+    idle = IdleRule(store, clock, config, audit, instance, llm, power, budget, leases, schedule)
     return Panel(
         config=config,
         clock=clock,
@@ -198,6 +201,8 @@ def wire_panel(
         signins=SignIns(store, clock),
         keys=KeyGuard(store, clock, config, audit),
         status=StatusReader(store, clock, config, instance, idle, costs, budget, agent),
+        schedule=schedule,
+        scheduled_start=ScheduledStart(store, clock, config, audit, instance, power, schedule),
     )
 
 

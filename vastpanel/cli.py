@@ -90,6 +90,9 @@ def status_command(as_json: bool) -> None:
     if data["status"] == "not_found":
         raise click.ClickException(data["message"] or "vast.ai does not know the instance.")
     countdown = data["auto_shutdown_in_minutes"]
+    shutdown = "-" if countdown is None else minutes_text(countdown)
+    if report.scheduled_until is not None:  # a window of the schedule holds the idle stop
+        shutdown = f"scheduled until {report.schedule_hold.closes_text}"
     lines = [
         f"Instance {data['instance_id'] or '-'}: {data['status']}"
         + (f" ({data['gpu_name']}, {usd(data['dph_total'])}/h)" if data["gpu_name"] else ""),
@@ -102,7 +105,7 @@ def status_command(as_json: bool) -> None:
             if data["llm_requests_running"] is not None
             else ""
         ),
-        f"Auto-shutdown in: {'-' if countdown is None else minutes_text(countdown)}",
+        f"Auto-shutdown in: {shutdown}",
         f"Dead-man switch: {data['agent'] or '-'}",
         f"Total: {duration(report.totals.runtime_seconds)}, {usd(data['total_cost_usd'])}",
     ]

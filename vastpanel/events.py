@@ -16,9 +16,10 @@ ACTORS: dict[str, str] = {
     "system": "the panel itself: the auto-shutdown watchdog, or what vast.ai was seen doing",
     "proxy": "the /v1/ LLM endpoint, starting a stopped instance for a request to its LLM",
     "agent": "the dead-man switch on the instance, as the panel inferred on seeing its stop",
+    "schedule": "the schedule of warm hours, starting the instance before a window opens",
 }
 PEOPLE = ("api", "admin", "cli")  # the actors of a request made by someone
-STARTERS = (*PEOPLE, "proxy")  # who may start the instance (without waiting for its health)
+STARTERS = (*PEOPLE, "proxy", "schedule")  # who may start the instance
 MOVERS = (*PEOPLE, "system")  # who may move the instance (the panel itself with VAST_MOVE=auto)
 
 
@@ -77,6 +78,11 @@ EVENTS: dict[str, Event] = {
     "move_failed": Event("Move failed", MOVERS),
     "instance_destroyed": Event("Instance destroyed", MOVERS),
     "instance_destroy_failed": Event("Destroy failed", PEOPLE),
+    # Schedules of warm hours (domain/schedule.py, domain/schedule_start.py).
+    "schedule_start": Event("Scheduled start", ("schedule",)),
+    "schedule_start_failed": Event("Scheduled start failed", ("schedule",)),
+    "schedule_changed": Event("Schedule changed", PEOPLE),
+    "schedule_cleared": Event("Schedule back to the environment's", PEOPLE),
 }
 
 

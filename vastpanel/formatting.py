@@ -37,6 +37,9 @@ DETAIL_LABELS = {
     "keepalive_until": "until",
     "by_panel": "started here",
     "client": "from",
+    "window_opens_at": "window opens",
+    "window_closes_at": "closes",
+    "lead_minutes": "lead",
 }
 
 

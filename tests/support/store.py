@@ -38,6 +38,7 @@ from vastpanel.storage.sessions import (
     list_sessions,
     open_session,
 )
+from vastpanel.storage.start_times import note_healthy, note_start_sent, recent_start_seconds
 from vastpanel.storage.values import get_note, get_value, record_activity, set_note, set_value
 
 __all__ = [
@@ -70,6 +71,8 @@ __all__ = [
     "migrate",
     "migrations",
     "next_undelivered",
+    "note_healthy",
+    "note_start_sent",
     "open_db",
     "open_session",
     "outbox_counts",
@@ -78,6 +81,7 @@ __all__ = [
     "read_cached_instance",
     "read_lease",
     "read_llm_reading",
+    "recent_start_seconds",
     "record_activity",
     "release_lease",
     "save_agent_link",

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from ..schedule_windows import Rule, Schedule
 from .parse import (
     DEFAULT_DB_PATH,
     DEFAULT_VAST_URL,
@@ -91,6 +94,12 @@ class Config:
     # (auto) when the request came over HTTPS.
     secret_key: str = field(default="", repr=False)
     session_cookie_secure: bool | None = None
+    # The schedule of warm hours from the environment (a stored one replaces it: schedule.py).
+    schedule_rules: tuple[Rule, ...] = ()
+    schedule_tz: str = "UTC"
+    schedule_skip: tuple[date, ...] = ()
+    schedule_idle_minutes: float | None = None  # idle stop inside windows; None: none there
+    schedule_hard_end: bool = False
     # VASTPANEL_WATCHDOG; None (unset): on, except in tests.
     watchdog: bool | None = None
     # Flask's TESTING, set by tests and never read from the environment: the watchdog stays off
@@ -137,6 +146,13 @@ class Config:
     def llm_metrics_port(self) -> int:
         """Return the container port the LLM's metrics are read through."""
         return self.metrics_port or self.health_port
+
+    @property
+    def env_schedule(self) -> Schedule:
+        """Return the schedule VAST_SCHEDULE, VAST_SCHEDULE_TZ and VAST_SCHEDULE_SKIP give."""
+        return Schedule(
+            self.schedule_rules, ZoneInfo(self.schedule_tz), frozenset(self.schedule_skip)
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Config:

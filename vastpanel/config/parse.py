@@ -10,8 +10,11 @@ import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 from urllib.parse import urlsplit
+
+from ..schedule_windows import Rule, ScheduleError, parse_rules, parse_skip, parse_zone
 
 DEFAULT_VAST_URL = "https://console.vast.ai"
 DEFAULT_DB_PATH = "data/vastpanel.db"
@@ -252,3 +255,27 @@ def notify_targets(raw: str, name: str) -> tuple[NotifyTarget, ...]:
             )
         targets.append(NotifyTarget(fmt, url))
     return tuple(targets)
+
+
+# --- the schedule (schedule_windows.py reads it; the message says where it is wrong) ----------
+
+
+def schedule_rules(raw: str, name: str) -> tuple[Rule, ...]:
+    try:
+        return parse_rules(raw)
+    except ScheduleError as exc:
+        raise ConfigError(f"{name}: {exc}: {raw!r}") from None
+
+
+def schedule_zone(raw: str, name: str) -> str:
+    try:
+        return parse_zone(raw).key
+    except ScheduleError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def schedule_skip(raw: str, name: str) -> tuple[date, ...]:
+    try:
+        return tuple(sorted(parse_skip(raw)))
+    except ScheduleError as exc:
+        raise ConfigError(f"{name}: {exc}: {raw!r}") from None

@@ -55,6 +55,7 @@ IDLE = "Auto-shutdown"
 CAPS = "Costs and caps"
 LLM = "The /v1/ endpoint"
 NOTIFY = "Notifications and the dead-man switch"
+SCHEDULE = "Schedules (warm hours)"
 STORAGE = "Storage and the demo"
 MOVE = "Moving to another machine"
 SERVING = "Serving (read by gunicorn.conf.py, not by Config)"
@@ -207,6 +208,33 @@ SETTINGS: tuple[Setting, ...] = (
         "VAST_AGENT_SECRET", "agent_secret", parse.agent_secret, "",
         "shared with the dead-man switch on the instance (16+ characters); unset: no "
         "heartbeats, `agent` is `off`", NOTIFY,
+    ),
+    Setting(
+        "VAST_SCHEDULE", "schedule_rules", parse.schedule_rules, (),
+        "weekly hours the GPU is kept warm: started before each window opens, no idle stop "
+        "inside it, e.g. `Mon-Fri 08:30-18:30; Sat 10:00-14:00` ([schedules](schedules.md)); "
+        "one set on the page or by `PUT /infra/vast/schedule` replaces it; unset: none",
+        SCHEDULE,
+    ),
+    Setting(
+        "VAST_SCHEDULE_TZ", "schedule_tz", parse.schedule_zone, "UTC",
+        "the IANA time zone of the schedule's times, e.g. `Europe/Berlin`", SCHEDULE,
+    ),
+    Setting(
+        "VAST_SCHEDULE_SKIP", "schedule_skip", parse.schedule_skip, (),
+        "dates without windows (holidays), in that zone: `2026-12-24,2026-12-25`, or a range "
+        "`2026-12-24..2027-01-01`", SCHEDULE,
+    ),
+    Setting(
+        "VAST_SCHEDULE_IDLE_MINUTES", "schedule_idle_minutes", parse.positive, None,
+        "idle minutes before a stop inside a window; unset: no idle stop inside windows",
+        SCHEDULE,
+    ),
+    Setting(
+        "VAST_SCHEDULE_HARD_END", "schedule_hard_end", parse.boolean, False,
+        "`true`: at a window's end an idle instance stops at once (never while requests run); "
+        "`false`: after `VAST_AUTO_SHUTDOWN_MINUTES` idle, counted from the end at the earliest",
+        SCHEDULE,
     ),
     Setting(
         "VAST_DB_PATH", "db_path", parse.text, DEFAULT_DB_PATH,

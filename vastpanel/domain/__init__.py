@@ -29,6 +29,8 @@ from .move import Mover
 from .notify import Notifier
 from .power import Power
 from .recipe import RecipeBook
+from .schedule import ScheduleBook
+from .schedule_start import ScheduledStart
 from .signins import SignIns
 from .status import StatusReader
 from .wake import Wake
@@ -49,6 +51,8 @@ __all__ = [
     "Panel",
     "Power",
     "RecipeBook",
+    "ScheduleBook",
+    "ScheduledStart",
     "SignIns",
     "StatusReader",
     "Wake",
@@ -81,3 +85,5 @@ class Panel:
     signins: SignIns
     keys: KeyGuard
     status: StatusReader
+    schedule: ScheduleBook  # the schedule of warm hours in force
+    scheduled_start: ScheduledStart  # the start before each window (the watchdog's leader)

@@ -71,7 +71,7 @@ class Audit:
         db = self.store.db
         now = self.clock.now()
         told = outbox.last_notified_ts(db, event) if event in notify.REPEAT_QUIET_S else None
-        targets = notify.outbox_targets(self.config, event, clean, now, told)
+        targets = notify.outbox_targets(self.config, event, clean, now, told, actor)
         with db.atomic():
             audit_id = audit_rows.add_audit(db, now, event, actor, clean)
             outbox.queue(db, audit_id, targets, now)

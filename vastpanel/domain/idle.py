@@ -27,6 +27,7 @@ from .instance import DOWN_SINCE_KEY, InstanceReader
 from .lease_holder import LeaseHolder
 from .llm_load import LlmLoad
 from .power import AUTO_STOP, HEALTH_WAIT_LEASE, Power, PowerOffResult
+from .schedule import ScheduleBook, ScheduleHold
 
 # The gateway posts activity on every LLM request. Idle time is counted in minutes and shown to
 # the second, so activity is stored to the second: later posts within it only read.
@@ -35,6 +36,8 @@ IDLE_WARNING = "idle_warning"
 KEEPALIVE = "keepalive"
 KEEPALIVE_CHOICES_MINUTES = (30, 60, 120)  # the page's Keep running buttons
 WARNED_DEADLINE_KEY = "warned_deadline"  # the idle deadline the last warning was about
+# wake.IN_FLIGHT_LEASE (wake imports this module): requests through /v1/ right now.
+PROXY_IN_FLIGHT_LEASE = "proxy_in_flight/"
 
 
 def idle_deadline(
@@ -58,6 +61,43 @@ def idle_deadline(
         return None
     since = max(last_activity or 0.0, llm_active_at or 0.0, held_since)
     return max(since + idle_minutes * 60, keepalive_until or 0.0)
+
+
+# --- schedules of warm hours (schedule.py): a window holds the idle stop -----------------------
+
+
+def scheduled_idle_deadline(
+    hold: ScheduleHold | None,
+    *,
+    auto_shutdown: bool,
+    idle_minutes: float,
+    held_since: float | None,
+    last_activity: float | None,
+    keepalive_until: float | None = None,
+    llm_active_at: float | None = None,
+) -> float | None:
+    """Return idle_deadline as a schedule's window leaves it: none inside the window (or the
+    window's own idle minutes), then the idle time counted from the close at the earliest, or
+    the close itself with a hard end. A Keep running still holds it at least until its end."""
+    signals = {
+        "auto_shutdown": auto_shutdown,
+        "held_since": held_since,
+        "last_activity": last_activity,
+        "keepalive_until": keepalive_until,
+        "llm_active_at": llm_active_at,
+    }
+    normal = idle_deadline(idle_minutes=idle_minutes, **signals)
+    if hold is None or normal is None:
+        return normal
+    if hold.in_force and hold.idle_minutes is not None:
+        inside = idle_deadline(idle_minutes=hold.idle_minutes, **signals)
+        if inside is not None and inside < hold.closes_at:
+            return inside
+    after = hold.closes_at if hold.hard_end else max(normal, hold.closes_at + idle_minutes * 60)
+    return max(after, keepalive_until or 0.0)
+
+
+# -------------------------------------------------------------------------------------------------
 
 
 def nearest_stop(stops: list[tuple[float, str]]) -> tuple[float, str] | None:
@@ -119,6 +159,7 @@ class IdleRule:
         power: Power,
         budget: Budget,
         leases: LeaseHolder,
+        schedule: ScheduleBook,
     ):
         self.store = store
         self.clock = clock
@@ -129,6 +170,7 @@ class IdleRule:
         self.power = power
         self.budget = budget
         self.leases = leases
+        self.schedule = schedule
         self._activity_known: float | None = None  # the last activity stored or read here
 
     def stop_if_idle(self) -> PowerOffResult | None:
@@ -251,6 +293,8 @@ class IdleRule:
         deadline = self.idle_deadline(session, signals)
         if deadline is None or now < deadline or (signals.llm is not None and signals.llm.busy):
             return None
+        if self._hard_end_waits_for_requests(session):
+            return None
         held_since = self._held_since(session) or 0.0
         source, at = signals.last
         if at is None or at < held_since:
@@ -270,7 +314,8 @@ class IdleRule:
 
     def idle_deadline(self, session: Session | None, signals: Signals) -> float | None:
         """When an idle instance falls due for auto-shutdown, or None when it cannot."""
-        return idle_deadline(
+        return scheduled_idle_deadline(
+            self.schedule_hold(session),
             auto_shutdown=self.config.auto_shutdown,
             idle_minutes=self.config.auto_shutdown_minutes,
             held_since=self._held_since(session),
@@ -278,6 +323,21 @@ class IdleRule:
             keepalive_until=values.keepalive_until(self.store.db, session.id) if session else None,
             llm_active_at=signals.llm_active_at,
         )
+
+    def schedule_hold(self, session: Session | None) -> ScheduleHold | None:
+        """Return the schedule's window that holds this session's idle stop, or None."""
+        return self.schedule.hold(session.started_at if session is not None else None)
+
+    def _hard_end_waits_for_requests(self, session: Session | None) -> bool:
+        """Tell whether a window's hard end waits for requests running through /v1/.
+
+        Without a hard end, such a request notes activity every few seconds, so it never
+        looks idle; a hard end does not wait for idle time, so it asks.
+        """
+        hold = self.schedule_hold(session)
+        if hold is None or not hold.hard_end:
+            return False
+        return self.leases.count_live(PROXY_IN_FLIGHT_LEASE) > 0
 
     def record_activity(self) -> float:
         """Note that the LLM was used now; return the stored last activity.

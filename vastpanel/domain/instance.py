@@ -29,6 +29,7 @@ from .agent_link import AgentLink
 from .audit import Audit, redact_value
 from .costs import CostBook
 from .lease_holder import LeaseHolder
+from .recipe import RecipeBook
 
 HEALTHY_SESSION_KEY = "healthy_session"  # id of the session whose health URL answered 200
 
@@ -55,6 +56,7 @@ class InstanceReader:
         costs: CostBook,
         agent: AgentLink,
         leases: LeaseHolder,
+        recipes: RecipeBook,
     ):
         self.store = store
         self.clock = clock
@@ -64,6 +66,7 @@ class InstanceReader:
         self.costs = costs
         self.agent = agent
         self.leases = leases
+        self.recipes = recipes
         self._fetch_lock = threading.Lock()
 
     def require_configured(self) -> None:
@@ -195,13 +198,15 @@ class InstanceReader:
         db = self.store.db
         asked = self.clock.now()
         try:
-            payload = kept_fields(self.client.fetch_instance(self.current_id()))
+            answer = self.client.fetch_instance(self.current_id())
         except VastError as exc:
             values.set_value(db, LAST_GET_KEY, self.clock.now())
             error = redact_value(exc.message)
             instance_cache.save_cached_instance(db, asked, None, error, exc.kind)
             return CachedInstance(asked, None, error, exc.kind)
         values.set_value(db, LAST_GET_KEY, self.clock.now())
+        self.recipes.capture_from_answer(answer)  # the full answer: its recipe fields too
+        payload = kept_fields(answer)
         instance_cache.save_cached_instance(db, asked, payload)
         self.costs.book(payload, asked)
         self._reconcile(payload, asked)

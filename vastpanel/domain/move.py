@@ -50,6 +50,11 @@ OFFERS_KEY, OFFERS_AT_KEY = "offers", "offers_read_at"
 # by then counts as done once its instance's status stops mentioning it.
 COPY_SEEN_WITHIN_S = 30.0
 LABEL_PREFIX = "vastpanel-move-"
+# One run of the move job takes the steps that can go at once back to back, and follows a new
+# instance's boot for up to this long before handing over to the next run.
+RUN_S = 20.0
+BOOT_POLL_S = 2.0  # vast.ai's list of instances, at its 2 s between reads
+HEALTH_POLL_S = 1.0  # the new instance's health URL, once it runs
 TRANSIENT = (VastErrorKind.UNREACHABLE, VastErrorKind.RATE_LIMITED, VastErrorKind.BAD_ANSWER)
 
 
@@ -269,21 +274,26 @@ class Mover:
     # --- carrying it out: one step per call ---------------------------------------------------
 
     def advance(self) -> MoveRow | None:
-        """Take the next step of the move under way (the watchdog's leader); return it."""
+        """Take the steps of the move under way that can go now (the watchdog's leader),
+        back to back while each one moves it on; return the move."""
         move = self.latest()
-        if move is None or not move.active:
-            return move
-        step: Callable[[MoveRow], None] = getattr(self, f"_{move.state}")
-        try:
-            step(move)
-        except VastError as exc:
-            if exc.kind in TRANSIENT:  # tried again at the next step
-                log.warning("move %d: %s: %s", move.id, move.state, exc.message)
-            else:
+        give_up = self.clock.now() + RUN_S
+        while move is not None and move.active:
+            before = (move.state, move.tries, move.note)
+            step: Callable[[MoveRow], None] = getattr(self, f"_{move.state}")
+            try:
+                step(move)
+            except VastError as exc:
+                if exc.kind in TRANSIENT:  # tried again at the next run
+                    log.warning("move %d: %s: %s", move.id, move.state, exc.message)
+                    return moves.read_move(self.store.db, move.id)
                 self._fail(move, f"vast.ai refused ({move.state}): {exc.message}")
-        except PanelError as exc:
-            self._fail(move, exc.message)
-        return moves.read_move(self.store.db, move.id)
+            except PanelError as exc:
+                self._fail(move, exc.message)
+            move = moves.read_move(self.store.db, move.id)
+            if (move.state, move.tries, move.note) == before or self.clock.now() >= give_up:
+                break  # waiting for something: the next run goes on
+        return move
 
     def _requested(self, move: MoveRow) -> None:
         """Cancel the old instance's start, unless it got its GPU meanwhile."""
@@ -330,7 +340,8 @@ class Mover:
         recipe = self.recipes.get()
         self._update(move, "creating", creating_offer=offer.id, tries=move.tries + 1)
         try:
-            created = self._client().create_instance(offer.id, recipe.create_request(_label(move)))
+            request = recipe.create_request(_label(move), self._agent_env())
+            created = self._client().create_instance(offer.id, request)
         except VastError as exc:
             if exc.kind is VastErrorKind.OFFER_GONE or exc.kind not in TRANSIENT:
                 self.audit.record(
@@ -374,20 +385,27 @@ class Mover:
         )
 
     def _booting(self, move: MoveRow) -> None:
-        """Follow the new instance to running, then to healthy; keep the old one stopped."""
-        payload = self._client().fetch_instance(move.new_id)
-        if payload is None:
-            self._fail(move, f"vast.ai no longer knows the new instance {move.new_id}")
-            return
-        self._book_new(move, payload)
-        self._keep_old_stopped(move)
-        if self.clock.now() - move.step_since > self.config.wait_timeout_s:
-            self._fail(
-                move, f"the new instance was not healthy within {self.config.wait_timeout_s:g} s"
-            )
-            return
-        if not self._healthy(payload):
-            return
+        """Follow the new instance to running, then to healthy, for up to RUN_S in this run;
+        keep the old one stopped."""
+        give_up = self.clock.now() + RUN_S
+        while True:
+            old, payload = self._both(move)
+            if payload is None:
+                self._fail(move, f"vast.ai no longer knows the new instance {move.new_id}")
+                return
+            self._book_new(move, payload)
+            self._keep_old_stopped(move, old)
+            if self.clock.now() - move.step_since > self.config.wait_timeout_s:
+                waited = self.config.wait_timeout_s
+                self._fail(move, f"the new instance was not healthy within {waited:g} s")
+                return
+            running = payload.get("actual_status") == "running"
+            if self._healthy_within(payload, BOOT_POLL_S if running else 0.0):
+                break
+            if self.clock.now() >= give_up:
+                return  # the next run goes on
+            if not running:
+                self.clock.sleep(BOOT_POLL_S)
         if self.recipes.get().copy_paths:
             self._update(move, "copying", step_since=self.clock.now(), note=None)
             return
@@ -416,7 +434,7 @@ class Mover:
                 return
             self._update(move, "copying", note="copy started")
             return
-        payload = self._client().fetch_instance(move.new_id)
+        _, payload = self._both(move)
         self._book_new(move, payload)
         status_msg = str((payload or {}).get("status_msg") or "")
         copying = "copy" in status_msg.lower()
@@ -435,10 +453,8 @@ class Mover:
 
     def _switch(self, move: MoveRow, note: str | None = None) -> None:
         """Stop the old instance again if vast.ai was slow to, then switch to the new one."""
-        old = self.instance.state(fresh=True)
-        if old.intended_status == "running" or old.actual_status in GPU_BILLED:
-            self._client().stop_instance(move.old_id)
-            self.audit.record("move_old_stopped", "system", instance_id=move.old_id, again=True)
+        old, _ = self._both(move)
+        self._keep_old_stopped(move, old)
         now = self.clock.now()
         session = sessions.current_session(self.store.db)
         healthy = session.id if session is not None and session.instance_id == move.new_id else None
@@ -512,11 +528,19 @@ class Mover:
                 return int(found["id"])
         return None
 
-    def _healthy(self, payload: dict[str, Any]) -> bool:
-        """Tell whether the new instance runs and its health URL answers 200."""
+    def _healthy_within(self, payload: dict[str, Any], seconds: float) -> bool:
+        """Tell whether the new instance runs and its health URL answers 200, probing it every
+        HEALTH_POLL_S for up to `seconds`."""
         running = payload.get("actual_status") == "running"
         base = endpoint_base_url(payload, self.config.health_port) if running else None
-        return base is not None and fetch_health(self.http, base + self.config.health_path)
+        if base is None:
+            return False
+        until = self.clock.now() + seconds
+        while not fetch_health(self.http, base + self.config.health_path):
+            if self.clock.now() >= until:
+                return False
+            self.clock.sleep(HEALTH_POLL_S)
+        return True
 
     def _book_new(self, move: MoveRow, payload: dict[str, Any] | None) -> None:
         """Book the new instance's GPU time from its first second: its own session."""
@@ -531,10 +555,24 @@ class Mover:
         elif payload.get("actual_status") == "stopped":
             sessions.close_session(db, now, "observed", instance_id=move.new_id)
 
-    def _keep_old_stopped(self, move: MoveRow) -> None:
+    def _agent_env(self) -> dict[str, str]:
+        """The dead-man switch follows the move: the new instance's agent gets the same secret
+        (deploy/instance/vastpanel_agent.py reads VAST_AGENT_SECRET from its environment)."""
+        secret = self.config.agent_secret
+        return {"VAST_AGENT_SECRET": secret} if secret else {}
+
+    def _both(self, move: MoveRow) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """Return vast.ai's answers about the old and the new instance (None: gone), read in
+        one call of the account's list: the single-instance endpoint's 2 s between calls is
+        the current instance's reads'."""
+        found = {i.get("id"): i for i in self._client().list_instances()}
+        return found.get(move.old_id), found.get(move.new_id)
+
+    def _keep_old_stopped(self, move: MoveRow, old: dict[str, Any] | None) -> None:
         """Stop the old instance again if it came up after all (vast.ai slow to take the stop)."""
-        old = self.instance.state()
-        if old.status == "running" or old.intended_status == "running":
+        if old is None:
+            return
+        if old.get("intended_status") == "running" or old.get("actual_status") in GPU_BILLED:
             self._client().stop_instance(move.old_id)
             self.audit.record("move_old_stopped", "system", instance_id=move.old_id, again=True)
 

@@ -65,7 +65,13 @@ NOTIFY_EVENTS = {
     # The dead-man switch on the instance (agent_link.py).
     "agent_unreachable": "The dead-man switch on instance {instance_id} does not answer "
     "({error}): should the panel go away, nothing on the instance would stop the GPU.",
+    # Schedules (schedule_start.py): the one notification for a scheduled start that failed.
+    "schedule_start_failed": "Scheduled start of instance {instance_id} for the window opening "
+    "{window_opens_at} FAILED: {error}. Until someone starts it, the first request waits for a "
+    "cold start.",
 }
+# A scheduled start that fails is told once, by schedule_start_failed: not by these as well.
+TOLD_BY_SCHEDULE = frozenset({"power_on_failed", "power_on_health_timeout"})
 # A stop that keeps failing is audited at every interval look: tell people again only after this.
 REPEAT_QUIET_S = dict.fromkeys(
     ("auto_shutdown_failed", "budget_stop_failed", "max_session_stop_failed"), 900.0
@@ -77,21 +83,28 @@ MAX_BACKOFF_S = 3_600.0
 BATCH = 50  # notifications per webhook per delivery run
 
 
-def wants_notification(event: str, meta: dict[str, Any]) -> bool:
+def wants_notification(event: str, meta: dict[str, Any], actor: str | None = None) -> bool:
     """Tell whether an audit entry is worth a notification."""
+    if actor == "schedule" and event in TOLD_BY_SCHEDULE:
+        return False
     if event == "session_opened":
         return not meta.get("by_panel")  # a start made elsewhere
     return event in NOTIFY_EVENTS
 
 
 def outbox_targets(
-    config: Config, event: str, meta: dict[str, Any], now: float, last_told: float | None
+    config: Config,
+    event: str,
+    meta: dict[str, Any],
+    now: float,
+    last_told: float | None,
+    actor: str | None = None,
 ) -> list[tuple[str, str]]:
     """Return the (key, label) of each webhook this entry goes to.
 
     last_told is when this event was last queued as a notification (for REPEAT_QUIET_S).
     """
-    if not config.notify_targets or not wants_notification(event, meta):
+    if not config.notify_targets or not wants_notification(event, meta, actor):
         return []
     quiet = REPEAT_QUIET_S.get(event)
     if quiet is not None and last_told is not None and 0 <= now - last_told < quiet:

@@ -19,7 +19,7 @@ from ..config import Config
 from ..errors import HealthTimeout, PowerBusy, UpstreamFailed, VastError, VastErrorKind
 from ..formatting import minutes_text, usd
 from ..instance_http import fetch_health
-from ..storage import sessions, values
+from ..storage import sessions, start_times, values
 from ..storage.database import Store
 from ..storage.sessions import Session
 from ..vast.client import VastClient
@@ -137,6 +137,7 @@ class Power:
             return False
         if session is not None and values.get_value(db, HEALTHY_SESSION_KEY) != session.id:
             values.set_value(db, HEALTHY_SESSION_KEY, session.id)
+            start_times.note_healthy(db, now)  # schedules learn their lead time from these
             self.audit.record(
                 "instance_healthy",
                 "system",
@@ -208,6 +209,7 @@ class Power:
             )
             raise UpstreamFailed(redact_value(exc.message), exc.kind) from None
         now = self.clock.now()
+        start_times.note_start_sent(self.store.db, now, queued=result.queued)
         if result.queued:
             values.set_value(self.store.db, START_QUEUED_KEY, now)
             self.audit.record(
@@ -250,6 +252,7 @@ class Power:
                     session = sessions.current_session(self.store.db)
                     if session is not None:  # the page need not probe this session again
                         values.set_value(self.store.db, HEALTHY_SESSION_KEY, session.id)
+                        start_times.note_healthy(self.store.db, self.clock.now())
                     self.audit.record(
                         "power_on_complete", actor, instance_id=instance_id, endpoint=endpoint
                     )
@@ -352,6 +355,7 @@ class Power:
                 raise UpstreamFailed(error, exc.kind) from None
             now = self.clock.now()
             session = sessions.close_session(self.store.db, now, actor)
+            start_times.drop_untimed(self.store.db)
             payload = self.instance.patched_answer(
                 actual_status="stopped", intended_status="stopped"
             )

@@ -78,12 +78,13 @@ class Recipe:
             )
         return None
 
-    def create_request(self, label: str) -> dict[str, Any]:
-        """Return the body of PUT /api/v0/asks/{offer}/ for this recipe (holds secrets)."""
+    def create_request(self, label: str, extra_env: dict[str, str]) -> dict[str, Any]:
+        """Return the body of PUT /api/v0/asks/{offer}/ for this recipe (holds secrets);
+        extra_env (the dead-man switch's secret) goes into the new instance's environment."""
         request: dict[str, Any] = {
             "image": self.image,
             "disk": self.disk_gb,
-            "env": dict(self.env),
+            "env": {**dict(self.env), **extra_env},
             "label": label,
             "cancel_unavail": True,
             "target_state": "running",
@@ -376,6 +377,18 @@ class RecipeBook:
             raise InvalidRequest(
                 f"vast.ai does not know instance {self.config.vast_instance_id}: no recipe"
             )
+        return self.capture(payload)
+
+    def capture_from_answer(self, payload: dict[str, Any] | None) -> None:
+        """Take the recipe from a read of the first instance when none is stored yet: the reads
+        the panel makes anyway serve, so a move needs no read of its own."""
+        if payload is None or payload.get("id") != self.config.vast_instance_id:
+            return
+        if recipe_rows.read_recipe(self.store.db) is None and payload.get("image_uuid"):
+            self.capture(payload)
+
+    def capture(self, payload: dict[str, Any]) -> Recipe:
+        """Store the recipe of vast.ai's full answer about the first instance; audited."""
         recipe = recipe_from_instance(payload, self.config, self.clock.now())
         install_redaction(recipe.secrets)
         recipe_rows.save_recipe(self.store.db, asdict(recipe), self.clock.now())

@@ -19,6 +19,7 @@ from .costs import AllInTotals, CostBook
 from .idle import IdleRule, nearest_stop
 from .instance import SCHEDULING_SINCE_KEY, START_QUEUED_KEY, InstanceReader
 from .power import HEALTHY_SESSION_KEY
+from .schedule import ScheduleHold
 
 HEARTBEAT_KEY = "healthz_heartbeat"
 
@@ -44,6 +45,15 @@ class StatusReport:
     session_cap_deadline: float | None
     warn_minutes: float = 0.0
     agent: AgentReport = AgentReport(None)
+    schedule_hold: ScheduleHold | None = None  # a schedule's window that holds the idle stop
+
+    @property
+    def scheduled_until(self) -> float | None:
+        """When the window that suspends the idle stop closes, while one does; else None."""
+        hold = self.schedule_hold
+        if hold is None or not hold.suspends_idle_stop or self.state.status not in IDLE_STOPPABLE:
+            return None
+        return hold.closes_at
 
     @property
     def auto_shutdown_in_minutes(self) -> float | None:
@@ -163,6 +173,7 @@ class StatusReader:
             session_cap_deadline=self.budget.session_cap_deadline(),
             warn_minutes=self.config.warn_minutes,
             agent=self.agent.report(session),
+            schedule_hold=self.idle.schedule_hold(session),
         )
 
     def current_session(self) -> Session | None:

@@ -201,7 +201,22 @@ def m009_instance_error_kind(db: Database) -> None:
 
 
 @migrations()
-def m010_moves(db: Database) -> None:
+def m010_start_times(db: Database) -> None:
+    """Time each start from the call to vast.ai to the first healthy answer (schedules learn
+    their lead time from these)."""
+    # queued: vast.ai queued the start (the GPU was taken): its wait says nothing of a cold start.
+    db.execute(
+        """CREATE TABLE start_times (
+            id INTEGER PRIMARY KEY,
+            sent_at REAL NOT NULL,
+            healthy_at REAL,
+            queued INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+
+
+@migrations()
+def m011_moves(db: Database) -> None:
     """Add the recipe, the moves to another machine and the instances the panel knows, and
     book each session to the instance it ran on."""
     db.execute(

@@ -99,3 +99,19 @@ def extend_keepalive(db: Database, session_id: int, until: float) -> float:
                 [key, value],
             )
     return until
+
+
+def claim_value(db: Database, key: str, value: float) -> bool:
+    """Store value under key unless it is stored already; tell whether this call stored it.
+
+    Two processes claiming the same value at once: exactly one gets True.
+    """
+    with immediate(db):
+        if get_value(db, key) == value:
+            return False
+        db.execute(
+            "INSERT INTO state (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [key, value],
+        )
+    return True

@@ -9,6 +9,10 @@ budget or a session past VAST_MAX_SESSION_HOURS is stopped, and the next look is
 when the session cap or the budget falls due. A second job reads vast.ai's charges (costs.py)
 at start-up and every hour.
 
+When a schedule of warm hours is in force, the leader also makes the start before each window
+(domain/schedule_start.py) in a job of its own, set by each look for when the next start falls
+due; the job follows that start to health without holding up a look.
+
 It also looks once at the warning time (the deadline minus VAST_WARN_MINUTES), where the idle
 rule audits the coming stop once per deadline, and, as the leader, delivers the notification
 outbox every NOTIFY_EVERY_S in a job of its own, so a slow webhook never delays a look.
@@ -48,11 +52,12 @@ from ..domain.lease_holder import LeaseHolder
 from ..domain.move import Mover
 from ..domain.notify import Notifier
 from ..domain.power import PowerOffResult
+from ..domain.schedule_start import ScheduledStart
 from ..errors import PanelError
 from ..logs import redact
 from ..storage import sessions
 from ..storage.database import Store
-from .scheduler import NOTIFY_EXECUTOR, new_scheduler, settings
+from .scheduler import NOTIFY_EXECUTOR, SCHEDULE_EXECUTOR, new_scheduler, settings
 
 log = logging.getLogger("vastpanel.watchdog")
 
@@ -65,6 +70,7 @@ NOTIFY_JOB = "vastpanel-notify"
 NOTIFY_EVERY_S = 2.0  # how often the leader looks for notifications due
 MOVE_JOB = "vastpanel-move"
 MOVE_EVERY_S = 2.0  # how often the leader takes the next step of a move under way
+SCHEDULE_JOB = "vastpanel-schedule-start"
 CHARGES_JOB = "vastpanel-charges-read"
 CHARGES_EVERY_S = 3600.0  # vast.ai's own record is read once an hour (and at start-up)
 # The deadline look fires this long after the deadline, never a rounding error before it.
@@ -84,6 +90,7 @@ class Look:
     next_deadline: float | None = None
     error: str | None = None
     next_warning: float | None = None
+    next_scheduled_start: float | None = None  # when the schedule's next start falls due
 
 
 class Watchdog:
@@ -103,6 +110,7 @@ class Watchdog:
         costs: CostBook,
         notifier: Notifier,
         mover: Mover,
+        scheduled_start: ScheduledStart,
     ):
         self.config = config
         self.clock = clock
@@ -116,6 +124,7 @@ class Watchdog:
         self.costs = costs
         self.notifier = notifier
         self.mover = mover
+        self.scheduled_start = scheduled_start
         self.interval_s = config.watchdog_interval_s
         # A bit over two intervals: one missed renewal does not hand the lease over.
         self.lease_ttl_s = 2.5 * self.interval_s
@@ -177,7 +186,10 @@ class Watchdog:
                 log.warning("watchdog: %s", exc.message)
             deadlines = [self.idle.next_idle_deadline(), self.budget.next_cap_deadline()]
             next_deadline = min((d for d in deadlines if d is not None), default=None)
-            return Look(now, True, stopped, next_deadline, error, self.idle.next_warning_at())
+            next_start = self.scheduled_start.next_start_at()
+            return Look(
+                now, True, stopped, next_deadline, error, self.idle.next_warning_at(), next_start
+            )
 
     def read_charges(self) -> bool:
         """Read vast.ai's charges if this process leads; tell whether it did."""
@@ -291,6 +303,7 @@ class Watchdog:
             result = self.look()
             self._schedule_look(DEADLINE_JOB, result.next_deadline if result.leader else None)
             self._schedule_look(WARNING_JOB, result.next_warning if result.leader else None)
+            self._schedule_start(result.next_scheduled_start if result.leader else None)
         except Exception as exc:
             text = "".join(traceback.format_exception(exc))
             log.error("watchdog: look failed:\n%s", redact(text))
@@ -312,6 +325,18 @@ class Watchdog:
             log.error("watchdog: a move step failed:\n%s", redact(text))
         finally:
             self.store.close()
+
+    def _run_scheduled_start(self) -> None:
+        """Make the schedule's start that falls due if this process leads; never raise."""
+        if not self.is_leader:
+            return
+        try:
+            self.scheduled_start.start_if_due(gone=lambda: self._stopping)
+        except Exception as exc:
+            text = "".join(traceback.format_exception(exc))
+            log.error("watchdog: the scheduled start failed:\n%s", redact(text))
+        finally:
+            self.store.close()  # this job's connection
 
     def _run_charges(self) -> None:
         """Read vast.ai's charges from the scheduler; never raise."""
@@ -354,6 +379,32 @@ class Watchdog:
                 # The look that reschedules is itself this job: let the new one run even if
                 # it falls due before that look has returned (looks queue on the look lock).
                 max_instances=2,
+            )
+
+    def _schedule_start(self, due_at: float | None) -> None:
+        """Arrange the job that makes the schedule's next start: at due_at, or now if past."""
+        with self._schedule_lock:
+            if self._stopping or self.scheduler is None:
+                return
+            if due_at is None:
+                try:
+                    self.scheduler.remove_job(SCHEDULE_JOB)
+                except JobLookupError:
+                    pass
+                return
+            # A start made later than due is still worth making: the job then runs at once.
+            delay = max(0.0, due_at - self.clock.now())
+            run_at = datetime.now(UTC) + timedelta(seconds=delay)
+            job = self.scheduler.get_job(SCHEDULE_JOB)
+            if job is not None and abs((job.next_run_time - run_at).total_seconds()) < 1.0:
+                return  # already there (each look finds the same time)
+            self.scheduler.add_job(
+                SCHEDULE_JOB,
+                self._run_scheduled_start,
+                trigger="date",
+                run_date=run_at,
+                replace_existing=True,
+                executor=SCHEDULE_EXECUTOR,
             )
 
 
@@ -401,4 +452,5 @@ def watchdog_for(panel: Panel) -> Watchdog:
         panel.costs,
         panel.notifier,
         panel.mover,
+        panel.scheduled_start,
     )

@@ -24,6 +24,9 @@ JOB_DEFAULTS = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None
 # none waits for another; notifications have their own, so a slow webhook never delays a look.
 THREADS = 3
 NOTIFY_EXECUTOR = "notify"
+# A scheduled start follows its instance to health for minutes: on a thread (or greenlet) of
+# its own, so it never holds up a look.
+SCHEDULE_EXECUTOR = "schedule"
 
 
 def gevent_patched() -> bool:
@@ -44,11 +47,16 @@ def new_scheduler() -> BaseScheduler:
 def settings() -> dict[str, Any]:
     """Return the SCHEDULER_* settings flask-apscheduler configures the scheduler from."""
     if gevent_patched():
-        executors = {"default": {"type": "gevent"}, NOTIFY_EXECUTOR: {"type": "gevent"}}
+        executors = {
+            "default": {"type": "gevent"},
+            NOTIFY_EXECUTOR: {"type": "gevent"},
+            SCHEDULE_EXECUTOR: {"type": "gevent"},
+        }
     else:
         executors = {
             "default": {"type": "threadpool", "max_workers": THREADS},
             NOTIFY_EXECUTOR: {"type": "threadpool", "max_workers": 1},
+            SCHEDULE_EXECUTOR: {"type": "threadpool", "max_workers": 1},
         }
     return {
         "SCHEDULER_TIMEZONE": UTC,

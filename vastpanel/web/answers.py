@@ -17,7 +17,9 @@ from ..domain.idle import KeepAliveResult
 from ..domain.move import KnownInstance, MoveRow, Offer, Stuck
 from ..domain.power import PowerOffResult, PowerOnResult
 from ..domain.recipe import HIDDEN, Recipe
+from ..domain.schedule import MonthCost, ScheduleOverview
 from ..domain.status import StatusReport
+from ..schedule_windows import Schedule, Window, format_skip
 
 # What each step of a move is doing, in words (the page, the CLI and the API's `step`).
 MOVE_STEPS = {
@@ -65,6 +67,7 @@ def status_json(
         **all_in_json(report.all_in),
         "budget": budget_json(report.budget),
         "max_session_stop_at": iso_utc(report.session_cap_deadline),
+        "scheduled_until": iso_utc(report.scheduled_until),
         "message": state.message,
         "moving": move.state if move is not None and move.active else None,
         "stuck": stuck_json(stuck),
@@ -287,4 +290,63 @@ def instances_json(current_id: int | None, known: list[KnownInstance]) -> dict[s
     return {
         "current_instance_id": current_id,
         "instances": [known_instance_json(k) for k in known],
+    }
+
+
+# --- the schedule of warm hours ------------------------------------------------------------------
+
+
+def schedule_json(overview: ScheduleOverview) -> dict[str, Any]:
+    """Shape the schedule in force, where it stands now, its next start and what it costs."""
+    force, lead, plan = overview.force, overview.lead, overview.plan
+    return {
+        "source": force.source,
+        **schedule_fields(force.schedule),
+        "set_at": iso_utc(force.set_at),
+        "set_by": force.set_by,
+        "environment": schedule_fields(overview.env),
+        "window": window_json(overview.current),
+        "next_window": window_json(overview.upcoming),
+        "next_start_at": iso_utc(plan.start_at) if plan else None,
+        "lead_minutes": lead.seconds / 60,
+        "lead_learned": lead.learned,
+        "timed_starts": lead.timed_starts,
+        "idle_minutes_in_windows": overview.idle_minutes,
+        "hard_end": overview.hard_end,
+        "month_cost": month_cost_json(overview.month_cost),
+        "last_30_days_cost_usd": overview.last_days_usd,
+        "blocked_by": overview.blocked_by,
+        "note": overview.session_cap_note,
+    }
+
+
+def schedule_fields(schedule: Schedule) -> dict[str, Any]:
+    """Shape a schedule as PUT /schedule takes it."""
+    return {
+        "schedule": schedule.text,
+        "timezone": schedule.zone.key,
+        "skip": format_skip(schedule.skip),
+    }
+
+
+def window_json(window: Window | None) -> dict[str, Any] | None:
+    """Shape one window (UTC times), or None."""
+    if window is None:
+        return None
+    return {"opens_at": iso_utc(window.opens_at), "closes_at": iso_utc(window.closes_at)}
+
+
+def month_cost_json(cost: MonthCost | None) -> dict[str, Any] | None:
+    """Shape the schedule's expected cost of a month, or None when it cannot be priced."""
+    if cost is None:
+        return None
+    return {
+        "window_hours": cost.window_hours,
+        "lead_hours": cost.lead_hours,
+        "idle_after_hours": cost.tail_hours,
+        "gpu_dph": cost.gpu_dph,
+        "storage_dph": cost.storage_dph,
+        "gpu_usd": cost.gpu_usd,
+        "storage_usd": cost.storage_usd,
+        "total_usd": cost.total_usd,
     }

@@ -23,6 +23,7 @@ from . import answers, get_panel
 from .inputs import InvalidInput, field, json_body, query_int, whole_number
 
 bp = Blueprint("api", __name__, url_prefix="/infra/vast")
+SCHEDULE_FIELDS = frozenset({"schedule", "timezone", "skip"})
 
 ERROR_STATUS = {
     NotConfigured: 500,
@@ -136,6 +137,37 @@ def budget_override():
     """Let power-on through despite a spent budget, until the budget period ends (audited)."""
     json_body()
     return jsonify(answers.budget_json(get_panel().budget.override("api")))
+
+
+@bp.get("/schedule")
+def schedule():
+    """Report the schedule of warm hours in force, its next start and what it costs."""
+    return jsonify(answers.schedule_json(get_panel().schedule.overview()))
+
+
+@bp.put("/schedule")
+def replace_schedule():
+    """Store a schedule that wins over the environment's (audited)."""
+    body = json_body()
+    unknown = sorted(set(body) - SCHEDULE_FIELDS)
+    if unknown:
+        raise InvalidInput(f"{unknown[0]}: unknown field (the fields are schedule, timezone, skip)")
+    if "schedule" not in body:
+        raise InvalidInput("schedule: required, such as 'Mon-Fri 08:30-18:30' ('' for none)")
+    timezone = field(body, "timezone", str, "UTC")
+    skip = body.get("skip")
+    panel = get_panel()
+    panel.schedule.replace("api", body["schedule"], timezone, [] if skip is None else skip)
+    return jsonify(answers.schedule_json(panel.schedule.overview()))
+
+
+@bp.delete("/schedule")
+def clear_schedule():
+    """Forget the stored schedule: the environment's applies again (audited)."""
+    json_body()
+    panel = get_panel()
+    panel.schedule.clear("api")
+    return jsonify(answers.schedule_json(panel.schedule.overview()))
 
 
 @bp.get("/audit")

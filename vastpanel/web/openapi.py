@@ -221,6 +221,144 @@ RECIPE_CHANGES: dict[str, Any] = {
     "max_dph": {"type": "number", "minimum": 0, "maximum": 1000000},
 }
 
+
+# --- the schedule of warm hours ----------------------------------------------------------------
+
+SCHEDULE_TEXT = {
+    "type": "string",
+    "maxLength": 1000,
+    "description": (
+        "Weekly windows in the time zone, e.g. 'Mon-Fri 08:30-18:30; Sat 10:00-14:00': rules "
+        "separated by ';', each days (Mon..Sun, ranges, lists) and time ranges (HH:MM-HH:MM, "
+        "24:00 as a closing time, overnight when the closing time is not after the opening). "
+        "'' is a schedule without windows."
+    ),
+}
+ZONE = {"type": "string", "description": "An IANA time zone, e.g. Europe/Berlin."}
+SKIP = {
+    "type": "array",
+    "maxItems": 400,
+    "items": {
+        "type": "string",
+        "description": "YYYY-MM-DD, or an inclusive range YYYY-MM-DD..YYYY-MM-DD.",
+    },
+    "description": "Dates without windows (a window belongs to the date it opens on).",
+}
+SCHEDULE_FIELDS = {"schedule": SCHEDULE_TEXT, "timezone": ZONE, "skip": SKIP}
+WINDOW = {
+    "anyOf": [
+        _object(
+            {"opens_at": TIMESTAMP, "closes_at": TIMESTAMP},
+        ),
+        {"type": "null"},
+    ]
+}
+HOURS = {"type": "number", "minimum": 0}
+SCHEDULE_SCHEMAS: dict[str, Any] = {
+    "Schedule": _object(
+        {
+            "source": {
+                "enum": ["stored", "environment", "none"],
+                "description": (
+                    "Where the schedule in force comes from: set by PUT or on the page "
+                    "(stored, wins until DELETE), VAST_SCHEDULE (environment), or none."
+                ),
+            },
+            **SCHEDULE_FIELDS,
+            "set_at": {"anyOf": [TIMESTAMP, {"type": "null"}], "description": "When stored."},
+            "set_by": {"enum": ["api", "admin", "cli", None], "description": "Who stored it."},
+            "environment": _object(
+                SCHEDULE_FIELDS,
+            )
+            | {"description": "What the environment says (in force again after DELETE)."},
+            "window": WINDOW | {"description": "The window open now, or null."},
+            "next_window": WINDOW | {"description": "The next window to open, or null."},
+            "next_start_at": {
+                "anyOf": [TIMESTAMP, {"type": "null"}],
+                "description": (
+                    "When the start for the next window not yet started goes out (the lead "
+                    "time before it opens; in the past: at the watchdog's next look); null "
+                    "without windows."
+                ),
+            },
+            "lead_minutes": {
+                **HOURS,
+                "description": (
+                    "How early a window's start goes out: the 90th percentile of the last timed "
+                    "starts (start call to first healthy answer) plus 2 minutes; 15 until five "
+                    "starts are timed."
+                ),
+            },
+            "lead_learned": {"type": "boolean"},
+            "timed_starts": {"type": "integer", "minimum": 0, "maximum": 20},
+            "idle_minutes_in_windows": {
+                "type": ["number", "null"],
+                "exclusiveMinimum": 0,
+                "description": "VAST_SCHEDULE_IDLE_MINUTES; null: no idle stop inside windows.",
+            },
+            "hard_end": {
+                "type": "boolean",
+                "description": (
+                    "VAST_SCHEDULE_HARD_END: an idle instance stops at a window's end (never "
+                    "while requests run), not after the idle time."
+                ),
+            },
+            "month_cost": {
+                "anyOf": [
+                    _object(
+                        {
+                            "window_hours": HOURS,
+                            "lead_hours": HOURS,
+                            "idle_after_hours": {
+                                **HOURS,
+                                "description": "Idle time after each window before the stop.",
+                            },
+                            "gpu_dph": USD,
+                            "storage_dph": USD,
+                            "gpu_usd": USD,
+                            "storage_usd": {**USD, "description": "Storage for all 720 hours."},
+                            "total_usd": USD,
+                        }
+                    ),
+                    {
+                        "type": "null",
+                        "description": "No windows, or vast.ai has not given a price yet.",
+                    },
+                ],
+                "description": "The next 30 days of windows at the price vast.ai last gave.",
+            },
+            "last_30_days_cost_usd": {
+                **USD,
+                "description": "What the last 30 UTC days cost (per day the larger of bill and estimate).",
+            },
+            "blocked_by": {
+                **NULLABLE_STRING,
+                "description": "Why a scheduled start is refused now (a spent budget), or null.",
+            },
+            "note": {
+                **NULLABLE_STRING,
+                "description": "A cap that cuts the windows short (VAST_MAX_SESSION_HOURS), or null.",
+            },
+        }
+    ),
+    "ScheduleRequest": _object(
+        {
+            "schedule": SCHEDULE_TEXT,
+            "timezone": {
+                "type": ["string", "null"],
+                "default": "UTC",
+                "description": "An IANA time zone; absent or null: UTC.",
+            },
+            "skip": {
+                **SKIP,
+                "type": ["array", "null"],
+                "description": "Dates without windows; absent or null: none.",
+            },
+        },
+        required=["schedule"],
+    ),
+}
+
 SCHEMAS: dict[str, Any] = {
     "Error": _object(
         {"detail": {"type": "string", "description": "What went wrong, safe to show."}}
@@ -280,6 +418,13 @@ SCHEMAS: dict[str, Any] = {
             "max_session_stop_at": {
                 "anyOf": [TIMESTAMP, {"type": "null"}],
                 "description": "When VAST_MAX_SESSION_HOURS stops the open session, or null.",
+            },
+            "scheduled_until": {
+                "anyOf": [TIMESTAMP, {"type": "null"}],
+                "description": (
+                    "While a window of the schedule holds the idle stop off: when it closes "
+                    "(the idle rule applies from then on); else null."
+                ),
             },
             "agent": {
                 "enum": ["ok", "unreachable", "off", None],
@@ -581,6 +726,7 @@ SCHEMAS: dict[str, Any] = {
             "meta": {"type": "object", "description": "Event details; secrets are redacted."},
         }
     ),
+    **SCHEDULE_SCHEMAS,
 }
 
 
@@ -707,6 +853,36 @@ SPEC: dict[str, Any] = {
                 {"409": _error("No budget is set (VAST_BUDGET_USD)."), "422": INVALID},
                 requestBody=IGNORED_BODY,
             )
+        },
+        f"{PREFIX}/schedule": {
+            "get": _operation(
+                "schedule",
+                "The schedule of warm hours in force, its next start and what it costs",
+                _json(_ref("Schedule"), "The schedule as the panel applies it now."),
+                {},
+            ),
+            "put": _operation(
+                "replace_schedule",
+                "Store a schedule that wins over the environment's (audited)",
+                _json(_ref("Schedule"), "Stored; in force from now (the watchdog's next look)."),
+                {
+                    "422": _error(
+                        "A field is unusable (the detail names it and, for the schedule, the "
+                        "column): nothing was changed."
+                    )
+                },
+                requestBody={
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ScheduleRequest")}},
+                },
+            ),
+            "delete": _operation(
+                "clear_schedule",
+                "Forget the stored schedule: the environment's applies again (audited)",
+                _json(_ref("Schedule"), "The schedule in force now."),
+                {"422": INVALID},
+                requestBody=IGNORED_BODY,
+            ),
         },
         f"{PREFIX}/audit": {
             "get": _operation(

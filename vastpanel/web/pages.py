@@ -17,6 +17,8 @@ from ..domain.costs import DayCost, average_session_seconds
 from ..domain.idle import KEEPALIVE_CHOICES_MINUTES
 from ..errors import PanelError
 from ..formatting import FILTERS
+from ..schedule_windows import SKIP_ITEM as SKIP_ITEMS
+from ..schedule_windows import format_skip
 from . import auth, get_panel
 from .charts import cost_chart
 from .inputs import InvalidInput, whole_number
@@ -180,6 +182,32 @@ def costs_context() -> dict[str, Any]:
     }
 
 
+def schedule_context(
+    notice: str | None = None, error: str | None = None, entered: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Gather what `_schedule.html` shows; entered keeps what the admin typed after an error."""
+    panel = get_panel()
+    overview = panel.schedule.overview()
+    schedule = overview.force.schedule
+    return {
+        "sched": overview,
+        "wall": panel.schedule.wall_time,
+        "window_text": panel.schedule.window_text,
+        "schedule_notice": notice,
+        "schedule_error": error,
+        "entered": entered
+        or {
+            "schedule": schedule.text,
+            "timezone": schedule.zone.key,
+            "skip": ", ".join(format_skip(schedule.skip)),
+        },
+        "schedule_now": panel.clock.now(),
+        "format_skip": format_skip,
+        "schedule_after_idle_minutes": panel.config.auto_shutdown_minutes,
+        "schedule_auto_shutdown": panel.config.auto_shutdown,
+    }
+
+
 def audit_context(before: int | None) -> dict[str, Any]:
     """Gather one page of the audit log, newest first, and whether older entries exist."""
     entries = get_panel().audit.entries(AUDIT_PAGE_SIZE + 1, before)
@@ -214,6 +242,7 @@ def index():
         **audit_context(audit_before()),
         signins=auth.open_signins(),
         **notifications_context(),
+        **schedule_context(),
         **instances_context(get_panel()),
         **recipe_context(get_panel()),
     )
@@ -241,6 +270,12 @@ def status_widget():
 def costs_widget():
     """Render the cost summary and the chart."""
     return render_template("_costs.html", **costs_context())
+
+
+@bp.get("/partials/schedule")
+def schedule_widget():
+    """Render what the schedule says now: in force, next start, cost (not the editor)."""
+    return render_template("_schedule_state.html", **schedule_context())
 
 
 @bp.get("/partials/notifications")
@@ -309,6 +344,48 @@ def budget_override():
         flash(message, "error" if failed else "info")
         return redirect(url_for("pages.index"), 303)
     return make_response(render_template("_costs.html", **costs_context()), trigger=CHANGED_EVENT)
+
+
+@bp.post("/schedule")
+def schedule_save():
+    """Store the schedule typed in the editor (audited); an unusable value changes nothing."""
+    entered = {name: request.form.get(name, "") for name in ("schedule", "timezone", "skip")}
+    skip = SKIP_ITEMS.findall(entered["skip"])
+    return schedule_action(
+        lambda panel: panel.schedule.replace(
+            ACTOR, entered["schedule"].strip(), entered["timezone"].strip() or "UTC", skip
+        ),
+        "Schedule saved; it applies from the watchdog's next look.",
+        entered,
+    )
+
+
+@bp.post("/schedule/clear")
+def schedule_clear():
+    """Forget the stored schedule: the environment's applies again (audited)."""
+    return schedule_action(
+        lambda panel: panel.schedule.clear(ACTOR), "The environment's schedule applies again."
+    )
+
+
+def schedule_action(action, done: str, entered: dict[str, str] | None = None) -> Response:
+    """Run a schedule change; answer htmx with the schedule card, a plain form with a redirect."""
+    try:
+        action(get_panel())
+        message, failed = done, False
+    except PanelError as exc:
+        message, failed = exc.message, True
+    if not request.htmx:
+        flash(message, "error" if failed else "info")
+        return redirect(url_for("pages.index"), 303)
+    context = (
+        schedule_context(error=message, entered=entered)
+        if failed
+        else schedule_context(notice=message)
+    )
+    return make_response(
+        render_template("_schedule.html", **context), trigger=None if failed else CHANGED_EVENT
+    )
 
 
 @bp.post("/move")
