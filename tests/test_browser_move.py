@@ -51,15 +51,8 @@ def test_ask_shows_offers_on_a_stuck_start_and_a_click_on_move_moves_it(
     # The new instance takes several polls to come up, so the card is seen moving.
     sim = make_sim(gpu_taken=True, create_delay=2.0, load_delay=4.0, warm_delay=3.0)
     with sim:
-        # The default status TTL (5 s): the move's own reads of the new instance share vast.ai's
-        # 2 s GET limit with the shared answer, which a 1 s TTL would take nearly every slot of.
         server = start_server(
-            sim,
-            tmp_path,
-            VAST_MOVE="ask",
-            VAST_WATCHDOG_INTERVAL_S="2",
-            VAST_WARN_MINUTES="0",
-            VAST_STATUS_TTL_S="5",
+            sim, tmp_path, VAST_MOVE="ask", VAST_WATCHDOG_INTERVAL_S="2", VAST_WARN_MINUTES="0"
         )
         try:
             page = browser.new_page()
