@@ -213,7 +213,8 @@ def test_a_move_is_asked_followed_and_refused_with_the_reason(
     assert "offer_id" in ask.call(client, 422, body={"offer_id": "7100002"})["detail"]
     assert "go_on_without_copy" in ask.call(client, 422, body={"go_on_without_copy": 1})["detail"]
     assert (
-        "Offer 1 is not among the offers" in ask.call(client, 409, body={"offer_id": 1})["detail"]
+        "Offer 1 is no longer among the offers"
+        in ask.call(client, 409, body={"offer_id": 1})["detail"]
     )
     assert "JSON" in ask.call(client, 422, raw="{")["detail"]
     assert panel.mover.latest() is None  # nothing asked, the start still queued

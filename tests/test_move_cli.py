@@ -49,7 +49,7 @@ def test_offers_then_move_then_instances_then_destroy(run, panel, sim, clock):  
     assert "See `vast offers`" in run("status").stdout
 
     refused = run("move", "--offer", "1", code=1)
-    assert "offer 1 is not among the offers" in refused.stderr
+    assert "Offer 1 is no longer among the offers" in refused.stderr
     asked = run("move", "--offer", str(best["id"]))
     assert "Move 1 asked" in asked.stdout
     assert "What lived on the old disk does not come along." in asked.stdout

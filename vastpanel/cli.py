@@ -274,8 +274,6 @@ def move_command(offer_id: int | None, go_on_without_copy: bool, as_json: bool) 
     """
     panel = get_panel()
     with failing_as_click_error():
-        if offer_id is not None and offer_id not in {o.id for o in panel.mover.offers()}:
-            raise click.ClickException(f"offer {offer_id} is not among the offers (vast offers)")
         move = panel.mover.request(ACTOR, offer_id=offer_id, go_on_without_copy=go_on_without_copy)
     copied = panel.recipes.get().copy_paths
     lines = [

@@ -29,7 +29,7 @@ import requests
 
 from ..clock import Clock
 from ..config import Config
-from ..errors import InvalidRequest, PanelError, VastError, VastErrorKind
+from ..errors import InvalidRequest, PanelError, UpstreamFailed, VastError, VastErrorKind
 from ..instance_http import fetch_health
 from ..storage import moves, sessions, values
 from ..storage.database import Store
@@ -46,6 +46,7 @@ log = logging.getLogger("vastpanel.move")
 MAX_CREATE_TRIES = 5  # offers tried in one move before it gives up
 OFFERS_FRESH_S = 30.0  # a search is reused this long (vast.ai allows about 10 a minute)
 OFFERS_KEY, OFFERS_AT_KEY = "offers", "offers_read_at"
+OFFERS_ERROR_KEY = "offers_error"  # why the last search failed: kept as long as a search
 # vast.ai shows a copy's progress in the status bar about 30 s late: a copy not seen under way
 # by then counts as done once its instance's status stops mentioning it.
 COPY_SEEN_WITHIN_S = 30.0
@@ -176,22 +177,29 @@ class Mover:
     def offers(self, *, fresh: bool = False) -> list[Offer]:
         """Return the offers equivalent to the recipe on other machines, best first.
 
-        A search is reused for OFFERS_FRESH_S (vast.ai limits searches to about 10 a minute).
+        A search, or its failure, is reused for OFFERS_FRESH_S: vast.ai allows about 10 searches
+        a minute, and a page polls while a start is stuck. Raises UpstreamFailed when vast.ai
+        could not be searched.
         """
         db = self.store.db
         read_at = values.get_value(db, OFFERS_AT_KEY)
         if not fresh and read_at is not None and 0 <= self.clock.now() - read_at < OFFERS_FRESH_S:
-            stored = json.loads(values.get_note(db, OFFERS_KEY) or "[]")
-            return [Offer(**o) for o in stored]
+            error = values.get_note(db, OFFERS_ERROR_KEY)
+            if error is not None:
+                raise UpstreamFailed(error, VastErrorKind.UNREACHABLE)
+            return [Offer(**o) for o in json.loads(values.get_note(db, OFFERS_KEY) or "[]")]
         recipe = self.recipes.get()
         machine = self._machine_of_current()
+        values.set_value(db, OFFERS_AT_KEY, self.clock.now())
         try:
             found = self._client().search_offers(recipe.offer_query(machine))
         except VastError as exc:
-            raise MoveRefused(f"vast.ai's offers could not be read: {exc.message}") from None
+            error = f"vast.ai's offers could not be read: {exc.message}"
+            values.set_note(db, OFFERS_ERROR_KEY, error)
+            raise UpstreamFailed(error, exc.kind) from None
         offers = rank([o for o in map(Offer.from_vast, found) if o], recipe, machine)
         values.set_note(db, OFFERS_KEY, json.dumps([o.__dict__ for o in offers]))
-        values.set_value(db, OFFERS_AT_KEY, self.clock.now())
+        values.set_note(db, OFFERS_ERROR_KEY, None)
         return offers
 
     # --- asking for a move --------------------------------------------------------------------
@@ -213,6 +221,9 @@ class Mover:
         state = self.instance.state()
         if state.status == "running":
             raise MoveRefused("The instance runs on its own machine: there is nothing to move.")
+        if offer_id is not None and offer_id not in {o.id for o in self.offers()}:
+            # A move to it would cancel the start, then fail.
+            raise MoveRefused(f"Offer {offer_id} is no longer among the offers: choose another.")
         old_id = self.instance.current_id()
         move = moves.add_move(
             self.store.db, self.clock.now(), actor, old_id, offer_id, go_on_without_copy

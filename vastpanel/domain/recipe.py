@@ -17,7 +17,7 @@ from typing import Any
 
 from ..clock import Clock
 from ..config import Config
-from ..errors import InvalidRequest, UpstreamFailed, VastError
+from ..errors import InvalidRequest, NotConfigured, UpstreamFailed, VastError, VastErrorKind
 from ..logs import install_redaction
 from ..storage import recipes as recipe_rows
 from ..storage.database import Store
@@ -366,16 +366,16 @@ class RecipeBook:
         if recipe is not None:
             return recipe
         if self.client is None or self.config.vast_instance_id is None:
-            raise InvalidRequest(
-                "vast.ai is not configured: there is no instance to take a recipe from"
-            )
+            missing = " and ".join(self.config.missing_vast_settings)
+            raise NotConfigured(f"{missing} not configured: no instance to take a recipe from")
         try:
             payload = self.client.fetch_instance(self.config.vast_instance_id)
         except VastError as exc:
             raise UpstreamFailed(exc.message, exc.kind) from None
         if payload is None:
-            raise InvalidRequest(
-                f"vast.ai does not know instance {self.config.vast_instance_id}: no recipe"
+            raise UpstreamFailed(
+                f"vast.ai does not know instance {self.config.vast_instance_id}: no recipe",
+                VastErrorKind.NOT_FOUND,
             )
         return self.capture(payload)
 
@@ -388,8 +388,14 @@ class RecipeBook:
             self.capture(payload)
 
     def capture(self, payload: dict[str, Any]) -> Recipe:
-        """Store the recipe of vast.ai's full answer about the first instance; audited."""
-        recipe = recipe_from_instance(payload, self.config, self.clock.now())
+        """Store the recipe of vast.ai's full answer about the first instance; audited.
+
+        Raises UpstreamFailed when the answer names no image (vast.ai's fault, not a request's).
+        """
+        try:
+            recipe = recipe_from_instance(payload, self.config, self.clock.now())
+        except InvalidRequest as exc:
+            raise UpstreamFailed(exc.message, VastErrorKind.BAD_ANSWER) from None
         install_redaction(recipe.secrets)
         recipe_rows.save_recipe(self.store.db, asdict(recipe), self.clock.now())
         self.audit.record(

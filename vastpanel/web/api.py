@@ -8,7 +8,6 @@ from ..config import is_health_path
 from ..domain.budget import BudgetExceeded, NoBudget
 from ..domain.lockout import KeyCheck
 from ..domain.move import MoveRefused
-from ..domain.recipe import Recipe
 from ..errors import (
     HealthTimeout,
     InvalidRequest,
@@ -16,8 +15,6 @@ from ..errors import (
     NotRunning,
     PanelError,
     PowerBusy,
-    UpstreamFailed,
-    VastErrorKind,
 )
 from . import answers, get_panel
 from .inputs import InvalidInput, field, json_body, query_int, whole_number
@@ -187,47 +184,23 @@ def audit():
 # --- moving to another machine (domain/move.py, domain/recipe.py) ---------------------------------
 
 
-def current_recipe() -> Recipe:
-    """Return the recipe, taking it from vast.ai the first time.
-
-    vast.ai's answer about the instance is where the recipe comes from: one that does not know
-    the instance or names no image is vast.ai's fault (502), not the request's.
-    """
-    panel = get_panel()
-    panel.instance.require_configured()
-    try:
-        return panel.recipes.get()
-    except InvalidRequest as exc:
-        raise UpstreamFailed(exc.message, VastErrorKind.BAD_ANSWER) from None
-
-
-def current_offers() -> list:
-    """Return the offers (cached briefly); vast.ai not answering the search is a 502."""
-    current_recipe()
-    try:
-        return get_panel().mover.offers()
-    except MoveRefused as exc:
-        raise UpstreamFailed(exc.message, VastErrorKind.UNREACHABLE) from None
-
-
 @bp.get("/recipe")
 def recipe():
     """Show the recipe a move creates the new instance from; secrets as ***."""
-    return jsonify(answers.recipe_json(current_recipe()))
+    return jsonify(answers.recipe_json(get_panel().recipes.get()))
 
 
 @bp.put("/recipe")
 def edit_recipe():
     """Change fields of the recipe (audited with their names); a bad value changes nothing."""
     changes = json_body()
-    current_recipe()
     return jsonify(answers.recipe_json(get_panel().recipes.edit("api", changes)))
 
 
 @bp.get("/offers")
 def offers():
     """Whether a start is stuck, and the equivalent offers on other machines, best first."""
-    found = current_offers()
+    found = get_panel().mover.offers()
     return jsonify(answers.offers_json(get_panel().mover.stuck(), found))
 
 
@@ -237,13 +210,7 @@ def move():
     body = json_body()
     offer_id = field(body, "offer_id", int, None)
     go_on = field(body, "go_on_without_copy", bool, False)
-    panel = get_panel()
-    if panel.config.move != "off":
-        current_recipe()
-        # A move to an offer that is not there would cancel the start and then fail.
-        if offer_id is not None and offer_id not in {o.id for o in current_offers()}:
-            raise MoveRefused(f"Offer {offer_id} is not among the offers now (GET /offers).")
-    requested = panel.mover.request("api", offer_id=offer_id, go_on_without_copy=go_on)
+    requested = get_panel().mover.request("api", offer_id=offer_id, go_on_without_copy=go_on)
     return jsonify(answers.move_json(requested)), 202
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..domain import Panel
-from ..domain.move import MoveRefused, MoveRow, Offer, Stuck
+from ..domain.move import MoveRow, Offer, Stuck
 from ..errors import PanelError
 from .answers import INSTANCE_STATES, MOVE_STEPS, recipe_json
 from .inputs import InvalidInput
@@ -189,9 +189,3 @@ def recipe_changes(form: Any) -> dict[str, Any]:
     for name in FORM_LISTS:
         changes[name] = [p for p in LIST_SEPARATORS.split(form.get(name, "")) if p]
     return changes
-
-
-def listed_offer(panel: Panel, offer_id: int) -> None:
-    """Refuse an offer that is not among the offers: its move would cancel the start, then fail."""
-    if offer_id not in {o.id for o in panel.mover.offers()}:
-        raise MoveRefused(f"Offer {offer_id} is no longer among the offers: choose another.")

@@ -24,7 +24,6 @@ from .charts import cost_chart
 from .inputs import InvalidInput, whole_number
 from .move_view import (
     instances_context,
-    listed_offer,
     move_context,
     recipe_changes,
     recipe_context,
@@ -396,8 +395,6 @@ def move():
 
     def ask(panel) -> str:
         offer_id = whole_number(raw, "offer_id", 1, None) if raw else None
-        if offer_id is not None:
-            listed_offer(panel, offer_id)
         asked = panel.mover.request(ACTOR, offer_id=offer_id, go_on_without_copy=go_on)
         return f"Move {asked.id} asked: the old start is cancelled, then an offer is rented."
 
