@@ -4,11 +4,15 @@ Read from the environment (see docs/operations.md, "Production"):
     VASTPANEL_BIND         where to listen; 127.0.0.1:8000 by default, 0.0.0.0:8000 in the container
     VASTPANEL_WORKERS      worker processes (1); they share state through SQLite
     VASTPANEL_CONNECTIONS  connections one worker serves at once (1000), waiting ones included
+    VASTPANEL_CONNECTIONS_PER_CLIENT  of those, what one client address may hold (100)
+    VASTPANEL_BODY_TIMEOUT_S  how long a request body may keep the server waiting, in all (10)
+    FORWARDED_ALLOW_IPS    the reverse proxies (also read by the app: vastpanel/addresses.py)
 
 gevent workers: each connection is a greenlet, so a request that waits (a power-on waiting for
 health, a client that sends its request slowly, a slow vast.ai answer) costs no thread and does
 not hold up the others. gunicorn monkey-patches the worker before it loads the app; the
-watchdog runs as greenlets of the same worker (vastpanel/watchdog/scheduler.py).
+watchdog runs as greenlets of the same worker (vastpanel/watchdog/scheduler.py). The worker is
+gunicorn's gevent worker with a bound on each client (vastpanel/serving.py).
 """
 
 import glob
@@ -31,7 +35,7 @@ from vastpanel.logs import LOG_FORMAT  # noqa: E402
 
 # A bad setting stops gunicorn's master at once, with the message naming it.
 try:
-    Config.from_env(os.environ)
+    CONFIG = Config.from_env(os.environ)
 except ConfigError as exc:
     raise SystemExit(f"vastpanel: configuration error: {exc}") from None
 
@@ -43,12 +47,33 @@ def _count(name: str, default: int) -> int:
     return int(raw)
 
 
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip() or str(default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise SystemExit(
+            f"vastpanel: configuration error: {name} must be a number of seconds above 0, "
+            f"got {raw!r}"
+        )
+    return value
+
+
 bind = [os.environ.get("VASTPANEL_BIND", "").strip() or "127.0.0.1:8000"]
-worker_class = "gevent"
+worker_class = "vastpanel.serving.PanelWorker"  # gunicorn's gevent worker, bounded per client
 workers = _count("VASTPANEL_WORKERS", 1)
 # Idle keep-alive sockets, half-sent requests and power-ons waiting for health all count here;
 # past it the worker stops accepting until one ends.
 worker_connections = _count("VASTPANEL_CONNECTIONS", 1000)
+# What one client address may hold of them, and how long its request body may keep a request
+# waiting (vastpanel/serving.py), so that no client fills the worker; handed over in post_fork.
+CONNECTIONS_PER_CLIENT = _count("VASTPANEL_CONNECTIONS_PER_CLIENT", 100)
+BODY_TIMEOUT_S = _seconds("VASTPANEL_BODY_TIMEOUT_S", 10)
+# The proxies whose X-Forwarded-Proto gunicorn believes are those whose X-Forwarded-For the app
+# believes: one list, read once (the app reads the same variable; here its checked value).
+forwarded_allow_ips = ",".join(CONFIG.forwarded_allow_ips)
 
 # The worker heartbeats from its hub between greenlets, so a request that waits long (a power-on
 # with wait_for_health, a stream) never trips `timeout`: only a worker whose hub is blocked
@@ -102,6 +127,12 @@ def on_exit(server):
     """Remove the metrics directory this config made (a given one is only emptied at start)."""
     if not METRICS_DIR_GIVEN:
         shutil.rmtree(METRICS_DIR, ignore_errors=True)
+
+
+def post_fork(server, worker):
+    """Give the new worker its bounds per client."""
+    worker.connections_per_client = CONNECTIONS_PER_CLIENT
+    worker.body_timeout_s = BODY_TIMEOUT_S
 
 
 def child_exit(server, worker):

@@ -25,6 +25,7 @@ LAYERS = (
             "counters",
             "instance_http",
             "schedule_windows",
+            "addresses",
         ),
     ),
     ("storage", ("storage",)),
@@ -32,7 +33,7 @@ LAYERS = (
     ("domain", ("domain",)),
     ("watchdog", ("watchdog",)),
     ("web", ("web",)),
-    ("app", ("", "cli", "demo", "healthcheck")),
+    ("app", ("", "cli", "demo", "healthcheck", "serving")),
 )
 # storage and vast stand side by side: neither may import the other.
 SIDE_BY_SIDE = {("storage", "vast"), ("vast", "storage")}

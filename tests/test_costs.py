@@ -323,7 +323,8 @@ def test_override_lets_power_on_through_until_the_period_ends_and_is_audited(cap
     clock.advance(20 * 60)
     watchdog.look()
     assert vast.puts == ["stopped"]
-    answer = client.post("/infra/vast/budget/override", headers=key)
+    until = {"until": "2023-11-15T00:00:00Z"}  # as far as an override goes: the period's end
+    answer = client.post("/infra/vast/budget/override", headers=key, json=until)
     assert answer.status_code == 200 and answer.json["state"] == "overridden"
     assert answer.json["override_until"] == "2023-11-15T00:00:00Z"
     entry = audit_events(panel, "budget_override")[0]
@@ -340,7 +341,7 @@ def test_override_lets_power_on_through_until_the_period_ends_and_is_audited(cap
 
 
 def test_override_without_a_budget_is_409(client):
-    answer = client.post("/infra/vast/budget/override")
+    answer = client.post("/infra/vast/budget/override", json={"extra_usd": 5})
     assert answer.status_code == 409 and "VAST_BUDGET_USD" in answer.json["detail"]
 
 

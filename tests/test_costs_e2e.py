@@ -228,7 +228,8 @@ def test_a_one_dollar_day_stops_a_36_dollar_an_hour_instance_and_refuses_power_o
         puts = [r for r in sim.requests("PUT") if r["json"] == {"state": "running"}]
         assert len(puts) == 1  # the refused power-on sent nothing
 
-        override = days.client.post("/infra/vast/budget/override")
+        day_end = datetime.fromtimestamp(at(DAY + timedelta(days=1), 0), UTC).isoformat()
+        override = days.client.post("/infra/vast/budget/override", json={"until": day_end})
         assert override.status_code == 200 and override.json["state"] == "overridden"
         assert days.power_on().status_code == 200
         assert sim.instance()["actual_status"] == "running"

@@ -69,11 +69,12 @@ def test_the_budget_bar_warns_and_the_override_button_lets_power_on_through(budg
     refused = admin.post("/power/on", data={"csrf_token": csrf_token(admin, "/")}, headers=HTMX)
     assert "budget is spent" in refused.get_data(as_text=True)
     token = csrf_token(admin, "/")
-    answer = admin.post("/budget/override", data={"csrf_token": token}, headers=HTMX)
+    form = {"csrf_token": token, "by": "hours", "hours": "1"}
+    answer = admin.post("/budget/override", data=form, headers=HTMX)
     assert answer.status_code == 200 and "overridden by an admin" in answer.get_data(as_text=True)
     override = [e for e in panel.audit.entries(100) if e.event == "budget_override"]
     assert len(override) == 1 and override[0].actor == "admin"
     admin.post("/power/on", data={"csrf_token": token}, headers=HTMX)
     assert vast.puts == ["stopped", "running"]
-    plain = admin.post("/budget/override", data={"csrf_token": token})
+    plain = admin.post("/budget/override", data={**form, "hours": "1"})
     assert plain.status_code == 303

@@ -114,11 +114,18 @@ def make_client(tmp_path, clock, vast):
         app.extensions["vastpanel"].store.close()
 
 
+GATEWAY_KEY = "gateway-key-openapi-0123456789"
+
+
 def common_errors(contract: Contract, client, make_client, crash, **kwargs) -> None:
-    """Provoke 401 (no key), 413 (body too large), 429 (locked out), 503 (API disabled) and,
-    with crash(), a 500."""
+    """Provoke 401 (no key), 403 (a gateway key, where it may not go), 413 (body too large),
+    429 (locked out), 503 (API disabled) and, with crash(), a 500."""
     anonymous = client.application.test_client()
     contract.call(anonymous, 401, **kwargs)
+    if "403" in contract.operation["responses"]:
+        gateway = make_client(GATEWAY_API_KEYS=GATEWAY_KEY)
+        gateway.environ_base["HTTP_X_API_KEY"] = GATEWAY_KEY
+        contract.call(gateway, 403, **kwargs)
     contract.call(client, 413, raw="x" * (MAX_BODY_BYTES + 1))
     guesser = client.application.test_client()
     guesser.environ_base.update(REMOTE_ADDR="198.51.100.9", HTTP_X_API_KEY="wrong-key-guess")
@@ -296,11 +303,36 @@ def test_audit(client, make_client, panel, monkeypatch):
 
 def test_budget_override(client, make_client, panel, monkeypatch):
     contract = Contract("POST", "/budget/override")
-    assert "VAST_BUDGET_USD" in contract.call(client, 409)["detail"]
+    assert "VAST_BUDGET_USD" in contract.call(client, 409, body={"extra_usd": 5})["detail"]
     budgeted = make_client(VAST_BUDGET_USD="5", VAST_BUDGET_PERIOD="day")
-    assert contract.call(budgeted, 200)["state"] == "ok"
+    amount = contract.call(budgeted, 200, body={"extra_usd": 2.5})
+    assert amount["state"] == "ok" and amount["override_limit_usd"] == 7.5
+    timed = contract.call(budgeted, 200, body={"until": "2023-11-14T23:00:00+00:00"})
+    assert timed["override_until"] == "2023-11-14T23:00:00Z"
+    assert timed["override_limit_usd"] is None
     contract.call(budgeted, 422, raw="[1")
-    common_errors(contract, client, make_client, crash_on(monkeypatch, panel.budget, "override"))
+    for bad in (
+        {},
+        {"extra_usd": 5, "until": "2023-11-14T23:00:00Z"},
+        {"extra_usd": 0},
+        {"extra_usd": "5"},
+        {"extra_usd": 1e9},
+        {"until": 1700000000},
+    ):
+        contract.call(budgeted, 422, body=bad)
+    # Refused by the domain, not by the description: times outside (now, period end].
+    for past_or_beyond in ("2023-11-13T00:00:00Z", "2023-11-16T00:00:00Z", "2023-11-14T23:00"):
+        assert (
+            budgeted.post(PREFIX + "/budget/override", json={"until": past_or_beyond}).status_code
+            == 422
+        )
+    common_errors(
+        contract,
+        client,
+        make_client,
+        crash_on(monkeypatch, panel.budget, "override"),
+        body={"extra_usd": 1},
+    )
     contract.covered()
 
 

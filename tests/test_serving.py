@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import requests
 from gunicorn.config import Config as GunicornConfig
+from gunicorn.util import load_class
+from gunicorn.workers.ggevent import GeventWorker
 
 from support import ROOT, store
 from support.liveserver import end_process, free_port
@@ -118,7 +120,9 @@ def server(sim, tmp_path_factory) -> Iterator[Server]:
             try:
                 if requests.get(f"{server.url}/healthz", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            # Before the worker has booted a request waits in the listen backlog, and on a
+            # loaded machine it may time out there: not up yet either.
+            except (requests.ConnectionError, requests.Timeout):
                 pass
             assert time.monotonic() < deadline, f"gunicorn not up:\n{server.log()}"
             time.sleep(0.2)
@@ -139,15 +143,28 @@ def events(log: str) -> list[tuple[str, str]]:
 
 
 def test_gunicorn_config_file(monkeypatch, tmp_path):
-    for name in ("VASTPANEL_BIND", "VASTPANEL_WORKERS", "VASTPANEL_CONNECTIONS"):
+    for name in (
+        "VASTPANEL_BIND",
+        "VASTPANEL_WORKERS",
+        "VASTPANEL_CONNECTIONS",
+        "VASTPANEL_CONNECTIONS_PER_CLIENT",
+        "VASTPANEL_BODY_TIMEOUT_S",
+        "FORWARDED_ALLOW_IPS",
+    ):
         monkeypatch.delenv(name, raising=False)
     # The config sets PROMETHEUS_MULTIPROC_DIR in os.environ: given here, it is undone after.
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     monkeypatch.setenv("VAST_WAIT_TIMEOUT_S", "600")
     settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     assert settings["bind"] == ["127.0.0.1:8000"]
-    # A request that waits costs no thread: gevent, with room for many waiting connections.
-    assert settings["worker_class"] == "gevent" and settings["worker_connections"] >= 200
+    # A request that waits costs no thread: gevent, with room for many waiting connections,
+    # of which one client may hold a tenth, and a body may keep a request waiting 10 s.
+    worker = settings["worker_class"]
+    assert worker == "vastpanel.serving.PanelWorker" and settings["worker_connections"] >= 200
+    assert issubclass(load_class(worker), GeventWorker)
+    assert settings["CONNECTIONS_PER_CLIENT"] == 100 and settings["BODY_TIMEOUT_S"] == 10
+    # gunicorn believes X-Forwarded-Proto from the proxies whose X-Forwarded-For the app does.
+    assert settings["forwarded_allow_ips"] == "127.0.0.1,::1"
     assert "threads" not in settings
     # A blocked hub (no request waits count: they are greenlets) is replaced within a minute.
     assert settings["timeout"] == 60
@@ -181,6 +198,20 @@ def test_gunicorn_config_file(monkeypatch, tmp_path):
     with pytest.raises(SystemExit, match="VASTPANEL_CONNECTIONS must be 1 or more"):
         runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     monkeypatch.delenv("VASTPANEL_CONNECTIONS")
+    monkeypatch.setenv("VASTPANEL_CONNECTIONS_PER_CLIENT", "-5")
+    with pytest.raises(SystemExit, match="VASTPANEL_CONNECTIONS_PER_CLIENT must be 1 or more"):
+        runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    monkeypatch.delenv("VASTPANEL_CONNECTIONS_PER_CLIENT")
+    for bad in ("0", "soon", "inf"):
+        monkeypatch.setenv("VASTPANEL_BODY_TIMEOUT_S", bad)
+        with pytest.raises(SystemExit, match="VASTPANEL_BODY_TIMEOUT_S must be a number"):
+            runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    monkeypatch.setenv("VASTPANEL_BODY_TIMEOUT_S", "2.5")
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "10.0.0.0/8")
+    settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    assert settings["BODY_TIMEOUT_S"] == 2.5 and settings["forwarded_allow_ips"] == "10.0.0.0/8"
+    monkeypatch.delenv("VASTPANEL_BODY_TIMEOUT_S")
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS")
 
     monkeypatch.setenv("VAST_WAIT_TIMEOUT_S", "soon")
     with pytest.raises(SystemExit, match="VAST_WAIT_TIMEOUT_S must be a number"):

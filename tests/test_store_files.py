@@ -58,8 +58,54 @@ def test_an_existing_folder_is_left_as_it_is(tmp_path):
     shared.mkdir(mode=0o755)
     os.chmod(shared, 0o755)
     store.open_db(str(shared / "x.db")).close()
-    assert _mode(shared) == 0o755  # the admin's own folder: not ours to change
+    assert _mode(shared) == 0o755  # opening leaves it: the app's start-up repairs (below)
     assert _mode(shared / "x.db") == 0o600
+
+
+def test_start_up_makes_an_older_install_private_and_says_so(tmp_path, caplog):
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / "vastpanel.db"
+    running = store.open_db(str(path))  # another process keeps the -wal and -shm files there
+    store.migrate(running)
+    store.set_value(running, "x", 1.0)
+    names = ["vastpanel.db", "vastpanel.db-wal", "vastpanel.db-shm"]
+    for name in names:
+        os.chmod(data / name, 0o644)  # as an install from before private files left them
+    os.chmod(data, 0o755)
+    with caplog.at_level("WARNING", logger="vastpanel"):
+        app = create_app(config_from(base_config(tmp_path, VAST_DB_PATH=str(path))))
+    assert _mode(data) == 0o700
+    for name in names:
+        assert _mode(data / name) == 0o600, name
+    repairs = [r.getMessage() for r in caplog.records if "readable by others" in r.getMessage()]
+    assert sorted(repairs) == sorted(
+        [f"{data}/ was mode 0755, readable by others: made 0700."]
+        + [f"{data / name} was mode 0644, readable by others: made 0600." for name in names]
+    ), repairs
+    # Once private, a restart has nothing to repair and says nothing.
+    app.extensions["vastpanel"].store.shutdown()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vastpanel"):
+        again = create_app(config_from(base_config(tmp_path, VAST_DB_PATH=str(path))))
+    assert not [r for r in caplog.records if "readable by others" in r.getMessage()]
+    again.extensions["vastpanel"].store.shutdown()
+    running.close()
+
+
+def test_a_shared_folder_is_named_not_changed(tmp_path, caplog):
+    shared = tmp_path / "tmp-like"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # sticky, like /tmp: other people's files live there too
+    path = shared / "vastpanel.db"
+    store.open_db(str(path)).close()
+    os.chmod(path, 0o644)
+    with caplog.at_level("WARNING", logger="vastpanel"):
+        app = create_app(config_from(base_config(tmp_path, VAST_DB_PATH=str(path))))
+    assert _mode(shared) == 0o1777 and _mode(path) == 0o600
+    lines = [r.getMessage() for r in caplog.records]
+    assert f"{shared}/ is mode 1777 and shared with others" in " ".join(lines), lines
+    app.extensions["vastpanel"].store.shutdown()
 
 
 def _migrate_at_once(path: str, barrier, errors) -> None:

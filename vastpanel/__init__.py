@@ -11,6 +11,7 @@ from flask import Flask, jsonify, request
 from htmx_flask import Htmx
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from .addresses import ClientAddress, TrustedProxies
 from .config import Config, ConfigError
 from .logs import configure_logging
 
@@ -82,8 +83,8 @@ def create_app(
     # /v1/: the LLM pass-through, with its own keys (LLM_API_KEYS); first, because it raises
     # the body limit for its requests before the check below reads it.
     proxy.init_app(app)
-    # Before the key check and CSRF: a body announced too large is refused unread. A chunked
-    # one is cut by Werkzeug when it is read past the limit.
+    # Before the key check and CSRF: a body announced too large is refused unread, a chunked
+    # one once it is past the limit.
     app.before_request(_refuse_large_body)
     app.register_blueprint(api.bp)
     app.register_blueprint(liveness.bp)
@@ -95,6 +96,8 @@ def create_app(
     app.cli.add_command(vast)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
+    # Outermost: every part of the app, and gunicorn's access line, see the client's address.
+    app.wsgi_app = ClientAddress(app.wsgi_app, TrustedProxies(config.forwarded_allow_ips))
 
     if command_only:
         log.debug("watchdog: not started for a CLI command")
@@ -207,10 +210,27 @@ def wire_panel(
 
 
 def _refuse_large_body() -> None:
-    """Refuse a request whose Content-Length is over this request's limit, without reading it."""
+    """Refuse a request whose body is over this request's limit.
+
+    A Content-Length over it is refused without reading the body. A chunked body (no length)
+    under the app's own limit is read here, whole, before anything else looks at it: Werkzeug
+    would stop reading at the limit and hand on the first part as if it were all, so a body
+    one byte over must be seen as such. The /v1/ pass-through reads its own bodies.
+    """
     limit = request.max_content_length
-    if limit is not None and (request.content_length or 0) > limit:
+    if limit is None:
+        return
+    if (request.content_length or 0) > limit:
         raise RequestEntityTooLarge(f"The request body is too large: at most {limit} bytes.")
+    if limit == MAX_BODY_BYTES and request.content_length is None and _is_chunked():
+        body = request.get_data(cache=True)  # at most the limit: Werkzeug stops there
+        if len(body) >= limit and request.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge(f"The request body is too large: at most {limit} bytes.")
+
+
+def _is_chunked() -> bool:
+    """Tell whether the request's body comes in chunks, its length unknown until its end."""
+    return "chunked" in request.headers.get("Transfer-Encoding", "").lower()
 
 
 def _http_error(exc: HTTPException):

@@ -4,6 +4,11 @@ The panel logs every audit entry as `event=... actor=...` through the "vastpanel
 `install_redaction` makes every record in the process pass through `redact`; `configure_logging`
 decides where the lines go unless the host (gunicorn's logconfig) already did;
 gunicorn.conf.py uses the same format for gunicorn's own lines.
+
+A message is one line whatever a request put in it: UtcFormatter writes control characters
+(CR, LF, ...) of a message as escapes such as \\n, so a path, a user agent or an audit detail
+cannot start a line of its own that passes for another record. A traceback after the message
+keeps its lines.
 """
 
 from __future__ import annotations
@@ -18,6 +23,11 @@ from typing import TextIO
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 # The query string of a request line, as werkzeug's dev server logs it: "GET /path?q=1 HTTP/1.1".
 REQUEST_LINE_QUERY = re.compile(r"([A-Z]+ /[^\s?\"]*)\?[^\s\"]*")
+
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: what a reader of the
+# log may take as the end of a line, or what a terminal acts on.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 _secrets: set[str] = set()
 _installed = False
@@ -52,10 +62,28 @@ def install_redaction(secrets: Iterable[str]) -> None:
     logging.setLogRecordFactory(redacting_factory)
 
 
+def escape_controls(text: str) -> str:
+    """Write each control character of text as an escape (\\n, \\x1b, \\u2028), on one line."""
+    return CONTROL_CHARACTERS.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in NAMED_ESCAPES:
+        return NAMED_ESCAPES[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
 class UtcFormatter(logging.Formatter):
-    """Format times as 2024-05-01T12:00:00.123Z, whatever the host's time zone."""
+    """Format times as 2024-05-01T12:00:00.123Z, whatever the host's time zone, and each
+    message on one line."""
 
     converter = time.gmtime
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
+        """Return the line of the record, its message's control characters escaped."""
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         """Return the record's time in ISO 8601 UTC with milliseconds."""
@@ -64,11 +92,15 @@ class UtcFormatter(logging.Formatter):
 
 
 class StripQueryString(logging.Filter):
-    """Drop query strings from request lines: URLs end up in logs, and queries may hold data."""
+    """Drop query strings from request lines: URLs end up in logs, and queries may hold data.
+
+    The dev server's lines also get their control characters escaped here, whatever handler
+    writes them.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = REQUEST_LINE_QUERY.sub(r"\1", message)
+        cleaned = escape_controls(REQUEST_LINE_QUERY.sub(r"\1", message))
         if cleaned != message:
             record.msg, record.args = cleaned, None
         return True

@@ -12,6 +12,7 @@ from datetime import date
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from ..addresses import DEFAULT_PROXIES
 from ..schedule_windows import Rule, Schedule
 from .parse import (
     DEFAULT_DB_PATH,
@@ -68,6 +69,10 @@ class Config:
     notify_targets: tuple[NotifyTarget, ...] = ()
     notify_retry_s: float = 30.0
     metrics_token: str = field(default="", repr=False)
+    # Keys that may post /infra/vast/activity and nothing else.
+    gateway_api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # The reverse proxies whose X-Forwarded-For names the client (addresses.py).
+    forwarded_allow_ips: tuple[str, ...] = DEFAULT_PROXIES
     # Shared with the instance's agent (deploy/instance/vastpanel_agent.py); empty: no heartbeats.
     agent_secret: str = field(default="", repr=False)
     # Marks a demo against the simulator, so it can never pass for a real instance.
@@ -128,6 +133,7 @@ class Config:
     def secrets(self) -> list[str]:
         """List the secret values that must never be shown or logged."""
         values = [self.vast_api_key, self.control_api_key, self.metrics_token]
+        values += [*self.gateway_api_keys]
         values += [self.llm_metrics_token, self.agent_secret]
         values += [self.llm_upstream_key, *self.llm_api_keys, self.secret_key]
         return [s for s in values if s] + [t.url for t in self.notify_targets]
@@ -172,9 +178,14 @@ class Config:
             problems.append(
                 "LLM_API_KEYS must not contain CONTROL_API_KEY: a chat key cannot power off"
             )
+        if control_key and control_key in values.get("gateway_api_keys", ()):
+            problems.append(
+                "GATEWAY_API_KEYS must not contain CONTROL_API_KEY: the gateway's key may only "
+                "post activity"
+            )
         if problems:
             raise ConfigError(problems)
-        values["warnings"] = _clamp_warning_time(values)
+        values["warnings"] = _clamp_warning_time(values) + _any_peer_warning(values)
         return cls(**values)
 
 
@@ -192,4 +203,15 @@ def _clamp_warning_time(values: dict[str, Any]) -> tuple[str, ...]:
         f"VAST_WARN_MINUTES ({warn:g}) is not shorter than VAST_AUTO_SHUTDOWN_MINUTES "
         f"({idle:g}): the stop warning comes {idle / 2:g} min before an idle stop instead "
         "(half the idle time).",
+    )
+
+
+def _any_peer_warning(values: dict[str, Any]) -> tuple[str, ...]:
+    """Say at start-up what FORWARDED_ALLOW_IPS=* means: any peer may name its client."""
+    if "*" not in values["forwarded_allow_ips"]:
+        return ()
+    return (
+        "FORWARDED_ALLOW_IPS is *: every peer counts as a proxy, so anyone who reaches the "
+        "panel directly can name its own address for the lockout and /metrics; reach it only "
+        "through your proxy, or list the proxy's address instead.",
     )

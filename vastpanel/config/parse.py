@@ -7,6 +7,7 @@ variable uses.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -279,3 +280,30 @@ def schedule_skip(raw: str, name: str) -> tuple[date, ...]:
         return tuple(sorted(parse_skip(raw)))
     except ScheduleError as exc:
         raise ConfigError(f"{name}: {exc}: {raw!r}") from None
+
+
+# --- the client side (issue 23): proxies, gateway keys, the metrics token ----------------------
+
+
+def proxies(raw: str, name: str) -> tuple[str, ...]:
+    """Read comma-separated IP addresses or networks, or `*`, as gunicorn reads them."""
+    entries = tuple(entry.strip() for entry in raw.split(",") if entry.strip())
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry)  # strict, as gunicorn: 10.0.0.1/8 is a mistake
+        except ValueError:
+            raise ConfigError(
+                f"{name} must list IP addresses or networks (e.g. 127.0.0.1,10.0.0.0/8) or *, "
+                f"got {entry!r}"
+            ) from None
+    return entries
+
+
+def control_keys(raw: str, name: str) -> tuple[str, ...]:
+    """Read comma-separated keys, each held to CONTROL_API_KEY's rules."""
+    found = tuple(key.strip() for key in raw.split(",") if key.strip())
+    for key in found:
+        control_key(key, name)
+    return found

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..addresses import DEFAULT_PROXIES
 from . import parse
 from .parse import DEFAULT_DB_PATH, DEFAULT_VAST_URL, IDLE_SOURCES, Parse
 
@@ -104,9 +105,25 @@ SETTINGS: tuple[Setting, ...] = (
         "`true`/`false` force it", ACCESS, shown="`auto` (`true` in the container)",
     ),
     Setting(
-        "METRICS_TOKEN", "metrics_token", parse.text, "",
-        "bearer token for the panel's own `GET /metrics`; unset: it answers loopback only",
+        "METRICS_TOKEN", "metrics_token", parse.control_key, "",
+        "bearer token for the panel's own `GET /metrics`, like `CONTROL_API_KEY` (16+ "
+        "printable ASCII characters, no spaces); unset: it answers the client on loopback "
+        "only (its address behind `FORWARDED_ALLOW_IPS`)",
         ACCESS,
+    ),
+    Setting(
+        "GATEWAY_API_KEYS", "gateway_api_keys", parse.control_keys, (),
+        "comma-separated keys that may post `/infra/vast/activity` and nothing else (the LLM "
+        "gateway's), each like `CONTROL_API_KEY` and never equal to it; other endpoints "
+        "answer 403 to them", ACCESS,
+    ),
+    Setting(
+        "FORWARDED_ALLOW_IPS", "forwarded_allow_ips", parse.proxies, DEFAULT_PROXIES,
+        "your reverse proxies' addresses or networks, comma-separated (gunicorn reads it "
+        "too): their `X-Forwarded-Proto` is believed, and the client's address is the "
+        "rightmost `X-Forwarded-For` address not in this list (lockout, `/metrics`, audit, "
+        "logs); nobody else can set either. `*`: every peer is a proxy and only the address "
+        "it appended is believed", ACCESS,
     ),
     Setting(
         "VAST_AUTO_SHUTDOWN", "auto_shutdown", parse.boolean, True,
@@ -296,8 +313,15 @@ SERVING_SETTINGS: tuple[Setting, ...] = (
         "ones included", SERVING,
     ),
     Setting(
-        "FORWARDED_ALLOW_IPS", None, None, "127.0.0.1,::1",
-        "addresses whose `X-Forwarded-Proto` gunicorn believes (your TLS proxy's)", SERVING,
+        "VASTPANEL_CONNECTIONS_PER_CLIENT", None, None, 100,
+        "connections one client address (an IPv6 /64) may hold open at once per worker; "
+        "more are closed as they come. The proxies of `FORWARDED_ALLOW_IPS` are exempt",
+        SERVING,
+    ),
+    Setting(
+        "VASTPANEL_BODY_TIMEOUT_S", None, None, 10,
+        "how long the server waits, in all, for a request body once the headers are in; "
+        "then it closes the connection", SERVING,
     ),
     Setting(
         "PROMETHEUS_MULTIPROC_DIR", None, None, "",

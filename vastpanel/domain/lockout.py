@@ -1,23 +1,26 @@
-"""The brute-force limit on CONTROL_API_KEY: a client that sends too many wrong keys is locked out.
+"""The brute-force limit on the API keys: a client that sends too many wrong keys is locked out.
 
 Sign-in and the JSON API's X-API-Key share it, and every worker process too (the counts live in
-SQLite). A client is its address as the app sees it (request.remote_addr; behind a reverse
-proxy, the proxy's, since FORWARDED_ALLOW_IPS covers X-Forwarded-Proto, not X-Forwarded-For):
-an IPv4 address, or the /64 network of an IPv6 one, since one host usually holds a whole /64. After FREE_WRONG_KEYS wrong keys within
-WRONG_KEY_WINDOW_S the client is locked out: its requests are answered 429 with Retry-After,
-without the key being checked, for LOCKOUT_BASE_S, doubling with each lockout up to
-LOCKOUT_MAX_S. A missing (empty) key is refused but not counted: it is no guess. A right key
-from a client that is not locked out is never slowed, and forgets its wrong keys. Nothing
+SQLite). A client is its address as the app sees it (request.remote_addr: behind the reverse
+proxies of FORWARDED_ALLOW_IPS, the address they name; addresses.py): an IPv4 address, or the
+/64 network of an IPv6 one, since one host usually holds a whole /64. After FREE_WRONG_KEYS
+wrong keys within WRONG_KEY_WINDOW_S the client is locked out: its requests are answered 429
+with Retry-After, without the key being checked, for LOCKOUT_BASE_S, doubling with each lockout
+up to LOCKOUT_MAX_S. A missing (empty) key is refused but not counted: it is no guess. A right
+key from a client that is not locked out is never slowed, and forgets its wrong keys. Nothing
 sleeps: a wrong key is answered at once.
+
+The keys are CONTROL_API_KEY (everything) and, where the caller allows them, GATEWAY_API_KEYS
+(posting activity only): a check says which one matched.
 """
 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import math
 from dataclasses import dataclass
 
+from ..addresses import client_group
 from ..clock import Clock
 from ..config import Config
 from ..storage import auth_failures
@@ -36,12 +39,17 @@ MAX_CLIENTS = 10_000
 LOCKOUT_EVENT = "auth_lockout"
 
 
+CONTROL = "control"  # CONTROL_API_KEY
+GATEWAY = "gateway"  # one of GATEWAY_API_KEYS
+
+
 @dataclass(frozen=True)
 class KeyCheck:
     """The outcome of a key check: accepted, or refused, or not checked (locked out)."""
 
     accepted: bool
     retry_after_s: float | None = None  # set when the client is locked out
+    key: str | None = None  # which key was accepted: CONTROL or GATEWAY
 
     @property
     def retry_after_header(self) -> str:
@@ -51,15 +59,7 @@ class KeyCheck:
 
 def client_of(remote_addr: str | None) -> str:
     """Return who a request counts as: its IPv4 address or its IPv6 /64, else "unknown"."""
-    try:
-        address = ipaddress.ip_address((remote_addr or "").strip())
-    except ValueError:
-        return "unknown"
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
+    return client_group(remote_addr)
 
 
 def lockout_seconds(lockouts_before: int) -> float:
@@ -89,11 +89,13 @@ class KeyGuard:
         self.config = config
         self.audit = audit
 
-    def check(self, given: str, remote_addr: str | None, where: str) -> KeyCheck:
+    def check(
+        self, given: str, remote_addr: str | None, where: str, *, gateway: bool = False
+    ) -> KeyCheck:
         """Check a key from a client unless it is locked out; count it when it is wrong.
 
-        where ("signin" or "api") only labels the audit entry of a lockout. The caller has made
-        sure a CONTROL_API_KEY is configured.
+        where ("signin" or "api") only labels the audit entry of a lockout; gateway true also
+        accepts GATEWAY_API_KEYS. The caller has made sure a CONTROL_API_KEY is configured.
         """
         client = client_of(remote_addr)
         now = self.clock.now()
@@ -101,11 +103,11 @@ class KeyGuard:
         row = auth_failures.read_auth_failures(db, client)
         if row is not None and row.locked_until is not None and row.locked_until > now:
             return KeyCheck(False, row.locked_until - now)
-        expected = self.config.control_api_key
-        if hmac.compare_digest(given.encode(), expected.encode()):
+        matched = self._matching_key(given, gateway)
+        if matched is not None:
             if row is not None:
                 auth_failures.forget_auth_failures(db, client)
-            return KeyCheck(True)
+            return KeyCheck(True, key=matched)
         if not given:
             return KeyCheck(
                 False
@@ -129,3 +131,14 @@ class KeyGuard:
                 lockout_number=new.lockouts,
             )
         return KeyCheck(False)
+
+    def _matching_key(self, given: str, gateway: bool) -> str | None:
+        """Say which key given is (CONTROL or GATEWAY), comparing each in constant time."""
+        candidates = [(CONTROL, self.config.control_api_key)]
+        if gateway:
+            candidates += [(GATEWAY, key) for key in self.config.gateway_api_keys]
+        matched = None
+        for name, key in candidates:  # no early exit: the time says nothing of which matched
+            if hmac.compare_digest(given.encode(), key.encode()) and matched is None:
+                matched = name
+        return matched

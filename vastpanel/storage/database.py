@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +27,10 @@ WAL_SWITCH_RETRY_S = 0.02
 # Idle connections kept for the next requests: opening one (the file's checks, the WAL
 # pragma) is a large share of a small request's SQLite time.
 IDLE_CONNECTIONS = 16
+# The files SQLite keeps beside the database; each holds some of its data.
+COMPANION_SUFFIXES = ("-wal", "-shm", "-journal")
+
+log = logging.getLogger("vastpanel")
 
 
 class Store:
@@ -44,6 +50,7 @@ class Store:
         self._local = threading.local()
         self._idle: collections.deque[Database] = collections.deque()
         self._migrated = False
+        self._modes_checked = False
         self._anchor: Database | None = None
         if open_now:
             self.db  # noqa: B018 (opening it applies pending migrations)
@@ -55,6 +62,10 @@ class Store:
         """Return this thread's connection (an idle one reused, or a new one)."""
         db = getattr(self._local, "db", None)
         if db is None:
+            if not self._modes_checked:  # once per process, before it opens the file
+                self._modes_checked = True
+                for line in repair_modes(self.path):
+                    log.warning("%s", line)
             try:
                 db = self._idle.pop()
             except IndexError:
@@ -133,6 +144,47 @@ def make_private_dir(path: str) -> None:
     if not os.path.isdir(path):
         os.makedirs(path, mode=0o700, exist_ok=True)
         os.chmod(path, 0o700)  # makedirs' mode is filtered by the umask, and may race
+
+
+def repair_modes(path: str) -> list[str]:
+    """Make an existing database's folder 0700 and its files 0600; return one line per repair.
+
+    A database made before new files were made private (or copied in with cp) may be readable
+    by everyone on the host. A folder that is clearly shared (sticky, like /tmp, or the home
+    folder) is not changed; the line then says so.
+    """
+    if path == ":memory:":
+        return []
+    lines: list[str] = []
+    folder = os.path.dirname(os.path.abspath(path))
+    files = [path] + [path + suffix for suffix in COMPANION_SUFFIXES]
+    for target, private in [(folder, 0o700)] + [(f, 0o600) for f in files]:
+        try:
+            mode = stat.S_IMODE(os.stat(target).st_mode)
+        except FileNotFoundError:
+            continue
+        if not mode & 0o077:
+            continue
+        shown = target + "/" if target == folder else target
+        if target == folder and _shared_folder(folder, mode):
+            lines.append(
+                f"{shown} is mode {mode:04o} and shared with others: the database should "
+                "have a folder of its own (VAST_DB_PATH)."
+            )
+            continue
+        try:
+            os.chmod(target, private)
+        except OSError as exc:
+            lines.append(f"{shown} is mode {mode:04o}, readable by others: {exc.strerror}.")
+            continue
+        lines.append(f"{shown} was mode {mode:04o}, readable by others: made {private:04o}.")
+    return lines
+
+
+def _shared_folder(folder: str, mode: int) -> bool:
+    """Tell whether a folder is evidently not the panel's alone: sticky, home, or the root."""
+    home = os.path.expanduser("~")
+    return bool(mode & stat.S_ISVTX) or folder in (os.path.abspath(home), os.path.sep)
 
 
 def _create_private_file(path: str) -> None:

@@ -159,14 +159,17 @@ class Watchdog:
 
     def look(self) -> Look:
         """Take or renew the lease; if this process leads, stop the instance when idle is due."""
+        # The lease says that this process is alive and leads: it is renewed as the look
+        # begins, not once a slow look before it (vast.ai retrying) lets go of the look lock.
+        now = self.clock.now()
+        self.last_look_at = now
+        counters.WATCHDOG_LAST_LOOK.set(now)
+        leader = self._hold_lease(now)
+        counters.WATCHDOG_LOOKS.labels(role="leader" if leader else "follower").inc()
+        if not leader:
+            return Look(now, leader=False)
         with self._look_lock:
             now = self.clock.now()
-            self.last_look_at = now
-            counters.WATCHDOG_LAST_LOOK.set(now)
-            leader = self._hold_lease(now)
-            counters.WATCHDOG_LOOKS.labels(role="leader" if leader else "follower").inc()
-            if not leader:
-                return Look(now, leader=False)
             stopped, error = None, None
             try:
                 # The idle rule reads the instance (booking its costs); then the caps decide.

@@ -150,6 +150,7 @@ def budget_json(budget: BudgetStatus | None) -> dict[str, Any] | None:
         "state": budget.state,
         "period_ends_at": iso_utc(budget.period_end),
         "override_until": iso_utc(budget.override_until),
+        "override_limit_usd": budget.override.limit_usd if budget.override else None,
     }
 
 

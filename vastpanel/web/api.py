@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 from flask import Blueprint, jsonify, request, url_for
 
 from ..config import is_health_path
 from ..domain.budget import BudgetExceeded, NoBudget
-from ..domain.lockout import KeyCheck
+from ..domain.lockout import GATEWAY, KeyCheck
 from ..domain.move import MoveRefused
 from ..errors import (
     HealthTimeout,
@@ -17,7 +19,7 @@ from ..errors import (
     PowerBusy,
 )
 from . import answers, get_panel
-from .inputs import InvalidInput, field, json_body, query_int, whole_number
+from .inputs import InvalidInput, field, json_body, query_int, timestamp, whole_number
 
 bp = Blueprint("api", __name__, url_prefix="/infra/vast")
 SCHEDULE_FIELDS = frozenset({"schedule", "timezone", "skip"})
@@ -34,6 +36,14 @@ ERROR_STATUS = {
 }
 
 
+# What a key of GATEWAY_API_KEYS may do: note activity, nothing that starts, stops or reads.
+GATEWAY_ENDPOINTS = frozenset({"api.activity"})
+GATEWAY_ONLY = (
+    "This key (GATEWAY_API_KEYS) may only post /infra/vast/activity; use CONTROL_API_KEY for "
+    "anything else."
+)
+
+
 def problem(status: int, detail: str):
     """Answer a JSON error body the way the original FastAPI clients read it."""
     return jsonify(detail=detail), status
@@ -46,12 +56,14 @@ def require_api_key():
     if not expected:
         return problem(503, "The API is disabled: CONTROL_API_KEY is not configured on the server.")
     given = request.headers.get("X-API-Key", "")
-    check = get_panel().keys.check(given, request.remote_addr, "api")
+    check = get_panel().keys.check(given, request.remote_addr, "api", gateway=True)
     if check.retry_after_s is not None:
         answer = problem(429, locked_out_message(check))
         return answer[0], 429, {"Retry-After": check.retry_after_header}
     if not check.accepted:
         return problem(401, "Missing or wrong X-API-Key.")
+    if check.key == GATEWAY and request.endpoint not in GATEWAY_ENDPOINTS:
+        return problem(403, GATEWAY_ONLY)
     return None
 
 
@@ -131,9 +143,21 @@ def costs():
 
 @bp.post("/budget/override")
 def budget_override():
-    """Let power-on through despite a spent budget, until the budget period ends (audited)."""
-    json_body()
-    return jsonify(answers.budget_json(get_panel().budget.override("api")))
+    """Let power-on through despite a spent budget, for an amount or until a time (audited)."""
+    body = json_body()
+    extra = body.get("extra_usd")
+    if extra is not None:
+        if isinstance(extra, bool) or not isinstance(extra, int | float):
+            raise InvalidInput("extra_usd must be a number of dollars")
+        try:
+            extra = float(extra)
+        except OverflowError:  # an integer of hundreds of digits: out of bounds like any other
+            extra = math.inf
+    until = field(body, "until", str, None)
+    status = get_panel().budget.override(
+        "api", extra_usd=extra, until=None if until is None else timestamp(until, "until")
+    )
+    return jsonify(answers.budget_json(status))
 
 
 @bp.get("/schedule")

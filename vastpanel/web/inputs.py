@@ -7,7 +7,9 @@ with the field named.
 from __future__ import annotations
 
 import json
+import math
 import re
+from datetime import datetime
 from typing import Any
 
 from flask import request
@@ -68,4 +70,26 @@ def whole_number(raw: str, name: str, low: int, high: int | None) -> int:
     if value < low or (high is not None and value > high):
         bounds = f"from {low} to {high}" if high is not None else f"{low} or more"
         raise InvalidInput(f"{name} must be {bounds}")
+    return value
+
+
+def timestamp(raw: str, name: str) -> float:
+    """Parse an ISO 8601 time with its zone (2024-05-01T18:00:00Z, ...+02:00) to epoch seconds."""
+    try:
+        moment = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        raise InvalidInput(f"{name} must be an ISO 8601 time, e.g. 2024-05-01T18:00:00Z") from None
+    if moment.tzinfo is None:
+        raise InvalidInput(f"{name} must say its time zone (Z for UTC, or +02:00)")
+    return moment.timestamp()
+
+
+def decimal_number(raw: str, name: str, low: float, high: float) -> float:
+    """Parse a number such as 5 or 2.5 within bounds (low excluded), or InvalidInput."""
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise InvalidInput(f"{name} must be a number") from None
+    if not math.isfinite(value) or not low < value <= high:
+        raise InvalidInput(f"{name} must be more than {low:g} and at most {high:g}")
     return value

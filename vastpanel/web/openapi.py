@@ -67,6 +67,9 @@ def _error(description: str) -> dict[str, Any]:
 
 
 UNAUTHORIZED = _error("X-API-Key is missing or wrong.")
+GATEWAY_ONLY = _error(
+    "The key is one of GATEWAY_API_KEYS, which may only post /infra/vast/activity."
+)
 LOCKED_OUT = {
     **_error(
         "Too many wrong keys from this client (its address; an IPv6 /64): no key is checked "
@@ -80,7 +83,10 @@ LOCKED_OUT = {
         }
     },
 }
-TOO_LARGE = _error("The request body is over the limit (64 KiB); it was not read.")
+TOO_LARGE = _error(
+    "The request body is over the limit (64 KiB): announced so, it was not read; sent in "
+    "chunks, it was read up to the limit."
+)
 DISABLED = _error("The API is disabled: CONTROL_API_KEY is not configured on the server.")
 INTERNAL = _error("Unexpected internal error; the details are only in the server log.")
 NOT_CONFIGURED = _error(
@@ -129,7 +135,21 @@ BUDGET = {
                 "share": {"type": "number", "minimum": 0, "description": "1.0 = all spent."},
                 "state": {"enum": ["ok", "warning", "exceeded", "overridden"]},
                 "period_ends_at": TIMESTAMP,
-                "override_until": {"anyOf": [TIMESTAMP, {"type": "null"}]},
+                "override_until": {
+                    "anyOf": [TIMESTAMP, {"type": "null"}],
+                    "description": (
+                        "When the admin's override in force ends (at most the period's end); "
+                        "null when none is in force (its time passed or its amount is spent)."
+                    ),
+                },
+                "override_limit_usd": {
+                    "type": ["number", "null"],
+                    "minimum": 0,
+                    "description": (
+                        "What the period may cost under the override in force, when it was "
+                        "given as an amount; null for an override until a time, or none."
+                    ),
+                },
             }
         ),
         {"type": "null", "description": "No budget is set (VAST_BUDGET_USD)."},
@@ -703,6 +723,30 @@ SCHEMAS: dict[str, Any] = {
             "instances": {"type": "array", "items": _ref_schema("KnownInstance")},
         }
     ),
+    "BudgetOverrideRequest": {
+        "type": "object",
+        "description": "Exactly one of extra_usd and until.",
+        "properties": {
+            "extra_usd": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": 1_000_000,
+                "description": (
+                    "Dollars more: the period may then cost the budget (or what is already "
+                    "spent, if more) plus this, until the period ends."
+                ),
+            },
+            "until": {
+                "type": "string",
+                "format": "date-time",
+                "description": (
+                    "Until this time, with its zone (2024-05-01T18:00:00Z or +02:00): after "
+                    "now and at most the period's end."
+                ),
+            },
+        },
+        "oneOf": [{"required": ["extra_usd"]}, {"required": ["until"]}],
+    },
     "AuditEntry": _object(
         {
             "id": {
@@ -736,11 +780,15 @@ def _operation(
     ok: dict[str, Any],
     errors: dict[str, Any],
     ok_code: str = "200",
+    *,
+    gateway: bool = False,
     **extra: Any,
 ) -> dict[str, Any]:
+    """Describe one API operation; gateway true: a key of GATEWAY_API_KEYS may call it."""
     responses = {
         ok_code: ok,
         "401": UNAUTHORIZED,
+        **({} if gateway else {"403": GATEWAY_ONLY}),
         "413": TOO_LARGE,
         "429": LOCKED_OUT,
         "503": DISABLED,
@@ -819,6 +867,7 @@ SPEC: dict[str, Any] = {
                 "Note LLM use now (the gateway calls it on every request)",
                 _json(_ref("ActivityResult"), "Recorded; last_activity never moves backwards."),
                 {"422": INVALID},
+                gateway=True,
                 requestBody=IGNORED_BODY,
             )
         },
@@ -848,10 +897,20 @@ SPEC: dict[str, Any] = {
         f"{PREFIX}/budget/override": {
             "post": _operation(
                 "budget_override",
-                "Let power-on through despite a spent budget until the period ends (audited)",
-                _json(_ref("Budget"), "The budget, now overridden until the period ends."),
-                {"409": _error("No budget is set (VAST_BUDGET_USD)."), "422": INVALID},
-                requestBody=IGNORED_BODY,
+                "Let power-on through despite a spent budget, for an amount or until a time "
+                "(audited); past it, the budget stops the instance again",
+                _json(_ref("Budget"), "The budget, with the override in force."),
+                {
+                    "409": _error("No budget is set (VAST_BUDGET_USD)."),
+                    "422": _error(
+                        "Neither or both of extra_usd and until, or one out of bounds; the "
+                        "detail says which. Nothing was changed."
+                    ),
+                },
+                requestBody={
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("BudgetOverrideRequest")}},
+                },
             )
         },
         f"{PREFIX}/schedule": {
@@ -1019,7 +1078,10 @@ SPEC: dict[str, Any] = {
                 "type": "apiKey",
                 "in": "header",
                 "name": "X-API-Key",
-                "description": "The server's CONTROL_API_KEY.",
+                "description": (
+                    "The server's CONTROL_API_KEY; for POST /infra/vast/activity alone, also "
+                    "one of GATEWAY_API_KEYS."
+                ),
             }
         },
     },

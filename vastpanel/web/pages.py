@@ -13,6 +13,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, flash, redirect, render_template, url_for
 from htmx_flask import make_response, request  # Flask's, with request.htmx and HX- headers
 
+from ..domain.budget import MAX_EXTRA_USD, BudgetStatus
 from ..domain.costs import DayCost, average_session_seconds
 from ..domain.idle import KEEPALIVE_CHOICES_MINUTES
 from ..errors import PanelError
@@ -21,7 +22,7 @@ from ..schedule_windows import SKIP_ITEM as SKIP_ITEMS
 from ..schedule_windows import format_skip
 from . import auth, get_panel
 from .charts import cost_chart
-from .inputs import InvalidInput, whole_number
+from .inputs import InvalidInput, decimal_number, whole_number
 from .move_view import (
     instances_context,
     move_context,
@@ -38,6 +39,7 @@ HTMX_PATH = f"vendor/htmx-{HTMX_VERSION}/htmx.min.js"
 AUDIT_PAGE_SIZE = 20
 NOTIFICATIONS_SHOWN = 10
 CHART_DAYS = 30
+MAX_OVERRIDE_HOURS = 31 * 24  # a month: the domain refuses what runs past the period's end
 MONTH_DAYS = 31  # the most days a month has had by its last day
 ACTOR = "admin"
 CHANGED_EVENT = "panelChanged"  # tells the cost, audit and notification widgets to reload
@@ -138,8 +140,11 @@ def notifications_context() -> dict[str, Any]:
     }
 
 
-def costs_context() -> dict[str, Any]:
-    """Gather what `_costs.html` shows: totals and the chart of the last days."""
+def costs_context(
+    budget_notice: str | None = None, notice_is_error: bool = False
+) -> dict[str, Any]:
+    """Gather what `_costs.html` shows: totals, the budget (with what an action on it did)
+    and the chart of the last days."""
     panel = get_panel()
     costs = panel.costs
     totals = costs.session_totals()
@@ -178,6 +183,8 @@ def costs_context() -> dict[str, Any]:
         "avg_session_seconds": average_session_seconds(totals),
         "chart": cost_chart(estimates, billed),
         "chart_days": CHART_DAYS,
+        "budget_notice": budget_notice,
+        "budget_notice_is_error": notice_is_error,
     }
 
 
@@ -333,16 +340,35 @@ def keepalive():
 
 @bp.post("/budget/override")
 def budget_override():
-    """Let power-on through despite a spent budget until the period ends (audited)."""
+    """Let power-on through despite a spent budget, for $N more or N hours (audited)."""
+    panel = get_panel()
     try:
-        get_panel().budget.override(ACTOR)
-        message, failed = "Budget overridden until the end of the period.", False
+        if request.form.get("by") == "hours":
+            hours = decimal_number(request.form.get("hours", ""), "hours", 0, MAX_OVERRIDE_HOURS)
+            status = panel.budget.override(ACTOR, until=panel.clock.now() + hours * 3600)
+        else:
+            extra = decimal_number(request.form.get("extra_usd", ""), "$ more", 0, MAX_EXTRA_USD)
+            status = panel.budget.override(ACTOR, extra_usd=extra)
+        message, failed = override_message(status), False
+    except InvalidInput as exc:
+        message, failed = f"Not overridden: {exc.detail}.", True
     except PanelError as exc:
         message, failed = exc.message, True
     if not request.htmx:
         flash(message, "error" if failed else "info")
         return redirect(url_for("pages.index"), 303)
-    return make_response(render_template("_costs.html", **costs_context()), trigger=CHANGED_EVENT)
+    context = costs_context(budget_notice=message, notice_is_error=failed)
+    return make_response(render_template("_costs.html", **context), trigger=CHANGED_EVENT)
+
+
+def override_message(status: BudgetStatus | None) -> str:
+    """Say what an override now allows."""
+    override = status.override if status else None
+    if override is None:  # an amount already spent: in force for no time at all
+        return "Overridden, but that amount is already spent: the budget still stops."
+    if override.limit_usd is not None:
+        return f"Budget overridden: the {status.period} may cost up to ${override.limit_usd:.2f}."
+    return "Budget overridden for the time given."
 
 
 @bp.post("/schedule")

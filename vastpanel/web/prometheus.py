@@ -6,7 +6,9 @@ Two kinds, so that any gunicorn worker answers the same true set:
 - What counts events in a process (vast.ai calls, watchdog looks, deliveries) is a
   prometheus_client counter (counters.py), summed over the workers' files under gunicorn.
 
-Readable with `Authorization: Bearer $METRICS_TOKEN`, or, without a token, from loopback only.
+Readable with `Authorization: Bearer $METRICS_TOKEN`, or, without a token, by a client on
+loopback only: the client's address, which behind the proxies of FORWARDED_ALLOW_IPS is the one
+they name (addresses.py), so a request through a TLS proxy on this host is not loopback.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from ..addresses import parse_address
 from ..domain import Panel
 from ..domain.status import StatusReport
 from ..errors import PanelError
@@ -155,11 +158,8 @@ def allowed(token: str) -> bool:
     if token:
         given = request.headers.get("Authorization", "")
         return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
-    try:
-        address = ipaddress.ip_address(request.remote_addr or "")
-    except ValueError:
-        return False
-    return any(address in network for network in LOOPBACK)
+    address = parse_address(request.remote_addr or "")
+    return address is not None and any(address in network for network in LOOPBACK)
 
 
 @bp.get("/metrics")
