@@ -124,6 +124,7 @@ def test_a_kill_mid_move_is_finished_by_the_restarted_server(sim, tmp_path, mome
     db_path = tmp_path / "panel.db"
     env = panel_env(sim, tmp_path)
     sim.set_timing(create_delay=3.0)  # a boot long enough to be killed in
+    sim.add_fault("slow", delay=2.0, method="POST", count=1)  # and a search
     server = PanelProcess(env, log_path=tmp_path / "server.log")
     try:
         assert server.api("POST", "/power/on", json={"wait_for_health": False}).status_code == 200
