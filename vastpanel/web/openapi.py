@@ -180,9 +180,12 @@ ENV_PAIRS = {
     "type": "array",
     "items": {
         "type": "array",
-        "prefixItems": [{"type": "string", "minLength": 1}, {"type": "string"}],
+        # A [name, value] pair: the name is never empty. Said in words, not with prefixItems,
+        # which schemathesis's OpenAPI 3.1 reader turns into an invalid tuple "items".
+        "items": {"type": "string"},
         "minItems": 2,
         "maxItems": 2,
+        "description": "A [name, value] pair; the name is never empty.",
     },
 }
 RUNTYPES = ["ssh", "jupyter", "args", "ssh_proxy", "ssh_direct", "jupyter_proxy", "jupyter_direct"]
