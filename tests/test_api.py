@@ -105,6 +105,8 @@ def test_status_stopped(client, vast):
         "agent": "off",  # no VAST_AGENT_SECRET in the test config
         "scheduled_until": None,
         "message": "The instance is stopped; only storage is billed.",
+        "moving": None,
+        "stuck": None,
     }
 
 
@@ -754,6 +756,22 @@ def test_audit_bad_limit_is_422(client, limit):
     response = client.get(f"/infra/vast/audit?limit={limit}")
     assert response.status_code == 422
     assert "limit" in response.json["detail"]
+
+
+@pytest.mark.parametrize(
+    ("limit", "says"),
+    [
+        (
+            "99999999999999999999999",
+            "limit must be from 1 to 1000: the number given is out of range",
+        ),
+        ("1001", "limit must be from 1 to 1000: the number given is out of range"),
+        ("abc", "limit must be a whole number"),
+    ],
+)
+def test_a_limit_out_of_range_is_said_to_be_out_of_range(client, limit, says):
+    response = client.get(f"/infra/vast/audit?limit={limit}")
+    assert response.status_code == 422 and response.json["detail"] == says
 
 
 def test_audit_limit_and_order(client, vast):

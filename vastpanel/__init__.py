@@ -140,9 +140,11 @@ def wire_panel(
         KeyGuard,
         LeaseHolder,
         LlmLoad,
+        Mover,
         Notifier,
         Panel,
         Power,
+        RecipeBook,
         ScheduleBook,
         ScheduledStart,
         SignIns,
@@ -173,10 +175,14 @@ def wire_panel(
     costs = CostBook(store, clock, config, client, audit)
     agent = AgentLink(store, clock, config, http, audit)
     contract = Contract(store, clock, config, audit)
-    instance = InstanceReader(store, clock, config, client, audit, costs, agent, leases, contract)
+    recipes = RecipeBook(store, clock, config, client, audit)
+    instance = InstanceReader(
+        store, clock, config, client, audit, costs, agent, leases, contract, recipes
+    )
     budget = Budget(store, clock, config, costs, audit)
+    mover = Mover(store, clock, config, client, http, audit, instance, budget, recipes)
     power = Power(
-        store, clock, config, client, http, audit, instance, costs, budget, leases, contract
+        store, clock, config, client, http, audit, instance, costs, budget, leases, contract, mover
     )
     llm = LlmLoad(store, clock, config, http, audit, instance, leases)
     schedule = ScheduleBook(store, clock, config, audit, instance, costs, budget)
@@ -194,11 +200,13 @@ def wire_panel(
         contract=contract,
         instance=instance,
         budget=budget,
+        recipes=recipes,
+        mover=mover,
         power=power,
         caps=Caps(store, clock, config, audit, instance, budget, power),
         llm=llm,
         idle=idle,
-        wake=Wake(store, clock, config, instance, power, idle, leases, contract),
+        wake=Wake(store, clock, config, instance, power, idle, leases, contract, mover),
         notifier=Notifier(store, clock, config, http),
         signins=SignIns(store, clock),
         keys=KeyGuard(store, clock, config, audit),

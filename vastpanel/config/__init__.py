@@ -89,6 +89,13 @@ class Config:
     llm_upstream_key: str = field(default="", repr=False)
     proxy_wait_s: float = 600.0  # how long a request may wait for a cold start
     proxy_max_waiting: int = 64  # requests waiting for a cold start at once; more get 503
+    move: str = "ask"  # VAST_MOVE: off, ask or auto, when a start is stuck
+    move_after_minutes: float = 5.0
+    move_max_dph: float | None = None  # None: 1.25 x dph_total when the recipe is taken
+    move_min_reliability: float = 0.98
+    move_regions: tuple[str, ...] = ()
+    move_old: str = "keep"  # keep or destroy
+    move_copy_paths: tuple[str, ...] = ()
     # The page's session cookie: signed with SECRET_KEY (empty: the key kept beside the
     # database, auth.load_secret_key); Secure when SESSION_COOKIE_SECURE is true, or with None
     # (auto) when the request came over HTTPS.

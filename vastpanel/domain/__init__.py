@@ -26,8 +26,10 @@ from .instance import InstanceReader
 from .lease_holder import LeaseHolder
 from .llm_load import LlmLoad
 from .lockout import KeyGuard
+from .move import Mover
 from .notify import Notifier
 from .power import Power
+from .recipe import RecipeBook
 from .schedule import ScheduleBook
 from .schedule_start import ScheduledStart
 from .signins import SignIns
@@ -46,9 +48,11 @@ __all__ = [
     "KeyGuard",
     "LeaseHolder",
     "LlmLoad",
+    "Mover",
     "Notifier",
     "Panel",
     "Power",
+    "RecipeBook",
     "ScheduleBook",
     "ScheduledStart",
     "SignIns",
@@ -73,6 +77,8 @@ class Panel:
     contract: Contract
     instance: InstanceReader
     budget: Budget
+    recipes: RecipeBook
+    mover: Mover
     power: Power
     caps: Caps
     llm: LlmLoad

@@ -181,15 +181,12 @@ class Budget:
         times = [t for t in (self.session_cap_deadline(), crossing) if t is not None]
         return min(times, default=None)
 
-    def refuse_start_over_budget(self, actor: str) -> None:
+    def refuse_start_over_budget(self, actor: str, instance_id: int | None) -> None:
         """Raise BudgetExceeded (audited) when this period's budget is spent and not overridden."""
         status = self.status()
         if status is not None and status.blocks:
             self.audit.record(
-                "power_on_failed",
-                actor,
-                instance_id=self.config.vast_instance_id,
-                error=status.reason,
+                "power_on_failed", actor, instance_id=instance_id, error=status.reason
             )
             raise BudgetExceeded(status.reason)
 

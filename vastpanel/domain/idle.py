@@ -237,7 +237,7 @@ class IdleRule:
         self.audit.record(
             KEEPALIVE,
             actor,
-            instance_id=self.config.vast_instance_id,
+            instance_id=self.instance.current_id(),
             minutes=minutes,
             keepalive_until=iso_utc(until),
             capped=capped or None,

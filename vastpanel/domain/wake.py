@@ -25,6 +25,7 @@ from .contract import Contract, ended_message
 from .idle import IdleRule
 from .instance import SCHEDULING_SINCE_KEY, START_QUEUED_KEY, InstanceReader
 from .lease_holder import LeaseHolder
+from .move import Mover
 from .power import HEALTH_WAIT_LEASE, HEALTHY_SESSION_KEY, Power
 
 PROXY_ACTOR = "proxy"
@@ -98,6 +99,7 @@ class Wake:
         idle: IdleRule,
         leases: LeaseHolder,
         contract: Contract,
+        mover: Mover,
     ):
         self.store = store
         self.clock = clock
@@ -107,6 +109,7 @@ class Wake:
         self.idle = idle
         self.leases = leases
         self.contract = contract
+        self.mover = mover
         self._lock = threading.Lock()
         # This process's memory of the LLM: (session id, base URL) last seen healthy, and a
         # ready address with when it was read and how many stops this process had sent then.
@@ -167,14 +170,14 @@ class Wake:
         self.leases.hold(wait_lease, ttl)
         try:
             while True:
-                if state.status != "running" and self.contract.ended(state):
+                if state.status != "running" and not self._moving() and self.contract.ended(state):
                     # No start is tried (nor audited per request): vast.ai would refuse it.
                     raise LlmUnavailable(
                         ended_message(state.contract_ends_at),
                         CONTRACT_ENDED_RETRY_S,
                         "contract_ended",
                     )
-                if state.status in ("stopped", "exited"):
+                if state.status in ("stopped", "exited") and not self._moving():
                     self._start_for_proxy()
                 elif state.status in DEAD_ENDS:
                     raise LlmUnavailable(
@@ -201,8 +204,16 @@ class Wake:
             self.leases.release(waiting)
             self.leases.release(wait_lease)
 
+    def _moving(self) -> bool:
+        """Tell whether a move to another machine is under way (it starts the new instance)."""
+        move = self.mover.latest()
+        return move is not None and move.active
+
     def _gpu_taken(self) -> bool:
-        """Tell whether a scheduling start waits for a GPU someone else has (queued, or long)."""
+        """Tell whether a scheduling start waits for a GPU someone else has (queued, or long),
+        with no move to another machine under way or coming (VAST_MOVE=auto rides through)."""
+        if self._moving() or self.config.move == "auto":
+            return False
         db = self.store.db
         since = values.get_value(db, SCHEDULING_SINCE_KEY)
         long_wait = since is not None and self.clock.now() - since >= SCHEDULING_TAKEN_AFTER_S

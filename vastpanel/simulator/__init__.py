@@ -7,6 +7,7 @@ and each module names the source it follows. The account starts with one instanc
 stack on its own port. Servers, all on 127.0.0.1 only:
 
 The API server (``Simulator.url``), Bearer auth (``?api_key=`` is accepted too, as vast.ai does):
+    GET  /api/v0/instances/?owner=me        200 {"instances": [...]}: every instance of the account
     GET  /api/v0/instances/{id}/?owner=me   200 {"instances": {...}} or {"instances": null}
     PUT  /api/v0/instances/{id}/            {"state": "running"|"stopped"} -> 200 {"success": true}
     DELETE /api/v0/instances/{id}/          200 {"success": true}; gone for good (rentals.py)

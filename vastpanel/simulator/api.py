@@ -48,6 +48,17 @@ def _parse_id(raw_id: str) -> int | None:
     return int(raw_id) if re.fullmatch(r"[0-9]{1,18}", raw_id) else None
 
 
+@vast.get("/instances/", strict_slashes=False)
+def show_instances():
+    """Answer {"instances": [...]}: every instance of the account, oldest first, as
+    `vastai show instances` asks for them (GET /api/v0/instances/?owner=me)."""
+    account = backend()
+    with account.lock:
+        ids = sorted(i for i in account.instances if account.live(i) is not None)
+    views = [account.instance_view(i) for i in ids]
+    return answer(200, {"instances": [v for v in views if v is not None]})
+
+
 @vast.get("/instances/<raw_id>/", strict_slashes=False)
 def show_instance(raw_id: str):
     """Answer {"instances": {...}}, or {"instances": null} for an id that is not ours."""

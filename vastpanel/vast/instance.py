@@ -44,6 +44,7 @@ KEPT_FIELDS = frozenset(
         "end_date",  # the contract's end (vast-ai/docs show_instance.yaml): no start after it
         "uptime_mins",
         "label",
+        "machine_id",  # a move needs to know which machine's GPU is taken
     }
 )
 

@@ -36,8 +36,9 @@ BADGES: dict[str, tuple[str, str, int]] = {
     "offline": ("Offline", "bad", POLL_S),
     "not_found": ("Not found", "bad", SLOW_POLL_S),
     "error": ("vast.ai error", "bad", POLL_S),
+    "moving": ("Moving", "busy", FAST_POLL_S),
 }
-START_BLOCKED = frozenset({"unconfigured", "health", "running", "unhealthy"} | STARTING)
+START_BLOCKED = frozenset({"unconfigured", "health", "running", "unhealthy", "moving"} | STARTING)
 STOP_BLOCKED = frozenset({"unconfigured", "stopped", "not_found"})
 # Phases on the way up: the LLM cannot answer yet, so a failed metrics read is expected.
 COMING_UP = frozenset(STARTING | {"health"})
@@ -70,10 +71,13 @@ class LlmLoad:
 
 
 def status_view(
-    report: StatusReport | None, healthy: bool | None, wait_timeout_s: float
+    report: StatusReport | None, healthy: bool | None, wait_timeout_s: float, moving: bool = False
 ) -> StatusView:
-    """Choose the widget's phase; report None means vast.ai could not be read."""
+    """Choose the widget's phase; report None means vast.ai could not be read. While a move to
+    another machine runs, that is the phase (the old instance's own status says little)."""
     phase = "error" if report is None else _phase(report, healthy, wait_timeout_s)
+    if moving:
+        phase = "moving"
     label, tone, poll_s = BADGES.get(phase, (phase.replace("_", " ").capitalize(), "warn", POLL_S))
     hint = False
     if phase == "scheduling" and report is not None and report.scheduling_since is not None:
@@ -152,9 +156,13 @@ def requests_text(running: float | None, waiting: float | None) -> str:
     return text + (f", {waiting} waiting" if waiting else "")
 
 
-def stop_confirmation(report: StatusReport | None, proxy_in_flight: int) -> str:
+def stop_confirmation(
+    report: StatusReport | None, proxy_in_flight: int, moving: bool = False
+) -> str:
     """Write the question Stop asks: what the session has cost so far and what a stop cuts off."""
     lines = ["Stop the instance? The GPU is released; a running model goes away."]
+    if moving:
+        lines.append("The move under way ends; its new instance is stopped and kept (Instances).")
     session = report.session if report is not None else None
     if session is not None:
         spent = session.cost(report.now)
