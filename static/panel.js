@@ -72,6 +72,15 @@
     if (event.detail.successful) clearProblem();
   });
 
+  // A widget whose form is open (the recipe's edit form) is not reloaded under the admin's
+  // hands; its own form's post still goes through.
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var elt = event.detail.elt;
+    if (elt && elt.matches && elt.matches("section[hx-get]") && elt.querySelector("details[open]")) {
+      event.preventDefault();
+    }
+  });
+
   function setUp(root) {
     localizeTimes(root);
     enableCopyButtons(root);

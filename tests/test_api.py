@@ -91,6 +91,7 @@ def test_status_stopped(client, vast):
         "llm_requests_running": None,
         "llm_requests_waiting": None,
         "llm_metrics": None,  # never read while stopped
+        "llm_stalled": False,
         "auto_shutdown_in_minutes": None,
         "total_runtime_hours": 0.0,
         "total_cost_usd": 0.0,
@@ -100,10 +101,13 @@ def test_status_stopped(client, vast):
         "all_in_cost_usd": 0.0,
         "budget": None,
         "max_session_stop_at": None,
+        "contract_ends_at": None,  # the recorded answer has no end_date
         "agent": "off",  # no VAST_AGENT_SECRET in the test config
         "instance_transport": "plain_http",  # the fake instance's, as the test config says
         "scheduled_until": None,
         "message": "The instance is stopped; only storage is billed.",
+        "moving": None,
+        "stuck": None,
     }
 
 
@@ -734,7 +738,8 @@ def test_costs_empty(client):
         "storage_cost_usd": 0.0,
         "bandwidth_cost_usd": None,
         "all_in_cost_usd": 0.0,
-        "charges": {"read_at": None, "error": None},
+        "contracts": [],
+        "charges": {"read_at": None, "error": None, "reading": None},
         "budget": None,
     }
     assert len(days) == 30
@@ -752,6 +757,22 @@ def test_audit_bad_limit_is_422(client, limit):
     response = client.get(f"/infra/vast/audit?limit={limit}")
     assert response.status_code == 422
     assert "limit" in response.json["detail"]
+
+
+@pytest.mark.parametrize(
+    ("limit", "says"),
+    [
+        (
+            "99999999999999999999999",
+            "limit must be from 1 to 1000: the number given is out of range",
+        ),
+        ("1001", "limit must be from 1 to 1000: the number given is out of range"),
+        ("abc", "limit must be a whole number"),
+    ],
+)
+def test_a_limit_out_of_range_is_said_to_be_out_of_range(client, limit, says):
+    response = client.get(f"/infra/vast/audit?limit={limit}")
+    assert response.status_code == 422 and response.json["detail"] == says
 
 
 def test_audit_limit_and_order(client, vast):

@@ -276,8 +276,11 @@ def test_a_lost_session_and_a_failing_vast_ai(browser, server, sim):
         sim.resume()
     follow_badge(page, "stopped", timeout_s=15)  # the error state kept polling
 
-    # A poll still in flight would set the (rolling) session cookie again after it is cleared.
-    page.wait_for_load_state("networkidle")
+    # A poll still in flight would set the (rolling) session cookie again after it is cleared:
+    # wait until the widgets' reloads after the phase change are all answered (htmx marks each
+    # element with a request in flight).
+    page.wait_for_function("() => !document.querySelector('.htmx-request')")
+    page.wait_for_timeout(300)  # the last answers' cookies are stored
     browser.clear_cookies()  # the session is gone, e.g. signed out in another tab
     page.click("#status button:has-text('Refresh')")
     page.wait_for_url(server.url + "/signin")  # HX-Redirect: a page, not a form in the widget

@@ -84,6 +84,22 @@ def test_costs_and_audit(run, vast, clock):
     assert "Invalid value for '--limit'" in run("audit", "--limit", "0", code=2).stderr
 
 
+def test_costs_name_each_contract_vast_ai_billed(run, panel, vast, clock):
+    run("status")  # the panel's first record of the instance
+    clock.advance(5 * 3600)
+    run("status")
+    start, end = 1700000000.0, clock.now()
+    item = {"type": "disk", "start": start, "end": end, "amount": 0.3}
+    row = {"start": start, "end": end, "type": "instance", "source": "instance-4242"}
+    vast.charges = [(200, {"success": True, "results": [row | {"amount": 0.3, "items": [item]}]})]
+    panel.costs.read_charges()
+    text = run("costs").stdout
+    line = (
+        "vast.ai billed $0.30 for Nov 14\u201315; estimate $0.25, \u221216.7 % (more than 1 % off)"
+    )
+    assert line in text.splitlines()
+
+
 def test_errors_exit_non_zero_with_the_message(run, vast, clock):
     vast.instance = None
     result = run("off", code=1)

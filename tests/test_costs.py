@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import astuple
 from datetime import UTC, date, datetime
 
 import pytest
@@ -13,7 +11,7 @@ from support import store
 from vastpanel import create_app
 from vastpanel.domain import costs
 from vastpanel.domain.budget import period_bounds, session_cap_deadline
-from vastpanel.domain.costs import Billed, billed_by_day, billing_rates, compare_day
+from vastpanel.domain.costs import billing_rates
 from vastpanel.storage import ledger
 from vastpanel.watchdog.looks import watchdog_for
 
@@ -27,29 +25,6 @@ def read(panel):
 
 def audit_events(panel, name: str) -> list[store.AuditEntry]:
     return [e for e in panel.audit.entries(1000) if e.event == name]
-
-
-def charge_row(day: date, gpu: float, disk: float, bw: float = 0.0, source="instance-4242"):
-    start = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
-    items = [
-        {"type": "gpu", "amount": gpu, "description": "GPU"},
-        {"type": "disk", "amount": disk, "description": "Storage"},
-        {"type": "bwd", "amount": bw, "description": "Bandwidth"},
-    ]
-    return {
-        "start": start,
-        "end": start + 86400,
-        "type": "instance",
-        "source": source,
-        "amount": gpu + disk + bw,
-        "items": items,
-    }
-
-
-def serve_charges(vast, pages: list[list[dict]]) -> list[dict]:
-    """Answer the charges endpoint page by page; return the queries it was asked."""
-    vast.charges = [(200, {"success": True, "results": rows}) for rows in pages]
-    return vast.charges_asked
 
 
 # --- prices ------------------------------------------------------------------------------------
@@ -120,6 +95,25 @@ def test_a_price_change_is_booked_from_when_it_was_seen(panel, vast, clock):
     assert panel.costs.all_in_totals().storage_usd == pytest.approx(0.05 + 0.15)
 
 
+def test_a_stop_s_assumed_storage_rate_is_re_priced_by_the_next_reading(panel, vast, clock):
+    vast.set_running()
+    read(panel)
+    clock.advance(3600)
+    panel.power.power_off("api")  # booked at the storage rate last seen, running
+    vast.set(storage_total_cost=0.075)  # vast.ai prices the stopped instance's storage higher
+    clock.advance(3600)
+    assert panel.costs.all_in_totals().storage_usd == pytest.approx(2 * STORAGE_DPH)
+    read(panel)  # stopped at 0.075: the hour since the stop is at that rate
+    clock.advance(3600)
+    read(panel)
+    assert panel.costs.all_in_totals().storage_usd == pytest.approx(STORAGE_DPH + 2 * 0.075)
+    with panel.store.db.conn:
+        rows = panel.store.db.execute(
+            "SELECT storage_dph, status, assumed FROM cost_ledger ORDER BY id"
+        ).fetchall()
+    assert rows == [(STORAGE_DPH, "running", 0), (0.075, "stopped", 0)]
+
+
 def test_an_older_observation_books_nothing(panel, clock):
     ledger.book(panel.store.db, clock.now(), ledger.Rates(0.0, 1.0, "stopped"))
     ledger.book(panel.store.db, clock.now() + 3600, ledger.Rates(0.0, 1.0, "stopped"))
@@ -158,105 +152,6 @@ def test_cost_per_day_splits_the_ledger_at_utc_midnight(panel, vast, clock):
     assert days[0].gpu == pytest.approx(first)
     assert days[1].gpu == pytest.approx(3 * GPU_DPH - first)
     assert days[0].billed is None and days[0].difference_pct is None
-
-
-# --- vast.ai's charges ----------------------------------------------------------------------------
-
-
-def test_charges_are_read_page_by_page_at_the_rate_limit_and_stored_per_day(panel, vast, clock):
-    today = datetime.fromtimestamp(clock.now(), UTC).date()
-    asked = serve_charges(
-        vast,
-        [
-            [charge_row(today, 0.2, 0.1, 0.01)],
-            [charge_row(today, 0.1, 0.0), charge_row(today, 9.0, 9.0, source="instance-1")],
-        ],
-    )
-    slept_before, asked_at = len(clock.slept), clock.now()
-    status = panel.costs.read_charges()
-    assert status.error is None and status.read_at == asked_at
-    assert len(asked) == 2 and asked[1]["after_token"] == "1"
-    filters = json.loads(asked[0]["select_filters"])
-    assert filters["type"] == {"in": ["instance"]}
-    assert filters["day"]["lte"] == int(asked_at)
-    assert filters["day"]["gte"] == store.midnight(date(2023, 10, 16))  # 30 days with today
-    assert clock.slept[slept_before:] == [2.0]  # one pause between the two pages
-    day = panel.costs.recent_cost_days()[-1]
-    assert astuple(day.billed) == pytest.approx((0.3, 0.1, 0.01, 0.41))
-    assert panel.costs.all_in_totals().bandwidth_usd == pytest.approx(0.01)
-    assert panel.costs.recent_cost_days()[0].billed == Billed(0.0, 0.0, 0.0, 0.0)
-
-
-def test_a_429_naming_its_threshold_is_waited_out_before_the_retry(panel, vast, clock):
-    answers = [(429, "API requests too frequent: endpoint threshold=2.0")]
-
-    def charges(query):
-        status, body = answers.pop(0) if answers else (200, {"results": []})
-        return status, {}, body if isinstance(body, str) else json.dumps(body)
-
-    vast.charges = charges
-    slept = len(clock.slept)
-    assert panel.costs.read_charges().error is None
-    assert clock.slept[slept:] == [2.0] and len(vast.charges_asked) == 2
-
-
-@pytest.mark.parametrize(
-    ("status", "body", "says"),
-    [
-        (403, {"success": False, "error": "permission_denied"}, "billing_read"),
-        (502, "<html>Bad gateway</html>", "could not be read"),
-        (200, {"results": "nope"}, "could not be read"),
-        (200, {"results": [{"source": "instance-4242", "start": "x"}]}, "could not be read"),
-    ],
-)
-def test_charges_refused_or_unreadable_leave_estimates_only_said_plainly(
-    panel, vast, client, status, body, says
-):
-    vast.charges = [(status, body)]
-    assert (
-        "estimates only" in panel.costs.read_charges().error
-        and says in panel.costs.charges_status().error
-    )
-    answer = client.get("/infra/vast/costs").json
-    assert says in answer["charges"]["error"] and answer["charges"]["read_at"] is None
-    assert all(day["billed"] is None for day in answer["days"])
-
-
-def test_a_day_more_than_one_percent_off_is_flagged_and_audited_once(panel, vast, clock):
-    read(panel)
-    first_full_day = date(2023, 11, 15)
-    clock.advance(2 * 86400)  # stopped: storage only, two days on
-    read(panel)
-    storage_day = 24 * STORAGE_DPH
-    serve_charges(vast, [[charge_row(first_full_day, 0.0, storage_day * 1.05)]])
-    panel.costs.read_charges()
-    panel.costs.read_charges()
-    flagged = [d for d in panel.costs.recent_cost_days() if d.mismatch]
-    assert [d.day for d in flagged] == [first_full_day]
-    assert flagged[0].difference_pct == pytest.approx(-100 * 0.05 / 1.05)
-    entries = audit_events(panel, "cost_mismatch")
-    assert len(entries) == 1 and entries[0].meta["day"] == "2023-11-15"
-
-
-def test_a_day_within_one_percent_or_not_watched_whole_is_not_a_mismatch():
-    bill = (Billed(1.0, 1.0, 0.0, 2.0), store.midnight(date(2024, 5, 3)))
-    watched = store.midnight(date(2024, 5, 1))
-    close = compare_day(date(2024, 5, 2), [1.0, 1.015], [1.0, 1.015], bill, watched)
-    assert not close.mismatch and close.difference_pct == pytest.approx(0.75)
-    off = compare_day(date(2024, 5, 2), [1.2, 0.8], [1.2, 0.8], bill, watched)
-    assert off.mismatch and off.difference_pct == 0  # items swapped: the total agrees
-    late = compare_day(date(2024, 5, 2), [0.5, 0.5], [0.5, 0.5], bill, watched + 2 * 86400)
-    assert not late.mismatch and late.difference_pct is None  # watched from after it began
-
-
-def test_billed_by_day_sums_this_instances_rows_per_day():
-    day = date(2024, 5, 1)
-    rows = [
-        charge_row(day, 1.0, 0.5, 0.25),
-        charge_row(day, 1.0, 0.0),
-        charge_row(day, 5, 5, 5, "x"),
-    ]
-    assert billed_by_day(rows, 4242) == {day: Billed(2.0, 0.5, 0.25, 2.75)}
 
 
 # --- caps ------------------------------------------------------------------------------------------

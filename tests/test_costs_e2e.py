@@ -135,10 +135,17 @@ def at(day: date, hours: float) -> float:
     return midnight(day) + hours * 3600
 
 
-def test_a_simulated_day_agrees_with_vast_ais_charges_and_a_mismatch_is_flagged_once(
-    tmp_path, clock
+def items(contract: dict) -> dict[str, dict]:
+    return {item["type"]: item for item in contract["items"]}
+
+
+@pytest.mark.parametrize("clip", [False, True], ids=["whole", "clipped"])
+def test_a_contract_over_days_agrees_with_vast_ais_charges_and_a_mismatch_is_flagged_once(
+    tmp_path, clock, clip
 ):
-    with simulator(clock) as sim:
+    # The instance is created as the panel starts, so the panel's records hold its contract.
+    with simulator(clock, age_seconds=0) as sim:
+        sim.set_billing(clip_to_range=clip)  # either reading of the undocumented point
         days = SimulatedDays(tmp_path, clock, sim)
         days.look()  # the panel starts with the day, the instance stopped
         for start, end in ((2, 5), (14, 20.5)):  # two sessions; the second ends idle
@@ -155,32 +162,45 @@ def test_a_simulated_day_agrees_with_vast_ais_charges_and_a_mismatch_is_flagged_
         days.run_until(at(DAY, 24.1))
         days.read_charges()
 
-        billed = sim.charges()["days"][DAY.isoformat()]
-        day = next(d for d in days.costs()["days"] if d["day"] == DAY.isoformat())
-        assert billed["gpu"] == pytest.approx(0.5 * running_hours, abs=0.5 * 10 / 3600)
-        assert day["estimate"]["gpu"] == pytest.approx(billed["gpu"], rel=0.001)
-        assert day["estimate"]["storage"] == pytest.approx(billed["disk"], rel=0.001)
-        assert day["billed"]["gpu"] == pytest.approx(billed["gpu"])
-        assert day["billed"]["disk"] == pytest.approx(billed["disk"])
-        bandwidth = billed["bwd"] + billed["bwu"]
-        assert bandwidth > 0 and day["billed"]["bandwidth"] == pytest.approx(bandwidth)
-        assert abs(day["difference_pct"]) < 0.1 and day["mismatch"] is False
-        print(
-            f"simulated day: gpu {day['estimate']['gpu']:.6f} vs billed {billed['gpu']:.6f} "
-            f"({(day['estimate']['gpu'] / billed['gpu'] - 1) * 100:+.4f} %), storage "
-            f"{day['estimate']['storage']:.6f} vs {billed['disk']:.6f} "
-            f"({(day['estimate']['storage'] / billed['disk'] - 1) * 100:+.4f} %), "
-            f"difference_pct {day['difference_pct']:+.4f}"
-        )
         costs = days.costs()
-        assert costs["bandwidth_cost_usd"] == pytest.approx(bandwidth)
+        (contract,) = costs["contracts"]  # one row for the contract, over its two days
+        billed = sim.charges()["days"]
+        gpu = sum(day["gpu"] for day in billed.values())
+        disk = sum(day["disk"] for day in billed.values())
+        bandwidth = sum(day["bwd"] + day["bwu"] for day in billed.values())
+        assert gpu == pytest.approx(0.5 * running_hours, abs=0.5 * 10 / 3600)
+        assert contract["start"] == "2024-05-01T00:00:00Z"
+        assert contract["billed_usd"] == pytest.approx(gpu + disk + bandwidth, abs=0.001)
+        assert contract["comparable"] and contract["mismatch"] is False
+        assert abs(contract["difference_pct"]) < 0.1
+        parts = items(contract)
+        assert parts["gpu"]["estimate_usd"] == pytest.approx(parts["gpu"]["billed_usd"], rel=0.001)
+        assert parts["disk"]["estimate_usd"] == pytest.approx(
+            parts["disk"]["billed_usd"], rel=0.001
+        )
+        assert contract["summary"].startswith("vast.ai billed $")
+        assert "for May 1–2; estimate $" in contract["summary"]
+        # A contract over two days is never pinned on one of them.
+        assert all(day["billed"] is None for day in costs["days"])
+        print(
+            f"contract over {contract['start']}..{contract['end']}: billed "
+            f"{contract['billed_usd']:.6f}, estimate {contract['estimate_usd']:.6f} "
+            f"({contract['difference_pct']:+.4f} %); gpu {parts['gpu']['estimate_usd']:.6f} vs "
+            f"{parts['gpu']['billed_usd']:.6f}, disk {parts['disk']['estimate_usd']:.6f} vs "
+            f"{parts['disk']['billed_usd']:.6f}; reading {costs['charges']['reading']}"
+        )
+        assert costs["bandwidth_cost_usd"] == pytest.approx(bandwidth, abs=0.001)
         assert costs["all_in_cost_usd"] == pytest.approx(
-            costs["gpu_cost_usd"] + costs["storage_cost_usd"] + bandwidth
+            costs["gpu_cost_usd"] + costs["storage_cost_usd"] + costs["bandwidth_cost_usd"]
         )
         assert costs["total_cost_usd"] == pytest.approx(running_hours * (0.5 + 0.05), rel=0.001)
+        # Asked from the contract's first day, either reading gives the whole contract; the
+        # probe (today alone) tells which one vast.ai plays: the simulator's clipping cuts the
+        # amounts but leaves the row's window at the contract's.
+        assert costs["charges"]["reading"] == ("clipped_amounts_only" if clip else "whole")
 
-        # The next day vast.ai bills the GPU 5 % higher than its price: flagged, once.
-        sim.set_billing(factor={"gpu": 1.05})
+        # The next day vast.ai bills the GPU 20 % higher than its price: flagged, once.
+        sim.set_billing(factor={"gpu": 1.2})
         following = DAY + timedelta(days=1)
         days.run_until(at(following, 9))
         assert days.power_on().status_code == 200
@@ -190,11 +210,91 @@ def test_a_simulated_day_agrees_with_vast_ais_charges_and_a_mismatch_is_flagged_
         days.read_charges()
         days.run_until(at(following, 25.2))
         days.read_charges()
-        flagged = [d for d in days.costs()["days"] if d["mismatch"]]
-        assert [d["day"] for d in flagged] == [following.isoformat()]
-        assert flagged[0]["difference_pct"] < -1
+        (contract,) = days.costs()["contracts"]
+        assert contract["mismatch"] is True and contract["difference_pct"] < -1
         mismatches = [e for e in days.panel.audit.entries(1000) if e.event == "cost_mismatch"]
-        assert len(mismatches) == 1 and mismatches[0].meta["day"] == following.isoformat()
+        assert len(mismatches) == 1
+        meta = mismatches[0].meta
+        assert meta["window_start"] == "2024-05-01T00:00:00Z"
+        assert meta["billed_gpu_usd"] > meta["estimate_gpu_usd"] * 1.01
+        assert meta["billed_usd"] > meta["estimate_usd"]
+        days.close()
+
+
+def test_a_contract_older_than_the_panel_is_not_comparable_nor_flagged(tmp_path, clock):
+    with simulator(clock) as sim:  # created three days before the panel first looked
+        sim.set_billing(factor={"disk": 1.5})
+        days = SimulatedDays(tmp_path, clock, sim)
+        days.look()
+        days.run_until(at(DAY, 30))
+        days.read_charges()
+        (contract,) = days.costs()["contracts"]
+        assert contract["start"] == "2024-04-28T00:00:00Z"
+        assert contract["comparable"] is False and contract["mismatch"] is False
+        assert contract["estimate_usd"] is None and contract["difference_pct"] is None
+        assert "not comparable: it begins before the panel's own records" in contract["summary"]
+        assert not [e for e in days.panel.audit.entries(1000) if e.event == "cost_mismatch"]
+        days.close()
+
+
+def test_frozen_gpu_time_is_booked_as_vast_ai_bills_it(tmp_path, clock):
+    # vast.ai's show-instance reference: frozen is "paused with memory preserved. GPU charges
+    # apply." The simulator bills it so; the panel must book it so.
+    with simulator(clock, age_seconds=0) as sim:
+        days = SimulatedDays(tmp_path, clock, sim, VAST_AUTO_SHUTDOWN="false")
+        days.look()
+        days.run_until(at(DAY, 1))
+        assert days.power_on().status_code == 200
+        days.run_until(at(DAY, 3))
+        assert sim.external("frozen")
+        days.run_until(at(DAY, 5))
+        status = days.client.get("/infra/vast/status").json
+        assert status["status"] == "frozen" and days.panel.status.current_session() is not None
+        days.power_off()
+        days.run_until(at(DAY, 6))
+        days.read_charges()
+        (contract,) = days.costs()["contracts"]
+        gpu = items(contract)["gpu"]
+        assert gpu["billed_usd"] == pytest.approx(0.5 * 4, rel=0.01)  # 2 h running, 2 h frozen
+        assert gpu["estimate_usd"] == pytest.approx(gpu["billed_usd"], rel=0.002)
+        assert contract["mismatch"] is False
+        days.close()
+
+
+def test_storage_dearer_while_stopped_is_booked_at_the_rate_then_in_force(tmp_path, clock):
+    with simulator(clock, age_seconds=0, stopped_storage_factor=1.5) as sim:
+        days = SimulatedDays(tmp_path, clock, sim)
+        days.look()
+        days.run_until(at(DAY, 6))
+        assert days.power_on().status_code == 200
+        running_rate = sim.instance()["storage_total_cost"]
+        assert running_rate == pytest.approx(0.3 * 120 / 720)
+        days.run_until(at(DAY, 9), active_until=at(DAY, 9))
+        days.power_off()
+        days.run_until(at(DAY, 15))
+        stopped_rate = sim.instance()["storage_total_cost"]
+        assert stopped_rate == pytest.approx(1.5 * 0.3 * 120 / 720)  # dearer while stopped
+        with sqlite3.connect(tmp_path / "panel.db") as conn:
+            rows = conn.execute(
+                "SELECT start_at, end_at, storage_dph, status FROM cost_ledger ORDER BY id"
+            ).fetchall()
+        # Each interval at the rate vast.ai showed for it: the stopped rate while stopped.
+        for _, _, rate, status in rows:
+            expected = stopped_rate if status == "stopped" else running_rate
+            assert rate == pytest.approx(expected), (status, rate)
+        assert {status for *_, status in rows} >= {"stopped", "running"}
+        # The stop and the start are booked when the panel made them; vast.ai's own bill of
+        # storage over the same window agrees.
+        days.read_charges()
+        (contract,) = days.costs()["contracts"]
+        disk = items(contract)["disk"]
+        assert disk["estimate_usd"] == pytest.approx(disk["billed_usd"], rel=0.002)
+        expected = 12 * stopped_rate + 3 * running_rate
+        assert disk["billed_usd"] == pytest.approx(expected, rel=0.01)
+        print(
+            f"storage: stopped ${stopped_rate:.4f}/h, running ${running_rate:.4f}/h; billed "
+            f"{disk['billed_usd']:.6f}, estimate {disk['estimate_usd']:.6f}"
+        )
         days.close()
 
 
@@ -242,6 +342,9 @@ def test_a_one_dollar_day_stops_a_36_dollar_an_hour_instance_and_refuses_power_o
 
 
 STORAGE_DPH = 360.0  # $0.10 a second, so a second counted twice shows
+# The instance stays stopped: its storage is billed at the stopped rate, which vast.ai prices
+# higher (the simulator's default factor).
+STOPPED_STORAGE_DPH = STORAGE_DPH * Hardware().stopped_storage_factor
 
 
 def ledger_start(db_path) -> float:
@@ -284,14 +387,15 @@ def test_storage_keeps_counting_across_a_restart_and_a_kill_9_counted_once(tmp_p
         finally:
             server.stop()
         start = ledger_start(db_path)
-        assert STORAGE_DPH * (before - start) / 3600 <= storage + 1e-6
-        assert storage <= STORAGE_DPH * (after - start) / 3600 + 1e-6
+        assert STOPPED_STORAGE_DPH * (before - start) / 3600 <= storage + 1e-6
+        assert storage <= STOPPED_STORAGE_DPH * (after - start) / 3600 + 1e-6
         # Nor more than vast.ai billed, which counted from before the panel first looked.
         billed = sum(day["disk"] for day in sim.charges()["days"].values())
         assert storage <= billed
         print(
             f"restart + kill -9: storage ${storage:.4f}, expected "
-            f"${STORAGE_DPH * (before - start) / 3600:.4f}..${STORAGE_DPH * (after - start) / 3600:.4f}"
+            f"${STOPPED_STORAGE_DPH * (before - start) / 3600:.4f}.."
+            f"${STOPPED_STORAGE_DPH * (after - start) / 3600:.4f}"
             f" (counted twice would add >= $0.15); simulator billed ${billed:.4f}"
         )
         with sqlite3.connect(db_path) as conn:

@@ -18,13 +18,15 @@ def budgeted(tmp_path, clock, vast):
     app.extensions["vastpanel"].store.close()
 
 
-def test_the_widget_shows_storage_billed_vs_estimate_and_a_mismatch(budgeted, vast, clock):
+def test_the_widget_shows_a_one_day_contract_beside_its_estimate_and_a_mismatch(
+    budgeted, vast, clock
+):
     panel = budgeted.extensions["vastpanel"]
     panel.instance.state(fresh=True)
     clock.advance(2 * 86400)
     panel.instance.state(fresh=True)
     row = {
-        "start": 1700006400.0,  # 2023-11-15, a whole day watched, storage only ($1.20)
+        "start": 1700006400.0,  # a contract of 2023-11-15 alone, watched, storage ($1.20)
         "end": 1700092800.0,
         "type": "instance",
         "source": "instance-4242",
@@ -37,7 +39,10 @@ def test_the_widget_shows_storage_billed_vs_estimate_and_a_mismatch(budgeted, va
     html = signed_in_client(budgeted).get("/partials/costs", headers=HTMX).get_data(as_text=True)
     assert "<dt>Storage</dt><dd>$2.40</dd>" in html
     assert 'class="billed mismatch"' in html and "vast.ai billed $1.50" in html
-    assert "2023-11-15: the estimate ($1.20) is -20.0 % off" in html
+    assert (
+        "vast.ai billed $1.50 for Nov 15; estimate $1.20, \u221220.0 %: more than 1 % off" in html
+    )
+    assert "storage $1.50 (Nov 15; estimate $1.20)" in html
     assert "s charges read" in html
     assert "spent today" in html and "of a $1.00 budget" in html and "<meter" in html
 

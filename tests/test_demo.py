@@ -126,3 +126,38 @@ def test_v1_is_on_and_the_curl_and_python_it_prints_answer_from_the_simulated_mo
         process.stderr.close()
     assert "event=power_on_requested actor=proxy" in log
     assert "VAST_WARN_MINUTES" not in log  # the demo's warning fits in its idle time
+
+
+def test_gpu_taken_shows_a_stuck_start_and_a_move_to_another_machine(tmp_path):
+    process = demo(tmp_path, "--port", "0", "--gpu-taken")
+    try:
+        lines = banner_lines(process)
+        text = "\n".join(lines)
+        assert "GPU taken:" in text and "--gpu-taken" in text
+        url = re.search(r"panel:\s+(\S+)", text).group(1).rstrip("/")
+        key = re.search(r"control key:\s+(\S+)", text).group(1)
+
+        def api(method: str, path: str, **kwargs):
+            headers = {"X-API-Key": key}
+            return requests.request(
+                method, f"{url}/infra/vast{path}", headers=headers, timeout=30, **kwargs
+            )
+
+        assert api("POST", "/power/on", json={"wait_for_health": False}).status_code == 200
+        stuck = wait_for(lambda: api("GET", "/status").json()["stuck"], 15)
+        assert stuck and stuck["queued"], api("GET", "/status").json()
+        offers = api("GET", "/offers").json()["offers"]
+        assert offers and all(o["machine_id"] != stuck["machine_id"] for o in offers)
+        assert api("POST", "/move", json={}).status_code == 202
+        # The demo's watchdog carries the move out: create, load, health, switch.
+        done = wait_for(lambda: (m := api("GET", "/move").json())["state"] in ("done", "failed")
+                        and m, 90, every=0.5)  # fmt: skip
+        assert done and done["state"] == "done", done
+        assert done["new_machine_id"] == offers[0]["machine_id"]
+        status = api("GET", "/status").json()
+        assert status["instance_id"] == done["new_instance_id"] and status["status"] == "running"
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(30)
+        process.stdout.close()
+        process.stderr.close()

@@ -69,16 +69,13 @@ def make_panel(tmp_path):
     panels: list[PanelProcess] = []
 
     def make(sim: Simulator, workers: int = 1, **overrides: str) -> PanelProcess:
-        env = simulator_env(
-            sim,
-            tmp_path / "vastpanel.db",
-            CONTROL_KEY,
-            VAST_AUTO_SHUTDOWN_MINUTES=str(IDLE_MINUTES),
-            VAST_WATCHDOG_INTERVAL_S=str(INTERVAL_S),
-            VAST_METRICS_EVERY_S=str(EVERY_S),
-            VAST_STATUS_TTL_S="3",
-            **overrides,
-        )
+        settings = {
+            "VAST_AUTO_SHUTDOWN_MINUTES": str(IDLE_MINUTES),
+            "VAST_WATCHDOG_INTERVAL_S": str(INTERVAL_S),
+            "VAST_METRICS_EVERY_S": str(EVERY_S),
+            "VAST_STATUS_TTL_S": "3",
+        }
+        env = simulator_env(sim, tmp_path / "vastpanel.db", CONTROL_KEY, **settings | overrides)
         panel = PanelProcess(env, workers=workers, log_path=tmp_path / "panel.log")
         panels.append(panel)
         return panel
@@ -238,3 +235,95 @@ def test_two_workers_share_one_metrics_read_per_interval(make_sim, make_panel):
     assert set(answered) <= {200, "reset"}
     assert reads <= took / EVERY_S + 1  # one read per interval for both workers together
     assert reads >= took / EVERY_S - 2  # ... and the reads went on
+
+
+# A stall is not work (issue 22): vLLM's gauges stick after every request in flight is aborted
+# (vllm-project/vllm#22545, #29928), and the simulator plays that by default. Times are short
+# here: a stall time and an idle time of 0.1 and 0.2 minutes, the metrics read every second.
+STALL_EVERY_S = 1.0
+STALL_INTERVAL_S = 1.0
+
+
+@pytest.mark.parametrize(("stall_minutes", "idle_minutes"), [(0.1, 0.2), (0.2, 0.1)])
+def test_an_aborted_stream_leaves_the_gauge_stuck_and_the_stop_comes_the_longer_time_after(
+    make_sim, make_panel, stall_minutes, idle_minutes
+):
+    sim = make_sim(LlmConfig(token_delay_s=0.2))
+    panel = make_panel(
+        sim,
+        VAST_LLM_STALL_MINUTES=str(stall_minutes),
+        VAST_AUTO_SHUTDOWN_MINUTES=str(idle_minutes),
+        VAST_METRICS_EVERY_S=str(STALL_EVERY_S),
+        VAST_WATCHDOG_INTERVAL_S=str(STALL_INTERVAL_S),
+    )
+    assert wait_for(lambda: status(panel)["llm_metrics"] == "ok", 20)
+    body = {**CHAT, "stream": True, "max_tokens": 10_000}
+    with requests.post(
+        f"{sim.llm_url}/v1/chat/completions", json=body, stream=True, timeout=30
+    ) as response:
+        lines = response.iter_lines(decode_unicode=True)
+        for _ in range(30):  # some 6 s of tokens, then the client goes away
+            next(lines)
+    aborted = time.time()
+    # vLLM's gauge keeps saying 1 running; no counter moves.
+    assert wait_for(lambda: "vllm:num_requests_running" in sim_metrics(sim), 5)
+    assert running_gauge(sim) == 1.0
+    stall_s, idle_s = stall_minutes * 60, idle_minutes * 60
+    stop = wait_for_stop(sim, max(stall_s, idle_s) + 20)
+    # Idle counts from the last counter move (up to a read before the abort): the stop comes
+    # the longer of the stall and idle times after it, not their sum, as the agent's rule.
+    after = stop["time"] - aborted
+    assert max(stall_s, idle_s) - 2 * STALL_EVERY_S <= after <= max(stall_s, idle_s) + 5
+    assert after < stall_s + idle_s - 1
+    (stalled,) = audit_events(panel, "llm_stalled")
+    assert stalled["meta"]["running"] == 1 and stalled["meta"]["stall_minutes"] == stall_minutes
+    (shutdown,) = audit_events(panel, "auto_shutdown")
+    assert shutdown["meta"]["llm_stalled"] is True
+    assert audit_events(panel, "llm_stall_cleared") == []
+
+
+def test_a_generation_with_tokens_flowing_longer_than_stall_and_idle_is_not_cut(
+    make_sim, make_panel
+):
+    sim = make_sim(LlmConfig(token_delay_s=0.2))
+    stall_s, idle_s = 6.0, 12.0
+    panel = make_panel(
+        sim,
+        VAST_LLM_STALL_MINUTES=str(stall_s / 60),
+        VAST_AUTO_SHUTDOWN_MINUTES=str(idle_s / 60),
+        VAST_METRICS_EVERY_S=str(STALL_EVERY_S),
+        VAST_WATCHDOG_INTERVAL_S=str(STALL_INTERVAL_S),
+    )
+    assert wait_for(lambda: status(panel)["llm_metrics"] == "ok", 20)
+    tokens = 180  # 36 s: twice the stall and idle times together
+    body = {**CHAT, "stream": True, "max_tokens": tokens}
+    seen_stalled = False
+    with requests.post(
+        f"{sim.llm_url}/v1/chat/completions", json=body, stream=True, timeout=30
+    ) as response:
+        events = []
+        for line in response.iter_lines(decode_unicode=True):
+            if line:
+                events.append(line)
+            if len(events) % 20 == 0:
+                seen_stalled = seen_stalled or status(panel)["llm_stalled"]
+    ended = time.time()
+    finish = json.loads(events[-2][6:])["choices"][0]["finish_reason"]
+    assert finish == "length" and len(events) == tokens + 3  # nothing was cut
+    assert not seen_stalled and audit_events(panel, "llm_stalled") == []
+    assert all(stop["time"] >= ended for stop in stops(sim)), "stopped during the generation"
+    stop = wait_for_stop(sim, idle_s + 20)
+    assert idle_s - 2 * STALL_EVERY_S <= stop["time"] - ended <= idle_s + 5
+
+
+def sim_metrics(sim: Simulator) -> str:
+    return requests.get(f"{sim.llm_url}/metrics", timeout=5).text
+
+
+def running_gauge(sim: Simulator) -> float:
+    """Sum vllm:num_requests_running over its labels, as the simulator's /metrics shows it."""
+    total = 0.0
+    for line in sim_metrics(sim).splitlines():
+        if line.startswith("vllm:num_requests_running{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -77,10 +77,12 @@ def test_gauges_are_summed_over_engines_and_models():
     [
         (load_fixture("proxy_502.html"), "not Prometheus text"),
         ("ok", "not Prometheus text"),
-        ("", "no vllm:num_requests_running or vllm:num_requests_waiting"),
+        ("", "no vllm: metrics at all"),
+        # vLLM with --disable-log-stats: its process metrics, not one vllm: metric
+        ("# TYPE process_open_fds gauge\nprocess_open_fds 12.0\n", "--disable-log-stats"),
         (
-            "# TYPE process_open_fds gauge\nprocess_open_fds 12.0\n",
-            "(not a vLLM server?)",
+            "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running 1.0\n",
+            "no vllm:num_requests_waiting (not a vLLM server?)",
         ),
     ],
 )
@@ -174,7 +176,19 @@ def status(client) -> dict:
     return response.json
 
 
-def test_a_busy_llm_keeps_the_instance_running_and_says_so(client, panel, vast, clock, watchdog):
+@pytest.fixture
+def believing(tmp_path, clock, vast):
+    """An app that believes vLLM's gauges however long no counter moves (no stall rule)."""
+    app = create_app(config_from(base_config(tmp_path, VAST_LLM_STALL_MINUTES="0")), clock=clock)
+    yield app
+    app.extensions["vastpanel"].store.close()
+
+
+def test_a_busy_llm_keeps_the_instance_running_and_says_so(believing, vast, clock):
+    panel = believing.extensions["vastpanel"]
+    client = believing.test_client()
+    client.environ_base["HTTP_X_API_KEY"] = CONTROL_KEY
+    watchdog = watchdog_for(panel)
     vast.set_running()
     watchdog.look()
     vast.metrics = (200, V1_BUSY)

@@ -7,6 +7,7 @@ and validates each real body against the documented schema with jsonschema.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -40,8 +41,9 @@ def validator(*parts: str) -> Draft202012Validator:
 class Contract:
     """Sends real requests and checks each answer against the description."""
 
-    def __init__(self, method: str, path: str):
+    def __init__(self, method: str, path: str, url: str | None = None):
         self.method, self.path = method, PREFIX + path
+        self.url = PREFIX + (url or path)  # a path with {parameters} is called with values
         self.operation = SPEC["paths"][self.path][method.lower()]
         self.seen: set[str] = set()
 
@@ -52,7 +54,7 @@ class Contract:
             kwargs["json"] = body
         elif raw is not None:
             kwargs["data"] = raw
-        response = client.open(self.path, method=self.method, **kwargs)
+        response = client.open(self.url, method=self.method, **kwargs)
         code = str(response.status_code)
         assert code == str(expect), response.get_data(as_text=True)
         assert code in self.operation["responses"], (
@@ -167,7 +169,7 @@ def test_the_description_is_valid_openapi_31():
 
 def test_every_api_route_is_described(app):
     routes = {
-        (rule.rule, method.lower())
+        (re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method.lower())
         for rule in app.url_map.iter_rules()
         if rule.rule.startswith(PREFIX)
         for method in rule.methods - {"HEAD", "OPTIONS"}
@@ -342,13 +344,21 @@ def test_costs_and_status_with_a_budget_and_vast_ais_charges(make_client, vast, 
     the_panel = budgeted.application.extensions["vastpanel"]
     row = {"start": clock.now() - 60, "end": clock.now(), "type": "instance", "amount": 0.5}
     row |= {"source": "instance-4242", "items": [{"type": "gpu", "amount": 0.5}]}
-    body = {"success": True, "results": [row], "next_token": None}
+    older = {"start": clock.now() - 9 * 86400, "end": clock.now(), "type": "instance"}
+    older |= {"source": "instance-4242", "amount": 0.6, "items": [
+        {"type": "disk", "amount": 0.7, "start": older["start"], "end": older["end"]},
+        {"type": "sla", "amount": -0.1, "start": older["start"], "end": older["end"]},
+    ]}  # fmt: skip
+    body = {"success": True, "results": [row, older], "next_token": None}
     vast.charges = [(200, body)]
     the_panel.costs.read_charges()
     costs = Contract("GET", "/costs").call(budgeted, 200)
     assert costs["budget"]["limit_usd"] == 5 and costs["days"][-1]["billed"]["gpu"] == 0.5
+    assert [c["comparable"] for c in costs["contracts"]] == [True, False]
+    vast.set(end_date=clock.now() + 86400)
+    clock.advance(5)
     status = Contract("GET", "/status").call(budgeted, 200)
-    assert status["budget"]["spent_usd"] > 0
+    assert status["budget"]["spent_usd"] > 0 and status["contract_ends_at"] is not None
 
 
 def test_schedule(client, make_client, panel, monkeypatch):

@@ -94,7 +94,7 @@ def test_every_hx_url_is_one_the_app_serves(admin):
     attrs = [a for _, a in elements(html)]
     gets = {a["hx-get"] for a in attrs if a.get("hx-get")}
     posts = {a["hx-post"] for a in attrs if a.get("hx-post")}
-    assert posts == {"/power/on", "/power/off", "/schedule"}
+    assert posts == {"/power/on", "/power/off", "/schedule", "/recipe"}  # recipe: read it
     assert {"/partials/status?seen=stopped", "/partials/costs", "/partials/audit"} <= gets
     assert "/partials/schedule" in gets
     for url in gets:
@@ -289,7 +289,10 @@ def test_a_start_scheduling_for_seconds_is_neutral_then_says_it_waits_for_the_gp
     assert "assigning the GPU" not in html  # one message at a time
 
 
-def test_a_long_scheduling_start_gets_the_gpu_is_taken_hint(admin, vast, clock):
+def test_a_long_scheduling_start_gets_the_gpu_is_taken_hint(tmp_path, vast, clock):
+    # With VAST_MOVE=off; otherwise the card offers a move (tests/test_move_page.py).
+    app = create_app(config_from(base_config(tmp_path, VAST_MOVE="off")), clock=clock)
+    admin = signed_in_client(app)
     vast.put_answer = (200, load_fixture("start_resources_unavailable.json"))
     html = post(admin, "/power/on").get_data(as_text=True)
     vast.set(intended_status="running")  # vast.ai keeps the start queued

@@ -44,9 +44,11 @@ def fill_at_m001(path: str) -> dict[str, list[tuple]]:
     assert store.schema_version(db) == 1
     assert "audit_event" not in {i.name for i in db["audit"].indexes}
     assert {t: ", ".join(db[t].columns_dict) for t in TABLES} == M001_COLUMNS
-    assert store.open_session(db, 1000.0, 0.35, "api", seen_since=999.0) is not None
-    store.close_session(db, 4600.0, "api")
-    store.open_session(db, 5000.0, 0.40, "observed", seen_since=4999.0)
+    with db.atomic():  # sessions as m001's code stored them (today's name their instance)
+        db.execute(
+            "INSERT INTO sessions (started_at, ended_at, dph_total, opened_by, closed_by) "
+            "VALUES (1000.0, 4600.0, 0.35, 'api', 'api'), (5000.0, NULL, 0.40, 'observed', NULL)"
+        )
     store.add_audit(db, 1000.0, "power_on_requested", "api", {"instance_id": 4242})
     store.add_audit(db, 4600.0, "power_off_complete", "api", {"session_cost_usd": 0.35})
     store.add_audit(db, 5000.0, "session_opened", "system", {"seen_status": "running"})

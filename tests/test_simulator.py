@@ -188,8 +188,14 @@ def test_dph_total_is_gpu_plus_storage_per_hour(clock):
         rate_limit={}, api_key=KEY, instance_id=IID, clock=clock, hardware=hardware
     ) as sim:
         row = sim.instance()
-    assert row["storage_total_cost"] == pytest.approx(0.2 * 72 / 720)
-    assert row["dph_total"] == pytest.approx(0.3 + 0.02)
+        sim.external("start")
+        clock.advance(10)
+        running = sim.instance()
+    # Storage costs more while stopped (hardware.stopped_storage_factor, 1.5 by default).
+    assert row["storage_total_cost"] == pytest.approx(0.2 * 72 / 720 * 1.5)
+    assert row["dph_total"] == pytest.approx(0.3 + 0.03)
+    assert running["storage_total_cost"] == pytest.approx(0.2 * 72 / 720)
+    assert running["dph_total"] == pytest.approx(0.3 + 0.02)
     assert (row["dph_base"], row["storage_cost"], row["disk_space"]) == (0.3, 0.2, 72.0)
     assert (row["gpu_name"], row["num_gpus"]) == ("RTX 3090", 1)
     for field in ("label", "machine_id", "ssh_host", "ssh_port", "start_date", "cur_state"):
@@ -517,7 +523,7 @@ def test_bad_fault_is_rejected(sim):
     with pytest.raises(ValueError, match="status"):
         sim.add_fault("response")
     with pytest.raises(ValueError, match="method"):
-        sim.add_fault("rate_limit", method="POST")
+        sim.add_fault("rate_limit", method="PATCH")
     with pytest.raises(ValueError, match="count"):
         sim.add_fault("resources_unavailable", count=1)
 

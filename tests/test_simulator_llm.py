@@ -137,3 +137,78 @@ def test_bad_max_tokens_is_400(max_tokens):
         body = {**CHAT, "max_tokens": max_tokens}
         answer = requests.post(f"{sim.llm_url}/v1/chat/completions", json=body, timeout=5)
     assert answer.status_code == 400
+
+
+# --- vLLM's sticky gauges (vllm-project/vllm#22545, #29928) ---
+
+
+def abort_a_stream(sim: Simulator, tokens_before_abort: int = 3) -> None:
+    """Stream a long generation, read a few tokens, then close the connection mid-stream."""
+    body = {**CHAT, "stream": True, "max_tokens": 400}
+    with requests.post(
+        f"{sim.llm_url}/v1/chat/completions", json=body, stream=True, timeout=30
+    ) as response:
+        lines = response.iter_lines(decode_unicode=True)
+        seen = 0
+        for line in lines:
+            if line.startswith("data: ") and '"content": "' in line and "role" not in line:
+                seen += 1
+                if seen >= tokens_before_abort:
+                    break
+    # Closing the response closed the socket; the simulator notices on its next write.
+    deadline = time.monotonic() + 10
+    while sim.backend.metrics.running and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sim.backend.metrics.running == 0, "the simulated vLLM never noticed the abort"
+
+
+def test_an_aborted_stream_leaves_the_gauges_up_and_the_counters_still():
+    with start_sim(token_delay_s=0.05) as sim:
+        abort_a_stream(sim)
+        first = read_metrics(sim)
+        time.sleep(0.3)  # a generation still going would add about 6 tokens by now
+        second = read_metrics(sim)
+        assert first["vllm:num_requests_running"] == second["vllm:num_requests_running"] == 1
+        assert first["vllm:num_requests_waiting"] == 0
+        for name in ("request_success_total", "prompt_tokens_total", "generation_tokens_total"):
+            assert first[f"vllm:{name}"] == second[f"vllm:{name}"], name
+        assert second["vllm:request_success_total"] == 0  # an abort is not a success
+        assert second["vllm:e2e_request_latency_seconds_count"] == 0
+        assert 3 <= second["vllm:generation_tokens_total"] < 400
+        assert sim.state()["llm"]["gauges"] == {"running": 1, "waiting": 0}
+        # The next request the engine runs publishes the true values again.
+        requests.post(f"{sim.llm_url}/v1/chat/completions", json=CHAT, timeout=10)
+        after = read_metrics(sim)
+        assert after["vllm:num_requests_running"] == 0
+        assert after["vllm:request_success_total"] == 1
+
+
+@pytest.mark.parametrize("how", ["config", "control route"])
+def test_without_sticky_gauges_an_abort_drops_the_gauge(how):
+    options = {"sticky_gauges": False} if how == "config" else {}
+    with start_sim(token_delay_s=0.05, **options) as sim:
+        if how == "control route":
+            answer = requests.post(f"{sim.url}/_sim/llm", json={"sticky_gauges": False})
+            assert answer.ok and answer.json()["llm"]["sticky_gauges"] is False
+        abort_a_stream(sim)
+        after = read_metrics(sim)
+    assert after["vllm:num_requests_running"] == 0
+    assert after["vllm:request_success_total"] == 0
+
+
+def test_a_long_generation_moves_the_token_counter_at_every_read():
+    with start_sim(token_delay_s=0.05) as sim:
+        body = {**CHAT, "stream": True, "max_tokens": 60}
+        thread = threading.Thread(
+            target=lambda: requests.post(
+                f"{sim.llm_url}/v1/chat/completions", json=body, timeout=30
+            ).raise_for_status()
+        )
+        thread.start()
+        readings = []
+        for _ in range(4):
+            time.sleep(0.3)
+            readings.append(read_metrics(sim)["vllm:generation_tokens_total"])
+        thread.join(30)
+    assert readings == sorted(readings) and len(set(readings)) == 4, readings
+    assert 0 < readings[0] and readings[-1] < 60

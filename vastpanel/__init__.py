@@ -133,15 +133,18 @@ def wire_panel(
         Audit,
         Budget,
         Caps,
+        Contract,
         CostBook,
         IdleRule,
         InstanceReader,
         KeyGuard,
         LeaseHolder,
         LlmLoad,
+        Mover,
         Notifier,
         Panel,
         Power,
+        RecipeBook,
         ScheduleBook,
         ScheduledStart,
         SignIns,
@@ -174,10 +177,26 @@ def wire_panel(
     audit = Audit(store, clock, config)
     costs = CostBook(store, clock, config, client, audit)
     agent = AgentLink(store, clock, config, instance_http, audit)
-    instance = InstanceReader(store, clock, config, client, audit, costs, agent, leases)
+    contract = Contract(store, clock, config, audit)
+    recipes = RecipeBook(store, clock, config, client, audit)
+    instance = InstanceReader(
+        store, clock, config, client, audit, costs, agent, leases, contract, recipes
+    )
     budget = Budget(store, clock, config, costs, audit)
+    mover = Mover(store, clock, config, client, instance_http, audit, instance, budget, recipes)
     power = Power(
-        store, clock, config, client, instance_http, audit, instance, costs, budget, leases
+        store,
+        clock,
+        config,
+        client,
+        instance_http,
+        audit,
+        instance,
+        costs,
+        budget,
+        leases,
+        contract,
+        mover,
     )
     llm = LlmLoad(store, clock, config, instance_http, audit, instance, leases)
     schedule = ScheduleBook(store, clock, config, audit, instance, costs, budget)
@@ -193,13 +212,16 @@ def wire_panel(
         audit=audit,
         costs=costs,
         agent=agent,
+        contract=contract,
         instance=instance,
         budget=budget,
+        recipes=recipes,
+        mover=mover,
         power=power,
         caps=Caps(store, clock, config, audit, instance, budget, power),
         llm=llm,
         idle=idle,
-        wake=Wake(store, clock, config, instance, power, idle, leases),
+        wake=Wake(store, clock, config, instance, power, idle, leases, contract, mover),
         notifier=Notifier(store, clock, config, http),
         signins=SignIns(store, clock),
         keys=KeyGuard(store, clock, config, audit),

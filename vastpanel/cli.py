@@ -1,4 +1,5 @@
-"""The admin CLI on the host: `flask --app app vast status|on|off|keepalive|costs|audit`.
+"""The admin CLI on the host: `flask --app app vast status|on|off|keepalive|costs|audit`, and
+for moving to another machine `offers|move|instances|destroy`.
 
 It calls the same domain functions as the JSON API, as actor "cli", with the server's settings
 (the same environment: VAST_DB_PATH, and VAST_API_KEY and VAST_INSTANCE_ID for status, on and
@@ -23,6 +24,7 @@ from .domain import Panel
 from .errors import PanelError
 from .formatting import duration, minutes_text, usd
 from .web import EXTENSION, answers
+from .web.answers import INSTANCE_STATES
 
 ACTOR = "cli"
 
@@ -87,7 +89,8 @@ def status_command(as_json: bool) -> None:
     panel = get_panel()
     with failing_as_click_error():
         report = panel.status.report()
-    data = answers.status_json(report)
+    move = panel.mover.latest()
+    data = answers.status_json(report, move, panel.mover.stuck())
     if data["status"] == "not_found":
         raise click.ClickException(data["message"] or "vast.ai does not know the instance.")
     countdown = data["auto_shutdown_in_minutes"]
@@ -113,6 +116,10 @@ def status_command(as_json: bool) -> None:
     ]
     if data["message"]:
         lines.append(f"Message: {data['message']}")
+    if data["stuck"]:
+        lines.append(stuck_line(data["stuck"]) + " See `vast offers`.")
+    if move is not None and move.active:
+        lines.append(move_line(answers.move_json(move)))
     emit(data, as_json, lines)
 
 
@@ -181,6 +188,8 @@ def costs_command(as_json: bool) -> None:
     ]
     if data["charges"]["error"]:
         lines.append(f"Estimates only: {data['charges']['error']}")
+    for contract in data["contracts"]:  # vast.ai bills per contract, each over its window
+        lines.append(contract["summary"] + (" (more than 1 % off)" if contract["mismatch"] else ""))
     budget = data["budget"]
     if budget:
         lines.append(
@@ -205,3 +214,110 @@ def audit_command(limit: int, before: int | None, as_json: bool) -> None:
     if len(entries) == limit:
         lines.append(f"Older entries: --before {entries[-1].id}")
     emit([answers.audit_json(e) for e in entries], as_json, [line.rstrip() for line in lines])
+
+
+# --- moving to another machine --------------------------------------------------------------------
+
+
+def stuck_line(stuck: dict[str, Any]) -> str:
+    """Say that a start waits for a GPU someone else has."""
+    machine = f"machine {stuck['machine_id']}" if stuck["machine_id"] else "the instance's machine"
+    return f"Stuck: the GPU of {machine} is taken; the start waits in scheduling."
+
+
+def move_line(move: dict[str, Any]) -> str:
+    """Say where a move is (or how it ended), with the old and new machine."""
+    target = ""
+    if move["new_machine_id"] is not None:
+        price = f" at {usd(move['new_dph_total'])}/h" if move["new_dph_total"] is not None else ""
+        target = f" to machine {move['new_machine_id']} (instance {move['new_instance_id']}){price}"
+    source = f"machine {move['old_machine_id'] or '?'} (instance {move['old_instance_id']})"
+    if move["state"] == "failed":
+        return f"Move {move['id']} from {source} failed: {move['error']}"
+    if move["state"] == "done":
+        return f"Move {move['id']}: moved from {source}{target}." + (
+            f" {move['note']}." if move["note"] else ""
+        )
+    return f"Move {move['id']} from {source}{target}: {move['step']}..."
+
+
+@vast.command("offers")
+@json_option
+def offers_command(as_json: bool) -> None:
+    """Show whether a start is stuck and the equivalent offers on other machines, best first."""
+    panel = get_panel()
+    with failing_as_click_error():
+        found = panel.mover.offers()
+    data = answers.offers_json(panel.mover.stuck(), found)
+    lines = [stuck_line(data["stuck"])] if data["stuck"] else ["No start is stuck."]
+    if not found:
+        recipe = panel.recipes.get()
+        lines.append(
+            f"No equivalent offer ({recipe.num_gpus}x {recipe.gpu_name}, at most "
+            f"{usd(recipe.max_dph)}/h, reliability {recipe.min_reliability:g} or more)."
+        )
+    for offer in data["offers"]:
+        reliability = "-" if offer["reliability"] is None else f"{offer['reliability']:.3f}"
+        lines.append(
+            f"offer {offer['id']:<9} {usd(offer['dph_total'])}/h  {offer['num_gpus'] or 1}x "
+            f"{offer['gpu_name'] or '?'}  reliability {reliability}  "
+            f"{offer['location'] or '?'}  machine {offer['machine_id'] or '?'}"
+        )
+    emit(data, as_json, lines)
+
+
+@vast.command("move")
+@click.option("--offer", "offer_id", type=click.IntRange(min=1), default=None, help="Offer id.")
+@click.option(
+    "--go-on-without-copy",
+    is_flag=True,
+    help="Switch even if copying VAST_MOVE_COPY_PATHS from the old disk fails.",
+)
+@json_option
+def move_command(offer_id: int | None, go_on_without_copy: bool, as_json: bool) -> None:
+    """Move to another machine (the best offer, or --offer ID); the server carries it out.
+
+    What lived on the old disk does not come along, except the recipe's copy paths.
+    """
+    panel = get_panel()
+    with failing_as_click_error():
+        move = panel.mover.request(ACTOR, offer_id=offer_id, go_on_without_copy=go_on_without_copy)
+    copied = panel.recipes.get().copy_paths
+    lines = [
+        f"Move {move.id} asked: the server's watchdog carries it out; follow it with "
+        "`vast status` or on the page.",
+        "Copied from the old disk: " + ", ".join(copied)
+        if copied
+        else "What lived on the old disk does not come along.",
+    ]
+    emit(answers.move_json(move), as_json, lines)
+
+
+@vast.command("instances")
+@json_option
+def instances_command(as_json: bool) -> None:
+    """List every instance the panel knows (the first, and those moves created)."""
+    panel = get_panel(needs_vast=False)
+    data = answers.instances_json(panel.instance.current_id(), panel.mover.known_instances())
+    lines = [
+        f"instance {known['id']:<10} {INSTANCE_STATES.get(known['state'], known['state'])}"
+        + (f", machine {known['machine_id']}" if known["machine_id"] else "")
+        + (f", {usd(known['dph_total'])}/h" if known["dph_total"] is not None else "")
+        + (f" ({known['note']})" if known["note"] else "")
+        for known in data["instances"]
+    ] or ["No instance known yet."]
+    latest = panel.mover.latest()
+    if latest is not None:
+        lines.append(move_line(answers.move_json(latest)))
+    emit(data, as_json, lines)
+
+
+@vast.command("destroy")
+@click.argument("instance_id", type=click.IntRange(min=1))
+@json_option
+def destroy_command(instance_id: int, as_json: bool) -> None:
+    """Destroy an instance a move left behind: its disk is gone for good (audited)."""
+    with failing_as_click_error():
+        destroyed = get_panel().mover.destroy(ACTOR, instance_id)
+    data = answers.known_instance_json(destroyed)
+    emit(data, as_json, [f"Instance {instance_id} destroyed: its storage is no longer billed."])

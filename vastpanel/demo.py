@@ -53,6 +53,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--idle-minutes", type=float, default=2.0, help="auto-shutdown idle time")
     parser.add_argument("--budget", type=float, default=2.0, help="daily budget in $ (simulated)")
+    parser.add_argument(
+        "--gpu-taken",
+        action="store_true",
+        help="someone else rents the first machine's GPU: a start is stuck, and the page "
+        "offers a move to another machine",
+    )
     args = parser.parse_args(argv)
 
     from werkzeug.serving import make_server
@@ -81,7 +87,9 @@ def main(argv: list[str] | None = None) -> None:
         load_delay=6.0,
         warm_delay=4.0,
         stop_delay=1.0,
+        create_delay=3.0,  # a new instance from a move is created, then loads like a start
         llm=llm,
+        gpu_taken=args.gpu_taken,
     )
     control_key = os.environ.get("CONTROL_API_KEY") or f"demo-{secrets.token_hex(8)}"
     llm_key = f"demo-llm-{secrets.token_hex(8)}"
@@ -132,9 +140,20 @@ def banner(base: str, env: dict, args: argparse.Namespace, *, model: str) -> str
             "page's LLM load and the countdown pause.",
             "  admin CLI (from this folder, in another terminal; the server's settings):",
             f"    {cli_env} {cli_python()} -m flask --app app vast status",
+            gpu_taken_line(args.gpu_taken),
             "Ctrl-C stops the panel and the simulator.",
         ]
     )
+
+
+def gpu_taken_line(gpu_taken: bool) -> str:
+    """Say what --gpu-taken shows, or that it exists."""
+    if gpu_taken:
+        return (
+            "  GPU taken:    someone else rents the first machine's GPU (--gpu-taken): Start "
+            "stays in scheduling, and the page offers a Move to another machine."
+        )
+    return "  try --gpu-taken to see a stuck start and a move to another machine."
 
 
 def listening_socket(port: int) -> socket.socket:

@@ -14,12 +14,15 @@ class VastErrorKind(StrEnum):
     REFUSED = "refused"  # any other 4xx, or a PUT answered without success
     RATE_LIMITED = "rate_limited"  # 429 after the retries, or a wait too long to make
     NOT_FOUND = "not_found"  # vast.ai does not know the instance
+    OFFER_GONE = "offer_gone"  # the offer was taken or withdrawn between search and create
 
     @property
     def outcome(self) -> str:
         """The outcome label of vastpanel_vast_calls_total: both ways of failing are "upstream"."""
         if self in (VastErrorKind.UNREACHABLE, VastErrorKind.BAD_ANSWER):
             return "upstream"
+        if self is VastErrorKind.OFFER_GONE:
+            return VastErrorKind.REFUSED.value
         return self.value
 
 

@@ -20,6 +20,7 @@ ACTORS: dict[str, str] = {
 }
 PEOPLE = ("api", "admin", "cli")  # the actors of a request made by someone
 STARTERS = (*PEOPLE, "proxy", "schedule")  # who may start the instance
+MOVERS = (*PEOPLE, "system")  # who may move the instance (the panel itself with VAST_MOVE=auto)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ EVENTS: dict[str, Event] = {
     "instance_healthy": Event("LLM healthy", ("system",)),
     "llm_metrics_unavailable": Event("LLM metrics unavailable", ("system",)),
     "llm_metrics_available": Event("LLM metrics back", ("system",)),
+    # vLLM's busy gauges with no counter moving (llm_load.py): a stall is not work.
+    "llm_stalled": Event("LLM gauge stuck (no progress)", ("system",)),
+    "llm_stall_cleared": Event("LLM progress again", ("system",)),
     "agent_unreachable": Event("Dead-man switch unreachable", ("system",)),
     "idle_warning": Event("Idle stop warning", ("system",)),
     "keepalive": Event("Keep running", PEOPLE),
@@ -64,11 +68,27 @@ EVENTS: dict[str, Event] = {
     "max_session_stop_complete": Event("Session limit stop done", ("system",)),
     "max_session_stop_failed": Event("Session limit stop failed", ("system",)),
     "cost_mismatch": Event("Bill differs from estimate", ("system",)),
+    # Moving to another machine when the GPU is taken (domain/move.py, domain/recipe.py).
+    "recipe_captured": Event("Recipe taken from vast.ai", ("system",)),
+    "recipe_edited": Event("Recipe edited", PEOPLE),
+    "move_started": Event("Move to another machine asked", MOVERS),
+    "move_old_stopped": Event("Move: old start cancelled", ("system",)),
+    "move_offer_failed": Event("Move: offer gone, next one", ("system",)),
+    "move_created": Event("Move: new instance created", ("system",)),
+    "move_copied": Event("Move: data copied", ("system",)),
+    "move_copy_failed": Event("Move: copy failed, went on", ("system",)),
+    "move_completed": Event("Moved to another machine", MOVERS),
+    "move_failed": Event("Move failed", MOVERS),
+    "instance_destroyed": Event("Instance destroyed", MOVERS),
+    "instance_destroy_failed": Event("Destroy failed", PEOPLE),
     # Schedules of warm hours (domain/schedule.py, domain/schedule_start.py).
     "schedule_start": Event("Scheduled start", ("schedule",)),
     "schedule_start_failed": Event("Scheduled start failed", ("schedule",)),
     "schedule_changed": Event("Schedule changed", PEOPLE),
     "schedule_cleared": Event("Schedule back to the environment's", PEOPLE),
+    # The instance's contract (contract.py): vast.ai's end_date, after which it cannot start.
+    "contract_ending": Event("Contract ends soon", ("system",)),
+    "contract_ended": Event("Contract ended", ("system",)),
 }
 
 

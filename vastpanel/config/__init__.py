@@ -64,6 +64,8 @@ class Config:
     llm_metrics_path: str = "/metrics"
     llm_metrics_token: str = field(default="", repr=False)  # VAST_METRICS_TOKEN, to the LLM
     llm_metrics_every_s: float = 15.0
+    # VAST_LLM_STALL_MINUTES: busy gauges with no counter moving this long are stuck (0: off).
+    llm_stall_minutes: float = 10.0
     warn_minutes: float = 5.0
     keepalive_max_minutes: float = 480.0
     notify_targets: tuple[NotifyTarget, ...] = ()
@@ -92,6 +94,13 @@ class Config:
     instance_tls_fingerprint: str = ""
     instance_plain_http: bool = False
     allow_loopback_instance: bool = False
+    move: str = "ask"  # VAST_MOVE: off, ask or auto, when a start is stuck
+    move_after_minutes: float = 5.0
+    move_max_dph: float | None = None  # None: 1.25 x dph_total when the recipe is taken
+    move_min_reliability: float = 0.98
+    move_regions: tuple[str, ...] = ()
+    move_old: str = "keep"  # keep or destroy
+    move_copy_paths: tuple[str, ...] = ()
     # The page's session cookie: signed with SECRET_KEY (empty: the key kept beside the
     # database, auth.load_secret_key); Secure when SESSION_COOKIE_SECURE is true, or with None
     # (auto) when the request came over HTTPS.

@@ -122,6 +122,41 @@ def budget_period(raw: str, name: str) -> str:
     return raw.lower()
 
 
+def move_mode(raw: str, name: str) -> str:
+    if raw.lower() not in ("off", "ask", "auto"):
+        raise ConfigError(f"{name} must be one of off, ask, auto, got {raw!r}")
+    return raw.lower()
+
+
+def move_old(raw: str, name: str) -> str:
+    if raw.lower() not in ("keep", "destroy"):
+        raise ConfigError(f"{name} must be one of keep, destroy, got {raw!r}")
+    return raw.lower()
+
+
+def fraction(raw: str, name: str) -> float:
+    value = number(raw, name)
+    if value > 1:
+        raise ConfigError(f"{name} must be from 0 to 1, got {raw!r}")
+    return value
+
+
+def country_codes(raw: str, name: str) -> tuple[str, ...]:
+    codes = tuple(part.strip().upper() for part in raw.split(",") if part.strip())
+    if not codes or not all(len(c) == 2 and c.isascii() and c.isalpha() for c in codes):
+        raise ConfigError(f"{name} must list two-letter country codes such as DE,FR, got {raw!r}")
+    return codes
+
+
+def copy_paths(raw: str, name: str) -> tuple[str, ...]:
+    paths = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if not paths or not all(
+        p.startswith("/") and p.rstrip("/") not in ("", "/root") for p in paths
+    ):
+        raise ConfigError(f"{name} must list absolute paths (never / or /root), got {raw!r}")
+    return paths
+
+
 def is_health_path(value: object) -> bool:
     """Tell whether value is a plain URL path such as /health (no scheme, no host)."""
     return (

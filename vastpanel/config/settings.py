@@ -58,6 +58,7 @@ LLM = "The /v1/ endpoint"
 NOTIFY = "Notifications and the dead-man switch"
 SCHEDULE = "Schedules (warm hours)"
 STORAGE = "Storage and the demo"
+MOVE = "Moving to another machine"
 SERVING = "Serving (read by gunicorn.conf.py, not by Config)"
 
 # fmt: off
@@ -195,6 +196,12 @@ SETTINGS: tuple[Setting, ...] = (
         "every worker", IDLE,
     ),
     Setting(
+        "VAST_LLM_STALL_MINUTES", "llm_stall_minutes", parse.number, 10.0,
+        "requests reported running or waiting while none of vLLM's counters moves for this "
+        "long are a stuck gauge, not work: idle from the last counter move (decimals allowed; "
+        "0 = off, the gauges are always believed)", IDLE,
+    ),
+    Setting(
         "VAST_BUDGET_USD", "budget_usd", parse.positive, None,
         "spending cap per budget period in $: warned at 80 %, stopped at 100 %; unset: none",
         CAPS,
@@ -283,6 +290,41 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "VASTPANEL_SIMULATED", "simulated", parse.boolean, False,
         "marks every status as simulated (`python -m vastpanel.demo` sets it)", STORAGE,
+    ),
+    # --- moving to another machine when the GPU is taken (domain/move.py) ---
+    Setting(
+        "VAST_MOVE", "move", parse.move_mode, "ask",
+        "when a start is stuck (GPU taken): `off`, `ask` (the page and the API offer a move), "
+        "`auto` (the panel moves by itself)", MOVE,
+    ),
+    Setting(
+        "VAST_MOVE_AFTER_MINUTES", "move_after_minutes", parse.positive, 5.0,
+        "a start scheduling this long counts as stuck (a queued start at once); decimals "
+        "allowed", MOVE,
+    ),
+    Setting(
+        "VAST_MOVE_MAX_DPH", "move_max_dph", parse.positive, None,
+        "the most an equivalent offer may cost, $/h; unset: 1.25 × the instance's `dph_total` "
+        "when the recipe is taken", MOVE,
+    ),
+    Setting(
+        "VAST_MOVE_MIN_RELIABILITY", "move_min_reliability", parse.fraction, 0.98,
+        "the least reliability an equivalent offer may have (0 to 1)", MOVE,
+    ),
+    Setting(
+        "VAST_MOVE_REGIONS", "move_regions", parse.country_codes, (),
+        "country codes an offer must be in, comma-separated (e.g. `DE,FR`); unset: anywhere",
+        MOVE,
+    ),
+    Setting(
+        "VAST_MOVE_OLD", "move_old", parse.move_old, "keep",
+        "the old instance after a move: `keep` (stopped, storage still billed; the page has "
+        "a Destroy button) or `destroy` (its disk is gone)", MOVE,
+    ),
+    Setting(
+        "VAST_MOVE_COPY_PATHS", "move_copy_paths", parse.copy_paths, (),
+        "paths copied from the old disk to the new one before the switch, comma-separated "
+        "(e.g. `/workspace/`); nothing else comes along", MOVE,
     ),
 )
 

@@ -20,14 +20,17 @@ from .agent_link import AgentLink
 from .audit import Audit
 from .budget import Budget
 from .caps import Caps
+from .contract import Contract
 from .costs import CostBook
 from .idle import IdleRule
 from .instance import InstanceReader
 from .lease_holder import LeaseHolder
 from .llm_load import LlmLoad
 from .lockout import KeyGuard
+from .move import Mover
 from .notify import Notifier
 from .power import Power
+from .recipe import RecipeBook
 from .schedule import ScheduleBook
 from .schedule_start import ScheduledStart
 from .signins import SignIns
@@ -39,15 +42,18 @@ __all__ = [
     "Audit",
     "Budget",
     "Caps",
+    "Contract",
     "CostBook",
     "IdleRule",
     "InstanceReader",
     "KeyGuard",
     "LeaseHolder",
     "LlmLoad",
+    "Mover",
     "Notifier",
     "Panel",
     "Power",
+    "RecipeBook",
     "ScheduleBook",
     "ScheduledStart",
     "SignIns",
@@ -70,8 +76,11 @@ class Panel:
     audit: Audit
     costs: CostBook
     agent: AgentLink
+    contract: Contract
     instance: InstanceReader
     budget: Budget
+    recipes: RecipeBook
+    mover: Mover
     power: Power
     caps: Caps
     llm: LlmLoad

@@ -1,11 +1,12 @@
 """The budget: a spending cap per UTC day or month, and the longest session allowed.
 
-The budget counts, per day of the period, the larger of vast.ai's bill and vastpanel's
-estimate (costs.py). At 100 % power-on is refused until the period ends and caps.py stops the
-instance, unless an admin has overridden the budget: for an amount stated ("$5 more": the
-period may then cost the budget, or what is already spent if more, plus that) or until a time
-stated (at most the period's end). Past either, the budget stops again. The deadlines are plain
-functions of values; the watchdog reads and acts.
+The budget counts vastpanel's estimate of the period, except that a contract vast.ai billed
+wholly within the period counts as the larger of its bill and the estimate over its window
+(costs.py: never the two added up). At 100 % power-on is refused until the period ends and
+caps.py stops the instance, unless an admin has overridden the budget: for an amount stated
+("$5 more": the period may then cost the budget, or what is already spent if more, plus that)
+or until a time stated (at most the period's end). Past either, the budget stops again. The
+deadlines are plain functions of values; the watchdog reads and acts.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ class Budget:
             return None
         now = self.clock.now()
         first, last = period_bounds(now, self.config.budget_period)
-        spent = sum(day.spent for day in self.costs.cost_days(first, last))
+        spent = self.costs.spent(first, last)
         start, end = midnight(first), midnight(last + timedelta(days=1))
         override = self._override_in_force(now, start, end, spent)
         rates = self.costs.current_rates()
@@ -180,15 +181,12 @@ class Budget:
         times = [t for t in (self.session_cap_deadline(), crossing) if t is not None]
         return min(times, default=None)
 
-    def refuse_start_over_budget(self, actor: str) -> None:
+    def refuse_start_over_budget(self, actor: str, instance_id: int | None) -> None:
         """Raise BudgetExceeded (audited) when this period's budget is spent and not overridden."""
         status = self.status()
         if status is not None and status.blocks:
             self.audit.record(
-                "power_on_failed",
-                actor,
-                instance_id=self.config.vast_instance_id,
-                error=status.reason,
+                "power_on_failed", actor, instance_id=instance_id, error=status.reason
             )
             raise BudgetExceeded(status.reason)
 

@@ -4,33 +4,50 @@ The ledger (table cost_ledger) holds priced intervals: every reading of the inst
 last interval up to the moment of the reading at the price seen before it, and starts a new one
 when the price or state changed, all under the write lock. Its last end_at is how far costs are
 booked, so a restart (even kill -9) books the time it was down at the stored price, once.
-GPU time is priced at dph_base while running or frozen, storage at storage_total_cost in every
-state but offline (see shared/vast-api.md, Billing). vast.ai's charges are read per UTC day
-(table billed_days) and compared item by item with the ledger.
-The SQL of both tables is storage/ledger.py's.
+GPU time is priced at dph_base while running or frozen, storage at storage_total_cost (as read,
+so a dearer stopped rate counts from when it is seen) in every state but offline (see
+shared/vast-api.md, Billing). vast.ai's charges come per contract and item, each over its own
+window (table billed_windows, charges.py), and each is compared with the ledger over exactly
+that window. The SQL of both tables is storage/ledger.py's.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import astuple, dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlite_utils import Database
 
-from ..clock import Clock, midnight, split_by_utc_day
+from ..clock import Clock, iso_utc, midnight, split_by_utc_day
 from ..config import Config
 from ..errors import VastError, VastErrorKind
-from ..storage import ledger, sessions, values
+from ..storage import instance_cache, ledger, sessions, values
 from ..storage.database import Store
-from ..storage.ledger import Billed, Rates
+from ..storage.ledger import Billed, BilledWindow, Rates
 from ..storage.sessions import CostTotals, DayCost
-from ..vast.client import VastClient
+from ..vast.client import CHARGES_PAGE_PAUSE_S, VastClient
 from ..vast.instance import GPU_BILLED
 from .audit import Audit
+from .charges import (
+    ChargesUnreadable,
+    ContractCheck,
+    charge_windows,
+    check_contracts,
+    reading_of,
+)
 
-__all__ = ["AllInTotals", "ChargesStatus", "CostBook", "CostDay", "DayCost", "Rates"]
+__all__ = [
+    "AllInTotals",
+    "ChargesStatus",
+    "ContractCheck",
+    "CostBook",
+    "CostDay",
+    "DayCost",
+    "Rates",
+]
 
 log = logging.getLogger("vastpanel")
 
@@ -38,13 +55,16 @@ NOTHING_BILLED = frozenset({"offline"})
 CHARGES_DAYS = 30
 CHARGES_READ_KEY = "charges_read_at"  # when vast.ai's charges were last read successfully
 CHARGES_ERROR_NOTE = "charges_error"  # why the last read failed, in plain words
-MISMATCH_PCT = 1.0
-MISMATCH_FLOOR_USD = 0.01  # a difference smaller than a cent is never a mismatch
+CHARGES_FROM_KEY = "charges_asked_from"  # the `day.gte` of the last read
+CHARGES_READING_NOTE = "charges_reading"  # what vast.ai does with the day range (charges.py)
 
 
 @dataclass(frozen=True)
 class CostDay:
-    """One UTC day: the panel's estimate, vast.ai's bill when read, and how far apart they are."""
+    """One UTC day: the panel's estimate, and vast.ai's bill when a whole contract lies in it.
+
+    vast.ai bills per contract: a contract spanning days is never pinned on one of them.
+    """
 
     day: date
     gpu: float
@@ -57,11 +77,6 @@ class CostDay:
     def estimate(self) -> float:
         """Return the estimated GPU and storage cost of the day."""
         return self.gpu + self.storage
-
-    @property
-    def spent(self) -> float:
-        """Return the larger of vast.ai's bill and the estimate (what a budget counts)."""
-        return max(self.estimate, self.billed.total if self.billed else 0.0)
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,7 @@ class ChargesStatus:
 
     read_at: float | None
     error: str | None
+    reading: str | None = None  # what vast.ai does with the day range (charges.READINGS)
 
 
 def average_session_seconds(totals: CostTotals) -> float | None:
@@ -132,6 +148,18 @@ def booked_totals(db: Database, now: float) -> tuple[float, float]:
     return gpu, storage
 
 
+def booked_between(db: Database, start: float, end: float) -> tuple[float, float]:
+    """Return (GPU $, storage $) booked from start to end (the time since the last reading at
+    the last price seen)."""
+    gpu = storage = 0.0
+    for span in ledger.intervals(db, start, end):
+        seconds = min(span.end_at, end) - max(span.start_at, start)
+        if seconds > 0:
+            gpu += seconds / 3600 * span.gpu_dph
+            storage += seconds / 3600 * span.storage_dph
+    return gpu, storage
+
+
 def booked_per_day(db: Database, first: date, last: date, until: float) -> dict[date, list[float]]:
     """Return {day: [GPU $, storage $]} for the UTC days first..last, counted up to until."""
     per_day = {first + timedelta(days=i): [0.0, 0.0] for i in range((last - first).days + 1)}
@@ -146,88 +174,34 @@ def booked_per_day(db: Database, first: date, last: date, until: float) -> dict[
     return per_day
 
 
-# --- vast.ai's charges -------------------------------------------------------------------------
+# --- vast.ai's charges, per day ----------------------------------------------------------------
 
 
-class ChargesUnreadable(ValueError):
-    """vast.ai's charges came back in a shape that cannot be trusted."""
-
-
-def billed_by_day(rows: list[dict[str, Any]], instance_id: int) -> dict[date, Billed]:
-    """Sum vast.ai's charge rows of this instance per UTC day (of each row's start)."""
-    source = f"instance-{instance_id}"
-    sums: dict[date, list[float]] = {}
-    for row in rows:
-        if not isinstance(row, dict):
-            raise ChargesUnreadable("a charge row is not an object")
-        if row.get("source") != source or row.get("type", "instance") != "instance":
+def day_bills(
+    first: date, last: date, estimate: dict[date, list[float]], checks: list[ContractCheck]
+) -> list[CostDay]:
+    """Give each day its estimate, and the bill of the contracts that lie in it alone."""
+    alone: dict[date, list[ContractCheck]] = {}
+    for check in checks:
+        day = check.day()
+        if day is not None and first <= day <= last:
+            alone.setdefault(day, []).append(check)
+    days = []
+    for day, (gpu, storage) in estimate.items():
+        found = alone.get(day)
+        if not found:
+            days.append(CostDay(day, gpu, storage, None, None, False))
             continue
-        start = _amount(row.get("start"), "start")
-        day = datetime.fromtimestamp(start, UTC).date()
-        gpu = disk = bandwidth = 0.0
-        items = row.get("items") or []
-        if not isinstance(items, list):
-            raise ChargesUnreadable("a charge row's items is not a list")
-        for item in items:
-            if not isinstance(item, dict):
-                raise ChargesUnreadable("a charge item is not an object")
-            amount = _amount(item.get("amount"), "item amount")
-            kind = item.get("type")
-            if kind == "gpu":
-                gpu += amount
-            elif kind == "disk":
-                disk += amount
-            elif kind in ("bwd", "bwu"):
-                bandwidth += amount
-        total = row.get("amount")
-        total = _amount(total, "amount") if total is not None else gpu + disk + bandwidth
-        day_sums = sums.setdefault(day, [0.0, 0.0, 0.0, 0.0])
-        for i, value in enumerate((gpu, disk, bandwidth, total)):
-            day_sums[i] += value
-    return {day: Billed(*values) for day, values in sums.items()}
-
-
-def _amount(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise ChargesUnreadable(f"a charge row's {name} is not a number")
-    return float(value)
-
-
-# --- the comparison ------------------------------------------------------------------------------
-
-
-def compare_day(
-    day: date,
-    estimate: list[float],
-    at_read: list[float],
-    billed: tuple[Billed, float] | None,
-    covered_from: float | None,
-) -> CostDay:
-    """Compare one day's estimate (as of vast.ai's reading) with its bill, item by item.
-
-    Only a day that ended before the reading and that vastpanel watched from its start can be
-    a mismatch: today's bill is still growing and the ledger misses time before vastpanel ran.
-    """
-    gpu, storage = estimate
-    if billed is None:
-        return CostDay(day, gpu, storage, None, None, False)
-    bill, read_at = billed
-    watched = covered_from is not None and covered_from <= midnight(day)
-    if not watched:  # vastpanel saw only part of the day: no like-for-like figure
-        return CostDay(day, gpu, storage, bill, None, False)
-    est_gpu, est_storage = at_read
-    billed_sum = bill.gpu + bill.disk
-    gap = est_gpu + est_storage - billed_sum
-    if billed_sum > 0:
-        pct = gap / billed_sum * 100
-    else:
-        pct = 0.0 if est_gpu + est_storage == 0 else None
-    item_gaps = (abs(est_gpu - bill.gpu), abs(est_storage - bill.disk))
-    off = max(item_gaps) > MISMATCH_FLOOR_USD and (
-        billed_sum == 0 or max(item_gaps) / billed_sum * 100 > MISMATCH_PCT
-    )
-    complete = midnight(day + timedelta(days=1)) <= read_at
-    return CostDay(day, gpu, storage, bill, pct, off and complete)
+        bills = [c.billed() for c in found]
+        billed = Billed(*(sum(values) for values in zip(*(astuple(b) for b in bills), strict=True)))
+        pct = None
+        if all(c.comparable for c in found):
+            estimated = sum(c.row.estimate for c in found)
+            amount = sum(c.window.amount for c in found)
+            pct = (estimated - amount) / amount * 100 if amount else None
+        mismatch = any(c.mismatch for c in found)
+        days.append(CostDay(day, gpu, storage, billed, pct, mismatch))
+    return days
 
 
 class CostBook:
@@ -247,9 +221,10 @@ class CostBook:
         self.client = client
         self.audit = audit
 
-    def book(self, payload: dict[str, Any] | None, at: float) -> None:
-        """Book costs up to `at` and price from there as vast.ai shows the instance now."""
-        ledger.book(self.store.db, at, billing_rates(payload))
+    def book(self, payload: dict[str, Any] | None, at: float, *, assumed: bool = False) -> None:
+        """Book costs up to `at` and price from there as vast.ai shows the instance now (or,
+        assumed, as a power action supposes it until vast.ai is read again)."""
+        ledger.book(self.store.db, at, billing_rates(payload), assumed=assumed)
 
     def current_rates(self) -> Rates | None:
         """Return the GPU and storage $/h last seen, or None before the first reading."""
@@ -265,39 +240,81 @@ class CostBook:
 
     def all_in_totals(self) -> AllInTotals:
         """Return GPU, storage and bandwidth over all time."""
-        gpu, storage = booked_totals(self.store.db, self.clock.now())
-        return AllInTotals(gpu, storage, ledger.billed_bandwidth(self.store.db))
+        db = self.store.db
+        gpu, storage = booked_totals(db, self.clock.now())
+        read = values.get_value(db, CHARGES_READ_KEY) is not None
+        return AllInTotals(gpu, storage, ledger.billed_bandwidth(db) if read else None)
 
     def charges_status(self) -> ChargesStatus:
         """Tell when vast.ai's charges were last read, or why they could not be."""
         db = self.store.db
         return ChargesStatus(
-            values.get_value(db, CHARGES_READ_KEY), values.get_note(db, CHARGES_ERROR_NOTE)
+            values.get_value(db, CHARGES_READ_KEY),
+            values.get_note(db, CHARGES_ERROR_NOTE),
+            values.get_note(db, CHARGES_READING_NOTE),
+        )
+
+    def contract_checks(self) -> list[ContractCheck]:
+        """Return every stored contract of vast.ai's bill beside the estimate over its window,
+        oldest first."""
+        db = self.store.db
+        now = self.clock.now()
+        untrusted_before = None
+        if values.get_note(db, CHARGES_READING_NOTE) == "clipped_amounts_only":
+            untrusted_before = values.get_value(db, CHARGES_FROM_KEY)
+        return check_contracts(
+            ledger.read_billed_windows(db),
+            lambda start, end: booked_between(db, start, min(end, now)),
+            ledger.booked_since(db),
+            untrusted_before,
         )
 
     def cost_days(self, first: date, last: date) -> list[CostDay]:
-        """Return each UTC day first..last with its estimate and, once read, vast.ai's bill."""
-        db = self.store.db
-        now = self.clock.now()
-        billed = ledger.read_billed_days(db, first, last)
-        estimate = booked_per_day(db, first, last, now)
-        read_at = max((r for _, r in billed.values()), default=now)
-        at_read = booked_per_day(db, first, last, min(now, read_at))
-        covered_from = ledger.booked_since(db)
-        return [
-            compare_day(day, estimate[day], at_read[day], billed.get(day), covered_from)
-            for day in estimate
-        ]
+        """Return each UTC day first..last with its estimate, and vast.ai's bill on the days a
+        whole contract lies in."""
+        estimate = booked_per_day(self.store.db, first, last, self.clock.now())
+        return day_bills(first, last, estimate, self.contract_checks())
 
     def recent_cost_days(self, days: int = CHARGES_DAYS) -> list[CostDay]:
         """Return the last `days` UTC days, oldest first, today last."""
         today = datetime.fromtimestamp(self.clock.now(), UTC).date()
         return self.cost_days(today - timedelta(days=days - 1), today)
 
-    def read_charges(self) -> ChargesStatus:
-        """Read vast.ai's charges for the last 30 days, store them per day, flag mismatches.
+    def recent_spent(self, days: int) -> float:
+        """Return what the last `days` UTC days cost, today included (see spent)."""
+        today = datetime.fromtimestamp(self.clock.now(), UTC).date()
+        return self.spent(today - timedelta(days=days - 1), today)
 
-        vast.ai unreachable or refusing (a key without billing_read): the reason is stored and
+    def spent(
+        self, first: date, last: date, at_least: Callable[[date], float] | None = None
+    ) -> float:
+        """Return what the UTC days first..last cost, counting no bill twice.
+
+        The estimate of every day (at least at_least(day)), and for each contract of vast.ai's
+        bill that lies wholly in those days, the larger of its bill and the estimate over its
+        window: the bill replaces the estimate, never adds to it. A bill reaching outside the
+        days cannot be split, so the estimate stands there.
+        """
+        db = self.store.db
+        now = self.clock.now()
+        per_day = booked_per_day(db, first, last, now)
+        floor = at_least or (lambda day: 0.0)
+        spent = sum(max(gpu + storage, floor(day)) for day, (gpu, storage) in per_day.items())
+        begin, end = midnight(first), midnight(last + timedelta(days=1))
+        for check in self.contract_checks():
+            window = check.window
+            if begin <= window.start and window.end <= end:
+                gpu, storage = booked_between(db, window.start, min(window.end, now))
+                spent += max(0.0, window.amount - (gpu + storage))
+        return spent
+
+    def read_charges(self) -> ChargesStatus:
+        """Read vast.ai's charges of the instance's whole contract; store, compare and flag.
+
+        Asked from the day the instance was created (show instance's start_date; else the
+        last 30 days) to now, so the range holds its whole contract whether or not vast.ai
+        clips amounts to it. A second, small question (today alone) tells which reading vast.ai
+        plays (charges.reading_of). vast.ai unreachable or refusing: the reason is stored and
         the panel shows estimates only; nothing stored before is lost.
         """
         if self.client is None or self.config.vast_instance_id is None:
@@ -305,40 +322,91 @@ class CostBook:
         db = self.store.db
         now = self.clock.now()
         today = datetime.fromtimestamp(now, UTC).date()
-        first = today - timedelta(days=CHARGES_DAYS - 1)
+        since = self._contract_first_day(today)
+        instance_id = self.config.vast_instance_id
         try:
-            rows = self.client.fetch_charges(midnight(first), now)
-            billed = billed_by_day(rows, self.config.vast_instance_id)
+            windows = charge_windows(self.client.fetch_charges(since, now), instance_id)
         except (VastError, ChargesUnreadable) as exc:
             reason = _charges_failure(exc)
             if values.get_note(db, CHARGES_ERROR_NOTE) != reason:
                 log.warning("charges: %s", reason)
             values.set_note(db, CHARGES_ERROR_NOTE, reason)
             return self.charges_status()
-        ledger.save_billed_days(db, now, first, today, billed)
+        ledger.save_billed_windows(db, now, f"instance-{instance_id}", windows)
         values.set_value(db, CHARGES_READ_KEY, now)
+        values.set_value(db, CHARGES_FROM_KEY, since)
         values.set_note(db, CHARGES_ERROR_NOTE, None)
-        for day in self.cost_days(first, today):
-            if day.mismatch and ledger.mark_mismatch_audited(db, day.day):
-                self.audit.record(
-                    "cost_mismatch",
-                    "system",
-                    day=day.day.isoformat(),
-                    estimate_gpu_usd=day.gpu,
-                    estimate_storage_usd=day.storage,
-                    billed_gpu_usd=day.billed.gpu,
-                    billed_disk_usd=day.billed.disk,
-                    difference_pct=day.difference_pct,
-                )
+        self._probe_reading(windows, midnight(today), instance_id)
+        for check in self.contract_checks():
+            window = check.window
+            if check.mismatch and ledger.mark_mismatch_audited(db, window.source, window.start):
+                self._audit_mismatch(check)
         return self.charges_status()
+
+    def _contract_first_day(self, today: date) -> float:
+        """Return the midnight the charges are asked from: the instance's creation day, or 30
+        days back when that is not known (or later)."""
+        first = midnight(today - timedelta(days=CHARGES_DAYS - 1))
+        cached = instance_cache.read_cached_instance(self.store.db)
+        created = (cached.payload or {}).get("start_date") if cached is not None else None
+        if isinstance(created, int | float) and not isinstance(created, bool) and created > 0:
+            day = datetime.fromtimestamp(created, UTC).date()
+            return min(first, midnight(day))
+        return first
+
+    def _probe_reading(self, windows: list[BilledWindow], since: float, instance_id: int) -> None:
+        """Ask for today alone and note what vast.ai does with the day range (never fails)."""
+        if not any(w.start < since for w in windows):
+            return  # the contract began today: today's range holds all of it, nothing to learn
+        self.clock.sleep(CHARGES_PAGE_PAUSE_S)  # vast.ai's interval between two charges calls
+        try:
+            probe = charge_windows(self.client.fetch_charges(since, self.clock.now()), instance_id)
+        except (VastError, ChargesUnreadable) as exc:
+            log.info("charges: the reading probe failed (%s)", _charges_failure(exc))
+            return
+        reading = reading_of(windows, probe, since)
+        db = self.store.db
+        if reading is not None and values.get_note(db, CHARGES_READING_NOTE) != reading:
+            log.info("charges: vast.ai's amounts read as %s over the day range", reading)
+            values.set_note(db, CHARGES_READING_NOTE, reading)
+
+    def _audit_mismatch(self, check: ContractCheck) -> None:
+        """Audit a contract whose bill is off the estimate: both figures and the window."""
+        window = check.window
+        items = {c.window.kind: c for c in check.items if c.estimate is not None}
+        details: dict[str, Any] = {}
+        for kind, figure in (("gpu", "gpu"), ("disk", "storage")):
+            if kind in items:
+                details[f"estimate_{figure}_usd"] = items[kind].estimate
+                details[f"billed_{kind}_usd"] = items[kind].window.amount
+        self.audit.record(
+            "cost_mismatch",
+            "system",
+            source=window.source,
+            window_start=iso_utc(window.start),
+            window_end=iso_utc(window.end),
+            billed_usd=window.amount,
+            estimate_usd=check.row.estimate,
+            difference_pct=check.row.difference_pct,
+            **details,
+        )
 
 
 def _charges_failure(exc: Exception) -> str:
     """Say plainly why vast.ai's charges could not be read."""
     if isinstance(exc, VastError) and exc.kind is VastErrorKind.AUTH:
+        if exc.status == 404:
+            return "vast.ai does not know VAST_API_KEY (404 Invalid user key): estimates only."
+        if exc.status == 401:
+            return f"vast.ai rejected VAST_API_KEY ({exc.message}): estimates only."
         return (
-            "vast.ai refused to show its charges (the API key needs the billing_read "
-            "permission): estimates only."
+            "vast.ai refused to show its charges (403: the API key needs the billing_read "
+            "permission, or the Authorization header did not reach vast.ai): estimates only."
+        )
+    if isinstance(exc, VastError) and exc.kind is VastErrorKind.RATE_LIMITED:
+        return (
+            f"vast.ai is rate limiting its charges ({exc.message}); the next hourly read tries "
+            "again: estimates only."
         )
     detail = exc.message if isinstance(exc, VastError) else str(exc)
     return f"vast.ai's charges could not be read ({detail}): estimates only."

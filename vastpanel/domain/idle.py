@@ -4,7 +4,8 @@ and the stop the watchdog sends.
 Two signals say the GPU is in use (VAST_IDLE_SOURCES): the gateway's activity posts and the
 LLM's own metrics (llm_load.py). Right before an idle stop the metrics are read afresh (unless
 this look has just read them: a second read would only add its wait to the stop): a request
-running or waiting there is activity, so no stop.
+running or waiting there is activity, so no stop, unless the gauges are stuck (no counter moved
+for VAST_LLM_STALL_MINUTES: a stall, which is not work).
 
 The deadline is a plain function of values (idle_deadline); the watchdog reads and acts.
 """
@@ -238,7 +239,7 @@ class IdleRule:
         self.audit.record(
             KEEPALIVE,
             actor,
-            instance_id=self.config.vast_instance_id,
+            instance_id=self.instance.current_id(),
             minutes=minutes,
             keepalive_until=iso_utc(until),
             capped=capped or None,
@@ -270,11 +271,33 @@ class IdleRule:
             session_cost_usd=session.cost(now) if session else None,
         )
 
+    def next_stall_check(self) -> float | None:
+        """When busy gauges with no counter moving would count as stuck, or None.
+
+        The watchdog looks then, so a stall is declared (and an idle stop due since the last
+        counter move is made) on time rather than at the next interval.
+        """
+        stall_s = self.config.llm_stall_minutes * 60
+        reading = self.llm.stored(sessions.current_session(self.store.db))
+        if stall_s <= 0 or reading is None or not reading.busy or reading.stalled:
+            return None
+        if reading.progress_at is None:
+            return None
+        return reading.progress_at + stall_s
+
     def activity_signals(
         self, state: InstanceState, *, fresh: bool = False, since: float | None = None
     ) -> Signals:
         """Return the signals, reading the LLM's metrics when they are due (or afresh, unless
-        read at or after since)."""
+        read at or after since).
+
+        A stall check that fell due since the last read reads afresh, so a stall is declared
+        when it falls due, not up to VAST_METRICS_EVERY_S later.
+        """
+        check = self.next_stall_check()
+        if check is not None and self.clock.now() >= check:
+            stored = self.llm.stored(sessions.current_session(self.store.db))
+            fresh = fresh or (stored is not None and stored.read_at < check)
         reading = self.llm.reading(state, fresh=fresh, since=since)
         session = sessions.current_session(self.store.db)
         signals = self.stored_signals(session)
@@ -298,7 +321,7 @@ class IdleRule:
         session = sessions.current_session(self.store.db)
         signals = self.activity_signals(state, fresh=fresh, since=since)
         deadline = self.idle_deadline(session, signals)
-        if deadline is None or now < deadline or (signals.llm is not None and signals.llm.busy):
+        if deadline is None or now < deadline or (signals.llm is not None and signals.llm.working):
             return None
         if self._hard_end_waits_for_requests(session):
             return None
@@ -307,11 +330,14 @@ class IdleRule:
         if at is None or at < held_since:
             source = "session_start" if session is not None else "first_seen_down"
             at = held_since
-        return {
+        details: dict[str, Any] = {
             "inactive_minutes": (now - at) / 60,
             "last_signal": source,
             "last_signal_at": iso_utc(at),
         }
+        if signals.llm is not None and signals.llm.stalled:
+            details["llm_stalled"] = True  # vLLM's gauges still say busy: stuck, not work
+        return details
 
     def _held_since(self, session: Session | None) -> float | None:
         """Since when idle time counts: the open session's start, else first seen down."""

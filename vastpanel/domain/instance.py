@@ -28,14 +28,21 @@ from ..vast.instance import (
 )
 from .agent_link import AgentLink
 from .audit import Audit, redact_value
+from .contract import Contract
 from .costs import CostBook
 from .lease_holder import LeaseHolder
+from .recipe import RecipeBook
+
+HEALTHY_SESSION_KEY = "healthy_session"  # id of the session whose health URL answered 200
 
 START_QUEUED_KEY = "start_queued_at"
 SCHEDULING_SINCE_KEY = "scheduling_since"
 LAST_GET_KEY = "vast_get_returned_at"  # when the last GET of the instance came back
 DOWN_SINCE_KEY = "down_since"  # when the instance was first seen exited, unknown or offline
 FETCH_LEASE = "vast_fetch"
+# The instance the panel controls once a move switched to another (VAST_INSTANCE_ID stays the
+# first one); unset until the first move.
+CURRENT_KEY = "current_instance_id"
 
 
 class InstanceReader:
@@ -51,6 +58,8 @@ class InstanceReader:
         costs: CostBook,
         agent: AgentLink,
         leases: LeaseHolder,
+        contract: Contract,
+        recipes: RecipeBook,
     ):
         self.store = store
         self.clock = clock
@@ -60,6 +69,8 @@ class InstanceReader:
         self.costs = costs
         self.agent = agent
         self.leases = leases
+        self.contract = contract
+        self.recipes = recipes
         self._fetch_lock = threading.Lock()
         self.reach = Reach(config.instance_scheme, config.allow_loopback_instance)
 
@@ -68,6 +79,27 @@ class InstanceReader:
         missing = self.config.missing_vast_settings
         if missing:
             raise NotConfigured(f"{' and '.join(missing)} not configured")
+
+    def current_id(self) -> int | None:
+        """Return the instance the panel controls: the one a move switched to, else the first."""
+        moved = values.get_value(self.store.db, CURRENT_KEY)
+        return int(moved) if moved is not None else self.config.vast_instance_id
+
+    def switch_to(self, instance_id: int, at: float, healthy_session: int | None) -> None:
+        """Make another instance the one the panel controls (a move's last step).
+
+        Its answer is read afresh from now on; the clocks of the old one's waiting start and
+        of its being down are forgotten; healthy_session is the session whose health URL the
+        move saw answer, so the page need not probe it again.
+        """
+        db = self.store.db
+        with db.atomic():
+            values.set_value(db, CURRENT_KEY, instance_id)
+            instance_cache.forget(db)
+            for key in (START_QUEUED_KEY, SCHEDULING_SINCE_KEY, DOWN_SINCE_KEY):
+                values.set_value(db, key, None)
+            if healthy_session is not None:
+                values.set_value(db, HEALTHY_SESSION_KEY, healthy_session)
 
     def state(self, *, fresh: bool = False) -> InstanceState:
         """Return the instance's state from the shared answer, asking vast.ai when it is stale.
@@ -88,7 +120,7 @@ class InstanceReader:
         queued = values.get_value(self.store.db, START_QUEUED_KEY) is not None
         state = read_instance_state(
             payload,
-            self.config.vast_instance_id,
+            self.current_id(),
             port or self.config.health_port,
             start_queued=queued,
             reach=self.reach,
@@ -119,11 +151,7 @@ class InstanceReader:
     def patched_answer(self, **fields: Any) -> dict[str, Any]:
         """Return the last vast.ai answer with the fields a power action just changed."""
         cached = self.cached()
-        payload = (
-            dict(cached.payload)
-            if cached and cached.payload
-            else {"id": self.config.vast_instance_id}
-        )
+        payload = dict(cached.payload) if cached and cached.payload else {"id": self.current_id()}
         payload.update(fields)
         return payload
 
@@ -176,13 +204,15 @@ class InstanceReader:
         db = self.store.db
         asked = self.clock.now()
         try:
-            payload = kept_fields(self.client.fetch_instance(self.config.vast_instance_id))
+            answer = self.client.fetch_instance(self.current_id())
         except VastError as exc:
             values.set_value(db, LAST_GET_KEY, self.clock.now())
             error = redact_value(exc.message)
             instance_cache.save_cached_instance(db, asked, None, error, exc.kind)
             return CachedInstance(asked, None, error, exc.kind)
         values.set_value(db, LAST_GET_KEY, self.clock.now())
+        self.recipes.capture_from_answer(answer)  # the full answer: its recipe fields too
+        payload = kept_fields(answer)
         instance_cache.save_cached_instance(db, asked, payload)
         self.costs.book(payload, asked)
         self._reconcile(payload, asked)
@@ -199,8 +229,11 @@ class InstanceReader:
         db = self.store.db
         state = self.state_of(payload)
         now = self.clock.now()
+        instance_id = self.current_id()
         if state.gpu_billed:
-            opened = sessions.open_session(db, now, state.dph_total, "observed", seen_since=asked)
+            opened = sessions.open_session(
+                db, now, state.dph_total, "observed", seen_since=asked, instance_id=instance_id
+            )
             if opened is not None:
                 self.audit.record(
                     "session_opened",
@@ -215,7 +248,9 @@ class InstanceReader:
             # instance's agent if the heartbeats had stopped for longer than its grace time.
             session = sessions.current_session(db)
             evidence = self.agent.stop_evidence(session, now) if session is not None else None
-            closed = sessions.close_session(db, now, "agent" if evidence else "observed")
+            closed = sessions.close_session(
+                db, now, "agent" if evidence else "observed", instance_id=instance_id
+            )
             if closed is not None:
                 self.audit.record(
                     "session_closed",
@@ -229,9 +264,11 @@ class InstanceReader:
         self.note_seen(state, now)
 
     def note_seen(self, state: InstanceState, now: float) -> None:
-        """Keep the clocks of a waiting start and of a down instance true to this state."""
+        """Keep the clocks of a waiting start and of a down instance true to this state; warn
+        of the contract's end."""
         self._note_down(state, now)
         self._note_scheduling(state, now)
+        self.contract.note_seen(state, now)
 
     def _note_down(self, state: InstanceState, now: float) -> None:
         """Remember since when the instance is down (audited once); forget it once it is not."""

@@ -7,6 +7,13 @@ finished in between, even if neither read saw one running). A counter that went 
 restarted vLLM: its values become the new baseline, not activity. Values are summed over labels
 (``model_name``, and ``engine`` on the v1 engine; ``finished_reason`` on request_success).
 
+A stall is not work. vLLM leaves both gauges above 0 when every request in flight is aborted
+(a client closes a stream) until its engine runs another step (vllm-project/vllm#22545, #29928).
+So gauges above 0 while none of the counters moves for VAST_LLM_STALL_MINUTES count as stuck:
+the LLM is idle from the last time a counter moved. A generation moves
+generation_tokens_total at every read, so it never stalls. This is the rule of the instance's
+agent (deploy/instance/vastpanel_agent.py, observe_llm), so the two agree on when the GPU idles.
+
 A read happens at most every VAST_METRICS_EVERY_S, one read shared by every greenlet and
 process (the reading lives in SQLite), and never while the instance is not running.
 """
@@ -18,7 +25,7 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..clock import Clock
+from ..clock import Clock, iso_utc
 from ..config import Config
 from ..instance_http import InstanceHttp, InstanceUnreadable, Limits
 from ..storage import llm_readings, sessions, values
@@ -47,6 +54,9 @@ METRICS_LEASE = "llm_metrics_read"
 # Which availability of the LLM's metrics was last audited, and for which session.
 UNAVAILABLE_AUDITED_KEY = "llm_metrics_unavailable_session"
 AVAILABLE_AUDIT_DUE_KEY = "llm_metrics_back_due"
+# vLLM started with --disable-log-stats serves /metrics without a single vllm: metric: its load
+# cannot be known, which is not the same as idle.
+NO_VLLM_METRICS = "the LLM serves no vllm: metrics at all (vLLM started with --disable-log-stats?)"
 
 
 class MetricsUnreadable(Exception):
@@ -70,21 +80,35 @@ class VllmSample:
 class Verdict:
     """What one read says, compared with the previous one."""
 
-    active: bool
+    active: bool  # a gauge above 0, or a counter grew
     restarted: bool
+    moved: bool = False  # a counter grew (work was done since the previous read)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the stall rule makes of one read."""
+
+    active_at: float | None  # the last moment the LLM was at work
+    progress_at: float  # the last time a counter moved (or the session's first read)
+    stalled_since: float | None  # since when its busy gauges count as stuck, or None
 
 
 def parse_vllm_metrics(text: str) -> VllmSample:
     """Sum vLLM's gauges and counters over their labels; raise MetricsUnreadable if absent."""
     sums: dict[str, float] = {}
     wanted = {RUNNING, WAITING, *COUNTERS}
+    any_vllm = False
     try:
         for family in text_string_to_metric_families(text):
+            any_vllm = any_vllm or family.name.startswith("vllm:")
             for sample in family.samples:
                 if sample.name in wanted:
                     sums[sample.name] = sums.get(sample.name, 0.0) + float(sample.value)
     except Exception as exc:  # the parser
         raise MetricsUnreadable(f"not Prometheus text ({type(exc).__name__})") from None
+    if not any_vllm:
+        raise MetricsUnreadable(NO_VLLM_METRICS)
     missing = [name for name in (RUNNING, WAITING) if name not in sums]
     if missing:
         raise MetricsUnreadable(f"no {' or '.join(missing)} (not a vLLM server?)")
@@ -100,7 +124,36 @@ def judge(previous: dict[str, float] | None, sample: VllmSample) -> Verdict:
     shared = [name for name in sample.counters if name in previous]
     restarted = any(sample.counters[name] < previous[name] for name in shared)
     grew = not restarted and any(sample.counters[name] > previous[name] for name in shared)
-    return Verdict(active=busy or grew, restarted=restarted)
+    return Verdict(active=busy or grew, restarted=restarted, moved=grew)
+
+
+def follow_progress(
+    previous: LlmReading | None, sample: VllmSample, verdict: Verdict, now: float, stall_s: float
+) -> Progress:
+    """Apply the stall rule to one read: busy gauges with no counter moving for stall_s are stuck.
+
+    As the agent does: a counter that moved (or a restart, or the first read) is progress; busy
+    gauges are believed until stall_s has passed without progress; from then on they are no
+    work, and the LLM is idle from the last progress. stall_s 0 always believes the gauges.
+    """
+    busy = sample.running > 0 or sample.waiting > 0
+    last_progress = previous.progress_at if previous is not None else None
+    last_active = previous.active_at if previous is not None else None
+    progress_at = (
+        now if verdict.moved or verdict.restarted or last_progress is None else last_progress
+    )
+    stalled = busy and 0 < stall_s <= now - progress_at
+    if verdict.moved or (busy and not stalled):
+        active_at = now
+    elif stalled:  # what the gauges showed since the last progress was no work
+        active_at = min(t for t in (last_active, progress_at) if t is not None)
+    else:
+        active_at = last_active
+    stalled_since = None
+    if stalled:
+        already = previous.stalled_since if previous is not None else None
+        stalled_since = already if already is not None else now
+    return Progress(active_at, progress_at, stalled_since)
 
 
 def fetch_metrics(http: InstanceHttp, url: str, token: str) -> str:
@@ -201,12 +254,17 @@ class LlmLoad:
                 waiting=None,
                 counters=previous.counters if previous else {},  # kept as the baseline
                 active_at=previous.active_at if previous else None,
+                progress_at=previous.progress_at if previous else None,
+                stalled_since=previous.stalled_since if previous else None,
             )
             llm_readings.save_llm_reading(db, reading)
             self._audit_unavailable(state, session, reason)
             return reading
         now = self.clock.now()
         verdict = judge(previous.counters if previous else None, sample)
+        progress = follow_progress(
+            previous, sample, verdict, now, self.config.llm_stall_minutes * 60
+        )
         reading = LlmReading(
             read_at=now,
             session_id=session_id,
@@ -214,13 +272,46 @@ class LlmLoad:
             running=sample.running,
             waiting=sample.waiting,
             counters=sample.counters,
-            active_at=now if verdict.active else (previous.active_at if previous else None),
+            active_at=progress.active_at,
+            progress_at=progress.progress_at,
+            stalled_since=progress.stalled_since,
         )
         llm_readings.save_llm_reading(db, reading)
+        self._audit_stall(state, previous, reading, verdict)
         if values.get_value(db, AVAILABLE_AUDIT_DUE_KEY) is not None:
             values.set_value(db, AVAILABLE_AUDIT_DUE_KEY, None)
             self.audit.record("llm_metrics_available", "system", instance_id=state.instance_id)
         return reading
+
+    def _audit_stall(
+        self,
+        state: InstanceState,
+        previous: LlmReading | None,
+        reading: LlmReading,
+        verdict: Verdict,
+    ) -> None:
+        """Audit a stall once when it is declared, and once when it clears."""
+        was_stalled = previous is not None and previous.stalled
+        if reading.stalled and not was_stalled:
+            self.audit.record(
+                "llm_stalled",
+                "system",
+                instance_id=state.instance_id,
+                running=reading.running,
+                waiting=reading.waiting,
+                no_progress_minutes=(reading.read_at - reading.progress_at) / 60,
+                last_progress_at=iso_utc(reading.progress_at),
+                stall_minutes=self.config.llm_stall_minutes,
+            )
+        elif was_stalled and not reading.stalled:
+            moved = verdict.moved or verdict.restarted
+            self.audit.record(
+                "llm_stall_cleared",
+                "system",
+                instance_id=state.instance_id,
+                reason="a counter moved" if moved else "the gauges fell to 0",
+                stalled_minutes=(reading.read_at - previous.stalled_since) / 60,
+            )
 
     def _audit_unavailable(
         self, state: InstanceState, session: Session | None, reason: str

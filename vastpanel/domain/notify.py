@@ -55,6 +55,19 @@ NOTIFY_EVENTS = {
     "session {session_minutes:.1f} min, ${session_cost_usd:.3f}.",
     "max_session_stop_failed": "Session-limit stop of instance {instance_id} FAILED: {error}. "
     "The GPU may still be billed.",
+    # The instance's contract (contract.py): vast.ai cannot start it after its end_date.
+    "contract_ending": "The contract of instance {instance_id} ends at {ends_at} "
+    "({days_left:.1f} days left): vast.ai cannot start it after that and may delete it 48 h "
+    "later.",
+    "contract_ended": "The contract of instance {instance_id} ended at {ended_at}: it cannot "
+    "start again, and vast.ai may delete it from {deletable_from}.",
+    # Moving to another machine (move.py).
+    "move_started": "The GPU of instance {instance_id} (machine {machine_id}) is taken: moving "
+    "it to another machine.",
+    "move_completed": "Moved: instance {new_instance_id} on machine {new_machine_id} "
+    "(${dph_total}/h) replaces {old_instance_id}, after {minutes:.1f} min; the old one is "
+    "{old_instance}.",
+    "move_failed": "The move of instance {instance_id} to another machine FAILED: {error}.",
     # The dead-man switch on the instance (agent_link.py).
     "agent_unreachable": "The dead-man switch on instance {instance_id} does not answer "
     "({error}): should the panel go away, nothing on the instance would stop the GPU.",

@@ -24,9 +24,11 @@ from ..vast.client import VastClient
 from ..vast.instance import InstanceState
 from .audit import Audit, redact_value
 from .budget import Budget
+from .contract import Contract
 from .costs import CostBook
-from .instance import START_QUEUED_KEY, InstanceReader
+from .instance import HEALTHY_SESSION_KEY, START_QUEUED_KEY, InstanceReader
 from .lease_holder import LeaseHolder
+from .move import Mover
 
 VAST_POLL_S = 5.0  # vast.ai asks clients to poll no faster than this
 HEALTH_POLL_S = 1.0
@@ -38,7 +40,6 @@ POWER_WAIT_S = 60.0
 # One lease per process waiting for health: "health_wait/<holder>". A lease (not a stored value)
 # so that a wait cut short by kill -9 stops protecting the instance from the idle rule at once.
 HEALTH_WAIT_LEASE = "health_wait/"
-HEALTHY_SESSION_KEY = "healthy_session"  # id of the session whose health URL answered 200
 HEALTH_PROBED_KEY = "health_probed_at"
 HEALTH_PROBE_EVERY_S = 2.0
 
@@ -91,6 +92,8 @@ class Power:
         costs: CostBook,
         budget: Budget,
         leases: LeaseHolder,
+        contract: Contract,
+        mover: Mover,
     ):
         self.store = store
         self.clock = clock
@@ -102,6 +105,8 @@ class Power:
         self.costs = costs
         self.budget = budget
         self.leases = leases
+        self.contract = contract
+        self.mover = mover
         self._lock = threading.Lock()
         # Stops sent by this process: the /v1/ pass-through forgets a ready address on a change.
         self.stops_sent = 0
@@ -157,11 +162,16 @@ class Power:
         self.instance.require_configured()
         path = health_path or self.config.health_path
         port = health_port or self.config.health_port
-        instance_id = self.config.vast_instance_id
+        instance_id = self.instance.current_id()
         self.audit.record(
             "power_on_requested", actor, instance_id=instance_id, wait_for_health=wait_for_health
         )
-        self.budget.refuse_start_over_budget(actor)
+        self.budget.refuse_start_over_budget(actor, instance_id)
+        move = self.mover.latest()
+        if move is not None and move.active:
+            error = "A move to another machine is under way; it starts the new instance."
+            self.audit.record("power_on_failed", actor, instance_id=instance_id, error=error)
+            raise PowerBusy(error)
         with self._one_action(actor, "power_on_failed"):
             try:
                 state = self.instance.state()
@@ -177,6 +187,8 @@ class Power:
                 raise UpstreamFailed(
                     f"vast.ai does not know instance {instance_id}.", VastErrorKind.NOT_FOUND
                 )
+            if state.status != "running":
+                self.contract.refuse_start_if_ended(actor, state)  # vast.ai would refuse it
             if state.status == "running" or state.starting:
                 message = (
                     "Instance is already running."
@@ -191,7 +203,7 @@ class Power:
 
     def _send_start(self, actor: str) -> tuple[InstanceState, str]:
         """Send the start call and make the next status show what it reported."""
-        instance_id = self.config.vast_instance_id
+        instance_id = self.instance.current_id()
         try:
             result = self.client.start_instance(instance_id)
         except VastError as exc:
@@ -219,7 +231,7 @@ class Power:
 
     def _wait_for_health(self, actor: str, path: str, port: int) -> PowerOnResult:
         """Follow vast.ai until running, then the health URL until 200, within the timeout."""
-        instance_id = self.config.vast_instance_id
+        instance_id = self.instance.current_id()
         deadline = self.clock.now() + self.config.wait_timeout_s
         wait_lease = HEALTH_WAIT_LEASE + self.leases.holder
         # Held a minute past the deadline: the last vast.ai call and probe may end after it.
@@ -283,7 +295,8 @@ class Power:
     def power_off(self, actor: str) -> PowerOffResult:
         """Stop the instance (cancelling a queued start) and close its session."""
         self.instance.require_configured()
-        self.audit.record(MANUAL_STOP.requested, actor, instance_id=self.config.vast_instance_id)
+        self.audit.record(MANUAL_STOP.requested, actor, instance_id=self.instance.current_id())
+        self.mover.cancel(actor, "stopped by a power-off")  # its new instance must not run on
         result = self.stop(actor, MANUAL_STOP)
         assert result is not None
         return result
@@ -298,7 +311,7 @@ class Power:
 
         due gives the details to audit the stop with, or None when it no longer falls due.
         """
-        instance_id = self.config.vast_instance_id
+        instance_id = self.instance.current_id()
         with self._one_action(actor, events.failed):
             try:
                 # The shared answer decides, except that a manual stop confirms a "stopped" afresh:
@@ -351,7 +364,9 @@ class Power:
             )
             payload.pop("ports", None)
             self.stops_sent += 1
-            self.costs.book(payload, now)  # the GPU is no longer billed from the stop on
+            # The GPU is no longer billed from the stop on; storage at the rate last seen until
+            # vast.ai shows its stopped rate, which then prices the time since the stop.
+            self.costs.book(payload, now, assumed=True)
             self.instance.store_answer(now, payload)
         minutes = session.seconds(now) / 60 if session else 0.0
         cost = session.cost(now) if session else 0.0
@@ -373,7 +388,7 @@ class Power:
             if not self.leases.wait_for(POWER_LEASE, POWER_LEASE_S, POWER_WAIT_S):
                 error = "Another power action is still running; try again shortly."
                 self.audit.record(
-                    failed_event, actor, instance_id=self.config.vast_instance_id, error=error
+                    failed_event, actor, instance_id=self.instance.current_id(), error=error
                 )
                 raise PowerBusy(error)
             try:

@@ -328,8 +328,9 @@ class ScheduleBook:
         return month_cost(windows, self.lead().seconds, tail_s, rates.gpu_dph, rates.storage_dph)
 
     def last_days_cost(self, days: int = MONTH_DAYS) -> float:
-        """Return what the last `days` UTC days cost (bill or estimate, the larger, per day)."""
-        return sum(day.spent for day in self.costs.recent_cost_days(days))
+        """Return what the last `days` UTC days cost (a contract's bill or the estimate over
+        its window, the larger, never both: CostBook.spent)."""
+        return self.costs.recent_spent(days)
 
     def blocked_by(self) -> str | None:
         """Say why a scheduled start would be refused now (a spent budget), or None."""

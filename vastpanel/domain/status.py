@@ -18,10 +18,12 @@ from .budget import Budget, BudgetStatus
 from .costs import AllInTotals, CostBook
 from .idle import IdleRule, nearest_stop
 from .instance import SCHEDULING_SINCE_KEY, START_QUEUED_KEY, InstanceReader
+from .llm_load import NO_VLLM_METRICS
 from .power import HEALTHY_SESSION_KEY
 from .schedule import ScheduleHold
 
 HEARTBEAT_KEY = "healthz_heartbeat"
+CONTRACT_SHOWN_DAYS = 7  # the page shows the contract's end this long before it
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,9 @@ class StatusReport:
     now: float
     last_activity: float | None  # the latest activity signal (a gateway post or the LLM's)
     last_activity_source: str | None  # "gateway" or "llm"
-    llm_metrics: str | None  # "ok", "unavailable", "off"; None while not read this session
+    # "ok", "unavailable", "no_metrics" (read, but no vllm: metric in them), "off"; None while
+    # not read this session
+    llm_metrics: str | None
     llm: LlmReading | None  # the LLM's reading in this session
     session: Session | None
     totals: CostTotals
@@ -57,6 +61,18 @@ class StatusReport:
         return hold.closes_at
 
     @property
+    def contract_ended(self) -> bool:
+        """Tell whether the instance's contract has ended (vast.ai cannot start it again)."""
+        ends = self.state.contract_ends_at
+        return ends is not None and self.now >= ends
+
+    @property
+    def contract_ends_soon(self) -> bool:
+        """Tell whether the contract ends within CONTRACT_SHOWN_DAYS (the page says so)."""
+        ends = self.state.contract_ends_at
+        return ends is not None and ends - self.now < CONTRACT_SHOWN_DAYS * 86400
+
+    @property
     def auto_shutdown_in_minutes(self) -> float | None:
         """Minutes left before an idle instance is stopped, or None when that does not apply."""
         if self.idle_deadline is None or self.state.status not in IDLE_STOPPABLE:
@@ -79,13 +95,25 @@ class StatusReport:
         return getattr(self.llm, field)
 
     @property
+    def llm_stalled(self) -> bool:
+        """Tell whether vLLM's busy gauges count as stuck now (no counter moved for too long)."""
+        return self._llm_load("running") is not None and self.llm.stalled
+
+    @property
+    def llm_no_progress_seconds(self) -> float | None:
+        """How long no counter has moved while the gauges say busy, or None when not stalled."""
+        if not self.llm_stalled or self.llm.progress_at is None:
+            return None
+        return max(0.0, self.now - self.llm.progress_at)
+
+    @property
     def countdown_paused_because(self) -> str | None:
         """Say why the idle countdown does not run down now, or None when it does."""
         if self.auto_shutdown_in_minutes is None:
             return None
         if self.health_wait:
             return "a power-on is waiting for the instance's health"
-        if self.llm is not None and self.llm.busy:
+        if self.llm is not None and self.llm.working:
             running, waiting = self.llm_requests_running or 0, self.llm_requests_waiting or 0
             load = f"{running:g} request{'s' if running != 1 else ''} running"
             if waiting:
@@ -154,8 +182,10 @@ class StatusReader:
             llm_metrics = "off"
         elif signals.llm is None:
             llm_metrics = None
+        elif signals.llm.ok:
+            llm_metrics = "ok"
         else:
-            llm_metrics = "ok" if signals.llm.ok else "unavailable"
+            llm_metrics = "no_metrics" if signals.llm.error == NO_VLLM_METRICS else "unavailable"
         return StatusReport(
             state=state,
             now=now,

@@ -21,9 +21,11 @@ from ..errors import ClientGone, LlmUnavailable, PanelError, UpstreamFailed
 from ..storage import sessions, values
 from ..storage.database import Store
 from ..vast.instance import QUEUED_MESSAGE, InstanceState
+from .contract import Contract, ended_message
 from .idle import IdleRule
 from .instance import SCHEDULING_SINCE_KEY, START_QUEUED_KEY, InstanceReader
 from .lease_holder import LeaseHolder
+from .move import Mover
 from .power import HEALTH_WAIT_LEASE, HEALTHY_SESSION_KEY, Power
 
 PROXY_ACTOR = "proxy"
@@ -46,6 +48,7 @@ QUEUED_RETRY_S = 60
 # a GPU someone else has: such a wait can last hours, so requests are not held for it.
 SCHEDULING_TAKEN_AFTER_S = 120.0
 TIMEOUT_RETRY_S = 30
+CONTRACT_ENDED_RETRY_S = 3600  # an ended contract does not come back by waiting
 # States that never become running by themselves and that a start does not fix from here.
 DEAD_ENDS = frozenset({"not_found", "unknown", "offline", "frozen"})
 
@@ -95,6 +98,8 @@ class Wake:
         power: Power,
         idle: IdleRule,
         leases: LeaseHolder,
+        contract: Contract,
+        mover: Mover,
     ):
         self.store = store
         self.clock = clock
@@ -103,6 +108,8 @@ class Wake:
         self.power = power
         self.idle = idle
         self.leases = leases
+        self.contract = contract
+        self.mover = mover
         self._lock = threading.Lock()
         # This process's memory of the LLM: (session id, base URL) last seen healthy, and a
         # ready address with when it was read and how many stops this process had sent then.
@@ -170,7 +177,14 @@ class Wake:
         try:
             on_wait()
             while True:
-                if state.status in ("stopped", "exited"):
+                if state.status != "running" and not self._moving() and self.contract.ended(state):
+                    # No start is tried (nor audited per request): vast.ai would refuse it.
+                    raise LlmUnavailable(
+                        ended_message(state.contract_ends_at),
+                        CONTRACT_ENDED_RETRY_S,
+                        "contract_ended",
+                    )
+                if state.status in ("stopped", "exited") and not self._moving():
                     self._start_for_proxy()
                 elif state.status in DEAD_ENDS:
                     raise LlmUnavailable(
@@ -197,8 +211,16 @@ class Wake:
             self.leases.release(waiting)
             self.leases.release(wait_lease)
 
+    def _moving(self) -> bool:
+        """Tell whether a move to another machine is under way (it starts the new instance)."""
+        move = self.mover.latest()
+        return move is not None and move.active
+
     def _gpu_taken(self) -> bool:
-        """Tell whether a scheduling start waits for a GPU someone else has (queued, or long)."""
+        """Tell whether a scheduling start waits for a GPU someone else has (queued, or long),
+        with no move to another machine under way or coming (VAST_MOVE=auto rides through)."""
+        if self._moving() or self.config.move == "auto":
+            return False
         db = self.store.db
         since = values.get_value(db, SCHEDULING_SINCE_KEY)
         long_wait = since is not None and self.clock.now() - since >= SCHEDULING_TAKEN_AFTER_S

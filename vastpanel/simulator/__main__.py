@@ -29,6 +29,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate-limit-get", type=float, default=2.0, help="min seconds, 0: off")
     parser.add_argument("--rate-limit-put", type=float, default=1.0, help="min seconds, 0: off")
     parser.add_argument("--token-delay", type=float, default=0.0, help="LLM seconds per token")
+    parser.add_argument(
+        "--no-sticky-gauges",
+        action="store_true",
+        help="vLLM's gauges drop at once when every request is aborted (not as vLLM does)",
+    )
+    parser.add_argument(
+        "--clip-charges",
+        action="store_true",
+        help="clip each charges row to the asked day range (undocumented reading)",
+    )
+    parser.add_argument(
+        "--contract-ends-at", type=float, help="the instance's end_date, epoch seconds"
+    )
+    parser.add_argument(
+        "--gpu-taken",
+        action="store_true",
+        help="another renter has the instance's GPU: a start stays in scheduling until "
+        "POST /_sim/market {action: free}",
+    )
     parser.add_argument("--verbose", action="store_true", help="print one line per request")
     return parser.parse_args(argv)
 
@@ -49,8 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         rate_limit={k: v for k, v in rate_limit.items() if v > 0},
         port=args.port,
         llm_port=args.llm_port,
-        llm=LlmConfig(token_delay_s=max(0.0, args.token_delay)),
+        llm=LlmConfig(
+            token_delay_s=max(0.0, args.token_delay), sticky_gauges=not args.no_sticky_gauges
+        ),
         quiet=not args.verbose,
+        contract_ends_at=args.contract_ends_at,
+        clip_charges_to_range=args.clip_charges,
+        gpu_taken=args.gpu_taken,
     )
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

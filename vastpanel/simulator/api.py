@@ -1,123 +1,62 @@
-"""The simulated vast.ai REST API: show, start and stop one instance, in vast.ai's shapes."""
+"""The simulated vast.ai REST API for the account's instances: show, start, stop, destroy,
+the charges, and the user; in vast.ai's shapes. The market's endpoints are in market_api.py.
+"""
 
 from __future__ import annotations
 
-import hmac
 import re
-from urllib.parse import parse_qsl, urlencode
 
-from flask import Blueprint, Flask, Response, current_app, g, json, request
+from flask import Blueprint, Flask, Response, request
 
 from .backend import Backend
+from .charges import charges_answer
 from .control import control
-from .faults import RATE_LIMIT_DETAIL, Fault
+from .control_market import control_market
+from .faults import Fault
+from .gateway import answer, backend, front_door, invalid_args, log_request, refuse
+from .instance import SimInstance
+from .market_api import market
+from .rentals import destroy_instance, no_such_instance
 
 vast = Blueprint("vast", __name__, url_prefix="/api/v0")
+vast.before_request(front_door)
+vast.after_request(log_request)
 
-INVALID_KEY = {"success": False, "error": "auth_error", "msg": "Invalid user key"}
 STATES = ("running", "stopped")
+# Not documented: what vast.ai answers a start after the contract's end_date. The guides say
+# only that expired instances cannot restart; this refusal is the simulator's assumption.
+CONTRACT_EXPIRED = {
+    "success": False,
+    "error": "contract_expired",
+    "msg": "Instance {id}'s contract ended (end_date {end_date:.0f}): it cannot start again.",
+}
 
 
-def create_api_app(backend: Backend, on_pause=None) -> Flask:
+def create_api_app(account: Backend, on_pause=None) -> Flask:
     """Return the WSGI app of the simulated API; ``on_pause(seconds)`` backs POST /_sim/pause."""
     app = Flask(__name__)
-    app.extensions["vast_sim"] = backend
+    app.extensions["vast_sim"] = account
     app.extensions["vast_sim_pause"] = on_pause
     app.register_blueprint(vast)
+    app.register_blueprint(market)
     app.register_blueprint(control)
+    app.register_blueprint(control_market)
     return app
-
-
-def _backend() -> Backend:
-    return current_app.extensions["vast_sim"]
-
-
-def answer(status: int, body, headers: dict | None = None) -> Response:
-    """Return a JSON answer (or text, when ``body`` is already a string)."""
-    if isinstance(body, str):
-        return Response(body, status=status, headers=headers, mimetype="text/plain")
-    return Response(json.dumps(body), status=status, headers=headers, mimetype="application/json")
-
-
-def invalid_args(msg: str) -> Response:
-    """Return vast.ai's 400 for arguments it cannot use."""
-    return answer(400, {"success": False, "error": "invalid_args", "msg": msg})
-
-
-@vast.before_request
-def front_door():
-    """Play the proxy and rate limiter in front of the API, then check the key."""
-    backend = _backend()
-    g.arrived_at = backend.clock()
-    fault = backend.faults.take_front(request.method)
-    if fault is not None:
-        backend.pause_for(fault.delay)
-        if fault.kind != "slow":
-            return _refuse(fault)
-    g.auth = _key_accepted(backend)
-    if g.auth is None:
-        return answer(401, INVALID_KEY)
-    endpoint = request.url_rule.rule if request.url_rule else request.path
-    threshold = backend.rate_limiter.exceeded(
-        endpoint, request.method, g.arrived_at, key=_sent_key() or ""
-    )
-    if threshold is not None:
-        # As vast.ai: plain text, no Retry-After; the client must wait the interval itself.
-        return answer(429, RATE_LIMIT_DETAIL.format(threshold=threshold))
-    return None
-
-
-def _sent_key() -> str | None:
-    # The header is what clients should send; vast.ai still honours ?api_key= as well.
-    header = request.headers.get("Authorization", "")
-    sent = header[len("Bearer ") :] if header.startswith("Bearer ") else None
-    return sent or request.args.get("api_key")
-
-
-def _key_accepted(backend: Backend) -> str | None:
-    """Say whose key came: "account", "instance" (only for stopping that instance), or None."""
-    sent = (_sent_key() or "").encode()
-    if hmac.compare_digest(sent, backend.api_key.encode()):
-        return "account"
-    if hmac.compare_digest(sent, backend.instance_api_key.encode()) and _own_stop(backend):
-        return "instance"
-    return None
-
-
-def _own_stop(backend: Backend) -> bool:
-    """Tell whether this request stops the instance the per-instance key belongs to."""
-    args = request.view_args or {}
-    return (
-        request.method == "PUT"
-        and args.get("raw_id") == str(backend.instance.id)
-        and request.get_json(silent=True) == {"state": "stopped"}
-    )
-
-
-@vast.after_request
-def log_request(response: Response) -> Response:
-    """Record method, path, redacted query, body and status; never the Authorization header."""
-    backend = _backend()
-    query = [
-        (k, "[redacted]" if k == "api_key" else v)
-        for k, v in parse_qsl(request.query_string.decode("latin-1"))
-    ]
-    backend.record(
-        {
-            "method": request.method,
-            "path": request.path,
-            "query": urlencode(query),
-            "json": request.get_json(silent=True) if request.method != "GET" else None,
-            "status": response.status_code,
-            "time": g.get("arrived_at", backend.clock()),
-            "auth": g.get("auth"),  # whose key: "account", "instance" or None; never the key
-        }
-    )
-    return response
 
 
 def _parse_id(raw_id: str) -> int | None:
     return int(raw_id) if re.fullmatch(r"[0-9]{1,18}", raw_id) else None
+
+
+@vast.get("/instances/", strict_slashes=False)
+def show_instances():
+    """Answer {"instances": [...]}: every instance of the account, oldest first, as
+    `vastai show instances` asks for them (GET /api/v0/instances/?owner=me)."""
+    account = backend()
+    with account.lock:
+        ids = sorted(i for i in account.instances if account.live(i) is not None)
+    views = [account.instance_view(i) for i in ids]
+    return answer(200, {"instances": [v for v in views if v is not None]})
 
 
 @vast.get("/instances/<raw_id>/", strict_slashes=False)
@@ -126,9 +65,7 @@ def show_instance(raw_id: str):
     instance_id = _parse_id(raw_id)
     if instance_id is None:
         return invalid_args(f"Invalid instance id {raw_id!r}: must be an integer.")
-    backend = _backend()
-    view = backend.instance_view() if instance_id == backend.instance.id else None
-    return answer(200, {"instances": view})
+    return answer(200, {"instances": backend().instance_view(instance_id)})
 
 
 @vast.put("/instances/<raw_id>/", strict_slashes=False)
@@ -145,96 +82,70 @@ def change_instance(raw_id: str):
         return invalid_args(f"Invalid state {state!r}: must be one of running, stopped.")
     if "label" in body and not isinstance(body["label"], str | None):
         return invalid_args("Invalid label: must be a string.")
-    backend = _backend()
-    inst = backend.instance
-    with inst.lock:
-        if instance_id != inst.id or inst.vanished:
-            return answer(
-                404,
-                {
-                    "success": False,
-                    "error": "no_such_instance",
-                    "msg": f"Instance {instance_id} not found.",
-                },
-            )
+    account = backend()
+    with account.lock:
+        inst = account.live(instance_id)
+        if inst is None:
+            return answer(404, no_such_instance(instance_id))
         if "label" in body:
             inst.label = body["label"]
         if state == "stopped":
-            inst.request_stop(backend.clock())
+            account.stop(inst)
         elif state == "running":
-            refusal = _start(backend)
+            refusal = _start(account, inst)
             if refusal is not None:
                 return refusal
     return answer(200, {"success": True})
 
 
-def _start(backend: Backend) -> Response | None:
-    """Start the instance unless a fault refuses; return the refusal, if any."""
-    inst = backend.instance
-    if inst.held and backend.faults.gpu_busy():
-        return _refuse(Fault.from_options("resources_unavailable"))  # still queued
-    if not inst.start_needed(backend.clock()):
+@vast.delete("/instances/<raw_id>/", strict_slashes=False)
+def delete_instance(raw_id: str):
+    """Destroy the instance: 200 {"success": true}, then 404 no_such_instance."""
+    instance_id = _parse_id(raw_id)
+    if instance_id is None:
+        return answer(
+            400, {"success": False, "error": "invalid_args", "msg": "invalid instance_id"}
+        )
+    return answer(*destroy_instance(backend(), instance_id))
+
+
+def _start(account: Backend, inst: SimInstance) -> Response | None:
+    """Start the instance unless its contract, its GPU or a fault refuses; return a refusal."""
+    now = account.clock()
+    inst.accrue(now)
+    if inst.expired:
+        msg = CONTRACT_EXPIRED["msg"].format(id=inst.id, end_date=inst.end_date)
+        return answer(400, {**CONTRACT_EXPIRED, "msg": msg})
+    if inst.held:
+        if not account.gpu_free_for(inst):
+            return _gpu_taken(account)  # still queued
+        inst.release_hold(now)
+        return None
+    if not inst.start_needed(now):
         return None  # starting a running instance is a no-op success
-    refusal = backend.faults.take_start_refusal()
+    refusal = account.faults.take_start_refusal()
     if refusal is not None:
-        backend.pause_for(refusal.delay)
+        account.pause_for(refusal.delay)
         if refusal.kind == "missing_billing":
-            return _refuse(refusal)
-    outcome = inst.request_start(backend.clock(), gpu_free=not backend.faults.gpu_busy())
+            return refuse(refusal)
+    outcome = inst.request_start(account.clock(), gpu_free=account.gpu_free_for(inst))
     if outcome == "queued":
-        return _refuse(refusal or Fault.from_options("resources_unavailable"))
+        return _gpu_taken(account)
     return None
 
 
-def _refuse(fault: Fault) -> Response:
-    status, headers, body = fault.answer()
-    return Response(body, status=status, headers=headers)
-
-
-CHARGES_MAX_LIMIT = 500
-CHARGES_DEFAULT_LIMIT = 100
-NO_BILLING_READ = {
-    "success": False,
-    "error": "permission_denied",
-    "msg": "This API key lacks the billing_read permission.",
-}
+def _gpu_taken(account: Backend) -> Response:
+    """Answer resources_unavailable (200, success false), in a fault's words if one is set."""
+    faults = [f for f in account.faults.describe() if f["kind"] == "resources_unavailable"]
+    options = {k: faults[0][k] for k in ("body", "headers", "status")} if faults else {}
+    return refuse(Fault.from_options("resources_unavailable", **options))
 
 
 @vast.get("/charges/", strict_slashes=False)
 def charges():
-    """Answer the instance's charges per UTC day, paged by limit and after_token/next_token."""
-    backend = _backend()
-    inst = backend.instance
-    if not inst.meter.billing_read:
-        return answer(403, NO_BILLING_READ)
-    try:
-        filters = json.loads(request.args.get("select_filters", ""))
-        days = filters["day"]
-        gte, lte = float(days["gte"]), float(days["lte"])
-        types = filters["type"]["in"]
-        limit = int(request.args.get("limit", CHARGES_DEFAULT_LIMIT))
-        offset = int(request.args.get("after_token") or 0)
-    except (ValueError, TypeError, KeyError):
-        return invalid_args(
-            'select_filters is required: {"day": {"gte": N, "lte": N}, "type": {"in": [...]}}; '
-            "limit and after_token must be integers."
-        )
-    if not 1 <= limit <= CHARGES_MAX_LIMIT or offset < 0:
-        return invalid_args(f"limit must be from 1 to {CHARGES_MAX_LIMIT}.")
-    with inst.lock:
-        rows = inst.charge_rows(gte, lte) if "instance" in types else []
-    page = rows[offset : offset + limit]
-    more = offset + limit < len(rows)
-    return answer(
-        200,
-        {
-            "success": True,
-            "count": len(page),
-            "total": len(rows),
-            "next_token": str(offset + limit) if more else None,
-            "results": page,
-        },
-    )
+    """Answer the account's charges, one row per contract (charges.py)."""
+    status, body = charges_answer(backend(), request.args)
+    return answer(status, body)
 
 
 @vast.get("/users/current/", strict_slashes=False)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from flask import Blueprint, current_app, jsonify, request
 
 from .backend import Backend
-from .instance import Timing
+from .timing import Timing
 
 control = Blueprint("sim_control", __name__, url_prefix="/_sim")
 
@@ -64,20 +64,34 @@ def clear_faults():
 def external():
     """Act as the vast.ai console would: {"action": A} (backend.EXTERNAL_ACTIONS).
 
-    start, stop, exit, vanish, appear; created, frozen, rebooting, unknown, offline show that
-    status until recover, a start or a stop (rebooting ends by itself after load_delay).
+    start, stop, exit, vanish, appear; expire (the contract ends now); created, frozen,
+    rebooting, unknown, offline show that status until recover, a start or a stop (rebooting
+    ends by itself after load_delay).
     """
     backend = _backend()
+    body = _body()
     try:
-        changed = backend.external(str(_body().get("action")))
+        changed = backend.external(str(body.get("action")), body.get("instance_id"))
     except ValueError as error:
         return _bad(str(error))
-    return jsonify({"ok": True, "changed": changed, "instance": backend.instance_view()})
+    view = backend.instance_view(body.get("instance_id"))
+    return jsonify({"ok": True, "changed": changed, "instance": view})
+
+
+@control.post("/contract")
+def set_contract():
+    """End a contract at {"ends_at": epoch seconds, "instance_id": id} (past: it expires now)."""
+    body = _body()
+    try:
+        view = _backend().set_contract(body.get("ends_at"), body.get("instance_id"))
+    except ValueError as error:
+        return _bad(str(error))
+    return jsonify({"ok": True, "instance": view})
 
 
 @control.post("/billing")
 def set_billing():
-    """Bill differently from now on: {"factor": {"gpu": 1.5}, "billing_read": false, ...}."""
+    """Bill differently from now on: {"factor": {"gpu": 1.5}, "clip_to_range": true, ...}."""
     try:
         billing = _backend().set_billing(**_body())
     except ValueError as error:
@@ -88,7 +102,7 @@ def set_billing():
 @control.get("/requests")
 def list_requests():
     """Show the API request log (?method=, ?path=, ?server=llm for the LLM stack's log)."""
-    rows = _backend().requests(
+    rows = _backend().log.requests(
         method=request.args.get("method"),
         path=request.args.get("path"),
         llm=request.args.get("server") == "llm",
@@ -99,7 +113,7 @@ def list_requests():
 @control.delete("/requests")
 def clear_requests():
     """Empty the request logs."""
-    _backend().clear_requests()
+    _backend().log.clear()
     return jsonify({"ok": True})
 
 
@@ -113,14 +127,16 @@ def reset():
 
 @control.post("/timing")
 def set_timing():
-    """Change phase durations for transitions that start from now on."""
-    inst = _backend().instance
-    with inst.lock:
+    """Change phase durations of every instance, for transitions that start from now on."""
+    backend = _backend()
+    with backend.lock:
         try:
-            inst.timing = Timing(**{**asdict(inst.timing), **_body()})
+            timing = Timing(**{**asdict(backend.instance.timing), **_body()})
         except (TypeError, ValueError) as error:
             return _bad(str(error))
-        return jsonify({"ok": True, "timing": asdict(inst.timing)})
+        for inst in backend.instances.values():
+            inst.timing = replace(timing)
+        return jsonify({"ok": True, "timing": asdict(timing)})
 
 
 @control.post("/pause")
@@ -136,12 +152,17 @@ def pause():
     return jsonify({"ok": True, "resumes_in": seconds}), 202
 
 
-LLM_SETTINGS = {"token_delay_s": (int, float), "serve_metrics": (bool,), "max_num_seqs": (int,)}
+LLM_SETTINGS = {
+    "token_delay_s": (int, float),
+    "serve_metrics": (bool,),
+    "max_num_seqs": (int,),
+    "sticky_gauges": (bool,),
+}
 
 
 @control.post("/llm")
 def set_llm():
-    """Change the LLM stack: {"token_delay_s": s, "serve_metrics": bool, "max_num_seqs": n}."""
+    """Change the LLM stack: {"token_delay_s": s, "serve_metrics": b, "max_num_seqs": n, ...}."""
     backend = _backend()
     body = _body()
     for name, value in body.items():
@@ -153,7 +174,10 @@ def set_llm():
             return _bad(
                 f"{name} must be {'true or false' if kinds == (bool,) else 'a number >= 0'}"
             )
-    for name, value in body.items():
-        setattr(backend.llm, name, value)
-    backend.metrics.max_num_seqs = max(1, backend.llm.max_num_seqs)
+    with backend.lock:
+        for name, value in body.items():
+            setattr(backend.llm, name, value)
+        for inst in backend.instances.values():
+            inst.metrics.max_num_seqs = max(1, backend.llm.max_num_seqs)
+            inst.metrics.sticky_gauges = backend.llm.sticky_gauges
     return jsonify({"ok": True, "llm": backend.snapshot()["llm"]})

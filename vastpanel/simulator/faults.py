@@ -12,11 +12,28 @@ FRONT_KINDS = ("response", "rate_limit", "html", "slow")
 # Faults that refuse a start (PUT {"state": "running"}) after auth and validation.
 START_KINDS = ("resources_unavailable", "missing_billing")
 KINDS = FRONT_KINDS + START_KINDS
-METHODS = ("GET", "PUT")
+METHODS = ("GET", "PUT", "POST", "DELETE")
 
 RATE_LIMIT_DETAIL = "API requests too frequent: endpoint threshold={threshold}"
 # vast.ai's minimum intervals for the single-instance calls (shared/vast-api.md); on by default.
 DEFAULT_RATE_LIMIT = {"GET": 2.0, "PUT": 1.0}
+# Endpoints whose reference gives another interval (vast-ai/docs api-reference/openapi/yaml:
+# show_charges.yaml threshold 1.0, create_instance.yaml 4.5, the DELETE instance reference 3),
+# applied while rate limits are on at all.
+ENDPOINT_RATE_LIMIT = {
+    ("GET", "/api/v0/charges/"): 1.0,
+    ("PUT", "/api/v0/asks/<raw_id>/"): 4.5,
+    ("DELETE", "/api/v0/instances/<raw_id>/"): 3.0,
+}
+# Endpoints limited by count per period instead: search_offers.yaml, 10 requests a minute.
+WINDOW_RATE_LIMIT = {("POST", "/api/v0/bundles/"): (10, 60.0)}
+CHARGES_PATH = "/api/v0/charges/"
+# The charges endpoint alone documents a JSON 429 with a Retry-After header (show_charges.yaml).
+CHARGES_TOO_FREQUENT = {
+    "error": "HTTPTooManyRequests",
+    "msg": "API requests too frequent",
+    "retry_after": 1,
+}
 HTML_502 = (
     "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
@@ -53,6 +70,7 @@ class Fault:
     delay: float = 0.0
     retry_after: float | str | None = None  # rate_limit: the Retry-After header, if any
     text: bool = False  # rate_limit: plain text body instead of JSON
+    path: str | None = None  # only requests whose path contains this, e.g. "/charges/"
     id: int = field(default_factory=lambda: next(_ids))
 
     @classmethod
@@ -90,14 +108,22 @@ class Fault:
             raise ValueError("a response fault needs a status")
         if not isinstance(self.headers, dict):
             raise ValueError("headers must be an object")
+        if self.path is not None and not isinstance(self.path, str):
+            raise ValueError('path must be a string, e.g. "/charges/"')
 
-    def matches(self, method: str) -> bool:
-        """Return True when this fault applies to a request with ``method``."""
-        return self.method is None or self.method == method
+    def matches(self, method: str, path: str = "") -> bool:
+        """Return True when this fault applies to a request with ``method`` and ``path``."""
+        return (self.method is None or self.method == method) and (
+            self.path is None or self.path in path
+        )
 
-    def answer(self) -> tuple[int, dict, str]:
+    def answer(self, path: str = "") -> tuple[int, dict, str]:
         """Return status, headers and body text of the faulty answer (not for kind "slow")."""
         headers = dict(self.headers)
+        if self.kind == "rate_limit" and path.startswith(CHARGES_PATH) and not self.text:
+            retry_after = 1 if self.retry_after is None else self.retry_after
+            headers.setdefault("Retry-After", str(retry_after))
+            return self._with(429, headers, self.body or charges_too_frequent(retry_after))
         if self.kind == "rate_limit":
             detail = RATE_LIMIT_DETAIL.format(threshold=2.0)
             if self.retry_after is not None:
@@ -139,9 +165,9 @@ class FaultBook:
             self._faults.append(fault)
         return fault
 
-    def take_front(self, method: str) -> Fault | None:
-        """Consume and return the first front fault matching ``method``."""
-        return self._take(lambda f: f.kind in FRONT_KINDS and f.matches(method))
+    def take_front(self, method: str, path: str = "") -> Fault | None:
+        """Consume and return the first front fault matching ``method`` and ``path``."""
+        return self._take(lambda f: f.kind in FRONT_KINDS and f.matches(method, path))
 
     def take_start_refusal(self) -> Fault | None:
         """Consume and return the first fault that refuses a start."""
@@ -177,17 +203,41 @@ class FaultBook:
         return None
 
 
+def charges_too_frequent(retry_after: float | str = 1) -> dict:
+    """Return the JSON body of the charges endpoint's 429."""
+    return {**CHARGES_TOO_FREQUENT, "retry_after": retry_after}
+
+
 class RateLimiter:
-    """A minimum interval between accepted requests per key, endpoint and method (off: {})."""
+    """A minimum interval between accepted requests per key, endpoint and method (off: {}).
+
+    ``intervals`` gives one per method; while any is on, an endpoint of ENDPOINT_RATE_LIMIT
+    gets its own documented interval instead, and one of WINDOW_RATE_LIMIT a count per period.
+    """
 
     def __init__(self, intervals: dict[str, float] | None = None):
         self.intervals = {k.upper(): float(v) for k, v in (intervals or {}).items()}
         self._last: dict[tuple[str, str, str], float] = {}
+        self._recent: dict[tuple[str, str, str], list[float]] = {}
         self._lock = threading.Lock()
+
+    @property
+    def on(self) -> bool:
+        """Tell whether rate limits apply at all."""
+        return any(self.intervals.values())
+
+    def interval(self, endpoint: str, method: str) -> float | None:
+        """Return the minimum interval for the endpoint and method, or None when off."""
+        if not self.on:
+            return None
+        return ENDPOINT_RATE_LIMIT.get((method, endpoint), self.intervals.get(method)) or None
 
     def exceeded(self, endpoint: str, method: str, now: float, key: str = "") -> float | None:
         """Return the threshold when this request comes too soon, else record it and None."""
-        interval = self.intervals.get(method)
+        window = WINDOW_RATE_LIMIT.get((method, endpoint)) if self.on else None
+        if window is not None:
+            return self._over_window(window, (key, endpoint, method), now)
+        interval = self.interval(endpoint, method)
         if not interval:
             return None
         with self._lock:
@@ -197,7 +247,18 @@ class RateLimiter:
             self._last[(key, endpoint, method)] = now
             return None
 
+    def _over_window(self, window: tuple[int, float], slot, now: float) -> float | None:
+        count, period = window
+        with self._lock:
+            recent = [t for t in self._recent.get(slot, []) if now - t < period]
+            if len(recent) >= count:
+                self._recent[slot] = recent
+                return period / count
+            self._recent[slot] = [*recent, now]
+            return None
+
     def reset(self) -> None:
         """Forget past requests."""
         with self._lock:
             self._last.clear()
+            self._recent.clear()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import secrets
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from .billing import Meter
+from .hardware import Hardware
+from .recipe import Recipe, default_recipe
+from .timing import Timing
 
 RUNNING = "running"
 STOPPED = "stopped"
@@ -17,66 +20,18 @@ INITIAL_STATES = ("stopped", "running", "creating")
 # Statuses the console (the control API) can put the instance in, until "recover", a start or
 # a stop; "rebooting" ends by itself after load_delay, back to the lifecycle's own status.
 FORCED_STATUSES = ("created", "frozen", "rebooting", "unknown", "offline")
-FORCED_MESSAGES = {
-    "offline": "Host disconnected",
-    "unknown": "No heartbeat from the host",
-    "rebooting": "Rebooting the container",
-}
-
-
-class ManualClock:
-    """A clock that only moves when told to, so tests can be exact without sleeping."""
-
-    def __init__(self, start: float = 1000.0):
-        self._now = float(start)
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        """Return the current reading."""
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> float:
-        """Move the clock forward and return the new reading."""
-        if seconds < 0:
-            raise ValueError("a clock does not go backwards")
-        with self._lock:
-            self._now += seconds
-            return self._now
-
-
-@dataclass
-class Timing:
-    """Seconds each phase lasts; 0 is allowed everywhere."""
-
-    schedule_delay: float = 1.0  # scheduling: intended running, actual still stopped
-    load_delay: float = 2.0  # loading: pulling the image and starting the container
-    warm_delay: float = 1.0  # after running, until the model answers /health with 200
-    stop_delay: float = 0.0  # after a stop, while actual still shows the old status
-    create_delay: float = 0.0  # only for initial_state="creating": actual_status is null
-
-    def __post_init__(self):
-        for name, value in vars(self).items():
-            if not isinstance(value, int | float) or value < 0 or math.isnan(value):
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-            setattr(self, name, float(value))
-
-
-@dataclass
-class Hardware:
-    """The static facts vast.ai reports about the rented machine."""
-
-    gpu_name: str = "RTX 3090"
-    num_gpus: int = 1
-    dph_base: float = 0.25  # GPU $/hour
-    storage_cost: float = 0.15  # $/GB/month
-    disk_space: float = 48.0  # GB
-    inet_up_cost: float = 0.01  # $/GB out of the instance
-    inet_down_cost: float = 0.005  # $/GB into the instance
-    machine_id: int = 13542
-    label: str | None = "vastpanel-sim"
-    image: str = "vllm/vllm-openai:latest"
-    age_seconds: float = 3 * 86400.0  # start_date is this long before the simulator started
+# GPU time is billed while running and while frozen: vast.ai's show-instance reference says of
+# frozen "Container is paused with memory preserved. GPU charges apply." (vast-ai/docs
+# cli/reference/show-instance.mdx); its billing guide bills the "active/connected" state only,
+# so loading, rebooting, exited and unknown are not billed.
+GPU_BILLED = (RUNNING, "frozen")
+# The machine holds the instance's GPU in these statuses (vast.ai's cur_state "running"); in the
+# others storage is billed at the stopped rate. Nothing is billed while the host is offline
+# ("every second your instance exists and is online", vast.ai's billing help).
+GPU_HELD = (RUNNING, LOADING, "frozen", "rebooting")
+# "Expired instances may be deleted 48 hours after expiration" (vast.ai's overview and
+# instance-types guide); the simulator deletes them then.
+EXPIRED_DELETE_AFTER_S = 48 * 3600.0
 
 
 class SimInstance:
@@ -95,6 +50,12 @@ class SimInstance:
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
         initial_state: str = STOPPED,
+        *,
+        ends_at: float | None = None,
+        lock: threading.RLock | None = None,
+        recipe: Recipe | None = None,
+        files: dict[str, str] | None = None,
+        epoch_offset: float | None = None,
     ):
         if initial_state not in INITIAL_STATES:
             raise ValueError(f"initial_state must be one of {INITIAL_STATES}")
@@ -102,17 +63,33 @@ class SimInstance:
         self.timing = timing
         self.hardware = hardware
         self.clock = clock
-        self.lock = threading.RLock()
-        self.start_date = wall_clock() - hardware.age_seconds
-        self.meter = Meter(epoch_offset=wall_clock() - clock())
+        self.lock = lock or threading.RLock()
+        # What it runs, and its own key (vast.ai's CONTAINER_API_KEY): it may stop or destroy
+        # this instance only (api.py).
+        self.recipe = recipe or default_recipe(hardware.image)
+        self.api_key = "inst-" + secrets.token_hex(16)
+        self.initial_files = dict(files or {})
+        self.llm_port = 0  # where its LLM stack listens, once it does
+        self.host_ports: dict[int, int] = {}  # container port -> host port, else the LLM's
+        now = clock()
+        offset = wall_clock() - now if epoch_offset is None else epoch_offset
+        wall = now + offset
+        self.start_date = wall if initial_state == "creating" else wall - hardware.age_seconds
+        self.meter = Meter(epoch_offset=offset)
+        self.initial_end_date = (
+            wall + hardware.contract_days * 86400 if ends_at is None else ends_at
+        )
         self.reset(initial_state)
 
     def reset(self, initial_state: str = STOPPED) -> None:
-        """Put the instance back in a settled initial state, billing from now on."""
+        """Put the instance back in a settled initial state, billing from its creation on."""
         now = self.clock()
         self.meter.reset(now)
+        self.meter.contract_start = self.start_date
         self.label = self.hardware.label
+        self.files = dict(self.initial_files)  # its disk: path -> content
         self.vanished = False
+        self.destroyed_at: float | None = None
         self.held = False  # a start queued behind resources_unavailable
         self.creating = initial_state == "creating"
         self.exited_at: float | None = None
@@ -130,6 +107,65 @@ class SimInstance:
             self.intended = RUNNING
             self.loading_at = now + self.timing.create_delay
             self.running_at = self.loading_at + self.timing.load_delay
+        self.expired = False
+        self.set_end_date(now, self.initial_end_date)
+        self._bill_before(now, initial_state)
+
+    def _bill_before(self, now: float, initial_state: str) -> None:
+        """Bill the time from creation until the simulator started, in the initial state."""
+        since = self.start_date - self.meter.epoch_offset
+        if since >= now:
+            return
+        held = initial_state == RUNNING
+        if held:
+            self.meter.add(since, now, "gpu", self.hardware.dph_base)
+        self.meter.add(since, now, "disk", self.storage_dph_in(RUNNING if held else STOPPED))
+
+    # --- the contract ---
+
+    @property
+    def end_date(self) -> float:
+        """Return the contract's end in epoch seconds (vast.ai's end_date)."""
+        return self._end_date
+
+    def set_end_date(self, now: float, end_date: float) -> None:
+        """End the contract at ``end_date`` (epoch): from then on it stops and cannot start.
+
+        An end date already past takes effect now (billing is never rewritten); a later one
+        lets an expired instance start again, as when a host extends the contract.
+        """
+        if self.destroyed_at is None and now > self.meter.billed_until:
+            self.accrue(now)
+        self._end_date = float(end_date)
+        end = end_date - self.meter.epoch_offset
+        if end > now:
+            self.expired = False
+        self._expires_at = max(end, now)
+        self._deleted_at = max(end + EXPIRED_DELETE_AFTER_S, now)
+
+    def settle(self, now: float) -> None:
+        """Apply what the contract's end did by ``now``: the stop, then the deletion."""
+        if self.destroyed_at is not None or self.vanished:
+            return
+        if not self.expired and now >= self._expires_at:
+            self._bill_until(self._expires_at)
+            self.expired = True
+            self._stop(self._expires_at, linger=0.0)  # the host stops it at once
+        if self.expired and now >= self._deleted_at:
+            self._bill_until(self._deleted_at)
+            self.destroy(self._deleted_at)
+
+    def destroy(self, now: float) -> None:
+        """End the contract for good: nothing is billed from ``now`` on."""
+        self._bill_until(now)
+        self.destroyed_at = now
+        self.meter.contract_end = now + self.meter.epoch_offset
+        self.intended, self.held, self.forced = STOPPED, False, None
+
+    @property
+    def gone(self) -> bool:
+        """Return True when the API no longer shows the instance (destroyed or vanished)."""
+        return self.vanished or self.destroyed_at is not None
 
     # --- reading ---
 
@@ -149,7 +185,8 @@ class SimInstance:
 
     def is_running(self, now: float) -> bool:
         """Return True when actual and intended status are both running."""
-        return self.intended == RUNNING and self.actual_status(now) == RUNNING
+        self.settle(now)
+        return not self.gone and self.intended == RUNNING and self.actual_status(now) == RUNNING
 
     def is_warm(self, now: float) -> bool:
         """Return True once the model has had warm_delay seconds of running."""
@@ -157,31 +194,54 @@ class SimInstance:
 
     @property
     def storage_dph(self) -> float:
-        """Return storage $/hour: storage_cost ($/GB/month) x disk_space / 720."""
+        """Return storage $/hour while running: storage_cost ($/GB/month) x disk_space / 720."""
         return self.hardware.storage_cost * self.hardware.disk_space / 720
+
+    def storage_dph_in(self, status: str | None) -> float:
+        """Return storage $/hour in a status: higher when the machine holds no GPU for it."""
+        if status in GPU_HELD or status is None or status == "created":
+            return self.storage_dph
+        return self.storage_dph * self.hardware.stopped_storage_factor
 
     # --- billing ---
 
     def accrue(self, now: float) -> None:
-        """Bill GPU (while running) and storage (unless destroyed) up to now."""
+        """Bill up to now, after applying what the contract's end did by then."""
+        self.settle(now)
+        self._bill_until(now)
+
+    def _bill_until(self, now: float) -> None:
+        """Bill GPU (running or frozen) and storage (at the rate in force) up to now."""
         meter = self.meter
         start = meter.billed_until if meter.billed_until is not None else now
+        if self.destroyed_at is not None:
+            now = min(now, self.destroyed_at)
         if now <= start:
             return
-        edges = (self.loading_at, self.running_at, self.stop_at, self.exited_at)
+        edges = (self.loading_at, self.running_at, self.stop_at, self.exited_at, self.forced_until)
         cuts = sorted({t for t in edges if t is not None and start < t < now})
         for a, b in zip([start, *cuts], [*cuts, now], strict=True):
             if self.vanished:
                 continue
-            if self.actual_status(a) == RUNNING:
+            status = self.actual_status(a)
+            if status in GPU_BILLED:
                 meter.add(a, b, "gpu", self.hardware.dph_base)
-            meter.add(a, b, "disk", self.storage_dph)
+            if status != "offline":
+                meter.add(a, b, "disk", self.storage_dph_in(status))
         meter.billed_until = now
 
-    def charge_rows(self, gte: float, lte: float) -> list[dict]:
-        """Return vast.ai's charge rows for the days overlapping [gte, lte], accrued to now."""
-        self.accrue(self.clock())
-        return self.meter.rows(self.id, self.hardware.gpu_name, gte, lte)
+    def add_bandwidth(self, now: float, into: int, out: int) -> None:
+        """Bill bytes into the instance (bwd) and out of it (bwu)."""
+        self.accrue(now)
+        self.meter.add_bytes(now, "bwd", into, self.hardware.inet_down_cost)
+        self.meter.add_bytes(now, "bwu", out, self.hardware.inet_up_cost)
+
+    def charge_row(self, gte: float, lte: float, clip: bool) -> dict | None:
+        """Return the contract's row of vast.ai's charges for [gte, lte], accrued to now."""
+        now = self.clock()
+        if not self.gone:
+            self.accrue(now)
+        return self.meter.contract_row(self.id, self.label, gte, lte, now, clip)
 
     # --- acting ---
 
@@ -193,6 +253,7 @@ class SimInstance:
         """Show ``status`` (one of FORCED_STATUSES) from now on; False if it was shown already."""
         if status not in FORCED_STATUSES:
             raise ValueError(f"status must be one of {', '.join(FORCED_STATUSES)}")
+        self.accrue(now)
         changed = self.actual_status(now) != status
         self.forced = status
         self.forced_until = now + self.timing.load_delay if status == "rebooting" else math.inf
@@ -200,13 +261,16 @@ class SimInstance:
 
     def recover(self, now: float) -> bool:
         """End a forced status: back to what the lifecycle says. False if none was forced."""
+        self.accrue(now)
         changed = self.forced is not None and now < self.forced_until
         self.forced, self.forced_until = None, math.inf
         return changed
 
     def request_start(self, now: float, gpu_free: bool = True) -> str:
-        """Ask for running; return "noop", "started" or "queued" (GPU taken, held in scheduling)."""
+        """Ask for running; return "noop", "started", "queued" (GPU taken) or "expired"."""
         self.accrue(now)
+        if self.expired:
+            return "expired"
         if self.forced is not None and now < self.forced_until and self.forced != "rebooting":
             self.forced, self.forced_until = None, math.inf
             self.intended = STOPPED  # vast.ai reschedules it as a fresh start
@@ -234,6 +298,9 @@ class SimInstance:
     def request_stop(self, now: float) -> None:
         """Ask for stopped; the old actual status lingers for stop_delay seconds."""
         self.accrue(now)
+        self._stop(now, linger=self.timing.stop_delay)
+
+    def _stop(self, now: float, linger: float) -> None:
         actual = self.actual_status(now)
         self.forced, self.forced_until = None, math.inf
         if self.intended == STOPPED:
@@ -241,9 +308,9 @@ class SimInstance:
         self.intended = STOPPED
         self.held = False
         self.creating = False
-        lingering = actual in (RUNNING, LOADING, EXITED)
+        lingering = actual in (RUNNING, LOADING, EXITED) and linger > 0
         self.stop_from = actual if lingering else STOPPED
-        self.stop_at = now + self.timing.stop_delay if lingering else now
+        self.stop_at = now + linger if lingering else now
         # loading_at/running_at are kept: a start within stop_delay resumes the same boot.
 
     def exit_container(self, now: float) -> bool:
@@ -260,69 +327,3 @@ class SimInstance:
         else:
             self.loading_at = now + self.timing.schedule_delay
             self.running_at = self.loading_at + self.timing.load_delay
-
-    # --- the shape vast.ai answers ---
-
-    def as_api_dict(
-        self, now: float, llm_port: int, host_ports: dict[int, int] | None = None
-    ) -> dict:
-        """Return the instance object exactly as GET /api/v0/instances/{id}/ shows it."""
-        hw = self.hardware
-        actual = self.actual_status(now)
-        running = self.is_running(now)
-        storage_total_cost = self.storage_dph
-        row = {
-            "id": self.id,
-            "actual_status": actual,
-            "intended_status": "frozen" if actual == "frozen" else self.intended,
-            "cur_state": RUNNING if actual in (RUNNING, LOADING) else STOPPED,
-            "next_state": self.intended,
-            "status_msg": self._status_msg(actual),
-            "gpu_name": hw.gpu_name,
-            "num_gpus": hw.num_gpus,
-            "dph_base": hw.dph_base,
-            "storage_cost": hw.storage_cost,
-            "disk_space": hw.disk_space,
-            "storage_total_cost": storage_total_cost,
-            "dph_total": hw.dph_base + storage_total_cost,
-            "public_ipaddr": "127.0.0.1\n",
-            "start_date": self.start_date,
-            "uptime_mins": round((now - self.running_at) / 60, 2) if running else None,
-            "label": self.label,
-            "machine_id": hw.machine_id,
-            "host_id": 4242,
-            "ssh_host": "127.0.0.1",
-            "ssh_port": 20000 + self.id % 10000,
-            "static_ip": False,
-            "direct_port_start": -1,
-            "direct_port_end": -1,
-            "image_uuid": hw.image,
-            "extra_env": [],  # the official client turns this list of pairs into a dict
-            "gpu_util": 0.0 if running else None,
-            "cpu_cores_effective": 8.0,
-            "cpu_ram": 64000,
-            "inet_up": 500.0,
-            "inet_down": 800.0,
-            "reliability2": 0.995,
-        }
-        if running:
-            row["ports"] = {
-                f"{port}/tcp": [
-                    {"HostIp": "0.0.0.0", "HostPort": str((host_ports or {}).get(port, llm_port))}
-                ]
-                for port in (8000, 8001)
-            }
-        return row
-
-    def _status_msg(self, actual: str | None) -> str | None:
-        if actual in FORCED_MESSAGES:
-            return FORCED_MESSAGES[actual]
-        if actual == EXITED:
-            return "Error: container exited with code 137 (OOMKilled)"
-        if self.intended == RUNNING and self.held:
-            return "Required resources are currently unavailable, state change queued."
-        if actual == LOADING:
-            return f"Pulling image {self.hardware.image}"
-        if actual == RUNNING:
-            return "success, running " + self.hardware.image.replace(":", "_") + "/jupyter"
-        return None

@@ -1,4 +1,4 @@
-"""The LLM stack inside the simulated instance: vLLM-style /health, /metrics and OpenAI API.
+"""The LLM stack inside a simulated instance: vLLM-style /health, /metrics and OpenAI API.
 
 Every completion holds a batch slot while it generates, one token per ``token_delay_s``, so
 vLLM's gauges (running, waiting) and counters (requests, prompt and generation tokens) in
@@ -15,15 +15,17 @@ import uuid
 from flask import Flask, Response, current_app, g, json, request
 
 from .backend import Backend
-from .llm_metrics import CONTENT_TYPE
+from .instance import SimInstance
+from .vllm_metrics import CONTENT_TYPE
 
 MAX_TOKENS_LIMIT = 100_000
 
 
-def create_llm_app(backend: Backend) -> Flask:
-    """Return the WSGI app the instance's mapped ports lead to."""
+def create_llm_app(backend: Backend, instance_id: int) -> Flask:
+    """Return the WSGI app an instance's mapped ports lead to."""
     app = Flask(__name__)
     app.extensions["vast_sim"] = backend
+    app.extensions["vast_sim_instance"] = instance_id
     app.before_request(_only_when_up)
     app.after_request(_log_request)
     app.add_url_rule("/health", view_func=health)
@@ -35,6 +37,10 @@ def create_llm_app(backend: Backend) -> Flask:
 
 def _backend() -> Backend:
     return current_app.extensions["vast_sim"]
+
+
+def _instance() -> SimInstance:
+    return _backend().instances[current_app.extensions["vast_sim_instance"]]
 
 
 def _json(status: int, body) -> Response:
@@ -50,16 +56,16 @@ def _only_when_up():
     """Answer 502 as the host's proxy does while the instance or the model is not up."""
     backend = _backend()
     g.arrived_at = backend.clock()
-    inst = backend.instance
+    inst = _instance()
     with inst.lock:
-        running = not inst.vanished and inst.is_running(g.arrived_at)
+        running = inst.is_running(g.arrived_at)
         warm = running and inst.is_warm(g.arrived_at)
         boot = inst.running_at
     if not running:
         return Response("502 Bad Gateway: instance not running\n", status=502)
     if not warm:
         return Response("502 Bad Gateway: model server is still loading\n", status=502)
-    backend.metrics.note_boot(boot)  # a new boot is a restarted vLLM: counters from zero
+    inst.metrics.note_boot(boot)  # a new boot is a restarted vLLM: counters from zero
     # vLLM's --api-key guards /v1 only; a /metrics token is what nginx asks in front of it.
     key = backend.llm.metrics_token if request.path == "/metrics" else backend.llm.api_key
     if key and request.path != "/health":
@@ -72,9 +78,12 @@ def _only_when_up():
 def _log_request(response: Response) -> Response:
     if request.path.startswith("/v1/") and not response.is_streamed:
         # LLM traffic is billed as bandwidth: the request in, the answer out.
-        _backend().add_bandwidth(request.content_length or 0, response.content_length or 0)
-    _backend().record(
+        _backend().add_bandwidth(
+            _instance(), request.content_length or 0, response.content_length or 0
+        )
+    _backend().log.record(
         {
+            "instance_id": _instance().id,
             "method": request.method,
             "path": request.path,
             "status": response.status_code,
@@ -95,7 +104,7 @@ def metrics():
     backend = _backend()
     if not backend.llm.serve_metrics:
         return Response("404 Not Found\n", status=404, mimetype="text/plain")
-    return Response(backend.metrics.exposition(), status=200, content_type=CONTENT_TYPE)
+    return Response(_instance().metrics.exposition(), status=200, content_type=CONTENT_TYPE)
 
 
 def list_models():
@@ -135,9 +144,11 @@ def chat_completion():
     completion_id = "chatcmpl-" + uuid.uuid4().hex
     created = int(time.time())
     if body.get("stream"):
-        chunks = _stream(backend, prompt_tokens, tokens, reason, completion_id, created)
+        chunks = _stream(
+            backend, _instance(), prompt_tokens, tokens, reason, completion_id, created
+        )
         return Response(chunks, mimetype="text/event-stream")
-    content = " ".join(_generate(backend, prompt_tokens, tokens, reason))
+    content = " ".join(_generate(backend, _instance(), prompt_tokens, tokens, reason))
     return _json(
         200,
         {
@@ -161,14 +172,14 @@ def chat_completion():
     )
 
 
-def _generate(backend: Backend, prompt_tokens: int, tokens: list[str], reason: str):
+def _generate(backend: Backend, inst: SimInstance, prompt_tokens: int, tokens, reason: str):
     """Yield the tokens one per token_delay_s, holding a batch slot counted in the metrics."""
-    with backend.metrics.request(prompt_tokens, backend.clock, backend.closing) as generation:
+    with inst.metrics.request(prompt_tokens, backend.clock, backend.closing) as generation:
         for token in tokens:
             backend.pause_for(backend.llm.token_delay_s)
             if backend.closing.is_set():
                 return  # the simulator is stopping: an aborted request
-            if not _instance_up(backend):
+            if not _instance_up(backend, inst):
                 # The machine went away under the model: the connection breaks mid-answer.
                 raise InstanceGone("the instance stopped or vanished during a generation")
             generation.token()
@@ -180,14 +191,13 @@ class InstanceGone(ConnectionAbortedError):
     """The simulated instance stopped or vanished while a completion was being generated."""
 
 
-def _instance_up(backend: Backend) -> bool:
+def _instance_up(backend: Backend, inst: SimInstance) -> bool:
     """Tell whether the instance still runs (an LLM on a gone machine cannot answer)."""
-    inst = backend.instance
     with inst.lock:
-        return not inst.vanished and inst.is_running(backend.clock())
+        return inst.is_running(backend.clock())
 
 
-def _stream(backend: Backend, prompt_tokens, tokens, reason, completion_id: str, created: int):
+def _stream(backend: Backend, inst, prompt_tokens, tokens, reason, completion_id, created):
     """Yield server-sent events: each token as it is made, a finish chunk, then [DONE]."""
     base = {"id": completion_id, "object": "chat.completion.chunk", "created": created}
     model = backend.llm.model
@@ -197,7 +207,13 @@ def _stream(backend: Backend, prompt_tokens, tokens, reason, completion_id: str,
         return f"data: {json.dumps({**base, 'model': model, 'choices': [choice]})}\n\n"
 
     yield chunk({"role": "assistant", "content": ""}, None)
-    for i, token in enumerate(_generate(backend, prompt_tokens, tokens, reason)):
-        yield chunk({"content": token if i == 0 else " " + token}, None)
+    generation = _generate(backend, inst, prompt_tokens, tokens, reason)
+    try:
+        for i, token in enumerate(generation):
+            yield chunk({"content": token if i == 0 else " " + token}, None)
+    finally:
+        # A client that closes the connection closes this stream: the generation it was
+        # waiting for is aborted at once, as vLLM aborts a request whose client went away.
+        generation.close()
     yield chunk({}, reason)
     yield "data: [DONE]\n\n"

@@ -1,4 +1,4 @@
-"""The handle tests and the demo use: both servers, faults, console actions and logs."""
+"""The handle tests and the demo use: the servers, faults, console actions, market and logs."""
 
 from __future__ import annotations
 
@@ -10,17 +10,28 @@ from .agent import AgentSettings, InstanceAgent
 from .api import create_api_app
 from .backend import Backend, LlmConfig
 from .faults import DEFAULT_RATE_LIMIT, Fault
-from .instance import Hardware, SimInstance, Timing
+from .hardware import Hardware
+from .instance import SimInstance
 from .llm import create_llm_app
+from .market import Machine
+from .recipe import Recipe
 from .server import HOST, KeepAliveServerThread, ServerThread
+from .timing import Timing
+
+# What the first instance's disk holds, so a copy has something to move.
+DEFAULT_FILES = {
+    "/workspace/README.md": "Files on the simulated instance's disk.\n",
+    "/workspace/models/sim-model/config.json": '{"model_type": "sim"}\n',
+}
 
 
 class Simulator:
-    """A fake vast.ai account with one instance, served over real HTTP on loopback.
+    """A fake vast.ai account, its first instance and a small market, over real HTTP on loopback.
 
     Use it as a context manager, or call ``start()`` and ``stop()``. Like vast.ai it refuses
     a request sooner than ``rate_limit`` (GET 2 s, PUT 1 s per key) after the last accepted
-    one with a plain-text 429; ``rate_limit={}`` turns that off.
+    one with a plain-text 429; ``rate_limit={}`` turns that off. Every instance, the first and
+    those created from offers, serves its own LLM stack on its own loopback port.
     """
 
     def __init__(
@@ -44,18 +55,46 @@ class Simulator:
         quiet: bool = True,
         agent: AgentSettings | None = None,
         host_ports: dict[int, int] | None = None,
+        contract_ends_at: float | None = None,
+        clip_charges_to_range: bool = False,
+        machines: list[Machine] | None = None,
+        gpu_taken: bool = False,
+        files: dict[str, str] | None = None,
+        recipe: Recipe | None = None,
     ):
         if not api_key:
             raise ValueError("api_key must not be empty")
         timing = Timing(schedule_delay, load_delay, warm_delay, stop_delay, create_delay)
         instance = SimInstance(
-            instance_id, timing, hardware or Hardware(), clock, wall_clock, initial_state
+            instance_id,
+            timing,
+            hardware or Hardware(),
+            clock,
+            wall_clock,
+            initial_state,
+            ends_at=contract_ends_at,
+            recipe=recipe,
+            files=DEFAULT_FILES if files is None else files,
         )
-        self.backend = Backend(api_key, instance, initial_state, rate_limit, llm or LlmConfig())
+        self.backend = Backend(
+            api_key,
+            instance,
+            initial_state,
+            rate_limit,
+            llm or LlmConfig(),
+            clip_charges_to_range,
+            machines,
+        )
+        if gpu_taken:  # another renter has the first instance's GPU: a start stays queued
+            self.backend.set_taken(instance.hardware.machine_id, True)
         self._api = ServerThread(
             create_api_app(self.backend, on_pause=self.pause), port, quiet, "sim-api"
         )
-        self._llm = KeepAliveServerThread(create_llm_app(self.backend), llm_port)
+        self._llm = KeepAliveServerThread(create_llm_app(self.backend, instance_id), llm_port)
+        self._more_llms: dict[int, KeepAliveServerThread] = {}
+        self._serving = False
+        self.backend.serve_llm = self._serve_llm
+        self.backend.forget_llm = self._forget_llm
         self._resume_timer: threading.Timer | None = None
         # host_ports maps a container port (8000, 8001) to another loopback port than the LLM's,
         # e.g. 8001 to an nginx in front of the LLM stack and the agent.
@@ -65,22 +104,41 @@ class Simulator:
     # --- lifecycle ---
 
     def start(self) -> Simulator:
-        """Serve the API and the LLM stack from background threads."""
+        """Serve the API and every instance's LLM stack from background threads."""
         self.backend.closing.clear()
+        self._serving = True
         self.backend.llm_port = self._llm.start()
+        for instance_id, server in list(self._more_llms.items()):
+            self.backend.instances[instance_id].llm_port = server.start()
         self._api.start()
         if self.agent is not None:
             self.agent.start()
         return self
 
     def stop(self) -> None:
-        """Stop both servers and cut short any delayed answer."""
+        """Stop every server and cut short any delayed answer."""
         self._cancel_resume()
         if self.agent is not None:
             self.agent.stop()
         self.backend.closing.set()
+        self._serving = False
         self._api.stop()
         self._llm.stop()
+        for server in list(self._more_llms.values()):
+            server.stop()
+
+    def _serve_llm(self, inst: SimInstance) -> None:
+        """Give a new instance its own LLM stack on its own port."""
+        app = create_llm_app(self.backend, inst.id)
+        server = KeepAliveServerThread(app, 0, name=f"sim-llm-{inst.id}", threads=16)
+        self._more_llms[inst.id] = server
+        if self._serving:
+            inst.llm_port = server.start()
+
+    def _forget_llm(self, instance_id: int) -> None:
+        server = self._more_llms.pop(instance_id, None)
+        if server is not None:
+            server.stop()
 
     def __enter__(self) -> Simulator:
         return self.start()
@@ -141,8 +199,17 @@ class Simulator:
 
     @property
     def instance_id(self) -> int:
-        """Return the simulated instance's id."""
+        """Return the first instance's id."""
         return self.backend.instance.id
+
+    @property
+    def machine_id(self) -> int:
+        """Return the machine the first instance runs on."""
+        return self.backend.instance.hardware.machine_id
+
+    def llm_url_of(self, instance_id: int) -> str:
+        """Return the root URL of an instance's own LLM stack."""
+        return f"http://{HOST}:{self.backend.instances[instance_id].llm_port}"
 
     # --- the switchboard ---
 
@@ -154,26 +221,42 @@ class Simulator:
         """Remove faults (all, or one kind); a start queued behind a busy GPU then proceeds."""
         return self.backend.clear_faults(kind)
 
-    def external(self, action: str) -> bool:
-        """Start, stop, exit, vanish or appear as if from the vast.ai console."""
-        return self.backend.external(action)
+    def external(self, action: str, instance_id: int | None = None) -> bool:
+        """Act on an instance (the first by default) as if from the vast.ai console."""
+        return self.backend.external(action, instance_id)
 
     def set_timing(self, **delays: float) -> None:
-        """Change phase durations for transitions that begin from now on."""
-        inst = self.backend.instance
-        with inst.lock:
-            inst.timing = Timing(**{**vars(inst.timing), **delays})
+        """Change every instance's phase durations for transitions that begin from now on."""
+        with self.backend.lock:
+            timing = Timing(**{**vars(self.backend.instance.timing), **delays})
+            for inst in self.backend.instances.values():
+                inst.timing = Timing(**vars(timing))
+
+    def take_gpu(self, machine_id: int | None = None) -> None:
+        """Another renter takes a machine's GPU (the first instance's machine by default)."""
+        self.backend.set_taken(machine_id or self.machine_id, True)
+
+    def free_gpu(self, machine_id: int | None = None) -> None:
+        """The other renter gives the GPU back; a start queued on the machine proceeds."""
+        self.backend.set_taken(machine_id or self.machine_id, False)
+
+    def files(self, instance_id: int | None = None) -> dict[str, str]:
+        """Return the files on an instance's disk (copies that have ended included)."""
+        with self.backend.lock:
+            self.backend.settle_copies(self.backend.clock())
+            return dict(self.backend.target(instance_id).files)
 
     def set_billing(self, **options) -> dict:
-        """Bill differently from now on (factor per item, billing_read, dph_base, storage_cost)."""
+        """Bill differently from now on (backend.BILLING_OPTIONS)."""
         return self.backend.set_billing(**options)
 
+    def set_contract(self, ends_at: float, instance_id: int | None = None) -> dict | None:
+        """End an instance's contract (the first's by default) at ``ends_at`` (epoch)."""
+        return self.backend.set_contract(ends_at, instance_id)
+
     def charges(self) -> dict:
-        """Return the bill per UTC day and item, accrued up to now."""
-        inst = self.backend.instance
-        with inst.lock:
-            inst.accrue(inst.clock())
-            return inst.meter.describe()
+        """Return the bill per UTC day and item, accrued up to now, and how it is billed."""
+        return self.backend.billing()
 
     def reset(self) -> None:
         """Back to the initial state, no faults, empty logs."""
@@ -181,9 +264,13 @@ class Simulator:
 
     # --- what happened ---
 
-    def instance(self) -> dict | None:
-        """Return the instance exactly as GET shows it now (None once it has vanished)."""
-        return self.backend.instance_view()
+    def instance(self, instance_id: int | None = None) -> dict | None:
+        """Return an instance (the first by default) exactly as GET shows it now, or None."""
+        return self.backend.instance_view(instance_id)
+
+    def instances(self) -> list[dict]:
+        """Return every instance the API still shows, oldest first."""
+        return self.backend.snapshot()["instances"]
 
     def state(self) -> dict:
         """Return the snapshot GET /_sim/state answers."""
@@ -191,12 +278,12 @@ class Simulator:
 
     def requests(self, method: str | None = None, path: str | None = None) -> list[dict]:
         """Return the logged API requests, oldest first."""
-        return self.backend.requests(method, path)
+        return self.backend.log.requests(method, path)
 
     def llm_requests(self, method: str | None = None, path: str | None = None) -> list[dict]:
         """Return the logged requests to the LLM stack."""
-        return self.backend.requests(method, path, llm=True)
+        return self.backend.log.requests(method, path, llm=True)
 
     def clear_requests(self) -> None:
         """Empty the request logs."""
-        self.backend.clear_requests()
+        self.backend.log.clear()

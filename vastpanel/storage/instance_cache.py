@@ -61,3 +61,9 @@ def save_cached_instance(
             ],
         )
     return cursor.rowcount > 0
+
+
+def forget(db: Database) -> None:
+    """Drop the stored answer (the panel switched to another instance)."""
+    with db.atomic():
+        db.execute("DELETE FROM instance_cache WHERE id = 1")

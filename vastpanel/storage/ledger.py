@@ -1,4 +1,4 @@
-"""The cost ledger (priced intervals) and vast.ai's bill per UTC day.
+"""The cost ledger (priced intervals) and vast.ai's bill per contract and item.
 
 The ledger's rows are stretches at one price; the last row's end_at is how far costs are
 booked, so a restart (even kill -9) books the time it was down at the stored price, once.
@@ -7,7 +7,6 @@ booked, so a restart (even kill -9) books the time it was down at the stored pri
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, timedelta
 
 from sqlite_utils import Database
 
@@ -35,7 +34,7 @@ class Interval:
 
 @dataclass(frozen=True)
 class Billed:
-    """vast.ai's charges for the instance on one UTC day."""
+    """vast.ai's charges of one contract: its items summed by kind."""
 
     gpu: float
     disk: float
@@ -43,19 +42,51 @@ class Billed:
     total: float
 
 
-def book(db: Database, at: float, rates: Rates) -> None:
-    """Book up to `at` at the price seen before, then price from `at` on as seen now."""
+@dataclass(frozen=True)
+class BilledWindow:
+    """One row of vast.ai's charges (kind "contract") or one of its items, over its own window.
+
+    vast.ai answers per contract: `start`/`end` are the moments its `amount` covers (show_charges
+    .yaml); each item (gpu, disk, bwd, bwu, sla) has its own start and end.
+    """
+
+    source: str  # "instance-<id>"
+    kind: str  # CONTRACT for the row, else the item's type
+    start: float
+    end: float
+    amount: float
+    description: str | None = None
+    read_at: float = 0.0
+
+
+CONTRACT = "contract"
+
+
+def book(db: Database, at: float, rates: Rates, *, assumed: bool = False) -> None:
+    """Book up to `at` at the price seen before, then price from `at` on as seen now.
+
+    assumed: the price is what a power action supposes (a stop books the stopped state with the
+    storage rate last seen running); the first reading of vast.ai in that same state re-prices
+    the interval since, as vast.ai prices stopped storage on its own (often higher).
+    """
     with immediate(db):
         last = one(db, "SELECT * FROM cost_ledger ORDER BY id DESC LIMIT 1")
         if last is not None:
             if at < last["end_at"]:
                 return  # an older observation: that time is booked already
+            if last["assumed"] and not assumed and last["status"] == rates.status:
+                db.execute(
+                    "UPDATE cost_ledger SET end_at = ?, gpu_dph = ?, storage_dph = ?, "
+                    "assumed = 0 WHERE id = ?",
+                    [at, rates.gpu_dph, rates.storage_dph, last["id"]],
+                )
+                return
             same_price = (last["gpu_dph"], last["storage_dph"], last["status"]) == (
                 rates.gpu_dph,
                 rates.storage_dph,
                 rates.status,
             )
-            if same_price:
+            if same_price and bool(last["assumed"]) == assumed:
                 db.execute("UPDATE cost_ledger SET end_at = ? WHERE id = ?", [at, last["id"]])
                 return
             if last["start_at"] == last["end_at"] == at:  # re-priced at the moment it began
@@ -66,14 +97,14 @@ def book(db: Database, at: float, rates: Rates) -> None:
                 return
             db.execute("UPDATE cost_ledger SET end_at = ? WHERE id = ?", [at, last["id"]])
         db.execute(
-            "INSERT INTO cost_ledger (start_at, end_at, gpu_dph, storage_dph, status) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [at, at, rates.gpu_dph, rates.storage_dph, rates.status],
+            "INSERT INTO cost_ledger (start_at, end_at, gpu_dph, storage_dph, status, assumed) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [at, at, rates.gpu_dph, rates.storage_dph, rates.status, int(assumed)],
         )
 
 
 def intervals(db: Database, since: float, now: float) -> list[Interval]:
-    """Return the stretches ending after since, and the time since the last booking up to now.
+    """Return the stretches between since and now, and the time from the last booking to now.
 
     That last stretch counts at the last price seen: storage keeps counting while vastpanel
     runs, even between readings or while vast.ai cannot be read.
@@ -81,9 +112,9 @@ def intervals(db: Database, since: float, now: float) -> list[Interval]:
     spans = [
         Interval(**row)
         for row in db.query(
-            "SELECT start_at, end_at, gpu_dph, storage_dph FROM cost_ledger WHERE end_at >= ? "
-            "ORDER BY id",
-            [since],
+            "SELECT start_at, end_at, gpu_dph, storage_dph FROM cost_ledger "
+            "WHERE end_at >= ? AND start_at <= ? ORDER BY id",
+            [since, now],
         )
     ]
     last = one(db, "SELECT end_at, gpu_dph, storage_dph FROM cost_ledger ORDER BY id DESC LIMIT 1")
@@ -103,51 +134,49 @@ def current_rates(db: Database) -> Rates | None:
     return None if row is None else Rates(**row)
 
 
-def save_billed_days(
-    db: Database, read_at: float, first: date, last: date, billed: dict[date, Billed]
+def save_billed_windows(
+    db: Database, read_at: float, source: str, windows: list[BilledWindow]
 ) -> None:
-    """Store vast.ai's bill for every day first..last (a day without charges billed nothing)."""
+    """Store vast.ai's rows and items of one contract source as read now, keeping which were
+    audited; windows of that source that this read no longer has are dropped."""
     with db.atomic():
-        day = first
-        while day <= last:
-            b = billed.get(day, Billed(0.0, 0.0, 0.0, 0.0))
+        for w in windows:
             db.execute(
-                "INSERT INTO billed_days (day, gpu, disk, bandwidth, total, read_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(day) DO UPDATE SET gpu = excluded.gpu, "
-                "disk = excluded.disk, bandwidth = excluded.bandwidth, total = excluded.total, "
-                "read_at = excluded.read_at",
-                [day.isoformat(), b.gpu, b.disk, b.bandwidth, b.total, read_at],
+                "INSERT INTO billed_windows (source, kind, start, end, amount, description, "
+                "read_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(source, kind, start) DO "
+                "UPDATE SET end = excluded.end, amount = excluded.amount, "
+                "description = excluded.description, read_at = excluded.read_at",
+                [w.source, w.kind, w.start, w.end, w.amount, w.description, read_at],
             )
-            day += timedelta(days=1)
+        db.execute("DELETE FROM billed_windows WHERE source = ? AND read_at < ?", [source, read_at])
 
 
-def read_billed_days(db: Database, first: date, last: date) -> dict[date, tuple[Billed, float]]:
-    """Return {day: (bill, read_at)} for the stored days first..last."""
+def read_billed_windows(db: Database, source: str | None = None) -> list[BilledWindow]:
+    """Return the stored windows (of one source, or all), oldest first, rows before items."""
+    where, args = ("WHERE source = ?", [source]) if source is not None else ("", [])
     rows = db.query(
-        "SELECT day, gpu, disk, bandwidth, total, read_at FROM billed_days "
-        "WHERE day BETWEEN ? AND ?",
-        [first.isoformat(), last.isoformat()],
+        "SELECT source, kind, start, end, amount, description, read_at FROM billed_windows "
+        f"{where} ORDER BY source, start, kind != '{CONTRACT}', kind",
+        args,
     )
-    return {
-        date.fromisoformat(row["day"]): (
-            Billed(row["gpu"], row["disk"], row["bandwidth"], row["total"]),
-            row["read_at"],
-        )
-        for row in rows
-    }
+    return [BilledWindow(**row) for row in rows]
 
 
-def billed_bandwidth(db: Database) -> float | None:
-    """Return the bandwidth vast.ai billed over all stored days, or None if none are stored."""
-    row = one(db, "SELECT count(*) AS days, coalesce(sum(bandwidth), 0) AS usd FROM billed_days")
-    return row["usd"] if row["days"] else None
+def billed_bandwidth(db: Database) -> float:
+    """Return the bandwidth vast.ai billed over every stored contract."""
+    row = one(
+        db,
+        "SELECT coalesce(sum(amount), 0) AS usd FROM billed_windows WHERE kind IN ('bwd', 'bwu')",
+    )
+    return row["usd"]
 
 
-def mark_mismatch_audited(db: Database, day: date) -> bool:
-    """Mark the day's mismatch as audited; tell whether this call was the one that did."""
+def mark_mismatch_audited(db: Database, source: str, start: float) -> bool:
+    """Mark a contract's mismatch as audited; tell whether this call was the one that did."""
     with db.atomic():
         cursor = db.execute(
-            "UPDATE billed_days SET mismatch_audited = 1 WHERE day = ? AND mismatch_audited = 0",
-            [day.isoformat()],
+            "UPDATE billed_windows SET mismatch_audited = 1 WHERE source = ? AND kind = ? "
+            "AND start = ? AND mismatch_audited = 0",
+            [source, CONTRACT, start],
         )
     return cursor.rowcount > 0

@@ -213,3 +213,88 @@ def m010_start_times(db: Database) -> None:
             queued INTEGER NOT NULL DEFAULT 0
         )"""
     )
+
+
+@migrations()
+def m011_moves(db: Database) -> None:
+    """Add the recipe, the moves to another machine and the instances the panel knows, and
+    book each session to the instance it ran on."""
+    db.execute(
+        """CREATE TABLE recipe (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            body TEXT NOT NULL,
+            saved_at REAL NOT NULL
+        )"""
+    )
+    # One row per move: its state advances step by step (domain/move.py), so a process that
+    # dies mid-move leaves it for the next look to finish or undo.
+    db.execute(
+        """CREATE TABLE moves (
+            id INTEGER PRIMARY KEY,
+            requested_at REAL NOT NULL,
+            actor TEXT NOT NULL,
+            state TEXT NOT NULL,
+            step_since REAL NOT NULL,
+            old_id INTEGER NOT NULL,
+            old_machine INTEGER,
+            chosen_offer INTEGER,
+            go_on_without_copy INTEGER NOT NULL DEFAULT 0,
+            candidates TEXT NOT NULL DEFAULT '[]',
+            tries INTEGER NOT NULL DEFAULT 0,
+            creating_offer INTEGER,
+            new_id INTEGER,
+            new_machine INTEGER,
+            new_dph REAL,
+            note TEXT,
+            error TEXT,
+            finished_at REAL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE instances (
+            id INTEGER PRIMARY KEY,
+            origin TEXT NOT NULL,
+            state TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            machine_id INTEGER,
+            dph_total REAL,
+            label TEXT,
+            move_id INTEGER,
+            note TEXT
+        )"""
+    )
+    db.execute("ALTER TABLE sessions ADD COLUMN instance_id INTEGER")
+
+
+@migrations()
+def m012_llm_stall(db: Database) -> None:
+    """Keep when vLLM's counters last moved and when a stall was declared (llm_load.py)."""
+    db.execute("ALTER TABLE llm_metrics ADD COLUMN progress_at REAL")
+    db.execute("ALTER TABLE llm_metrics ADD COLUMN stalled_since REAL")
+
+
+@migrations()
+def m013_billed_windows(db: Database) -> None:
+    """Keep vast.ai's charges as it answers them: per contract and per item, each with its
+    window; mark the ledger's prices that a power action assumed.
+
+    vast.ai bills per contract, not per UTC day (show_charges.yaml): the per-day table pinned a
+    contract's whole bill on the day it began, so it goes.
+    """
+    db.execute(
+        """CREATE TABLE billed_windows (
+            source TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            start REAL NOT NULL,
+            end REAL NOT NULL,
+            amount REAL NOT NULL,
+            description TEXT,
+            read_at REAL NOT NULL,
+            mismatch_audited INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (source, kind, start)
+        )"""
+    )
+    db.execute("DROP TABLE billed_days")
+    # A price a power action assumed (ledger.book): re-priced by the next reading of vast.ai.
+    db.execute("ALTER TABLE cost_ledger ADD COLUMN assumed INTEGER NOT NULL DEFAULT 0")

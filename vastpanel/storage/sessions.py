@@ -11,7 +11,7 @@ from sqlite_utils import Database
 from ..clock import midnight, split_by_utc_day
 from .database import immediate, one
 
-COLUMNS = "id, started_at, ended_at, dph_total"
+COLUMNS = "id, started_at, ended_at, dph_total, instance_id"
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class Session:
     started_at: float
     ended_at: float | None
     dph_total: float | None
+    instance_id: int | None = None  # the instance it ran on (None: the first, before moves)
 
     def seconds(self, now: float) -> float:
         """Return how long the session ran, up to now when it is still open."""
@@ -61,7 +62,12 @@ def current_session(db: Database) -> Session | None:
 
 
 def open_session(
-    db: Database, ts: float, dph_total: float | None, opened_by: str, seen_since: float
+    db: Database,
+    ts: float,
+    dph_total: float | None,
+    opened_by: str,
+    seen_since: float,
+    instance_id: int | None = None,
 ) -> Session | None:
     """Open a session at ts unless one is open or one closed after seen_since; return it if new.
 
@@ -76,27 +82,42 @@ def open_session(
                     "UPDATE sessions SET dph_total = ? WHERE id = ?", [dph_total, open_now.id]
                 )
             return None
-        if one(db, "SELECT 1 AS later FROM sessions WHERE ended_at >= ? LIMIT 1", [seen_since]):
+        later = one(
+            db,
+            "SELECT 1 AS later FROM sessions WHERE ended_at >= ? "
+            "AND coalesce(instance_id, -1) = coalesce(?, -1) LIMIT 1",
+            [seen_since, instance_id],
+        )
+        if later:
             return None
         cursor = db.execute(
-            "INSERT INTO sessions (started_at, dph_total, opened_by) VALUES (?, ?, ?)",
-            [ts, dph_total, opened_by],
+            "INSERT INTO sessions (started_at, dph_total, opened_by, instance_id) "
+            "VALUES (?, ?, ?, ?)",
+            [ts, dph_total, opened_by, instance_id],
         )
-        return Session(id=cursor.lastrowid, started_at=ts, ended_at=None, dph_total=dph_total)
+        return Session(cursor.lastrowid, ts, None, dph_total, instance_id)
 
 
-def close_session(db: Database, ts: float, closed_by: str) -> Session | None:
-    """Close the open session at ts and return it, or None when none was open."""
+def close_session(
+    db: Database, ts: float, closed_by: str, instance_id: int | None = None
+) -> Session | None:
+    """Close the open session at ts and return it, or None when none was open.
+
+    With instance_id, only a session of that instance (or one booked to none) is closed: an
+    instance seen stopped never ends the session another instance runs.
+    """
     with immediate(db):
         session = current_session(db)
         if session is None:
+            return None
+        if instance_id is not None and session.instance_id not in (None, instance_id):
             return None
         ended = max(ts, session.started_at)
         db.execute(
             "UPDATE sessions SET ended_at = ?, closed_by = ? WHERE id = ?",
             [ended, closed_by, session.id],
         )
-    return Session(session.id, session.started_at, ended, session.dph_total)
+    return Session(session.id, session.started_at, ended, session.dph_total, session.instance_id)
 
 
 def latest_closed_session(db: Database) -> Session | None:

@@ -23,7 +23,7 @@ RETRY_AFTER_CAP_S = 10.0
 # vast.ai limits each endpoint to a minimum interval between requests and answers a 429 usually
 # without Retry-After, sometimes naming the interval ("... threshold=2.0"). A retry sooner than
 # that interval is refused again, so a 429 waits it out: the named value, else these.
-RATE_LIMIT_INTERVAL_S = {"GET": 2.0, "PUT": 1.0}
+RATE_LIMIT_INTERVAL_S = {"GET": 2.0, "PUT": 1.0, "POST": 6.0, "DELETE": 3.0}
 THRESHOLD = re.compile(r"threshold\s*=\s*([0-9]+(?:\.[0-9]+)?)")
 TIMEOUT_S = (5.0, 15.0)  # connect, read
 CHARGES_PAGE_SIZE = 100  # what the official CLI asks for (vast.ai allows up to 500)
@@ -31,6 +31,15 @@ CHARGES_MAX_PAGES = 20
 # vast.ai's rate limits are a minimum interval per endpoint (2 s for GETs): pages wait that long.
 CHARGES_PAGE_PAUSE_S = 2.0
 GONE_ERRORS = frozenset({"no_such_instance", "not_found"})  # a 404 with these: instance gone
+OFFERS_LIMIT = 64  # offers asked for at once: enough to rank, never the whole market
+
+
+@dataclass(frozen=True)
+class Created:
+    """What vast.ai said to a create: the new instance's id, and whether it comes up running."""
+
+    instance_id: int
+    running: bool  # false: created stopped, or queued behind a GPU someone else has
 
 
 @dataclass(frozen=True)
@@ -128,45 +137,110 @@ class VastClient:
             kind=VastErrorKind.BAD_ANSWER,
         )
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        """Send one request with retries, report its outcome to the observer; return its body."""
+    def list_instances(self) -> list[dict[str, Any]]:
+        """Return every instance of the account (vastai show instances)."""
+        body = self._call("GET", "/api/v0/instances/", params={"owner": "me"})
+        instances = body.get("instances")
+        if not isinstance(instances, list) or not all(isinstance(i, dict) for i in instances):
+            raise VastError(
+                "vast.ai answered its instances without a list of objects",
+                kind=VastErrorKind.BAD_ANSWER,
+            )
+        return instances
+
+    def search_offers(self, query: dict[str, Any]) -> list[dict[str, Any]]:
+        """Return the offers a search query selects (POST /api/v0/bundles/), as vast.ai ranks
+        them for the query's `order`."""
+        body = self._call("POST", "/api/v0/bundles/", json={"limit": OFFERS_LIMIT, **query})
+        offers = body.get("offers")
+        if not isinstance(offers, list) or not all(isinstance(o, dict) for o in offers):
+            raise VastError(
+                "vast.ai answered its offers without a list of objects",
+                kind=VastErrorKind.BAD_ANSWER,
+            )
+        return offers
+
+    def create_instance(self, offer_id: int, request: dict[str, Any]) -> Created:
+        """Create an instance on an offer (PUT /api/v0/asks/{id}/); OFFER_GONE when the offer
+        was taken or withdrawn meanwhile. The request may hold secrets: it is never logged."""
+        body = self._call("PUT", f"/api/v0/asks/{offer_id}/", json=request, created=True)
+        new_id = body.get("new_contract")
+        if isinstance(new_id, bool) or not isinstance(new_id, int) or new_id <= 0:
+            raise VastError(
+                "vast.ai answered a create without the new instance's id",
+                kind=VastErrorKind.BAD_ANSWER,
+            )
+        return Created(new_id, body.get("success") is True)
+
+    def destroy_instance(self, instance_id: int) -> None:
+        """Destroy an instance and its disk (DELETE /api/v0/instances/{id}/); irreversible."""
+        self._call("DELETE", f"/api/v0/instances/{instance_id}/")
+
+    def copy_direct(self, src_id: int, dst_id: int, src_path: str, dst_path: str) -> str:
+        """Start copying a path from one instance to another; return vast.ai's message."""
+        body = self._call(
+            "PUT",
+            "/api/v0/commands/copy_direct/",
+            json={
+                "client_id": "me",
+                "src_id": str(src_id),
+                "dst_id": str(dst_id),
+                "src_path": src_path,
+                "dst_path": dst_path,
+            },
+        )
+        return _text(body.get("msg")) or "copy started"
+
+    def _call(
+        self, method: str, path: str, *, created: bool = False, **kwargs: Any
+    ) -> dict[str, Any]:
+        """Send one request with retries, report its outcome to the observer; return its body.
+
+        created: a create's answer, whose success false still names the new instance.
+        """
         try:
-            body = self._call_with_retries(method, path, **kwargs)
+            body = self._call_with_retries(method, path, created=created, **kwargs)
         except VastError as exc:
             self._observe(method, exc.kind.outcome)
             raise
         self._observe(method, "ok")
         return body
 
-    def _call_with_retries(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    def _call_with_retries(
+        self, method: str, path: str, *, created: bool, **kwargs: Any
+    ) -> dict[str, Any]:
         """Send one request with retries and turn every failure into a VastError.
 
         A 429 is retried after the interval it names ("threshold=2.0"), else after vast.ai's
         interval for the method, never after a short backoff that vast.ai would refuse again.
+        A create is retried only after a 429, which vast.ai refuses before doing anything: after
+        a timeout or a 5xx it may have created the instance, and a second create would rent a
+        second GPU.
         """
         url = self.base_url + path
         headers = {"Authorization": f"Bearer {self._api_key}", "Accept": "application/json"}
         backoff = FIRST_BACKOFF_S
         for attempt in range(1, ATTEMPTS + 1):
             last = attempt == ATTEMPTS
+            once = created  # a create's other failures leave its outcome unknown: no retry
             try:
                 response = self._session.request(
                     method, url, headers=headers, timeout=self._timeout, **kwargs
                 )
             except requests.Timeout:
-                if last:
+                if last or once:
                     raise VastError(
                         "vast.ai did not answer in time", kind=VastErrorKind.UNREACHABLE
                     ) from None
             except requests.RequestException as exc:
-                if last:
+                if last or once:
                     reason = type(exc).__name__
                     raise VastError(
                         f"vast.ai is unreachable ({reason})", kind=VastErrorKind.UNREACHABLE
                     ) from None
             else:
                 if response.status_code not in RETRY_STATUSES:
-                    return _read_answer(response, method)
+                    return _read_answer(response, method, created)
                 wait = _wait_asked(response, method)
                 if wait is not None and wait > RETRY_AFTER_CAP_S:
                     raise VastError(
@@ -174,7 +248,7 @@ class VastClient:
                         kind=VastErrorKind.RATE_LIMITED,
                         status=429,
                     )
-                if last:
+                if last or (once and response.status_code != 429):
                     raise _fault(response)
                 if wait is not None:
                     self._sleep(wait)
@@ -184,7 +258,7 @@ class VastClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _read_answer(response: requests.Response, method: str) -> dict[str, Any]:
+def _read_answer(response: requests.Response, method: str, created: bool) -> dict[str, Any]:
     """Check a non-retryable answer and return its JSON body."""
     try:
         body = response.json()
@@ -193,13 +267,22 @@ def _read_answer(response: requests.Response, method: str) -> dict[str, Any]:
     if response.status_code in (401, 403) or (
         isinstance(body, dict) and body.get("error") == "auth_error"
     ):
+        reason = _reason(body) if isinstance(body, dict) else ""
         raise VastError(
-            "vast.ai rejected VAST_API_KEY", kind=VastErrorKind.AUTH, status=response.status_code
+            f"vast.ai rejected VAST_API_KEY ({response.status_code}{reason})",
+            kind=VastErrorKind.AUTH,
+            status=response.status_code,
         )
     if not isinstance(body, dict):
         raise VastError(
             f"vast.ai answered {response.status_code} with a body that is not a JSON object",
             kind=VastErrorKind.BAD_ANSWER,
+            status=response.status_code,
+        )
+    if response.status_code in (404, 410) and _offer_gone(body):
+        raise VastError(
+            f"vast.ai says the offer is gone{_reason(body)}",
+            kind=VastErrorKind.OFFER_GONE,
             status=response.status_code,
         )
     if response.status_code == 404 and body.get("error") in GONE_ERRORS:
@@ -215,12 +298,18 @@ def _read_answer(response: requests.Response, method: str) -> dict[str, Any]:
             status=response.status_code,
         )
     if method == "PUT" and body.get("success") is not True:
-        if body.get("error") == "resources_unavailable":
+        if body.get("error") == "resources_unavailable" or (created and "new_contract" in body):
             return body
         raise VastError(
             f"vast.ai refused the request{_reason(body)}", kind=VastErrorKind.REFUSED, status=200
         )
     return body
+
+
+def _offer_gone(body: dict[str, Any]) -> bool:
+    """Tell whether a 404/410 says the offer is gone: vast.ai answers a 404 invalid_args and a
+    410 no_such_ask, both with no_such_ask in their message (create_instance.yaml)."""
+    return "no_such_ask" in f"{body.get('error')} {body.get('msg')}"
 
 
 def _fault(response: requests.Response) -> VastError:
@@ -239,14 +328,18 @@ def _fault(response: requests.Response) -> VastError:
 def _wait_asked(response: requests.Response, method: str) -> float | None:
     """Return how long to wait before retrying: for a 429 always, else a Retry-After or None.
 
-    A 429 waits a numeric Retry-After, else the interval its body names (threshold=), else
-    vast.ai's documented interval for the method.
+    A 429 waits a numeric Retry-After, else the `retry_after` of a JSON body (the charges
+    endpoint's documented 429), else the interval its body names (threshold=), else vast.ai's
+    documented interval for the method.
     """
     retry_after = _retry_after(response)
     if response.status_code != 429:
         return retry_after
     if retry_after is not None:
         return retry_after
+    in_body = _body_retry_after(response)
+    if in_body is not None:
+        return in_body
     found = THRESHOLD.search(response.text[:1000])
     if found is not None:
         return float(found.group(1))
@@ -261,6 +354,18 @@ def _retry_after(response: requests.Response) -> float | None:
     except ValueError:
         return None
     return value if value >= 0 and math.isfinite(value) else None
+
+
+def _body_retry_after(response: requests.Response) -> float | None:
+    """Read `retry_after` (seconds) from a JSON body, or None."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    value = body.get("retry_after") if isinstance(body, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if value >= 0 and math.isfinite(value) else None
 
 
 def _reason(body: dict[str, Any]) -> str:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass
 from typing import Any
 
-# actual_status values in which vast.ai bills GPU time (shared/vast-api.md, "Billing"): a
-# session is open exactly while the instance is seen in one of them.
+# actual_status values in which vast.ai bills GPU time: a session is open exactly while the
+# instance is seen in one of them. vast.ai's show-instance reference says of `frozen` "Container
+# is paused with memory preserved. GPU charges apply." (vast-ai/docs
+# cli/reference/show-instance.mdx), which settles what its billing guide leaves open.
 GPU_BILLED = frozenset({"running", "frozen"})
 # Statuses in which the instance is down and its GPU time is not billed, though vast.ai still
 # means it to run: the panel closes the session, shows and audits the status.
@@ -38,8 +41,10 @@ KEPT_FIELDS = frozenset(
         "public_ipaddr",
         "ports",
         "start_date",
+        "end_date",  # the contract's end (vast-ai/docs show_instance.yaml): no start after it
         "uptime_mins",
         "label",
+        "machine_id",  # a move needs to know which machine's GPU is taken
     }
 )
 
@@ -85,6 +90,9 @@ class InstanceState:
     status_msg: str | None = None
     actual_status: str | None = None
     intended_status: str | None = None
+    # vast.ai's end_date (epoch seconds): the instance cannot start after it (vast.ai's guides:
+    # expired instances cannot restart and may be deleted 48 hours later). None when not given.
+    contract_ends_at: float | None = None
 
     @property
     def gpu_billed(self) -> bool:
@@ -146,6 +154,7 @@ def read_instance_state(
         status_msg=status_msg,
         actual_status=actual,
         intended_status=intended,
+        contract_ends_at=_epoch(instance.get("end_date")),
     )
 
 
@@ -300,6 +309,12 @@ def _int(value: object) -> int | None:
         return int(value) if value is not None and not isinstance(value, bool) else None
     except (TypeError, ValueError):
         return None
+
+
+def _epoch(value: object) -> float | None:
+    """Read epoch seconds; anything else (null, text, 0, not finite) is no date."""
+    seconds = _float(value)
+    return seconds if seconds is not None and math.isfinite(seconds) and seconds > 0 else None
 
 
 def _float(value: object) -> float | None:

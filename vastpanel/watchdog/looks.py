@@ -49,6 +49,7 @@ from ..domain.costs import CostBook
 from ..domain.idle import IdleRule
 from ..domain.instance import InstanceReader
 from ..domain.lease_holder import LeaseHolder
+from ..domain.move import Mover
 from ..domain.notify import Notifier
 from ..domain.power import PowerOffResult
 from ..domain.schedule_start import ScheduledStart
@@ -67,6 +68,8 @@ DEADLINE_JOB = "vastpanel-watchdog-deadline"
 WARNING_JOB = "vastpanel-watchdog-warning"
 NOTIFY_JOB = "vastpanel-notify"
 NOTIFY_EVERY_S = 2.0  # how often the leader looks for notifications due
+MOVE_JOB = "vastpanel-move"
+MOVE_EVERY_S = 2.0  # how often the leader takes the next step of a move under way
 SCHEDULE_JOB = "vastpanel-schedule-start"
 CHARGES_JOB = "vastpanel-charges-read"
 CHARGES_EVERY_S = 3600.0  # vast.ai's own record is read once an hour (and at start-up)
@@ -106,6 +109,7 @@ class Watchdog:
         agent: AgentLink,
         costs: CostBook,
         notifier: Notifier,
+        mover: Mover,
         scheduled_start: ScheduledStart,
     ):
         self.config = config
@@ -119,6 +123,7 @@ class Watchdog:
         self.agent = agent
         self.costs = costs
         self.notifier = notifier
+        self.mover = mover
         self.scheduled_start = scheduled_start
         self.interval_s = config.watchdog_interval_s
         # A bit over two intervals: one missed renewal does not hand the lease over.
@@ -170,6 +175,7 @@ class Watchdog:
                 # The idle rule reads the instance (booking its costs); then the caps decide.
                 stopped = self.idle.stop_if_idle() or self.caps.enforce()
                 if stopped is None:
+                    self.mover.move_if_stuck()  # VAST_MOVE=auto: a stuck start moves
                     # Tell the instance's agent the panel is alive (when it runs and a secret
                     # is set), from the answer just read; bounded by a short timeout.
                     self.agent.send_heartbeat(
@@ -181,7 +187,11 @@ class Watchdog:
                 # A failed stop is already audited (…_failed); the next look retries.
                 error = exc.message
                 log.warning("watchdog: %s", exc.message)
-            deadlines = [self.idle.next_idle_deadline(), self.budget.next_cap_deadline()]
+            deadlines = [
+                self.idle.next_idle_deadline(),
+                self.idle.next_stall_check(),  # busy gauges that may be stuck (llm_load.py)
+                self.budget.next_cap_deadline(),
+            ]
             next_deadline = min((d for d in deadlines if d is not None), default=None)
             next_start = self.scheduled_start.next_start_at()
             return Look(
@@ -228,6 +238,13 @@ class Watchdog:
             trigger="interval",
             seconds=CHARGES_EVERY_S,
             next_run_time=datetime.now(UTC),  # at start-up (it takes the lease if free)
+        )
+        scheduler.add_job(
+            MOVE_JOB,
+            self._run_move,
+            trigger="interval",
+            seconds=MOVE_EVERY_S,
+            next_run_time=datetime.now(UTC),  # a move a restart interrupted goes on now
         )
         if self.config.notify_targets:
             scheduler.add_job(
@@ -303,6 +320,18 @@ class Watchdog:
             took = time.monotonic() - started
             if took > SLOW_LOOK_S:
                 log.warning("watchdog: a look took %.1f s", took)
+
+    def _run_move(self) -> None:
+        """Take the next step of a move under way if this process leads; never raise."""
+        if not self.is_leader:
+            return
+        try:
+            self.mover.advance()
+        except Exception as exc:
+            text = "".join(traceback.format_exception(exc))
+            log.error("watchdog: a move step failed:\n%s", redact(text))
+        finally:
+            self.store.close()
 
     def _run_scheduled_start(self) -> None:
         """Make the schedule's start that falls due if this process leads; never raise."""
@@ -429,5 +458,6 @@ def watchdog_for(panel: Panel) -> Watchdog:
         panel.agent,
         panel.costs,
         panel.notifier,
+        panel.mover,
         panel.scheduled_start,
     )

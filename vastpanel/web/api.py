@@ -8,7 +8,9 @@ from flask import Blueprint, jsonify, request, url_for
 
 from ..config import is_health_path
 from ..domain.budget import BudgetExceeded, NoBudget
+from ..domain.contract import ContractEnded
 from ..domain.lockout import GATEWAY, KeyCheck
+from ..domain.move import MoveRefused
 from ..errors import (
     HealthTimeout,
     InvalidRequest,
@@ -18,7 +20,7 @@ from ..errors import (
     PowerBusy,
 )
 from . import answers, get_panel
-from .inputs import InvalidInput, field, json_body, query_int, timestamp
+from .inputs import InvalidInput, field, json_body, query_int, timestamp, whole_number
 
 bp = Blueprint("api", __name__, url_prefix="/infra/vast")
 SCHEDULE_FIELDS = frozenset({"schedule", "timezone", "skip"})
@@ -28,8 +30,10 @@ ERROR_STATUS = {
     HealthTimeout: 504,
     PowerBusy: 409,
     BudgetExceeded: 409,
+    ContractEnded: 409,
     NoBudget: 409,
     NotRunning: 409,
+    MoveRefused: 409,
     InvalidRequest: 422,
 }
 
@@ -85,8 +89,10 @@ def panel_error(exc: PanelError):
 
 @bp.get("/status")
 def status():
-    """Report the instance, its idle countdown and the cost so far."""
-    return jsonify(answers.status_json(get_panel().status.report()))
+    """Report the instance, its idle countdown, the cost so far and a move under way."""
+    panel = get_panel()
+    report = panel.status.report()
+    return jsonify(answers.status_json(report, panel.mover.latest(), panel.mover.stuck()))
 
 
 @bp.post("/power/on")
@@ -199,3 +205,59 @@ def audit():
         older = url_for("api.audit", before=entries[limit - 1].id, limit=limit)
         response.headers["Link"] = f'<{older}>; rel="next"'
     return response
+
+
+# --- moving to another machine (domain/move.py, domain/recipe.py) ---------------------------------
+
+
+@bp.get("/recipe")
+def recipe():
+    """Show the recipe a move creates the new instance from; secrets as ***."""
+    return jsonify(answers.recipe_json(get_panel().recipes.get()))
+
+
+@bp.put("/recipe")
+def edit_recipe():
+    """Change fields of the recipe (audited with their names); a bad value changes nothing."""
+    changes = json_body()
+    return jsonify(answers.recipe_json(get_panel().recipes.edit("api", changes)))
+
+
+@bp.get("/offers")
+def offers():
+    """Whether a start is stuck, and the equivalent offers on other machines, best first."""
+    found = get_panel().mover.offers()
+    return jsonify(answers.offers_json(get_panel().mover.stuck(), found))
+
+
+@bp.post("/move")
+def move():
+    """Ask for a move to another machine (the watchdog carries it out); 409 with the reason."""
+    body = json_body()
+    offer_id = field(body, "offer_id", int, None)
+    go_on = field(body, "go_on_without_copy", bool, False)
+    requested = get_panel().mover.request("api", offer_id=offer_id, go_on_without_copy=go_on)
+    return jsonify(answers.move_json(requested)), 202
+
+
+@bp.get("/move")
+def latest_move():
+    """Show the move under way, or the last one; null when there was none."""
+    return jsonify(answers.move_json(get_panel().mover.latest()))
+
+
+@bp.get("/instances")
+def instances():
+    """List every instance the panel knows (the first, and those moves created) with its state."""
+    panel = get_panel()
+    known = panel.mover.known_instances()
+    return jsonify(answers.instances_json(panel.instance.current_id(), known))
+
+
+@bp.post("/instances/<instance_id>/destroy")
+def destroy_instance(instance_id: str):
+    """Destroy an instance a move left behind (never the current one); audited."""
+    json_body()
+    number = whole_number(instance_id, "instance_id", 1, None)
+    destroyed = get_panel().mover.destroy("api", number)
+    return jsonify(answers.known_instance_json(destroyed))

@@ -14,7 +14,8 @@ from typing import Any
 
 from flask import request
 
-WHOLE_NUMBER = re.compile(r"-?[0-9]{1,18}")
+WHOLE_NUMBER = re.compile(r"-?[0-9]+")
+MAX_DIGITS = 18  # a whole number this long fits SQLite's integers
 
 
 class InvalidInput(Exception):
@@ -62,14 +63,17 @@ def query_int(name: str, default: int | None, low: int, high: int | None) -> int
 
 
 def whole_number(raw: str, name: str, low: int, high: int | None) -> int:
-    """Parse a whole number within bounds (at most 18 digits: it fits SQLite), or InvalidInput."""
+    """Parse a whole number within bounds, or InvalidInput saying which of the two it is not."""
     raw = raw.strip()
     if not WHOLE_NUMBER.fullmatch(raw):
         raise InvalidInput(f"{name} must be a whole number")
+    bounds = f"from {low} to {high}" if high is not None else f"{low} or more"
+    out_of_range = InvalidInput(f"{name} must be {bounds}: the number given is out of range")
+    if len(raw.lstrip("-").lstrip("0")) > MAX_DIGITS:  # no huge number is read at all
+        raise out_of_range
     value = int(raw)
     if value < low or (high is not None and value > high):
-        bounds = f"from {low} to {high}" if high is not None else f"{low} or more"
-        raise InvalidInput(f"{name} must be {bounds}")
+        raise out_of_range
     return value
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from ..events import ACTORS, EVENTS
+from .answers import MOVE_STEPS
 
 bp = Blueprint("openapi", __name__)
 
@@ -129,7 +130,10 @@ BUDGET = {
                 "period": {"enum": ["day", "month"]},
                 "spent_usd": {
                     **USD,
-                    "description": "Per UTC day of the period, the larger of bill and estimate.",
+                    "description": (
+                        "The estimate of the period; a contract billed wholly within it counts "
+                        "as the larger of its bill and the estimate over its window, never both."
+                    ),
                 },
                 "share": {"type": "number", "minimum": 0, "description": "1.0 = all spent."},
                 "state": {"enum": ["ok", "warning", "exceeded", "overridden"]},
@@ -153,6 +157,118 @@ BUDGET = {
         ),
         {"type": "null", "description": "No budget is set (VAST_BUDGET_USD)."},
     ]
+}
+
+
+BILLED_WINDOW = {
+    "start": {**TIMESTAMP, "description": "Where the window vast.ai billed begins."},
+    "end": {**TIMESTAMP, "description": "Where it ends."},
+    "billed_usd": {"type": "number", "description": "vast.ai's amount for the window."},
+    "estimate_usd": {
+        "type": ["number", "null"],
+        "minimum": 0,
+        "description": (
+            "vastpanel's estimate over exactly this window (GPU for gpu, storage for disk; for "
+            "a contract GPU and storage plus its bandwidth and SLA items as billed); null when "
+            "not comparable or not estimated (bandwidth, SLA)."
+        ),
+    },
+    "comparable": {
+        "type": "boolean",
+        "description": "False when the window begins before vastpanel's own records.",
+    },
+    "difference_pct": {
+        "type": ["number", "null"],
+        "description": "(estimate - billed) / billed x 100; null when not comparable.",
+    },
+}
+
+
+MOVE_ACTIVE = [state for state in MOVE_STEPS if state not in ("done", "failed")]
+INSTANCE_ID = {"type": "integer", "minimum": 1}
+MACHINE_ID = {"type": ["integer", "null"], "description": "vast.ai's machine id, if known."}
+PRICE = {"type": "number", "minimum": 0, "description": "$/hour while running (dph_total)."}
+FRACTION = {"type": "number", "minimum": 0, "maximum": 1}
+TEXT_LIST = {"type": "array", "items": {"type": "string"}}
+COUNTRIES = {
+    "type": "array",
+    "items": {"type": "string", "pattern": "^[A-Za-z]{2}$"},
+    "description": "Two-letter country codes (the offer's location ends with one); [] = anywhere.",
+}
+COPY_PATHS = {
+    "type": "array",
+    "items": {"type": "string", "pattern": "^/", "not": {"pattern": "^(/+|/root/*)$"}},
+    "description": (
+        "Absolute paths copied from the old disk to the new one before the switch (never / "
+        "or /root); [] = nothing comes along."
+    ),
+}
+ENV_PAIRS = {
+    "type": "array",
+    "items": {
+        "type": "array",
+        # A [name, value] pair: the name is never empty. Said in words, not with prefixItems,
+        # which schemathesis's OpenAPI 3.1 reader turns into an invalid tuple "items".
+        "items": {"type": "string"},
+        "minItems": 2,
+        "maxItems": 2,
+        "description": "A [name, value] pair; the name is never empty.",
+    },
+}
+RUNTYPES = ["ssh", "jupyter", "args", "ssh_proxy", "ssh_direct", "jupyter_proxy", "jupyter_direct"]
+SECRET_NOTE = (
+    "Values of variables whose names look secret (TOKEN, SECRET, PASSWORD, API_KEY, ...) are "
+    "shown as ***, and so is any of them written elsewhere in the recipe."
+)
+RECIPE_FIELDS: dict[str, Any] = {
+    "image": {"type": "string", "description": "The Docker image (vast.ai's image_uuid)."},
+    "template_hash_id": NULLABLE_STRING,
+    "args": {"type": ["array", "null"], "items": {"type": "string"}},
+    "runtype": {"enum": [*RUNTYPES, None]},
+    "env": {
+        **ENV_PAIRS,
+        "description": "[name, value] pairs, port entries included. " + SECRET_NOTE,
+    },
+    "onstart": NULLABLE_STRING,
+    "disk_gb": {"type": "number", "minimum": 8, "maximum": 100000},
+    "label": NULLABLE_STRING,
+    "image_login": {
+        "enum": ["***", None],
+        "description": "The registry login (never shown): *** when one is stored.",
+    },
+    "private_image": {
+        "type": "boolean",
+        "description": "The image's registry needs a login (vast.ai does not return it).",
+    },
+    "gpu_name": {"type": "string"},
+    "num_gpus": {"type": "integer", "minimum": 1, "maximum": 16},
+    "min_gpu_ram_mb": {"type": "number", "minimum": 0},
+    "max_dph": {**PRICE, "description": "The most an offer may cost, $/hour (dph_total)."},
+    "min_reliability": FRACTION,
+    "verified_only": {"type": "boolean"},
+    "regions": COUNTRIES,
+    "copy_paths": COPY_PATHS,
+}
+# What PUT /recipe accepts for each field (domain/recipe.py checks the same).
+RECIPE_CHANGES: dict[str, Any] = {
+    **RECIPE_FIELDS,
+    "image": {"type": "string", "pattern": r"\S", "maxLength": 1024},
+    "gpu_name": {"type": "string", "pattern": r"\S", "maxLength": 1024},
+    "template_hash_id": {"type": ["string", "null"], "maxLength": 4096},
+    "onstart": {"type": ["string", "null"], "maxLength": 4096},
+    "label": {"type": ["string", "null"], "maxLength": 4096},
+    "args": {"type": ["array", "null"], "items": {"type": "string", "pattern": r"\S"}},
+    "env": {
+        "anyOf": [ENV_PAIRS, {"type": "object", "additionalProperties": {"type": "string"}}],
+        "description": "[name, value] pairs or an object; a value sent as *** keeps the stored one.",
+    },
+    "image_login": {
+        "type": ["string", "null"],
+        "maxLength": 1024,
+        "description": '"-u user -p token registry"; *** keeps the stored one, null removes it.',
+    },
+    "min_gpu_ram_mb": {"type": "number", "minimum": 0, "maximum": 1000000},
+    "max_dph": {"type": "number", "minimum": 0, "maximum": 1000000},
 }
 
 
@@ -263,7 +379,10 @@ SCHEDULE_SCHEMAS: dict[str, Any] = {
             },
             "last_30_days_cost_usd": {
                 **USD,
-                "description": "What the last 30 UTC days cost (per day the larger of bill and estimate).",
+                "description": (
+                    "What the last 30 UTC days cost: the estimate, and for a contract billed "
+                    "wholly within them the larger of its bill and the estimate over its window."
+                ),
             },
             "blocked_by": {
                 **NULLABLE_STRING,
@@ -332,11 +451,22 @@ SCHEMAS: dict[str, Any] = {
                 "description": "vllm:num_requests_waiting at the last read; null unless read.",
             },
             "llm_metrics": {
-                "enum": ["ok", "unavailable", "off", None],
+                "enum": ["ok", "unavailable", "no_metrics", "off", None],
                 "description": (
                     "The LLM's metrics: read (ok), could not be read (unavailable: the other "
-                    "sources decide), not a source (off, VAST_IDLE_SOURCES); null while the "
-                    "instance is not running or they were not read in this session yet."
+                    "sources decide), read but without a single vllm: metric (no_metrics: vLLM "
+                    "started with --disable-log-stats; its load is unknown, not idle, and the "
+                    "other sources decide), not a source (off, VAST_IDLE_SOURCES); null while "
+                    "the instance is not running or they were not read in this session yet."
+                ),
+            },
+            "llm_stalled": {
+                "type": "boolean",
+                "description": (
+                    "True while vLLM reports requests running or waiting but none of its "
+                    "counters has moved for VAST_LLM_STALL_MINUTES: its gauges are taken as "
+                    "stuck (vLLM leaves them up after every request in flight was aborted), "
+                    "and the LLM counts as idle since a counter last moved."
                 ),
             },
             "auto_shutdown_in_minutes": {
@@ -355,6 +485,14 @@ SCHEMAS: dict[str, Any] = {
             "max_session_stop_at": {
                 "anyOf": [TIMESTAMP, {"type": "null"}],
                 "description": "When VAST_MAX_SESSION_HOURS stops the open session, or null.",
+            },
+            "contract_ends_at": {
+                "anyOf": [TIMESTAMP, {"type": "null"}],
+                "description": (
+                    "When the instance's contract ends (vast.ai's end_date): after it the "
+                    "instance cannot start again (power-on answers 409) and vast.ai may delete "
+                    "it 48 h later; null when vast.ai gives none or cannot be read."
+                ),
             },
             "scheduled_until": {
                 "anyOf": [TIMESTAMP, {"type": "null"}],
@@ -382,6 +520,18 @@ SCHEMAS: dict[str, Any] = {
                 ),
             },
             "message": NULLABLE_STRING,
+            "moving": {
+                "enum": [*MOVE_ACTIVE, None],
+                "description": (
+                    "The step of the move to another machine under way (GET /move), or null."
+                ),
+            },
+            "stuck": {
+                "anyOf": [
+                    _ref_schema("Stuck"),
+                    {"type": "null", "description": "No start waits for a taken GPU."},
+                ]
+            },
         }
     ),
     "PowerOnRequest": {
@@ -468,6 +618,16 @@ SCHEMAS: dict[str, Any] = {
                 "description": "The last 30 UTC days, oldest first.",
                 "items": _ref_schema("CostDay"),
             },
+            "contracts": {
+                "type": "array",
+                "description": (
+                    "vast.ai's bill as it answers it: one entry per contract (a row of "
+                    "GET /api/v0/charges/), newest first, each with its items, every one beside "
+                    "vastpanel's estimate over exactly its own window. A contract spanning days "
+                    "is one entry, never pinned on a day."
+                ),
+                "items": _ref_schema("BilledContract"),
+            },
             "charges": _object(
                 {
                     "read_at": {
@@ -477,6 +637,16 @@ SCHEMAS: dict[str, Any] = {
                     "error": {
                         **NULLABLE_STRING,
                         "description": "Why the last read failed (estimates only), or null.",
+                    },
+                    "reading": {
+                        "enum": ["whole", "clipped", "clipped_amounts_only", None],
+                        "description": (
+                            "What vast.ai does with the asked day range, as a second question "
+                            "(today alone) showed: whole (amounts are the whole contract's), "
+                            "clipped (amounts and windows cut to the range), "
+                            "clipped_amounts_only (amounts cut, windows not: such a window is "
+                            "not comparable); null until a contract older than today was read."
+                        ),
                     },
                 }
             ),
@@ -490,24 +660,191 @@ SCHEMAS: dict[str, Any] = {
             "billed": {
                 "anyOf": [
                     _object({"gpu": USD, "disk": USD, "bandwidth": USD, "total": USD}),
-                    {"type": "null", "description": "vast.ai's charges not read for this day."},
+                    {
+                        "type": "null",
+                        "description": (
+                            "No contract of vast.ai's bill lies wholly in this day (vast.ai "
+                            "bills per contract: see contracts), or the charges are not read."
+                        ),
+                    },
                 ]
             },
             "difference_pct": {
                 "type": ["number", "null"],
                 "description": (
-                    "(estimate - billed) / billed x 100 over GPU and storage, as of the read; "
-                    "null when not comparable (not read, or vastpanel did not watch the whole "
-                    "day from its start)."
+                    "(estimate - billed) / billed x 100 of the contracts lying in this day, "
+                    "each over its own window; null when not comparable (none, or one began "
+                    "before vastpanel's records)."
                 ),
             },
             "mismatch": {
                 "type": "boolean",
-                "description": "A complete, watched day more than 1 % off on some item.",
+                "description": "A contract lying in this day is more than 1 % off.",
+            },
+        }
+    ),
+    "BilledContract": _object(
+        {
+            "source": {"type": "string", "description": "vast.ai's source, instance-<id>."},
+            **BILLED_WINDOW,
+            "mismatch": {
+                "type": "boolean",
+                "description": (
+                    "Comparable, and the whole or its GPU or storage item more than 1 % (and "
+                    "a cent) off; audited as cost_mismatch once per contract."
+                ),
+            },
+            "summary": {
+                "type": "string",
+                "description": (
+                    "In words, e.g. vast.ai billed $38.42 for Nov 1-4; estimate $38.10, -0.8 %."
+                ),
+            },
+            "items": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "type": {
+                            "type": "string",
+                            "description": "gpu, disk, bwd, bwu or sla (vast.ai's item types).",
+                        },
+                        **BILLED_WINDOW,
+                        "description": NULLABLE_STRING,
+                    }
+                ),
             },
         }
     ),
     "Budget": BUDGET,
+    "Recipe": _object(
+        {
+            "source_instance_id": {"type": "integer", "description": "Taken from this one."},
+            "captured_at": {"anyOf": [TIMESTAMP, {"type": "null"}]},
+            **RECIPE_FIELDS,
+            "rebuild_problem": {
+                **NULLABLE_STRING,
+                "description": "Why no instance can be created from it (a move is refused), or null.",
+            },
+        }
+    ),
+    "RecipeChanges": {
+        "type": "object",
+        "description": "The fields to change; every one optional, unknown ones refused (422).",
+        "properties": RECIPE_CHANGES,
+        "additionalProperties": False,
+    },
+    "Stuck": _object(
+        {
+            "machine_id": MACHINE_ID,
+            "since": {
+                "anyOf": [TIMESTAMP, {"type": "null"}],
+                "description": "Since when the start has waited in scheduling.",
+            },
+            "queued": {
+                "type": "boolean",
+                "description": "vast.ai answered resources_unavailable: someone else has the GPU.",
+            },
+        }
+    ),
+    "Offer": _object(
+        {
+            "id": {"type": "integer", "description": "The offer's id: POST /move's offer_id."},
+            "machine_id": MACHINE_ID,
+            "gpu_name": NULLABLE_STRING,
+            "num_gpus": {"type": ["integer", "null"]},
+            "gpu_ram_mb": {"type": ["number", "null"]},
+            "dph_total": PRICE,
+            "reliability": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            "location": {**NULLABLE_STRING, "description": '"City, CC"'},
+            "verified": {"type": "boolean"},
+        }
+    ),
+    "Offers": _object(
+        {
+            "stuck": {
+                "anyOf": [
+                    _ref_schema("Stuck"),
+                    {"type": "null", "description": "No start waits for a taken GPU."},
+                ]
+            },
+            "offers": {
+                "type": "array",
+                "items": _ref_schema("Offer"),
+                "description": (
+                    "Offers equivalent to the recipe on other machines, cheapest first, then the "
+                    "most reliable; read from vast.ai at most every 30 s."
+                ),
+            },
+        }
+    ),
+    "MoveRequest": {
+        "type": "object",
+        "description": "Every field is optional; unknown fields are ignored.",
+        "properties": {
+            "offer_id": {
+                "type": ["integer", "null"],
+                "description": "Move to this offer (GET /offers); without it, to the best one.",
+            },
+            "go_on_without_copy": {
+                "type": ["boolean", "null"],
+                "default": False,
+                "description": "Switch even when copying the recipe's copy_paths fails.",
+            },
+        },
+    },
+    "Move": _object(
+        {
+            "id": {"type": "integer", "minimum": 1},
+            "state": {"enum": list(MOVE_STEPS)},
+            "step": {"type": "string", "description": "What the state means, in words."},
+            "active": {"type": "boolean", "description": "True until done or failed."},
+            "actor": {"enum": list(ACTORS)},
+            "requested_at": TIMESTAMP,
+            "step_since": TIMESTAMP,
+            "finished_at": {"anyOf": [TIMESTAMP, {"type": "null"}]},
+            "old_instance_id": INSTANCE_ID,
+            "old_machine_id": MACHINE_ID,
+            "chosen_offer_id": {"type": ["integer", "null"]},
+            "go_on_without_copy": {"type": "boolean"},
+            "offers_tried": {"type": "integer", "minimum": 0},
+            "new_instance_id": {"type": ["integer", "null"]},
+            "new_machine_id": MACHINE_ID,
+            "new_dph_total": {"type": ["number", "null"], "minimum": 0},
+            "note": {**NULLABLE_STRING, "description": "e.g. what the copy did."},
+            "error": {**NULLABLE_STRING, "description": "Why the move failed, or null."},
+        }
+    ),
+    "KnownInstance": _object(
+        {
+            "id": INSTANCE_ID,
+            "state": {
+                "enum": ["current", "booting", "kept", "stopped", "destroyed"],
+                "description": (
+                    "current: the one the panel controls; booting: a move's new one, not yet "
+                    "switched to; kept: left by a move, stopped, still billed for storage; "
+                    "stopped: a failed move's new one, stopped (still billed for storage); "
+                    "destroyed: gone."
+                ),
+            },
+            "origin": {"enum": ["first", "created"]},
+            "machine_id": MACHINE_ID,
+            "dph_total": {"type": ["number", "null"], "minimum": 0},
+            "label": NULLABLE_STRING,
+            "move_id": {"type": ["integer", "null"]},
+            "note": NULLABLE_STRING,
+            "created_at": TIMESTAMP,
+            "updated_at": TIMESTAMP,
+        }
+    ),
+    "Instances": _object(
+        {
+            "current_instance_id": {
+                "type": ["integer", "null"],
+                "description": "The instance the panel controls (VAST_INSTANCE_ID until a move).",
+            },
+            "instances": {"type": "array", "items": _ref_schema("KnownInstance")},
+        }
+    ),
     "BudgetOverrideRequest": {
         "type": "object",
         "description": "Exactly one of extra_usd and until.",
@@ -564,13 +901,14 @@ def _operation(
     summary: str,
     ok: dict[str, Any],
     errors: dict[str, Any],
+    ok_code: str = "200",
     *,
     gateway: bool = False,
     **extra: Any,
 ) -> dict[str, Any]:
     """Describe one API operation; gateway true: a key of GATEWAY_API_KEYS may call it."""
     responses = {
-        "200": ok,
+        ok_code: ok,
         "401": UNAUTHORIZED,
         **({} if gateway else {"403": GATEWAY_ONLY}),
         "413": TOO_LARGE,
@@ -619,8 +957,10 @@ SPEC: dict[str, Any] = {
                 _json(_ref("PowerOnResult"), "Started (or already running or starting)."),
                 {
                     "409": _error(
-                        "Another power action is still running, or the budget of this period "
-                        "is spent (until the period ends or an admin overrides it)."
+                        "Another power action is still running, the budget of this period "
+                        "is spent (until the period ends or an admin overrides it), or the "
+                        "instance's contract has ended (contract_ends_at passed: vast.ai cannot "
+                        "start it again)."
                     ),
                     "422": INVALID,
                     "500": NOT_CONFIGURED,
@@ -759,6 +1099,91 @@ SPEC: dict[str, Any] = {
                         "schema": {"type": "integer", "minimum": 1},
                     },
                 ],
+            )
+        },
+        f"{PREFIX}/recipe": {
+            "get": _operation(
+                "recipe",
+                "The recipe a move creates the new instance from (taken from vast.ai once)",
+                _json(_ref("Recipe"), "The recipe; secrets as ***."),
+                {"500": NOT_CONFIGURED, "502": UPSTREAM},
+            ),
+            "put": _operation(
+                "edit_recipe",
+                "Change fields of the recipe (audited with the fields' names, never values)",
+                _json(_ref("Recipe"), "The recipe as changed; secrets as ***."),
+                {"422": INVALID, "500": NOT_CONFIGURED, "502": UPSTREAM},
+                requestBody={
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("RecipeChanges")}},
+                },
+            ),
+        },
+        f"{PREFIX}/offers": {
+            "get": _operation(
+                "offers",
+                "Whether a start is stuck, and equivalent offers on other machines",
+                _json(_ref("Offers"), "The offers, best first."),
+                {"500": NOT_CONFIGURED, "502": UPSTREAM},
+            )
+        },
+        f"{PREFIX}/move": {
+            "get": _operation(
+                "move",
+                "The move under way, or the last one",
+                _json({"anyOf": [_ref("Move"), {"type": "null"}]}, "The move; null if none."),
+                {},
+            ),
+            "post": _operation(
+                "request_move",
+                "Move to another machine: the old start is cancelled, the recipe created on "
+                "the offer, and the panel switches once the new instance is healthy. What "
+                "lived on the old disk does not come along, except the recipe's copy_paths.",
+                _json(_ref("Move"), "Asked; the watchdog carries it out (follow GET /move)."),
+                {
+                    "409": _error(
+                        "Refused, the detail says why: moving is off (VAST_MOVE), a move is "
+                        "under way, the instance runs on its own machine, the offer is not "
+                        "among the offers now, the recipe cannot be rebuilt (a private image "
+                        "without its login), or the budget is spent."
+                    ),
+                    "422": INVALID,
+                    "500": NOT_CONFIGURED,
+                    "502": UPSTREAM,
+                },
+                ok_code="202",
+                requestBody={
+                    "required": False,
+                    "description": "Optional; an empty body counts as {}.",
+                    "content": {"application/json": {"schema": _ref("MoveRequest")}},
+                },
+            ),
+        },
+        f"{PREFIX}/instances": {
+            "get": _operation(
+                "instances",
+                "Every instance the panel knows (the first, and those moves created)",
+                _json(_ref("Instances"), "The instances, the first one first."),
+                {},
+            )
+        },
+        f"{PREFIX}/instances/{{instance_id}}/destroy": {
+            "post": _operation(
+                "destroy_instance",
+                "Destroy an instance a move left behind: its disk is gone for good (audited)",
+                _json(_ref("KnownInstance"), "Destroyed."),
+                {
+                    "409": _error("vast.ai did not destroy it; the detail says why."),
+                    "422": _error(
+                        "Not an instance the panel keeps, the current one, one a move under "
+                        "way uses, or not a number."
+                    ),
+                    "500": NOT_CONFIGURED,
+                },
+                parameters=[
+                    {"name": "instance_id", "in": "path", "required": True, "schema": INSTANCE_ID}
+                ],
+                requestBody=IGNORED_BODY,
             )
         },
         f"{PREFIX}/openapi.json": {

@@ -23,7 +23,20 @@ from ..schedule_windows import format_skip
 from . import auth, get_panel
 from .charts import cost_chart
 from .inputs import InvalidInput, decimal_number, whole_number
-from .status_view import COMING_UP, llm_load, status_view, stop_confirmation
+from .move_view import (
+    instances_context,
+    move_context,
+    recipe_changes,
+    recipe_context,
+    typed_values,
+)
+from .status_view import (
+    COMING_UP,
+    contract_notice,
+    llm_load,
+    status_view,
+    stop_confirmation,
+)
 
 bp = Blueprint("pages", __name__)
 
@@ -32,6 +45,7 @@ HTMX_PATH = f"vendor/htmx-{HTMX_VERSION}/htmx.min.js"
 AUDIT_PAGE_SIZE = 20
 NOTIFICATIONS_SHOWN = 10
 CHART_DAYS = 30
+CONTRACTS_SHOWN = 10  # vast.ai's bill per contract, the newest first
 MAX_OVERRIDE_HOURS = 31 * 24  # a month: the domain refuses what runs past the period's end
 MONTH_DAYS = 31  # the most days a month has had by its last day
 ACTOR = "admin"
@@ -97,9 +111,11 @@ def status_context(
     if healthy and seen in COMING_UP and report.llm is not None and not report.llm.ok:
         panel.llm.reading(report.state, fresh=True)
         report = panel.status.report()
-    view = status_view(report, healthy, panel.config.wait_timeout_s)
+    moving = move_context(panel)
+    view = status_view(report, healthy, panel.config.wait_timeout_s, moving["moving"])
     proxy = panel.wake.proxy_stats()
     return {
+        **moving,
         "report": report,
         "state": report.state if report else None,
         "view": view,
@@ -110,11 +126,12 @@ def status_context(
         "now": report.now if report else panel.clock.now(),
         "notice": notice,
         "notice_is_error": notice_is_error,
-        "instance_id": panel.config.vast_instance_id,
+        "instance_id": panel.instance.current_id(),
         "auto_shutdown": panel.config.auto_shutdown,
         "idle_minutes": panel.config.auto_shutdown_minutes,
         "llm_load": llm_load(report, view.phase, panel.config.gateway_source),
-        "stop_question": stop_confirmation(report, proxy.in_flight),
+        "contract_notice": contract_notice(report),
+        "stop_question": stop_confirmation(report, proxy.in_flight, moving["moving"]),
         "proxy": proxy,
         "instance_transport": panel.config.instance_transport,
         "fingerprint": panel.config.instance_tls_fingerprint,
@@ -163,8 +180,7 @@ def costs_context(
     else:
         today = datetime.fromtimestamp(panel.clock.now(), UTC).date()
         period = "month"
-        month = costs.cost_days(today.replace(day=1), today)
-        spent = sum(max(d.spent, session_cost(d.day)) for d in month)
+        spent = costs.spent(today.replace(day=1), today, at_least=session_cost)
     return {
         "period": period,
         "period_spent": spent,
@@ -172,7 +188,7 @@ def costs_context(
         "all_in": costs.all_in_totals(),
         "charges": costs.charges_status(),
         "budget": budget,
-        "mismatch_days": [d for d in days if d.mismatch],
+        "contracts": list(reversed(costs.contract_checks()))[:CONTRACTS_SHOWN],
         "avg_session_seconds": average_session_seconds(totals),
         "chart": cost_chart(estimates, billed),
         "chart_days": CHART_DAYS,
@@ -242,6 +258,8 @@ def index():
         signins=auth.open_signins(),
         **notifications_context(),
         **schedule_context(),
+        **instances_context(get_panel()),
+        **recipe_context(get_panel()),
     )
 
 
@@ -250,7 +268,13 @@ def status_widget():
     """Render the status widget; tell the other widgets to reload when the phase changed."""
     seen = request.args.get("seen")
     context = status_context(seen=seen)
-    changed = request.args.get("refresh") or (seen and seen != context["view"].phase)
+    move = context["move"]
+    step = move.state if move is not None else ""
+    changed = (
+        request.args.get("refresh")
+        or (seen and seen != context["view"].phase)
+        or ("step" in request.args and request.args["step"] != step)
+    )
     return make_response(
         render_template("_status.html", standalone=True, **context),
         trigger=CHANGED_EVENT if changed else None,
@@ -279,6 +303,18 @@ def notifications_widget():
 def audit_widget():
     """Render one page of the audit log."""
     return render_template("_audit.html", **audit_context(audit_before()))
+
+
+@bp.get("/partials/instances")
+def instances_widget():
+    """Render every instance the panel knows, with Destroy for those a move left behind."""
+    return render_template("_instances.html", **instances_context(get_panel()))
+
+
+@bp.get("/partials/recipe")
+def recipe_widget():
+    """Render the recipe a move creates the new instance from, and its edit form."""
+    return render_template("_recipe.html", **recipe_context(get_panel()))
 
 
 @bp.get("/partials/signins")
@@ -386,12 +422,72 @@ def schedule_action(action, done: str, entered: dict[str, str] | None = None) ->
     )
 
 
+@bp.post("/move")
+def move():
+    """Move to another machine: the best offer, or the one whose Move was clicked (audited)."""
+    raw = request.form.get("offer_id", "").strip()
+    go_on = request.form.get("go_on_without_copy") is not None
+
+    def ask(panel) -> str:
+        offer_id = whole_number(raw, "offer_id", 1, None) if raw else None
+        asked = panel.mover.request(ACTOR, offer_id=offer_id, go_on_without_copy=go_on)
+        return f"Move {asked.id} asked: the old start is cancelled, then an offer is rented."
+
+    return power_action(ask)
+
+
+@bp.post("/instances/<int:instance_id>/destroy")
+def destroy_instance(instance_id: int):
+    """Destroy an instance a move left behind (after the page's confirm); audited."""
+    panel = get_panel()
+    try:
+        panel.mover.destroy(ACTOR, instance_id)
+        message, failed = (
+            f"Instance {instance_id} destroyed: its storage is no longer billed.",
+            False,
+        )
+    except PanelError as exc:
+        message, failed = exc.message, True
+    if not request.htmx:
+        flash(message, "error" if failed else "info")
+        return redirect(url_for("pages.index"), 303)
+    context = instances_context(panel, notice=message, notice_is_error=failed)
+    return make_response(render_template("_instances.html", **context), trigger=CHANGED_EVENT)
+
+
+@bp.post("/recipe")
+def edit_recipe():
+    """Save the recipe's edited fields (audited by name), or read it from vast.ai the first time;
+    a refused value names its field and changes nothing."""
+    panel = get_panel()
+    message, failed = "Recipe saved.", False
+    try:
+        if panel.recipes.current() is None:
+            panel.recipes.get()
+            message = "Recipe read from vast.ai."
+        else:
+            panel.recipes.edit(ACTOR, recipe_changes(request.form))
+    except PanelError as exc:
+        message, failed = exc.message, True
+    except InvalidInput as exc:
+        message, failed = exc.detail, True
+    # A refused edit shows what the admin typed again, with the field named above it.
+    typed = typed_values(request.form) if failed and "image" in request.form else None
+    if not request.htmx:
+        flash(message, "error" if failed else "info")
+        return redirect(url_for("pages.index") + "#recipe", 303)
+    context = recipe_context(panel, notice=message, notice_is_error=failed, typed=typed)
+    return make_response(render_template("_recipe.html", **context), trigger=CHANGED_EVENT)
+
+
 def power_action(action) -> Response:
     """Run a power action; answer htmx with the status widget, a plain form with a redirect."""
     try:
         message, failed = action(get_panel()), False
     except PanelError as exc:
         message, failed = exc.message, True
+    except InvalidInput as exc:
+        message, failed = exc.detail, True
     if not request.htmx:
         flash(message, "error" if failed else "info")
         return redirect(url_for("pages.index"), 303)

@@ -1,4 +1,4 @@
-"""vLLM-shaped Prometheus metrics for the simulated LLM stack, moved by the requests it serves.
+"""vLLM-shaped Prometheus metrics for a simulated LLM stack, moved by the requests it serves.
 
 Built with prometheus_client, as vLLM itself is, so /metrics is real exposition text: HELP and
 TYPE lines, ``_total`` and ``_created`` samples, histograms. Names and labels follow vLLM's v1
@@ -6,6 +6,15 @@ engine: gauges ``vllm:num_requests_running``/``vllm:num_requests_waiting`` and c
 ``vllm:request_success_total`` (by ``finished_reason``), ``vllm:prompt_tokens_total``,
 ``vllm:generation_tokens_total``, all labelled ``model_name`` and ``engine``. A new boot of the
 instance starts every counter from zero again, as a restarted vLLM does.
+
+vLLM publishes its gauges from the engine's steps: a request arriving, each generated token and
+a request finishing. Aborting a request (the client closes the connection) is no step, so when
+every request in flight is aborted the gauges keep their last values until the engine runs
+another request (vllm-project/vllm#22545, open; #29928). That is the default here
+(``sticky_gauges=True``); ``sticky_gauges=False`` publishes the gauges on an abort too. Either
+way an aborted request moves no counter after the abort: its prompt tokens were counted when it
+was admitted, its generated tokens as they came, and it adds nothing to
+``request_success_total`` nor to the latency histogram (vllm-project/vllm#31503, #55634).
 """
 
 from __future__ import annotations
@@ -22,15 +31,17 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class VllmMetrics:
-    """The engine's load and counters for one boot of the simulated instance; thread-safe."""
+    """The engine's load and counters for one boot of a simulated instance; thread-safe."""
 
-    def __init__(self, model: str, max_num_seqs: int = 256):
+    def __init__(self, model: str, max_num_seqs: int = 256, sticky_gauges: bool = True):
         self.model = model
         self.max_num_seqs = max_num_seqs
+        self.sticky_gauges = sticky_gauges
         self._cond = threading.Condition()
         self._boot: object = None
         self._running = 0
         self._waiting = 0
+        self._shown = {"running": 0, "waiting": 0}  # what the gauges show since the last step
         self._build()
 
     def _build(self) -> None:
@@ -86,6 +97,7 @@ class VllmMetrics:
             if boot != self._boot:
                 self._boot = boot
                 self._running = self._waiting = 0
+                self._shown = {"running": 0, "waiting": 0}
                 self._build()
 
     def exposition(self) -> bytes:
@@ -96,15 +108,27 @@ class VllmMetrics:
 
     @property
     def running(self) -> int:
-        """Requests being generated now."""
+        """Requests being generated now (the truth, whatever the gauge shows)."""
         with self._cond:
             return self._running
 
     @property
     def waiting(self) -> int:
-        """Requests queued for a free batch slot."""
+        """Requests queued for a free batch slot (the truth, whatever the gauge shows)."""
         with self._cond:
             return self._waiting
+
+    def gauges(self) -> dict[str, int]:
+        """Return what the running and waiting gauges show now."""
+        with self._cond:
+            return dict(self._shown)
+
+    def _step(self) -> None:
+        """Publish the true load, as each engine step does. Call with the condition held."""
+        values = (self.model, ENGINE)
+        self._shown = {"running": self._running, "waiting": self._waiting}
+        self.running_gauge.labels(*values).set(self._running)
+        self.waiting_gauge.labels(*values).set(self._waiting)
 
     @contextmanager
     def request(self, prompt_tokens: int, clock, give_up: threading.Event) -> Iterator[Generation]:
@@ -112,13 +136,12 @@ class VllmMetrics:
         values = (self.model, ENGINE)
         with self._cond:
             self._waiting += 1
-            self.waiting_gauge.labels(*values).set(self._waiting)
+            self._step()
             while self._running >= self.max_num_seqs and not give_up.is_set():
                 self._cond.wait(0.1)
             self._waiting -= 1
             self._running += 1
-            self.waiting_gauge.labels(*values).set(self._waiting)
-            self.running_gauge.labels(*values).set(self._running)
+            self._step()
             registry = self.registry
             self.prompt_tokens.labels(*values).inc(prompt_tokens)
         started = clock()
@@ -129,9 +152,12 @@ class VllmMetrics:
             with self._cond:
                 if registry is self.registry:  # not a request from before a restart
                     self._running -= 1
-                    self.running_gauge.labels(*values).set(self._running)
-                    self.success.labels(*values, generation.finished_reason or "abort").inc()
-                    self.latency.labels(*values).observe(max(0.0, clock() - started))
+                    if generation.finished_reason is not None:
+                        self.success.labels(*values, generation.finished_reason).inc()
+                        self.latency.labels(*values).observe(max(0.0, clock() - started))
+                        self._step()
+                    elif not self.sticky_gauges:
+                        self._step()
                 self._cond.notify_all()
 
 
@@ -144,12 +170,13 @@ class Generation:
         self.finished_reason: str | None = None
 
     def token(self) -> None:
-        """Count one generated token."""
+        """Count one generated token: an engine step, which also publishes the gauges."""
         metrics = self._metrics
         with metrics._cond:
             if self._registry is metrics.registry:
                 metrics.generation_tokens.labels(metrics.model, ENGINE).inc()
+                metrics._step()
 
     def finish(self, reason: str) -> None:
-        """Mark the generation as finished (stop or length); unfinished ones count as aborted."""
+        """Mark the generation as finished (stop or length); an unfinished one was aborted."""
         self.finished_reason = reason
