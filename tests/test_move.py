@@ -17,9 +17,11 @@ from support import store
 from support.clock import FakeClock
 from support.liveserver import SIMULATED_INSTANCE
 from vastpanel import create_app
+from vastpanel.domain.costs import booked_between
 from vastpanel.domain.move import MoveRefused
 from vastpanel.errors import InvalidRequest, VastError, VastErrorKind
 from vastpanel.simulator import ManualClock, Simulator
+from vastpanel.storage import ledger
 from vastpanel.watchdog.looks import watchdog_for
 
 SIM_KEY = "move-sim-key-0123456789abcdef"
@@ -51,11 +53,12 @@ def clock(sim_clock):
 
 
 @pytest.fixture
-def sim(sim_clock):
+def sim(sim_clock, clock):
     with Simulator(
         api_key=SIM_KEY,
         instance_id=FIRST,
         clock=sim_clock,
+        wall_clock=clock.now,  # vast.ai's dates on the panel's clock
         gpu_taken=True,  # someone else rents the first instance's GPU
         schedule_delay=2.0,
         create_delay=5.0,
@@ -382,3 +385,52 @@ def test_the_dead_man_switch_follows_the_move(make_panel, sim, clock):
     panel.agent.send_heartbeat(state, panel.status.current_session(), None)
     beats = [r for r in sim.llm_requests(method="POST") if r["path"] == "/vastpanel/heartbeat"]
     assert beats and state.endpoint_base_url == sim.llm_url_of(done.new_id)
+
+
+def test_each_instance_keeps_its_own_costs_across_a_move_and_the_charges_of_both_are_read(
+    panel, sim, clock
+):
+    stuck_start(panel, clock)
+    panel.mover.request("api")
+    done = drive(panel, clock)
+    assert done.state == "done"
+    db = panel.store.db
+    old = sim.instance(FIRST)
+    assert old["actual_status"] == "stopped"  # kept: storage still billed
+    panel.instance.state(fresh=True)  # the new instance, read as the panel controls it
+    new = sim.instance(done.new_id)
+    assert new["actual_status"] == "running"
+    switched = clock.now()
+
+    clock.advance(3600.0)
+    panel.instance.state(fresh=True)
+    hour = switched, clock.now()
+    old_gpu, old_storage = booked_between(db, *hour, FIRST)
+    new_gpu, new_storage = booked_between(db, *hour, done.new_id)
+    assert old_gpu == 0.0
+    assert old_storage == pytest.approx(old["storage_total_cost"], rel=0.01)
+    assert new_gpu == pytest.approx(new["dph_base"], rel=0.01)
+    assert new_storage == pytest.approx(new["storage_total_cost"], rel=0.01)
+    # The budget's burn is what is billed now: the new instance and the kept one's storage.
+    rates = panel.costs.current_rates()
+    assert rates.gpu_dph + rates.storage_dph == pytest.approx(
+        new["dph_base"] + new["storage_total_cost"] + old["storage_total_cost"], rel=0.01
+    )
+    # The new instance's GPU time is booked from its first second, before the switch.
+    assert booked_between(db, done.requested_at, switched, done.new_id)[0] > 0
+
+    panel.mover.destroy("admin", FIRST)
+    destroyed = clock.now()
+    clock.advance(3600.0)
+    panel.instance.state(fresh=True)
+    assert booked_between(db, destroyed, clock.now(), FIRST) == (0.0, 0.0)
+
+    status = panel.costs.read_charges()
+    assert status.error is None, status
+    sources = {w.source for w in ledger.read_billed_windows(db)}
+    assert {f"instance-{FIRST}", f"instance-{done.new_id}"} <= sources
+    # Each contract beside its own instance's estimate: the new one's is not the sum of both.
+    checks = {c.window.source: c for c in panel.costs.contract_checks()}
+    new_check = checks[f"instance-{done.new_id}"]
+    assert new_check.row.difference_pct is not None, new_check
+    assert abs(new_check.row.difference_pct) < 5, new_check

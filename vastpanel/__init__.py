@@ -183,7 +183,9 @@ def wire_panel(
         store, clock, config, client, audit, costs, agent, leases, contract, recipes
     )
     budget = Budget(store, clock, config, costs, audit)
-    mover = Mover(store, clock, config, client, instance_http, audit, instance, budget, recipes)
+    mover = Mover(
+        store, clock, config, client, instance_http, audit, instance, budget, costs, recipes
+    )
     power = Power(
         store,
         clock,

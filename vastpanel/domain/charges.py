@@ -40,6 +40,12 @@ class ChargesUnreadable(ValueError):
     """vast.ai's charges came back in a shape that cannot be trusted."""
 
 
+def source_instance(source: str) -> int | None:
+    """Return the instance id of a charges source ("instance-<id>"), or None."""
+    prefix, _, number = source.partition("-")
+    return int(number) if prefix == "instance" and number.isdigit() else None
+
+
 def charge_windows(rows: list[Any], instance_id: int) -> list[BilledWindow]:
     """Return this instance's rows and their items as windows; raise ChargesUnreadable.
 

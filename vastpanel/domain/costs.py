@@ -24,7 +24,7 @@ from sqlite_utils import Database
 from ..clock import Clock, iso_utc, midnight, split_by_utc_day
 from ..config import Config
 from ..errors import VastError, VastErrorKind
-from ..storage import instance_cache, ledger, sessions, values
+from ..storage import instance_cache, ledger, moves, sessions, values
 from ..storage.database import Store
 from ..storage.ledger import Billed, BilledWindow, Rates
 from ..storage.sessions import CostTotals, DayCost
@@ -37,6 +37,7 @@ from .charges import (
     charge_windows,
     check_contracts,
     reading_of,
+    source_instance,
 )
 
 __all__ = [
@@ -148,11 +149,13 @@ def booked_totals(db: Database, now: float) -> tuple[float, float]:
     return gpu, storage
 
 
-def booked_between(db: Database, start: float, end: float) -> tuple[float, float]:
+def booked_between(
+    db: Database, start: float, end: float, instance_id: object = ledger.EVERY
+) -> tuple[float, float]:
     """Return (GPU $, storage $) booked from start to end (the time since the last reading at
-    the last price seen)."""
+    the last price seen), of every instance or of one."""
     gpu = storage = 0.0
-    for span in ledger.intervals(db, start, end):
+    for span in ledger.intervals(db, start, end, instance_id):
         seconds = min(span.end_at, end) - max(span.start_at, start)
         if seconds > 0:
             gpu += seconds / 3600 * span.gpu_dph
@@ -221,13 +224,51 @@ class CostBook:
         self.client = client
         self.audit = audit
 
-    def book(self, payload: dict[str, Any] | None, at: float, *, assumed: bool = False) -> None:
-        """Book costs up to `at` and price from there as vast.ai shows the instance now (or,
-        assumed, as a power action supposes it until vast.ai is read again)."""
-        ledger.book(self.store.db, at, billing_rates(payload), assumed=assumed)
+    def book(
+        self,
+        payload: dict[str, Any] | None,
+        at: float,
+        *,
+        assumed: bool = False,
+        instance_id: int | None = None,
+    ) -> None:
+        """Book an instance's costs up to `at` and price from there as vast.ai shows it now
+        (or, assumed, as a power action supposes it until vast.ai is read again).
+
+        instance_id: whose (default: the answer's id, else the first instance's); None as the
+        payload means vast.ai no longer knows it: nothing is billed from then on.
+        """
+        if instance_id is None and payload is not None:
+            answer_id = payload.get("id")
+            instance_id = answer_id if isinstance(answer_id, int) else None
+        if instance_id is None:
+            instance_id = self.config.vast_instance_id
+        first = instance_id is not None and instance_id == self.config.vast_instance_id
+        ledger.book(
+            self.store.db,
+            at,
+            billing_rates(payload),
+            assumed=assumed,
+            instance_id=instance_id,
+            adopt_unlabelled=first,
+        )
+
+    def book_stopped(self, instance_id: int, at: float) -> None:
+        """Book an instance the panel has just stopped (not the current one: a move's old or
+        failed new instance): no GPU from `at`, storage at the rate last seen for it."""
+        rates = ledger.rates_of(self.store.db, instance_id)
+        storage = rates.storage_dph if rates else 0.0
+        ledger.book(
+            self.store.db,
+            at,
+            Rates(0.0, storage, "stopped"),
+            assumed=True,
+            instance_id=instance_id,
+        )
 
     def current_rates(self) -> Rates | None:
-        """Return the GPU and storage $/h last seen, or None before the first reading."""
+        """Return the GPU and storage $/h billed now (every instance the panel keeps), or None
+        before the first reading."""
         return ledger.current_rates(self.store.db)
 
     def session_totals(self) -> CostTotals:
@@ -262,12 +303,18 @@ class CostBook:
         untrusted_before = None
         if values.get_note(db, CHARGES_READING_NOTE) == "clipped_amounts_only":
             untrusted_before = values.get_value(db, CHARGES_FROM_KEY)
-        return check_contracts(
-            ledger.read_billed_windows(db),
-            lambda start, end: booked_between(db, start, min(end, now)),
-            ledger.booked_since(db),
-            untrusted_before,
-        )
+        windows = ledger.read_billed_windows(db)
+        checks: list[ContractCheck] = []
+        # Each contract beside its own instance's estimate (a move leaves two).
+        for source in dict.fromkeys(w.source for w in windows):
+            instance_id = source_instance(source)
+            checks += check_contracts(
+                [w for w in windows if w.source == source],
+                lambda start, end, i=instance_id: booked_between(db, start, min(end, now), i),
+                ledger.booked_since(db, instance_id),
+                untrusted_before,
+            )
+        return sorted(checks, key=lambda check: check.window.start)
 
     def cost_days(self, first: date, last: date) -> list[CostDay]:
         """Return each UTC day first..last with its estimate, and vast.ai's bill on the days a
@@ -304,7 +351,9 @@ class CostBook:
         for check in self.contract_checks():
             window = check.window
             if begin <= window.start and window.end <= end:
-                gpu, storage = booked_between(db, window.start, min(window.end, now))
+                gpu, storage = booked_between(
+                    db, window.start, min(window.end, now), source_instance(window.source)
+                )
                 spent += max(0.0, window.amount - (gpu + storage))
         return spent
 
@@ -323,25 +372,39 @@ class CostBook:
         now = self.clock.now()
         today = datetime.fromtimestamp(now, UTC).date()
         since = self._contract_first_day(today)
-        instance_id = self.config.vast_instance_id
+        current = self._current_instance()
         try:
-            windows = charge_windows(self.client.fetch_charges(since, now), instance_id)
+            rows = self.client.fetch_charges(since, now)
+            # One answer holds the account's contracts: each instance the panel knows (a move
+            # leaves the old one beside the new) is read from it.
+            found = {i: charge_windows(rows, i) for i in self._known_instances()}
         except (VastError, ChargesUnreadable) as exc:
             reason = _charges_failure(exc)
             if values.get_note(db, CHARGES_ERROR_NOTE) != reason:
                 log.warning("charges: %s", reason)
             values.set_note(db, CHARGES_ERROR_NOTE, reason)
             return self.charges_status()
-        ledger.save_billed_windows(db, now, f"instance-{instance_id}", windows)
+        for instance_id, windows in found.items():
+            ledger.save_billed_windows(db, now, f"instance-{instance_id}", windows)
         values.set_value(db, CHARGES_READ_KEY, now)
         values.set_value(db, CHARGES_FROM_KEY, since)
         values.set_note(db, CHARGES_ERROR_NOTE, None)
-        self._probe_reading(windows, midnight(today), instance_id)
+        self._probe_reading(found[current], midnight(today), current)
         for check in self.contract_checks():
             window = check.window
             if check.mismatch and ledger.mark_mismatch_audited(db, window.source, window.start):
                 self._audit_mismatch(check)
         return self.charges_status()
+
+    def _current_instance(self) -> int:
+        """The instance the panel controls: the one a move switched to, else the first."""
+        return moves.current_instance(self.store.db, self.config.vast_instance_id)
+
+    def _known_instances(self) -> list[int]:
+        """The first instance, the current one and every one a move created or kept."""
+        ids = [self.config.vast_instance_id, self._current_instance()]
+        ids += [known.id for known in moves.list_instances(self.store.db)]
+        return list(dict.fromkeys(ids))
 
     def _contract_first_day(self, today: date) -> float:
         """Return the midnight the charges are asked from: the instance's creation day, or 30

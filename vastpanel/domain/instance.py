@@ -14,7 +14,7 @@ from typing import Any
 from ..clock import Clock
 from ..config import Config
 from ..errors import NotConfigured, UpstreamFailed, VastError
-from ..storage import instance_cache, sessions, values
+from ..storage import instance_cache, moves, sessions, values
 from ..storage.database import Store
 from ..storage.instance_cache import CachedInstance
 from ..vast.client import RATE_LIMIT_INTERVAL_S, VastClient
@@ -42,7 +42,6 @@ DOWN_SINCE_KEY = "down_since"  # when the instance was first seen exited, unknow
 FETCH_LEASE = "vast_fetch"
 # The instance the panel controls once a move switched to another (VAST_INSTANCE_ID stays the
 # first one); unset until the first move.
-CURRENT_KEY = "current_instance_id"
 
 
 class InstanceReader:
@@ -82,8 +81,7 @@ class InstanceReader:
 
     def current_id(self) -> int | None:
         """Return the instance the panel controls: the one a move switched to, else the first."""
-        moved = values.get_value(self.store.db, CURRENT_KEY)
-        return int(moved) if moved is not None else self.config.vast_instance_id
+        return moves.current_instance(self.store.db, self.config.vast_instance_id)
 
     def switch_to(self, instance_id: int, at: float, healthy_session: int | None) -> None:
         """Make another instance the one the panel controls (a move's last step).
@@ -94,7 +92,7 @@ class InstanceReader:
         """
         db = self.store.db
         with db.atomic():
-            values.set_value(db, CURRENT_KEY, instance_id)
+            values.set_value(db, moves.CURRENT_KEY, instance_id)
             instance_cache.forget(db)
             for key in (START_QUEUED_KEY, SCHEDULING_SINCE_KEY, DOWN_SINCE_KEY):
                 values.set_value(db, key, None)
@@ -214,7 +212,7 @@ class InstanceReader:
         self.recipes.capture_from_answer(answer)  # the full answer: its recipe fields too
         payload = kept_fields(answer)
         instance_cache.save_cached_instance(db, asked, payload)
-        self.costs.book(payload, asked)
+        self.costs.book(payload, asked, instance_id=self.current_id())
         self._reconcile(payload, asked)
         return CachedInstance(asked, payload, None)
 

@@ -36,6 +36,7 @@ from ..vast.client import VastClient
 from ..vast.instance import GPU_BILLED, endpoint_base_url
 from .audit import Audit
 from .budget import Budget
+from .costs import CostBook
 from .instance import SCHEDULING_SINCE_KEY, START_QUEUED_KEY, InstanceReader
 from .recipe import Recipe, RecipeBook
 
@@ -136,6 +137,7 @@ class Mover:
         audit: Audit,
         instance: InstanceReader,
         budget: Budget,
+        costs: CostBook,
         recipes: RecipeBook,
     ):
         self.store = store
@@ -146,6 +148,7 @@ class Mover:
         self.audit = audit
         self.instance = instance
         self.budget = budget
+        self.costs = costs
         self.recipes = recipes
 
     # --- what the page and the API read ------------------------------------------------------
@@ -463,7 +466,7 @@ class Mover:
     def _switch(self, move: MoveRow, note: str | None = None) -> None:
         """Stop the old instance again if vast.ai was slow to, then switch to the new one."""
         old, _ = self._both(move)
-        self._keep_old_stopped(move, old)
+        stopped_again = self._keep_old_stopped(move, old)
         now = self.clock.now()
         session = sessions.current_session(self.store.db)
         healthy = session.id if session is not None and session.instance_id == move.new_id else None
@@ -477,8 +480,17 @@ class Mover:
             except VastError as exc:
                 log.warning("move %d: the old instance stays: %s", move.id, exc.message)
         self._set_instance(move.old_id, old_state)
+        # The old one keeps its own line in the ledger: storage as vast.ai prices it stopped,
+        # nothing once destroyed.
         if old_state == "destroyed":
+            self.costs.book(None, now, instance_id=move.old_id)
             self.audit.record("instance_destroyed", "system", instance_id=move.old_id)
+        elif old is None:
+            self.costs.book(None, now, instance_id=move.old_id)  # vast.ai no longer knows it
+        elif stopped_again:
+            self.costs.book_stopped(move.old_id, now)
+        else:
+            self.costs.book(old, now, instance_id=move.old_id)
         self.audit.record(
             "move_completed",
             move.actor,
@@ -502,6 +514,7 @@ class Mover:
                     "move %d: the new instance could not be stopped: %s", move.id, exc.message
                 )
             self._set_instance(move.new_id, "stopped", note=f"move {move.id} failed")
+            self.costs.book_stopped(move.new_id, self.clock.now())
         self.audit.record(
             "move_failed",
             move.actor,
@@ -561,6 +574,7 @@ class Mover:
             return
         db = self.store.db
         now = self.clock.now()
+        self.costs.book(payload, now, instance_id=move.new_id)  # its own line in the ledger
         if payload.get("actual_status") in GPU_BILLED:
             sessions.open_session(
                 db, now, _float(payload.get("dph_total")), "move", now, instance_id=move.new_id
@@ -581,13 +595,16 @@ class Mover:
         found = {i.get("id"): i for i in self._client().list_instances()}
         return found.get(move.old_id), found.get(move.new_id)
 
-    def _keep_old_stopped(self, move: MoveRow, old: dict[str, Any] | None) -> None:
-        """Stop the old instance again if it came up after all (vast.ai slow to take the stop)."""
+    def _keep_old_stopped(self, move: MoveRow, old: dict[str, Any] | None) -> bool:
+        """Stop the old instance again if it came up after all (vast.ai slow to take the stop);
+        tell whether it was."""
         if old is None:
-            return
+            return False
         if old.get("intended_status") == "running" or old.get("actual_status") in GPU_BILLED:
             self._client().stop_instance(move.old_id)
             self.audit.record("move_old_stopped", "system", instance_id=move.old_id, again=True)
+            return True
+        return False
 
     def _remember_first(self) -> None:
         """Make sure the first instance is listed among those the panel knows."""
@@ -610,6 +627,7 @@ class Mover:
         )
 
     def _destroyed(self, known: KnownInstance, actor: str) -> KnownInstance:
+        self.costs.book(None, self.clock.now(), instance_id=known.id)  # nothing billed from now
         self._set_instance(known.id, "destroyed")
         self.audit.record("instance_destroyed", actor, instance_id=known.id)
         return moves.read_instance(self.store.db, known.id)

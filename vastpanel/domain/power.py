@@ -366,7 +366,7 @@ class Power:
             self.stops_sent += 1
             # The GPU is no longer billed from the stop on; storage at the rate last seen until
             # vast.ai shows its stopped rate, which then prices the time since the stop.
-            self.costs.book(payload, now, assumed=True)
+            self.costs.book(payload, now, assumed=True, instance_id=self.instance.current_id())
             self.instance.store_answer(now, payload)
         minutes = session.seconds(now) / 60 if session else 0.0
         cost = session.cost(now) if session else 0.0

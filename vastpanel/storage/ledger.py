@@ -1,7 +1,8 @@
 """The cost ledger (priced intervals) and vast.ai's bill per contract and item.
 
-The ledger's rows are stretches at one price; the last row's end_at is how far costs are
-booked, so a restart (even kill -9) books the time it was down at the stored price, once.
+The ledger's rows are stretches at one price, per instance; each instance's last row's end_at
+is how far its costs are booked, so a restart (even kill -9) books the time it was down at the
+stored price, once.
 """
 
 from __future__ import annotations
@@ -62,15 +63,36 @@ class BilledWindow:
 CONTRACT = "contract"
 
 
-def book(db: Database, at: float, rates: Rates, *, assumed: bool = False) -> None:
-    """Book up to `at` at the price seen before, then price from `at` on as seen now.
+def book(
+    db: Database,
+    at: float,
+    rates: Rates,
+    *,
+    assumed: bool = False,
+    instance_id: int | None = None,
+    adopt_unlabelled: bool = False,
+) -> None:
+    """Book the instance's time up to `at` at the price seen before, then price from `at` on
+    as seen now.
+
+    Each instance has its own timeline (a move leaves the old one kept, its storage still
+    billed): instance_id says whose. adopt_unlabelled: rows booked before the ledger knew
+    instances (instance_id NULL) are this instance's (the first one's).
 
     assumed: the price is what a power action supposes (a stop books the stopped state with the
     storage rate last seen running); the first reading of vast.ai in that same state re-prices
     the interval since, as vast.ai prices stopped storage on its own (often higher).
     """
     with immediate(db):
-        last = one(db, "SELECT * FROM cost_ledger ORDER BY id DESC LIMIT 1")
+        if adopt_unlabelled and instance_id is not None:
+            db.execute(
+                "UPDATE cost_ledger SET instance_id = ? WHERE instance_id IS NULL", [instance_id]
+            )
+        last = one(
+            db,
+            "SELECT * FROM cost_ledger WHERE instance_id IS ? ORDER BY id DESC LIMIT 1",
+            [instance_id],
+        )
         if last is not None:
             if at < last["end_at"]:
                 return  # an older observation: that time is booked already
@@ -97,41 +119,82 @@ def book(db: Database, at: float, rates: Rates, *, assumed: bool = False) -> Non
                 return
             db.execute("UPDATE cost_ledger SET end_at = ? WHERE id = ?", [at, last["id"]])
         db.execute(
-            "INSERT INTO cost_ledger (start_at, end_at, gpu_dph, storage_dph, status, assumed) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [at, at, rates.gpu_dph, rates.storage_dph, rates.status, int(assumed)],
+            "INSERT INTO cost_ledger "
+            "(start_at, end_at, gpu_dph, storage_dph, status, assumed, instance_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [at, at, rates.gpu_dph, rates.storage_dph, rates.status, int(assumed), instance_id],
         )
 
 
-def intervals(db: Database, since: float, now: float) -> list[Interval]:
-    """Return the stretches between since and now, and the time from the last booking to now.
+EVERY = object()  # intervals' and booked_since's default: every instance's rows
+
+
+def intervals(
+    db: Database, since: float, now: float, instance_id: object = EVERY
+) -> list[Interval]:
+    """Return the stretches between since and now, and the time from each instance's last
+    booking to now (of one instance, given its id).
 
     That last stretch counts at the last price seen: storage keeps counting while vastpanel
     runs, even between readings or while vast.ai cannot be read.
     """
+    mine, params = ("", []) if instance_id is EVERY else (" AND instance_id IS ?", [instance_id])
     spans = [
         Interval(**row)
         for row in db.query(
             "SELECT start_at, end_at, gpu_dph, storage_dph FROM cost_ledger "
-            "WHERE end_at >= ? AND start_at <= ? ORDER BY id",
-            [since, now],
+            f"WHERE end_at >= ? AND start_at <= ?{mine} ORDER BY id",
+            [since, now, *params],
         )
     ]
-    last = one(db, "SELECT end_at, gpu_dph, storage_dph FROM cost_ledger ORDER BY id DESC LIMIT 1")
-    if last is not None and now > last["end_at"]:
-        spans.append(Interval(last["end_at"], now, last["gpu_dph"], last["storage_dph"]))
+    for last in _last_rows(db):
+        if instance_id is not EVERY and last["instance_id"] != instance_id:
+            continue
+        if now > last["end_at"]:
+            spans.append(Interval(last["end_at"], now, last["gpu_dph"], last["storage_dph"]))
     return spans
 
 
-def booked_since(db: Database) -> float | None:
-    """Return when the ledger starts: costs before it were not seen by vastpanel."""
-    return one(db, "SELECT min(start_at) AS first FROM cost_ledger")["first"]
+def _last_rows(db: Database) -> list[dict]:
+    """Return each instance's last row (its price now), oldest first."""
+    return list(
+        db.query(
+            "SELECT * FROM cost_ledger WHERE id IN "
+            "(SELECT max(id) FROM cost_ledger GROUP BY instance_id) ORDER BY id"
+        )
+    )
+
+
+def booked_since(db: Database, instance_id: object = EVERY) -> float | None:
+    """Return when the ledger (of one instance, given its id) starts: costs before it were not
+    seen by vastpanel."""
+    if instance_id is EVERY:
+        return one(db, "SELECT min(start_at) AS first FROM cost_ledger")["first"]
+    return one(
+        db, "SELECT min(start_at) AS first FROM cost_ledger WHERE instance_id IS ?", [instance_id]
+    )["first"]
+
+
+def rates_of(db: Database, instance_id: int) -> Rates | None:
+    """Return the price last booked for one instance, or None when it has none."""
+    row = one(
+        db,
+        "SELECT gpu_dph, storage_dph, status FROM cost_ledger WHERE instance_id IS ? "
+        "ORDER BY id DESC LIMIT 1",
+        [instance_id],
+    )
+    return None if row is None else Rates(**row)
 
 
 def current_rates(db: Database) -> Rates | None:
-    """Return the last price seen, or None before the first reading."""
-    row = one(db, "SELECT gpu_dph, storage_dph, status FROM cost_ledger ORDER BY id DESC LIMIT 1")
-    return None if row is None else Rates(**row)
+    """Return what is billed per hour now, every instance's last price summed (a kept old
+    instance's storage too), with the status last seen; None before the first reading."""
+    rows = _last_rows(db)
+    if not rows:
+        return None
+    return Rates(
+        sum(r["gpu_dph"] for r in rows), sum(r["storage_dph"] for r in rows), rows[-1]["status"]
+    )
 
 
 def save_billed_windows(

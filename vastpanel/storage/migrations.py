@@ -298,3 +298,12 @@ def m013_billed_windows(db: Database) -> None:
     db.execute("DROP TABLE billed_days")
     # A price a power action assumed (ledger.book): re-priced by the next reading of vast.ai.
     db.execute("ALTER TABLE cost_ledger ADD COLUMN assumed INTEGER NOT NULL DEFAULT 0")
+
+
+@migrations()
+def m014_ledger_per_instance(db: Database) -> None:
+    """Book each instance's costs on its own timeline: after a move the old one, kept, is still
+    billed for storage beside the new one. Rows before this are the first instance's, labelled
+    at its next booking (ledger.book's adopt_unlabelled)."""
+    db.execute("ALTER TABLE cost_ledger ADD COLUMN instance_id INTEGER")
+    db.execute("CREATE INDEX cost_ledger_instance ON cost_ledger(instance_id, id)")

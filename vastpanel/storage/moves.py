@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from . import values
 from .database import immediate, one
 
 ACTIVE_STATES = ("requested", "stopping_old", "searching", "creating", "booting", "copying")
@@ -135,3 +136,12 @@ def list_instances(db: Database) -> list[KnownInstance]:
     """Return every instance the panel knows, the first one first."""
     rows = db.query(f"SELECT {INSTANCE_COLUMNS} FROM instances ORDER BY created_at, id")
     return [KnownInstance(**row) for row in rows]
+
+
+CURRENT_KEY = "current_instance_id"  # a named value (values.py): the instance a move switched to
+
+
+def current_instance(db: Database, first: int | None) -> int | None:
+    """Return the instance the panel controls: the one a move switched to, else the first."""
+    moved = values.get_value(db, CURRENT_KEY)
+    return int(moved) if moved is not None else first
