@@ -1,4 +1,4 @@
-"""What the reverse-proxy settings of docs/operations.md rely on, checked against gunicorn
+"""What the reverse-proxy settings of the README and docs/operations.md rely on, checked against gunicorn
 itself: behind a proxy on the same host, X-Forwarded-Proto: https makes the session cookie
 Secure; and the documented nginx, run for real, names each client to the panel through
 X-Forwarded-For (issue 23 §5, §6)."""
@@ -72,7 +72,7 @@ def test_behind_a_proxy_not_on_loopback(tmp_path, env, secure):
 
 # --- the documented nginx, run for real in front of the production server ---------------------
 
-OPERATIONS = ROOT / "docs" / "operations.md"
+README = ROOT / "README.md"
 DOCS_MARKER = "<!-- the reverse proxy: tests/test_behind_proxy.py runs the nginx block below -->"
 CONTROL_KEY = "proxy-test-key-0123456789"
 GATEWAY_KEY = "gateway-proxy-key-0123456789"
@@ -84,9 +84,9 @@ UPSTREAM = "proxy_pass http://127.0.0.1:8000;"
 
 
 def documented_proxy() -> tuple[str, str]:
-    """The nginx configuration docs/operations.md shows under its marker, and the
+    """The nginx configuration the README shows under its marker, and the
     FORWARDED_ALLOW_IPS it gives the panel just after."""
-    text = OPERATIONS.read_text(encoding="utf-8")
+    text = README.read_text(encoding="utf-8")
     after = text.split(DOCS_MARKER, 1)[1]
     assert after.lstrip().startswith("```nginx"), "the marker must sit just above the block"
     block, rest = after.split("```nginx\n", 1)[1].split("```", 1)
