@@ -160,9 +160,10 @@ def test_a_three_minute_stream_is_not_cut_and_the_stop_comes_after_it(make_sim, 
     assert IDLE_S - 1 <= stop["time"] - ended <= IDLE_S + LATE_S
 
 
-@pytest.mark.parametrize("broken", ["metrics_404", "port_not_mapped"])
+@pytest.mark.parametrize("broken", ["metrics_404", "port_not_mapped", "disable_log_stats"])
 def test_without_metrics_the_gateway_posts_decide(make_sim, make_panel, broken):
-    sim = make_sim(LlmConfig(serve_metrics=broken != "metrics_404"), initial_state="stopped")
+    llm = LlmConfig(serve_metrics=broken != "metrics_404", log_stats=broken != "disable_log_stats")
+    sim = make_sim(llm, initial_state="stopped")
     overrides = {"VAST_METRICS_PORT": "9100"} if broken == "port_not_mapped" else {}
     panel = make_panel(sim, **overrides)
     started = panel.api("POST", "/power/on", json={"wait_for_health": True}, timeout=60)
@@ -185,7 +186,9 @@ def test_without_metrics_the_gateway_posts_decide(make_sim, make_panel, broken):
             assert panel.api("POST", "/activity").status_code == 200
             last_post = time.time()
             body = status(panel)
-            assert body["llm_metrics"] == "unavailable" and body["status"] == "running"
+            # vLLM without its stats serves metrics, none of them vLLM's: "no metrics", not idle.
+            expected = "no_metrics" if broken == "disable_log_stats" else "unavailable"
+            assert body["llm_metrics"] == expected and body["status"] == "running"
             assert body["last_activity_source"] == "gateway"
             time.sleep(30)
         stop = wait_for_stop(sim, IDLE_S + LATE_S)
@@ -195,10 +198,14 @@ def test_without_metrics_the_gateway_posts_decide(make_sim, make_panel, broken):
     assert IDLE_S - 1 <= stop["time"] - last_post <= IDLE_S + INTERVAL_S + 10
     (unavailable,) = audit_events(panel, "llm_metrics_unavailable")
     reason = unavailable["meta"]["reason"]
-    assert ("HTTP 404" if broken == "metrics_404" else "9100 is not mapped") in reason
+    assert {
+        "metrics_404": "HTTP 404",
+        "port_not_mapped": "9100 is not mapped",
+        "disable_log_stats": "--disable-log-stats",
+    }[broken] in reason
     (shutdown,) = audit_events(panel, "auto_shutdown")
     assert shutdown["meta"]["last_signal"] == "gateway"
-    if broken == "metrics_404":
+    if broken != "port_not_mapped":
         assert metrics_reads(sim) >= 2
     else:
         assert metrics_reads(sim) == 0

@@ -120,6 +120,16 @@ def test_metrics_can_be_missing_or_want_a_token():
         assert chat.status_code == 401  # the metrics token is not the API key
 
 
+def test_without_log_stats_the_metrics_answer_but_hold_no_vllm_sample():
+    with start_sim(log_stats=False) as sim:
+        answer = requests.get(f"{sim.llm_url}/metrics", timeout=5)
+        assert answer.status_code == 200
+        assert "process_resident_memory_bytes" in answer.text and "vllm:" not in answer.text
+        url = f"{sim.url}/_sim/llm"
+        assert requests.post(url, json={"log_stats": True}).json()["llm"]["log_stats"] is True
+        assert "vllm:num_requests_running" in requests.get(f"{sim.llm_url}/metrics").text
+
+
 def test_control_route_changes_the_llm_stack():
     with start_sim() as sim:
         url = f"{sim.url}/_sim/llm"

@@ -73,7 +73,9 @@ HostPort of its mapped ports):
                                  and request/token counters that move with the requests served;
                                  the gauges stick when every request in flight is aborted, as
                                  vLLM's do (``LlmConfig(sticky_gauges=False)``: they drop);
-                                 404 with ``LlmConfig(serve_metrics=False)``
+                                 404 with ``LlmConfig(serve_metrics=False)``; no vllm:
+                                 sample with ``LlmConfig(log_stats=False)`` (vLLM's
+                                 --disable-log-stats)
     GET /v1/models               OpenAI model list (502 while not up)
     POST /v1/chat/completions    a fixed completion, OpenAI shape; "stream": true gives SSE,
                                  one token per ``token_delay_s``; ``max_tokens`` sets its length;
@@ -108,7 +110,7 @@ Control routes on the API server (loopback only, no auth, never in the request l
                             for transitions from now on
     POST   /_sim/pause      {"seconds": s}: the API refuses connections, then comes back
     POST   /_sim/llm        {"token_delay_s": s, "serve_metrics": bool, "max_num_seqs": n,
-                             "sticky_gauges": bool}
+                             "sticky_gauges": bool, "log_stats": bool}
     POST   /_sim/billing    {"factor": {"gpu": 1.5, ...}, "billing_read": false, "dph_base": x,
                             "storage_cost": y, "stopped_storage_factor": z,
                             "clip_to_range": bool}: bill (and answer charges) differently

@@ -48,6 +48,9 @@ class LlmConfig:
     # As vLLM (vllm-project/vllm#22545, #29928): when every request in flight is aborted, the
     # running/waiting gauges keep their values until the engine runs another request.
     sticky_gauges: bool = True
+    # False: vLLM started with --disable-log-stats, whose /metrics still answers 200 but with
+    # the process's own metrics only, no vllm: sample at all.
+    log_stats: bool = True
 
 
 def non_negative(value: object) -> bool:
@@ -425,6 +428,7 @@ class Backend:
                     "token_delay_s": self.llm.token_delay_s,
                     "serve_metrics": self.llm.serve_metrics,
                     "sticky_gauges": self.llm.sticky_gauges,
+                    "log_stats": self.llm.log_stats,
                     "requests_running": self.metrics.running,
                     "requests_waiting": self.metrics.waiting,
                     "gauges": self.metrics.gauges(),

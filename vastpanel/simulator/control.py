@@ -157,6 +157,7 @@ LLM_SETTINGS = {
     "serve_metrics": (bool,),
     "max_num_seqs": (int,),
     "sticky_gauges": (bool,),
+    "log_stats": (bool,),
 }
 
 

@@ -94,6 +94,17 @@ def _log_request(response: Response) -> Response:
     return response
 
 
+# What vLLM's /metrics serves with --disable-log-stats: the process's metrics, no vllm: sample.
+PROCESS_METRICS_ONLY = (
+    "# HELP python_gc_objects_collected_total Objects collected during gc\n"
+    "# TYPE python_gc_objects_collected_total counter\n"
+    'python_gc_objects_collected_total{generation="0"} 12931.0\n'
+    "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+    "# TYPE process_resident_memory_bytes gauge\n"
+    "process_resident_memory_bytes 2.1474836e+09\n"
+)
+
+
 def health():
     """Answer 200 with an empty body once the model is warm, as vLLM does."""
     return Response("", status=200)
@@ -104,6 +115,8 @@ def metrics():
     backend = _backend()
     if not backend.llm.serve_metrics:
         return Response("404 Not Found\n", status=404, mimetype="text/plain")
+    if not backend.llm.log_stats:
+        return Response(PROCESS_METRICS_ONLY, status=200, content_type=CONTENT_TYPE)
     return Response(_instance().metrics.exposition(), status=200, content_type=CONTENT_TYPE)
 
 
