@@ -18,7 +18,7 @@ from ..errors import HealthTimeout, PowerBusy, UpstreamFailed, VastError, VastEr
 from ..formatting import minutes_text, usd
 from ..instance_http import InstanceHttp
 from ..storage import sessions, start_times, values
-from ..storage.database import Store
+from ..storage.database import Store, immediate
 from ..storage.sessions import Session
 from ..vast.client import VastClient
 from ..vast.instance import InstanceState
@@ -357,26 +357,30 @@ class Power:
                 self.audit.record(events.failed, actor, instance_id=instance_id, error=error)
                 raise UpstreamFailed(error, exc.kind) from None
             now = self.clock.now()
-            session = sessions.close_session(self.store.db, now, actor)
-            start_times.drop_untimed(self.store.db)
             payload = self.instance.patched_answer(
                 actual_status="stopped", intended_status="stopped"
             )
             payload.pop("ports", None)
             self.stops_sent += 1
-            # The GPU is no longer billed from the stop on; storage at the rate last seen until
-            # vast.ai shows its stopped rate, which then prices the time since the stop.
-            self.costs.book(payload, now, assumed=True, instance_id=self.instance.current_id())
-            self.instance.store_answer(now, payload)
-        minutes = session.seconds(now) / 60 if session else 0.0
-        cost = session.cost(now) if session else 0.0
-        self.audit.record(
-            events.complete,
-            actor,
-            instance_id=instance_id,
-            session_minutes=minutes,
-            session_cost_usd=cost,
-        )
+            db = self.store.db
+            # The session's end and its audit entry are written together: a process killed
+            # here leaves both or neither (the next reading then closes it, audited).
+            with immediate(db):
+                session = sessions.close_session(db, now, actor)
+                start_times.drop_untimed(db)
+                # The GPU is no longer billed from the stop on; storage at the rate last seen
+                # until vast.ai shows its stopped rate, which then prices the time since.
+                self.costs.book(payload, now, assumed=True, instance_id=self.instance.current_id())
+                self.instance.store_answer(now, payload)
+                minutes = session.seconds(now) / 60 if session else 0.0
+                cost = session.cost(now) if session else 0.0
+                self.audit.record(
+                    events.complete,
+                    actor,
+                    instance_id=instance_id,
+                    session_minutes=minutes,
+                    session_cost_usd=cost,
+                )
         return PowerOffResult(
             minutes, cost, False, f"Instance stopped. Session: {minutes_text(minutes)}, {usd(cost)}"
         )

@@ -213,7 +213,15 @@ def schema_version(db: Database) -> int:
 
 @contextlib.contextmanager
 def immediate(db: Database) -> Iterator[Database]:
-    """Run a read-then-write transaction that holds the write lock from its start."""
+    """Run a read-then-write transaction that holds the write lock from its start.
+
+    Inside another transaction (which then holds the lock, or takes it at its first write) it
+    is a savepoint of that one, as sqlite-utils' atomic() nests.
+    """
+    if db.conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
     db.conn.execute("BEGIN IMMEDIATE")
     try:
         yield db
