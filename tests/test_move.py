@@ -14,7 +14,7 @@ import requests
 
 from conftest import config_from
 from support import store
-from support.clock import FakeClock
+from support.clock import SharedClock
 from support.liveserver import SIMULATED_INSTANCE
 from vastpanel import create_app
 from vastpanel.domain.costs import booked_between
@@ -28,18 +28,6 @@ SIM_KEY = "move-sim-key-0123456789abcdef"
 CONTROL_KEY = "move-control-key-0123456789"
 FIRST = 4242
 HF_TOKEN = "hf_secret-token-0123456789abcdef"
-
-
-class SharedClock(FakeClock):
-    """The panel's clock; moving it (or sleeping on it) moves the simulator's clock as well."""
-
-    def __init__(self, sim_clock: ManualClock):
-        super().__init__()
-        self.sim_clock = sim_clock
-
-    def advance(self, seconds: float) -> None:
-        super().advance(seconds)
-        self.sim_clock.advance(max(seconds, 0))
 
 
 @pytest.fixture

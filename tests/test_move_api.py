@@ -13,7 +13,7 @@ import pytest
 from test_openapi import Contract, common_errors, crash_on
 
 from conftest import CONTROL_KEY, config_from
-from support.clock import FakeClock
+from support.clock import SharedClock
 from support.liveserver import SIMULATED_INSTANCE
 from vastpanel import create_app
 from vastpanel.simulator import ManualClock, Simulator
@@ -23,18 +23,6 @@ from vastpanel.web.answers import MOVE_STEPS
 SIM_KEY = "move-api-sim-key-0123456789abcdef"
 FIRST = 4242
 HF_TOKEN = "hf_move-api-secret-token-0123456789"
-
-
-class SharedClock(FakeClock):
-    """The panel's clock; moving it (or sleeping on it) moves the simulator's clock as well."""
-
-    def __init__(self, sim_clock: ManualClock):
-        super().__init__()
-        self.sim_clock = sim_clock
-
-    def advance(self, seconds: float) -> None:
-        super().advance(seconds)
-        self.sim_clock.advance(max(seconds, 0))
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import config_from
 from support import store
-from support.clock import FakeClock
+from support.clock import SharedClock
 from support.liveserver import SIMULATED_INSTANCE
 from vastpanel import create_app
 from vastpanel.simulator import ManualClock, Simulator
@@ -20,18 +20,6 @@ SIM_KEY = "sim-states-key-0123456789"
 CONTROL_KEY = "states-control-key-0123456789"
 INSTANCE_ID = 31337
 IDLE_S = 30 * 60
-
-
-class SharedClock(FakeClock):
-    """The panel's clock; moving it (or sleeping on it) moves the simulator's clock as well."""
-
-    def __init__(self, sim_clock: ManualClock):
-        super().__init__()
-        self.sim_clock = sim_clock
-
-    def advance(self, seconds: float) -> None:
-        super().advance(seconds)
-        self.sim_clock.advance(max(seconds, 0))
 
 
 @pytest.fixture

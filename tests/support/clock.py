@@ -29,3 +29,15 @@ class FakeClock(Clock):
         """Record the wait and move time forward instead of waiting."""
         self.slept.append(seconds)
         self.advance(max(seconds, 0))
+
+
+class SharedClock(FakeClock):
+    """The panel's clock; moving it (or sleeping on it) moves the simulator's clock as well."""
+
+    def __init__(self, sim_clock):
+        super().__init__()
+        self.sim_clock = sim_clock  # the simulator's ManualClock
+
+    def advance(self, seconds: float) -> None:
+        super().advance(seconds)
+        self.sim_clock.advance(max(seconds, 0))
