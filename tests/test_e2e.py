@@ -122,6 +122,8 @@ def test_a_start_outside_the_panel_opens_a_session(server, sim):
 )
 def test_status_faults_give_502_and_lose_nothing(server, sim, fault, options, detail):
     server.api("POST", "/activity")
+    # A good read first: the recipe is captured from it (audited once), not during the fault.
+    assert server.api("GET", "/status").status_code == 200
     before = server.api("GET", "/audit").json()
     time.sleep(ANSWER_REUSED_S)  # let the cached answer expire
     sim.clear_requests()
