@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
             written = photograph(f"http://127.0.0.1:{server.server_port}", key, args.out)
         finally:
             server.shutdown()
-            app.extensions["vastpanel"].close()
+            app.extensions["vastpanel"].store.close()
     print("\n".join(str(path) for path in written))
 
 
