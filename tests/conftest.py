@@ -67,13 +67,17 @@ HEAVY_MODULES = frozenset(
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests of the e2e modules; keep the heavy modules on one parallel worker."""
+    """Mark the tests of the e2e modules; keep the heavy modules on one parallel worker; start
+    the long ones first."""
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
         if module in E2E_MODULES:
             item.add_marker(pytest.mark.e2e)
         if module in HEAVY_MODULES:
             item.add_marker(pytest.mark.xdist_group("heavy"))
+    # The tests that wait for minutes go first (xdist hands work out in this order): started
+    # last, they would be the run's whole tail on otherwise idle workers.
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 
 def finished_pid() -> int:

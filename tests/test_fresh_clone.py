@@ -92,6 +92,7 @@ def stop(process: subprocess.Popen) -> None:
             process.wait(10)
 
 
+@pytest.mark.long
 def test_the_readme_commands_work_in_a_fresh_clone(tmp_path):
     clone = tmp_path / "vastpanel"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=120)

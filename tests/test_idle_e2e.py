@@ -108,6 +108,7 @@ def wait_for_stop(sim: Simulator, timeout: float) -> dict:
     return stop
 
 
+@pytest.mark.long
 def test_a_client_every_20_s_keeps_it_running_then_it_stops_a_minute_after(make_sim, make_panel):
     sim = make_sim()
     panel = make_panel(sim)
@@ -132,6 +133,7 @@ def test_a_client_every_20_s_keeps_it_running_then_it_stops_a_minute_after(make_
     assert audit_events(panel, "llm_metrics_unavailable") == []
 
 
+@pytest.mark.long
 def test_a_three_minute_stream_is_not_cut_and_the_stop_comes_after_it(make_sim, make_panel):
     sim = make_sim(LlmConfig(token_delay_s=1.0))
     panel = make_panel(sim)
@@ -160,6 +162,7 @@ def test_a_three_minute_stream_is_not_cut_and_the_stop_comes_after_it(make_sim, 
     assert IDLE_S - 1 <= stop["time"] - ended <= IDLE_S + LATE_S
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("broken", ["metrics_404", "port_not_mapped", "disable_log_stats"])
 def test_without_metrics_the_gateway_posts_decide(make_sim, make_panel, broken):
     llm = LlmConfig(serve_metrics=broken != "metrics_404", log_stats=broken != "disable_log_stats")

@@ -117,6 +117,7 @@ def test_warning_then_auto_stop_arrive_in_order_once_each(sim, tmp_path, receive
         server.stop()
 
 
+@pytest.mark.long
 def test_receiver_down_a_minute_and_kill_9_lose_nothing_and_double_nothing(sim, tmp_path, receiver):
     down_since = time.monotonic()
     env = panel_env(sim, tmp_path, receiver)

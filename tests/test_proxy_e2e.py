@@ -219,6 +219,7 @@ def test_instance_vanishing_mid_stream_ends_the_stream(sim, tmp_path):
         panel.stop()
 
 
+@pytest.mark.long
 def test_three_minute_stream_is_not_cut_by_a_one_minute_idle_time(sim, tmp_path):
     sim.backend.llm.token_delay_s = 1.0
     panel = start_panel(sim, tmp_path, VAST_AUTO_SHUTDOWN_MINUTES="1", VAST_WATCHDOG_INTERVAL_S="5")

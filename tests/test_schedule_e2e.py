@@ -104,6 +104,7 @@ def panel_env(tmp_path):
     return env
 
 
+@pytest.mark.long
 def test_warm_at_the_opening_held_through_the_window_stopped_after_it(
     make_sim, panel_env, tmp_path
 ):
