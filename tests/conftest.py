@@ -49,16 +49,15 @@ E2E_MODULES = frozenset(
 )
 
 
-# Modules that load the CPU (chromium, hundreds of client threads, pip installs) or judge
-# latencies under load: pytest-xdist runs them one after another on one worker (--dist
-# loadgroup), while the e2e tests that mostly wait on the clock (idle times, long streams) run
-# beside them on the other workers.
+# Modules that load the CPU (chromium, hundreds of client threads) or judge latencies under
+# load: pytest-xdist runs them one after another on one worker (--dist loadgroup), while the
+# e2e tests that mostly wait on the clock (idle times, long streams) and the fresh clone (mostly
+# pip, then four test files) run beside them on the other workers.
 HEAVY_MODULES = frozenset(
     {
         "test_browser",
         "test_browser_first_hour",
         "test_browser_keepalive",
-        "test_fresh_clone",
         "test_reliability_fuzz",
         "test_reliability_load",
         "test_starvation",
