@@ -261,3 +261,17 @@ def test_a_session_reaching_max_hours_is_stopped_whatever_the_activity(capped, v
     entry = audit_events(panel, "max_session_stop")[0]
     assert entry.meta["hours"] == pytest.approx(3)
     panel.store.close()
+
+
+def test_rows_from_before_the_ledger_knew_instances_become_the_first_ones(panel):
+    db = panel.store.db
+    first = panel.config.vast_instance_id
+    ledger.book(db, 1000.0, ledger.Rates(1.0, 0.1, "running"))  # as booked before m014
+    answer = {"id": first, "actual_status": "running", "dph_base": 1.0, "storage_total_cost": 0.1}
+    panel.costs.book(answer, 4600.0)
+    assert {row["instance_id"] for row in db.query("SELECT instance_id FROM cost_ledger")} == {
+        first
+    }
+    # One timeline: two hours at $1/h, not an unlabelled line counting on beside it.
+    gpu, storage = costs.booked_between(db, 1000.0, 8200.0)
+    assert gpu == pytest.approx(2.0) and storage == pytest.approx(0.2)

@@ -223,6 +223,9 @@ class CostBook:
         self.config = config
         self.client = client
         self.audit = audit
+        # Rows from before the ledger knew instances are the first one's: labelled at this
+        # process's first booking of it (ledger.book's adopt_unlabelled), not at every one.
+        self._unlabelled_adopted = False
 
     def book(
         self,
@@ -243,15 +246,16 @@ class CostBook:
             instance_id = answer_id if isinstance(answer_id, int) else None
         if instance_id is None:
             instance_id = self.config.vast_instance_id
-        first = instance_id is not None and instance_id == self.config.vast_instance_id
+        adopt = not self._unlabelled_adopted and instance_id == self.config.vast_instance_id
         ledger.book(
             self.store.db,
             at,
             billing_rates(payload),
             assumed=assumed,
             instance_id=instance_id,
-            adopt_unlabelled=first,
+            adopt_unlabelled=adopt and instance_id is not None,
         )
+        self._unlabelled_adopted = self._unlabelled_adopted or adopt
 
     def book_stopped(self, instance_id: int, at: float) -> None:
         """Book an instance the panel has just stopped (not the current one: a move's old or
